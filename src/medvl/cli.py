@@ -1,0 +1,51 @@
+"""The `medvl` command: one entry point whose sub-commands live with the code they drive.
+
+Each sub-package exposes `register(app)` in a light `cli.py` (typer only at import; torch and
+friends load inside the command functions), so `medvl --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+
+import typer
+
+COMMAND_MODULES = (
+    "medvl.model.cli",  # build, convert, ask
+    "medvl.curate.cli",  # curate ...
+    "medvl.train.cli",  # train, data ...
+    "medvl.eval.cli",  # eval ...
+    "medvl.serve.cli",  # chat, serve, webui
+    "medvl.demo",  # demo
+)
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="medvl",
+        help="Build, train, evaluate and serve medical vision-language assistants.",
+        no_args_is_help=True,
+        pretty_exceptions_show_locals=False,
+        add_completion=False,
+    )
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a real missing dependency, not a sub-package still to come
+                raise
+            continue
+        module.register(app)
+    return app
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("MEDVL_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    build_app()()
+
+
+if __name__ == "__main__":
+    main()

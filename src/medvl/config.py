@@ -1,0 +1,93 @@
+"""Typed configuration: pydantic models loaded from YAML with `key.sub=value` overrides.
+
+Every config class derives from `Config`, which forbids unknown keys, so a typo or a wrong type is
+an error that names the key (`ConfigError`), never a silent default. Override values are parsed as
+YAML scalars (`lr=2e-5`, `freeze.vision=true`, `sizes=[1,8]`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+__all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "dump_config"]
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit its schema; the message names each bad key."""
+
+
+class Config(BaseModel):
+    """Base of every medvl config: strict keys, validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+C = TypeVar("C", bound=Config)
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of `data` with each `dotted.key=value` override set (value parsed as YAML)."""
+    result = _deep_copy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        node = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {key!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return result
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequence[str] = ()) -> C:
+    """Load `cls` from a YAML file (or defaults when `path` is None) plus overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded or {}
+    data = apply_overrides(data, overrides)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source=str(path) if path else cls.__name__)) from None
+
+
+def dump_config(config: Config, path: str | Path) -> None:
+    """Write a config as YAML (atomically), so a run records exactly what it ran with."""
+    from medvl.io.files import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}

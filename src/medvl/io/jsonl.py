@@ -1,0 +1,158 @@
+"""JSON Lines: streaming reads that report bad lines instead of dying, durable appends, rejects.
+
+- `iter_jsonl` yields `(line_number, record)` or `(line_number, JsonlLineError)` so a caller can
+  record a malformed line and go on. A whole-file JSON array (`[...]`, as LLaVA-Med and
+  PubMedVision release) is read too.
+- `JsonlAppender` appends one record per line, flushing each line, so a killed job keeps every
+  finished record; a torn final line left by a kill is cut off when the file is reopened.
+- `RejectLog` is the one format for "this input was dropped, and why" across all stages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from medvl.io.files import atomic_write_text
+
+__all__ = [
+    "JsonlLineError",
+    "iter_jsonl",
+    "read_records",
+    "write_jsonl",
+    "JsonlAppender",
+    "RejectLog",
+]
+
+
+class JsonlLineError(ValueError):
+    """A line that is not a JSON object; carries the file, line number and reason."""
+
+    def __init__(self, path: str | Path, line_number: int, reason: str):
+        self.path, self.line_number, self.reason = str(path), line_number, reason
+        super().__init__(f"{path}:{line_number}: {reason}")
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | JsonlLineError]]:
+    """Yield (line_number, record) for each non-blank line; bad lines yield a JsonlLineError.
+
+    A file whose first non-space character is `[` is read as one JSON array (item index + 1 is
+    then the "line number").
+    """
+    path = Path(path)
+    with path.open("r", encoding="utf-8", errors="replace") as handle:
+        first = _first_non_space(handle)
+        handle.seek(0)
+        if first == "[":
+            try:
+                items = json.load(handle)
+            except json.JSONDecodeError as exc:
+                yield 1, JsonlLineError(path, 1, f"invalid JSON array: {exc}")
+                return
+            for index, item in enumerate(items, start=1):
+                yield index, item if isinstance(item, dict) else JsonlLineError(
+                    path, index, f"array item is {type(item).__name__}, not an object"
+                )
+            return
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield number, JsonlLineError(path, number, f"invalid JSON: {exc.msg} at column {exc.colno}")
+                continue
+            if not isinstance(record, dict):
+                yield number, JsonlLineError(path, number, f"line is {type(record).__name__}, not an object")
+                continue
+            yield number, record
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Read every record, raising on the first bad line (for small files the caller trusts)."""
+    records = []
+    for _, item in iter_jsonl(path):
+        if isinstance(item, JsonlLineError):
+            raise item
+        records.append(item)
+    return records
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
+    """Write all records at once, atomically."""
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    return atomic_write_text(path, text)
+
+
+class JsonlAppender:
+    """Append records durably; reopening after a kill drops a torn last line first."""
+
+    def __init__(self, path: str | Path, fsync: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _truncate_torn_tail(self.path)
+        self._handle = self.path.open("a", encoding="utf-8")
+        self._fsync = fsync
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._handle.flush()
+        if self._fsync:
+            os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> "JsonlAppender":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RejectLog(JsonlAppender):
+    """Rejected inputs with their reason: `{"id", "stage", "reason", "detail"}` per line.
+
+    `counts` tallies (stage, reason) for the stage report.
+    """
+
+    def __init__(self, path: str | Path, fsync: bool = False):
+        super().__init__(path, fsync=fsync)
+        self.counts: Counter[tuple[str, str]] = Counter()
+
+    def reject(self, record_id: str, stage: str, reason: str, detail: str = "", **extra: Any) -> None:
+        self.counts[(stage, reason)] += 1
+        self.write({"id": record_id, "stage": stage, "reason": reason, "detail": detail, **extra})
+
+
+def _first_non_space(handle: Any) -> str:
+    while True:
+        char = handle.read(1)
+        if not char or not char.isspace():
+            return char
+
+
+def _truncate_torn_tail(path: Path) -> None:
+    """If the file does not end in a newline (a kill mid-write), cut back to the last newline."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) == b"\n":
+            return
+        size = handle.seek(0, os.SEEK_END)
+        chunk = 1 << 16
+        position = size
+        while position > 0:
+            start = max(0, position - chunk)
+            handle.seek(start)
+            data = handle.read(position - start)
+            cut = data.rfind(b"\n")
+            if cut >= 0:
+                handle.truncate(start + cut + 1)
+                return
+            position = start
+        handle.truncate(0)

@@ -1,0 +1,199 @@
+"""Build a LLaVA-style model as transformers' own `LlavaForConditionalGeneration` plus its processor.
+
+vision tower (CLIP/SigLIP, pretrained from a local folder or random from a config)
+→ projector (`mlp2x_gelu` as LLaVA-1.5 / HuatuoGPT-Vision, `linear` as LLaVA-Med v1)
+→ causal LLM (Llama / Qwen2 / Mistral family, local folder, GGUF file or config).
+
+The `linear` projector is stored in the native two-layer projector as `linear_1` = W,
+activation = identity, `linear_2` = I, which computes exactly W·x + b, so the checkpoint stays
+the stock architecture that transformers and vLLM load.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPVisionConfig,
+    GenerationConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaImageProcessor,
+    LlavaProcessor,
+    MistralConfig,
+    Qwen2Config,
+    SiglipVisionConfig,
+)
+
+from medvl.model.spec import ModelSpec, TextSpec, VisionSpec
+from medvl.model.templates import STOP_STRINGS, guess_format, resolve_chat_template
+
+__all__ = ["build_model", "build_processor", "generation_config_for", "load_tokenizer", "DTYPES"]
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+SIGLIP_MEAN, SIGLIP_STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+_TEXT_CONFIGS = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}
+
+
+def load_tokenizer(text: TextSpec, image_token: str = "<image>") -> Any:
+    """The LLM's tokenizer with the image token added and a pad token set."""
+    source = text.tokenizer or text.path
+    kwargs = {"gguf_file": text.gguf_file} if text.gguf_file and not text.tokenizer else {}
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    if image_token not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+def build_processor(spec: ModelSpec, tokenizer: Any, image_mean: list[float] | None = None,
+                    image_std: list[float] | None = None, image_size: int | None = None,
+                    patch_size: int | None = None) -> LlavaProcessor:
+    """Image processor (pad-to-square option, resize, normalise) + tokenizer + chat template."""
+    clip = spec.vision.family == "clip"
+    size = image_size or spec.vision.image_size
+    image_processor = LlavaImageProcessor(
+        do_pad=spec.pad_to_square,
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_mean=image_mean or (CLIP_MEAN if clip else SIGLIP_MEAN),
+        image_std=image_std or (CLIP_STD if clip else SIGLIP_STD),
+    )
+    template = resolve_chat_template(spec.chat_template, tokenizer, spec.image_token)
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size or spec.vision.patch_size,
+        vision_feature_select_strategy=spec.select_strategy(),
+        chat_template=template,
+        image_token=spec.image_token,
+        num_additional_image_tokens=1 if clip else 0,
+    )
+
+
+def generation_config_for(tokenizer: Any, chat_template: str) -> GenerationConfig:
+    """Greedy decoding that stops at EOS or at the template's end-of-turn token."""
+    eos = [tokenizer.eos_token_id]
+    for stop in STOP_STRINGS.get(guess_format(chat_template) or "", []):
+        ids = tokenizer.convert_tokens_to_ids(stop)
+        if isinstance(ids, int) and ids != tokenizer.unk_token_id and ids not in eos:
+            eos.append(ids)
+    return GenerationConfig(
+        do_sample=False, max_new_tokens=256, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+
+
+def build_model(spec: ModelSpec) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """Assemble the model (pretrained parts loaded where paths are given) and its processor."""
+    torch.manual_seed(spec.seed)
+    tokenizer = load_tokenizer(spec.text, spec.image_token)
+    vision_config, vision_weights, vision_preproc = _vision_part(spec.vision)
+    text_config, llm = _text_part(spec.text, vocab_size=len(tokenizer))
+    config = LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_index=tokenizer.convert_tokens_to_ids(spec.image_token),
+        projector_hidden_act="gelu" if spec.projector == "mlp2x_gelu" else "linear",
+        vision_feature_layer=spec.vision_feature_layer,
+        vision_feature_select_strategy=spec.select_strategy(),
+        image_seq_length=_image_seq_length(vision_config, spec.select_strategy()),
+        tie_word_embeddings=bool(getattr(text_config, "tie_word_embeddings", False)),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlavaForConditionalGeneration(config)
+    if vision_weights is not None:
+        model.model.vision_tower.load_state_dict(vision_weights)
+    if llm is not None:
+        model.model.language_model.load_state_dict(llm.model.state_dict())
+        if not config.tie_word_embeddings:
+            model.lm_head.load_state_dict(llm.lm_head.state_dict())
+        del llm
+    if spec.projector == "linear":
+        _make_identity(model.model.multi_modal_projector.linear_2)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    model.tie_weights()
+    model = model.to(DTYPES[spec.dtype])
+    processor = build_processor(
+        spec, tokenizer,
+        image_mean=vision_preproc.get("image_mean"), image_std=vision_preproc.get("image_std"),
+        image_size=vision_config.image_size, patch_size=vision_config.patch_size,
+    )
+    model.generation_config = generation_config_for(tokenizer, processor.chat_template)
+    model.eval()
+    return model, processor
+
+
+def _image_seq_length(vision_config: Any, strategy: str) -> int:
+    patches = (vision_config.image_size // vision_config.patch_size) ** 2
+    has_cls = vision_config.model_type == "clip_vision_model"
+    return patches + (1 if has_cls and strategy == "full" else 0)
+
+
+def _vision_part(vision: VisionSpec) -> tuple[Any, dict | None, dict]:
+    if vision.path is None:
+        common = dict(
+            image_size=vision.image_size, patch_size=vision.patch_size, hidden_size=vision.hidden_size,
+            num_hidden_layers=vision.num_layers, num_attention_heads=vision.num_heads,
+            intermediate_size=vision.intermediate_size,
+        )
+        config = CLIPVisionConfig(**common) if vision.family == "clip" else SiglipVisionConfig(**common)
+        return config, None, {}
+    from transformers import CLIPVisionModel, SiglipVisionModel
+
+    full = AutoConfig.from_pretrained(vision.path)
+    config = getattr(full, "vision_config", full)
+    family = "clip" if config.model_type.startswith("clip") else "siglip"
+    if family != vision.family:
+        raise ValueError(f"vision.path {vision.path} holds a {config.model_type} model but vision.family={vision.family!r}")
+    tower_class = CLIPVisionModel if family == "clip" else SiglipVisionModel
+    tower = tower_class.from_pretrained(vision.path)
+    return tower.config, tower.state_dict(), _preprocessor_stats(Path(vision.path))
+
+
+def _preprocessor_stats(folder: Path) -> dict:
+    import json
+
+    path = folder / "preprocessor_config.json"
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return {k: data[k] for k in ("image_mean", "image_std") if k in data}
+
+
+def _text_part(text: TextSpec, vocab_size: int) -> tuple[Any, Any]:
+    if text.path is not None:
+        kwargs = {"gguf_file": text.gguf_file} if text.gguf_file else {}
+        llm = AutoModelForCausalLM.from_pretrained(text.path, dtype=torch.float32, **kwargs)
+        if getattr(llm, "hf_quantizer", None) is not None:  # GGUF: weights are already dequantised
+            llm.hf_quantizer = None
+        if hasattr(llm.config, "quantization_config"):
+            del llm.config.quantization_config
+        return llm.config, llm
+    config_class = _TEXT_CONFIGS[text.family]
+    config = config_class(
+        vocab_size=vocab_size, hidden_size=text.hidden_size, num_hidden_layers=text.num_layers,
+        num_attention_heads=text.num_heads, num_key_value_heads=text.num_kv_heads or text.num_heads,
+        intermediate_size=text.intermediate_size, max_position_embeddings=text.max_position_embeddings,
+        tie_word_embeddings=text.tie_word_embeddings,
+    )
+    return config, None
+
+
+def _make_identity(layer: torch.nn.Linear) -> None:
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(layer.out_features, layer.in_features))
+        if layer.bias is not None:
+            layer.bias.zero_()

