@@ -1,0 +1,81 @@
+"""Save and load medvl models in transformers' native format.
+
+A saved folder holds `config.json` (LlavaForConditionalGeneration), safetensors weights,
+`generation_config.json` (greedy, stops at EOS / end of turn), the processor (image processor,
+tokenizer, chat template) and a model card. A plain Python with only transformers loads it:
+
+    AutoProcessor.from_pretrained(d); AutoModelForImageTextToText.from_pretrained(d)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medvl.io.files import atomic_write_text
+
+__all__ = ["save_model", "load_model", "resolve_dtype", "DISCLAIMER"]
+
+DISCLAIMER = (
+    "Research use only: outputs of this model are not medical advice and must not be used for "
+    "diagnosis or treatment decisions."
+)
+
+_CARD = """---
+library_name: transformers
+pipeline_tag: image-text-to-text
+tags: [medvl, llava, medical]
+---
+# {name}
+
+A LLaVA-style medical vision-language model saved by medvl as `LlavaForConditionalGeneration`.
+
+```python
+from transformers import AutoModelForImageTextToText, AutoProcessor
+processor = AutoProcessor.from_pretrained("{name}")
+model = AutoModelForImageTextToText.from_pretrained("{name}")
+```
+
+Serve with vLLM: `vllm serve {name}`.
+
+**{disclaimer}**
+"""
+
+
+def save_model(model: Any, processor: Any, out_dir: str | Path, card: bool = True) -> Path:
+    """Write model, processor, generation config (and a model card) to `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    if card and not (out / "README.md").exists():
+        atomic_write_text(out / "README.md", _CARD.format(name=out.name, disclaimer=DISCLAIMER))
+    return out
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
+    """`auto` keeps the saved dtype; names map to torch dtypes."""
+    if dtype is None or dtype == "auto":
+        return "auto"
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+            "float16": torch.float16, "fp16": torch.float16}[dtype]
+
+
+def load_model(path: str | Path, dtype: str | torch.dtype | None = "auto", device: str | None = None) -> tuple[Any, Any]:
+    """(model, processor) from a native folder, in eval mode, tokenizer padding on the left."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a saved model folder (no config.json)")
+    processor = AutoProcessor.from_pretrained(path)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=resolve_dtype(dtype))
+    if device:
+        model = model.to(device)
+    model.eval()
+    processor.tokenizer.padding_side = "left"
+    return model, processor
