@@ -1,0 +1,443 @@
+"""`LLMClient`: the async OpenAI-compatible chat client shared by curation, evaluation and benchmarks.
+
+Per request (`complete`): the request is resolved (model and every effective parameter filled in,
+so it is exactly the JSON body sent) and keyed; a cached reply is returned at once; an identical
+request already in flight is awaited instead of sent again; otherwise it is sent through the
+concurrency bound (`max_concurrency`) and the rate limiters, retried, cached the moment it arrives,
+and accounted (`usage`).
+
+Retry policy (tenacity): 429, 5xx, timeouts and connection errors are retried up to `max_retries`
+times with exponential backoff and jitter (`backoff_initial_s * 2**n + U(0, backoff_initial_s)`,
+at most `backoff_max_s`); a `retry-after-ms` / `Retry-After` header on the error replaces the
+backoff (capped at `backoff_max_s`). 400/401/403/404/422 are not retried. A 200 whose body is not a
+usable chat completion (not JSON, no choices, null content) is re-sent `bad_response_retries` times
+(default once: a garbled body is usually a proxy hiccup, but paying repeatedly for a server that
+always garbles is worse), then fails with kind "bad_response". finish_reason "content_filter" fails
+at once (kind "content_filter"). A message with null content but a `refusal` returns the refusal
+as its text: detecting refusals and validating JSON belong to the caller.
+
+Errors are never cached. Each attempt takes one concurrency slot; backoff sleeps hold none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable, Iterable
+
+import openai
+from openai import AsyncOpenAI
+from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt, wait_exponential_jitter
+from tqdm.auto import tqdm
+
+from medvl.llm.cache import ResponseCache
+from medvl.llm.config import LLMConfig
+from medvl.llm.limits import RateLimiter
+from medvl.llm.messages import (
+    ChatReply,
+    ChatRequest,
+    LLMError,
+    Usage,
+    estimate_prompt_tokens,
+    estimate_text_tokens,
+    image_part,
+)
+
+__all__ = [
+    "LLMClient",
+    "LLMConfig",
+    "ChatRequest",
+    "ChatReply",
+    "Usage",
+    "LLMError",
+    "UsageTotals",
+    "CostEstimate",
+    "ResponseCache",
+    "image_part",
+]
+
+log = logging.getLogger("medvl.llm")
+
+Result = ChatReply | LLMError
+
+
+@dataclass
+class UsageTotals:
+    """What a client has spent: HTTP attempts (retries included), cache hits, failures, tokens, USD."""
+
+    requests_sent: int = 0
+    replies: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        return (
+            f"LLM: {self.replies} replies ({self.requests_sent} requests sent, {self.retries} retries), "
+            f"{self.cache_hits} cache hits, {self.failures} failures; tokens {self.prompt_tokens} prompt + "
+            f"{self.completion_tokens} completion; cost ${self.cost_usd:.4f}"
+        )
+
+
+@dataclass
+class CostEstimate:
+    """A dry run: what `complete_many(requests)` would send and cost at most.
+
+    `n_to_send` counts distinct uncached requests (identical ones are sent once); `prompt_tokens` is
+    the chars/4 + per-image approximation over those; `max_completion_tokens` their `max_tokens`
+    sum; `cost_usd` prices both, an upper bound up to the prompt approximation.
+    """
+
+    n_requests: int
+    n_cached: int
+    n_to_send: int
+    prompt_tokens: int
+    max_completion_tokens: int
+    cost_usd: float
+
+    def summary(self) -> str:
+        return (
+            f"{self.n_requests} requests: {self.n_cached} cached, {self.n_to_send} to send; "
+            f"~{self.prompt_tokens} prompt tokens + at most {self.max_completion_tokens} completion tokens; "
+            f"at most ~${self.cost_usd:.4f}"
+        )
+
+
+@dataclass
+class _Runtime:
+    """The event-loop-bound parts of a client (rebuilt when it is used from another loop)."""
+
+    loop: asyncio.AbstractEventLoop
+    api: AsyncOpenAI
+    slots: asyncio.Semaphore
+    request_limiter: RateLimiter | None
+    token_limiter: RateLimiter | None
+    inflight: dict[str, asyncio.Future]
+
+
+class LLMClient:
+    """Chat completions against `config.base_url`, cached, bounded, paced, retried and accounted."""
+
+    def __init__(self, config: LLMConfig, cache: ResponseCache | None = None):
+        self.config = config
+        self.cache = cache if cache is not None else (ResponseCache(config.cache_dir) if config.cache_dir else None)
+        self.usage = UsageTotals()
+        self._runtime: _Runtime | None = None
+
+    # ----------------------------------------------------------------------------- requests
+    def resolve(self, request: ChatRequest) -> ChatRequest:
+        """The request with the model and every effective parameter filled in; `.key` is its cache key."""
+        config = self.config
+        params = {
+            "model": config.model,
+            "temperature": config.temperature,
+            config.max_tokens_field: config.max_tokens,
+            **config.extra_body,
+            **request.params,
+        }
+        return ChatRequest(request.messages, params)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        config = self.config
+        return (prompt_tokens * config.price_input_per_mtok + completion_tokens * config.price_output_per_mtok) / 1e6
+
+    def estimate(self, requests: Iterable[ChatRequest]) -> CostEstimate:
+        """Count what would be sent and its cost, sending nothing."""
+        resolved = [self.resolve(r) for r in requests]
+        keys = [r.key for r in resolved]
+        cached = self.cache.contains(sorted(set(keys))) if self.cache else set()
+        to_send = {r.key: r for r in resolved if r.key not in cached}
+        image_tokens = self.config.image_token_estimate
+        prompt = sum(estimate_prompt_tokens(r.messages, image_tokens) for r in to_send.values())
+        completion = sum(self._max_tokens(r) for r in to_send.values())
+        return CostEstimate(
+            n_requests=len(resolved),
+            n_cached=sum(key in cached for key in keys),
+            n_to_send=len(to_send),
+            prompt_tokens=prompt,
+            max_completion_tokens=completion,
+            cost_usd=self.cost(prompt, completion),
+        )
+
+    def _max_tokens(self, resolved: ChatRequest) -> int:
+        return int(resolved.params.get(self.config.max_tokens_field, self.config.max_tokens))
+
+    # ------------------------------------------------------------------------------ sending
+    async def complete(self, request: ChatRequest) -> ChatReply:
+        """One reply (from the cache when present); raises `LLMError`."""
+        resolved = self.resolve(request)
+        key = resolved.key
+        hit = self.cache.get(key) if self.cache else None
+        if hit is not None:
+            self.usage.cache_hits += 1
+            return hit
+        runtime = self._loop_runtime()
+        task = runtime.inflight.get(key)
+        shared = task is not None
+        if task is None:
+            task = runtime.inflight[key] = asyncio.ensure_future(self._fetch(resolved, runtime))
+            task.add_done_callback(lambda _: runtime.inflight.pop(key, None))
+        try:
+            reply = await asyncio.shield(task)
+        except LLMError:
+            self.usage.failures += 1
+            raise
+        if shared:
+            self.usage.cache_hits += 1
+            return replace(reply, cached=True)
+        return reply
+
+    async def complete_many(
+        self,
+        requests: Iterable[ChatRequest],
+        *,
+        progress: bool = True,
+        on_result: Callable[[int, Result], None] | None = None,
+    ) -> list[Result]:
+        """Replies in request order, an `LLMError` in place of each failed one.
+
+        `on_result(index, result)` is called as each finishes, so callers can persist at once.
+        Requests are scheduled through a window of a few times `max_concurrency`, so an iterable
+        of any length streams without creating a task per request up front.
+        """
+        total = len(requests) if hasattr(requests, "__len__") else None
+        window = max(64, 4 * self.config.max_concurrency)
+        source = enumerate(requests)
+        results: list[Result | None] = []
+        pending: set[asyncio.Task] = set()
+        bar = tqdm(total=total, desc=f"LLM {self.config.model}", unit="req", disable=not progress)
+
+        async def one(index: int, request: ChatRequest) -> tuple[int, Result]:
+            try:
+                return index, await self.complete(request)
+            except LLMError as error:
+                return index, error
+
+        def refill() -> None:
+            for index, request in source:
+                results.append(None)
+                pending.add(asyncio.ensure_future(one(index, request)))
+                if len(pending) >= window:
+                    return
+
+        try:
+            refill()
+            while pending:
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    pending.discard(task)
+                    index, result = task.result()
+                    results[index] = result
+                    if on_result is not None:
+                        on_result(index, result)
+                    bar.update(1)
+                bar.set_postfix(cached=self.usage.cache_hits, failed=self.usage.failures, refresh=False)
+                refill()
+        finally:
+            for task in pending:
+                task.cancel()
+            bar.close()
+        log.info(self.usage.summary())
+        return results  # type: ignore[return-value]
+
+    def run_many(self, requests: Iterable[ChatRequest], **kwargs: Any) -> list[Result]:
+        """`complete_many` from synchronous code (runs its own event loop)."""
+
+        async def run() -> list[Result]:
+            try:
+                return await self.complete_many(requests, **kwargs)
+            finally:
+                await self.aclose()
+
+        return asyncio.run(run())
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections of the current event loop's runtime."""
+        if self._runtime is not None and self._runtime.loop is asyncio.get_running_loop():
+            await self._runtime.api.close()
+            self._runtime = None
+
+    # ------------------------------------------------------------------------------ internals
+    def _loop_runtime(self) -> _Runtime:
+        loop = asyncio.get_running_loop()
+        if self._runtime is None or self._runtime.loop is not loop:
+            config = self.config
+            api = AsyncOpenAI(
+                base_url=config.base_url,
+                api_key=os.environ.get(config.api_key_env) or "EMPTY",
+                max_retries=0,
+                timeout=config.timeout_s,
+            )
+            self._runtime = _Runtime(
+                loop=loop,
+                api=api,
+                slots=asyncio.Semaphore(config.max_concurrency),
+                request_limiter=RateLimiter(config.requests_per_minute) if config.requests_per_minute else None,
+                token_limiter=RateLimiter(config.tokens_per_minute) if config.tokens_per_minute else None,
+                inflight={},
+            )
+        return self._runtime
+
+    async def _fetch(self, request: ChatRequest, runtime: _Runtime) -> ChatReply:
+        """Send with retries; cache and account the reply."""
+        config = self.config
+        bad_responses = 0
+
+        def should_retry(state: RetryCallState) -> bool:
+            nonlocal bad_responses
+            error = state.outcome.exception() if state.outcome else None
+            if not isinstance(error, LLMError):
+                return False
+            if error.kind == "bad_response":
+                bad_responses += 1
+                return bad_responses <= config.bad_response_retries
+            return error.retryable
+
+        backoff = wait_exponential_jitter(
+            initial=config.backoff_initial_s, max=config.backoff_max_s, jitter=config.backoff_initial_s
+        )
+
+        def wait(state: RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            if isinstance(error, LLMError) and error.retry_after is not None:
+                return min(error.retry_after, config.backoff_max_s)
+            return backoff(state)
+
+        def before_sleep(state: RetryCallState) -> None:
+            self.usage.retries += 1
+            error = state.outcome.exception() if state.outcome else None
+            level = logging.DEBUG if getattr(error, "kind", "") == "rate_limited" else logging.INFO
+            log.log(
+                level,
+                "LLM request %s: %s; retry %d/%d in %.2fs",
+                request.key[:12],
+                error,
+                state.attempt_number,
+                config.max_retries,
+                state.upcoming_sleep,
+            )
+
+        retrying = AsyncRetrying(
+            retry=should_retry,
+            stop=stop_after_attempt(config.max_retries + 1),
+            wait=wait,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            reply = await retrying(self._attempt, request, runtime)
+        except LLMError as error:
+            if error.retryable:
+                raise LLMError(
+                    "retries_exhausted",
+                    f"gave up after {config.max_retries + 1} attempts; last: {error}",
+                    status=error.status,
+                    key=request.key,
+                    cause_kind=error.kind,
+                ) from error
+            raise
+        if self.cache is not None:
+            self.cache.put(reply)
+        self.usage.replies += 1
+        self.usage.prompt_tokens += reply.usage.prompt_tokens
+        self.usage.completion_tokens += reply.usage.completion_tokens
+        self.usage.cost_usd += self.cost(reply.usage.prompt_tokens, reply.usage.completion_tokens)
+        return reply
+
+    async def _attempt(self, request: ChatRequest, runtime: _Runtime) -> ChatReply:
+        """One HTTP attempt, mapped to a reply or an `LLMError`."""
+        params = dict(request.params)
+        model = params.pop("model")
+        key = request.key
+        async with runtime.slots:
+            if runtime.request_limiter is not None:
+                await runtime.request_limiter.acquire(1)
+            if runtime.token_limiter is not None:
+                prompt = estimate_prompt_tokens(request.messages, self.config.image_token_estimate)
+                await runtime.token_limiter.acquire(prompt + self._max_tokens(request))
+            self.usage.requests_sent += 1
+            try:
+                async with asyncio.timeout(self.config.timeout_s):
+                    completion = await runtime.api.chat.completions.create(
+                        model=model, messages=request.messages, extra_body=params
+                    )
+            except openai.APIStatusError as exc:
+                raise self._status_error(exc, key) from exc
+            except (openai.APITimeoutError, TimeoutError) as exc:
+                raise LLMError("timeout", f"no reply within {self.config.timeout_s}s", key=key) from exc
+            except openai.APIConnectionError as exc:
+                raise LLMError("connection", str(exc), key=key) from exc
+            except (ValueError, TypeError, openai.APIResponseValidationError) as exc:
+                raise LLMError("bad_response", f"reply body is not a chat completion: {exc}", key=key) from exc
+        return self._reply(completion, request)
+
+    def _status_error(self, exc: openai.APIStatusError, key: str) -> LLMError:
+        status = exc.status_code
+        if status in (401, 403):
+            kind = "auth"
+            detail = f"{exc.message} (the key is read from ${self.config.api_key_env}"
+            detail += ", which is set)" if os.environ.get(self.config.api_key_env) else ", which is not set)"
+        else:
+            kind = "rate_limited" if status == 429 else "server_error" if status >= 500 else "http_error"
+            detail = exc.message
+        return LLMError(kind, detail, status=status, key=key, retry_after=_retry_after(exc.response.headers))
+
+    def _reply(self, completion: Any, request: ChatRequest) -> ChatReply:
+        key = request.key
+        choices = getattr(completion, "choices", None)
+        if not choices:
+            raise LLMError("bad_response", "reply has no choices", key=key)
+        choice = choices[0]
+        finish_reason = choice.finish_reason or "unknown"
+        if finish_reason == "content_filter":
+            raise LLMError("content_filter", "the provider's content filter stopped the reply", key=key)
+        message = choice.message
+        text = message.content if message.content is not None else getattr(message, "refusal", None)
+        if text is None:
+            raise LLMError("bad_response", f"reply content is null (finish_reason {finish_reason})", key=key)
+        usage = completion.usage
+        if usage is not None:
+            counted = Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0)
+        else:
+            prompt = estimate_prompt_tokens(request.messages, self.config.image_token_estimate)
+            counted = Usage(prompt, estimate_text_tokens(text))
+        model = completion.model or request.params["model"]
+        return ChatReply(text, finish_reason, counted, False, key, model)
+
+    def __getstate__(self) -> dict[str, Any]:  # picklable into worker processes; runtime rebuilt there
+        return {"config": self.config, "cache": self.cache}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["config"], state["cache"])
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date), if present."""
+    from email.utils import parsedate_to_datetime
+    from time import time
+
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return float(value) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time())
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,155 @@
+"""The LLM client's data model: requests, replies, errors, the request key, token estimates, images.
+
+- `ChatRequest(messages, params)`: OpenAI chat messages plus per-request parameter overrides.
+  `LLMClient.resolve` fills in the model and every effective parameter, so the resolved request is
+  exactly the JSON body that goes on the wire; its `.key` (sha256 of the canonical JSON) is the cache
+  key. The server (or the mock server) can recompute it from the body it received (`body_key`).
+- `estimate_prompt_tokens`: a deliberate approximation (no tokenizer download): 4 characters per
+  token for text, a fixed figure per image, 4 tokens of overhead per message. Real tokenizers give
+  3-5 characters per English token; medical text with long terms sits at the low end.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ChatRequest",
+    "Usage",
+    "ChatReply",
+    "LLMError",
+    "body_key",
+    "estimate_prompt_tokens",
+    "estimate_text_tokens",
+    "image_part",
+]
+
+CHARS_PER_TOKEN = 4
+MESSAGE_OVERHEAD_TOKENS = 4
+
+
+def body_key(body: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces, UTF-8) of a chat request body."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """Chat messages (OpenAI format) and parameter overrides (temperature, response_format, seed...)."""
+
+    messages: list[dict[str, Any]]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The JSON body this request sends (complete only once resolved by a client)."""
+        return {"messages": self.messages, **self.params}
+
+    @cached_property
+    def key(self) -> str:
+        """The cache key: `body_key(self.body)`; use the resolved request's key (`LLMClient.resolve`)."""
+        return body_key(self.body)
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class ChatReply:
+    text: str
+    finish_reason: str
+    usage: Usage
+    cached: bool
+    key: str
+    model: str
+
+
+class LLMError(Exception):
+    """A request that did not produce a reply.
+
+    `kind`: "auth" (401/403), "http_error" (other 4xx: bad request, not found, context too long),
+    "rate_limited" (429), "server_error" (5xx), "timeout", "connection", "bad_response" (a 200 with
+    a body that is not a chat completion), "content_filter" (finish_reason content_filter), and
+    "retries_exhausted" (a retryable error that persisted; `cause_kind` says which).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        status: int | None = None,
+        key: str = "",
+        retry_after: float | None = None,
+        cause_kind: str | None = None,
+    ):
+        super().__init__(f"{kind}: {message}")
+        self.kind, self.message, self.status, self.key = kind, message, status, key
+        self.retry_after, self.cause_kind = retry_after, cause_kind
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in {"rate_limited", "server_error", "timeout", "connection"}
+
+    def __reduce__(self):  # picklable across worker processes (keyword-only arguments)
+        return _rebuild_error, (self.kind, self.message, self.status, self.key, self.retry_after, self.cause_kind)
+
+
+def _rebuild_error(kind, message, status, key, retry_after, cause_kind) -> LLMError:
+    return LLMError(kind, message, status=status, key=key, retry_after=retry_after, cause_kind=cause_kind)
+
+
+def estimate_text_tokens(text: str) -> int:
+    return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+
+
+def estimate_prompt_tokens(messages: list[dict[str, Any]], image_tokens: int) -> int:
+    """Approximate prompt tokens: chars/4 for text parts, `image_tokens` per image part."""
+    total = 0
+    for message in messages:
+        total += MESSAGE_OVERHEAD_TOKENS
+        content = message.get("content")
+        if isinstance(content, str):
+            total += estimate_text_tokens(content)
+            continue
+        for part in content or []:
+            if part.get("type") == "text":
+                total += estimate_text_tokens(part.get("text", ""))
+            elif part.get("type") in {"image_url", "image"}:
+                total += image_tokens
+    return total
+
+
+def image_part(image: Any, max_side: int | None = 1024, *, detail: str | None = None) -> dict[str, Any]:
+    """An OpenAI `image_url` content part holding `image` (PIL image or path) as a JPEG data URL.
+
+    The image is downscaled so its longer side is at most `max_side` (None keeps it as is).
+    `detail` ("low", "high", "auto") is passed through when given.
+    """
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as opened:
+            opened.load()
+            image = opened.copy()
+    image = image.convert("RGB")
+    if max_side is not None and max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    payload: dict[str, Any] = {"url": url}
+    if detail is not None:
+        payload["detail"] = detail
+    return {"type": "image_url", "image_url": payload}
