@@ -1,0 +1,206 @@
+"""The benchmark item model shared by every loader: `VQAItem`, `BenchmarkData`, and their checks.
+
+A loader reads one release from local files and returns `BenchmarkData`: the items in file order,
+the ids of items whose image files are missing (reported by count and id, never dropped), and
+notes about anything the loader had to decide (a split without answers, a reconstructed field).
+Items convert to medvl's LLaVA conversation record (`VQAItem.to_record`) so the training stage can
+fine-tune on a benchmark's train split with the same loaders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+__all__ = [
+    "AnswerType",
+    "LETTERS",
+    "VQAItem",
+    "BenchmarkData",
+    "BenchmarkError",
+    "finish",
+    "extract_image_bytes",
+    "image_cache_dir",
+    "yes_no_answer",
+    "find_path",
+    "split_name",
+    "read_json",
+]
+
+AnswerType = Literal["closed", "open", "choice"]
+ANSWER_TYPES = ("closed", "open", "choice")
+LETTERS = "ABCDEFGHIJK"  # HuatuoGPT-Vision letters up to 11 options
+
+
+class BenchmarkError(ValueError):
+    """A benchmark folder or file that cannot be read as the named release; says what is wrong."""
+
+
+@dataclass
+class VQAItem:
+    """One benchmark question.
+
+    `answer_type`: "closed" (yes/no and other closed-set answers), "open" (free text) or "choice"
+    (lettered options; `answer` is the correct option's text). `images` are absolute paths, which
+    may not exist (see `BenchmarkData.missing_images`).
+    """
+
+    id: str
+    benchmark: str
+    split: str
+    question: str
+    answer: str
+    answer_type: AnswerType
+    images: list[str]
+    options: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.answer_type not in ANSWER_TYPES:
+            raise BenchmarkError(f"item {self.id}: answer_type {self.answer_type!r} is not one of {ANSWER_TYPES}")
+        if self.answer_type == "choice" and len(self.options) > len(LETTERS):
+            raise BenchmarkError(f"item {self.id}: {len(self.options)} options, at most {len(LETTERS)} are lettered")
+
+    @property
+    def answer_letter(self) -> str | None:
+        """The correct option's letter for a choice item (None when the answer is not an option)."""
+        if self.answer in self.options:
+            return LETTERS[self.options.index(self.answer)]
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VQAItem":
+        names = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_record(self, prompt: str | None = None) -> dict[str, Any]:
+        """A LLaVA conversation record: one human turn (images then `prompt` or the question), one gpt turn."""
+        tags = "<image>\n" * len(self.images)
+        return {
+            "id": f"{self.benchmark}-{self.split}-{self.id}",
+            "image": list(self.images),
+            "conversations": [
+                {"from": "human", "value": tags + (prompt if prompt is not None else self.question)},
+                {"from": "gpt", "value": self.answer},
+            ],
+            "answer_type": self.answer_type,
+            "benchmark": self.benchmark,
+            **({"options": list(self.options)} if self.options else {}),
+        }
+
+
+@dataclass
+class BenchmarkData:
+    """A loaded split: items in file order plus what the loader found wrong or decided."""
+
+    name: str
+    split: str
+    root: str
+    items: list[VQAItem]
+    missing_images: list[str] = field(default_factory=list)  # ids of items with an image file absent
+    notes: list[str] = field(default_factory=list)
+    rejects: list[dict[str, str]] = field(default_factory=list)  # {"id", "reason", "detail"} of unreadable rows
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(item.answer_type for item in self.items))
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{n} {t}" for t, n in sorted(self.counts().items()))
+        lines = [f"{self.name} [{self.split}]: {len(self.items)} questions ({parts}) from {self.root}"]
+        if self.missing_images:
+            shown = ", ".join(self.missing_images[:10]) + (" ..." if len(self.missing_images) > 10 else "")
+            lines.append(f"  {len(self.missing_images)} questions have missing images: {shown}")
+        if self.rejects:
+            lines.append(f"  {len(self.rejects)} rows could not be read (first: {self.rejects[0]})")
+        lines.extend(f"  note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+
+def finish(name: str, split: str, root: str | Path, items: list[VQAItem], notes: Iterable[str] = (),
+           rejects: Iterable[dict[str, str]] = ()) -> BenchmarkData:
+    """Check ids are unique and every image exists; return the `BenchmarkData`."""
+    duplicates = [i for i, n in Counter(item.id for item in items).items() if n > 1]
+    if duplicates:
+        raise BenchmarkError(f"{name} [{split}]: duplicate item ids {duplicates[:5]}")
+    exists: dict[str, bool] = {}
+    missing = []
+    for item in items:
+        if not all(exists.setdefault(p, os.path.isfile(p)) for p in item.images):
+            missing.append(item.id)
+    return BenchmarkData(name=name, split=split, root=str(root), items=items, missing_images=missing,
+                         notes=list(notes), rejects=list(rejects))
+
+
+YES = {"yes", "是", "是的", "有", "包含", "可以", "存在", "对"}
+NO = {"no", "否", "不是", "没有", "无", "不包含", "不可以", "不存在", "不"}
+
+
+def yes_no_answer(answer: str) -> str | None:
+    """'yes' / 'no' when a reference answer is a plain yes/no (English or SLAKE's Chinese forms)."""
+    text = answer.strip().strip(".。!！").lower()
+    if text in YES:
+        return "yes"
+    if text in NO:
+        return "no"
+    return None
+
+
+def image_cache_dir(benchmark: str, source: Path, override: str | Path | None) -> Path:
+    """Where images embedded in a data file (parquet bytes) are written once, by content hash."""
+    if override is not None:
+        return Path(override)
+    base = Path(os.environ.get("MEDVL_CACHE", Path.home() / ".cache" / "medvl"))
+    tag = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:12]
+    return base / "eval-images" / benchmark / tag
+
+
+def extract_image_bytes(data: bytes | None, name_hint: str | None, folder: Path) -> str | None:
+    """Write embedded image bytes to `folder/<sha1><ext>` (once) and return the absolute path."""
+    if not data:
+        return None
+    suffix = Path(name_hint or "").suffix.lower() or ".png"
+    digest = hashlib.sha1(data).hexdigest()
+    path = folder / f"{digest}{suffix}"
+    if not path.is_file():
+        from medvl.io.files import atomic_write_bytes
+
+        atomic_write_bytes(path, data)
+    return str(path.resolve())
+
+
+def find_path(root: Path, candidates: Iterable[str], what: str) -> Path:
+    """The first of `candidates` (relative to `root`) that exists; a clear error naming all of them."""
+    tried = []
+    for candidate in candidates:
+        path = root / candidate
+        if path.exists():
+            return path
+        tried.append(str(path))
+    raise BenchmarkError(f"{what} not found; looked for: " + ", ".join(tried))
+
+
+def split_name(split: str, aliases: dict[str, tuple[str, ...]]) -> str:
+    """Map a split name or alias (`val`, `validation`, `validate`...) to the release's own name."""
+    for name, names in aliases.items():
+        if split == name or split in names:
+            return name
+    raise BenchmarkError(f"unknown split {split!r}; this release has: {', '.join(aliases)}")
+
+
+def read_json(path: Path) -> Any:
+    """A whole JSON file; a clear error naming the file when it is not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BenchmarkError(f"{path}: not valid JSON: {exc}") from exc

@@ -1,0 +1,54 @@
+"""HuatuoGPT-Vision's combined evaluation file (`medical_multimodel_evaluation_data.json`).
+
+Released as FreedomIntelligence/Medical_Multimodal_Evaluation_Data with `images.zip`. A JSON list;
+each row has `question`, `options` (a list, or a Python list written as a string), `answer` (the
+correct option's text; "?" where unknown, which the reference scorer counts wrong), `image` (a list
+of paths relative to the JSON file's folder, e.g. `images/...`), `dataset` (VQA-RAD, SLAKE,
+PathVQA, PMC-VQA, OmniMedVQA, MMMU-...), and optionally `question_type` and `subset`. The reference
+`eval.py` numbers rows from 1 in file order (`test_id`); medvl uses that number as the item id.
+Rows with options are choice items; rows without are open (the reference scorer skips them).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Sequence
+
+from medvl.eval.benchmarks.base import BenchmarkData, VQAItem, find_path, finish, read_json, split_name
+
+FILE = "medical_multimodel_evaluation_data.json"
+
+
+def load(root: Path, split: str = "test", datasets: Sequence[str] | None = None) -> BenchmarkData:
+    split_name(split, {"test": ()})
+    path = root if root.is_file() else find_path(root, [FILE], "HuatuoGPT-Vision evaluation file")
+    folder = path.parent
+    wanted = set(datasets) if datasets else None
+    items, rejects, unknown_answers = [], [], 0
+    for test_id, row in enumerate(read_json(path), start=1):
+        item_id = str(test_id)
+        dataset = str(row.get("dataset", ""))
+        if wanted is not None and dataset not in wanted:
+            continue
+        options = row.get("options") or []
+        if isinstance(options, str):
+            try:
+                options = ast.literal_eval(options)
+            except (ValueError, SyntaxError) as exc:
+                rejects.append({"id": item_id, "reason": "bad_options", "detail": str(exc)})
+                continue
+        images = row.get("image") or []
+        images = [images] if isinstance(images, str) else images
+        answer = str(row.get("answer", "")).strip()
+        options = [str(o) for o in options]
+        unknown_answers += bool(options) and answer not in options
+        items.append(VQAItem(
+            id=item_id, benchmark="huatuo_eval", split="test", question=str(row.get("question", "")),
+            answer=answer, answer_type="choice" if options else "open",
+            images=[str((folder / p).resolve()) for p in images], options=options,
+            meta={"dataset": dataset, "subset": row.get("subset", ""), "question_type": row.get("question_type", "")},
+        ))
+    notes = [f"{unknown_answers} choice rows whose answer is not one of the options (scored wrong, as the "
+             "reference does)"] if unknown_answers else []
+    return finish("huatuo_eval", "test", folder, items, notes=notes, rejects=rejects)

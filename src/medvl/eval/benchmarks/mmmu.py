@@ -1,0 +1,81 @@
+"""MMMU Health & Medicine (Yue et al. 2024): the five medical subjects, from the parquet release.
+
+Layout (MMMU/MMMU on the Hugging Face hub): `<Subject>/<split>-00000-of-00001.parquet`, splits
+dev/validation/test. Columns: `id`, `question` (with `<image 1>`-style tags), `options` (a Python
+list written as a string), `answer` (a letter; hidden as "?" in the test split), `image_1` ...
+`image_7` ({bytes, path} or null), `question_type` ("multiple-choice"/"open"), `subfield`,
+`img_type`, `topic_difficulty`. Embedded images are written once (by content hash) to a cache
+folder (`image_dir` option); the `<image N>` tags stay in the question text, as MMMU and
+HuatuoGPT-Vision present them, and the images follow in tag order.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Sequence
+
+from medvl.eval.benchmarks.base import (
+    LETTERS,
+    BenchmarkData,
+    BenchmarkError,
+    VQAItem,
+    extract_image_bytes,
+    finish,
+    image_cache_dir,
+    split_name,
+)
+
+MEDICAL_SUBJECTS = (
+    "Basic_Medical_Science",
+    "Clinical_Medicine",
+    "Diagnostics_and_Laboratory_Medicine",
+    "Pharmacy",
+    "Public_Health",
+)
+SPLITS = {"dev": (), "validation": ("val", "validate"), "test": ()}
+IMAGE_COLUMNS = tuple(f"image_{i}" for i in range(1, 8))
+
+
+def load(root: Path, split: str = "validation", subjects: Sequence[str] = MEDICAL_SUBJECTS,
+         image_dir: str | None = None) -> BenchmarkData:
+    split = split_name(split, SPLITS)
+    import pyarrow.parquet as pq
+
+    items, rejects, hidden = [], [], 0
+    cache = image_cache_dir("mmmu_med", root, image_dir)
+    for subject in subjects:
+        files = sorted((root / subject).glob(f"{split}-*.parquet"))
+        if not files:
+            raise BenchmarkError(f"MMMU: no {split} parquet for subject {subject!r} under {root / subject}")
+        for file in files:
+            for row in pq.read_table(file).to_pylist():
+                item_id = str(row.get("id"))
+                answer = str(row.get("answer") or "").strip()
+                if answer in ("", "?"):
+                    hidden += 1
+                    continue
+                try:
+                    options = [str(o).strip() for o in ast.literal_eval(row.get("options") or "[]")]
+                except (ValueError, SyntaxError) as exc:
+                    rejects.append({"id": item_id, "reason": "bad_options", "detail": str(exc)})
+                    continue
+                images = [extract_image_bytes((row.get(c) or {}).get("bytes"), (row.get(c) or {}).get("path"), cache)
+                          for c in IMAGE_COLUMNS]
+                is_choice = row.get("question_type") != "open" and bool(options)
+                if is_choice and (len(answer) != 1 or answer not in LETTERS[: len(options)]):
+                    rejects.append({"id": item_id, "reason": "answer_not_an_option", "detail": answer})
+                    continue
+                items.append(VQAItem(
+                    id=item_id, benchmark="mmmu_med", split=split, question=str(row.get("question") or "").strip(),
+                    answer=options[LETTERS.index(answer)] if is_choice else answer,
+                    answer_type="choice" if is_choice else "open", images=[p for p in images if p],
+                    options=options if is_choice else [],
+                    meta={"subject": subject, "subfield": row.get("subfield", ""), "img_type": row.get("img_type", ""),
+                          "difficulty": row.get("topic_difficulty", "")},
+                ))
+    if hidden and not items:
+        raise BenchmarkError(f"MMMU {split}: answers are hidden ('?'); score on split=validation or dev")
+    notes = [f"{hidden} questions with hidden answers left out"] if hidden else []
+    return finish("mmmu_med", split, root, items, notes=notes + [f"embedded images written to {cache}"],
+                  rejects=rejects)

@@ -1,0 +1,101 @@
+"""PathVQA (He et al. 2020), in either of its two published layouts.
+
+- The original release (`pvqa/`): `qas/<split>/<split>_qa.pkl` (also `qas/<split>_qa.pkl`), a
+  pickled list of `{"image": "test_0261", "question", "answer"}` dicts, with images at
+  `images/<split>/<image>.jpg`; splits train/val/test. The pickle is read with an unpickler that
+  only builds lists, dicts, strings and numbers, so a tampered file cannot run code.
+- The Hugging Face parquet release (flaviagiammarino/path-vqa): `data/<split>-*.parquet` with
+  columns `image` ({bytes, path}), `question`, `answer`; splits train/validation/test. Embedded
+  images are written once (by content hash) to a cache folder (`image_dir` option).
+
+Answers "yes"/"no" are closed questions and the rest open, the convention LLaVA-Med follows.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+from medvl.eval.benchmarks.base import (
+    BenchmarkData,
+    BenchmarkError,
+    VQAItem,
+    extract_image_bytes,
+    finish,
+    image_cache_dir,
+    split_name,
+    yes_no_answer,
+)
+
+PICKLE_SPLITS = {"train": (), "val": ("validation", "validate", "dev"), "test": ()}
+PARQUET_SPLITS = {"train": (), "validation": ("val", "validate", "dev"), "test": ()}
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Refuses every class lookup: only built-in containers and scalars can be loaded."""
+
+    def find_class(self, module: str, name: str) -> type:
+        raise BenchmarkError(f"PathVQA pickle refers to {module}.{name}; only plain data is accepted")
+
+
+def load(root: Path, split: str = "test", image_dir: str | None = None) -> BenchmarkData:
+    if (root / "qas").is_dir():
+        return _load_pickle(root, split_name(split, PICKLE_SPLITS))
+    parquet_dir = root / "data" if (root / "data").is_dir() else root
+    if any(parquet_dir.glob("*.parquet")):
+        return _load_parquet(root, parquet_dir, split_name(split, PARQUET_SPLITS), image_dir)
+    raise BenchmarkError(f"{root}: neither the original PathVQA layout (qas/) nor parquet files (data/*.parquet)")
+
+
+def _load_pickle(root: Path, split: str) -> BenchmarkData:
+    candidates = [root / "qas" / split / f"{split}_qa.pkl", root / "qas" / f"{split}_qa.pkl"]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise BenchmarkError(f"PathVQA {split} questions not found; looked for: {', '.join(map(str, candidates))}")
+    try:
+        rows = _PlainUnpickler(io.BytesIO(path.read_bytes())).load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise BenchmarkError(f"{path}: not a readable pickle: {exc}") from exc
+    items, rejects = [], []
+    for index, row in enumerate(rows):
+        item_id = f"{split}_{index:05d}"
+        if not isinstance(row, dict) or not row.get("image") or row.get("question") is None:
+            rejects.append({"id": item_id, "reason": "malformed_row", "detail": repr(row)[:200]})
+            continue
+        image = root / "images" / split / f"{row['image']}.jpg"
+        items.append(_item(item_id, split, row["question"], row.get("answer", ""), str(image.resolve()),
+                           {"image_id": row["image"]}))
+    return finish("pathvqa", split, root, items, rejects=rejects)
+
+
+def _load_parquet(root: Path, parquet_dir: Path, split: str, image_dir: str | None) -> BenchmarkData:
+    import pyarrow.parquet as pq
+
+    files = sorted(parquet_dir.glob(f"{split}-*.parquet"))
+    if not files:
+        raise BenchmarkError(f"no PathVQA parquet files for split {split!r} in {parquet_dir}")
+    cache = image_cache_dir("pathvqa", files[0], image_dir)
+    items, rejects = [], []
+    index = 0
+    for file in files:
+        for row in pq.read_table(file, columns=["image", "question", "answer"]).to_pylist():
+            item_id = f"{split}_{index:05d}"
+            index += 1
+            image = row.get("image") or {}
+            path = extract_image_bytes(image.get("bytes"), image.get("path"), cache)
+            if path is None:
+                rejects.append({"id": item_id, "reason": "no_image_bytes", "detail": str(file)})
+                continue
+            items.append(_item(item_id, split, row.get("question") or "", row.get("answer") or "", path,
+                               {"source_image": image.get("path")}))
+    return finish("pathvqa", split, root, items, notes=[f"embedded images written to {cache}"], rejects=rejects)
+
+
+def _item(item_id: str, split: str, question: str, answer: object, image: str, meta: dict) -> VQAItem:
+    answer = str(answer).strip()
+    yes_no = yes_no_answer(answer) is not None
+    return VQAItem(
+        id=item_id, benchmark="pathvqa", split=split, question=str(question).strip(), answer=answer,
+        answer_type="closed" if yes_no else "open", images=[image], meta={**meta, "yes_no": yes_no},
+    )

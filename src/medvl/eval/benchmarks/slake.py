@@ -1,0 +1,61 @@
+"""SLAKE 1.0 (Liu et al., ISBI 2021).
+
+`train.json`, `validate.json`, `test.json`: lists of rows with `qid`, `img_name`
+(`xmlabN/source.jpg`, under `imgs/`), `question`, `answer`, `answer_type` (CLOSED/OPEN), `q_lang`
+(en/zh), `modality`, `location`, `content_type`, `base_type` (vqa/kvqa). English and Chinese
+questions share the file; `lang="en"` (the default, as LLaVA-Med and HuatuoGPT-Vision report) keeps
+the English ones, `"zh"` the Chinese ones, `"all"` both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from medvl.eval.benchmarks.base import (
+    BenchmarkData,
+    VQAItem,
+    find_path,
+    finish,
+    read_json,
+    split_name,
+    yes_no_answer,
+)
+
+SPLITS = {"train": (), "validate": ("val", "validation", "dev"), "test": ()}
+
+
+def load(root: Path, split: str = "test", lang: Literal["en", "zh", "all"] = "en") -> BenchmarkData:
+    split = split_name(split, SPLITS)
+    path = find_path(root, [f"{split}.json"], f"SLAKE {split} file")
+    image_dir = root / "imgs"
+    items, rejects = [], []
+    for index, row in enumerate(read_json(path)):
+        qid = str(row.get("qid", index))
+        kind = str(row.get("answer_type", "")).strip().upper()
+        if kind not in ("CLOSED", "OPEN") or not row.get("img_name") or row.get("question") is None:
+            rejects.append({"id": qid, "reason": "malformed_row", "detail": f"answer_type={kind!r}"})
+            continue
+        row_lang = row.get("q_lang", "en")
+        if lang != "all" and row_lang != lang:
+            continue
+        answer = str(row.get("answer", "")).strip()
+        items.append(VQAItem(
+            id=qid,
+            benchmark="slake",
+            split=split,
+            question=str(row["question"]).strip(),
+            answer=answer,
+            answer_type="closed" if kind == "CLOSED" else "open",
+            images=[str((image_dir / row["img_name"]).resolve())],
+            meta={
+                "question_type": row.get("content_type", ""),
+                "organ": row.get("location", ""),
+                "modality": row.get("modality", ""),
+                "lang": row_lang,
+                "base_type": row.get("base_type", ""),
+                "yes_no": yes_no_answer(answer) is not None,
+            },
+        ))
+    notes = [] if image_dir.is_dir() else [f"image folder {image_dir} is absent"]
+    return finish("slake", split, root, items, notes=notes, rejects=rejects)

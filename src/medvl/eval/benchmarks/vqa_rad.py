@@ -1,0 +1,61 @@
+"""VQA-RAD (Lau et al. 2018), the original public release.
+
+`VQA_RAD Dataset Public.json`: a list of rows with `qid`, `image_name`, `question`, `answer` (a
+string, or a number for a few counting questions), `answer_type` ("CLOSED"/"OPEN", sometimes with
+a trailing space), `question_type`, `image_organ`, `phrase_type`. The official test split is the
+rows whose `phrase_type` is `test_freeform` or `test_para` (451 questions over 203 images); all
+other rows are train. Images sit in `images/` (or the release's `VQA_RAD Image Folder/`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medvl.eval.benchmarks.base import (
+    BenchmarkData,
+    VQAItem,
+    find_path,
+    finish,
+    read_json,
+    split_name,
+    yes_no_answer,
+)
+
+FILE = "VQA_RAD Dataset Public.json"
+TEST_PHRASES = {"test_freeform", "test_para"}
+IMAGE_DIRS = ("images", "VQA_RAD Image Folder")
+
+
+def load(root: Path, split: str = "test") -> BenchmarkData:
+    split = split_name(split, {"test": (), "train": (), "all": ()})
+    path = root if root.is_file() else find_path(root, [FILE], "VQA-RAD question file")
+    folder = path.parent
+    image_dir = next((folder / d for d in IMAGE_DIRS if (folder / d).is_dir()), folder)
+    rows = read_json(path)
+    items, rejects = [], []
+    for index, row in enumerate(rows):
+        qid = str(row.get("qid", index))
+        kind = str(row.get("answer_type", "")).strip().upper()
+        if kind not in ("CLOSED", "OPEN") or not row.get("image_name") or row.get("question") is None:
+            rejects.append({"id": qid, "reason": "malformed_row", "detail": f"answer_type={kind!r}"})
+            continue
+        is_test = row.get("phrase_type") in TEST_PHRASES
+        if split != "all" and is_test != (split == "test"):
+            continue
+        answer = str(row.get("answer", "")).strip()
+        items.append(VQAItem(
+            id=qid,
+            benchmark="vqa_rad",
+            split="test" if is_test else "train",
+            question=str(row["question"]).strip(),
+            answer=answer,
+            answer_type="closed" if kind == "CLOSED" else "open",
+            images=[str((image_dir / row["image_name"]).resolve())],
+            meta={
+                "question_type": str(row.get("question_type", "")).strip().upper(),
+                "organ": str(row.get("image_organ", "")).strip().upper(),
+                "phrase_type": row.get("phrase_type"),
+                "yes_no": yes_no_answer(answer) is not None,
+            },
+        ))
+    return finish("vqa_rad", split, folder, items, rejects=rejects)
