@@ -12,6 +12,8 @@ import os
 
 import typer
 
+from medvl.errors import UserError
+
 COMMAND_MODULES = (
     "medvl.model.cli",  # build, convert, ask
     "medvl.curate.cli",  # curate ...
@@ -44,7 +46,11 @@ def build_app() -> typer.Typer:
 def main() -> None:
     logging.basicConfig(level=os.environ.get("MEDVL_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    build_app()()
+    try:
+        build_app()()
+    except UserError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

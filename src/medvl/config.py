@@ -13,10 +13,12 @@ from typing import Any, Sequence, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from medvl.errors import UserError
+
 __all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "dump_config"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that does not fit its schema; the message names each bad key."""
 
 

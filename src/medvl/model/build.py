@@ -32,6 +32,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
+from medvl.model.offline import resolve_asset
 from medvl.model.spec import ModelSpec, TextSpec, VisionSpec
 from medvl.model.templates import STOP_STRINGS, guess_format, resolve_chat_template
 
@@ -47,7 +48,7 @@ _TEXT_CONFIGS = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralC
 
 def load_tokenizer(text: TextSpec, image_token: str = "<image>") -> Any:
     """The LLM's tokenizer with the image token added and a pad token set."""
-    source = text.tokenizer or text.path
+    source = resolve_asset(text.tokenizer or text.path)
     kwargs = {"gguf_file": text.gguf_file} if text.gguf_file and not text.tokenizer else {}
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     if image_token not in tokenizer.get_vocab():
@@ -153,14 +154,15 @@ def _vision_part(vision: VisionSpec) -> tuple[Any, dict | None, dict]:
         return config, None, {}
     from transformers import CLIPVisionModel, SiglipVisionModel
 
-    full = AutoConfig.from_pretrained(vision.path)
+    path = resolve_asset(vision.path)
+    full = AutoConfig.from_pretrained(path)
     config = getattr(full, "vision_config", full)
     family = "clip" if config.model_type.startswith("clip") else "siglip"
     if family != vision.family:
-        raise ValueError(f"vision.path {vision.path} holds a {config.model_type} model but vision.family={vision.family!r}")
+        raise ValueError(f"vision.path {path} holds a {config.model_type} model but vision.family={vision.family!r}")
     tower_class = CLIPVisionModel if family == "clip" else SiglipVisionModel
-    tower = tower_class.from_pretrained(vision.path)
-    return tower.config, tower.state_dict(), _preprocessor_stats(Path(vision.path))
+    tower = tower_class.from_pretrained(path)
+    return tower.config, tower.state_dict(), _preprocessor_stats(Path(path))
 
 
 def _preprocessor_stats(folder: Path) -> dict:
@@ -176,7 +178,7 @@ def _preprocessor_stats(folder: Path) -> dict:
 def _text_part(text: TextSpec, vocab_size: int) -> tuple[Any, Any]:
     if text.path is not None:
         kwargs = {"gguf_file": text.gguf_file} if text.gguf_file else {}
-        llm = AutoModelForCausalLM.from_pretrained(text.path, dtype=torch.float32, **kwargs)
+        llm = AutoModelForCausalLM.from_pretrained(resolve_asset(text.path), dtype=torch.float32, **kwargs)
         if getattr(llm, "hf_quantizer", None) is not None:  # GGUF: weights are already dequantised
             llm.hf_quantizer = None
         if hasattr(llm.config, "quantization_config"):

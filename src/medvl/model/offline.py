@@ -15,12 +15,14 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["cache_dir", "smollm2_tokenizer", "smollm2_model", "minilm_path", "OfflineAssetMissing"]
+from medvl.errors import UserError
+
+__all__ = ["cache_dir", "smollm2_tokenizer", "smollm2_model", "minilm_path", "resolve_asset", "OfflineAssetMissing"]
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class OfflineAssetMissing(RuntimeError):
+class OfflineAssetMissing(UserError, RuntimeError):
     """A weights package is not installed; the message gives the pip command."""
 
 
@@ -103,3 +105,16 @@ def _fix_smollm2_tokenizer(tokenizer) -> None:
     tokenizer.pad_token = "<|im_end|>"
     if hasattr(tokenizer, "add_bos_token"):
         tokenizer.add_bos_token = False
+
+
+_ASSETS = {"smollm2": smollm2_model, "smollm2-tokenizer": smollm2_tokenizer, "minilm": minilm_path}
+
+
+def resolve_asset(path: str) -> str:
+    """`offline:NAME` (smollm2, smollm2-tokenizer, minilm) → its local folder; other paths unchanged."""
+    if not path.startswith("offline:"):
+        return path
+    name = path.removeprefix("offline:")
+    if name not in _ASSETS:
+        raise OfflineAssetMissing(f"unknown offline asset {name!r}; known: {', '.join(_ASSETS)}")
+    return str(_ASSETS[name]())

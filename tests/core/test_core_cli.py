@@ -1,0 +1,43 @@
+"""The `medvl` entry point: sub-commands registered, help fast, build/convert commands work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from medvl.cli import build_app
+
+
+def test_help_lists_commands_without_loading_torch():
+    code = "import sys; from medvl.cli import build_app; build_app(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_build_command_saves_a_model(tmp_path, smol_tokenizer):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"vision: {{image_size: 32, patch_size: 8, hidden_size: 32, num_layers: 2, num_heads: 2, intermediate_size: 64}}\n"
+        f"text: {{tokenizer: '{smol_tokenizer}', hidden_size: 64, num_layers: 1, num_heads: 2, intermediate_size: 64}}\n"
+        "chat_template: chatml\n")
+    result = CliRunner().invoke(build_app(), ["build", str(spec), str(tmp_path / "m"), "projector=linear"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "m" / "config.json").is_file() and "saved" in result.output
+
+
+def test_build_command_names_a_bad_key(tmp_path, smol_tokenizer):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"text: {{tokenizer: '{smol_tokenizer}'}}\nprojecter: linear\n")
+    result = CliRunner().invoke(build_app(), ["build", str(spec), str(tmp_path / "m")])
+    assert result.exit_code != 0
+    assert "projecter: unknown key" in str(result.exception)
+
+
+def test_user_errors_print_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "medvl.cli", "build", str(tmp_path / "nope.yaml"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "error: config file not found" in result.stderr and "Traceback" not in result.stderr

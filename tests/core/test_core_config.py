@@ -1,0 +1,70 @@
+"""Typed configs: a wrong key or type is an error naming the key; overrides parse as YAML."""
+
+from __future__ import annotations
+
+import pytest
+
+from medvl.config import Config, ConfigError, apply_overrides, dump_config, load_config
+from medvl.model.spec import ModelSpec
+
+
+class Inner(Config):
+    lr: float = 1e-3
+    steps: int = 10
+
+
+class Outer(Config):
+    name: str = "run"
+    inner: Inner = Inner()
+    sizes: list[int] = [1]
+    flag: bool = False
+
+
+def test_defaults_file_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: a\ninner:\n  lr: 0.5\n")
+    config = load_config(Outer, path, ["inner.steps=3", "sizes=[1, 8, 16]", "flag=true", "name=b"])
+    assert (config.name, config.inner.lr, config.inner.steps, config.sizes, config.flag) == ("b", 0.5, 3, [1, 8, 16], True)
+    assert load_config(Outer).inner.lr == 1e-3
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("inner:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"inner\.learning_rate: unknown key"):
+        load_config(Outer, path)
+    with pytest.raises(ConfigError, match=r"inner\.stepz: unknown key"):
+        load_config(Outer, None, ["inner.stepz=4"])
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError, match=r"inner\.steps: .*integer.*'many'"):
+        load_config(Outer, None, ["inner.steps=many"])
+    with pytest.raises(ConfigError, match=r"flag: .*bool"):
+        load_config(Outer, None, ["flag=perhaps"])
+
+
+def test_bad_files_and_overrides(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Outer, tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(Outer, tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(Outer, tmp_path / "broken.yaml")
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["lr"])
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        apply_overrides({"name": "x"}, ["name.sub=1"])
+
+
+def test_dump_round_trip(tmp_path):
+    config = load_config(Outer, None, ["inner.lr=0.25"])
+    dump_config(config, tmp_path / "out.yaml")
+    assert load_config(Outer, tmp_path / "out.yaml") == config
+
+
+def test_model_spec_requires_a_tokenizer_source():
+    with pytest.raises(ConfigError, match="text.path"):
+        load_config(ModelSpec, None, ["text.family=llama"])

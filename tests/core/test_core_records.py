@@ -1,0 +1,62 @@
+"""The LLaVA conversation record: validation and conversion to chat messages and back."""
+
+from __future__ import annotations
+
+import pytest
+
+from medvl.records import RecordError, from_messages, record_images, record_problems, to_messages
+
+
+def _record(**extra):
+    base = {"id": "r1", "image": ["a.png"], "conversations": [
+        {"from": "human", "value": "<image>\nWhat is shown?"}, {"from": "gpt", "value": "A chest X-ray."}]}
+    return {**base, **extra}
+
+
+def test_to_messages_and_back():
+    messages = to_messages(_record())
+    assert messages == [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A chest X-ray."}]},
+    ]
+    assert from_messages(messages) == _record()["conversations"]
+
+
+def test_untagged_record_gets_one_tag_per_image_in_first_turn():
+    record = _record(image=["a.png", "b.png"], conversations=[
+        {"from": "human", "value": "Compare."}, {"from": "gpt", "value": "Same."},
+        {"from": "human", "value": "Sure?"}, {"from": "gpt", "value": "Yes."}])
+    messages = to_messages(record)
+    assert [p["type"] for p in messages[0]["content"]] == ["image", "image", "text"]
+    assert messages[2]["content"] == [{"type": "text", "text": "Sure?"}]
+
+
+def test_interleaved_images_keep_their_place():
+    record = _record(image=["a", "b"], conversations=[
+        {"from": "human", "value": "First <image>\nthen <image>\nwhich?"}, {"from": "gpt", "value": "b"}])
+    parts = to_messages(record)[0]["content"]
+    assert [p["type"] for p in parts] == ["text", "image", "text", "image", "text"]
+
+
+@pytest.mark.parametrize("record,problem", [
+    ({"image": "a", "conversations": []}, "missing 'id'"),
+    (_record(conversations=[{"from": "gpt", "value": "hi"}, {"from": "human", "value": "x"}]), "first turn"),
+    (_record(conversations=[{"from": "human", "value": "<image>\na"}, {"from": "human", "value": "b"}]), "alternate"),
+    (_record(conversations=[{"from": "human", "value": "<image>\nx"}]), "no gpt turn"),
+    (_record(image=["a", "b"]), "1 <image> tags but 2 images"),
+    (_record(conversations=[{"from": "bot", "value": "x"}]), "unknown speaker"),
+    (_record(image=3), "'image' must be"),
+    ("not a dict", "not an object"),
+])
+def test_problems_are_named(record, problem):
+    assert any(problem in p for p in record_problems(record))
+
+
+def test_to_messages_raises_with_the_id():
+    with pytest.raises(RecordError, match="'r1'.*no gpt turn"):
+        to_messages(_record(conversations=[{"from": "human", "value": "<image>\nx"}]))
+
+
+def test_record_images_forms():
+    assert record_images({"image": "x.png"}) == ["x.png"]
+    assert record_images({}) == [] and record_images({"image": ""}) == []

@@ -1,0 +1,66 @@
+"""JSONL: bad lines are reported not fatal, appends survive a torn tail, writes are atomic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medvl.io.files import atomic_write_json
+from medvl.io.jsonl import JsonlAppender, JsonlLineError, RejectLog, iter_jsonl, read_records, write_jsonl
+
+
+def test_bad_lines_are_reported_with_line_numbers(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"id": 1}\n{broken\n\n[1, 2]\n{"id": 2}\n')
+    items = list(iter_jsonl(path))
+    assert [n for n, _ in items] == [1, 2, 4, 5]
+    assert isinstance(items[1][1], JsonlLineError) and "d.jsonl:2" in str(items[1][1])
+    assert "not an object" in items[2][1].reason
+    assert [r["id"] for _, r in items if isinstance(r, dict)] == [1, 2]
+    with pytest.raises(JsonlLineError):
+        read_records(path)
+
+
+def test_json_array_files_are_read(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps([{"id": "a"}, 5, {"id": "b"}]))
+    items = list(iter_jsonl(path))
+    assert items[0] == (1, {"id": "a"}) and isinstance(items[1][1], JsonlLineError) and items[2] == (3, {"id": "b"})
+
+
+def test_appender_cuts_a_torn_last_line(tmp_path):
+    path = tmp_path / "out.jsonl"
+    with JsonlAppender(path) as out:
+        out.write({"id": 1})
+        out.write({"id": 2})
+    with path.open("a") as handle:  # a kill mid-write leaves half a line
+        handle.write('{"id": 3, "tex')
+    with JsonlAppender(path) as out:
+        out.write({"id": 4})
+    assert [r["id"] for r in read_records(path)] == [1, 2, 4]
+
+
+def test_torn_single_line_file_is_emptied(tmp_path):
+    path = tmp_path / "out.jsonl"
+    path.write_text('{"id": 1')
+    JsonlAppender(path).close()
+    assert path.read_text() == ""
+
+
+def test_reject_log_counts(tmp_path):
+    log = RejectLog(tmp_path / "rejects.jsonl")
+    log.reject("a", "image_filter", "too_small", "200x180 < 336")
+    log.reject("b", "image_filter", "too_small")
+    log.reject("c", "text_filter", "few_terms", extra_field=1)
+    log.close()
+    assert log.counts[("image_filter", "too_small")] == 2
+    rows = read_records(tmp_path / "rejects.jsonl")
+    assert rows[2] == {"id": "c", "stage": "text_filter", "reason": "few_terms", "detail": "", "extra_field": 1}
+
+
+def test_atomic_writes_leave_no_temporary_files(tmp_path):
+    write_jsonl(tmp_path / "x.jsonl", [{"a": 1}, {"b": "é"}])
+    atomic_write_json(tmp_path / "sub" / "y.json", {"k": [1]})
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["x.jsonl", "y.json"]
+    assert read_records(tmp_path / "x.jsonl")[1] == {"b": "é"}

@@ -1,0 +1,147 @@
+"""Model-core invariants on tiny models: token counts, projector kinds, preprocessing, save→load."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medvl.model.build import build_model
+from medvl.model.checkpoint import load_model, save_model
+from medvl.model.spec import tiny_spec
+
+MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]}]
+
+
+def _features_and_tokens(model, processor, image):
+    prompt = processor.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[prompt], images=[image], return_tensors="pt", add_special_tokens=False)
+    tokens = int((inputs["input_ids"] == model.config.image_token_index).sum())
+    with torch.no_grad():
+        features = model.model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
+    return tokens, sum(f.shape[0] for f in features), inputs
+
+
+@pytest.mark.parametrize(
+    "family,image_size,patch_size,strategy,layer",
+    [("clip", 32, 8, None, -2), ("clip", 48, 16, "full", -1), ("clip", 28, 14, "default", [-3, -1]),
+     ("siglip", 32, 8, None, -2), ("siglip", 64, 16, None, -1)],
+)
+def test_image_token_count_equals_feature_count(smol_tokenizer, rgb_image, family, image_size, patch_size,
+                                                strategy, layer):
+    spec = tiny_spec(str(smol_tokenizer), vision__family=family, vision__image_size=image_size,
+                     vision__patch_size=patch_size, vision_feature_select_strategy=strategy,
+                     vision_feature_layer=layer)
+    model, processor = build_model(spec)
+    tokens, features, inputs = _features_and_tokens(model, processor, rgb_image)
+    assert tokens == features == model.config.image_seq_length
+    with torch.no_grad():  # and the full forward accepts it
+        assert model(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
+def test_llm_families_build_and_answer(smol_tokenizer, rgb_image, family):
+    model, processor = build_model(tiny_spec(str(smol_tokenizer), family=family))
+    assert model.config.text_config.model_type == family
+    tokens, features, inputs = _features_and_tokens(model, processor, rgb_image)
+    assert tokens == features
+    out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3 or int(out[0, -1]) in model.generation_config.eos_token_id
+
+
+def test_linear_projector_is_exactly_linear(smol_tokenizer):
+    model, _ = build_model(tiny_spec(str(smol_tokenizer), projector="linear"))
+    projector = model.model.multi_modal_projector
+    x = torch.randn(3, 5, projector.linear_1.in_features)
+    with torch.no_grad():
+        assert torch.allclose(projector(x), projector.linear_1(x), atol=1e-6)
+    assert model.config.projector_hidden_act == "linear"
+
+
+def test_pad_to_square_pads_with_mean_colour(smol_tokenizer):
+    """A wide red image padded to square: the pad rows equal the mean colour, i.e. 0 after normalising."""
+    _, processor = build_model(tiny_spec(str(smol_tokenizer)))
+    wide = Image.new("RGB", (64, 16), (255, 0, 0))
+    pixels = processor.image_processor(images=[wide], return_tensors="pt")["pixel_values"][0]
+    assert pixels.shape == (3, 32, 32)
+    assert torch.allclose(pixels[:, 0, :], torch.zeros(3, 32), atol=0.03)  # top padding row
+    assert pixels[0, 16, 16] > 1.5  # the red band survives in the middle
+    _, no_pad = build_model(tiny_spec(str(smol_tokenizer), pad_to_square=False))
+    assert not torch.allclose(no_pad.image_processor(images=[wide], return_tensors="pt")["pixel_values"][0][:, 0, :],
+                              torch.zeros(3, 32), atol=0.03)
+
+
+def test_save_load_gives_equal_logits(tiny_model, tmp_path, rgb_image):
+    model, processor = tiny_model
+    save_model(model, processor, tmp_path / "m")
+    loaded, loaded_processor = load_model(tmp_path / "m")
+    _, _, inputs = _features_and_tokens(model, processor, rgb_image)
+    _, _, loaded_inputs = _features_and_tokens(loaded, loaded_processor, rgb_image)
+    assert torch.equal(inputs["input_ids"], loaded_inputs["input_ids"])
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, loaded(**loaded_inputs).logits)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["architectures"] == ["LlavaForConditionalGeneration"]
+    assert (tmp_path / "m" / "chat_template.jinja").is_file()
+
+
+PLAIN_TRANSFORMERS = r"""
+import sys
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from PIL import Image
+assert "medvl" not in sys.modules
+folder = sys.argv[1]
+processor = AutoProcessor.from_pretrained(folder)
+model = AutoModelForImageTextToText.from_pretrained(folder)
+messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"},
+            {"type": "text", "text": "Compare the two scans."}]}]
+prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+images = [Image.new("RGB", (40, 30), (200, 10, 10)), Image.new("RGB", (30, 50), (10, 10, 200))]
+inputs = processor(text=[prompt], images=images, return_tensors="pt")
+out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+print(type(model).__name__, out.shape[1] - inputs["input_ids"].shape[1], prompt.count("<image>"))
+"""
+
+
+def test_plain_transformers_loads_and_generates(tiny_model_dir):
+    """A Python that imports only transformers loads the saved folder and answers (two images)."""
+    result = subprocess.run([sys.executable, "-c", PLAIN_TRANSFORMERS, str(tiny_model_dir)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    name, new_tokens, placeholders = result.stdout.split()[-3:]
+    assert name == "LlavaForConditionalGeneration" and 1 <= int(new_tokens) <= 4 and placeholders == "2"
+
+
+def test_build_from_pretrained_parts(tmp_path, smol_tokenizer):
+    """Pretrained tower and LLM folders are loaded weight for weight."""
+    from transformers import AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel, LlamaConfig
+
+    torch.manual_seed(3)
+    tower = CLIPVisionModel(CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                             num_attention_heads=2, intermediate_size=64))
+    tower.save_pretrained(tmp_path / "tower")
+    llm = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=49152, hidden_size=64, num_hidden_layers=2,
+                                                       num_attention_heads=4, intermediate_size=128))
+    llm.save_pretrained(tmp_path / "llm")
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(smol_tokenizer).save_pretrained(tmp_path / "llm")
+    spec = tiny_spec(str(smol_tokenizer), vision__path=str(tmp_path / "tower"), text__path=str(tmp_path / "llm"),
+                     text__tokenizer=None)
+    model, _ = build_model(spec)
+    torch.testing.assert_close(model.model.vision_tower.state_dict(), tower.state_dict())
+    native_layer = model.model.language_model.layers[1].mlp.up_proj.weight
+    assert torch.equal(native_layer, llm.model.layers[1].mlp.up_proj.weight)
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits[..., :49152], llm(input_ids=ids).logits)
+
+
+def test_spec_rejects_bad_patch_size(smol_tokenizer):
+    with pytest.raises(ValueError, match="not a multiple"):
+        tiny_spec(str(smol_tokenizer), vision__image_size=30, vision__patch_size=8)
