@@ -1,0 +1,278 @@
+"""The one image loader: every stage (curation, training, eval, serving) opens images here.
+
+`load_image(source)` takes a path or raw bytes and returns a fully decoded RGB `PIL.Image`, or
+raises `ImageLoadError` with a machine-readable `.reason` from `REASONS`, so a caller records
+the reject and goes on. `image_size(source)` reads (width, height) from the header only.
+
+Choices made here, applied the same way everywhere:
+- Formats: JPEG (camera MPO too), PNG, TIFF (first page), WebP, BMP, GIF (first frame), PPM,
+  JPEG 2000; DICOM goes to `medvl.io.dicom` (found by its `DICM` magic or a .dcm/.dicom suffix).
+  Other PIL plugins (EPS, PSD, ...) are not tried: EPS would run Ghostscript on untrusted input.
+- 16-bit and float greyscale (`I;16*`, `I`, `F`) is stretched from the image's own finite
+  min..max to 0..255; a constant image comes out black; NaN and -inf map to black, +inf to white.
+- Transparency (RGBA, LA, PA, P/L/RGB with a transparent colour) is composited on white, the
+  background of the papers and figures the toolkit reads.
+- EXIF orientation is applied, and `image_size` reports the size after it.
+- Decompression bombs: width*height from the header is checked against `max_pixels`
+  (`DEFAULT_MAX_PIXELS` = 64 MP: a 8000x8000 scan passes) before any pixel is decoded. PIL's
+  own limit (`Image.MAX_IMAGE_PIXELS`, about 89 MP; beyond twice that it raises) also stays in
+  force: its warning is turned into `too_large` for the duration of the call, never globally.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MAX_DATA_URL_BYTES",
+    "REASONS",
+    "ImageLoadError",
+    "load_image",
+    "image_size",
+    "to_rgb",
+    "rescale_to_uint8",
+    "encode_data_url",
+    "decode_data_url",
+]
+
+DEFAULT_MAX_PIXELS = 64_000_000
+DEFAULT_MAX_DATA_URL_BYTES = 20 * 1024 * 1024
+
+REASONS = (
+    "missing",  # no such file
+    "unreadable",  # a directory, or no permission
+    "empty",  # zero bytes
+    "not_image",  # no supported image format recognised (text, HTML, random bytes, DICOM SR)
+    "truncated",  # the data stops before the image does
+    "corrupt",  # a known format whose content cannot be decoded
+    "unsupported",  # valid, but needs a codec that is not installed (e.g. JPEG-LS DICOM)
+    "too_large",  # more pixels than max_pixels, or more bytes than a data URL may carry
+    "bad_frame",  # the requested DICOM frame does not exist
+    "bad_data_url",  # not a base64 `data:image/...` URL
+)
+
+PIL_FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF", "PPM", "JPEG2000")
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"II*\x00", b"MM\x00*", b"GIF8", b"BM", b"RIFF")
+_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+_BYTES_NAME = "<bytes>"
+
+Source = str | Path | bytes
+
+
+class ImageLoadError(ValueError):
+    """Why one image could not be loaded: `.path` (or "<bytes>"), `.reason` (in REASONS), `.detail`."""
+
+    def __init__(self, path: str, reason: str, detail: str):
+        if reason not in REASONS:
+            raise ValueError(f"unknown ImageLoadError reason {reason!r}; expected one of {REASONS}")
+        self.path, self.reason, self.detail = str(path), reason, detail
+        super().__init__(f"{self.path}: {reason}: {detail}")
+
+
+def load_image(
+    source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS, frame: str | int = "middle"
+) -> Image.Image:
+    """Decode `source` (a path or the file's bytes) to an RGB image; raise `ImageLoadError`.
+
+    `frame` picks the frame of a multi-frame DICOM ("middle", "first" or an index, negative
+    counting from the end); TIFF and GIF always give their first page/frame.
+    """
+    with _opened(source) as (fp, name):
+        return _load(fp, name, max_pixels=max_pixels, frame=frame)
+
+
+def image_size(source: Source) -> tuple[int, int]:
+    """(width, height) as `load_image` would return it, read from the header without decoding."""
+    with _opened(source) as (fp, name), _failures_mapped(fp, name):
+        from medvl.io import dicom
+
+        if dicom.is_dicom(_head(fp), name):
+            return dicom.dicom_size(fp, name)
+        with _pil_bomb_limit():
+            image = Image.open(fp, formats=PIL_FORMATS)
+        width, height = image.size
+        return (height, width) if _orientation(image) in (5, 6, 7, 8) else (width, height)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB (the same object when already RGB); see the module notes for how."""
+    if image.mode in _HIGH_DEPTH_MODES:
+        return Image.fromarray(rescale_to_uint8(np.asarray(image))).convert("RGB")
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def rescale_to_uint8(
+    values: np.ndarray, low: float | None = None, high: float | None = None
+) -> np.ndarray:
+    """Map `low`..`high` (default: the finite min..max of `values`) linearly onto 0..255.
+
+    Values outside are clipped; NaN and -inf go to 0, +inf to 255; a constant image is all 0.
+    """
+    array = np.array(values, dtype=np.float32)  # a copy: the steps below work in place
+    if low is None or high is None:
+        finite = array[np.isfinite(array)]
+        if finite.size == 0:
+            return np.zeros(array.shape, dtype=np.uint8)
+        low, high = float(finite.min()), float(finite.max())
+    if not high > low:
+        return np.zeros(array.shape, dtype=np.uint8)
+    np.nan_to_num(array, copy=False, nan=low, posinf=high, neginf=low)
+    array -= np.float32(low)
+    array *= np.float32(255.0 / (high - low))
+    return np.clip(np.rint(array, out=array), 0, 255, out=array).astype(np.uint8)
+
+
+def check_pixel_count(name: str, width: int, height: int, max_pixels: int) -> None:
+    """Raise `too_large` when a header declares more than `max_pixels` pixels."""
+    if width * height > max_pixels:
+        detail = f"{width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels}"
+        raise ImageLoadError(name, "too_large", detail)
+
+
+def encode_data_url(
+    image: Image.Image, format: str = "JPEG", max_side: int | None = None, quality: int = 90
+) -> str:
+    """`data:image/...;base64,` URL of `image`, first shrunk (aspect kept) so no side > `max_side`."""
+    kind = format.upper()
+    if kind not in ("JPEG", "PNG"):
+        raise ValueError(f"data URL format must be JPEG or PNG, not {format!r}")
+    if max_side is not None and max(image.size) > max_side:
+        image = image.copy()
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    if kind == "JPEG" or image.mode not in ("RGB", "RGBA", "L", "LA"):
+        image = to_rgb(image)
+    buffer = io.BytesIO()
+    image.save(buffer, kind, quality=quality)
+    return f"data:image/{kind.lower()};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+
+
+def decode_data_url(
+    url: str,
+    *,
+    max_bytes: int = DEFAULT_MAX_DATA_URL_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
+    """Decode a base64 `data:image/...` URL with `load_image`'s checks; errors name "<data-url>"."""
+    name = "<data-url>"
+    header, comma, payload = url.strip().partition(",")
+    media_type = header[len("data:") :].split(";")[0]
+    if not (comma and header.startswith("data:") and header.endswith(";base64")):
+        raise ImageLoadError(name, "bad_data_url", f"expected 'data:image/...;base64,', got {header[:40]!r}")
+    if media_type and not media_type.startswith("image/"):
+        raise ImageLoadError(name, "bad_data_url", f"media type {media_type!r} is not an image")
+    payload = "".join(payload.split())
+    if (size := len(payload) * 3 // 4) > max_bytes:
+        raise ImageLoadError(name, "too_large", f"about {size} bytes > max_bytes={max_bytes}")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except binascii.Error as exc:
+        raise ImageLoadError(name, "bad_data_url", f"invalid base64: {exc}") from exc
+    if not data:
+        raise ImageLoadError(name, "empty", "the data URL carries no bytes")
+    return _load(io.BytesIO(data), name, max_pixels=max_pixels, frame="middle")
+
+
+def _load(fp: BinaryIO, name: str, *, max_pixels: int, frame: str | int) -> Image.Image:
+    with _failures_mapped(fp, name):
+        from medvl.io import dicom
+
+        if dicom.is_dicom(_head(fp), name):
+            return dicom.read_dicom(fp, name, max_pixels=max_pixels, frame=frame)
+        with _pil_bomb_limit():
+            image = Image.open(fp, formats=PIL_FORMATS)
+            check_pixel_count(name, *image.size, max_pixels)
+            image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+        return to_rgb(image)
+
+
+@contextmanager
+def _opened(source: Source) -> Iterator[tuple[BinaryIO, str]]:
+    """A binary file object and display name for `source`; missing/unreadable/empty raise."""
+    if isinstance(source, bytes):
+        if not source:
+            raise ImageLoadError(_BYTES_NAME, "empty", "no bytes given")
+        yield io.BytesIO(source), _BYTES_NAME
+        return
+    name = os.fspath(source)
+    try:
+        if os.path.isdir(name):
+            raise ImageLoadError(name, "unreadable", "is a directory")
+        handle = open(name, "rb")
+    except FileNotFoundError as exc:
+        raise ImageLoadError(name, "missing", "no such file") from exc
+    except OSError as exc:
+        raise ImageLoadError(name, "unreadable", f"{type(exc).__name__}: {exc.strerror or exc}") from exc
+    with handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            raise ImageLoadError(name, "empty", "file has 0 bytes")
+        yield handle, name
+
+
+@contextmanager
+def _failures_mapped(fp: BinaryIO, name: str) -> Iterator[None]:
+    """Turn whatever PIL, pydicom, numpy or the OS raise while decoding into one ImageLoadError.
+
+    Catching `Exception` is deliberate: image decoders raise a wide, undocumented range of types
+    (OSError, SyntaxError, struct.error, KeyError, ...) and callers need exactly one.
+    """
+    try:
+        yield
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as exc:
+        raise ImageLoadError(name, "too_large", str(exc) or type(exc).__name__) from exc
+    except UnidentifiedImageError as exc:
+        if _head(fp).startswith(_MAGIC):
+            raise ImageLoadError(name, "corrupt", "image header is unreadable") from exc
+        raise ImageLoadError(name, "not_image", f"not one of {', '.join(PIL_FORMATS)} or DICOM") from exc
+    except Exception as exc:
+        text = f"{type(exc).__name__}: {exc}"
+        truncated = isinstance(exc, EOFError) or "truncated" in str(exc).lower()
+        raise ImageLoadError(name, "truncated" if truncated else "corrupt", text) from exc
+
+
+@contextmanager
+def _pil_bomb_limit() -> Iterator[None]:
+    """Within the block, PIL's DecompressionBombWarning is raised (and mapped to `too_large`).
+
+    Before Python 3.14 warning filters are process-wide: threads racing here may leave this
+    filter installed after the block (PIL's limit then stays strict) or drop a filter another
+    thread set meanwhile, as with any `warnings.catch_warnings`.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def _head(fp: BinaryIO, size: int = 132) -> bytes:
+    """The first `size` bytes of `fp`, leaving its position at the start."""
+    fp.seek(0)
+    head = fp.read(size)
+    fp.seek(0)
+    return head
+
+
+def _orientation(image: Image.Image) -> int:
+    # A PNG's EXIF may sit after the pixels and PIL would decode them to find it: only use it
+    # when it came with the header.
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    return int(image.getexif().get(ExifTags.Base.Orientation, 1))
