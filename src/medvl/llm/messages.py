@@ -11,9 +11,7 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -132,24 +130,17 @@ def estimate_prompt_tokens(messages: list[dict[str, Any]], image_tokens: int) ->
 
 
 def image_part(image: Any, max_side: int | None = 1024, *, detail: str | None = None) -> dict[str, Any]:
-    """An OpenAI `image_url` content part holding `image` (PIL image or path) as a JPEG data URL.
+    """An OpenAI `image_url` content part holding `image` (PIL image, path or bytes) as a JPEG data URL.
 
-    The image is downscaled so its longer side is at most `max_side` (None keeps it as is).
+    Paths and bytes are opened with `medvl.io.images.load_image` (raising its `ImageLoadError`);
+    the image is downscaled so its longer side is at most `max_side` (None keeps it as is).
     `detail` ("low", "high", "auto") is passed through when given.
     """
-    from PIL import Image
+    from medvl.io.images import encode_data_url, load_image
 
-    if isinstance(image, (str, Path)):
-        with Image.open(image) as opened:
-            opened.load()
-            image = opened.copy()
-    image = image.convert("RGB")
-    if max_side is not None and max(image.size) > max_side:
-        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=90)
-    url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-    payload: dict[str, Any] = {"url": url}
+    if isinstance(image, (str, Path, bytes)):
+        image = load_image(image)
+    payload: dict[str, Any] = {"url": encode_data_url(image, "JPEG", max_side)}
     if detail is not None:
         payload["detail"] = detail
     return {"type": "image_url", "image_url": payload}

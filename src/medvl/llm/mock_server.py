@@ -84,6 +84,7 @@ class _State:
     def __init__(self, responder: Responder, script: Script | None, latency_s: float, log_path: Path | None):
         self.responder, self.script, self.latency_s = responder, script, latency_s
         self.requests: list[dict[str, Any]] = []
+        self.arrival_times: list[float] = []  # time.monotonic() of each request
         self.in_flight = 0
         self.max_in_flight = 0
         self._log = log_path.open("a", encoding="utf-8") if log_path else None
@@ -100,6 +101,7 @@ class _State:
     def record(self, body: dict[str, Any], behaviour: Behaviour) -> int:
         index = len(self.requests)
         self.requests.append(body)
+        self.arrival_times.append(time.monotonic())
         if self._log is not None:
             entry = {"index": index, "key": body_key(body), "behaviour": behaviour, "time": time.time()}
             self._log.write(json.dumps(entry) + "\n")
@@ -209,6 +211,11 @@ class MockServer:
     def requests(self) -> list[dict[str, Any]]:
         """The JSON bodies received so far, in arrival order."""
         return self._state.requests
+
+    @property
+    def arrival_times(self) -> list[float]:
+        """`time.monotonic()` at each request's arrival, in arrival order."""
+        return self._state.arrival_times
 
     @property
     def max_in_flight(self) -> int:
