@@ -1,0 +1,223 @@
+"""Scorers by name: turn prediction records (item fields + raw `output`) into per-item and summary scores.
+
+| name                       | what it computes                                                          |
+|----------------------------|---------------------------------------------------------------------------|
+| `medvl` (default)          | closed accuracy (strict leading yes/no), open exact match, token recall/precision/F1, choice accuracy with parse-failure rate |
+| `llava_med_run_eval`       | LLaVA-Med `run_eval.py`: closed needs a "yes"/"no" substring and the reference as a substring (misses with yes/no present are dropped from the denominator), open "accuracy" by candidate arg-max, "exact match score", count-inflated recall |
+| `llava_med_run_eval_batch` | LLaVA-Med `run_eval_batch.py`: closed and open are plain substring tests, plus the same recall/F1 and closed recall |
+| `huatuo_match_choice3`     | HuatuoGPT-Vision `score_mix_llava`: choice items only, `match_choice3` extraction, per-dataset accuracy and "The total score for multiple-choice questions" |
+
+Every scorer returns one `ItemScore` per record (`correct` is None where the scorer does not score
+the item, with the reason in `method`) and a JSON-able summary whose values are fractions (0–1).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from statistics import fmean
+from typing import Any, Callable, Sequence
+
+from medvl.eval.benchmarks.base import LETTERS, yes_no_answer
+from medvl.eval.choice import extract_choice
+from medvl.eval.compat import (
+    llava_med_candidate_hit,
+    llava_med_exact_match_score,
+    llava_med_f1,
+    llava_med_normalize_word,
+    match_choice3,
+)
+from medvl.eval.metrics import (
+    closed_correct,
+    exact_match,
+    leading_yes_no,
+    normalize_answer,
+    token_f1,
+    token_precision,
+    token_recall,
+)
+
+__all__ = ["ItemScore", "ScoreResult", "SCORERS", "score_records", "answer_letter"]
+
+
+@dataclass
+class ItemScore:
+    parsed: str | None
+    correct: bool | None
+    method: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ScoreResult:
+    scorer: str
+    items: list[ItemScore]
+    summary: dict[str, Any]
+
+
+def answer_letter(record: dict[str, Any]) -> str | None:
+    options = record.get("options") or []
+    return LETTERS[options.index(record["answer"])] if record.get("answer") in options else None
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return fmean(values) if values else None
+
+
+def _accuracy(scores: Sequence[ItemScore]) -> float | None:
+    counted = [s.correct for s in scores if s.correct is not None]
+    return _mean([float(c) for c in counted])
+
+
+def _output(record: dict[str, Any]) -> str:
+    return record.get("output") or ""
+
+
+# --- medvl -------------------------------------------------------------------------------------
+
+def _medvl_item(record: dict[str, Any]) -> ItemScore:
+    output, reference, kind = _output(record), str(record["answer"]), record["answer_type"]
+    if record.get("error"):
+        return ItemScore(None, False, "error")
+    if kind == "choice":
+        parse = extract_choice(output, record.get("options") or [])
+        return ItemScore(parse.letter, parse.letter is not None and parse.letter == answer_letter(record), parse.method)
+    if kind == "closed":
+        yes_no = yes_no_answer(reference) is not None
+        parsed = leading_yes_no(output) if yes_no else normalize_answer(output)
+        return ItemScore(parsed, closed_correct(output, reference), "yes_no" if yes_no else "closed_other")
+    metrics = {"exact_match": float(exact_match(output, reference)), "token_recall": token_recall(output, reference),
+               "token_precision": token_precision(output, reference), "token_f1": token_f1(output, reference)}
+    return ItemScore(normalize_answer(output), bool(metrics["exact_match"]), "open", metrics)
+
+
+def _medvl(records: list[dict[str, Any]], candidates: Sequence[str] | None) -> ScoreResult:
+    items = [_medvl_item(r) for r in records]
+    by_method: dict[str, list[ItemScore]] = defaultdict(list)
+    by_type: dict[str, list[ItemScore]] = defaultdict(list)
+    for record, score in zip(records, items):
+        by_type[record["answer_type"]].append(score)
+        by_method[score.method].append(score)
+    summary: dict[str, Any] = {"scorer": "medvl", "items": len(items), "errors": len(by_method["error"]),
+                               "overall_accuracy": _accuracy(items)}
+    if by_type["closed"]:
+        yes_no = by_method["yes_no"]
+        summary["closed"] = {
+            "n": len(by_type["closed"]), "accuracy": _accuracy(by_type["closed"]),
+            "yes_no_n": len(yes_no), "yes_no_accuracy": _accuracy(yes_no),
+            "yes_no_unanswered_rate": _mean([float(s.parsed is None) for s in yes_no]),
+            "other_n": len(by_method["closed_other"]), "other_accuracy": _accuracy(by_method["closed_other"]),
+        }
+    if by_type["open"]:
+        opened = [s for s in by_type["open"] if s.metrics]
+        summary["open"] = {"n": len(by_type["open"]), **{
+            name: _mean([s.metrics[name] for s in opened]) for name in
+            ("exact_match", "token_recall", "token_precision", "token_f1")}}
+    if by_type["choice"]:
+        methods = Counter(s.method for s in by_type["choice"])
+        summary["choice"] = {"n": len(by_type["choice"]), "accuracy": _accuracy(by_type["choice"]),
+                             "parse_failure_rate": (methods["none"] + methods["error"]) / len(by_type["choice"]),
+                             "parse_methods": dict(methods)}
+    return ScoreResult("medvl", items, summary)
+
+
+# --- LLaVA-Med ---------------------------------------------------------------------------------
+
+def _llava_med(batch: bool) -> Callable[[list[dict[str, Any]], Sequence[str] | None], ScoreResult]:
+    name = "llava_med_run_eval_batch" if batch else "llava_med_run_eval"
+
+    def score(records: list[dict[str, Any]], candidates: Sequence[str] | None) -> ScoreResult:
+        items: list[ItemScore] = []
+        for record in records:
+            output, reference = _output(record), str(record["answer"])
+            pred = llava_med_normalize_word(output.lower())
+            gt = llava_med_normalize_word(reference.lower())
+            f1, precision, recall = llava_med_f1(output, reference)
+            metrics = {"f1": f1, "precision": precision, "recall": recall,
+                       "exact_match_score": llava_med_exact_match_score(output, reference)}
+            if record["answer_type"] == "closed":
+                if batch:
+                    items.append(ItemScore(pred, gt in pred, "closed", metrics))
+                elif "yes" in pred or "no" in pred:
+                    items.append(ItemScore(pred, True, "closed") if gt in pred else ItemScore(pred, None, "dropped"))
+                else:
+                    items.append(ItemScore(pred, False, "closed"))
+            elif record["answer_type"] == "open":
+                if batch:
+                    correct: bool | None = gt in pred
+                else:
+                    correct = bool(llava_med_candidate_hit(output, reference, candidates)) if candidates else None
+                items.append(ItemScore(pred, correct, "open", metrics))
+            else:
+                items.append(ItemScore(None, None, "not_scored"))
+        opened = [s for r, s in zip(records, items) if r["answer_type"] == "open"]
+        closed = [s for s in items if s.method in ("closed", "dropped")]
+        summary: dict[str, Any] = {
+            "scorer": name, "num_open": len(opened), "num_closed": len(closed),
+            **{key: _mean([s.metrics[metric] for s in opened]) for key, metric in (
+                ("exact match score", "exact_match_score"), ("f1 score", "f1"), ("precision", "precision"),
+                ("recall", "recall"))},
+            "open accuracy": _accuracy(opened), "yes/no accuracy": _accuracy(closed) or 0.0,
+            "closed_dropped": sum(s.method == "dropped" for s in closed),
+            "not_scored": sum(s.method == "not_scored" for s in items),
+        }
+        if batch:
+            summary["recall_closed"] = _mean([s.metrics["recall"] for s in closed])
+        elif not candidates:
+            summary["open accuracy note"] = "no candidate answers (LLaVA-Med's candidate.json is unreleased)"
+        return ScoreResult(name, items, summary)
+
+    return score
+
+
+# --- HuatuoGPT-Vision --------------------------------------------------------------------------
+
+def _huatuo(records: list[dict[str, Any]], candidates: Sequence[str] | None) -> ScoreResult:
+    items: list[ItemScore] = []
+    seen: set[str] = set()
+    per_dataset: dict[str, list[bool]] = defaultdict(list)
+    per_subset: dict[str, list[bool]] = defaultdict(list)
+    would_crash = []
+    for record in records:
+        meta = record.get("meta") or {}
+        options = record.get("options") or []
+        if meta.get("question_type") == "open" or not options or record["id"] in seen:
+            items.append(ItemScore(None, None, "skipped"))
+            continue
+        seen.add(record["id"])
+        letter, stage = match_choice3(_output(record), dict(zip(LETTERS, options)))
+        label = answer_letter(record)
+        if stage > 1 or (label is None and record["answer"] != "?"):
+            would_crash.append(record["id"])  # the reference passes the whole record as `options` → error
+        correct = label is not None and letter == label
+        items.append(ItemScore(letter, correct, f"stage{stage}"))
+        dataset = meta.get("dataset") or record.get("benchmark", "")
+        per_dataset[dataset].append(correct)
+        if meta.get("subset"):
+            per_subset[f"{dataset}_{meta['subset']}"].append(correct)
+    scored = [c for values in per_dataset.values() for c in values]
+    summary: dict[str, Any] = {
+        "scorer": "huatuo_match_choice3",
+        **{k: fmean(map(float, v)) for k, v in per_dataset.items()},
+        "The total score for multiple-choice questions": fmean(map(float, scored)) if scored else None,
+        **{k: fmean(map(float, v)) for k, v in per_subset.items()},
+        "question_number": len(scored), "skipped": sum(s.method == "skipped" for s in items),
+        "reference_would_crash": len(would_crash), "reference_would_crash_ids": would_crash[:50],
+    }
+    return ScoreResult("huatuo_match_choice3", items, summary)
+
+
+SCORERS: dict[str, Callable[[list[dict[str, Any]], Sequence[str] | None], ScoreResult]] = {
+    "medvl": _medvl,
+    "llava_med_run_eval": _llava_med(batch=False),
+    "llava_med_run_eval_batch": _llava_med(batch=True),
+    "huatuo_match_choice3": _huatuo,
+}
+
+
+def score_records(records: list[dict[str, Any]], scorer: str = "medvl",
+                  candidates: Sequence[str] | None = None) -> ScoreResult:
+    """Score prediction records with the named scorer; `candidates` feeds llava_med_run_eval's open accuracy."""
+    if scorer not in SCORERS:
+        raise ValueError(f"unknown scorer {scorer!r}; known: {', '.join(SCORERS)}")
+    return SCORERS[scorer](records, candidates)
