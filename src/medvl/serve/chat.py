@@ -1,0 +1,103 @@
+"""`medvl chat`: a terminal REPL (rich) and a one-shot answer for scripts.
+
+REPL: each line is a question; the answer streams token by token. Commands:
+`/image PATH...` attaches images to the next question (several per turn; quote paths with
+spaces), `/clear` forgets the conversation, `/help`, `/quit` (or end of input). Images from
+earlier turns stay in the conversation, as do the answers. When the history outgrows the
+model's context, the oldest exchanges are dropped, and the REPL says so.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+
+from medvl.io.images import ImageLoadError, load_image
+from medvl.model.checkpoint import DISCLAIMER
+from medvl.serve.session import ChatSession, ContextOverflow
+
+__all__ = ["HELP", "one_shot", "repl"]
+
+HELP = """Commands:
+  /image PATH [PATH...]  attach image(s) to your next question
+  /clear                 forget the conversation and attached images
+  /help                  show this help
+  /quit                  leave (Ctrl-D works too)
+Anything else is a question."""
+
+
+def one_shot(session: ChatSession, question: str, images: Sequence[Path]) -> str:
+    """Answer one question about `images` (raises ImageLoadError for an unreadable image)."""
+    for path in images:
+        session.attach(load_image(path))
+    return session.ask(question)
+
+
+def repl(session: ChatSession, images: Sequence[Path] = (), console: Console | None = None) -> None:
+    """Run the chat loop until /quit or end of input."""
+    console = console or Console(highlight=False)
+    console.print(Panel(DISCLAIMER, title="medvl chat", border_style="yellow"))
+    console.print(HELP, markup=False)
+    _attach(session, [str(p) for p in images], console)
+    dropped = session.dropped
+    while True:
+        try:
+            line = console.input("[bold cyan]you[/]> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if line.startswith("/"):
+            if not _command(session, line, console):
+                break
+            continue
+        if not line:
+            continue
+        console.print("[bold green]medvl[/]> ", end="")
+        try:
+            for delta in session.stream(line):
+                console.print(delta, end="", markup=False)
+        except ContextOverflow as exc:
+            console.print(f"[red]{escape(str(exc))}[/]")
+            continue
+        console.print()
+        if session.dropped > dropped:
+            console.print(f"[dim](dropped {session.dropped - dropped} oldest exchange(s) to fit the context)[/]")
+            dropped = session.dropped
+    console.print("bye")
+
+
+def _command(session: ChatSession, line: str, console: Console) -> bool:
+    """Run a /command; False means quit."""
+    try:
+        name, *args = shlex.split(line)
+    except ValueError as exc:
+        console.print(f"[red]cannot parse command: {escape(str(exc))}[/]")
+        return True
+    if name in ("/quit", "/exit"):
+        return False
+    if name == "/clear":
+        session.clear()
+        console.print("conversation cleared")
+    elif name == "/image":
+        if not args:
+            console.print("usage: /image PATH [PATH...]", markup=False)
+        _attach(session, args, console)
+    elif name == "/help":
+        console.print(HELP, markup=False)
+    else:
+        console.print(f"[red]unknown command {escape(name)}[/] (try /help)")
+    return True
+
+
+def _attach(session: ChatSession, paths: Sequence[str], console: Console) -> None:
+    for path in paths:
+        try:
+            session.attach(load_image(Path(path).expanduser()))
+        except ImageLoadError as exc:
+            console.print(f"[red]image not attached: {escape(str(exc))}[/]")
+            continue
+        console.print(f"attached {path} ({len(session.pending)} image(s) for the next question)", markup=False)

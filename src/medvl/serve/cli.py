@@ -1,0 +1,113 @@
+"""`medvl chat`, `medvl serve` and `medvl webui` (heavy imports happen inside the commands)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, NoReturn, Optional
+
+import typer
+
+ModelDir = typer.Argument(..., help="a saved native medvl model folder", exists=True, file_okay=False)
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def chat(
+    model_dir: Path = ModelDir,
+    image: Optional[List[Path]] = typer.Option(
+        None, "--image", "-i", help="image for the (first) question; repeatable"),
+    question: Optional[str] = typer.Option(None, "--question", "-q", help="answer this one question and exit"),
+    max_new_tokens: int = typer.Option(256, min=1),
+    temperature: float = typer.Option(0.0, min=0.0, max=2.0, help="0 = greedy (reproducible)"),
+    top_p: float = typer.Option(1.0, min=0.01, max=1.0),
+    system: Optional[str] = typer.Option(None, help="system prompt"),
+    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
+    device: Optional[str] = typer.Option(None, help="e.g. cuda:0 (default: cpu)"),
+) -> None:
+    """Chat with a model in the terminal; with --question, print one answer (for scripts)."""
+    from medvl.io.images import ImageLoadError
+    from medvl.model.checkpoint import DISCLAIMER
+    from medvl.model.generate import Generator
+    from medvl.serve.chat import one_shot, repl
+    from medvl.serve.session import ChatSession, ContextOverflow, sampling_settings
+
+    generator = Generator.from_pretrained(model_dir, dtype=dtype, device=device)
+    session = ChatSession(generator, sampling_settings(max_new_tokens, temperature, top_p), system)
+    if question is None:
+        repl(session, image or [])
+        return
+    try:
+        answer = one_shot(session, question, image or [])
+    except (ImageLoadError, ContextOverflow) as exc:
+        _fail(str(exc))
+    typer.echo(DISCLAIMER, err=True)
+    typer.echo(answer)
+
+
+def serve(
+    model_dir: Path = ModelDir,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="ServeConfig YAML", exists=True, dir_okay=False),
+    host: Optional[str] = typer.Option(None, help="listen address (default 127.0.0.1; others need an API key)"),
+    port: Optional[int] = typer.Option(None, help="listen port (default 8000)"),
+    api_key_env: Optional[str] = typer.Option(
+        None, help="environment variable holding the API key (default MEDVL_API_KEY)"),
+    image_root: Optional[Path] = typer.Option(None, help="allow local image files under this folder"),
+    allow_image_host: Optional[List[str]] = typer.Option(None, help="allow http(s) images from this host; repeatable"),
+    max_batch_size: Optional[int] = typer.Option(None, min=1, help="requests per generate call (1 = no batching)"),
+    batch_wait_ms: Optional[float] = typer.Option(None, min=0.0, help="how long a batch waits to fill"),
+    overrides: Optional[List[str]] = typer.Option(None, "--set", help="key=value config override; repeatable"),
+) -> None:
+    """Serve the OpenAI chat-completions API (FastAPI + uvicorn) with dynamic batching."""
+    from medvl.config import ConfigError, load_config
+    from medvl.serve.config import ServeConfig, UnsafeExposureError
+    from medvl.serve.server import check_exposure
+    from medvl.serve.server import serve as run
+
+    try:
+        settings = load_config(ServeConfig, config, overrides or [])
+        settings.model_dir = model_dir
+        given = {"host": host, "port": port, "api_key_env": api_key_env, "max_batch_size": max_batch_size,
+                 "batch_wait_ms": batch_wait_ms}
+        for name, value in given.items():
+            if value is not None:
+                setattr(settings, name, value)
+        if image_root is not None:
+            settings.images.local_root = image_root
+        if allow_image_host:
+            settings.images.allowed_hosts = list(allow_image_host)
+        check_exposure(settings)
+    except (ConfigError, UnsafeExposureError, ValueError) as exc:
+        _fail(str(exc))
+    run(settings)
+
+
+def webui(
+    model_dir: Path = ModelDir,
+    host: str = typer.Option("127.0.0.1", help="listen address (others need a login, see --auth-env)"),
+    port: int = typer.Option(7860),
+    auth_env: str = typer.Option("MEDVL_WEBUI_AUTH", help="environment variable holding user:password"),
+    max_new_tokens: int = typer.Option(256, min=1, help="default of the settings slider"),
+    dtype: str = typer.Option("auto"),
+    device: Optional[str] = typer.Option(None),
+) -> None:
+    """Serve a Gradio chat page (image uploads, multi-turn, generation settings)."""
+    from medvl.serve.config import UnsafeExposureError
+    from medvl.serve.webui import launch
+
+    user, sep, password = os.environ.get(auth_env, "").partition(":")
+    auth = (user, password) if sep and user and password else None
+    try:
+        launch(model_dir, host=host, port=port, dtype=dtype, device=device, max_new_tokens=max_new_tokens,
+               auth=auth)
+    except UnsafeExposureError as exc:
+        _fail(str(exc))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("chat")(chat)
+    app.command("serve")(serve)
+    app.command("webui")(webui)

@@ -1,0 +1,198 @@
+"""The OpenAI chat-completions wire format, as much of it as medvl serves.
+
+Request models accept what the official clients send (unknown fields are ignored, as OpenAI
+does) and reject what medvl cannot honour (`n` > 1, logprobs, tools) with a 400 instead of
+silently doing something else. `APIError` is every failure, rendered in OpenAI's error shape
+`{"error": {"message", "type", "param", "code"}}`. Response builders add the research-only
+disclaimer as an extra `medvl` field, which OpenAI clients keep in `model_extra`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from medvl.model.checkpoint import DISCLAIMER
+from medvl.model.generate import GenerationResult
+
+__all__ = [
+    "APIError",
+    "ChatCompletionRequest",
+    "conversation_of",
+    "completion_body",
+    "chunk_body",
+    "usage_body",
+    "apply_stop",
+]
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "server_error",
+}
+
+
+class APIError(Exception):
+    """A request that gets an HTTP error; `body()` is OpenAI's error object."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        kind = _ERROR_TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(_Lenient):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(_Lenient):
+    url: str
+    detail: str | None = None
+
+
+class ImagePart(_Lenient):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class ChatMessage(_Lenient):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Lenient):
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int = Field(1, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    logprobs: bool | None = None
+    tools: list[Any] | None = None
+
+    def unsupported(self) -> APIError | None:
+        """The first option medvl cannot honour, as an error."""
+        if self.n != 1:
+            return APIError(400, "only n=1 is supported", "unsupported_parameter", "n")
+        if self.logprobs:
+            return APIError(400, "logprobs are not supported", "unsupported_parameter", "logprobs")
+        if self.tools:
+            return APIError(400, "tools are not supported", "unsupported_parameter", "tools")
+        if len(self.stop_list()) > 4 or any(not s for s in self.stop_list()):
+            return APIError(400, "stop takes up to 4 non-empty strings", "invalid_value", "stop")
+        return None
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+def conversation_of(request: ChatCompletionRequest, system_prompt: str | None = None
+                    ) -> tuple[list[dict[str, Any]], list[str]]:
+    """medvl chat messages (`{"type": "image"}` parts) and the image URLs, in order."""
+    messages: list[dict[str, Any]] = []
+    urls: list[str] = []
+    if system_prompt and not any(m.role in ("system", "developer") for m in request.messages):
+        messages.append({"role": "system", "content": system_prompt})
+    for index, message in enumerate(request.messages):
+        role = "system" if message.role == "developer" else message.role
+        content = message.content
+        if content is None or isinstance(content, str):
+            messages.append({"role": role, "content": content or ""})
+            continue
+        parts: list[dict[str, Any]] = []
+        for part in content:
+            if isinstance(part, TextPart):
+                parts.append({"type": "text", "text": part.text})
+            elif role != "user":
+                raise APIError(400, f"messages[{index}]: images are only accepted in user messages",
+                               "invalid_value", f"messages[{index}].content")
+            else:
+                parts.append({"type": "image"})
+                urls.append(part.image_url.url)
+        if role == "user":
+            messages.append({"role": role, "content": parts})
+        else:
+            messages.append({"role": role, "content": "".join(p["text"] for p in parts)})
+    return messages, urls
+
+
+def apply_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    """`text` cut before the first stop string, and whether one was found."""
+    positions = [text.find(s) for s in stops if s in text]
+    return (text[: min(positions)], True) if positions else (text, False)
+
+
+def new_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def usage_body(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion_body(completion_id: str, model: str, result: GenerationResult, text: str, finish_reason: str
+                    ) -> dict[str, Any]:
+    """A non-streaming `chat.completion` object."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "finish_reason": finish_reason, "logprobs": None}],
+        "usage": usage_body(result.prompt_tokens, result.new_tokens),
+        "medvl": {"disclaimer": DISCLAIMER},
+    }
+
+
+def chunk_body(completion_id: str, model: str, delta: dict[str, Any] | None, finish_reason: str | None = None,
+               usage: dict[str, int] | None = None, disclaimer: bool = False) -> dict[str, Any]:
+    """One `chat.completion.chunk`; `delta=None` gives the usage-only chunk (empty `choices`)."""
+    body: dict[str, Any] = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason,
+                                              "logprobs": None}],
+    }
+    if usage is not None:
+        body["usage"] = usage
+    if disclaimer:
+        body["medvl"] = {"disclaimer": DISCLAIMER}
+    return body

@@ -1,0 +1,110 @@
+"""Multi-turn chat state shared by `medvl chat` and `medvl webui`.
+
+A conversation is medvl's chat messages (user turns hold `{"type": "image"}` parts) plus the
+images in the order their parts appear. `fit_context` drops the oldest exchanges, images
+included, when the prompt and the answer would not fit the model's context, instead of failing
+on turn N. `ChatSession` keeps the history and the images attached for the next question.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from PIL import Image
+
+from medvl.model.generate import GenerationSettings, Generator
+from medvl.records import message_image_count
+
+__all__ = ["ChatSession", "ContextOverflow", "fit_context", "sampling_settings", "user_turn", "context_length"]
+
+
+class ContextOverflow(ValueError):
+    """The newest question with its images alone does not fit the model's context."""
+
+
+def context_length(generator: Generator) -> int:
+    """Positions the language model can attend to (prompt + answer)."""
+    text_config = getattr(generator.model.config, "text_config", generator.model.config)
+    return int(getattr(text_config, "max_position_embeddings", 0) or 1 << 30)
+
+
+def sampling_settings(max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0
+                      ) -> GenerationSettings:
+    """Greedy for temperature 0 (reproducible), otherwise sampling with temperature/top_p."""
+    if temperature <= 0:
+        return GenerationSettings(max_new_tokens=max_new_tokens)
+    return GenerationSettings(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+                              top_p=top_p, seed=seed)
+
+
+def user_turn(text: str, n_images: int) -> dict[str, Any]:
+    """A user message with `n_images` image parts before the text."""
+    return {"role": "user", "content": [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": text}]}
+
+
+def fit_context(generator: Generator, messages: list[dict[str, Any]], images: list[Any], max_new_tokens: int
+                ) -> tuple[list[dict[str, Any]], list[Any], int]:
+    """(messages, images, exchanges dropped) so that prompt + max_new_tokens fits the context.
+
+    A leading system message is kept; whole user/assistant exchanges go, oldest first.
+    """
+    limit = context_length(generator) - max_new_tokens
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns, dropped = messages[len(system):], 0
+    while True:
+        prompt = len(generator.encode([system + turns], [images])["input_ids"][0])
+        if prompt <= limit:
+            return system + turns, images, dropped
+        if len(turns) <= 1:
+            raise ContextOverflow(f"the question and its images take {prompt} tokens; with max_new_tokens="
+                                  f"{max_new_tokens} the model's context allows {limit}")
+        cut = 2 if len(turns) > 2 and turns[1]["role"] == "assistant" else 1
+        images = images[message_image_count(turns[:cut]):]
+        turns, dropped = turns[cut:], dropped + 1
+
+
+@dataclass
+class ChatSession:
+    """History + attached images; `stream(question)` answers and records the exchange."""
+
+    generator: Generator
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+    system_prompt: str | None = None
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    images: list[Image.Image] = field(default_factory=list)
+    pending: list[Image.Image] = field(default_factory=list)
+    dropped: int = 0  # exchanges dropped from the start to fit the context
+
+    def attach(self, image: Image.Image) -> None:
+        self.pending.append(image)
+
+    def clear(self) -> None:
+        self.messages, self.images, self.pending, self.dropped = [], [], [], 0
+
+    def stream(self, question: str) -> Iterator[str]:
+        """Yield the answer's text deltas; the exchange joins the history once it is complete."""
+        messages, images = self._conversation(question)
+        answer = ""
+        for delta in self.generator.stream(messages, images, self.settings):
+            answer += delta
+            yield delta
+        self._record(messages, images, answer)
+
+    def ask(self, question: str) -> str:
+        messages, images = self._conversation(question)
+        answer = self.generator.generate([messages], [images], self.settings)[0].text
+        self._record(messages, images, answer)
+        return answer
+
+    def _conversation(self, question: str) -> tuple[list[dict[str, Any]], list[Any]]:
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt and not self.messages else []
+        messages = system + self.messages + [user_turn(question, len(self.pending))]
+        messages, images, dropped = fit_context(self.generator, messages, self.images + self.pending,
+                                                self.settings.max_new_tokens)
+        self.dropped += dropped
+        return messages, images
+
+    def _record(self, messages: list[dict[str, Any]], images: list[Any], answer: str) -> None:
+        self.messages = messages + [{"role": "assistant", "content": answer}]
+        self.images, self.pending = list(images), []

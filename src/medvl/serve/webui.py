@@ -1,0 +1,135 @@
+"""`medvl webui`: a Gradio chat page over a native medvl model.
+
+One `gr.ChatInterface` in multimodal mode: several images per message (upload or drop),
+multi-turn history (earlier images stay in the conversation), generation settings (max new
+tokens, temperature — 0 is greedy —, top-p) and the research-only disclaimer above the chat.
+The answer streams in. Gradio hands the function its own history; `conversation_of_history`
+turns it back into medvl messages plus images, whatever content shape Gradio uses (plain
+strings, `{"path": ...}` file dicts, or typed `text`/`file` parts).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from medvl.io.images import ImageLoadError, load_image
+from medvl.model.checkpoint import DISCLAIMER
+from medvl.model.generate import Generator
+from medvl.serve.config import UnsafeExposureError, is_loopback
+from medvl.serve.session import ContextOverflow, fit_context, sampling_settings, user_turn
+
+__all__ = ["build_demo", "conversation_of_history", "launch"]
+
+TITLE = "medvl — medical vision-language assistant (research preview)"
+
+
+def _split_content(content: Any) -> tuple[list[str], list[str]]:
+    """(texts, image paths) of one Gradio message's content, in order."""
+    items = content if isinstance(content, (list, tuple)) else [content]
+    texts: list[str] = []
+    paths: list[str] = []
+    for item in items:
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, dict) and item.get("type") == "text":
+            texts.append(str(item.get("text", "")))
+        elif isinstance(item, dict) and item.get("type") == "file":
+            paths.append(str(item["file"]["path"]))
+        elif isinstance(item, dict) and "path" in item:
+            paths.append(str(item["path"]))
+    return texts, paths
+
+
+def conversation_of_history(history: list[dict[str, Any]], message: dict[str, Any]
+                            ) -> tuple[list[dict[str, Any]], list[str]]:
+    """medvl messages and image paths from Gradio's history plus the new multimodal message.
+
+    Gradio may split one user turn into several consecutive user messages (files, then text);
+    they are merged back into one turn.
+    """
+    messages: list[dict[str, Any]] = []
+    paths: list[str] = []
+    turn_texts: list[str] = []
+    turn_paths: list[str] = []
+
+    def close_user_turn() -> None:
+        if turn_texts or turn_paths:
+            messages.append(user_turn("\n".join(t for t in turn_texts if t), len(turn_paths)))
+            paths.extend(turn_paths)
+            turn_texts.clear()
+            turn_paths.clear()
+
+    for entry in history:
+        texts, files = _split_content(entry.get("content"))
+        if entry.get("role") == "user":
+            turn_texts.extend(texts)
+            turn_paths.extend(files)
+        elif entry.get("role") == "assistant":
+            close_user_turn()
+            messages.append({"role": "assistant", "content": "\n".join(texts)})
+    turn_texts.append(message.get("text") or "")
+    turn_paths.extend(f if isinstance(f, str) else str(f["path"]) for f in message.get("files") or [])
+    close_user_turn()
+    return messages, paths
+
+
+def build_demo(generator: Generator, default_max_new_tokens: int = 256, max_images: int = 8) -> Any:
+    """The Gradio Blocks app (not launched)."""
+    import gradio as gr
+
+    def respond(message: dict[str, Any], history: list[dict[str, Any]], max_new_tokens: float,
+                temperature: float, top_p: float) -> Iterator[str]:
+        messages, paths = conversation_of_history(history, message)
+        if len(paths) > max_images:
+            raise gr.Error(f"{len(paths)} images in this conversation; the limit is {max_images}")
+        try:
+            images = [load_image(p) for p in paths]
+        except ImageLoadError as exc:
+            raise gr.Error(f"{Path(exc.path).name}: {exc.reason} ({exc.detail})") from exc
+        settings = sampling_settings(int(max_new_tokens), float(temperature), float(top_p))
+        try:
+            messages, images, _ = fit_context(generator, messages, images, settings.max_new_tokens)
+        except ContextOverflow as exc:
+            raise gr.Error(str(exc)) from exc
+        answer = ""
+        for delta in generator.stream(messages, images, settings):
+            answer += delta
+            yield answer
+        if not answer:
+            yield "(the model returned an empty answer)"
+
+    settings_inputs = [
+        gr.Slider(1, 1024, value=default_max_new_tokens, step=1, label="max new tokens"),
+        gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="temperature (0 = greedy)"),
+        gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p"),
+    ]
+    textbox = gr.MultimodalTextbox(file_count="multiple", file_types=["image"], sources=["upload"],
+                                   placeholder="Ask about the image(s)…", elem_id="medvl-input")
+    return gr.ChatInterface(
+        respond, multimodal=True, textbox=textbox, title=TITLE,
+        description=f"**{DISCLAIMER}**", additional_inputs=settings_inputs,
+        additional_inputs_accordion=gr.Accordion("Generation settings", open=False),
+        chatbot=gr.Chatbot(elem_id="medvl-chat", height=480), concurrency_limit=1,
+        analytics_enabled=False, flagging_mode="never",
+    )
+
+
+def launch(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, dtype: str = "auto",
+           device: str | None = None, max_new_tokens: int = 256, auth: tuple[str, str] | None = None,
+           block: bool = True) -> Any:
+    """Load the model and serve the page; `block=False` returns the running demo (tests).
+
+    Like `medvl serve`, it refuses a non-loopback host without a login (`auth`).
+    """
+    if not is_loopback(host) and auth is None:
+        raise UnsafeExposureError(f"refusing to serve the web UI on {host!r} without a login: set "
+                                  "user:password in the auth environment variable, or use 127.0.0.1")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    generator = Generator.from_pretrained(model_dir, dtype=dtype, device=device)
+    demo = build_demo(generator, max_new_tokens)
+    demo.queue(max_size=32)
+    demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=True,
+                quiet=not block, auth=auth)
+    return demo
