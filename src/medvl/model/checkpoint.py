@@ -48,11 +48,23 @@ def save_model(model: Any, processor: Any, out_dir: str | Path, card: bool = Tru
     """Write model, processor, generation config (and a model card) to `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _name_text_architecture(model.config)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     if card and not (out / "README.md").exists():
         atomic_write_text(out / "README.md", _CARD.format(name=out.name, disclaimer=DISCLAIMER))
     return out
+
+
+def _name_text_architecture(config: Any) -> None:
+    """Fill `text_config.architectures`, which vLLM's LLaVA needs to build the language model."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    text = getattr(config, "text_config", None)
+    if text is not None and not getattr(text, "architectures", None):
+        name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(text.model_type)
+        if name:
+            text.architectures = [name]
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
