@@ -188,7 +188,10 @@ class Batcher:
             log.exception("streaming generation failed")
             job.post("error", APIError(500, f"generation failed: {type(exc).__name__}", "generation_failed"))
             return
-        tokens = len(self.generator.tokenizer(text, add_special_tokens=False)["input_ids"])
+        # Generator.stream yields text only: the answer is re-tokenised to count it (approximate,
+        # capped at max_new_tokens, which generation cannot exceed).
+        retokenised = len(self.generator.tokenizer(text, add_special_tokens=False)["input_ids"])
+        tokens = min(retokenised, job.settings.max_new_tokens)
         finish = "length" if tokens >= job.settings.max_new_tokens else "stop"
         job.post("done", GenerationResult(text=text, prompt_tokens=prompt_tokens, new_tokens=tokens,
                                           finish_reason=finish))

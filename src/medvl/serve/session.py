@@ -106,5 +106,5 @@ class ChatSession:
         return messages, images
 
     def _record(self, messages: list[dict[str, Any]], images: list[Any], answer: str) -> None:
-        self.messages = messages + [{"role": "assistant", "content": answer}]
+        self.messages = messages + [{"role": "assistant", "content": answer.strip()}]
         self.images, self.pending = list(images), []

@@ -1,0 +1,58 @@
+"""Helpers for serving tests: test images (a PNG decompression bomb too), messages, reference answers."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from medvl.model.generate import GenerationSettings, Generator
+
+
+def png_bytes(seed: int = 0, size: tuple[int, int] = (40, 48)) -> bytes:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def data_url(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def bomb_png(side: int = 100_000) -> bytes:
+    """A few hundred bytes whose header declares side x side pixels (a decompression bomb)."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 1024))
+            + chunk(b"IEND", b""))
+
+
+def image_message(text: str, urls: list[str]) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": u}} for u in urls]
+    return [{"role": "user", "content": parts + [{"type": "text", "text": text}]}]
+
+
+def reference(generator: Generator, text: str, images: list[Image.Image], max_new_tokens: int) -> str:
+    """The answer of a one-at-a-time generate call for the same question."""
+    messages = [{"role": "user", "content": [{"type": "image"}] * len(images) + [{"type": "text", "text": text}]}]
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    return generator.generate([messages], [images], settings)[0].text
+
+
+def assert_openai_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    """The response is `status` with OpenAI's error shape (and `code` when given)."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) >= {"message", "type", "code"} and error["message"]
+    if code is not None:
+        assert error["code"] == code, error
+    return error

@@ -1,0 +1,142 @@
+"""The OpenAI-compatible API, driven by the official `openai` client against a real uvicorn server."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import httpx
+import openai
+import pytest
+from PIL import Image
+from serve_helpers import assert_openai_error, data_url, image_message, png_bytes, reference
+
+from medvl.model.checkpoint import DISCLAIMER
+
+
+def _images(*seeds: int) -> tuple[list[str], list[Image.Image]]:
+    blobs = [png_bytes(seed) for seed in seeds]
+    return [data_url(b) for b in blobs], [Image.open(io.BytesIO(b)).convert("RGB") for b in blobs]
+
+
+def test_completion_matches_generate_and_carries_usage_and_disclaimer(serve, generator):
+    urls, images = _images(0, 1)
+    expected = reference(generator, "What is shown?", images, 12)
+    with serve() as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["tiny"]
+        answer = client.chat.completions.create(model="tiny", messages=image_message("What is shown?", urls),
+                                                max_tokens=12)
+        health = httpx.get(f"{url}/health").json()
+    assert answer.choices[0].message.content == expected
+    assert answer.choices[0].finish_reason in ("stop", "length")
+    assert answer.usage.completion_tokens <= 12 and answer.usage.prompt_tokens > 2 * 16  # two images' tokens
+    assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
+    assert answer.model_extra["medvl"]["disclaimer"] == DISCLAIMER
+    assert health["status"] == "ok" and health["stats"]["generate_calls"] == 1
+
+
+def test_streaming_chunks_join_to_the_answer(serve, generator):
+    urls, images = _images(2)
+    expected = reference(generator, "Describe.", images, 10)
+    with serve() as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        chunks = list(client.chat.completions.create(
+            model="tiny", messages=image_message("Describe.", urls), max_completion_tokens=10, stream=True,
+            stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[0].model_extra["medvl"]["disclaimer"] == DISCLAIMER
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip() == expected
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes in (["stop"], ["length"])
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens <= 10
+
+
+def test_raw_sse_ends_with_done(serve):
+    urls, _ = _images(3)
+    body = {"model": "tiny", "messages": image_message("Hi", urls), "max_tokens": 4, "stream": True}
+    with serve() as url:
+        response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+    events = [line for line in response.text.split("\n\n") if line]
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+
+
+def test_stop_strings_cut_the_answer_streaming_and_not(serve, generator):
+    expected = reference(generator, "Tell me.", [], 16)
+    words = expected.split()
+    assert len(words) >= 3, expected
+    stop = words[2]
+    cut = expected[: expected.index(stop)]
+    messages = [{"role": "user", "content": "Tell me."}]
+    with serve() as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        plain = client.chat.completions.create(model="tiny", messages=messages, max_tokens=16, stop=[stop])
+        streamed = client.chat.completions.create(model="tiny", messages=messages, max_tokens=16, stop=stop,
+                                                  stream=True)
+        streamed_text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert plain.choices[0].message.content == cut and plain.choices[0].finish_reason == "stop"
+    assert streamed_text == cut
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(serve, generator):
+    questions = ["What is shown?", "Is there a fracture?", "Which organ?", "Describe the image in detail.",
+                 "Any abnormality?", "What modality is this?"]
+    urls, images = _images(*range(len(questions)))
+    expected = [reference(generator, q, [img], 8) for q, img in zip(questions, images, strict=True)]
+    answers: dict[int, str] = {}
+    with serve(batch_wait_ms=300, max_batch_size=8) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        barrier = threading.Barrier(len(questions))
+
+        def ask(i: int) -> None:
+            barrier.wait()
+            reply = client.chat.completions.create(model="tiny", messages=image_message(questions[i], [urls[i]]),
+                                                   max_tokens=8)
+            answers[i] = reply.choices[0].message.content
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(questions))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        stats = httpx.get(f"{url}/health").json()["stats"]
+    assert [answers[i] for i in range(len(questions))] == expected
+    assert stats["requests"] == len(questions)
+    assert stats["generate_calls"] < len(questions) and stats["largest_batch"] > 1
+
+
+def test_system_prompt_and_disclaimer_note(serve, generator):
+    with serve(system_prompt="You are a radiology assistant.", disclaimer_note=True) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        answer = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                                max_tokens=6).choices[0].message.content
+    messages = [{"role": "system", "content": "You are a radiology assistant."}, {"role": "user", "content": "Hi"}]
+    plain = generator.generate([messages], [[]], generator.settings.model_copy(update={"max_new_tokens": 6}))
+    assert answer == f"{plain[0].text}\n\n({DISCLAIMER})"
+
+
+@pytest.mark.parametrize("body,status,code", [
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "unsupported_parameter"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "logprobs": True}, 400,
+     "unsupported_parameter"),
+    ({"model": "tiny", "messages": []}, 400, "invalid_request"),
+    ({"model": "tiny", "messages": [{"role": "robot", "content": "x"}]}, 400, "invalid_request"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": 5}, 400, "invalid_request"),
+    ({"model": "other", "messages": [{"role": "user", "content": "x"}]}, 404, "model_not_found"),
+    ({"model": "tiny", "messages": [{"role": "assistant", "content": [
+        {"type": "image_url", "image_url": {"url": "data:,"}}]}]}, 400, "invalid_value"),
+])
+def test_bad_requests_get_openai_errors(serve, body, status, code):
+    with serve() as url:
+        assert_openai_error(httpx.post(f"{url}/v1/chat/completions", json=body), status, code)
+        assert_openai_error(httpx.get(f"{url}/v1/nowhere"), 404)
+
+
+def test_openai_client_raises_typed_errors(serve):
+    with serve() as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}], n=3)
+    assert caught.value.body["code"] == "unsupported_parameter"

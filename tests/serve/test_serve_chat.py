@@ -1,0 +1,98 @@
+"""`medvl chat`: one-shot answers for scripts, the REPL fed through stdin, history fitting the context."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+from serve_helpers import png_bytes
+from typer.testing import CliRunner
+
+from medvl.cli import build_app
+from medvl.model.checkpoint import DISCLAIMER
+from medvl.model.generate import GenerationSettings
+from medvl.serve.session import ChatSession, ContextOverflow, fit_context, user_turn
+
+
+@pytest.fixture
+def two_images(tmp_path):
+    paths = []
+    for seed in (0, 1):
+        path = tmp_path / f"img{seed}.png"
+        path.write_bytes(png_bytes(seed))
+        paths.append(path)
+    return paths
+
+
+def _generate(generator, messages, images, max_new_tokens):
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    return generator.generate([messages], [images], settings)[0].text
+
+
+def test_one_shot_prints_the_greedy_answer(tiny_model_dir, generator, two_images):
+    args = ["chat", str(tiny_model_dir), "--image", str(two_images[0]), "--image", str(two_images[1]),
+            "--question", "Compare the two images.", "--max-new-tokens", "10"]
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code == 0, result.output
+    images = [Image.open(p).convert("RGB") for p in two_images]
+    expected = _generate(generator, [user_turn("Compare the two images.", 2)], images, 10)
+    assert result.stdout.strip() == expected
+    assert DISCLAIMER in result.stderr
+
+
+def test_one_shot_reports_an_unreadable_image(tiny_model_dir, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    result = CliRunner().invoke(build_app(), ["chat", str(tiny_model_dir), "-i", str(bad), "-q", "What?"])
+    assert result.exit_code == 2 and "not_image" in result.stderr
+
+
+def test_repl_streams_keeps_history_and_obeys_commands(tiny_model_dir, generator, two_images):
+    script = "\n".join([
+        f"/image {two_images[0]} {two_images[1]}",
+        "/image /no/such/file.png",
+        "Describe both.",
+        "And now?",
+        "/help",
+        "/clear",
+        "Hello",
+        "/quit",
+        "never asked",
+    ]) + "\n"
+    result = CliRunner().invoke(build_app(), ["chat", str(tiny_model_dir), "--max-new-tokens", "6"], input=script)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert DISCLAIMER.split(":")[0] in out and "/image PATH" in out and out.rstrip().endswith("bye")
+    assert "2 image(s) for the next question" in out and "missing" in out
+
+    images = [Image.open(p).convert("RGB") for p in two_images]
+    first = _generate(generator, [user_turn("Describe both.", 2)], images, 6)
+    history = [user_turn("Describe both.", 2), {"role": "assistant", "content": first}, user_turn("And now?", 0)]
+    second = _generate(generator, history, images, 6)
+    fresh = _generate(generator, [user_turn("Hello", 0)], [], 6)
+    answers = [line.split("medvl> ", 1)[1].strip() for line in out.splitlines() if "medvl> " in line]
+    assert answers == [first, second, fresh]
+    assert "conversation cleared" in out and "never asked" not in out
+
+
+def test_fit_context_drops_oldest_exchanges_with_their_images(generator):
+    red, blue = Image.new("RGB", (32, 32), "red"), Image.new("RGB", (32, 32), "blue")
+    long_answer = "lorem ipsum " * 60
+    messages = [{"role": "system", "content": "Be brief."}, user_turn("first", 1),
+                {"role": "assistant", "content": long_answer}, user_turn("second", 1),
+                {"role": "assistant", "content": long_answer}, user_turn("third", 0)]
+    kept, images, dropped = fit_context(generator, messages, [red, blue], max_new_tokens=100)
+    assert (dropped, images) == (1, [blue]) and kept == messages[:1] + messages[3:]
+    kept, images, dropped = fit_context(generator, messages, [red, blue], max_new_tokens=200)
+    assert (dropped, images) == (2, []) and kept == [messages[0], messages[-1]]
+    with pytest.raises(ContextOverflow):
+        fit_context(generator, [user_turn("word " * 600, 0)], [], max_new_tokens=10)
+
+
+def test_session_records_exchanges_and_clears(generator):
+    session = ChatSession(generator, GenerationSettings(max_new_tokens=4))
+    session.attach(Image.new("RGB", (32, 32), "white"))
+    streamed = "".join(session.stream("What?")).strip()
+    assert streamed and session.messages[-1] == {"role": "assistant", "content": streamed}
+    assert len(session.images) == 1 and session.pending == []
+    session.clear()
+    assert session.messages == [] and session.images == []

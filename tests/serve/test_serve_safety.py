@@ -1,0 +1,212 @@
+"""Safety of `medvl serve`: auth, exposure, image sources, size/token limits, bounded queue."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+import time
+
+import httpx
+import pytest
+from serve_helpers import assert_openai_error, bomb_png, data_url, image_message, png_bytes
+
+from medvl.serve.config import ImagePolicy, ServeConfig, UnsafeExposureError
+from medvl.serve.image_urls import ImageResolver
+from medvl.serve.protocol import APIError
+from medvl.serve.server import check_exposure
+
+CHAT = "/v1/chat/completions"
+
+
+def _ask(url: str, image_urls: list[str], **extra) -> httpx.Response:
+    body = {"model": "tiny", "messages": image_message("What is shown?", image_urls), "max_tokens": 4, **extra}
+    return httpx.post(url + CHAT, json=body, timeout=60)
+
+
+def test_api_key_is_required_when_configured(serve, monkeypatch):
+    monkeypatch.setenv("MEDVL_TEST_KEY", "s3cret")
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    with serve(api_key_env="MEDVL_TEST_KEY") as url:
+        assert_openai_error(httpx.post(url + CHAT, json=body), 401, "invalid_api_key")
+        wrong = httpx.post(url + CHAT, json=body, headers={"Authorization": "Bearer nope"})
+        assert_openai_error(wrong, 401, "invalid_api_key")
+        assert_openai_error(httpx.get(url + "/v1/models"), 401, "invalid_api_key")
+        ok = httpx.post(url + CHAT, json=body, headers={"Authorization": "Bearer s3cret"}, timeout=60)
+        assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["role"] == "assistant"
+        assert httpx.get(url + "/health").status_code == 200  # liveness needs no key
+
+
+def test_refuses_non_loopback_host_without_key(monkeypatch):
+    monkeypatch.delenv("MEDVL_API_KEY", raising=False)
+    with pytest.raises(UnsafeExposureError, match="without an API key"):
+        check_exposure(ServeConfig(host="0.0.0.0"))
+    with pytest.raises(UnsafeExposureError):
+        check_exposure(ServeConfig(host="192.168.1.5", api_key_env=None))
+    check_exposure(ServeConfig(host="127.0.0.1"))
+    check_exposure(ServeConfig(host="::1"))
+    monkeypatch.setenv("MEDVL_API_KEY", "k")
+    check_exposure(ServeConfig(host="0.0.0.0"))
+
+
+def test_cli_serve_refuses_public_host_without_key(tiny_model_dir, monkeypatch):
+    from typer.testing import CliRunner
+
+    from medvl.cli import build_app
+
+    monkeypatch.delenv("MEDVL_API_KEY", raising=False)
+    result = CliRunner().invoke(build_app(), ["serve", str(tiny_model_dir), "--host", "0.0.0.0"])
+    assert result.exit_code == 2 and "without an API key" in result.output
+
+
+@pytest.fixture
+def image_root(tmp_path):
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "ok.png").write_bytes(png_bytes(1))
+    (tmp_path / "secret.png").write_bytes(png_bytes(2))
+    os.symlink(tmp_path / "secret.png", root / "escape.png")
+    os.symlink(root / "sub" / "ok.png", root / "inside.png")
+    return root
+
+
+def test_local_images_only_under_the_root(serve, image_root):
+    with serve(images=ImagePolicy(local_root=image_root)) as url:
+        for allowed in ["sub/ok.png", f"file://{image_root}/sub/ok.png", str(image_root / "inside.png")]:
+            assert _ask(url, [allowed]).status_code == 200, allowed
+        refused = ["file:///etc/passwd", "/etc/passwd", "../secret.png", "sub/../../secret.png",
+                   f"file://{image_root}/../secret.png", "escape.png", "file://otherhost/etc/passwd"]
+        for path in refused:
+            assert_openai_error(_ask(url, [path]), 400, "image_url_refused")
+    with serve() as url:  # no root configured: every local path is refused
+        assert_openai_error(_ask(url, [str(image_root / "sub/ok.png")]), 400, "image_url_refused")
+
+
+class _Counter(http.server.BaseHTTPRequestHandler):
+    hits = 0
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        type(self).hits += 1
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(png_bytes(0))
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_remote_urls_refused_and_internal_addresses_never_contacted(serve):
+    listener = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Counter)
+    threading.Thread(target=listener.serve_forever, daemon=True).start()
+    port = listener.server_address[1]
+    internal = [f"http://127.0.0.1:{port}/x.png", f"http://localhost:{port}/x.png",
+                "http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/x.png", "http://[::1]/x.png"]
+    try:
+        with serve() as url:  # remote images off
+            for image in internal + ["https://example.org/x.png"]:
+                assert_openai_error(_ask(url, [image]), 400, "image_url_refused")
+        hosts = ["127.0.0.1", "localhost", "169.254.169.254", "10.0.0.1", "::1"]
+        with serve(images=ImagePolicy(allowed_hosts=hosts)) as url:  # listed, yet internal: still refused
+            for image in internal:
+                error = assert_openai_error(_ask(url, [image]), 400, "image_url_refused")
+                assert "non-public" in error["message"]
+    finally:
+        listener.shutdown()
+    assert _Counter.hits == 0
+
+
+def test_allowed_public_host_is_fetched_at_the_checked_address():
+    seen = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.host, request.headers["host"], request.extensions.get("sni_hostname")))
+        if request.url.path == "/moved.png":
+            return httpx.Response(302, headers={"location": "http://127.0.0.1/x.png"})
+        return httpx.Response(200, content=png_bytes(3))
+
+    policy = ImagePolicy(allowed_hosts=["images.example.org", "mixed.example.org"])
+    resolver = ImageResolver(policy, transport=httpx.MockTransport(answer), resolve=lambda host, port: {
+        "images.example.org": ["93.184.216.34"], "mixed.example.org": ["93.184.216.34", "192.168.0.7"]}[host])
+    assert resolver.load("https://images.example.org/a.png").size == (40, 48)
+    assert seen == [("93.184.216.34", "images.example.org", "images.example.org")]
+    with pytest.raises(APIError, match="HTTP 302"):  # redirects are not followed
+        resolver.load("http://images.example.org/moved.png")
+    with pytest.raises(APIError, match="non-public address 192.168.0.7"):
+        resolver.load("http://mixed.example.org/a.png")
+    with pytest.raises(APIError, match="not in the allowed list"):
+        resolver.load("http://evil.example.org/a.png")
+
+
+def test_body_size_limit_gives_413(serve):
+    big = data_url(b"\x89PNG" + os.urandom(200_000))
+    with serve(limits={"max_body_bytes": 64 * 1024}) as url:
+        assert_openai_error(_ask(url, [big]), 413, "request_too_large")
+
+        def chunks():  # no Content-Length: the limit is counted while reading
+            for _ in range(100):
+                yield b" " * 1024
+
+        chunked = httpx.post(url + CHAT, content=chunks(), headers={"content-type": "application/json"})
+        assert_openai_error(chunked, 413, "request_too_large")
+        assert _ask(url, [data_url(png_bytes(0))]).status_code == 200
+
+
+def test_image_limits_give_400(serve):
+    with serve(images=ImagePolicy(max_images=2, max_image_bytes=50_000)) as url:
+        assert_openai_error(_ask(url, [data_url(bomb_png())]), 400, "image_too_large")
+        assert_openai_error(_ask(url, [data_url(png_bytes(0))] * 3), 400, "too_many_images")
+        assert_openai_error(_ask(url, [data_url(png_bytes(0, size=(300, 300)))]), 400, "image_too_large")
+        assert_openai_error(_ask(url, ["data:image/png;base64,bm90IGFuIGltYWdl"]), 400, "image_not_image")
+        assert_openai_error(_ask(url, ["data:text/html;base64,PGI+"]), 400, "image_bad_data_url")
+        assert_openai_error(_ask(url, ["ftp://example.org/a.png"]), 400, "image_url_refused")
+
+
+def test_token_limits_give_400(serve):
+    long_text = "word " * 400
+    with serve(limits={"max_tokens": 32, "max_prompt_tokens": 64}) as url:
+        assert_openai_error(_ask(url, [], max_tokens=33), 400, "invalid_value")
+        body = {"model": "tiny", "messages": [{"role": "user", "content": long_text}], "max_tokens": 4}
+        assert_openai_error(httpx.post(url + CHAT, json=body, timeout=60), 400, "context_length_exceeded")
+        body["stream"] = True  # refused before the stream starts, so still a plain 400
+        assert_openai_error(httpx.post(url + CHAT, json=body, timeout=60), 400, "context_length_exceeded")
+
+
+class _Gated:
+    """A generator whose generate() waits for a gate, to hold the worker busy."""
+
+    def __init__(self, inner):
+        self.inner, self.gate, self.entered = inner, threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def generate(self, *args, **kwargs):
+        self.entered.set()
+        self.gate.wait(30)
+        return self.inner.generate(*args, **kwargs)
+
+
+def test_full_queue_answers_429(serve, generator):
+    gated = _Gated(generator)
+    results: dict[str, int] = {}
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    with serve(gen=gated, max_batch_size=1, batch_wait_ms=0, limits={"max_queue": 1}) as url:
+
+        def send(name: str) -> None:
+            results[name] = httpx.post(url + CHAT, json=body, timeout=60).status_code
+
+        first = threading.Thread(target=send, args=("running",))
+        first.start()
+        assert gated.entered.wait(30)
+        second = threading.Thread(target=send, args=("queued",))
+        second.start()
+        deadline = time.monotonic() + 30
+        while httpx.get(url + "/health").json()["waiting"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        refused = httpx.post(url + CHAT, json=body, timeout=60)
+        assert_openai_error(refused, 429, "queue_full")
+        assert refused.headers["retry-after"] == "1"
+        gated.gate.set()
+        first.join(30)
+        second.join(30)
+    assert results == {"running": 200, "queued": 200}
