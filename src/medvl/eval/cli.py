@@ -1,0 +1,143 @@
+"""`medvl eval ...`: run, rescore, compare, inspect benchmarks, and LLM-judge answers.
+
+    medvl eval run configs/eval/vqa_rad.yaml backend.model=runs/model output_dir=runs/eval/rad
+    accelerate launch -m medvl.cli eval run configs/eval/vqa_rad.yaml ...   # data parallel
+    medvl eval score runs/eval/rad/predictions.jsonl --scorer llava_med_run_eval
+    medvl eval compare runs/eval/rad runs/eval/rad-question-only runs/eval/rad-majority
+    medvl eval inspect slake ../shared/data/slake-questions --split validate
+    medvl eval judge-open runs/eval/rad --config configs/eval/judge.yaml
+    medvl eval judge-chat llava_med_eval_qa50_qa.jsonl answers.jsonl --config configs/eval/judge.yaml
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+eval_app = typer.Typer(name="eval", help="Evaluate models on medical VQA benchmarks.", no_args_is_help=True)
+
+
+@eval_app.command("run")
+def run(
+    config: Path = typer.Argument(..., help="eval config YAML (see configs/eval/)"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. benchmark.limit=20"),
+) -> None:
+    """Answer a benchmark with a backend, score it, write predictions, scores, report and plots."""
+    from accelerate import PartialState
+
+    from medvl.config import load_config
+    from medvl.eval.report import headline
+    from medvl.eval.runner import EvalConfig, run_eval
+
+    out = run_eval(load_config(EvalConfig, config, overrides or []))
+    if PartialState().is_main_process:
+        typer.echo(headline(json.loads((out / "scores.json").read_text(encoding="utf-8"))))
+        typer.echo(f"run folder: {out} (report.md, predictions.jsonl, scores.json, plots/)")
+
+
+@eval_app.command("score")
+def score(
+    predictions: Path = typer.Argument(..., help="a predictions.jsonl (or its run folder)"),
+    scorer: str = typer.Option("medvl", help="medvl | llava_med_run_eval | llava_med_run_eval_batch | huatuo_match_choice3"),
+    candidates: Optional[Path] = typer.Option(None, help="llava_med_run_eval: candidate answers (candidate.json format)"),
+    out: Optional[Path] = typer.Option(None, help="write scores.<scorer>.json and predictions.<scorer>.jsonl here"),
+) -> None:
+    """Rescore a predictions file with any scorer, without a model."""
+    from medvl.eval.report import rescore
+
+    typer.echo(json.dumps(rescore(predictions, scorer, candidates, out), indent=2, ensure_ascii=False))
+
+
+@eval_app.command("compare")
+def compare(
+    runs: List[Path] = typer.Argument(..., help="run folders (each with scores.json)"),
+    out: Optional[Path] = typer.Option(None, help="also write the table to this markdown file"),
+) -> None:
+    """Put several runs side by side in one markdown table."""
+    from medvl.eval.report import compare_runs
+    from medvl.io.files import atomic_write_text
+
+    table = compare_runs(runs)
+    if out:
+        atomic_write_text(out, table)
+    typer.echo(table)
+
+
+@eval_app.command("list")
+def list_names() -> None:
+    """Benchmark loaders and scorers by name."""
+    from medvl.eval.benchmarks import BENCHMARKS
+    from medvl.eval.scorers import SCORERS
+
+    typer.echo("benchmarks: " + ", ".join(BENCHMARKS))
+    typer.echo("scorers:    " + ", ".join(SCORERS))
+
+
+@eval_app.command("inspect")
+def inspect_benchmark(
+    name: str = typer.Argument(..., help="benchmark name (see `medvl eval list`)"),
+    root: Path = typer.Argument(..., help="the release's folder (or file)"),
+    split: str = typer.Option("test"),
+    option: Optional[List[str]] = typer.Option(None, help="loader option key=value (YAML value), repeatable"),
+) -> None:
+    """Load a benchmark and report its size, answer types, missing images and unreadable rows."""
+    import yaml
+
+    from medvl.eval.benchmarks import load_benchmark
+
+    options = {k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in option or [])}
+    typer.echo(load_benchmark(name, root, split, **options).summary())
+
+
+def _judge_config(config: Path, overrides: Optional[List[str]]):
+    from medvl.config import load_config
+    from medvl.eval.judge import JudgeConfig
+
+    return load_config(JudgeConfig, config, overrides or [])
+
+
+@eval_app.command("judge-open")
+def judge_open_command(
+    predictions: Path = typer.Argument(..., help="a predictions.jsonl (or its run folder)"),
+    config: Path = typer.Option(..., help="judge config YAML (llm: base_url, model, ...)"),
+    out: Optional[Path] = typer.Option(None, help="folder for judge_open.jsonl and judge_open.json (default: beside)"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides of the judge config"),
+) -> None:
+    """Ask an LLM whether each open answer matches its reference."""
+    from medvl.eval.judge import judge_open
+    from medvl.io.files import atomic_write_json
+    from medvl.io.jsonl import read_records, write_jsonl
+
+    path = predictions / "predictions.jsonl" if predictions.is_dir() else predictions
+    rows, summary = judge_open(read_records(path), _judge_config(config, overrides))
+    folder = out or path.parent
+    write_jsonl(folder / "judge_open.jsonl", rows)
+    atomic_write_json(folder / "judge_open.json", summary)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@eval_app.command("judge-chat")
+def judge_chat_command(
+    questions: Path = typer.Argument(..., help="LLaVA-Med chat questions (llava_med_eval_qa50_qa.jsonl format)"),
+    answers: Path = typer.Argument(..., help="model answers JSONL: question_id, text"),
+    config: Path = typer.Option(..., help="judge config YAML (llm: ..., both_orders: true)"),
+    out: Path = typer.Option(..., help="folder for judge_chat.jsonl and judge_chat.json"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides of the judge config"),
+) -> None:
+    """LLaVA-Med's GPT-4 chat evaluation: relative scores, both answer orders."""
+    from medvl.eval.judge import judge_chat
+    from medvl.io.files import atomic_write_json
+    from medvl.io.jsonl import read_records, write_jsonl
+
+    answer_text = {str(r["question_id"]): r.get("text", "") for r in read_records(answers)}
+    rows, summary = judge_chat(read_records(questions), answer_text, _judge_config(config, overrides))
+    write_jsonl(out / "judge_chat.jsonl", rows)
+    atomic_write_json(out / "judge_chat.json", summary)
+    typer.echo(json.dumps(summary.get("overall", {}), indent=2))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(eval_app, name="eval")

@@ -1,0 +1,240 @@
+"""`medvl eval run`: answer a benchmark with a backend, score it, and write the run folder.
+
+A run folder holds `config.yaml` (what ran), `predictions.jsonl` (one line per item: the item, the
+prompt, the raw output, the parsed answer, correct, metrics), `scores.json`, `report.md` with its
+plots, `rejects.jsonl` (items that could not be run: missing or unreadable images, unreadable
+rows) and, when the release has a train split, `candidates.json` (its open answers, for the
+`llava_med_run_eval` scorer).
+
+Resume: answers are appended to `predictions.part-<rank>.jsonl` after every batch; a rerun with the
+same config skips every id already answered (in those files or in `predictions.jsonl`). A folder
+made with a different config is refused rather than mixed.
+
+Data parallel: under `accelerate launch -m medvl.cli eval run CONFIG`, each process takes its slice
+of the remaining items (`PartialState.split_between_processes`), writes its own part file, and the
+main process merges all parts in benchmark order once every process is done, then scores.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import yaml
+from pydantic import Field
+
+from medvl.config import Config, ConfigError, dump_config
+from medvl.eval.backends import BackendConfig, Request, make_backend
+from medvl.eval.benchmarks import BenchmarkError, load_benchmark
+from medvl.eval.benchmarks.base import BenchmarkData, VQAItem
+from medvl.eval.prompts import PromptStyle, build_messages, build_prompt
+from medvl.eval.scorers import SCORERS
+from medvl.io.files import atomic_write_json
+from medvl.io.jsonl import JsonlAppender, JsonlLineError, RejectLog, iter_jsonl, write_jsonl
+from medvl.model.generate import GenerationSettings
+
+__all__ = ["BenchmarkConfig", "PromptConfig", "EvalConfig", "run_eval", "merge_parts", "read_predictions"]
+
+log = logging.getLogger(__name__)
+PREDICTIONS = "predictions.jsonl"
+# settings that cannot change what a greedy run answers; a resumed run may differ in these
+RESUMABLE_KEYS = {("generation", "batch_size"), ("output_dir",), ("report",)}
+
+
+class BenchmarkConfig(Config):
+    name: str
+    root: str
+    split: str = "test"
+    options: dict[str, Any] = Field(default_factory=dict, description="loader options, e.g. {lang: zh}")
+    limit: int | None = Field(None, ge=1, description="evaluate only the first N items (smoke runs)")
+
+
+class PromptConfig(Config):
+    style: PromptStyle = "short"
+    system: str | None = None
+
+
+class EvalConfig(Config):
+    benchmark: BenchmarkConfig
+    backend: BackendConfig = BackendConfig()
+    generation: GenerationSettings = GenerationSettings(max_new_tokens=64)
+    prompt: PromptConfig = PromptConfig()
+    use_images: bool = Field(True, description="false: the question-only baseline")
+    missing_images: Literal["skip", "text_only"] = Field(
+        "skip", description="items whose image is missing: skip (recorded in rejects.jsonl) or ask without it")
+    scorer: str = "medvl"
+    extra_scorers: list[str] = Field(default_factory=list, description="compatibility scorers also reported")
+    output_dir: str = "runs/eval/run"
+    report: bool = True
+
+
+class ProcessState(Protocol):
+    """The part of accelerate's `PartialState` the runner uses (tests pass a stand-in)."""
+
+    process_index: int
+    num_processes: int
+    is_main_process: bool
+
+    def wait_for_everyone(self) -> None: ...
+    def split_between_processes(self, inputs: list, apply_padding: bool = False) -> Any: ...
+
+
+def run_eval(config: EvalConfig, state: ProcessState | None = None) -> Path:
+    """Run (or resume) one evaluation; returns the run folder."""
+    for name in [config.scorer, *config.extra_scorers]:
+        if name not in SCORERS:
+            raise ConfigError(f"unknown scorer {name!r}; known: {', '.join(SCORERS)}")
+    if state is None:
+        from accelerate import PartialState
+
+        state = PartialState()
+    out = Path(config.output_dir)
+    data = load_benchmark(config.benchmark.name, config.benchmark.root, config.benchmark.split,
+                          **config.benchmark.options)
+    items = data.items[: config.benchmark.limit] if config.benchmark.limit else data.items
+    if state.is_main_process:
+        _claim_folder(out, config)
+    state.wait_for_everyone()
+    runnable, text_only, rejected = _runnable(items, data, config)
+    done = {r["id"] for r in read_predictions(out, include_parts=True)}
+    todo = [item for item in runnable if item.id not in done]
+    majority, notes = _majority(config, data) if config.backend.kind == "majority" else (None, [])
+    state.wait_for_everyone()  # every process has read the done set before anyone appends
+    started, answered = time.perf_counter(), 0
+    with state.split_between_processes(todo) as mine:
+        if mine:
+            backend = make_backend(config.backend, config.generation, majority)
+            answered = _answer(backend, mine, text_only, config, out / f"predictions.part-{state.process_index}.jsonl",
+                               show_progress=state.is_main_process)
+    seconds = time.perf_counter() - started
+    state.wait_for_everyone()
+    if state.is_main_process:
+        records = merge_parts(out, [item.id for item in items])
+        from medvl.eval.report import finalize_run
+
+        finalize_run(out, records, config, data, rejected, notes=data.notes + notes,
+                     throughput={"answered": answered, "seconds": round(seconds, 3),
+                                 "items_per_s": round(answered / seconds, 3) if seconds and answered else None})
+    state.wait_for_everyone()
+    return out
+
+
+def _claim_folder(out: Path, config: EvalConfig) -> None:
+    """Write config.yaml, or check that an existing one describes the same run."""
+    saved = out / "config.yaml"
+    if saved.is_file():
+        before = _flatten(yaml.safe_load(saved.read_text()) or {})
+        now = _flatten(config.model_dump(mode="json"))
+        changed = sorted(".".join(k) for k in set(before) | set(now)
+                         if k not in RESUMABLE_KEYS and before.get(k) != now.get(k))
+        if changed:
+            raise ConfigError(f"{out} holds a run with a different config (changed: {', '.join(changed)}); "
+                              "use another output_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(config, saved)
+
+
+def _flatten(data: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    flat: dict[tuple[str, ...], Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, prefix + (key,)))
+        else:
+            flat[prefix + (key,)] = value
+    return flat
+
+
+def _runnable(items: list[VQAItem], data: BenchmarkData, config: EvalConfig
+              ) -> tuple[list[VQAItem], set[str], list[dict[str, str]]]:
+    """Items to run, ids to run without their images, and the rejected (id, reason) records."""
+    missing = set(data.missing_images)
+    rejected = [dict(r, stage="load") for r in data.rejects]
+    text_only = set() if config.use_images else {item.id for item in items}
+    runnable = []
+    for item in items:
+        if config.use_images and item.id in missing:
+            absent = [p for p in item.images if not Path(p).is_file()]
+            if config.missing_images == "skip":
+                rejected.append({"id": item.id, "reason": "missing_image", "detail": ", ".join(absent),
+                                 "stage": "images"})
+                continue
+            text_only.add(item.id)
+        runnable.append(item)
+    return runnable, text_only, rejected
+
+
+def _majority(config: EvalConfig, data: BenchmarkData) -> tuple[dict[str, str], list[str]]:
+    from medvl.eval.baselines import majority_table
+
+    bench = config.benchmark
+    try:
+        source = load_benchmark(bench.name, bench.root, config.backend.majority_split, **bench.options).items
+        note = f"majority answers counted on the {config.backend.majority_split} split"
+    except BenchmarkError as exc:
+        source = data.items
+        note = (f"majority answers counted on the evaluated {data.split} split itself (no "
+                f"{config.backend.majority_split} split: {exc}); this baseline is optimistic")
+    table = majority_table(source)
+    return table, [note, f"majority table: {table}"]
+
+
+def _answer(backend: Any, items: list[VQAItem], text_only: set[str], config: EvalConfig, part: Path,
+            show_progress: bool) -> int:
+    """Answer `items` in batches, appending each batch's records to `part`; returns the count answered."""
+    from tqdm.auto import tqdm
+
+    from medvl.io.images import ImageLoadError, load_image
+
+    answered = 0
+    size = config.generation.batch_size
+    with JsonlAppender(part) as sink, RejectLog(part.with_name(part.name.replace("predictions", "rejects"))) as bad, \
+            tqdm(total=len(items), desc=f"eval {config.benchmark.name}", unit="q", disable=not show_progress) as bar:
+        for start in range(0, len(items), size):
+            requests, prompts = [], {}
+            for item in items[start:start + size]:
+                use = item.id not in text_only
+                try:
+                    images = [load_image(p) for p in item.images] if use else []
+                except ImageLoadError as exc:
+                    bad.reject(item.id, "images", "image_load_error", str(exc))
+                    continue
+                prompts[item.id] = build_prompt(item, config.prompt.style)
+                requests.append(Request(item, build_messages(prompts[item.id], len(images), config.prompt.system),
+                                        images))
+            for request, reply in zip(requests, backend.generate(requests) if requests else []):
+                item = request.item
+                sink.write({**item.to_dict(), "prompt": prompts[item.id], "use_images": bool(request.images),
+                            "output": reply.text, "prompt_tokens": reply.prompt_tokens, "new_tokens": reply.new_tokens,
+                            "finish_reason": reply.finish_reason, "error": reply.error,
+                            "backend": config.backend.label()})
+                answered += 1
+            bar.update(min(size, len(items) - start))
+    return answered
+
+
+def read_predictions(out: Path, include_parts: bool = False) -> list[dict[str, Any]]:
+    """Records of `predictions.jsonl` (and the part files), first occurrence of an id kept."""
+    files = [out / PREDICTIONS] + (sorted(out.glob("predictions.part-*.jsonl")) if include_parts else [])
+    records: dict[str, dict[str, Any]] = {}
+    for file in files:
+        if not file.is_file():
+            continue
+        for line, record in iter_jsonl(file):
+            if isinstance(record, JsonlLineError):
+                log.warning("%s: skipping unreadable line %d (%s)", file, line, record.reason)
+                continue
+            records.setdefault(str(record.get("id")), record)
+    return list(records.values())
+
+
+def merge_parts(out: Path, order: list[str]) -> list[dict[str, Any]]:
+    """Merge `predictions.jsonl` and every part file into `predictions.jsonl` in `order`; remove the parts."""
+    records = {r["id"]: r for r in read_predictions(out, include_parts=True)}
+    rank = {item_id: index for index, item_id in enumerate(order)}
+    merged = sorted(records.values(), key=lambda r: (rank.get(r["id"], len(rank)), r["id"]))
+    write_jsonl(out / PREDICTIONS, merged)
+    for part in out.glob("predictions.part-*.jsonl"):
+        part.unlink()
+    return merged

@@ -1,0 +1,175 @@
+"""The eval runner: outputs, baselines, resume, data-parallel split/gather, and the three testable backends."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from medvl.config import ConfigError
+from medvl.eval import backends, runner
+from medvl.eval.backends import Reply
+from medvl.eval.runner import EvalConfig, read_predictions, run_eval
+from medvl.io.jsonl import read_records
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+class OneProcess:
+    process_index, num_processes, is_main_process = 0, 1, True
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+    @contextmanager
+    def split_between_processes(self, inputs, apply_padding=False):
+        yield inputs
+
+
+class Rank(OneProcess):
+    """Process `index` of `world` (a thread here), splitting like accelerate (contiguous slices)."""
+
+    def __init__(self, index: int, world: int, barrier: threading.Barrier):
+        self.process_index, self.num_processes, self.is_main_process = index, world, index == 0
+        self.barrier = barrier
+
+    def wait_for_everyone(self) -> None:
+        self.barrier.wait(timeout=60)
+
+    @contextmanager
+    def split_between_processes(self, inputs, apply_padding=False):
+        size, extra = divmod(len(inputs), self.num_processes)
+        start = self.process_index * size + min(self.process_index, extra)
+        yield inputs[start:start + size + (self.process_index < extra)]
+
+
+class Echo:
+    """A backend answering 'yes' to everything and recording what it was asked."""
+
+    def __init__(self, seen: list, fail_after: int | None = None):
+        self.seen, self.fail_after = seen, fail_after
+
+    def generate(self, requests):
+        if self.fail_after is not None and len(self.seen) >= self.fail_after:
+            raise KeyboardInterrupt  # a kill in the middle of a run
+        self.seen.extend(r.item.id for r in requests)
+        return [Reply("yes", 1, 1) for _ in requests]
+
+
+def config(tmp_path: Path, name: str = "llava_jsonl", root: Path = FIXTURES / "llava" / "eval.jsonl", **extra) -> EvalConfig:
+    data = {"benchmark": {"name": name, "root": str(root)}, "output_dir": str(tmp_path / "run"),
+            "generation": {"batch_size": 1, "max_new_tokens": 8}, **extra}
+    return EvalConfig.model_validate(data)
+
+
+def test_majority_baseline_writes_a_complete_run_folder(tmp_path):
+    cfg = config(tmp_path, "vqa_rad", FIXTURES / "vqa_rad", backend={"kind": "majority"},
+                 extra_scorers=["llava_med_run_eval"])
+    out = run_eval(cfg, OneProcess())
+    records = read_records(out / "predictions.jsonl")
+    assert [r["id"] for r in records] == ["3", "4"]  # item 5's image is missing: rejected, not dropped silently
+    assert json.loads((out / "rejects.jsonl").read_text())["reason"] == "missing_image"
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["rejected"] == {"missing_image": 1} and scores["answered"] == 2
+    assert any("train split" in note for note in scores["notes"])
+    # train split: closed answers No/Yes (tie → "no"), open "left lung"
+    assert [r["output"] for r in records] == ["no", "left lung"]
+    assert scores["scores"]["closed"]["accuracy"] == 0.0
+    assert "llava_med_run_eval" in scores["compat"] and (out / "candidates.json").is_file()
+    report = (out / "report.md").read_text()
+    assert "## Scores" in report and "closed accuracy" in report and "Yes/no confusion" in report
+    assert (out / "plots" / "yes_no_confusion.png").stat().st_size > 1000
+    assert {"id", "prompt", "output", "parsed", "correct", "meta", "images"} <= set(records[0])
+
+
+def test_interrupted_run_resumes_without_redoing_items(tmp_path, monkeypatch):
+    seen: list[str] = []
+    monkeypatch.setattr(runner, "make_backend", lambda *a, **k: Echo(seen, fail_after=1))
+    cfg = config(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(cfg, OneProcess())
+    assert seen == ["q1"]
+    assert [r["id"] for r in read_predictions(Path(cfg.output_dir), include_parts=True)] == ["q1"]
+    monkeypatch.setattr(runner, "make_backend", lambda *a, **k: Echo(seen))
+    out = run_eval(cfg, OneProcess())
+    assert seen == ["q1", "q2", "q3"]  # q1 not asked again
+    assert [r["id"] for r in read_records(out / "predictions.jsonl")] == ["q1", "q2", "q3"]
+    assert not list(out.glob("*.part-*.jsonl"))
+    again: list[str] = []
+    monkeypatch.setattr(runner, "make_backend", lambda *a, **k: Echo(again))
+    run_eval(cfg, OneProcess())
+    assert again == []  # a finished run answers nothing more
+
+
+def test_changed_config_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "make_backend", lambda *a, **k: Echo([]))
+    run_eval(config(tmp_path), OneProcess())
+    run_eval(config(tmp_path, generation={"batch_size": 4, "max_new_tokens": 8}), OneProcess())  # harmless change
+    with pytest.raises(ConfigError, match="prompt.style"):
+        run_eval(config(tmp_path, prompt={"style": "plain"}), OneProcess())
+
+
+def test_data_parallel_split_and_gather(tmp_path, monkeypatch):
+    asked: dict[str, list[str]] = {"rank0": [], "rank1": []}
+    monkeypatch.setattr(runner, "make_backend", lambda *a, **k: Echo(asked[threading.current_thread().name]))
+    cfg = config(tmp_path, "huatuo_eval", FIXTURES / "huatuo", missing_images="text_only")
+    barrier = threading.Barrier(2)
+
+    def process(rank: int) -> Path:
+        threading.current_thread().name = f"rank{rank}"
+        return run_eval(cfg, Rank(rank, 2, barrier))
+
+    with ThreadPoolExecutor(2) as pool:
+        outs = [f.result(timeout=120) for f in [pool.submit(process, r) for r in (0, 1)]]
+    assert asked == {"rank0": ["1", "2"], "rank1": ["3", "4"]}
+    records = read_records(outs[0] / "predictions.jsonl")
+    assert [r["id"] for r in records] == ["1", "2", "3", "4"]  # gathered in benchmark order
+    assert [r["use_images"] for r in records] == [True, True, True, False]  # 4's image is missing
+    assert not list(outs[0].glob("*.part-*.jsonl"))
+
+
+def test_local_backend_and_question_only_baseline(tmp_path, tiny_model_dir):
+    with_images = run_eval(config(tmp_path / "a", "vqa_rad", FIXTURES / "vqa_rad",
+                                  backend={"kind": "local", "model": str(tiny_model_dir)}), OneProcess())
+    records = read_records(with_images / "predictions.jsonl")
+    assert all(r["use_images"] and r["new_tokens"] >= 1 and r["prompt_tokens"] > 0 for r in records)
+    assert all(isinstance(r["output"], str) and r["correct"] in (True, False) for r in records)
+    blind = run_eval(config(tmp_path / "b", "vqa_rad", FIXTURES / "vqa_rad", use_images=False,
+                            backend={"kind": "local", "model": str(tiny_model_dir)}), OneProcess())
+    blind_records = read_records(blind / "predictions.jsonl")
+    assert [r["id"] for r in blind_records] == ["3", "4", "5"]  # no image needed, so item 5 runs too
+    assert not any(r["use_images"] for r in blind_records)
+    assert blind_records[0]["prompt_tokens"] < records[0]["prompt_tokens"]  # no image tokens
+
+
+def test_openai_backend_sends_images_and_records_failures(tmp_path):
+    from medvl.llm.mock_server import MockServer
+
+    def responder(body):
+        text = body["messages"][-1]["content"][-1]["text"]
+        return "B" if "A. " in text else "no"
+
+    with MockServer(responder=responder, script=["ok", {"status": 400}, "ok"]) as server:
+        cfg = config(tmp_path, backend={"kind": "openai", "llm": {"base_url": server.base_url, "model": "mock",
+                                                                   "max_retries": 0, "api_key_env": "MEDVL_NO_KEY"}})
+        out = run_eval(cfg, OneProcess())
+        bodies = server.requests
+    records = {r["id"]: r for r in read_records(out / "predictions.jsonl")}
+    assert records["q1"]["output"] == "no" and records["q1"]["correct"] is True
+    assert records["q2"]["error"] and records["q2"]["correct"] is False  # the 400 is recorded, not raised
+    assert records["q3"]["output"] == "B" and records["q3"]["parsed"] == "B"
+    first = bodies[0]["messages"][-1]["content"]
+    assert first[0]["type"] == "image_url" and first[0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+    assert bodies[0]["max_tokens"] == 8 and bodies[0]["temperature"] == 0.0
+    assert json.loads((out / "scores.json").read_text())["scores"]["errors"] == 1
+
+
+def test_missing_backend_settings_are_clear_errors():
+    with pytest.raises(ValueError, match="backend.model"):
+        backends.make_backend(backends.BackendConfig(kind="local"), None)
+    with pytest.raises(ValueError, match="backend.llm"):
+        backends.make_backend(backends.BackendConfig(kind="openai"), None)
