@@ -116,14 +116,24 @@ def test_unknown_names_and_options_are_errors():
     assert len(BENCHMARKS) == 8
 
 
-@pytest.mark.shared_data
-def test_real_vqa_rad_official_test_split(shared_dir):
-    data = load_benchmark("vqa_rad", shared_dir / "data" / "vqa-rad")
+@pytest.fixture(params=[pytest.param("shared", marks=pytest.mark.shared_data), "vendored"])
+def vqa_rad_root(request) -> Path:
+    """The real release: ../shared/data/vqa-rad, and the copy vendored in the repository's data/."""
+    if request.param == "shared":
+        return request.getfixturevalue("shared_dir") / "data" / "vqa-rad"
+    root = Path(__file__).resolve().parents[2] / "data" / "vqa-rad"
+    if not root.is_dir():
+        pytest.skip("no vendored VQA-RAD")
+    return root
+
+
+def test_real_vqa_rad_official_test_split(vqa_rad_root):
+    data = load_benchmark("vqa_rad", vqa_rad_root)
     assert len(data) == 451
     assert data.counts() == {"closed": 272, "open": 179}
     assert len({p for i in data.items for p in i.images}) == 203
     assert data.missing_images == [] and data.rejects == []
-    assert len(load_benchmark("vqa_rad", shared_dir / "data" / "vqa-rad", split="train")) == 2248 - 451
+    assert len(load_benchmark("vqa_rad", vqa_rad_root, split="train")) == 2248 - 451
 
 
 @pytest.mark.shared_data

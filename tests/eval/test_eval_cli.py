@@ -1,0 +1,58 @@
+"""`medvl eval` commands end to end: run (majority baseline), score with another scorer, compare, list, inspect."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from medvl.cli import build_app
+
+FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def invoke(*args: str):
+    result = CliRunner().invoke(build_app(), list(args))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def test_run_score_compare(tmp_path):
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump({"benchmark": {"name": "huatuo_eval", "root": str(FIXTURES / "huatuo")},
+                                      "backend": {"kind": "majority"}, "extra_scorers": ["huatuo_match_choice3"]}))
+    first, second = tmp_path / "majority", tmp_path / "majority-text-only"
+    output = invoke("eval", "run", str(config), f"output_dir={first}")
+    assert "choice acc" in output and str(first) in output
+    invoke("eval", "run", str(config), f"output_dir={second}", "missing_images=text_only")
+
+    rescored = json.loads(invoke("eval", "score", str(first), "--scorer", "huatuo_match_choice3", "--out",
+                                 str(tmp_path / "rescored")))
+    assert rescored["scorer"] == "huatuo_match_choice3" and rescored["question_number"] == 2
+    assert (tmp_path / "rescored" / "scores.huatuo_match_choice3.json").is_file()
+    scored = [json.loads(line) for line in (tmp_path / "rescored" / "predictions.huatuo_match_choice3.jsonl").open()]
+    assert {r["scorer"] for r in scored} == {"huatuo_match_choice3"}
+
+    table = invoke("eval", "compare", str(first), str(second), "--out", str(tmp_path / "compare.md"))
+    lines = [line for line in table.splitlines() if line.startswith("| majority")]
+    assert len(lines) == 2 and "huatuo_eval [test]" in lines[0]
+    assert (tmp_path / "compare.md").read_text() == table.rstrip("\n") + "\n"
+
+
+def test_list_and_inspect():
+    listed = invoke("eval", "list")
+    assert "vqa_rad" in listed and "llava_med_run_eval_batch" in listed
+    summary = invoke("eval", "inspect", "slake", str(FIXTURES / "slake"), "--option", "lang=all")
+    assert "3 questions" in summary and "missing images: 2" in summary
+
+
+def test_shipped_configs_validate():
+    from medvl.config import load_config
+    from medvl.eval.judge import JudgeConfig
+    from medvl.eval.runner import EvalConfig
+
+    for path in sorted((ROOT / "configs" / "eval").glob("*.yaml")):
+        load_config(JudgeConfig if path.stem == "judge" else EvalConfig, path)

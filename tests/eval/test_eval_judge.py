@@ -1,0 +1,95 @@
+"""LLM judges against the real mock OpenAI server: both answer orders, relative scores, malformed replies."""
+
+from __future__ import annotations
+
+import pytest
+
+from medvl.eval.judge import JudgeConfig, judge_chat, judge_open, parse_pair_scores, parse_verdict
+from medvl.llm.mock_server import MockServer
+
+
+def judge_config(server: MockServer, **extra) -> JudgeConfig:
+    llm = {"base_url": server.base_url, "model": "judge", "api_key_env": "MEDVL_NO_KEY", "max_retries": 0}
+    return JudgeConfig.model_validate({"llm": llm, **extra})
+
+
+def chat_responder(body):
+    user = body["messages"][1]["content"]
+    if "cannot-judge" in user:
+        return "I am unable to rate these answers."
+    # a position-biased judge: whoever comes first gets one point more
+    return "9 4\nThe first is better." if "[Assistant 1]\nREFERENCE" in user else "5 8\nThe second is better."
+
+
+QUESTIONS = [
+    {"question_id": 1, "text": "What is shown?", "gpt4_answer": "REFERENCE one", "fig_caption": "CT of the chest",
+     "fig_label": "Figure 1", "in_text_mention": "as shown in Fig. 1", "type": "conversation",
+     "domain": {"chest_xray": False, "mri": False, "histology": False, "gross": False, "ct_scan": True}},
+    {"question_id": 2, "text": "Describe it.", "gpt4_answer": "REFERENCE two", "fig_caption": "H&E stain",
+     "fig_label": "Figure 2", "in_text_mention": "", "type": "detailed_description", "domain": "histology"},
+    {"question_id": 3, "text": "cannot-judge", "gpt4_answer": "REFERENCE three", "type": "conversation",
+     "domain": "histology"},
+]
+
+
+def test_chat_judge_both_orders_and_relative_scores():
+    answers = {"1": "model one", "2": "model two", "3": "model three"}
+    with MockServer(responder=chat_responder) as server:
+        rows, summary = judge_chat(QUESTIONS, answers, judge_config(server))
+        bodies = server.requests
+    assert len(bodies) == 6  # 3 questions × 2 orders
+    first = next(b["messages"] for b in bodies if "[Assistant 1]\nREFERENCE one" in b["messages"][1]["content"])
+    assert first[0]["content"].startswith("'You are a helpful and precise assistant")
+    assert "Figure Caption:\nFigure 1: CT of the chest" in first[1]["content"]
+    assert first[1]["content"].index("REFERENCE one") < first[1]["content"].index("[Assistant 2]\nmodel one")
+    assert any("[Assistant 1]\nmodel one" in b["messages"][1]["content"] for b in bodies)  # the swapped order
+    assert rows[0]["reference_first"]["reference_score"] == 9 and rows[0]["model_first"]["reference_score"] == 8
+    overall = summary["overall"]
+    assert overall["reference_first"]["relative_score"] == pytest.approx(100 * 4 / 9)
+    assert overall["model_first"]["relative_score"] == pytest.approx(100 * 5 / 8)
+    assert overall["relative_score_average"] == pytest.approx((100 * 4 / 9 + 100 * 5 / 8) / 2)
+    assert overall["reference_first"]["malformed"] == 1 and overall["reference_first"]["scored"] == 2
+    assert rows[2]["reference_first"]["raw"].startswith("I am unable")  # the malformed reply is kept
+    assert set(summary) == {"conversation", "detailed_description", "ct_scan", "histology", "overall"}
+    assert summary["ct_scan"]["n"] == 1
+
+
+def test_chat_judge_reference_order_only_and_server_errors():
+    with MockServer(responder=chat_responder, script=[{"status": 400}, "ok", "ok"]) as server:
+        rows, summary = judge_chat(QUESTIONS, {}, judge_config(server, both_orders=False))
+    assert "model_first" not in summary["overall"]
+    assert summary["overall"]["reference_first"]["failed"] == 1
+    assert sum(bool(r["reference_first"]["error"]) for r in rows) == 1  # recorded on its row, run goes on
+
+
+def test_open_judge_verdicts():
+    records = [
+        {"id": "a", "answer_type": "open", "question": "Where?", "answer": "left lung", "output": "the left lung"},
+        {"id": "b", "answer_type": "open", "question": "Where?", "answer": "liver", "output": "spleen"},
+        {"id": "c", "answer_type": "open", "question": "Where?", "answer": "kidney", "output": "unclear"},
+        {"id": "d", "answer_type": "closed", "question": "Is it?", "answer": "yes", "output": "yes"},
+    ]
+
+    def responder(body):
+        user = body["messages"][1]["content"]
+        if "unclear" in user:
+            return "Hard to say."
+        return "Correct" if "the left lung" in user else "**Incorrect**\nThe reference says liver."
+
+    with MockServer(responder=responder) as server:
+        rows, summary = judge_open(records, judge_config(server))
+    assert [r["judge_correct"] for r in rows] == [True, False, None]  # closed items are not sent
+    assert summary == {"n": 3, "judged": 2, "judge_accuracy": 0.5, "malformed": 1, "failed": 0}
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("8 9\nbecause", (8.0, 9.0)), ("Assistant 1: 7, Assistant 2: 6", (7.0, 6.0)),
+    ("Scores: 8/10 and 6/10", (8.0, 6.0)), ("no numbers here", None), ("", None), (None, None),
+])
+def test_parse_pair_scores(text, expected):
+    assert parse_pair_scores(text) == expected
+
+
+def test_parse_verdict():
+    assert parse_verdict("correct") is True and parse_verdict("Incorrect.") is False
+    assert parse_verdict("correct or incorrect?") is None and parse_verdict("") is None
