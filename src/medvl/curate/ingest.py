@@ -1,0 +1,390 @@
+"""Ingest: figure–caption inputs of four formats → one normalised record, as a datatrove Document.
+
+The normalised record is a `datatrove.data.Document`:
+
+- `id`: stable record id (PMC: `{pdf_hash}_{fig_uri}`, LLaVA-Med: `pair_id`, pairs: id column or
+  image stem, folder: relative path without extension);
+- `text`: the caption;
+- `media`: one `Media(type=IMAGE, path=absolute path)` per image (multi-panel figures carry several);
+- `metadata`: `mentions` (in-text sentences citing the figure), `source`, `licence`, `domain`,
+  `modality`, `fig_label`, `order` ([source, file, item] — the global input order, independent of
+  the number of tasks; every output is sorted by it) and format-specific `extra` fields.
+
+Formats (`SourceConfig.format`):
+- `pmc_jsonl`: MedICaT / PMC figure JSONL (`pdf_hash`, `fig_uri`, `s2_caption`, `s2orc_references`,
+  `radiology`, `predicted_type`, `oa_info`); image at `{image_root}/{pdf_hash}_{fig_uri}`.
+- `llava_med`: `llava_med_instruct_fig_captions.json`, a dict domain → list of `{pair_id, fig_label,
+  fig_caption, in_text_mention (strings or {"tokens"}), domain: {chest_xray, ct_scan, ...}}`
+  (a plain list or JSONL of such samples works too); image at `{image_root}/{pair_id}.jpg`.
+- `pairs`: PMC-OA / ROCO style JSONL, JSON array, CSV or TSV with an image and a caption column.
+- `folder`: images with a caption sidecar of the same stem (`.txt`, or `.json` with `caption`,
+  optional `mentions`, `licence`).
+
+A malformed input never stops the run: it becomes a Document flagged with `ingest_error`, which the
+`IngestCheck` filter turns into a reject with its reason. `path` may be a glob (`shards/*.jsonl`).
+Sharding: with at least as many files as tasks a task reads whole files (`index % world_size ==
+rank`), otherwise every task reads its own items of each file, parsing only those.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from datatrove.data import Document, DocumentsPipeline, Media, MediaType
+from datatrove.pipeline.base import PipelineStep
+
+from medvl.curate.config import SourceConfig
+from medvl.curate.vocab import infer_modality
+
+__all__ = ["IngestError", "SourceReader", "make_document", "doc_images", "doc_meta", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".dcm"}
+LLAVA_MED_DOMAINS = ("chest_xray", "ct_scan", "gross", "histology", "mri")
+
+
+class IngestError(ValueError):
+    """An input item that cannot be normalised; `reason` is a short code for the reject log."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason, self.detail = reason, detail
+        super().__init__(f"{reason}: {detail}")
+
+
+@dataclass
+class _Item:
+    """One raw input item before normalisation."""
+
+    file: Path
+    file_index: int
+    item_index: int
+    raw: Any  # dict, a CSV row dict, an image Path (folder), or an IngestError
+
+
+def make_document(
+    record_id: str,
+    images: list[str],
+    caption: str,
+    *,
+    order: list[int],
+    source: str,
+    mentions: list[str] | None = None,
+    licence: str | None = None,
+    domain: str | None = None,
+    fig_label: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Document:
+    """The normalised record (see the module docstring)."""
+    return Document(
+        text=caption,
+        id=record_id,
+        media=[
+            Media(id=f"{record_id}#{i}", type=MediaType.IMAGE, url=p, path=p) for i, p in enumerate(images)
+        ],
+        metadata={
+            "mentions": mentions or [],
+            "source": source,
+            "licence": licence or "unknown",
+            "domain": domain,
+            "modality": domain_modality(domain) or infer_modality(caption),
+            "fig_label": fig_label,
+            "order": order,
+            "extra": extra or {},
+        },
+    )
+
+
+def doc_images(doc: Document) -> list[str]:
+    return [m.path or m.url for m in doc.media]
+
+
+def doc_meta(doc: Document, key: str, default: Any = None) -> Any:
+    return doc.metadata.get(key, default)
+
+
+def domain_modality(domain: str | None) -> str | None:
+    """LLaVA-Med's domain names are modalities already (chest_xray → x-ray, ...)."""
+    return {
+        "chest_xray": "x-ray",
+        "ct_scan": "ct",
+        "mri": "mri",
+        "histology": "histology",
+        "gross": "gross",
+    }.get(domain or "")
+
+
+class SourceReader(PipelineStep):
+    """datatrove reader: every configured source, this task's shard, in global input order."""
+
+    name = "ingest"
+    type = "📖 - READER"
+
+    def __init__(self, sources: list[SourceConfig], limit: int | None = None):
+        super().__init__()
+        self.sources = sources
+        self.limit = limit
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        if data:
+            yield from data
+        for source_index, source in enumerate(self.sources):
+            label = source.name or Path(source.path).stem
+            for item in _iter_items(source, rank, world_size, self.limit):
+                order = [source_index, item.file_index, item.item_index]
+                with self.track_time():
+                    doc = _normalise(source, label, order, item)
+                self.stat_update("read")
+                yield doc
+
+
+def _normalise(source: SourceConfig, label: str, order: list[int], item: _Item) -> Document:
+    try:
+        if isinstance(item.raw, IngestError):
+            raise item.raw
+        return _PARSERS[source.format](source, label, order, item.raw, item.file)
+    except IngestError as exc:
+        doc = make_document(f"{label}:{':'.join(map(str, order[1:]))}", [], "", order=order, source=label)
+        doc.metadata["ingest_error"] = [exc.reason, exc.detail]
+        return doc
+
+
+# ---------------------------------------------------------------- items per format
+
+
+def _source_files(source: SourceConfig) -> list[Path]:
+    if any(ch in source.path for ch in "*?["):
+        return sorted(Path(p) for p in glob.glob(source.path))
+    return [Path(source.path)]
+
+
+def _iter_items(source: SourceConfig, rank: int, world_size: int, limit: int | None) -> Iterator[_Item]:
+    files = _source_files(source)
+    by_file = len(files) >= world_size > 1
+    for file_index, path in enumerate(files):
+        if by_file and file_index % world_size != rank:
+            continue
+        shard = (0, 1) if by_file else (rank, world_size)
+        for item in _file_items(source, path, *shard):
+            if limit is not None and item.item_index >= limit:
+                break
+            item.file_index = file_index
+            yield item
+
+
+def _file_items(source: SourceConfig, path: Path, rank: int, world_size: int) -> Iterator[_Item]:
+    if source.format == "folder":
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        return (_Item(path, 0, i, p) for i, p in enumerate(files) if i % world_size == rank)
+    if source.format == "llava_med" or path.suffix.lower() == ".json":
+        return _json_document_items(path, rank, world_size)
+    if path.suffix.lower() in (".csv", ".tsv"):
+        return _csv_items(path, source, rank, world_size)
+    return _jsonl_items(path, rank, world_size)
+
+
+def _jsonl_items(path: Path, rank: int, world_size: int) -> Iterator[_Item]:
+    with path.open("r", encoding="utf-8", errors="replace") as handle:
+        for index, line in enumerate(handle):
+            if index % world_size != rank or not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raw = IngestError(
+                    "malformed_line", f"{path.name}:{index + 1}: {exc.msg} at column {exc.colno}"
+                )
+            if not isinstance(raw, (dict, IngestError)):
+                raw = IngestError("malformed_line", f"{path.name}:{index + 1}: not a JSON object")
+            yield _Item(path, 0, index, raw)
+
+
+def _json_document_items(path: Path, rank: int, world_size: int) -> Iterator[_Item]:
+    """A whole-file JSON array, or LLaVA-Med's dict domain → list (flattened in key order)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.lstrip().startswith(("[", "{")):
+        yield from _jsonl_items(path, rank, world_size)
+        return
+    try:
+        loaded = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if text.lstrip().startswith("{") and "\n{" in text:  # JSONL with a .json name
+            yield from _jsonl_items(path, rank, world_size)
+            return
+        if rank == 0:
+            yield _Item(path, 0, 0, IngestError("malformed_file", f"{path.name}: {exc}"))
+        return
+    del text
+    samples: list[tuple[str | None, Any]]
+    if isinstance(loaded, dict) and all(isinstance(v, list) for v in loaded.values()):
+        samples = [(domain, s) for domain, group in loaded.items() for s in group]
+    elif isinstance(loaded, list):
+        samples = [(None, s) for s in loaded]
+    else:
+        samples = [(None, loaded)]
+    for index, (domain, sample) in enumerate(samples):
+        if index % world_size != rank:
+            continue
+        if not isinstance(sample, dict):
+            yield _Item(
+                path,
+                0,
+                index,
+                IngestError("malformed_line", f"{path.name}: item {index + 1} is not an object"),
+            )
+            continue
+        if domain is not None:
+            sample = {**sample, "_group": domain}
+        yield _Item(path, 0, index, sample)
+
+
+def _csv_items(path: Path, source: SourceConfig, rank: int, world_size: int) -> Iterator[_Item]:
+    delimiter = source.csv_delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
+    with path.open("r", encoding="utf-8", errors="replace", newline="") as handle:
+        for index, row in enumerate(csv.DictReader(handle, delimiter=delimiter)):
+            if index % world_size == rank:
+                if None in row:  # more fields than the header names
+                    row = IngestError("malformed_line", f"{path.name}: row {index + 2} has extra fields")
+                yield _Item(path, 0, index, row)
+
+
+# ---------------------------------------------------------------- parsers
+
+
+def _text(raw: dict, key: str, required: bool = True) -> str:
+    value = raw.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise IngestError("missing_field", f"no {key!r}")
+        return ""
+    if not isinstance(value, str):
+        raise IngestError("bad_field", f"{key!r} is {type(value).__name__}, not text")
+    return " ".join(value.split())
+
+
+def _mentions(value: Any) -> list[str]:
+    """In-text mentions: a list of strings or of `{"tokens": ...}` dicts (LLaVA-Med); None → []."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise IngestError("bad_field", f"mentions are {type(value).__name__}, not a list")
+    out = []
+    for item in value:
+        if isinstance(item, dict):
+            item = item.get("tokens", item.get("text"))
+        if isinstance(item, list):
+            item = " ".join(map(str, item))
+        if isinstance(item, str) and item.strip():
+            out.append(" ".join(item.split()))
+    return out
+
+
+def _parse_pmc(source: SourceConfig, label: str, order: list[int], raw: dict, file: Path) -> Document:
+    pdf_hash, fig_uri = _text(raw, "pdf_hash"), _text(raw, "fig_uri")
+    caption = _text(raw, "s2_caption", required=False) or _text(raw, "s2orc_caption")
+    root = Path(source.image_root) if source.image_root else file.parent / "figures"
+    oa = (raw.get("oa_info") or {}).get("oa") or {}
+    licence = oa.get("license") or source.licence
+    record_id = f"{pdf_hash}_{fig_uri}"
+    return make_document(
+        record_id,
+        [str(root / record_id)],
+        caption,
+        order=order,
+        source=label,
+        mentions=_mentions(raw.get("s2orc_references")),
+        licence=licence,
+        domain="radiology" if raw.get("radiology") else None,
+        fig_label=raw.get("fig_key"),
+        extra={k: raw[k] for k in ("predicted_type", "radiology") if k in raw}
+        | {"doi": (raw.get("oa_info") or {}).get("doi")},
+    )
+
+
+def _parse_llava_med(source: SourceConfig, label: str, order: list[int], raw: dict, file: Path) -> Document:
+    pair_id = _text(raw, "pair_id")
+    flags = raw.get("domain") or {}
+    domain = next((d for d in LLAVA_MED_DOMAINS if isinstance(flags, dict) and flags.get(d)), None)
+    root = Path(source.image_root) if source.image_root else file.parent / "images"
+    return make_document(
+        pair_id,
+        [str(root / f"{pair_id}.jpg")],
+        _text(raw, "fig_caption"),
+        order=order,
+        source=label,
+        mentions=_mentions(raw.get("in_text_mention")),
+        licence=source.licence,
+        domain=domain or raw.get("_group"),
+        fig_label=raw.get("fig_label"),
+        extra={k: raw[k] for k in ("pmid", "fig_id") if k in raw},
+    )
+
+
+def _parse_pairs(source: SourceConfig, label: str, order: list[int], raw: dict, file: Path) -> Document:
+    images = raw.get(source.image_key)
+    if isinstance(images, str):
+        images = [images]
+    if (
+        not images
+        or not isinstance(images, list)
+        or not all(isinstance(i, str) and i.strip() for i in images)
+    ):
+        raise IngestError("missing_field", f"no image path in {source.image_key!r}")
+    root = Path(source.image_root) if source.image_root else file.parent
+    paths = [str(root / f"{i.strip()}{source.image_suffix}") for i in images]
+    record_id = _text(raw, source.id_key) if source.id_key else Path(images[0]).stem
+    extra = {k: v for k, v in raw.items() if k not in {source.image_key, source.caption_key} and _scalar(v)}
+    return make_document(
+        record_id,
+        paths,
+        _text(raw, source.caption_key),
+        order=order,
+        source=label,
+        mentions=_mentions(raw.get(source.mentions_key)) if source.mentions_key else [],
+        licence=raw.get("licence") or raw.get("license") or source.licence,
+        extra=extra,
+    )
+
+
+def _parse_folder(source: SourceConfig, label: str, order: list[int], image: Path, file: Path) -> Document:
+    root = file
+    txt, meta = image.with_suffix(".txt"), image.with_suffix(".json")
+    info: dict[str, Any] = {}
+    if meta.is_file():
+        try:
+            info = json.loads(meta.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise IngestError("malformed_sidecar", f"{meta.name}: {exc}") from None
+        if not isinstance(info, dict):
+            raise IngestError("malformed_sidecar", f"{meta.name}: not a JSON object")
+    elif txt.is_file():
+        info = {"caption": txt.read_text(encoding="utf-8", errors="replace")}
+    else:
+        raise IngestError("missing_caption", f"{image.relative_to(root)}: no .txt or .json sidecar")
+    return make_document(
+        str(image.relative_to(root).with_suffix("")),
+        [str(image)],
+        _text(info, "caption"),
+        order=order,
+        source=label,
+        mentions=_mentions(info.get("mentions")),
+        licence=info.get("licence") or info.get("license") or source.licence,
+        domain=info.get("domain"),
+    )
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool)) or value is None
+
+
+_PARSERS = {
+    "pmc_jsonl": _parse_pmc,
+    "llava_med": _parse_llava_med,
+    "pairs": _parse_pairs,
+    "folder": _parse_folder,
+}
