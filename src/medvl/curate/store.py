@@ -1,0 +1,159 @@
+"""The output folder of a curation run and the intermediate files its stages pass on.
+
+    OUT/
+      alignment.jsonl  instruction.jsonl      PubMedVision-style Alignment / Instruction VQA
+      concept_alignment.jsonl                 LLaVA-Med stage-1 (caption as answer)
+      self_instruct.jsonl                     LLaVA-Med stage-2 (blinded multi-turn)
+      images/                                 image root: records' `image` paths are relative to it
+      rejects.jsonl                           every dropped input with stage, reason and detail
+      report.json  report.md  report.png      counts per stage, reason and modality; LLM usage/cost
+      config.yaml                             the resolved config the run used
+      _work/                                  intermediate state (resume); safe to delete when done
+        logs/<stage>/                         datatrove logging dir: completions/, stats/, logs/
+        prepared/<rank>.jsonl, emb-<rank>.f16 records that passed the filters (+ caption embeddings)
+        rejects/<stage>-<rank>.jsonl          rejects per stage and task
+        selected/<rank>.json                  ids chosen by dedup + sampling, per shard
+        generate/<rank>.jsonl                 one durable line per generated record (resume unit)
+        llm_usage/<rank>.jsonl                what each generation task invocation sent and spent
+        llm-cache/                            the LLM client's response cache (default location)
+
+Shard files are each in input order; `iter_prepared` merges them into the global order (the
+`order` key of every record), so outputs do not depend on the number of tasks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+__all__ = [
+    "CurateIncomplete",
+    "RunDirs",
+    "iter_jsonl_lines",
+    "iter_prepared",
+    "EmbeddingShards",
+    "OUTPUT_FILES",
+    "pack_order",
+]
+
+
+class CurateIncomplete(RuntimeError):
+    """Some tasks or records did not finish this time; running the same command again resumes."""
+
+
+OUTPUT_FILES = {
+    "alignment": "alignment.jsonl",
+    "instruction": "instruction.jsonl",
+    "concept": "concept_alignment.jsonl",
+    "self_instruct": "self_instruct.jsonl",
+}
+
+
+@dataclass(frozen=True)
+class RunDirs:
+    out: Path
+
+    @property
+    def work(self) -> Path:
+        return self.out / "_work"
+
+    @property
+    def images(self) -> Path:
+        return self.out / "images"
+
+    def logs(self, stage: str) -> Path:
+        return self.work / "logs" / stage
+
+    @property
+    def prepared(self) -> Path:
+        return self.work / "prepared"
+
+    @property
+    def rejects(self) -> Path:
+        return self.work / "rejects"
+
+    @property
+    def selected(self) -> Path:
+        return self.work / "selected"
+
+    @property
+    def generated(self) -> Path:
+        return self.work / "generate"
+
+    @property
+    def llm_usage(self) -> Path:
+        return self.work / "llm_usage"
+
+    @property
+    def llm_cache(self) -> Path:
+        return self.work / "llm-cache"
+
+    def prepared_shard(self, rank: int) -> Path:
+        return self.prepared / f"{rank:05d}.jsonl"
+
+    def embedding_shard(self, rank: int) -> Path:
+        return self.prepared / f"emb-{rank:05d}.f16"
+
+    def selected_shard(self, rank: int) -> Path:
+        return self.selected / f"{rank:05d}.json"
+
+    def generated_shard(self, rank: int) -> Path:
+        return self.generated / f"{rank:05d}.jsonl"
+
+
+def pack_order(order: list[int]) -> int:
+    """A record's global position [source, file, item] as one int (sorts the same way)."""
+    source, file, item = order
+    return (source << 52) | (file << 32) | item
+
+
+def iter_jsonl_lines(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of a JSONL file we wrote ourselves (a torn last line from a kill is skipped)."""
+    import orjson
+
+    if not path.exists():
+        return
+    with path.open("rb") as handle:
+        for line in handle:
+            if line.endswith(b"\n"):
+                yield orjson.loads(line)
+
+
+def iter_prepared(dirs: RunDirs, n_shards: int) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(shard, row, record) over every prepared shard, merged into the global input order."""
+
+    def shard(rank: int) -> Iterator[tuple[list[int], int, int, dict[str, Any]]]:
+        for row, record in enumerate(iter_jsonl_lines(dirs.prepared_shard(rank))):
+            yield record["metadata"]["order"], rank, row, record
+
+    for _, rank, row, record in heapq.merge(*(shard(r) for r in range(n_shards)), key=lambda t: t[0]):
+        yield rank, row, record
+
+
+class EmbeddingShards:
+    """Read-only memory maps of the caption-embedding side files (float16, L2-normalised rows)."""
+
+    def __init__(self, dirs: RunDirs, n_shards: int):
+        meta = json.loads((dirs.prepared / "embedding.json").read_text(encoding="utf-8"))
+        self.dim = int(meta["dim"])
+        self.shards = []
+        for rank in range(n_shards):
+            path = dirs.embedding_shard(rank)
+            size = path.stat().st_size if path.exists() else 0
+            rows = size // (2 * self.dim)
+            self.shards.append(
+                np.memmap(path, dtype=np.float16, mode="r", shape=(rows, self.dim)) if rows else None
+            )
+
+    def rows(self, shards: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """float32 embeddings of (shard, row) pairs, in the given order."""
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        for rank in np.unique(shards):
+            mask = shards == rank
+            out[mask] = self.shards[int(rank)][rows[mask]]
+        return out
