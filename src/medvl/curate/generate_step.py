@@ -1,0 +1,294 @@
+"""The generation task: selected records of one shard → conversation records, durably, resumably.
+
+Per record, the enabled generators run (concept alignment at once; reformatting and self-instruct
+through `LLMClient`, concurrently across records). Results are written in input order, one line per
+finished record, to `_work/generate/<rank>.jsonl` (flushed at once: a SIGKILL keeps every line
+written). A restarted task skips the rows already there; every reply it received before the kill
+is in the LLM response cache, so it is not requested again.
+
+An LLM failure is handled by kind: `auth` stops the run; a transient one that outlived the client's
+retries (`retries_exhausted`, `timeout`, `connection`) leaves the record undone — the task finishes
+the rest, then fails, so the next run retries exactly those records; any other (`http_error`,
+`bad_response`, `content_filter`) and every post-processing failure is a reject with its reason.
+
+Images of a record that produced output are linked (or copied) into the image root under
+`<source>/<id>[_i]<ext>`, the relative path the records carry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from hashlib import blake2b
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from datatrove.data import DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+
+from medvl.curate.config import GenerateConfig
+from medvl.curate.generate import (
+    FigureInput,
+    build_reformat_request,
+    concept_record,
+    reformat_records,
+    self_instruct_record,
+    self_instruct_request,
+)
+from medvl.curate.postprocess import Rejected
+from medvl.curate.store import CurateIncomplete, RunDirs, iter_jsonl_lines
+from medvl.io.jsonl import JsonlAppender
+
+__all__ = ["GenerateStep", "image_refs", "TRANSIENT_KINDS"]
+
+log = logging.getLogger("medvl.curate")
+
+TRANSIENT_KINDS = {"retries_exhausted", "timeout", "connection", "rate_limited", "server_error"}
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def image_refs(record: dict[str, Any]) -> list[str]:
+    """Paths (relative to the image root) the record's images get: `<source>/<id>[_i]<ext>`."""
+    record_id = record["id"]
+    safe = _UNSAFE.sub("_", record_id).strip("._") or "record"
+    if safe != record_id:
+        safe += "-" + blake2b(record_id.encode(), digest_size=4).hexdigest()
+    source = _UNSAFE.sub("_", str(record["metadata"].get("source") or "source"))
+    media = record.get("media", [])
+    refs = []
+    for index, item in enumerate(media):
+        suffix = Path(item.get("path") or item["url"]).suffix.lower() or ".img"
+        stem = safe[: -len(suffix)] if safe.lower().endswith(suffix) else safe
+        refs.append(f"{source}/{stem}{f'_{index}' if len(media) > 1 else ''}{suffix}")
+    return refs
+
+
+@dataclass
+class _Outcome:
+    row: int
+    record: dict[str, Any]
+    outputs: dict[str, list[dict]] = field(default_factory=dict)
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    usage: dict[str, dict[str, Any]] = field(default_factory=dict)
+    transient: list[str] = field(default_factory=list)
+
+
+class GenerateStep(PipelineStep):
+    """Generation for shard `rank` (run with the same number of tasks as the prepare stage)."""
+
+    name = "generate"
+    type = "✍️ - GENERATE"
+
+    def __init__(self, dirs: RunDirs, config: GenerateConfig, image_mode: str):
+        super().__init__()
+        self.dirs, self.config, self.image_mode = dirs, config, image_mode
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        selected = set(json.loads(self.dirs.selected_shard(rank).read_text(encoding="utf-8")))
+        out_path = self.dirs.generated_shard(rank)
+        done = {line["row"] for line in iter_jsonl_lines(out_path)}
+        self.stat_update("resumed_done", value=len(done))
+        todo = (
+            (row, record)
+            for row, record in enumerate(iter_jsonl_lines(self.dirs.prepared_shard(rank)))
+            if row in selected and row not in done
+        )
+        with JsonlAppender(out_path) as out:
+            failed = asyncio.run(self._generate(todo, out, rank))
+        if failed:
+            raise CurateIncomplete(
+                f"task {rank}: {len(failed)} records failed transiently (e.g. {failed[0]}); "
+                "run the same command again to retry them (replies already received are cached)"
+            )
+        return iter(())
+
+    # ---------------------------------------------------------------- the async part
+
+    async def _generate(self, todo: Any, out: JsonlAppender, rank: int) -> list[str]:
+        from medvl.llm.client import LLMClient
+
+        config = self.config
+        clients: dict[str, Any] = {}
+        for kind, section in (("reformat", config.reformat), ("self_instruct", config.self_instruct)):
+            if section.enabled:
+                llm = section.llm
+                if llm.cache_dir is None:
+                    llm = llm.model_copy(update={"cache_dir": str(self.dirs.llm_cache)})
+                clients[kind] = LLMClient(llm)
+        concurrency = max((c.config.max_concurrency for c in clients.values()), default=1)
+        window = config.window * concurrency
+        pending: deque[asyncio.Task] = deque()
+        failed: list[str] = []
+        try:
+            for row, record in todo:
+                pending.append(asyncio.ensure_future(self._one(row, record, clients)))
+                while pending and (len(pending) >= window or pending[0].done()):
+                    self._write(await pending.popleft(), out, failed)
+            while pending:
+                self._write(await pending.popleft(), out, failed)
+        finally:
+            for task in pending:
+                task.cancel()
+            for kind, client in clients.items():
+                await client.aclose()
+                self._log_usage(rank, kind, client)
+        return failed
+
+    async def _one(self, row: int, record: dict[str, Any], clients: dict[str, Any]) -> _Outcome:
+        outcome = _Outcome(row, record)
+        figure = FigureInput.from_prepared(record, image_refs(record))
+        if self.config.concept.enabled:
+            outcome.outputs["concept"] = [concept_record(figure, self.config.concept)]
+        jobs: list[Awaitable[None]] = []
+        if "reformat" in clients:
+            section = self.config.reformat
+
+            def parse(text: str) -> None:
+                alignment, instruction = reformat_records(figure, text, section)
+                outcome.outputs["alignment"], outcome.outputs["instruction"] = [alignment], [instruction]
+
+            jobs.append(
+                self._ask(
+                    "reformat",
+                    clients["reformat"],
+                    lambda: build_reformat_request(figure, section),
+                    parse,
+                    outcome,
+                )
+            )
+        if "self_instruct" in clients:
+            section_si = self.config.self_instruct
+
+            def parse_si(text: str) -> None:
+                record_si, dropped = self_instruct_record(figure, text, section_si)
+                outcome.outputs["self_instruct"] = [record_si]
+                if dropped:
+                    self.stat_update("self_instruct_turns_dropped", value=len(dropped))
+
+            jobs.append(
+                self._ask(
+                    "self_instruct",
+                    clients["self_instruct"],
+                    lambda: self_instruct_request(figure, section_si),
+                    parse_si,
+                    outcome,
+                )
+            )
+        await asyncio.gather(*jobs)
+        return outcome
+
+    async def _ask(
+        self,
+        kind: str,
+        client: Any,
+        build: Callable[[], Any],
+        parse: Callable[[str], None],
+        outcome: _Outcome,
+    ) -> None:
+        from medvl.io.images import ImageLoadError
+        from medvl.llm.messages import LLMError
+
+        try:
+            request = await asyncio.to_thread(build)
+            reply = await client.complete(request)
+        except ImageLoadError as exc:
+            return self._reject(outcome, kind, f"image_{exc.reason}", exc.detail)
+        except LLMError as exc:
+            if exc.kind == "auth":
+                raise
+            if exc.kind in TRANSIENT_KINDS:
+                outcome.transient.append(f"{outcome.record['id']} ({kind}: {exc})")
+                return None
+            return self._reject(outcome, kind, f"llm_{exc.kind}", str(exc))
+        outcome.usage[kind] = {
+            "prompt_tokens": reply.usage.prompt_tokens,
+            "completion_tokens": reply.usage.completion_tokens,
+            "cached": reply.cached,
+        }
+        if reply.finish_reason == "length":
+            return self._reject(
+                outcome, kind, "truncated_reply", "finish_reason length (raise llm.max_tokens)"
+            )
+        try:
+            parse(reply.text)
+        except Rejected as exc:
+            self._reject(outcome, kind, exc.reason, exc.detail)
+        return None
+
+    def _reject(self, outcome: _Outcome, kind: str, reason: str, detail: str) -> None:
+        meta = outcome.record["metadata"]
+        outcome.rejects.append(
+            {
+                "id": outcome.record["id"],
+                "stage": f"generate:{kind}",
+                "reason": reason,
+                "detail": detail,
+                "modality": meta.get("modality"),
+                "source": meta.get("source"),
+                "order": meta.get("order"),
+            }
+        )
+
+    # ---------------------------------------------------------------- writing
+
+    def _write(self, outcome: _Outcome, out: JsonlAppender, failed: list[str]) -> None:
+        if outcome.transient:
+            failed.extend(outcome.transient)
+            self.stat_update("transient_failures")
+            return
+        record = outcome.record
+        if outcome.outputs:
+            refs = image_refs(record)
+            for item, ref in zip(record.get("media", []), refs):
+                self._place_image(Path(item.get("path") or item["url"]), self.dirs.images / ref)
+        for kind, records in outcome.outputs.items():
+            self.stat_update(f"generated_{kind}", value=len(records))
+        for item in outcome.rejects:
+            self.stat_update(f"dropped_{item['stage'].split(':')[1]}_{item['reason']}")
+        out.write(
+            {
+                "row": outcome.row,
+                "id": record["id"],
+                "order": record["metadata"]["order"],
+                "modality": record["metadata"].get("modality"),
+                "outputs": outcome.outputs,
+                "rejects": outcome.rejects,
+                "usage": outcome.usage,
+            }
+        )
+
+    def _place_image(self, source: Path, target: Path) -> None:
+        if target.exists():
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        if self.image_mode == "symlink":
+            tmp.symlink_to(source.resolve())
+        elif self.image_mode == "hardlink":
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copy2(source, tmp)
+        else:
+            shutil.copy2(source, tmp)
+        os.replace(tmp, target)
+
+    def _log_usage(self, rank: int, kind: str, client: Any) -> None:
+        entry = {
+            "time": time.time(),
+            "rank": rank,
+            "kind": kind,
+            "model": client.config.model,
+            **client.usage.as_dict(),
+        }
+        with JsonlAppender(self.dirs.llm_usage / f"{rank:05d}.jsonl") as log_file:
+            log_file.write(entry)
+        log.info("task %d %s: %s", rank, kind, client.usage.summary())
