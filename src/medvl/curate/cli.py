@@ -1,0 +1,158 @@
+"""`medvl curate ...`: run / estimate / report a curation, label images, train the image classifier.
+
+medvl curate run CONFIG [key=value ...] [--out DIR] [--until STAGE]
+medvl curate estimate CONFIG [key=value ...] [--out DIR]
+medvl curate report OUT_DIR
+medvl curate label IMAGES... --model M --base-url URL [--llm LLM.yaml] [--n 10000] --out labels.jsonl
+medvl curate train-classifier LABELS... --out DIR [--encoder builtin|hf:DIR|medvl:DIR]
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+curate_app = typer.Typer(
+    help="Build PubMedVision / LLaVA-Med style training data from figure-caption pairs.", no_args_is_help=True
+)
+
+STAGE_HELP = "stop after this stage: prepare, dedup, sample, generate, finalize"
+
+
+def _load(config: Path, overrides: Optional[List[str]], out: Optional[Path]):
+    from medvl.curate.config import load_curate_config
+
+    cfg = load_curate_config(config, overrides or [])
+    target = out or (Path(cfg.output_dir) if cfg.output_dir else None)
+    if target is None:
+        raise typer.BadParameter("give --out DIR or set output_dir in the config", param_hint="--out")
+    return cfg, target
+
+
+@curate_app.command("run")
+def run(
+    config: Path = typer.Argument(..., help="curate config YAML (see configs/curate/)"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. engine.tasks=8"),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="output folder (default: output_dir of the config)"
+    ),
+    until: Optional[str] = typer.Option(None, help=STAGE_HELP),
+) -> None:
+    """Run (or resume) the curation: filters, dedup, sampling, generation, release files and report."""
+    from rich.console import Console
+
+    from medvl.curate.pipeline import run_curation
+    from medvl.curate.report import render_markdown
+    from medvl.curate.store import CurateIncomplete
+
+    console = Console(stderr=True)
+    cfg, target = _load(config, overrides, out)
+    started: dict[str, float] = {}
+
+    def on_stage(stage: str, event: str) -> None:
+        if event == "start":
+            started[stage] = time.perf_counter()
+            console.print(f"[bold]curate[/]: {stage} ...")
+        else:
+            console.print(f"[bold]curate[/]: {stage} done in {time.perf_counter() - started[stage]:.1f}s")
+
+    try:
+        report = run_curation(cfg, target, until=until, on_stage=on_stage)
+    except CurateIncomplete as exc:
+        console.print(f"[yellow]incomplete[/]: {exc}")
+        raise typer.Exit(3) from None
+    if report is None:
+        typer.echo(f"stages run up to {until or 'submission'}; outputs in {target}")
+        return
+    typer.echo(render_markdown(report).split("![")[0].rstrip())
+    typer.echo(f"\noutputs in {target} (report.md, report.png, rejects.jsonl)")
+
+
+@curate_app.command("estimate")
+def estimate(
+    config: Path = typer.Argument(..., help="curate config YAML"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides"),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="output folder (the CPU stages run or resume there)"
+    ),
+) -> None:
+    """Dry run: LLM requests, tokens and cost the generation would need (cached requests cost nothing)."""
+    from medvl.curate.estimate import estimate_generation
+
+    cfg, target = _load(config, overrides, out)
+    result = estimate_generation(cfg, target)
+    typer.echo(f"{result['records']} records reach generation")
+    if not result["llm"]:
+        typer.echo("no LLM generator is enabled: nothing to send")
+    for kind, item in result["llm"].items():
+        typer.echo(
+            f"{kind} ({item['model']}): {item['n_requests']} requests, {item['n_cached']} cached, "
+            f"{item['n_to_send']} to send; ~{item['prompt_tokens']} prompt tokens + at most "
+            f"{item['max_completion_tokens']} completion tokens; at most ~${item['cost_usd']:.4f}"
+        )
+
+
+@curate_app.command("report")
+def report(out_dir: Path = typer.Argument(..., help="output folder of a finished run")) -> None:
+    """Print the report of a run (report.md; the plot is report.png next to it)."""
+    from medvl.curate.report import load_report, render_markdown
+
+    try:
+        typer.echo(render_markdown(load_report(out_dir)).split("![")[0].rstrip())
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(str(exc), param_hint="OUT_DIR") from None
+
+
+@curate_app.command("label")
+def label(
+    images: List[Path] = typer.Argument(..., help="image files or folders (searched recursively)"),
+    out: Path = typer.Option(..., "--out", help="labels JSONL (appended; rejects go to <out>.rejects.jsonl)"),
+    model: Optional[str] = typer.Option(None, help="model name (overrides --llm)"),
+    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint (overrides --llm)"),
+    llm: Optional[Path] = typer.Option(
+        None, help="LLMConfig YAML (base_url, model, limits, prices, cache_dir)"
+    ),
+    n: Optional[int] = typer.Option(None, help="label a seeded random sample of this many images"),
+    seed: int = typer.Option(0, help="sampling seed"),
+    max_side: int = typer.Option(768, help="images are downscaled to this before upload"),
+) -> None:
+    """Label images medical / non-medical with an MLLM (the labels train the image classifier)."""
+    from medvl.config import load_config
+    from medvl.curate.label import collect_images, label_images
+    from medvl.llm.config import LLMConfig
+
+    overrides = [f"{k}={v}" for k, v in (("model", model), ("base_url", base_url)) if v is not None]
+    llm_config = load_config(LLMConfig, llm, overrides)
+    chosen = collect_images(images, n, seed)
+    counts = label_images(chosen, llm_config, out, max_side=max_side)
+    typer.echo(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + f" -> {out}")
+
+
+@curate_app.command("train-classifier")
+def train_classifier_command(
+    labels: List[Path] = typer.Argument(..., help="label JSONL files (from `label`, or hand-written)"),
+    out: Path = typer.Option(..., "--out", help="classifier folder (set image_filter.classifier to it)"),
+    encoder: str = typer.Option(
+        "builtin", help="builtin | hf:<local HF vision model folder> | medvl:<model dir>"
+    ),
+    val_fraction: float = typer.Option(0.2, help="held-out share for the validation accuracy"),
+    threshold: float = typer.Option(0.5, help="p(medical) below which the filter rejects"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Fit a linear probe on image embeddings; report validation accuracy; save probe + metadata."""
+    from medvl.curate.classifier import train_classifier
+    from medvl.curate.label import read_labels
+
+    result = train_classifier(
+        read_labels(labels), out, encoder=encoder, val_fraction=val_fraction, threshold=threshold, seed=seed
+    )
+    typer.echo(result.summary())
+    for path, reason in result.skipped[:10]:
+        typer.echo(f"  skipped {path}: {reason}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(curate_app, name="curate")
