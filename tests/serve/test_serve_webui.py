@@ -1,0 +1,93 @@
+"""`medvl webui` end to end in a real headless Chromium (Debian's, driven by Playwright).
+
+The page is uploaded two images and asked a question; the streamed answer must equal the model's
+greedy answer for those images. A second question (with a generation setting changed) must be
+answered with the first exchange, images included, as history.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+
+import pytest
+from PIL import Image
+from serve_helpers import png_bytes
+
+from medvl.model.checkpoint import DISCLAIMER
+from medvl.model.generate import GenerationSettings
+from medvl.serve.session import user_turn
+from medvl.serve.webui import conversation_of_history
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def test_gradio_history_becomes_medvl_messages():
+    history = [
+        {"role": "user", "content": [{"type": "file", "file": {"path": "/a.png"}}]},
+        {"role": "user", "content": [{"path": "/b.png"}, "look"]},
+        {"role": "user", "content": [{"type": "text", "text": "at these"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
+    ]
+    messages, paths = conversation_of_history(history, {"text": "and this?", "files": ["/c.png"]})
+    assert paths == ["/a.png", "/b.png", "/c.png"]
+    assert messages == [user_turn("look\nat these", 2), {"role": "assistant", "content": "ok"},
+                        user_turn("and this?", 1)]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_upload_ask_and_see_the_answer_in_chromium(generator, tmp_path, monkeypatch):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium; .ci/run does it)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    from medvl.serve.webui import build_demo
+
+    paths = []
+    for seed in (0, 1):
+        paths.append(tmp_path / f"scan{seed}.png")
+        paths[-1].write_bytes(png_bytes(seed))
+    images = [Image.open(p).convert("RGB") for p in paths]
+    first = generator.generate([[user_turn("What is shown?", 2)]], [images], GenerationSettings(max_new_tokens=8))
+    history = [user_turn("What is shown?", 2), {"role": "assistant", "content": first[0].text},
+               user_turn("Anything else?", 0)]
+    second = generator.generate([history], [images], GenerationSettings(max_new_tokens=5))
+
+    demo = build_demo(generator, default_max_new_tokens=8)
+    demo.queue()
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch_persistent_context(
+                str(tmp_path / "chromium-profile"), executable_path=chromium, args=CHROMIUM_FLAGS, headless=True)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+            expect = sync_api.expect
+            expect(page.get_by_text(DISCLAIMER)).to_be_visible(timeout=60_000)
+            page.set_input_files("#medvl-input input[type=file]", [str(p) for p in paths])
+            expect(page.locator("#medvl-input img")).to_have_count(2, timeout=30_000)
+            page.fill("#medvl-input textarea", "What is shown?")
+            page.click("#medvl-input [data-testid=submit-button]")
+            bot = page.locator("#medvl-chat [data-testid=bot]")
+            expect(bot.last).to_have_attribute("aria-label", f"bot's message: {first[0].text}", timeout=60_000)
+
+            page.get_by_text("Generation settings").click()
+            tokens = page.get_by_label("max new tokens").first
+            tokens.fill("5")
+            tokens.press("Enter")
+            page.fill("#medvl-input textarea", "Anything else?")
+            page.click("#medvl-input [data-testid=submit-button]")
+            expect(bot).to_have_count(2, timeout=60_000)
+            expect(bot.last).to_have_attribute("aria-label", f"bot's message: {second[0].text}", timeout=60_000)
+            browser.close()
+    finally:
+        demo.close()
