@@ -212,7 +212,8 @@ class LLMClient:
         window = max(64, 4 * self.config.max_concurrency)
         source = enumerate(requests)
         results: list[Result | None] = []
-        pending: set[asyncio.Task] = set()
+        running: set[asyncio.Task] = set()
+        finished: asyncio.Queue[asyncio.Task] = asyncio.Queue()
         bar = tqdm(total=total, desc=f"LLM {self.config.model}", unit="req", disable=not progress)
 
         async def one(index: int, request: ChatRequest) -> tuple[int, Result]:
@@ -222,27 +223,29 @@ class LLMClient:
                 return index, error
 
         def refill() -> None:
-            for index, request in source:
-                results.append(None)
-                pending.add(asyncio.ensure_future(one(index, request)))
-                if len(pending) >= window:
+            while len(running) < window:
+                item = next(source, None)
+                if item is None:
                     return
+                results.append(None)
+                task = asyncio.ensure_future(one(*item))
+                task.add_done_callback(finished.put_nowait)
+                running.add(task)
 
         try:
             refill()
-            while pending:
-                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    pending.discard(task)
-                    index, result = task.result()
-                    results[index] = result
-                    if on_result is not None:
-                        on_result(index, result)
-                    bar.update(1)
+            while running:
+                task = await finished.get()
+                running.discard(task)
+                index, result = task.result()
+                results[index] = result
+                if on_result is not None:
+                    on_result(index, result)
+                bar.update(1)
                 bar.set_postfix(cached=self.usage.cache_hits, failed=self.usage.failures, refresh=False)
                 refill()
         finally:
-            for task in pending:
+            for task in running:
                 task.cancel()
             bar.close()
         log.info(self.usage.summary())
@@ -354,8 +357,6 @@ class LLMClient:
 
     async def _attempt(self, request: ChatRequest, runtime: _Runtime) -> ChatReply:
         """One HTTP attempt, mapped to a reply or an `LLMError`."""
-        params = dict(request.params)
-        model = params.pop("model")
         key = request.key
         async with runtime.slots:
             if runtime.request_limiter is not None:
@@ -366,9 +367,7 @@ class LLMClient:
             self.usage.requests_sent += 1
             try:
                 async with asyncio.timeout(self.config.timeout_s):
-                    completion = await runtime.api.chat.completions.create(
-                        model=model, messages=request.messages, extra_body=params
-                    )
+                    completion = await runtime.api.post("/chat/completions", cast_to=object, body=request.body)
             except openai.APIStatusError as exc:
                 raise self._status_error(exc, key) from exc
             except (openai.APITimeoutError, TimeoutError) as exc:
@@ -391,25 +390,27 @@ class LLMClient:
         return LLMError(kind, detail, status=status, key=key, retry_after=_retry_after(exc.response.headers))
 
     def _reply(self, completion: Any, request: ChatRequest) -> ChatReply:
+        """Read a chat.completion JSON body; anything else is a "bad_response"."""
         key = request.key
-        choices = getattr(completion, "choices", None)
-        if not choices:
-            raise LLMError("bad_response", "reply has no choices", key=key)
-        choice = choices[0]
-        finish_reason = choice.finish_reason or "unknown"
+        choices = completion.get("choices") if isinstance(completion, dict) else None
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            raise LLMError("bad_response", "reply has no choices (or no message)", key=key)
+        finish_reason = choice.get("finish_reason") or "unknown"
         if finish_reason == "content_filter":
             raise LLMError("content_filter", "the provider's content filter stopped the reply", key=key)
-        message = choice.message
-        text = message.content if message.content is not None else getattr(message, "refusal", None)
-        if text is None:
-            raise LLMError("bad_response", f"reply content is null (finish_reason {finish_reason})", key=key)
-        usage = completion.usage
-        if usage is not None:
-            counted = Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0)
+        text = message.get("content")
+        text = message.get("refusal") if text is None else text
+        if not isinstance(text, str):
+            raise LLMError("bad_response", f"reply content is {text!r} (finish_reason {finish_reason})", key=key)
+        usage = completion.get("usage")
+        if isinstance(usage, dict):
+            counted = Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
         else:
             prompt = estimate_prompt_tokens(request.messages, self.config.image_token_estimate)
             counted = Usage(prompt, estimate_text_tokens(text))
-        model = completion.model or request.params["model"]
+        model = completion.get("model") or request.params["model"]
         return ChatReply(text, finish_reason, counted, False, key, model)
 
     def __getstate__(self) -> dict[str, Any]:  # picklable into worker processes; runtime rebuilt there
