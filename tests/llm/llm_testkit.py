@@ -9,16 +9,15 @@ from medvl.llm.mock_server import MockServer, MockServerProcess
 
 def fast_config(server: MockServer | MockServerProcess, **overrides) -> LLMConfig:
     """A config against `server` with short backoff and timeout, so retry tests take milliseconds."""
-    values = dict(
-        model="mock-model",
-        base_url=server.base_url,
-        backoff_initial_s=0.01,
-        backoff_max_s=2.0,
-        timeout_s=5.0,
-        max_retries=3,
-    )
-    values.update(overrides)
-    return LLMConfig(**values)
+    values = {
+        "model": "mock-model",
+        "base_url": server.base_url,
+        "backoff_initial_s": 0.01,
+        "backoff_max_s": 2.0,
+        "timeout_s": 5.0,
+        "max_retries": 3,
+    }
+    return LLMConfig(**{**values, **overrides})
 
 
 def ask(text: str, **params) -> ChatRequest:

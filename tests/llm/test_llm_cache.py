@@ -52,7 +52,7 @@ def test_cache_persists_across_processes(mock_server, tmp_path):
         print(reply.key)
         """
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     reply = LLMClient(config).run_many([ask("q")], progress=False)[0]
     assert reply.cached and reply.key == done.stdout.strip()
@@ -101,6 +101,26 @@ def test_cache_store_is_shared_by_threads_and_pickles(tmp_path):
     assert clone.get("missing") is None
 
 
+_CACHE_WRITER = """
+import sys
+from medvl.llm.cache import ResponseCache
+from medvl.llm.messages import ChatReply, Usage
+cache, worker = ResponseCache(sys.argv[1]), sys.argv[2]
+for i in range(200):
+    cache.put(ChatReply("text", "stop", Usage(1, 1), False, f"{worker}-{i}", "m"))
+    cache.get(f"{worker}-{i // 2}")
+"""
+
+
+def test_cache_takes_concurrent_writes_from_several_processes(tmp_path):
+    writers = [subprocess.Popen([sys.executable, "-c", _CACHE_WRITER, str(tmp_path), str(w)],
+                                stderr=subprocess.PIPE, text=True) for w in range(3)]
+    for writer in writers:
+        assert writer.wait(timeout=60) == 0, writer.stderr.read()
+    cache = ResponseCache(tmp_path)
+    assert len(cache) == 600 and cache.get("2-199").text == "text"
+
+
 def test_client_and_errors_pickle_for_worker_processes(tmp_path):
     client = LLMClient(LLMConfig(model="m", cache_dir=str(tmp_path)))
     clone = pickle.loads(pickle.dumps(client))
@@ -140,7 +160,7 @@ def test_sigkill_then_resume_never_resends_a_received_reply(tmp_path):
         cached_keys = cached.contains(list(before_resume))
         assert len(cached_keys) >= 15 and len(before_resume) < n
 
-        resumed = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        resumed = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
         assert resumed.returncode == 0 and resumed.stdout.strip().endswith("done"), resumed.stderr
         after = server.count_by_key()
     assert len(after) == n and len(cached) == n

@@ -47,6 +47,6 @@ def test_subprocess_server_with_script_log_and_responder(tmp_path):
         logged = server.logged()
     assert server.process.poll() is not None  # stopped on leaving the block
     assert reply.text.startswith("mock reply") and reply.text.endswith(": q")
-    assert [entry["behaviour"] for entry in logged][0] == {"status": 500}
+    assert logged[0]["behaviour"] == {"status": 500}
     assert [entry["index"] for entry in logged] == [0, 1]
     assert server.count_by_key() == {reply.key: 2}

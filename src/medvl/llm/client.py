@@ -24,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import openai
 from openai import AsyncOpenAI
@@ -46,15 +47,15 @@ from medvl.llm.messages import (
 )
 
 __all__ = [
+    "ChatReply",
+    "ChatRequest",
+    "CostEstimate",
     "LLMClient",
     "LLMConfig",
-    "ChatRequest",
-    "ChatReply",
-    "Usage",
     "LLMError",
-    "UsageTotals",
-    "CostEstimate",
     "ResponseCache",
+    "Usage",
+    "UsageTotals",
     "image_part",
 ]
 
@@ -65,7 +66,11 @@ Result = ChatReply | LLMError
 
 @dataclass
 class UsageTotals:
-    """What a client has spent: HTTP attempts (retries included), cache hits, failures, tokens, USD."""
+    """What a client has spent: HTTP attempts (retries included), cache hits, failures, tokens, USD.
+
+    `cache_hits` counts replies read from the cache or shared with an identical request in flight;
+    tokens and cost count fresh replies only (what the provider bills, as far as the replies say).
+    """
 
     requests_sent: int = 0
     replies: int = 0
@@ -124,7 +129,12 @@ class _Runtime:
 
 
 class LLMClient:
-    """Chat completions against `config.base_url`, cached, bounded, paced, retried and accounted."""
+    """Chat completions against `config.base_url`, cached, bounded, paced, retried and accounted.
+
+    The HTTP client, concurrency slots and limiters belong to the event loop that uses them and are
+    rebuilt when another loop (e.g. the next `run_many`) takes over: use a client from one loop at a
+    time. `run_many` runs its own loop, so call `complete_many` from async code instead.
+    """
 
     def __init__(self, config: LLMConfig, cache: ResponseCache | None = None):
         self.config = config
@@ -153,7 +163,7 @@ class LLMClient:
         """Count what would be sent and its cost, sending nothing."""
         resolved = [self.resolve(r) for r in requests]
         keys = [r.key for r in resolved]
-        cached = self.cache.contains(sorted(set(keys))) if self.cache else set()
+        cached = self.cache.contains(sorted(set(keys))) if self.cache is not None else set()
         to_send = {r.key: r for r in resolved if r.key not in cached}
         image_tokens = self.config.image_token_estimate
         prompt = sum(estimate_prompt_tokens(r.messages, image_tokens) for r in to_send.values())
@@ -175,7 +185,7 @@ class LLMClient:
         """One reply (from the cache when present); raises `LLMError`."""
         resolved = self.resolve(request)
         key = resolved.key
-        hit = self.cache.get(key) if self.cache else None
+        hit = self.cache.get(key) if self.cache is not None else None
         if hit is not None:
             self.usage.cache_hits += 1
             return hit

@@ -40,4 +40,4 @@ class LLMConfig(Config):
     # Prompt tokens counted per image by `estimate` and the tokens-per-minute limiter
     # (765 = GPT-4o high detail for a 1024x1024 image; 85 for detail "low").
     image_token_estimate: int = Field(765, ge=0)
-    extra_body: dict[str, Any] = {}
+    extra_body: dict[str, Any] = Field(default_factory=dict)

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "ChatRequest",
-    "Usage",
     "ChatReply",
+    "ChatRequest",
     "LLMError",
+    "Usage",
     "body_key",
     "estimate_prompt_tokens",
     "estimate_text_tokens",

@@ -39,16 +39,16 @@ import sys
 import threading
 import time
 from collections import Counter
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Self
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from medvl.llm.messages import body_key, estimate_prompt_tokens, estimate_text_tokens
 
-__all__ = ["MockServer", "MockServerProcess", "start_mock_server_process", "default_responder", "main"]
+__all__ = ["MockServer", "MockServerProcess", "default_responder", "main", "start_mock_server_process"]
 
 Behaviour = str | dict[str, Any]
 Script = list[Behaviour] | Callable[[int], Behaviour]
@@ -98,7 +98,7 @@ class _State:
             return self.script[index]
         return "ok"
 
-    def record(self, body: dict[str, Any], behaviour: Behaviour) -> int:
+    def record(self, body: dict[str, Any], behaviour: Behaviour) -> None:
         index = len(self.requests)
         self.requests.append(body)
         self.arrival_times.append(time.monotonic())
@@ -106,7 +106,6 @@ class _State:
             entry = {"index": index, "key": body_key(body), "behaviour": behaviour, "time": time.time()}
             self._log.write(json.dumps(entry) + "\n")
             self._log.flush()
-        return index
 
     async def sleep_unless_stopping(self, seconds: float) -> None:
         """Sleep, but end early when the server stops (so shutdown never waits on a fake timeout)."""
@@ -123,7 +122,7 @@ class _State:
 
 
 def _create_app(state: _State) -> FastAPI:
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state.loop, state.stopping = asyncio.get_running_loop(), asyncio.Event()
         yield
@@ -136,7 +135,11 @@ def _create_app(state: _State) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        body = await request.json()
+        try:
+            body = await request.json()
+        except json.JSONDecodeError as exc:
+            return JSONResponse({"error": {"message": f"body is not JSON: {exc}", "type": "invalid_request_error"}},
+                                status_code=400)
         behaviour = state.behaviour(len(state.requests))
         if behaviour == "ok":
             answer = state.responder(body)
@@ -226,7 +229,7 @@ class MockServer:
         """How many times each request (by `body_key`, the client's cache key) was received."""
         return Counter(body_key(body) for body in self._state.requests)
 
-    def start(self) -> "MockServer":
+    def start(self) -> MockServer:
         import uvicorn
 
         # proto IPPROTO_TCP lets asyncio set TCP_NODELAY on accepted connections (without it,
@@ -266,14 +269,14 @@ class MockServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._port}/v1"
 
-    def __enter__(self) -> "MockServer":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
     @staticmethod
-    def subprocess(**kwargs: Any) -> "MockServerProcess":
+    def subprocess(**kwargs: Any) -> MockServerProcess:
         """Start the server as a separate process (see `start_mock_server_process`)."""
         return start_mock_server_process(**kwargs)
 
@@ -303,7 +306,7 @@ class MockServerProcess:
                 self.process.kill()
                 self.process.wait()
 
-    def __enter__(self) -> "MockServerProcess":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
