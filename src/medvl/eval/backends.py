@@ -18,8 +18,9 @@ decoded images) with one `Reply` each, in order; a failure on one request become
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, Sequence
+from typing import Any, Literal, Protocol
 
 from pydantic import Field
 
@@ -27,7 +28,7 @@ from medvl.config import Config
 from medvl.eval.benchmarks.base import VQAItem
 from medvl.llm.config import LLMConfig
 
-__all__ = ["BackendConfig", "Request", "Reply", "Backend", "make_backend", "to_openai_messages"]
+__all__ = ["Backend", "BackendConfig", "Reply", "Request", "make_backend", "to_openai_messages"]
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from medvl.eval.backends import Reply, Request
 from medvl.eval.benchmarks.base import LETTERS, VQAItem
 from medvl.eval.metrics import normalize_answer
 
-__all__ = ["majority_table", "MajorityBackend"]
+__all__ = ["MajorityBackend", "majority_table"]
 
 
 def majority_table(items: Iterable[VQAItem]) -> dict[str, str]:

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 from medvl.eval.benchmarks.base import LETTERS
 from medvl.eval.metrics import normalize_answer

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -23,7 +22,7 @@ eval_app = typer.Typer(name="eval", help="Evaluate models on medical VQA benchma
 @eval_app.command("run")
 def run(
     config: Path = typer.Argument(..., help="eval config YAML (see configs/eval/)"),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. benchmark.limit=20"),
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides, e.g. benchmark.limit=20"),
 ) -> None:
     """Answer a benchmark with a backend, score it, write predictions, scores, report and plots."""
     from accelerate import PartialState
@@ -42,8 +41,8 @@ def run(
 def score(
     predictions: Path = typer.Argument(..., help="a predictions.jsonl (or its run folder)"),
     scorer: str = typer.Option("medvl", help="medvl | llava_med_run_eval | llava_med_run_eval_batch | huatuo_match_choice3"),
-    candidates: Optional[Path] = typer.Option(None, help="llava_med_run_eval: candidate answers (candidate.json format)"),
-    out: Optional[Path] = typer.Option(None, help="write scores.<scorer>.json and predictions.<scorer>.jsonl here"),
+    candidates: Path | None = typer.Option(None, help="llava_med_run_eval: candidate answers (candidate.json format)"),
+    out: Path | None = typer.Option(None, help="write scores.<scorer>.json and predictions.<scorer>.jsonl here"),
 ) -> None:
     """Rescore a predictions file with any scorer, without a model."""
     from medvl.eval.report import rescore
@@ -53,8 +52,8 @@ def score(
 
 @eval_app.command("compare")
 def compare(
-    runs: List[Path] = typer.Argument(..., help="run folders (each with scores.json)"),
-    out: Optional[Path] = typer.Option(None, help="also write the table to this markdown file"),
+    runs: list[Path] = typer.Argument(..., help="run folders (each with scores.json)"),
+    out: Path | None = typer.Option(None, help="also write the table to this markdown file"),
 ) -> None:
     """Put several runs side by side in one markdown table."""
     from medvl.eval.report import compare_runs
@@ -81,7 +80,7 @@ def inspect_benchmark(
     name: str = typer.Argument(..., help="benchmark name (see `medvl eval list`)"),
     root: Path = typer.Argument(..., help="the release's folder (or file)"),
     split: str = typer.Option("test"),
-    option: Optional[List[str]] = typer.Option(None, help="loader option key=value (YAML value), repeatable"),
+    option: list[str] | None = typer.Option(None, help="loader option key=value (YAML value), repeatable"),
 ) -> None:
     """Load a benchmark and report its size, answer types, missing images and unreadable rows."""
     import yaml
@@ -92,7 +91,7 @@ def inspect_benchmark(
     typer.echo(load_benchmark(name, root, split, **options).summary())
 
 
-def _judge_config(config: Path, overrides: Optional[List[str]]):
+def _judge_config(config: Path, overrides: list[str] | None):
     from medvl.config import load_config
     from medvl.eval.judge import JudgeConfig
 
@@ -103,8 +102,8 @@ def _judge_config(config: Path, overrides: Optional[List[str]]):
 def judge_open_command(
     predictions: Path = typer.Argument(..., help="a predictions.jsonl (or its run folder)"),
     config: Path = typer.Option(..., help="judge config YAML (llm: base_url, model, ...)"),
-    out: Optional[Path] = typer.Option(None, help="folder for judge_open.jsonl and judge_open.json (default: beside)"),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides of the judge config"),
+    out: Path | None = typer.Option(None, help="folder for judge_open.jsonl and judge_open.json (default: beside)"),
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides of the judge config"),
 ) -> None:
     """Ask an LLM whether each open answer matches its reference."""
     from medvl.eval.judge import judge_open
@@ -125,7 +124,7 @@ def judge_chat_command(
     answers: Path = typer.Argument(..., help="model answers JSONL: question_id, text"),
     config: Path = typer.Option(..., help="judge config YAML (llm: ..., both_orders: true)"),
     out: Path = typer.Option(..., help="folder for judge_chat.jsonl and judge_chat.json"),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides of the judge config"),
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides of the judge config"),
 ) -> None:
     """LLaVA-Med's GPT-4 chat evaluation: relative scores, both answer orders."""
     from medvl.eval.judge import judge_chat

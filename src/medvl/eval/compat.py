@@ -26,16 +26,16 @@ from __future__ import annotations
 import difflib
 import re
 from collections import Counter
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 __all__ = [
-    "llava_med_normalize_word",
-    "llava_med_prepare",
-    "llava_med_split_sentence",
+    "llava_med_candidate_hit",
     "llava_med_exact_match_score",
     "llava_med_f1",
+    "llava_med_normalize_word",
+    "llava_med_prepare",
     "llava_med_recall",
-    "llava_med_candidate_hit",
+    "llava_med_split_sentence",
     "match_choice3",
 ]
 
@@ -139,7 +139,7 @@ def llava_med_candidate_hit(prediction: str, reference: str, candidates: Sequenc
     return 1.0 if best == reference else 0.0
 
 
-_CHOICE3 = re.compile(r"(is |是|\*|\W|\ |\(|为|^|'|\"|#)(?![aA] )([abcdefghijklmnABCDEFGHIJKLMN])(\W|$)", re.S)
+_CHOICE3 = re.compile(r"(is |是|\*|\W|\ |\(|为|^|'|\"|#)(?![aA] )([abcdefghijklmnABCDEFGHIJKLMN])(\W|$)", re.DOTALL)
 
 
 def match_choice3(text: str, options: Mapping[str, str]) -> tuple[str, int]:

@@ -19,16 +19,24 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from statistics import fmean
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from pydantic import Field
 
 from medvl.config import Config
 from medvl.llm.config import LLMConfig
 
-__all__ = ["JudgeConfig", "chat_judge_messages", "parse_pair_scores", "judge_chat", "open_judge_messages",
-           "parse_verdict", "judge_open"]
+__all__ = [
+    "JudgeConfig",
+    "chat_judge_messages",
+    "judge_chat",
+    "judge_open",
+    "open_judge_messages",
+    "parse_pair_scores",
+    "parse_verdict",
+]
 
 # The system message as LLaVA-Med sends it, stray leading quote included.
 CHAT_SYSTEM = "'You are a helpful and precise assistant for checking the quality of the answer."

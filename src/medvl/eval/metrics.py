@@ -23,15 +23,15 @@ from collections import Counter
 from medvl.eval.benchmarks.base import yes_no_answer
 
 __all__ = [
-    "normalize_answer",
-    "tokens",
-    "strip_answer_prefix",
-    "leading_yes_no",
     "closed_correct",
     "exact_match",
-    "token_recall",
-    "token_precision",
+    "leading_yes_no",
+    "normalize_answer",
+    "strip_answer_prefix",
     "token_f1",
+    "token_precision",
+    "token_recall",
+    "tokens",
 ]
 
 NUMBER_WORDS = {"zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",

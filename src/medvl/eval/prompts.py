@@ -16,7 +16,7 @@ from typing import Any, Literal
 from medvl.eval.benchmarks.base import VQAItem
 from medvl.eval.choice import choice_prompt
 
-__all__ = ["PromptStyle", "SHORT_ANSWER", "build_prompt", "build_messages"]
+__all__ = ["SHORT_ANSWER", "PromptStyle", "build_messages", "build_prompt"]
 
 PromptStyle = Literal["short", "plain"]
 SHORT_ANSWER = "Answer the question using a single word or phrase."

@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from statistics import fmean
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from medvl.eval.benchmarks.base import yes_no_answer
 from medvl.eval.metrics import leading_yes_no
@@ -30,8 +31,17 @@ if TYPE_CHECKING:
     from medvl.eval.benchmarks.base import BenchmarkData
     from medvl.eval.runner import EvalConfig
 
-__all__ = ["finalize_run", "headline", "apply_scores", "breakdowns", "yes_no_confusion", "render_report", "rescore",
-           "compare_runs", "load_candidates"]
+__all__ = [
+    "apply_scores",
+    "breakdowns",
+    "compare_runs",
+    "finalize_run",
+    "headline",
+    "load_candidates",
+    "render_report",
+    "rescore",
+    "yes_no_confusion",
+]
 
 log = logging.getLogger(__name__)
 BREAKDOWN_KEYS = ("question_type", "organ", "modality", "dataset", "subject", "lang")
@@ -87,7 +97,7 @@ def load_candidates(path: str | Path | None) -> list[str] | None:
     return [str(a) for a in (data.get("0", []) if isinstance(data, dict) else data)]
 
 
-def _train_candidates(config: "EvalConfig", out: Path) -> list[str] | None:
+def _train_candidates(config: EvalConfig, out: Path) -> list[str] | None:
     """Open answers of the train split, saved as `candidates.json` (LLaVA-Med's format)."""
     from medvl.eval.benchmarks import BenchmarkError, load_benchmark
 
@@ -101,7 +111,7 @@ def _train_candidates(config: "EvalConfig", out: Path) -> list[str] | None:
     return answers
 
 
-def finalize_run(out: Path, records: list[dict[str, Any]], config: "EvalConfig", data: "BenchmarkData",
+def finalize_run(out: Path, records: list[dict[str, Any]], config: EvalConfig, data: BenchmarkData,
                  rejected: list[dict[str, str]], notes: Sequence[str], throughput: dict[str, Any]) -> dict[str, Any]:
     scorers = [config.scorer, *config.extra_scorers]
     candidates = _train_candidates(config, out) if "llava_med_run_eval" in scorers else None
@@ -175,11 +185,12 @@ def render_report(scores: dict[str, Any], records: list[dict[str, Any]], out: Pa
     from medvl.eval.plots import plot_breakdown, plot_confusion
 
     main = scores["scores"]
+    images = "yes" if scores["use_images"] else "no (question-only)"
     lines = [f"# Evaluation: {scores['benchmark']} [{scores['split']}]", "",
-             f"- backend: `{scores['backend']}`; images: {'yes' if scores['use_images'] else 'no (question-only)'}; "
-             f"prompt style: {scores['prompt_style']}; scorer: `{scores['scorer']}`",
-             f"- items: {scores['items']}, answered: {scores['answered']}, "
-             f"rejected: {scores['rejected'] or 'none'} (see rejects.jsonl)", ""]
+             (f"- backend: `{scores['backend']}`; images: {images}; prompt style: {scores['prompt_style']}; "
+              f"scorer: `{scores['scorer']}`"),
+             (f"- items: {scores['items']}, answered: {scores['answered']}, "
+              f"rejected: {scores['rejected'] or 'none'} (see rejects.jsonl)"), ""]
     if scores["scorer"] == "medvl":
         lines += ["## Scores", "", "| metric | % | n |", "|---|---|---|"]
         lines += [f"| {name} | {_pct(value)} | {n} |" for name, value, n in _metric_rows(main)]

@@ -31,11 +31,10 @@ from medvl.eval.benchmarks import BenchmarkError, load_benchmark
 from medvl.eval.benchmarks.base import BenchmarkData, VQAItem
 from medvl.eval.prompts import PromptStyle, build_messages, build_prompt
 from medvl.eval.scorers import SCORERS
-from medvl.io.files import atomic_write_json
 from medvl.io.jsonl import JsonlAppender, JsonlLineError, RejectLog, iter_jsonl, write_jsonl
 from medvl.model.generate import GenerationSettings
 
-__all__ = ["BenchmarkConfig", "PromptConfig", "EvalConfig", "run_eval", "merge_parts", "read_predictions"]
+__all__ = ["BenchmarkConfig", "EvalConfig", "PromptConfig", "merge_parts", "read_predictions", "run_eval"]
 
 log = logging.getLogger(__name__)
 PREDICTIONS = "predictions.jsonl"

@@ -14,9 +14,10 @@ the item, with the reason in `method`) and a JSON-able summary whose values are 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from statistics import fmean
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from medvl.eval.benchmarks.base import LETTERS, yes_no_answer
 from medvl.eval.choice import extract_choice
@@ -37,7 +38,7 @@ from medvl.eval.metrics import (
     token_recall,
 )
 
-__all__ = ["ItemScore", "ScoreResult", "SCORERS", "score_records", "answer_letter"]
+__all__ = ["SCORERS", "ItemScore", "ScoreResult", "answer_letter", "score_records"]
 
 
 @dataclass

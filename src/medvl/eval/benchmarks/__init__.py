@@ -24,7 +24,7 @@ from typing import Any
 
 from medvl.eval.benchmarks.base import BenchmarkData, BenchmarkError, VQAItem
 
-__all__ = ["BENCHMARKS", "load_benchmark", "BenchmarkData", "BenchmarkError", "VQAItem"]
+__all__ = ["BENCHMARKS", "BenchmarkData", "BenchmarkError", "VQAItem", "load_benchmark"]
 
 BENCHMARKS: dict[str, str] = {
     "vqa_rad": "medvl.eval.benchmarks.vqa_rad",

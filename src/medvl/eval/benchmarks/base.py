@@ -13,23 +13,24 @@ import hashlib
 import json
 import os
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 __all__ = [
-    "AnswerType",
     "LETTERS",
-    "VQAItem",
+    "AnswerType",
     "BenchmarkData",
     "BenchmarkError",
-    "finish",
+    "VQAItem",
     "extract_image_bytes",
-    "image_cache_dir",
-    "yes_no_answer",
     "find_path",
-    "split_name",
+    "finish",
+    "image_cache_dir",
     "read_json",
+    "split_name",
+    "yes_no_answer",
 ]
 
 AnswerType = Literal["closed", "open", "choice"]
@@ -77,7 +78,7 @@ class VQAItem:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "VQAItem":
+    def from_dict(cls, data: dict[str, Any]) -> VQAItem:
         names = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in names})
 

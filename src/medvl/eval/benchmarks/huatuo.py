@@ -12,8 +12,8 @@ Rows with options are choice items; rows without are open (the reference scorer 
 from __future__ import annotations
 
 import ast
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from medvl.eval.benchmarks.base import BenchmarkData, VQAItem, find_path, finish, read_json, split_name
 
@@ -49,6 +49,6 @@ def load(root: Path, split: str = "test", datasets: Sequence[str] | None = None)
             images=[str((folder / p).resolve()) for p in images], options=options,
             meta={"dataset": dataset, "subset": row.get("subset", ""), "question_type": row.get("question_type", "")},
         ))
-    notes = [f"{unknown_answers} choice rows whose answer is not one of the options (scored wrong, as the "
-             "reference does)"] if unknown_answers else []
+    notes = [(f"{unknown_answers} choice rows whose answer is not one of the options (scored wrong, as the "
+              "reference does)")] if unknown_answers else []
     return finish("huatuo_eval", "test", folder, items, notes=notes, rejects=rejects)

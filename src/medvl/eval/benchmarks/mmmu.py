@@ -12,8 +12,8 @@ HuatuoGPT-Vision present them, and the images follow in tag order.
 from __future__ import annotations
 
 import ast
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from medvl.eval.benchmarks.base import (
     LETTERS,
