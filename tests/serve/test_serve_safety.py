@@ -195,18 +195,34 @@ def test_full_queue_answers_429(serve, generator):
         def send(name: str) -> None:
             results[name] = httpx.post(url + CHAT, json=body, timeout=60).status_code
 
-        first = threading.Thread(target=send, args=("running",))
-        first.start()
-        assert gated.entered.wait(30)
-        second = threading.Thread(target=send, args=("queued",))
-        second.start()
-        deadline = time.monotonic() + 30
-        while httpx.get(url + "/health").json()["waiting"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        refused = httpx.post(url + CHAT, json=body, timeout=60)
-        assert_openai_error(refused, 429, "queue_full")
-        assert refused.headers["retry-after"] == "1"
-        gated.gate.set()
-        first.join(30)
-        second.join(30)
+        threads = [threading.Thread(target=send, args=(name,)) for name in ("running", "queued")]
+        try:
+            threads[0].start()
+            assert gated.entered.wait(30)
+            threads[1].start()
+            deadline = time.monotonic() + 30
+            while httpx.get(url + "/health").json()["waiting"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            refused = httpx.post(url + CHAT, json=body, timeout=60)
+            assert_openai_error(refused, 429, "queue_full")
+            assert refused.headers["retry-after"] == "1"
+        finally:
+            gated.gate.set()
+            for thread in threads:
+                thread.join(30)
     assert results == {"running": 200, "queued": 200}
+
+
+def test_requests_in_flight_are_capped_with_503(serve, generator):
+    gated = _Gated(generator)
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    with serve(gen=gated, limits={"max_in_flight": 1}) as url:
+        first = threading.Thread(target=httpx.post, args=(url + CHAT,), kwargs={"json": body, "timeout": 60})
+        try:
+            first.start()
+            assert gated.entered.wait(30)
+            assert_openai_error(httpx.get(url + "/health"), 503, "server_overloaded")
+        finally:
+            gated.gate.set()
+            first.join(30)
+        assert httpx.get(url + "/health").status_code == 200

@@ -42,7 +42,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_upload_ask_and_see_the_answer_in_chromium(generator, tmp_path, monkeypatch):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

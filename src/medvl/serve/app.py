@@ -1,9 +1,10 @@
 """The OpenAI-compatible HTTP API: `create_app(generator, config)` → a FastAPI app.
 
 Routes: `POST /v1/chat/completions` (streaming and not), `GET /v1/models`, `GET /health`.
-Guards, outermost first: a body-size limit (413 before the JSON is parsed), Bearer API-key
-auth on /v1 when a key is configured (401), request validation (400, OpenAI error shape rather
-than FastAPI's 422), image policy and limits (400), the bounded batching queue (429). Every
+Guards, outermost first: a cap on requests in flight (503), a body-size limit (413 before the
+JSON is parsed), Bearer API-key auth on /v1 when a key is configured (401), request validation
+(400, OpenAI error shape rather than FastAPI's 422), image policy and limits (400), the bounded
+batching queue (429). Every
 answer carries the research-only disclaimer in a `medvl` field and an `X-Medvl-Disclaimer`
 header; with `disclaimer_note` it is also appended to the answer text.
 """
@@ -54,26 +55,41 @@ def resolve_api_key(config: ServeConfig) -> str | None:
     return os.environ.get(config.api_key_env) or None
 
 
-class BodyLimit:
-    """ASGI middleware: refuse request bodies over `limit` bytes with 413, before parsing."""
+class RequestGuard:
+    """ASGI middleware, outermost: at most `max_in_flight` requests at once (503), and bodies over
+    `max_body` bytes refused with 413 before anything parses them (counted as they arrive, so a
+    body without Content-Length is bounded too)."""
 
-    def __init__(self, app: ASGIApp, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, max_body: int, max_in_flight: int):
+        self.app, self.max_body, self.max_in_flight = app, max_body, max_in_flight
+        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if self.in_flight >= self.max_in_flight:
+            error = APIError(503, f"the server is handling {self.max_in_flight} requests; retry shortly",
+                             "server_overloaded", headers={"Retry-After": "1"})
+            return await _send_error(error, scope, receive, send)
+        self.in_flight += 1
+        try:
+            await self._bounded(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _bounded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        too_large = APIError(413, f"request body exceeds {self.max_body} bytes", "request_too_large")
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._too_large(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            return await _send_error(too_large, scope, receive, send)
         chunks, size = [], 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
                 break
             size += len(message.get("body", b""))
-            if size > self.limit:
-                return await self._too_large(scope, receive, send)
+            if size > self.max_body:
+                return await _send_error(too_large, scope, receive, send)
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
@@ -89,9 +105,13 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        error = APIError(413, f"request body exceeds {self.limit} bytes", "request_too_large")
-        await JSONResponse(error.body(), status_code=413, headers=_HEADERS)(scope, receive, send)
+
+def _error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers={**_HEADERS, **error.headers})
+
+
+async def _send_error(error: APIError, scope: Scope, receive: Receive, send: Send) -> None:
+    await _error_response(error)(scope, receive, send)
 
 
 def create_app(generator: Generator, config: ServeConfig, resolver: ImageResolver | None = None) -> FastAPI:
@@ -111,11 +131,11 @@ def create_app(generator: Generator, config: ServeConfig, resolver: ImageResolve
             await run_in_threadpool(app.state.batcher.close)
 
     app = FastAPI(title="medvl", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+    app.add_middleware(RequestGuard, max_body=limits.max_body_bytes, max_in_flight=limits.max_in_flight)
 
     @app.exception_handler(APIError)
     async def api_error(_: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers={**_HEADERS, **exc.headers})
+        return _error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -43,7 +43,9 @@ class Limits(Config):
     max_tokens: int = Field(1024, ge=1, description="the largest max_tokens a request may ask for")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none")
     max_queue: int = Field(64, ge=1, description="requests waiting for the model; more get 429")
-    max_connections: int = Field(256, ge=1, description="open connections (uvicorn answers 503 beyond)")
+    max_in_flight: int = Field(
+        256, ge=1, description="HTTP requests handled at once (reading, queued, running, streaming); more get "
+        "503 (uvicorn also caps raw connections, at 2 * max_in_flight + 16)")
 
 
 class ServeConfig(Config):

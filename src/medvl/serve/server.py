@@ -36,7 +36,7 @@ def build_server(generator: Generator, config: ServeConfig, log_level: str = "in
     app = create_app(generator, config)
     return uvicorn.Server(uvicorn.Config(
         app, host=config.host, port=config.port, log_level=log_level, access_log=log_level == "debug",
-        limit_concurrency=config.limits.max_connections, timeout_graceful_shutdown=10,
+        limit_concurrency=2 * config.limits.max_in_flight + 16, timeout_graceful_shutdown=10,
     ))
 
 
