@@ -38,7 +38,7 @@ def test_complete_many_preserves_order_and_returns_errors_in_place(mock_server):
     assert client.usage.failures == 4 and client.usage.replies == 16
 
 
-def test_complete_many_streams_an_iterable_longer_than_its_window(mock_server):
+def test_complete_many_streams_a_generator_through_its_workers(mock_server):
     server = mock_server()
     client = LLMClient(fast_config(server, max_concurrency=2))
     results = client.run_many((ask(f"q {i}") for i in range(150)), progress=True)  # a bar without a total

@@ -16,7 +16,8 @@ always garbles is worse), then fails with kind "bad_response". finish_reason "co
 at once (kind "content_filter"). A message with null content but a `refusal` returns the refusal
 as its text: detecting refusals and validating JSON belong to the caller.
 
-Errors are never cached. Each attempt takes one concurrency slot; backoff sleeps hold none.
+Errors are never cached. Each attempt takes one concurrency slot; backoff sleeps hold none (but in
+`complete_many` a worker waiting out a backoff does not start another request meanwhile).
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class _Runtime:
     slots: asyncio.Semaphore
     request_limiter: RateLimiter | None
     token_limiter: RateLimiter | None
-    inflight: dict[str, asyncio.Future]
+    inflight: dict[str, asyncio.Future[ChatReply]]
 
 
 class LLMClient:
@@ -190,19 +191,32 @@ class LLMClient:
             self.usage.cache_hits += 1
             return hit
         runtime = self._loop_runtime()
-        task = runtime.inflight.get(key)
-        shared = task is not None
-        if task is None:
-            task = runtime.inflight[key] = asyncio.ensure_future(self._fetch(resolved, runtime))
-            task.add_done_callback(lambda _: runtime.inflight.pop(key, None))
-        try:
-            reply = await asyncio.shield(task)
-        except LLMError:
-            self.usage.failures += 1
-            raise
-        if shared:
+        shared = runtime.inflight.get(key)
+        if shared is not None:  # an identical request is on its way: wait for its reply
+            try:
+                reply = await asyncio.shield(shared)
+            except LLMError:
+                self.usage.failures += 1
+                raise
             self.usage.cache_hits += 1
             return replace(reply, cached=True)
+        # Sent from this task (no extra task hop), so a worker's next request goes out on the
+        # connection its last reply just freed.
+        outcome = runtime.inflight[key] = runtime.loop.create_future()
+        try:
+            reply = await self._fetch(resolved, runtime)
+        except LLMError as error:
+            self.usage.failures += 1
+            outcome.set_exception(error)
+            outcome.exception()  # retrieved: no "never retrieved" warning when nobody shared it
+            raise
+        except BaseException:
+            outcome.cancel()
+            raise
+        else:
+            outcome.set_result(reply)
+        finally:
+            del runtime.inflight[key]
         return reply
 
     async def complete_many(
@@ -215,47 +229,33 @@ class LLMClient:
         """Replies in request order, an `LLMError` in place of each failed one.
 
         `on_result(index, result)` is called as each finishes, so callers can persist at once.
-        Requests are scheduled through a window of a few times `max_concurrency`, so an iterable
-        of any length streams without creating a task per request up front.
+        `max_concurrency` workers pull requests from `requests` (any iterable: it streams) and
+        each sends its next request as soon as its last one is answered, on the connection that
+        answer freed.
         """
         total = len(requests) if hasattr(requests, "__len__") else None
-        window = max(64, 4 * self.config.max_concurrency)
         source = enumerate(requests)
         results: list[Result | None] = []
-        running: set[asyncio.Task] = set()
-        finished: asyncio.Queue[asyncio.Task] = asyncio.Queue()
         bar = tqdm(total=total, desc=f"LLM {self.config.model}", unit="req", disable=not progress)
 
-        async def one(index: int, request: ChatRequest) -> tuple[int, Result]:
-            try:
-                return index, await self.complete(request)
-            except LLMError as error:
-                return index, error
-
-        def refill() -> None:
-            while len(running) < window:
-                item = next(source, None)
-                if item is None:
-                    return
+        async def worker() -> None:
+            for index, request in source:
                 results.append(None)
-                task = asyncio.ensure_future(one(*item))
-                task.add_done_callback(finished.put_nowait)
-                running.add(task)
-
-        try:
-            refill()
-            while running:
-                task = await finished.get()
-                running.discard(task)
-                index, result = task.result()
+                try:
+                    result: Result = await self.complete(request)
+                except LLMError as error:
+                    result = error
                 results[index] = result
                 if on_result is not None:
                     on_result(index, result)
                 bar.update(1)
                 bar.set_postfix(cached=self.usage.cache_hits, failed=self.usage.failures, refresh=False)
-                refill()
+
+        workers = [asyncio.ensure_future(worker()) for _ in range(self.config.max_concurrency)]
+        try:
+            await asyncio.gather(*workers)
         finally:
-            for task in running:
+            for task in workers:
                 task.cancel()
             bar.close()
         log.info(self.usage.summary())
