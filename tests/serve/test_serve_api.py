@@ -140,3 +140,26 @@ def test_openai_client_raises_typed_errors(serve):
         with pytest.raises(openai.BadRequestError) as caught:
             client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}], n=3)
     assert caught.value.body["code"] == "unsupported_parameter"
+
+
+def test_serve_command_merges_yaml_set_and_flags(tiny_model_dir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import medvl.serve.server as server
+    from medvl.cli import build_app
+
+    seen = []
+    monkeypatch.setattr(server, "serve", seen.append)
+    config = tmp_path / "serve.yaml"
+    config.write_text("port: 9001\nmax_batch_size: 4\nimages: {max_images: 3}\n")
+    args = ["serve", str(tiny_model_dir), "--config", str(config), "--set", "limits.max_tokens=64",
+            "--batch-wait-ms", "25", "--image-root", str(tmp_path), "--allow-image-host", "images.example.org"]
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code == 0, result.output
+    (settings,) = seen
+    assert (settings.model_dir, settings.port, settings.max_batch_size, settings.batch_wait_ms) == (
+        tiny_model_dir, 9001, 4, 25.0)
+    assert settings.limits.max_tokens == 64 and settings.images.max_images == 3
+    assert settings.images.local_root == tmp_path and settings.images.allowed_hosts == ["images.example.org"]
+    bad = CliRunner().invoke(build_app(), ["serve", str(tiny_model_dir), "--set", "limits.max_tokenz=1"])
+    assert bad.exit_code == 2 and "max_tokenz: unknown key" in bad.stderr

@@ -137,6 +137,12 @@ def test_allowed_public_host_is_fetched_at_the_checked_address():
         resolver.load("http://evil.example.org/a.png")
 
 
+def test_large_images_are_shrunk_on_arrival():
+    resolver = ImageResolver(ImagePolicy(max_side=100))
+    assert resolver.load(data_url(png_bytes(0, size=(300, 150)))).size == (100, 50)
+    assert ImageResolver(ImagePolicy(max_side=None)).load(data_url(png_bytes(0, size=(300, 150)))).size == (300, 150)
+
+
 def test_body_size_limit_gives_413(serve):
     big = data_url(b"\x89PNG" + os.urandom(200_000))
     with serve(limits={"max_body_bytes": 64 * 1024}) as url:

@@ -36,6 +36,14 @@ def test_gradio_history_becomes_medvl_messages():
                         user_turn("and this?", 1)]
 
 
+def test_webui_refuses_a_public_host_without_login(tmp_path):
+    from medvl.serve.config import UnsafeExposureError
+    from medvl.serve.webui import launch
+
+    with pytest.raises(UnsafeExposureError, match="without a login"):
+        launch(tmp_path / "never-loaded", host="0.0.0.0")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

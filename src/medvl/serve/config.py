@@ -32,6 +32,9 @@ class ImagePolicy(Config):
     max_images: int = Field(8, ge=0, description="images per request")
     max_image_bytes: int = Field(10 * MiB, ge=1, description="encoded bytes of one image")
     max_pixels: int = Field(16_000_000, ge=1, description="width*height of one image (decompression bombs)")
+    max_side: int | None = Field(
+        2048, ge=64, description="larger images are shrunk on arrival (aspect kept) so queued requests hold "
+        "little memory; the vision tower sees a few hundred pixels a side anyway. None keeps them as sent")
     fetch_timeout_s: float = Field(10.0, gt=0)
 
 
@@ -42,7 +45,7 @@ class Limits(Config):
     max_prompt_tokens: int = Field(4096, ge=1, description="prompt tokens after image expansion")
     max_tokens: int = Field(1024, ge=1, description="the largest max_tokens a request may ask for")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none")
-    max_queue: int = Field(64, ge=1, description="requests waiting for the model; more get 429")
+    max_queue: int = Field(32, ge=1, description="requests waiting for the model; more get 429")
     max_in_flight: int = Field(
         256, ge=1, description="HTTP requests handled at once (reading, queued, running, streaming); more get "
         "503 (uvicorn also caps raw connections, at 2 * max_in_flight + 16)")

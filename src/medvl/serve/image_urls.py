@@ -13,7 +13,8 @@ Three sources, each refused unless the policy allows it:
   followed; the body is read up to `max_image_bytes`.
 
 Every refusal is an `APIError(400)` whose message says why; decoding uses the one image loader
-with the policy's pixel limit, so a decompression bomb is a 400 too.
+with the policy's pixel limit, so a decompression bomb is a 400 too. Images larger than
+`max_side` are shrunk once decoded, so a queued request holds little memory.
 """
 
 from __future__ import annotations
@@ -68,6 +69,13 @@ class ImageResolver:
         self._transport = transport
 
     def load(self, url: str) -> Image.Image:
+        image = self._decode(url)
+        side = self.policy.max_side
+        if side is not None and max(image.size) > side:
+            image.thumbnail((side, side), Image.Resampling.LANCZOS)
+        return image
+
+    def _decode(self, url: str) -> Image.Image:
         scheme = urlsplit(url).scheme.lower()
         try:
             if scheme == "data":
