@@ -171,6 +171,9 @@ def test_token_limits_give_400(serve):
     long_text = "word " * 400
     with serve(limits={"max_tokens": 32, "max_prompt_tokens": 64}) as url:
         assert_openai_error(_ask(url, [], max_tokens=33), 400, "invalid_value")
+    with serve() as url:  # the tiny model's context is 512 positions
+        assert_openai_error(_ask(url, [], max_tokens=600), 400, "invalid_value")
+    with serve(limits={"max_tokens": 32, "max_prompt_tokens": 64}) as url:
         body = {"model": "tiny", "messages": [{"role": "user", "content": long_text}], "max_tokens": 4}
         assert_openai_error(httpx.post(url + CHAT, json=body, timeout=60), 400, "context_length_exceeded")
         body["stream"] = True  # refused before the stream starts, so still a plain 400

@@ -181,8 +181,9 @@ def create_app(generator: Generator, config: ServeConfig, resolver: ImageResolve
         if problem:
             raise problem
         max_tokens = body.requested_max_tokens() or limits.default_max_tokens
-        if max_tokens > limits.max_tokens:
-            raise APIError(400, f"max_tokens={max_tokens} exceeds this server's limit of {limits.max_tokens}",
+        if max_tokens > min(limits.max_tokens, context - 1):
+            raise APIError(400, f"max_tokens={max_tokens} exceeds this server's limit of "
+                           f"{min(limits.max_tokens, context - 1)} (the model's context is {context})",
                            "invalid_value", "max_tokens")
         messages, urls = conversation_of(body, config.system_prompt)
         if len(urls) > config.images.max_images:
