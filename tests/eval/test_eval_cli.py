@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -56,3 +57,29 @@ def test_shipped_configs_validate():
 
     for path in sorted((ROOT / "configs" / "eval").glob("*.yaml")):
         load_config(JudgeConfig if path.stem == "judge" else EvalConfig, path)
+
+
+def test_judge_commands_against_the_mock_server(tmp_path):
+    from medvl.llm.mock_server import MockServer
+
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text(json.dumps({"id": "a", "answer_type": "open", "question": "Where?", "answer": "liver",
+                                       "output": "the liver"}) + "\n")
+    questions, answers = tmp_path / "questions.jsonl", tmp_path / "answers.jsonl"
+    questions.write_text(json.dumps({"question_id": 7, "text": "What is shown?", "gpt4_answer": "a mass",
+                                     "type": "conversation", "domain": "ct_scan"}) + "\n")
+    answers.write_text(json.dumps({"question_id": 7, "text": "a large mass"}) + "\n")
+    judge = tmp_path / "judge.yaml"
+
+    def responder(body):
+        return "correct" if "[Candidate answer]" in body["messages"][1]["content"] else "8 6\nfine"
+
+    with MockServer(responder=responder) as server:
+        judge.write_text(yaml.safe_dump({"llm": {"base_url": server.base_url, "model": "judge",
+                                                 "api_key_env": "MEDVL_NO_KEY"}}))
+        opened = json.loads(invoke("eval", "judge-open", str(predictions), "--config", str(judge)))
+        chat = json.loads(invoke("eval", "judge-chat", str(questions), str(answers), "--config", str(judge),
+                                 "--out", str(tmp_path / "chat")))
+    assert opened["judge_accuracy"] == 1.0 and (tmp_path / "judge_open.jsonl").is_file()
+    assert chat["reference_first"]["relative_score"] == pytest.approx(75.0)
+    assert chat["model_first"]["relative_score"] == pytest.approx(100 * 8 / 6)

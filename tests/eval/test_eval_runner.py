@@ -173,3 +173,39 @@ def test_missing_backend_settings_are_clear_errors():
         backends.make_backend(backends.BackendConfig(kind="local"), None)
     with pytest.raises(ValueError, match="backend.llm"):
         backends.make_backend(backends.BackendConfig(kind="openai"), None)
+
+
+def test_unreadable_image_is_rejected_and_the_run_goes_on(tmp_path, monkeypatch):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (tmp_path / "img" / "good.png").write_bytes((FIXTURES / "llava" / "img" / "a.png").read_bytes())
+    rows = [{"id": name, "image": f"img/{name}.png",
+             "conversations": [{"from": "human", "value": "<image>\nIs it normal?"}, {"from": "gpt", "value": "yes"}]}
+            for name in ("bad", "good")]
+    data = tmp_path / "eval.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(runner, "make_backend", lambda *a, **k: Echo([]))
+    out = run_eval(config(tmp_path, root=data), OneProcess())
+    assert [r["id"] for r in read_records(out / "predictions.jsonl")] == ["good"]
+    reject = json.loads((out / "rejects.jsonl").read_text())
+    assert (reject["id"], reject["reason"]) == ("bad", "image_load_error")
+    assert json.loads((out / "scores.json").read_text())["rejected"] == {"image_load_error": 1}
+
+
+def test_accelerate_launch_with_two_cpu_processes(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(yaml.safe_dump({"benchmark": {"name": "llava_jsonl", "root": str(FIXTURES / "llava" / "eval.jsonl")},
+                                   "backend": {"kind": "majority"}, "output_dir": str(tmp_path / "run"),
+                                   "generation": {"batch_size": 1}}))
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines",
+               "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "medvl.cli", "eval", "run", str(cfg)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["id"] for r in read_records(tmp_path / "run" / "predictions.jsonl")] == ["q1", "q2", "q3"]
+    assert not list((tmp_path / "run").glob("*.part-*.jsonl"))
+    assert done.stdout.count("run folder:") == 1  # only the main process reports
