@@ -96,7 +96,9 @@ class SemanticConfig(Config):
 
     enabled: bool = True
     model: str | None = Field(
-        None, description="sentence-transformers folder; default all-MiniLM-L6-v2 (offline)"
+        None,
+        description="sentence-transformers folder (default: all-MiniLM-L6-v2, offline); "
+        "'hashing': a weight-free word-hashing embedder for tests and benchmarks",
     )
     eps: float = Field(0.05, gt=0, lt=1)
     cluster_size: int = Field(1000, ge=2, description="target records per k-means cluster")
@@ -238,7 +240,8 @@ def resolve_paths(config: CurateConfig, base: Path) -> CurateConfig:
     ]
     text = config.text_filter.model_copy(update={"vocabulary": absolute(config.text_filter.vocabulary)})
     image = config.image_filter.model_copy(update={"classifier": absolute(config.image_filter.classifier)})
-    semantic = config.dedup.semantic.model_copy(update={"model": absolute(config.dedup.semantic.model)})
+    model = config.dedup.semantic.model
+    semantic = config.dedup.semantic.model_copy(update={"model": model if model == "hashing" else absolute(model)})
     dedup = config.dedup.model_copy(update={"semantic": semantic})
     return config.model_copy(
         update={

@@ -26,6 +26,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -110,12 +111,10 @@ def make_text_embedder(
         raw = _hashing_embedder()
         name = "hashing"
     else:
-        from sentence_transformers import SentenceTransformer
-
         from medvl.model.offline import minilm_path
 
         folder = spec or str(minilm_path())
-        model = SentenceTransformer(folder, device="cpu")
+        model = _sentence_transformer(folder)
         name = Path(folder).name
 
         def raw(texts: list[str]) -> np.ndarray:
@@ -127,6 +126,14 @@ def make_text_embedder(
         return vectors / np.maximum(norms, 1e-12)
 
     return name, embed
+
+
+@lru_cache(maxsize=2)
+def _sentence_transformer(folder: str) -> Any:
+    """One loaded model per process (the tasks a local executor runs in turn share it)."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(folder, device="cpu")
 
 
 class CaptionEmbedder(PipelineStep):

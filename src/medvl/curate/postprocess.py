@@ -139,12 +139,12 @@ def clean_answer(answer: str) -> str | None:
     for pattern in rules.prefixes:
         match = pattern.match(cleaned)
         if match:
-            rest = cleaned[match.end() :]
-            cleaned = rest[:1].upper() + rest[1:]
+            cleaned = cleaned[match.end() :]
             break
     for pattern in rules.inline:
         cleaned = pattern.sub("", cleaned)
     cleaned = " ".join(cleaned.split())
+    cleaned = cleaned[:1].upper() + cleaned[1:]
     low = cleaned.lower()
     if not cleaned or any(word in low for word in rules.forbidden):
         return None

@@ -1,0 +1,114 @@
+"""Ingest: the four input formats become one normalised record; bad items become ingest errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from medvl.curate.config import SourceConfig
+from medvl.curate.ingest import SourceReader, doc_images
+
+
+def read_all(sources: list[SourceConfig], world_size: int = 1, limit: int | None = None) -> list:
+    docs = []
+    for rank in range(world_size):
+        docs += list(SourceReader(sources, limit).run(None, rank, world_size))
+    return sorted(docs, key=lambda d: d.metadata["order"])
+
+
+def test_pmc_jsonl_record_fields(corpus: Path):
+    docs = read_all([SourceConfig(format="pmc_jsonl", path=str(corpus / "figures.jsonl"), name="synth")])
+    good = [d for d in docs if "ingest_error" not in d.metadata]
+    bad = [d for d in docs if "ingest_error" in d.metadata]
+    assert len(docs) == 17 and len(bad) == 1
+    assert bad[0].metadata["ingest_error"][0] == "malformed_line"
+    first = good[0]
+    assert first.id == "p0_fig0.png"
+    assert doc_images(first) == [str(corpus / "figures" / "p0_fig0.png")]
+    assert first.text.startswith("Axial contrast-enhanced CT")
+    assert first.metadata["mentions"] == ["The lesion is shown in Figure 0 ."]
+    assert first.metadata["licence"] == "cc-by"
+    assert first.metadata["source"] == "synth"
+    assert first.metadata["modality"] == "ct"
+    assert first.metadata["domain"] == "radiology"
+
+
+def test_sharding_by_item_and_by_file_keeps_every_record_once(corpus: Path, tmp_path: Path):
+    source = SourceConfig(format="pmc_jsonl", path=str(corpus / "figures.jsonl"))
+    one = [(d.id, d.metadata["order"]) for d in read_all([source])]
+    three = [(d.id, d.metadata["order"]) for d in read_all([source], world_size=3)]
+    assert one == three
+    lines = (corpus / "figures.jsonl").read_text().splitlines()
+    for i in range(4):  # four files, two tasks: whole files per task
+        (tmp_path / f"part-{i}.jsonl").write_text("\n".join(lines[i::4]) + "\n")
+    globbed = SourceConfig(format="pmc_jsonl", path=str(tmp_path / "part-*.jsonl"),
+                           image_root=str(corpus / "figures"))
+    by_file = read_all([globbed], world_size=2)
+    assert len(by_file) == len(one)
+    assert sorted(d.id for d in by_file if "ingest_error" not in d.metadata) == sorted(i for i, _ in one[:3] + one[4:])
+    assert [d.metadata["order"][1] for d in by_file] == sorted(d.metadata["order"][1] for d in by_file)
+
+
+def test_limit_reads_the_first_items_of_each_file(corpus: Path):
+    source = SourceConfig(format="pmc_jsonl", path=str(corpus / "figures.jsonl"))
+    assert len(read_all([source], world_size=2, limit=5)) == 5
+
+
+def test_llava_med_fig_captions_dict_with_token_mentions(tmp_path: Path):
+    data = {
+        "chest_xray": [{"pair_id": "111_F1", "fig_label": "Figure 1", "fig_caption": "Chest X-ray  with effusion.",
+                        "in_text_mention": [{"tokens": "The effusion ( Figure 1 ) ."}, "Second mention ."],
+                        "domain": {"chest_xray": True, "ct_scan": False}}],
+        "histology": [{"pair_id": "222_F2", "fig_label": "Figure 2", "fig_caption": "H&E stain of the lesion.",
+                       "in_text_mention": None, "domain": {"histology": True}},
+                      {"fig_caption": "no pair id"}],
+    }
+    path = tmp_path / "llava_med_instruct_fig_captions.json"
+    path.write_text(json.dumps(data))
+    docs = read_all([SourceConfig(format="llava_med", path=str(path))], world_size=2)
+    assert [d.id for d in docs[:2]] == ["111_F1", "222_F2"]
+    assert docs[0].metadata["mentions"] == ["The effusion ( Figure 1 ) .", "Second mention ."]
+    assert docs[0].text == "Chest X-ray with effusion."
+    assert doc_images(docs[0]) == [str(tmp_path / "images" / "111_F1.jpg")]
+    assert (docs[0].metadata["domain"], docs[0].metadata["modality"]) == ("chest_xray", "x-ray")
+    assert docs[1].metadata["domain"] == "histology" and docs[1].metadata["fig_label"] == "Figure 2"
+    assert docs[2].metadata["ingest_error"][0] == "missing_field"
+
+
+def test_pairs_csv_roco_style_and_jsonl_multi_panel(tmp_path: Path):
+    with (tmp_path / "roco.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerows([["ID", "Caption"], ["ROCO_00001", "CT of the chest."], ["ROCO_00002", ""],
+                          ["ROCO_00003", "x", "extra"]])
+    roco = SourceConfig(format="pairs", path=str(tmp_path / "roco.csv"), image_key="ID", caption_key="Caption",
+                        id_key="ID", image_suffix=".jpg", image_root=str(tmp_path / "img"), licence="cc-by")
+    docs = read_all([roco])
+    assert docs[0].id == "ROCO_00001" and doc_images(docs[0]) == [str(tmp_path / "img" / "ROCO_00001.jpg")]
+    assert docs[0].metadata["licence"] == "cc-by"
+    assert [d.metadata["ingest_error"][0] for d in docs[1:]] == ["missing_field", "malformed_line"]
+    rows = [{"image": ["PMC1_Fig1_0.jpg", "PMC1_Fig1_1.jpg"], "caption": "Panels A and B.", "pmcid": "PMC1"},
+            {"image": "PMC2_Fig3_4.jpg", "caption": "MRI of the knee.", "pmcid": "PMC2"}, {"caption": "no image"}]
+    (tmp_path / "pmc_oa.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n[1, 2]\n")
+    docs = read_all([SourceConfig(format="pairs", path=str(tmp_path / "pmc_oa.jsonl"))])
+    assert docs[0].id == "PMC1_Fig1_0" and len(doc_images(docs[0])) == 2
+    assert docs[0].metadata["extra"]["pmcid"] == "PMC1"
+    assert [d.metadata.get("ingest_error", [None])[0] for d in docs[1:]] == [None, "missing_field", "malformed_line"]
+
+
+def test_folder_with_caption_sidecars(tmp_path: Path, rgb_image):
+    folder = tmp_path / "folder"
+    (folder / "sub").mkdir(parents=True)
+    rgb_image.save(folder / "a.png")
+    (folder / "a.txt").write_text("Axial CT of the abdomen.\n")
+    rgb_image.save(folder / "sub" / "b.jpg")
+    (folder / "sub" / "b.json").write_text(json.dumps({"caption": "MRI brain.", "mentions": ["see Fig 2"]}))
+    rgb_image.save(folder / "c.png")  # no sidecar
+    rgb_image.save(folder / "d.png")
+    (folder / "d.json").write_text("{broken")
+    docs = read_all([SourceConfig(format="folder", path=str(folder))])
+    by_id = {d.id: d for d in docs}
+    assert by_id["a"].text == "Axial CT of the abdomen."
+    assert by_id["sub/b"].metadata["mentions"] == ["see Fig 2"]
+    assert by_id["folder:0:1"].metadata["ingest_error"][0] == "missing_caption"
+    assert by_id["folder:0:2"].metadata["ingest_error"][0] == "malformed_sidecar"
