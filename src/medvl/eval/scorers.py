@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from statistics import fmean
 from typing import Any
 
-from medvl.eval.benchmarks.base import LETTERS, yes_no_answer
+from medvl.eval.benchmarks.base import LETTERS, option_letter, yes_no_answer
 from medvl.eval.choice import extract_choice
 from medvl.eval.compat import (
     llava_med_candidate_hit,
@@ -57,8 +57,7 @@ class ScoreResult:
 
 
 def answer_letter(record: dict[str, Any]) -> str | None:
-    options = record.get("options") or []
-    return LETTERS[options.index(record["answer"])] if record.get("answer") in options else None
+    return option_letter(record.get("answer", ""), record.get("options") or [])
 
 
 def _mean(values: Sequence[float]) -> float | None:

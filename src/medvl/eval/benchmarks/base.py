@@ -28,6 +28,7 @@ __all__ = [
     "find_path",
     "finish",
     "image_cache_dir",
+    "option_letter",
     "read_json",
     "split_name",
     "yes_no_answer",
@@ -36,6 +37,11 @@ __all__ = [
 AnswerType = Literal["closed", "open", "choice"]
 ANSWER_TYPES = ("closed", "open", "choice")
 LETTERS = "ABCDEFGHIJK"  # HuatuoGPT-Vision letters up to 11 options
+
+
+def option_letter(answer: str, options: list[str]) -> str | None:
+    """The letter of `answer` among `options` (the first match), or None when it is not one of them."""
+    return LETTERS[options.index(answer)] if answer in options else None
 
 
 class BenchmarkError(ValueError):
@@ -70,17 +76,10 @@ class VQAItem:
     @property
     def answer_letter(self) -> str | None:
         """The correct option's letter for a choice item (None when the answer is not an option)."""
-        if self.answer in self.options:
-            return LETTERS[self.options.index(self.answer)]
-        return None
+        return option_letter(self.answer, self.options)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VQAItem:
-        names = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
     def to_record(self, prompt: str | None = None) -> dict[str, Any]:
         """A LLaVA conversation record: one human turn (images then `prompt` or the question), one gpt turn."""
