@@ -248,8 +248,9 @@ class LLMClient:
                 results[index] = result
                 if on_result is not None:
                     on_result(index, result)
-                bar.update(1)
-                bar.set_postfix(cached=self.usage.cache_hits, failed=self.usage.failures, refresh=False)
+                if progress:
+                    bar.update(1)
+                    bar.set_postfix(cached=self.usage.cache_hits, failed=self.usage.failures, refresh=False)
 
         workers = [asyncio.ensure_future(worker()) for _ in range(self.config.max_concurrency)]
         try:
