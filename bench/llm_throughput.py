@@ -120,7 +120,7 @@ def run(quick: bool = False) -> list[dict]:
                 for name, method in METHODS:
                     tag = f"{name} C={concurrency}"
                     seconds = []
-                    for repeat in range(REPEATS):  # the best run: other processes on the CPU only slow runs down
+                    for repeat in range(1 if quick else REPEATS):  # best run: other processes only slow runs
                         warm_up = _requests(concurrency, f"{tag} warm-up {repeat}")
                         timed = _requests(n, f"{tag} {repeat}")
                         seconds.append(asyncio.run(method(server.base_url, concurrency, warm_up, timed)))
@@ -134,7 +134,7 @@ def run(quick: bool = False) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer requests per setting")
+    parser.add_argument("--quick", action="store_true", help="fewer requests, one run per client")
     rows = run(quick=parser.parse_args().quick)
     print(f"{'setting':<16}{'client':<22}{'req/s':>8}{'C/L':>7}{'of C/L':>8}{'vs SDK':>8}")
     for row in rows:
