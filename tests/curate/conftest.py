@@ -42,14 +42,22 @@ def write_corpus(root: Path) -> dict[str, Any]:
     figures.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
 
-    def add(name: str, caption: str, image: Image.Image | bytes | None, mentions: list[str] | None = None) -> None:
+    def add(
+        name: str, caption: str, image: Image.Image | bytes | None, mentions: list[str] | None = None
+    ) -> None:
         pdf_hash, fig_uri = name.split("_", 1)
         if isinstance(image, Image.Image):
             image.save(figures / f"{name}")
         elif isinstance(image, bytes):
             (figures / name).write_bytes(image)
-        row = {"pdf_hash": pdf_hash, "fig_uri": fig_uri, "s2_caption": caption, "s2orc_references": mentions,
-               "radiology": True, "oa_info": {"oa": {"license": "cc-by"}}}
+        row = {
+            "pdf_hash": pdf_hash,
+            "fig_uri": fig_uri,
+            "s2_caption": caption,
+            "s2orc_references": mentions,
+            "radiology": True,
+            "oa_info": {"oa": {"license": "cc-by"}},
+        }
         lines.append(json.dumps(row))
 
     for i, caption in enumerate(CAPTIONS):
@@ -60,12 +68,24 @@ def write_corpus(root: Path) -> dict[str, Any]:
     add("nearimg_fig.png", "Posteroanterior chest radiograph of the patient taken the following week.", near)
     add("dupcap_fig.png", CAPTIONS[2].upper(), textured(20))
     add("para_fig.png", CAPTIONS[3].replace("biopsy section", "biopsy sections"), textured(21))
-    add("small_fig.png", "Axial CT of the chest showing a small pulmonary nodule in the left lower lobe.",
-        textured(22, (300, 200)))
-    add("chart_fig.png", "Bar chart of the annual revenue of the company by quarter and region.", textured(23))
-    add("corrupt_fig.png", "Axial MRI of the brain showing a glioma with surrounding edema and mass effect.",
-        b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
-    add("missing_fig.png", "Chest CT demonstrating bilateral pulmonary embolism in the lower lobe arteries.", None)
+    add(
+        "small_fig.png",
+        "Axial CT of the chest showing a small pulmonary nodule in the left lower lobe.",
+        textured(22, (300, 200)),
+    )
+    add(
+        "chart_fig.png", "Bar chart of the annual revenue of the company by quarter and region.", textured(23)
+    )
+    add(
+        "corrupt_fig.png",
+        "Axial MRI of the brain showing a glioma with surrounding edema and mass effect.",
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 40,
+    )
+    add(
+        "missing_fig.png",
+        "Chest CT demonstrating bilateral pulmonary embolism in the lower lobe arteries.",
+        None,
+    )
     lines.insert(3, "{not json")
     (root / "figures.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"n_lines": len(lines), "distinct": len(CAPTIONS)}
@@ -83,10 +103,20 @@ def write_large_corpus(root: Path, n: int) -> Path:
     lines = []
     for i in range(n):
         textured(1000 + i, (352, 352)).save(figures / f"h{i}_f{i}.png")
-        caption = (f"{MODALITIES[i % 5]} of the {ORGANS[i % 10]} showing {FINDINGS[i % 8]} "
-                   f"in case {i} with {FINDINGS[(i // 8) % 8]} nearby.")
-        lines.append(json.dumps({"pdf_hash": f"h{i}", "fig_uri": f"f{i}.png", "s2_caption": caption,
-                                 "s2orc_references": [f"Case {i} is shown in Figure 1."]}))
+        caption = (
+            f"{MODALITIES[i % 5]} of the {ORGANS[i % 10]} showing {FINDINGS[i % 8]} "
+            f"in case {i} with {FINDINGS[(i // 8) % 8]} nearby."
+        )
+        lines.append(
+            json.dumps(
+                {
+                    "pdf_hash": f"h{i}",
+                    "fig_uri": f"f{i}.png",
+                    "s2_caption": caption,
+                    "s2orc_references": [f"Case {i} is shown in Figure 1."],
+                }
+            )
+        )
     (root / "figures.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return root
 

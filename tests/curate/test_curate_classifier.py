@@ -23,8 +23,12 @@ def medical_images(shared: Path | None) -> list[Image.Image]:
 
     from medvl.io.images import load_image
 
-    images = [Image.fromarray(data.retina()), Image.fromarray(data.immunohistochemistry()),
-              Image.fromarray(data.microaneurysms()).convert("RGB"), Image.fromarray(data.cell()).convert("RGB")]
+    images = [
+        Image.fromarray(data.retina()),
+        Image.fromarray(data.immunohistochemistry()),
+        Image.fromarray(data.microaneurysms()).convert("RGB"),
+        Image.fromarray(data.cell()).convert("RGB"),
+    ]
     for name in ("CT_small.dcm", "MR_small.dcm", "liver_1frame.dcm"):
         images.append(load_image(pydicom.data.get_testdata_file(name, download=False)))
     if shared is not None:
@@ -111,7 +115,9 @@ def test_image_filter_applies_the_classifier_with_its_threshold(trained, tmp_pat
     assert image_filter.filter(chart) == (False, "non_medical_image")
     assert image_filter.filter(scan) is True and scan.metadata["medical_prob"][0] >= 0.5
     strict = ImageFilter(ImageFilterConfig(classifier=str(folder), classifier_threshold=1.0), phash=False)
-    assert strict.filter(make_document("scan2", [str(scan_path)], "x", order=[0, 0, 2], source="s"))[0] is False
+    assert (
+        strict.filter(make_document("scan2", [str(scan_path)], "x", order=[0, 0, 2], source="s"))[0] is False
+    )
 
 
 def test_without_classifier_the_step_is_skipped_and_counted(tmp_path: Path, rgb_image):
@@ -134,10 +140,18 @@ def test_hf_and_medvl_encoders_embed_images(tmp_path: Path, tiny_model_dir: Path
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     folder = tmp_path / "tiny-clip"
-    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=32, patch_size=8)
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
     CLIPVisionModel(config).save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        folder
+    )
     for spec in (f"hf:{folder}", f"medvl:{tiny_model_dir}"):
         vectors = make_embedder(spec)([rgb_image, rgb_image.rotate(90)])
         assert vectors.shape[0] == 2 and vectors.shape[1] > 8 and np.isfinite(vectors).all()

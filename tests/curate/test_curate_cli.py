@@ -45,15 +45,31 @@ def test_label_train_classifier_and_run_with_it(corpus: Path, tmp_path: Path, te
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     labels = tmp_path / "labels.jsonl"
     with MockServer(responder) as server:
-        output = invoke("label", str(images), "--out", str(labels), "--model", "mock", "--base-url", server.base_url)
-        assert "medical: 14" in output and "non_medical: 14" in output and "rejected:image_truncated: 1" in output
-        again = invoke("label", str(images), "--out", str(labels), "--model", "mock", "--base-url", server.base_url)
+        output = invoke(
+            "label", str(images), "--out", str(labels), "--model", "mock", "--base-url", server.base_url
+        )
+        assert (
+            "medical: 14" in output
+            and "non_medical: 14" in output
+            and "rejected:image_truncated: 1" in output
+        )
+        again = invoke(
+            "label", str(images), "--out", str(labels), "--model", "mock", "--base-url", server.base_url
+        )
         assert "already_done: 29" in again and len(server.requests) == 28
     with MockServer(lambda body: "It looks medical to me.") as garbled:
         (tmp_path / "more").mkdir()
         texture(300).save(tmp_path / "more" / "x.png")
-        output = invoke("label", str(tmp_path / "more"), "--out", str(tmp_path / "l2.jsonl"), "--model", "mock",
-                        "--base-url", garbled.base_url)
+        output = invoke(
+            "label",
+            str(tmp_path / "more"),
+            "--out",
+            str(tmp_path / "l2.jsonl"),
+            "--model",
+            "mock",
+            "--base-url",
+            garbled.base_url,
+        )
         assert "rejected:invalid_json: 1" in output
     classifier = tmp_path / "classifier"
     output = invoke("train-classifier", str(labels), "--out", str(classifier), "--val-fraction", "0.25")
@@ -63,12 +79,16 @@ def test_label_train_classifier_and_run_with_it(corpus: Path, tmp_path: Path, te
 
     chart(corpus / "figures" / "chart_fig.png", 3, dpi=100)  # the chart record now holds a real chart
     config = tmp_path / "curate.yaml"
-    config.write_text(yaml.safe_dump({
-        "sources": [{"format": "pmc_jsonl", "path": str(corpus / "figures.jsonl")}],
-        "text_filter": {"min_medical_terms": 0},
-        "image_filter": {"classifier": str(classifier)},
-        "dedup": {"semantic": {"model": "hashing", "eps": 0.25}},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "sources": [{"format": "pmc_jsonl", "path": str(corpus / "figures.jsonl")}],
+                "text_filter": {"min_medical_terms": 0},
+                "image_filter": {"classifier": str(classifier)},
+                "dedup": {"semantic": {"model": "hashing", "eps": 0.25}},
+            }
+        )
+    )
     output = invoke("run", str(config), "--out", str(tmp_path / "out"), "engine.tasks=2")
     assert "image/non_medical_image" in output
     rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
@@ -78,19 +98,32 @@ def test_label_train_classifier_and_run_with_it(corpus: Path, tmp_path: Path, te
 
 def test_estimate_sends_nothing_and_then_counts_the_cache(corpus: Path, tmp_path: Path):
     with MockServer(responder) as server:
-        llm = {"base_url": server.base_url, "model": "mock", "price_input_per_mtok": 1.0,
-               "price_output_per_mtok": 2.0, "max_tokens": 100}
+        llm = {
+            "base_url": server.base_url,
+            "model": "mock",
+            "price_input_per_mtok": 1.0,
+            "price_output_per_mtok": 2.0,
+            "max_tokens": 100,
+        }
         config = tmp_path / "curate.yaml"
-        config.write_text(yaml.safe_dump({
-            "sources": [{"format": "pmc_jsonl", "path": str(corpus / "figures.jsonl")}],
-            "dedup": {"semantic": {"model": "hashing", "eps": 0.25}},
-            "generate": {"reformat": {"enabled": True, "llm": llm, "image_max_side": 64},
-                         "self_instruct": {"enabled": True, "llm": llm}},
-        }))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "sources": [{"format": "pmc_jsonl", "path": str(corpus / "figures.jsonl")}],
+                    "dedup": {"semantic": {"model": "hashing", "eps": 0.25}},
+                    "generate": {
+                        "reformat": {"enabled": True, "llm": llm, "image_max_side": 64},
+                        "self_instruct": {"enabled": True, "llm": llm},
+                    },
+                }
+            )
+        )
         out = str(tmp_path / "out")
         first = invoke("estimate", str(config), "--out", out)
         assert "8 records reach generation" in first
-        assert "reformat (mock): 8 requests, 0 cached, 8 to send" in first and "at most 800 completion" in first
+        assert (
+            "reformat (mock): 8 requests, 0 cached, 8 to send" in first and "at most 800 completion" in first
+        )
         assert len(server.requests) == 0
         invoke("run", str(config), "--out", out)
         assert len(server.requests) == 16
@@ -100,6 +133,8 @@ def test_estimate_sends_nothing_and_then_counts_the_cache(corpus: Path, tmp_path
 
 def test_run_needs_an_output_folder(corpus: Path, tmp_path: Path):
     config = tmp_path / "curate.yaml"
-    config.write_text(yaml.safe_dump({"sources": [{"format": "pmc_jsonl", "path": str(corpus / "figures.jsonl")}]}))
+    config.write_text(
+        yaml.safe_dump({"sources": [{"format": "pmc_jsonl", "path": str(corpus / "figures.jsonl")}]})
+    )
     result = runner.invoke(build_app(), ["curate", "run", str(config)])
     assert result.exit_code != 0 and "--out" in result.output

@@ -51,12 +51,16 @@ def test_hashing_embedder_is_normalised_and_deterministic():
     vectors = embed(["CT of the liver showing a lesion", "CT of the liver showing lesions", "MRI knee"])
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
-    assert np.array_equal(vectors, embed(["CT of the liver showing a lesion", "CT of the liver showing lesions",
-                                          "MRI knee"]))
+    assert np.array_equal(
+        vectors, embed(["CT of the liver showing a lesion", "CT of the liver showing lesions", "MRI knee"])
+    )
 
 
 def _dedup_rejects(out: Path) -> dict[str, tuple[str, str]]:
-    lines = [json.loads(line) for line in (out / "_work" / "rejects" / "dedup-00000.jsonl").read_text().splitlines()]
+    lines = [
+        json.loads(line)
+        for line in (out / "_work" / "rejects" / "dedup-00000.jsonl").read_text().splitlines()
+    ]
     return {item["id"]: (item["reason"], item["kept"]) for item in lines}
 
 
@@ -74,16 +78,17 @@ def test_dedup_task_drops_each_kind_with_the_kept_record(corpus: Path, curate_co
 
 
 def test_each_dedup_kind_can_be_switched_off(corpus: Path, curate_config, tmp_path: Path):
-    config = curate_config(corpus, "dedup.semantic.enabled=false", "dedup.phash.enabled=false",
-                           "dedup.exact_caption=false")
+    config = curate_config(
+        corpus, "dedup.semantic.enabled=false", "dedup.phash.enabled=false", "dedup.exact_caption=false"
+    )
     run_curation(config, tmp_path / "out", until="dedup")
     assert _dedup_rejects(tmp_path / "out") == {"dupimg_fig.png": ("exact_image", "p0_fig0.png")}
 
 
 def test_semdedup_with_real_minilm(tmp_path: Path):
     """all-MiniLM-L6-v2: a paraphrase is dropped as a semantic duplicate, different findings are kept."""
-    from medvl.curate.dedup import dedup_corpus
     from medvl.curate.config import DedupConfig
+    from medvl.curate.dedup import dedup_corpus
     from medvl.curate.store import RunDirs
     from medvl.io.jsonl import RejectLog
 
@@ -103,7 +108,10 @@ def test_semdedup_with_real_minilm(tmp_path: Path):
     vectors = embed(captions)
     dirs.embedding_shard(0).write_bytes(vectors.astype(np.float16).tobytes())
     (dirs.prepared / "embedding.json").write_text(json.dumps({"dim": vectors.shape[1], "model": name}))
-    lines = [json.dumps({"id": f"r{i}", "text": c, "metadata": {"order": [0, 0, i]}}) for i, c in enumerate(captions)]
+    lines = [
+        json.dumps({"id": f"r{i}", "text": c, "metadata": {"order": [0, 0, i]}})
+        for i, c in enumerate(captions)
+    ]
     dirs.prepared_shard(0).write_text("\n".join(lines) + "\n")
     config = DedupConfig.model_validate({"semantic": {"eps": 0.1, "cluster_size": 2}, "exact_image": False})
     with RejectLog(tmp_path / "rejects.jsonl") as rejects:

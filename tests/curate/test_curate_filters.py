@@ -15,7 +15,11 @@ from medvl.curate.vocab import Vocabulary, infer_modality, load_vocabulary
 def test_vocabulary_counts_distinct_terms_with_phrases_and_plurals(tmp_path: Path):
     vocab = Vocabulary(["lesion", "lymph node", "ct", "pleural effusion"])
     assert vocab.find("CT showed lesions and a pleural effusion; lymph nodes and one lymph node.") == {
-        "ct", "lesion", "pleural effusion", "lymph node"}
+        "ct",
+        "lesion",
+        "pleural effusion",
+        "lymph node",
+    }
     assert vocab.count("Lesion, lesion, LESION.") == 1
     shipped = load_vocabulary()
     assert len(shipped) > 500
@@ -28,14 +32,17 @@ def test_vocabulary_counts_distinct_terms_with_phrases_and_plurals(tmp_path: Pat
         load_vocabulary(str(tmp_path / "nope.txt"))
 
 
-@pytest.mark.parametrize("caption, modality", [
-    ("H&E stained section at 200x magnification", "histology"),
-    ("Axial CT of the chest", "ct"),
-    ("T2-weighted MRI of the brain", "mri"),
-    ("Chest X-ray on admission", "x-ray"),
-    ("Kaplan-Meier survival curve", "chart"),
-    ("Photograph of the patient", "other"),
-])
+@pytest.mark.parametrize(
+    "caption, modality",
+    [
+        ("H&E stained section at 200x magnification", "histology"),
+        ("Axial CT of the chest", "ct"),
+        ("T2-weighted MRI of the brain", "mri"),
+        ("Chest X-ray on admission", "x-ray"),
+        ("Kaplan-Meier survival curve", "chart"),
+        ("Photograph of the patient", "other"),
+    ],
+)
 def test_infer_modality(caption: str, modality: str):
     assert infer_modality(caption) == modality
 
@@ -55,19 +62,32 @@ def test_text_filter_reasons():
     chart = make_document("d", [], "Bar chart of revenue by quarter and region.", order=[0, 0, 3], source="s")
     assert _filter_text(chart, config) == (False, "too_few_medical_terms")
     assert chart.metadata["reject_detail"].startswith("0 < 2")
-    helped = make_document("e", [], "Panel A shows the result of the procedure.", order=[0, 0, 4], source="s",
-                           mentions=["The CT revealed a hepatic lesion (Figure 1)."])
+    helped = make_document(
+        "e",
+        [],
+        "Panel A shows the result of the procedure.",
+        order=[0, 0, 4],
+        source="s",
+        mentions=["The CT revealed a hepatic lesion (Figure 1)."],
+    )
     assert _filter_text(helped, config) is True
     caption_only = config.model_copy(update={"count_terms_in": "caption"})
     assert _filter_text(helped, caption_only)[0] is False
 
 
 def test_image_filter_reasons_and_signatures(corpus: Path):
-    docs = {d.id: d for d in SourceReader([SourceConfig(format="pmc_jsonl", path=str(corpus / "figures.jsonl"))]).run()}
+    docs = {
+        d.id: d
+        for d in SourceReader([SourceConfig(format="pmc_jsonl", path=str(corpus / "figures.jsonl"))]).run()
+    }
     image_filter = ImageFilter(ImageFilterConfig(), phash=True)
     assert image_filter.filter(docs["p0_fig0.png"]) is True
     info = docs["p0_fig0.png"].metadata["images_info"][0]
-    assert (info["width"], info["height"]) == (400, 360) and len(info["sha256"]) == 64 and len(info["phash"]) == 16
+    assert (
+        (info["width"], info["height"]) == (400, 360)
+        and len(info["sha256"]) == 64
+        and len(info["phash"]) == 16
+    )
     assert image_filter.filter(docs["small_fig.png"]) == (False, "image_too_small")
     assert image_filter.filter(docs["corrupt_fig.png"]) == (False, "image_corrupt")
     assert image_filter.filter(docs["missing_fig.png"]) == (False, "image_missing")

@@ -19,17 +19,27 @@ from medvl.records import record_problems
 
 
 def llm(base_url: str) -> dict:
-    return {"base_url": base_url, "model": "mock", "max_concurrency": 4, "timeout_s": 0.5, "max_retries": 2,
-            "backoff_initial_s": 0.01, "backoff_max_s": 0.05}
+    return {
+        "base_url": base_url,
+        "model": "mock",
+        "max_concurrency": 4,
+        "timeout_s": 0.5,
+        "max_retries": 2,
+        "backoff_initial_s": 0.01,
+        "backoff_max_s": 0.05,
+    }
 
 
 def generation_config(curate_config, corpus: Path, base_url: str, **generate):
-    return curate_config(corpus, generate={
-        "concept": {"enabled": True},
-        "reformat": {"enabled": True, "llm": llm(base_url), "image_max_side": 128},
-        "self_instruct": {"enabled": True, "llm": llm(base_url)},
-        **generate,
-    })
+    return curate_config(
+        corpus,
+        generate={
+            "concept": {"enabled": True},
+            "reformat": {"enabled": True, "llm": llm(base_url), "image_max_side": 128},
+            "self_instruct": {"enabled": True, "llm": llm(base_url)},
+            **generate,
+        },
+    )
 
 
 class ScriptedModel:
@@ -62,9 +72,15 @@ class ScriptedModel:
         if "aneurysm" in text and self.broken:  # p6: 500 until fixed
             return {"status": 503}
         if "retina" in text:  # p7: context leak
-            return {"reply_json": {"modality": "fundus", "body_part": "eye", "description": "Based on the caption,"
-                                   " this fundus photograph shows retinal haemorrhages.", "question": "What is shown?",
-                                   "answer": "Haemorrhages."}}
+            return {
+                "reply_json": {
+                    "modality": "fundus",
+                    "body_part": "eye",
+                    "description": "Based on the caption, this fundus photograph shows retinal haemorrhages.",
+                    "question": "What is shown?",
+                    "answer": "Haemorrhages.",
+                }
+            }
         return responder(body)
 
 
@@ -97,7 +113,9 @@ def test_generation_outcomes_and_resume_after_transient_failures(corpus, curate_
     assert rejects[("p7_fig7.png", "generate:reformat")] == "context_leak"
     assert report["rejects"]["generate:reformat/invalid_json"] == 1
     # the re-run sent only the request that had failed: every reply received before is cached
-    resent = {key: n - first_counts.get(key, 0) for key, n in second_counts.items() if n != first_counts.get(key, 0)}
+    resent = {
+        key: n - first_counts.get(key, 0) for key, n in second_counts.items() if n != first_counts.get(key, 0)
+    }
     assert len(resent) == 1 and list(resent.values()) == [1]
     usage = report["llm"]["reformat"]
     assert usage["dataset"]["replies"] == 8
@@ -107,8 +125,7 @@ def test_generation_outcomes_and_resume_after_transient_failures(corpus, curate_
 
 def test_garbled_bodies_are_rejects_not_crashes(corpus, curate_config, tmp_path):
     with MockServer(script=lambda index: "malformed") as server:
-        config = generation_config(curate_config, corpus, server.base_url,
-                                   self_instruct={"enabled": False})
+        config = generation_config(curate_config, corpus, server.base_url, self_instruct={"enabled": False})
         report = run_curation(config, tmp_path / "out")
     assert report["generated"]["alignment"] == 0 and report["generated"]["concept"] == 8
     assert report["rejects"]["generate:reformat/llm_bad_response"] == 8

@@ -42,11 +42,14 @@ def test_sharding_by_item_and_by_file_keeps_every_record_once(corpus: Path, tmp_
     lines = (corpus / "figures.jsonl").read_text().splitlines()
     for i in range(4):  # four files, two tasks: whole files per task
         (tmp_path / f"part-{i}.jsonl").write_text("\n".join(lines[i::4]) + "\n")
-    globbed = SourceConfig(format="pmc_jsonl", path=str(tmp_path / "part-*.jsonl"),
-                           image_root=str(corpus / "figures"))
+    globbed = SourceConfig(
+        format="pmc_jsonl", path=str(tmp_path / "part-*.jsonl"), image_root=str(corpus / "figures")
+    )
     by_file = read_all([globbed], world_size=2)
     assert len(by_file) == len(one)
-    assert sorted(d.id for d in by_file if "ingest_error" not in d.metadata) == sorted(i for i, _ in one[:3] + one[4:])
+    assert sorted(d.id for d in by_file if "ingest_error" not in d.metadata) == sorted(
+        i for i, _ in one[:3] + one[4:]
+    )
     assert [d.metadata["order"][1] for d in by_file] == sorted(d.metadata["order"][1] for d in by_file)
 
 
@@ -57,12 +60,25 @@ def test_limit_reads_the_first_items_of_each_file(corpus: Path):
 
 def test_llava_med_fig_captions_dict_with_token_mentions(tmp_path: Path):
     data = {
-        "chest_xray": [{"pair_id": "111_F1", "fig_label": "Figure 1", "fig_caption": "Chest X-ray  with effusion.",
-                        "in_text_mention": [{"tokens": "The effusion ( Figure 1 ) ."}, "Second mention ."],
-                        "domain": {"chest_xray": True, "ct_scan": False}}],
-        "histology": [{"pair_id": "222_F2", "fig_label": "Figure 2", "fig_caption": "H&E stain of the lesion.",
-                       "in_text_mention": None, "domain": {"histology": True}},
-                      {"fig_caption": "no pair id"}],
+        "chest_xray": [
+            {
+                "pair_id": "111_F1",
+                "fig_label": "Figure 1",
+                "fig_caption": "Chest X-ray  with effusion.",
+                "in_text_mention": [{"tokens": "The effusion ( Figure 1 ) ."}, "Second mention ."],
+                "domain": {"chest_xray": True, "ct_scan": False},
+            }
+        ],
+        "histology": [
+            {
+                "pair_id": "222_F2",
+                "fig_label": "Figure 2",
+                "fig_caption": "H&E stain of the lesion.",
+                "in_text_mention": None,
+                "domain": {"histology": True},
+            },
+            {"fig_caption": "no pair id"},
+        ],
     }
     path = tmp_path / "llava_med_instruct_fig_captions.json"
     path.write_text(json.dumps(data))
@@ -79,21 +95,42 @@ def test_llava_med_fig_captions_dict_with_token_mentions(tmp_path: Path):
 def test_pairs_csv_roco_style_and_jsonl_multi_panel(tmp_path: Path):
     with (tmp_path / "roco.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerows([["ID", "Caption"], ["ROCO_00001", "CT of the chest."], ["ROCO_00002", ""],
-                          ["ROCO_00003", "x", "extra"]])
-    roco = SourceConfig(format="pairs", path=str(tmp_path / "roco.csv"), image_key="ID", caption_key="Caption",
-                        id_key="ID", image_suffix=".jpg", image_root=str(tmp_path / "img"), licence="cc-by")
+        writer.writerows(
+            [
+                ["ID", "Caption"],
+                ["ROCO_00001", "CT of the chest."],
+                ["ROCO_00002", ""],
+                ["ROCO_00003", "x", "extra"],
+            ]
+        )
+    roco = SourceConfig(
+        format="pairs",
+        path=str(tmp_path / "roco.csv"),
+        image_key="ID",
+        caption_key="Caption",
+        id_key="ID",
+        image_suffix=".jpg",
+        image_root=str(tmp_path / "img"),
+        licence="cc-by",
+    )
     docs = read_all([roco])
     assert docs[0].id == "ROCO_00001" and doc_images(docs[0]) == [str(tmp_path / "img" / "ROCO_00001.jpg")]
     assert docs[0].metadata["licence"] == "cc-by"
     assert [d.metadata["ingest_error"][0] for d in docs[1:]] == ["missing_field", "malformed_line"]
-    rows = [{"image": ["PMC1_Fig1_0.jpg", "PMC1_Fig1_1.jpg"], "caption": "Panels A and B.", "pmcid": "PMC1"},
-            {"image": "PMC2_Fig3_4.jpg", "caption": "MRI of the knee.", "pmcid": "PMC2"}, {"caption": "no image"}]
+    rows = [
+        {"image": ["PMC1_Fig1_0.jpg", "PMC1_Fig1_1.jpg"], "caption": "Panels A and B.", "pmcid": "PMC1"},
+        {"image": "PMC2_Fig3_4.jpg", "caption": "MRI of the knee.", "pmcid": "PMC2"},
+        {"caption": "no image"},
+    ]
     (tmp_path / "pmc_oa.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n[1, 2]\n")
     docs = read_all([SourceConfig(format="pairs", path=str(tmp_path / "pmc_oa.jsonl"))])
     assert docs[0].id == "PMC1_Fig1_0" and len(doc_images(docs[0])) == 2
     assert docs[0].metadata["extra"]["pmcid"] == "PMC1"
-    assert [d.metadata.get("ingest_error", [None])[0] for d in docs[1:]] == [None, "missing_field", "malformed_line"]
+    assert [d.metadata.get("ingest_error", [None])[0] for d in docs[1:]] == [
+        None,
+        "missing_field",
+        "malformed_line",
+    ]
 
 
 def test_folder_with_caption_sidecars(tmp_path: Path, rgb_image):

@@ -11,7 +11,13 @@ from medvl.curate.pipeline import run_curation, stage_fingerprints
 from medvl.records import record_problems
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "curate"
-RELEASE = ("alignment.jsonl", "instruction.jsonl", "concept_alignment.jsonl", "self_instruct.jsonl", "rejects.jsonl")
+RELEASE = (
+    "alignment.jsonl",
+    "instruction.jsonl",
+    "concept_alignment.jsonl",
+    "self_instruct.jsonl",
+    "rejects.jsonl",
+)
 
 
 def release(out: Path) -> dict[str, str]:
@@ -20,7 +26,10 @@ def release(out: Path) -> dict[str, str]:
 
 def test_sample_config_on_shared_pmc_figures(shared_dir: Path, tmp_path: Path):
     config = load_curate_config(CONFIGS / "sample.yaml")
-    assert Path(config.sources[0].path) == (shared_dir / "data" / "pmc-figures-sample" / "sample.jsonl").resolve()
+    assert (
+        Path(config.sources[0].path)
+        == (shared_dir / "data" / "pmc-figures-sample" / "sample.jsonl").resolve()
+    )
     report = run_curation(config, tmp_path / "out")
     out = tmp_path / "out"
     assert report["funnel"]["read"] == 10
@@ -40,7 +49,9 @@ def test_sample_config_on_shared_pmc_figures(shared_dir: Path, tmp_path: Path):
 def test_outputs_do_not_depend_on_the_number_of_tasks(corpus, curate_config, tmp_path):
     outputs = []
     for tasks in (1, 3):
-        config = curate_config(corpus, f"engine.tasks={tasks}", "sample.by=modality", "sample.cap_per_class=2")
+        config = curate_config(
+            corpus, f"engine.tasks={tasks}", "sample.by=modality", "sample.cap_per_class=2"
+        )
         run_curation(config, tmp_path / f"out{tasks}")
         outputs.append(release(tmp_path / f"out{tasks}"))
     assert outputs[0] == outputs[1]

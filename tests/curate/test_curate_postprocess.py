@@ -11,11 +11,21 @@ from medvl.curate.generate import FigureInput, reformat_records, self_instruct_r
 from medvl.curate.postprocess import Rejected, clean_answer, parse_conversation, parse_reformat
 from medvl.records import record_problems
 
-GOOD = {"modality": "CT", "body_part": "liver", "description": "An axial CT slice of the upper abdomen shows a "
-        "rounded hypodense lesion with an enhancing rim.", "question": "Is this lesion dangerous?",
-        "answer": "It may be an abscess or a tumour; a doctor should review it."}
-FIGURE = FigureInput(id="r1", images=["/x/a.png"], image_refs=["s/r1.png"], caption="CT of the liver.",
-                     meta={"source": "s", "licence": "cc-by", "modality": "ct", "domain": "ct_scan"})
+GOOD = {
+    "modality": "CT",
+    "body_part": "liver",
+    "description": "An axial CT slice of the upper abdomen shows a "
+    "rounded hypodense lesion with an enhancing rim.",
+    "question": "Is this lesion dangerous?",
+    "answer": "It may be an abscess or a tumour; a doctor should review it.",
+}
+FIGURE = FigureInput(
+    id="r1",
+    images=["/x/a.png"],
+    image_refs=["s/r1.png"],
+    caption="CT of the liver.",
+    meta={"source": "s", "licence": "cc-by", "modality": "ct", "domain": "ct_scan"},
+)
 LLM = {"model": "m", "base_url": "http://127.0.0.1:1/v1"}
 
 
@@ -43,8 +53,9 @@ def test_reformat_rejection_reasons():
     assert reason(json.dumps({**GOOD, "description": "Short."})) == "schema"
     assert reason("I'm sorry, but I can't help with identifying this image.") == "refusal"
     assert reason(json.dumps({**GOOD, "answer": "As an AI, I cannot give a diagnosis."})) == "refusal"
-    assert reason(json.dumps({**GOOD, "description": GOOD["description"] + " Based on the caption, it is CT."})) == (
-        "context_leak")
+    assert reason(
+        json.dumps({**GOOD, "description": GOOD["description"] + " Based on the caption, it is CT."})
+    ) == ("context_leak")
     assert reason(json.dumps({**GOOD, "answer": "The text mentions an abscess."})) == "context_leak"
 
 
@@ -53,34 +64,44 @@ def test_parse_conversation_pairs_user_and_assistant_turns():
     assert parse_conversation(text) == [("What is shown?", "A CT."), ("Where?", "Liver.")]
 
 
-@pytest.mark.parametrize("answer, cleaned", [
-    ("Based on the figure caption, the lesion is in the liver.", "The lesion is in the liver."),
-    ("Yes, according to the context provided, there is an effusion.", "There is an effusion."),
-    ("The context provided suggests that the mass is benign.", "The mass is benign."),
-    ("There is an effusion, as mentioned in the context.", "There is an effusion."),
-    ("In the context of the CT scan provided, the mass is large.", "The mass is large."),
-    ("The image shows a mass.", "The image shows a mass."),
-    ("I'm sorry, I cannot see the image.", None),
-    ("The description says it is a CT.", None),
-    ("The caption is unclear.", None),
-])
+@pytest.mark.parametrize(
+    "answer, cleaned",
+    [
+        ("Based on the figure caption, the lesion is in the liver.", "The lesion is in the liver."),
+        ("Yes, according to the context provided, there is an effusion.", "There is an effusion."),
+        ("The context provided suggests that the mass is benign.", "The mass is benign."),
+        ("There is an effusion, as mentioned in the context.", "There is an effusion."),
+        ("In the context of the CT scan provided, the mass is large.", "The mass is large."),
+        ("The image shows a mass.", "The image shows a mass."),
+        ("I'm sorry, I cannot see the image.", None),
+        ("The description says it is a CT.", None),
+        ("The caption is unclear.", None),
+    ],
+)
 def test_llava_med_answer_cleaning(answer: str, cleaned: str | None):
     assert clean_answer(answer) == cleaned
 
 
 def test_self_instruct_record_cleans_turns_and_places_the_image():
-    reply = ("User: What modality is this?\n\nAssistant: Based on the caption, it is a CT scan.\n\n"
-             "User: Can you see the liver?\n\nAssistant: Sorry, I cannot see the image.\n\n"
-             "User: Is there a lesion?\n\nAssistant: Yes, there is a hypodense lesion.")
+    reply = (
+        "User: What modality is this?\n\nAssistant: Based on the caption, it is a CT scan.\n\n"
+        "User: Can you see the liver?\n\nAssistant: Sorry, I cannot see the image.\n\n"
+        "User: Is there a lesion?\n\nAssistant: Yes, there is a hypodense lesion."
+    )
     record, dropped = self_instruct_record(FIGURE, reply, SelfInstructConfig(enabled=True, llm=LLM))
     assert record_problems(record) == []
     values = [t["value"] for t in record["conversations"]]
     assert values[1:] == ["It is a CT scan.", "Is there a lesion?", "Yes, there is a hypodense lesion."]
     assert values[0].replace("<image>", "").strip() == "What modality is this?" and "<image>" in values[0]
     assert len(dropped) == 1 and record["domain"] == "ct_scan"
-    positions = {self_instruct_record(FigureInput(**{**FIGURE.__dict__, "id": f"r{i}"}), reply,
-                                      SelfInstructConfig(enabled=True, llm=LLM))[0]["conversations"][0]["value"]
-                 .startswith("<image>") for i in range(20)}
+    positions = {
+        self_instruct_record(
+            FigureInput(**{**FIGURE.__dict__, "id": f"r{i}"}),
+            reply,
+            SelfInstructConfig(enabled=True, llm=LLM),
+        )[0]["conversations"][0]["value"].startswith("<image>")
+        for i in range(20)
+    }
     assert positions == {True, False}  # the coin flip goes both ways across records
 
 

@@ -67,7 +67,10 @@ def test_reformat_prompt_snapshot():
     check("reformat_user.txt", user)
     parts = [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AAAA"}}] * 2
     request = reformat_request(FIGURE, config, parts)
-    assert request.messages[1]["content"][:2] == parts and request.params["response_format"]["type"] == "json_object"
+    assert (
+        request.messages[1]["content"][:2] == parts
+        and request.params["response_format"]["type"] == "json_object"
+    )
     assert reformat_prompt(FIGURE, config) == (system, user)  # seeded: the same every time
 
 
@@ -77,13 +80,16 @@ def test_self_instruct_prompt_snapshot():
     roles = [m["role"] for m in request.messages]
     assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
     assert request.messages[0]["content"] == read_text("self_instruct_system.txt")
-    no_mentions = self_instruct_request(FIGURE, SelfInstructConfig(enabled=True, llm=LLM, use_inline_mentions=False))
+    no_mentions = self_instruct_request(
+        FIGURE, SelfInstructConfig(enabled=True, llm=LLM, use_inline_mentions=False)
+    )
     assert "Figure Context" not in no_mentions.messages[-1]["content"]
 
 
 def test_llava_med_context_format():
     assert context_text("Figure 1", "CT of the chest.", ["a", "b"], True) == (
-        "Figure Caption:\nFigure 1: CT of the chest.\n\nFigure Context:\n\t- a\n\t- b")
+        "Figure Caption:\nFigure 1: CT of the chest.\n\nFigure Context:\n\t- a\n\t- b"
+    )
     assert context_text("Figure 1", "Figure 1. CT.", [], True) == "Figure Caption:\nFigure 1. CT."
 
 
@@ -99,11 +105,14 @@ def test_concept_record_snapshot_and_cutoff():
     assert detailed["conversations"][0]["value"].split("\n")[-1] in read_pool("detailed_instructions.txt")
 
 
-@pytest.mark.parametrize("caption, stripped", [
-    ("Figure 4. Nuclear magnetic resonance scan.", "Nuclear magnetic resonance scan."),
-    ("Fig. 2B: CT of the chest", "CT of the chest"),
-    ("FIGURE 10 MRI", "MRI"),
-    ("Figures show nothing", "Figures show nothing"),
-])
+@pytest.mark.parametrize(
+    "caption, stripped",
+    [
+        ("Figure 4. Nuclear magnetic resonance scan.", "Nuclear magnetic resonance scan."),
+        ("Fig. 2B: CT of the chest", "CT of the chest"),
+        ("FIGURE 10 MRI", "MRI"),
+        ("Figures show nothing", "Figures show nothing"),
+    ],
+)
 def test_strip_figure_label(caption: str, stripped: str):
     assert strip_figure_label(caption) == stripped

@@ -34,9 +34,11 @@ def write_config(path: Path, corpus: Path, base_url: str) -> Path:
     config = {
         "sources": [{"format": "pmc_jsonl", "path": str(corpus / "figures.jsonl"), "name": "synth"}],
         "dedup": {"semantic": {"enabled": False}},
-        "generate": {"concept": {"enabled": True},
-                     "reformat": {"enabled": True, "llm": llm, "image_max_side": 96},
-                     "self_instruct": {"enabled": True, "llm": llm, "few_shot": 1}},
+        "generate": {
+            "concept": {"enabled": True},
+            "reformat": {"enabled": True, "llm": llm, "image_max_side": 96},
+            "self_instruct": {"enabled": True, "llm": llm, "few_shot": 1},
+        },
         "engine": {"tasks": 2},
     }
     path.write_text(yaml.safe_dump(config))
@@ -45,8 +47,13 @@ def write_config(path: Path, corpus: Path, base_url: str) -> Path:
 
 def start_run(config: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "MEDVL_LOG": "WARNING"}
-    return subprocess.Popen([sys.executable, "-m", "medvl.cli", "curate", "run", str(config), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "medvl.cli", "curate", "run", str(config), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def kill_when(process: subprocess.Popen, ready, timeout: float = 240) -> bool:
@@ -106,6 +113,11 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path, large_
 
 
 def _release(out: Path) -> dict[str, str]:
-    names = ("alignment.jsonl", "instruction.jsonl", "concept_alignment.jsonl", "self_instruct.jsonl",
-             "rejects.jsonl")
+    names = (
+        "alignment.jsonl",
+        "instruction.jsonl",
+        "concept_alignment.jsonl",
+        "self_instruct.jsonl",
+        "rejects.jsonl",
+    )
     return {name: (out / name).read_text() for name in names}

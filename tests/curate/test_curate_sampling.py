@@ -41,7 +41,8 @@ def test_input_order_without_shuffle_and_seeded_shuffle():
     sizes = {"chest_xray": 20}
     in_order, _ = select(candidates(sizes), SampleConfig(by="domain", cap_per_class=5, shuffle=False))
     assert sorted((s, r) for s, rows in in_order.items() for r in rows) == sorted(
-        (i % 3, i // 3) for i in range(5))
+        (i % 3, i // 3) for i in range(5)
+    )
     first, _ = select(candidates(sizes), SampleConfig(by="domain", cap_per_class=5, seed=1))
     again, _ = select(candidates(sizes), SampleConfig(by="domain", cap_per_class=5, seed=1))
     other, _ = select(candidates(sizes), SampleConfig(by="domain", cap_per_class=5, seed=2))
@@ -50,8 +51,9 @@ def test_input_order_without_shuffle_and_seeded_shuffle():
 
 def test_caps_classes_filter_and_no_limit():
     sizes = {"chest_xray": 10, "ct_scan": 10, "other": 10}
-    chosen, counts = select(candidates(sizes), SampleConfig(by="domain", cap_per_class=3,
-                                                            classes=["chest_xray", "ct_scan"]))
+    chosen, counts = select(
+        candidates(sizes), SampleConfig(by="domain", cap_per_class=3, classes=["chest_xray", "ct_scan"])
+    )
     assert picked_domains(chosen, sizes) == Counter({"chest_xray": 3, "ct_scan": 3})
     everything, counts = select(candidates(sizes), SampleConfig())
     assert sum(len(rows) for rows in everything.values()) == 30 and counts["not_selected"] == 0

@@ -8,7 +8,7 @@ folder of that file (`resolve_paths`), so a shipped config runs from any working
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -137,41 +137,41 @@ class ConceptConfig(Config):
     seed: int = 0
 
 
-class ReformatConfig(Config):
-    """PubMedVision: an MLLM sees image(s) + caption + mentions, writes Alignment and Instruction VQA."""
+class _LLMGenerator(Config):
+    """A generator that needs an LLM endpoint when enabled."""
 
+    section: ClassVar[str]
     enabled: bool = False
     llm: LLMConfig | None = None
-    image_max_side: int = Field(1024, ge=64, description="images are downscaled to this before upload")
-    max_mentions: int = Field(5, ge=0)
-    roles: list[str] | None = Field(None, description="default: every role of prompts/roles.txt")
-    json_mode: bool = Field(True, description="send response_format json_object (OpenAI, vLLM support it)")
+    max_mentions: int = Field(5, ge=0, description="in-text mentions put in the prompt")
     seed: int = 0
 
     @model_validator(mode="after")
-    def _has_llm(self) -> "ReformatConfig":
+    def _has_llm(self) -> "_LLMGenerator":
         if self.enabled and self.llm is None:
-            raise ValueError("generate.reformat.enabled needs generate.reformat.llm (base_url, model, ...)")
+            raise ValueError(
+                f"generate.{self.section}.enabled needs generate.{self.section}.llm (base_url, model)"
+            )
         return self
 
 
-class SelfInstructConfig(Config):
+class ReformatConfig(_LLMGenerator):
+    """PubMedVision: an MLLM sees image(s) + caption + mentions, writes Alignment and Instruction VQA."""
+
+    section: ClassVar[str] = "reformat"
+    image_max_side: int = Field(1024, ge=64, description="images are downscaled to this before upload")
+    roles: list[str] | None = Field(None, description="default: every role of prompts/roles.txt")
+    json_mode: bool = Field(True, description="send response_format json_object (OpenAI, vLLM support it)")
+
+
+class SelfInstructConfig(_LLMGenerator):
     """LLaVA-Med: a text-only model writes a multi-turn conversation from caption + mentions."""
 
-    enabled: bool = False
-    llm: LLMConfig | None = None
+    section: ClassVar[str] = "self_instruct"
     use_inline_mentions: bool = True
     few_shot: int = Field(
         4, ge=0, description="few-shot examples taken from prompts/self_instruct_examples.json"
     )
-    max_mentions: int = Field(5, ge=0)
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _has_llm(self) -> "SelfInstructConfig":
-        if self.enabled and self.llm is None:
-            raise ValueError("generate.self_instruct.enabled needs generate.self_instruct.llm")
-        return self
 
 
 class GenerateConfig(Config):
@@ -241,7 +241,9 @@ def resolve_paths(config: CurateConfig, base: Path) -> CurateConfig:
     text = config.text_filter.model_copy(update={"vocabulary": absolute(config.text_filter.vocabulary)})
     image = config.image_filter.model_copy(update={"classifier": absolute(config.image_filter.classifier)})
     model = config.dedup.semantic.model
-    semantic = config.dedup.semantic.model_copy(update={"model": model if model == "hashing" else absolute(model)})
+    semantic = config.dedup.semantic.model_copy(
+        update={"model": model if model == "hashing" else absolute(model)}
+    )
     dedup = config.dedup.model_copy(update={"semantic": semantic})
     return config.model_copy(
         update={

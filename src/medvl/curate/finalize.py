@@ -20,28 +20,24 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from medvl.curate.config import CurateConfig
-from medvl.curate.store import OUTPUT_FILES, RunDirs
+from medvl.curate.store import OUTPUT_FILES, RunDirs, pack_order
 
 __all__ = ["FinalizeStep", "iter_generated", "PREPARE_STAGES"]
 
 PREPARE_STAGES = ("ingest", "text", "image")
 
 
-def _indexed(path: Path) -> Iterator[tuple[list[int], dict[str, Any]]]:
-    """Lines of one generated shard in input order (first line per row wins)."""
-    index: list[tuple[list[int], int, int]] = []
-    seen: set[int] = set()
+def _indexed(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Lines of one generated shard in input order (first line per row wins), via an int index."""
+    index: dict[int, tuple[int, int]] = {}  # packed input order -> (byte offset, length)
     with path.open("rb") as handle:
         offset = 0
         for line in handle:
             if line.endswith(b"\n"):
-                head = orjson.loads(line)
-                if head["row"] not in seen:
-                    seen.add(head["row"])
-                    index.append((head["order"], offset, len(line)))
+                index.setdefault(pack_order(orjson.loads(line)["order"]), (offset, len(line)))
             offset += len(line)
-        index.sort()
-        for order, start, size in index:
+        for order in sorted(index):
+            start, size = index[order]
             handle.seek(start)
             yield order, orjson.loads(handle.read(size))
 

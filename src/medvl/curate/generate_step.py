@@ -32,6 +32,7 @@ from typing import Any, Awaitable, Callable
 
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
+from tqdm.auto import tqdm
 
 from medvl.curate.config import GenerateConfig
 from medvl.curate.generate import (
@@ -100,8 +101,12 @@ class GenerateStep(PipelineStep):
             for row, record in enumerate(iter_jsonl_lines(self.dirs.prepared_shard(rank)))
             if row in selected and row not in done
         )
-        with JsonlAppender(out_path) as out:
-            failed = asyncio.run(self._generate(todo, out, rank))
+        total = len(selected - done)
+        with (
+            JsonlAppender(out_path) as out,
+            tqdm(total=total, desc=f"generate task {rank}", unit="record", mininterval=1.0) as bar,
+        ):
+            failed = asyncio.run(self._generate(todo, out, rank, bar))
         if failed:
             raise CurateIncomplete(
                 f"task {rank}: {len(failed)} records failed transiently (e.g. {failed[0]}); "
@@ -111,7 +116,7 @@ class GenerateStep(PipelineStep):
 
     # ---------------------------------------------------------------- the async part
 
-    async def _generate(self, todo: Any, out: JsonlAppender, rank: int) -> list[str]:
+    async def _generate(self, todo: Any, out: JsonlAppender, rank: int, bar: Any) -> list[str]:
         from medvl.llm.client import LLMClient
 
         config = self.config
@@ -131,8 +136,10 @@ class GenerateStep(PipelineStep):
                 pending.append(asyncio.ensure_future(self._one(row, record, clients)))
                 while pending and (len(pending) >= window or pending[0].done()):
                     self._write(await pending.popleft(), out, failed)
+                    bar.update(1)
             while pending:
                 self._write(await pending.popleft(), out, failed)
+                bar.update(1)
         finally:
             for task in pending:
                 task.cancel()

@@ -37,6 +37,7 @@ from typing import Any, Iterator
 
 from datatrove.data import Document, DocumentsPipeline, Media, MediaType
 from datatrove.pipeline.base import PipelineStep
+from tqdm.auto import tqdm
 
 from medvl.curate.config import SourceConfig
 from medvl.curate.vocab import infer_modality
@@ -131,14 +132,16 @@ class SourceReader(PipelineStep):
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         if data:
             yield from data
-        for source_index, source in enumerate(self.sources):
-            label = source.name or Path(source.path).stem
-            for item in _iter_items(source, rank, world_size, self.limit):
-                order = [source_index, item.file_index, item.item_index]
-                with self.track_time():
-                    doc = _normalise(source, label, order, item)
-                self.stat_update("read")
-                yield doc
+        with tqdm(desc=f"prepare task {rank}", unit="record", mininterval=1.0) as bar:
+            for source_index, source in enumerate(self.sources):
+                label = source.name or Path(source.path).stem
+                for item in _iter_items(source, rank, world_size, self.limit):
+                    order = [source_index, item.file_index, item.item_index]
+                    with self.track_time():
+                        doc = _normalise(source, label, order, item)
+                    self.stat_update("read")
+                    bar.update(1)
+                    yield doc
 
 
 def _normalise(source: SourceConfig, label: str, order: list[int], item: _Item) -> Document:

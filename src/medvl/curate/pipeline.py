@@ -169,27 +169,20 @@ def _executor(config: CurateConfig, stage: Stage, dirs: RunDirs, depends: Any = 
     engine = config.engine
     logging_dir = str(dirs.logs(stage.name))
     skip = not stage.always_run
+    common = {"tasks": stage.tasks, "logging_dir": logging_dir, "skip_completed": skip}
     if engine.executor == "local":
         from datatrove.executor import LocalPipelineExecutor
 
-        return LocalPipelineExecutor(
-            stage.steps,
-            tasks=stage.tasks,
-            workers=min(engine.workers, stage.tasks),
-            logging_dir=logging_dir,
-            skip_completed=skip,
-        )
+        return LocalPipelineExecutor(stage.steps, workers=min(engine.workers, stage.tasks), **common)
     if engine.executor == "ray":
         from datatrove.executor.ray import RayPipelineExecutor
 
         return RayPipelineExecutor(
             stage.steps,
-            tasks=stage.tasks,
             workers=min(engine.workers, stage.tasks),
-            logging_dir=logging_dir,
-            skip_completed=skip,
             cpus_per_task=engine.ray.cpus_per_task,
             mem_per_cpu_gb=engine.ray.mem_per_cpu_gb,
+            **common,
         )
     from datatrove.executor.slurm import SlurmPipelineExecutor
 
@@ -198,7 +191,6 @@ def _executor(config: CurateConfig, stage: Stage, dirs: RunDirs, depends: Any = 
         raise ValueError("engine.executor=slurm needs engine.slurm.partition")
     return SlurmPipelineExecutor(
         stage.steps,
-        tasks=stage.tasks,
         time=slurm.time,
         partition=slurm.partition,
         cpus_per_task=slurm.cpus_per_task,
@@ -207,9 +199,8 @@ def _executor(config: CurateConfig, stage: Stage, dirs: RunDirs, depends: Any = 
         job_name=f"medvl-curate-{stage.name}",
         venv_path=slurm.venv_path,
         sbatch_args=dict(slurm.sbatch_args) or None,
-        logging_dir=logging_dir,
-        skip_completed=skip,
         depends=depends,
+        **common,
     )
 
 
