@@ -77,3 +77,17 @@ def test_config_changes_rerun_only_the_affected_stages(corpus, curate_config, tm
     stricter = curate_config(corpus, "text_filter.min_medical_terms=6")
     report = run_curation(stricter, out)
     assert report["rejects"]["text/too_few_medical_terms"] > 1
+
+
+def test_slurm_stages_are_chained_array_jobs(corpus, curate_config, tmp_path):
+    """Only constructed (no Slurm here): each stage depends on the previous one, sharded as configured."""
+    from medvl.curate.pipeline import _executor, build_stages
+    from medvl.curate.store import RunDirs
+
+    config = curate_config(corpus, "engine.executor=slurm", "engine.tasks=8", "engine.slurm.partition=cpu")
+    dirs = RunDirs(tmp_path / "out")
+    previous = None
+    for stage in build_stages(config, dirs):
+        previous = _executor(config, stage, dirs, depends=previous)
+        assert previous.job_name == f"medvl-curate-{stage.name}" and previous.partition == "cpu"
+    assert previous.world_size == 1 and previous.depends.world_size == 8  # finalize <- generate (8 tasks)
