@@ -1,0 +1,121 @@
+"""`medvl train` and `medvl data ...`: train a stage, validate a dataset, convert a benchmark split.
+
+    medvl train configs/train/llava_med_stage2.yaml [key=value ...]
+    accelerate launch --config_file configs/accelerate/zero3.yaml -m medvl.cli train CONFIG [key=value ...]
+    medvl data check CONFIG.yaml [key=value ...]          # the config's sources, as training sees them
+    medvl data check DATA.jsonl --image-root IMAGES --model MODEL_DIR [--max-length 2048]
+    medvl data convert vqa_rad ../shared/data/vqa-rad --split train --out vqa_rad_train.jsonl
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+data_app = typer.Typer(name="data", help="Validate and convert training data.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.add_typer(data_app, name="data")
+
+
+def train(
+    config: Path = typer.Argument(..., help="training config YAML (see configs/train/)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. optim.lr=1e-4"),
+) -> None:
+    """Train one stage (align / instruct / finetune); resumes from the run's last checkpoint."""
+    from medvl.config import load_config
+    from medvl.train.config import TrainConfig
+    from medvl.train.runner import run_training
+
+    result = run_training(load_config(TrainConfig, config, overrides or []))
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
+        typer.echo(f"trained {result.global_step} steps (last logged loss {loss}); "
+                   f"{result.data.valid} usable records, {result.data.rejected} rejected")
+        typer.echo(f"model: {result.output_dir} (metrics.jsonl, loss.png, data_check/)")
+
+
+@data_app.command("check")
+def check(
+    target: Path = typer.Argument(..., help="a training config (.yaml) or a LLaVA JSON/JSONL file"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="config overrides (key=value)"),
+    image_root: Optional[Path] = typer.Option(None, help="data file form: folder of relative image paths"),
+    model: Optional[Path] = typer.Option(None, help="data file form: model folder (tokenizer, template) "
+                                                     "for the token-length checks"),
+    max_length: int = typer.Option(2048, help="data file form: tokens per sample incl. image tokens"),
+    out: Optional[Path] = typer.Option(None, help="report folder (default: the config's output_dir/data_check)"),
+) -> None:
+    """Validate every record (structure, images, token length); write data_check.json and rejects.jsonl."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from medvl.train.validate import REJECTS_NAME
+
+    report, folder, note = _run_check(target, overrides or [], image_root, model, max_length, out)
+    table = Table(title=f"data check: {target}")
+    for column in ("source", "rows", "usable", "rejected", "reasons", "tokens mean/p95/max"):
+        table.add_column(column)
+    for source in report.sources:
+        summary = source.summary()
+        tokens = summary["tokens"]
+        table.add_row(summary["name"], str(summary["rows"]), str(summary["valid"]), str(summary["rejected"]),
+                      ", ".join(f"{k}: {v}" for k, v in summary["reasons"].items()) or "-",
+                      f"{tokens['mean']}/{tokens['p95']}/{tokens['max']}" if tokens and tokens["max"] else "-")
+    console = Console()
+    console.print(table)
+    if note:
+        console.print(note)
+    console.print(f"report: {folder / 'data_check.json'}; rejects: {folder / REJECTS_NAME}")
+
+
+def _run_check(target: Path, overrides: list[str], image_root: Optional[Path], model: Optional[Path],
+               max_length: int, out: Optional[Path]):
+    from medvl.train.config import DataConfig, ModelSource, SourceConfig
+    from medvl.train.encode import ChatEncoder
+    from medvl.train.modeling import load_processor
+    from medvl.train.sources import load_source
+    from medvl.train.validate import check_sources
+
+    note = ""
+    if target.suffix in (".yaml", ".yml"):
+        from medvl.config import load_config
+        from medvl.train.config import TrainConfig
+
+        config = load_config(TrainConfig, target, overrides)
+        data, source = config.data, config.model
+        folder = out or Path(config.output_dir) / "data_check"
+    else:
+        data = DataConfig(sources=[SourceConfig(path=str(target), image_root=str(image_root) if image_root else None)],
+                          max_length=max_length)
+        source = ModelSource(path=str(model)) if model else None
+        folder = out or target.with_name(target.stem + ".check")
+        if source is None:
+            note = "no --model given: structure and images checked, token lengths not"
+    encoder = None
+    if source is not None:
+        encoder = ChatEncoder(load_processor(source), data.max_length, last_turn_only=data.last_turn_only,
+                              overlong=data.overlong)
+    report = check_sources([load_source(s) for s in data.sources], encoder, data, folder, reuse=False)
+    return report, folder, note
+
+
+@data_app.command("convert")
+def convert(
+    benchmark: str = typer.Argument(..., help="vqa_rad | slake | pathvqa | pmc_vqa | ... (medvl eval's loaders)"),
+    root: Path = typer.Argument(..., help="the benchmark's release folder"),
+    out: Path = typer.Option(..., help="output LLaVA JSONL"),
+    split: str = typer.Option("train", help="split to convert"),
+    options: bool = typer.Option(True, "--options/--no-options", help="candidate answers in closed prompts"),
+) -> None:
+    """Turn a benchmark split into conversations for downstream fine-tuning (LLaVA-Med style prompts)."""
+    from medvl.train.convert import convert_benchmark
+
+    result = convert_benchmark(benchmark, root, out, split=split, with_options=options)
+    typer.echo(f"{result.written} conversations written to {result.out}; {result.rejected} rejected "
+               f"(missing images) in {result.out.with_suffix('.rejects.jsonl')}")

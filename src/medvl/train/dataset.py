@@ -1,0 +1,105 @@
+"""The training dataset (validated, mixed records → tensors) and the batch collator.
+
+`TrainDataset[i]` encodes entry i of the mix with the same `ChatEncoder` validation used, opens its
+images with `medvl.io.images` and runs the processor's image processor. Validation has already
+dropped every bad record; should an image still fail to open mid-epoch (a file changed after the
+check), the sample is recorded in the run's `rejects.runtime.jsonl` and the next entry is used in
+its place, so a long run does not die on one file.
+
+`Collator` pads right (input ids with the pad token, labels with -100), concatenates the images of
+the batch in order (LLaVA fills image tokens from `pixel_values` in sequence) and carries counts
+(`num_tokens`, `num_images`, `num_supervised`) that the trainer pops for its throughput metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from medvl.io.images import ImageLoadError
+from medvl.io.jsonl import RejectLog
+from medvl.records import to_messages
+from medvl.train.encode import IGNORE_INDEX, ChatEncoder
+from medvl.train.sources import LoadedSource, open_image
+
+__all__ = ["TrainDataset", "Collator", "STAT_KEYS"]
+
+log = logging.getLogger(__name__)
+STAT_KEYS = ("num_tokens", "num_images", "num_supervised")
+_MAX_SUBSTITUTIONS = 16
+
+
+class TrainDataset(Dataset):
+    def __init__(self, sources: list[LoadedSource], entries: list[tuple[int, int]], encoder: ChatEncoder,
+                 image_processor: Any, runtime_rejects: str | Path | None = None):
+        if not entries:
+            raise ValueError("no usable training records (see the data check report)")
+        self.sources, self.entries, self.encoder = sources, entries, encoder
+        self.image_processor = image_processor
+        self.runtime_rejects = Path(runtime_rejects) if runtime_rejects else None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        for attempt in range(_MAX_SUBSTITUTIONS):
+            position = (index + attempt) % len(self.entries)
+            try:
+                return self.example(position)
+            except ImageLoadError as exc:
+                self._record_failure(position, exc)
+        raise RuntimeError(f"{_MAX_SUBSTITUTIONS} consecutive samples from {index} failed to load their images")
+
+    def example(self, position: int) -> dict[str, torch.Tensor]:
+        source_index, row_index = self.entries[position]
+        source = self.sources[source_index]
+        record, refs = source.split_images(source.row(row_index))
+        encoded = self.encoder.encode(to_messages(record))
+        item = {"input_ids": torch.tensor(encoded.input_ids), "labels": torch.tensor(encoded.labels)}
+        if refs:
+            images = [open_image(ref) for ref in refs]
+            item["pixel_values"] = self.image_processor(images, return_tensors="pt")["pixel_values"]
+        return item
+
+    def _record_failure(self, position: int, exc: ImageLoadError) -> None:
+        source_index, row_index = self.entries[position]
+        source = self.sources[source_index]
+        row_id = source.row_id(row_index, source.row(row_index))
+        log.warning("sample %s: %s; using the next sample instead", row_id, exc)
+        if self.runtime_rejects is not None:
+            with RejectLog(self.runtime_rejects) as rejects:
+                rejects.reject(row_id, "train", f"image_{exc.reason}", f"{exc.path}: {exc.detail}",
+                               source=source.name, row=row_index + 1)
+
+
+class Collator:
+    """Right-pads a list of examples into a batch for `LlavaForConditionalGeneration`."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+        longest = max(len(e["input_ids"]) for e in examples)
+        if self.pad_to_multiple_of:
+            longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(examples), longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((len(examples), longest), dtype=torch.long)
+        for row, example in enumerate(examples):
+            n = len(example["input_ids"])
+            input_ids[row, :n] = example["input_ids"]
+            labels[row, :n] = example["labels"]
+            attention[row, :n] = 1
+        batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        pixels = [e["pixel_values"] for e in examples if "pixel_values" in e]
+        if pixels:
+            batch["pixel_values"] = torch.cat(pixels)
+        batch["num_tokens"] = int(attention.sum())
+        batch["num_images"] = sum(len(p) for p in pixels)
+        batch["num_supervised"] = int((labels[:, 1:] != IGNORE_INDEX).sum())
+        return batch

@@ -1,0 +1,121 @@
+"""Training data sources: LLaVA JSON/JSONL files and Hugging Face datasets, their images, the mix.
+
+A source yields rows in the LLaVA conversation format (`medvl.records`). Image entries may be paths
+(relative ones resolve against the source's `image_root`, else the data file's folder) or, in a HF
+dataset, decoded images / `{"bytes": ...}` dicts. Rows that are not JSON objects stay in the row
+list as `JsonlLineError`s so validation can count them like any other reject.
+
+`mix_entries` turns each source's valid rows into one list of (source, row) entries: `ratio` 0.5
+keeps a seeded half of a source, 2.0 repeats it twice, 1.5 once plus a seeded half.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medvl.io.images import load_image, to_rgb
+from medvl.io.jsonl import JsonlLineError, iter_jsonl
+from medvl.records import record_id
+from medvl.train.config import SourceConfig
+
+__all__ = ["LoadedSource", "load_source", "ImageRef", "mix_entries"]
+
+# An image as a row holds it: a resolved path, raw bytes, or an already decoded PIL image.
+ImageRef = Any
+
+
+@dataclass
+class LoadedSource:
+    config: SourceConfig
+    rows: Any  # list of dict | JsonlLineError, or a datasets.Dataset
+    image_root: Path
+    fingerprint: str
+
+    @property
+    def name(self) -> str:
+        return self.config.label()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def row(self, index: int) -> dict[str, Any] | JsonlLineError:
+        return self.rows[index]
+
+    def row_id(self, index: int, row: Any) -> str:
+        if isinstance(row, dict) and record_id(row):
+            return record_id(row)
+        return f"{self.name}:{index + 1}"
+
+    def split_images(self, row: dict[str, Any]) -> tuple[dict[str, Any], list[ImageRef]]:
+        """(the row with image entries as path strings, the image refs to open)."""
+        value = row.get("image", row.get("images"))
+        items = [] if value is None or value == "" else value if isinstance(value, list) else [value]
+        refs: list[ImageRef] = []
+        names: list[Any] = []
+        for index, item in enumerate(items):
+            if isinstance(item, str):
+                path = Path(item).expanduser()
+                refs.append(path if path.is_absolute() else self.image_root / path)
+                names.append(item)
+            elif isinstance(item, dict) and (item.get("bytes") or item.get("path")):
+                refs.append(item["bytes"] if item.get("bytes") else self.image_root / item["path"])
+                names.append(item.get("path") or f"<image {index}>")
+            elif hasattr(item, "mode") and hasattr(item, "size"):  # a decoded PIL image
+                refs.append(item)
+                names.append(f"<image {index}>")
+            else:
+                names.append(item)  # left as is: record_problems reports the bad type
+        record = {k: v for k, v in row.items() if k != "images"}
+        if items:
+            record["image"] = names
+        return record, refs
+
+
+def load_source(config: SourceConfig) -> LoadedSource:
+    """Read a source's rows (files are read whole; HF datasets stay memory-mapped)."""
+    if config.path is not None:
+        path = Path(config.path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"data source {config.label()!r}: {path} not found")
+        rows = [item for _, item in iter_jsonl(path)]
+        stat = path.stat()
+        fingerprint = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        root = Path(config.image_root).expanduser() if config.image_root else path.parent
+    else:
+        rows = _load_hf(config)
+        fingerprint = f"hf:{config.hf}:{config.hf_split}:{getattr(rows, '_fingerprint', '')}:{len(rows)}"
+        root = Path(config.image_root or ".").expanduser()
+    return LoadedSource(config=config, rows=rows, image_root=root, fingerprint=fingerprint)
+
+
+def _load_hf(config: SourceConfig) -> Any:
+    import datasets
+
+    folder = Path(config.hf).expanduser()
+    if (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file():
+        loaded = datasets.load_from_disk(str(folder))
+        return loaded[config.hf_split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    return datasets.load_dataset(config.hf, split=config.hf_split)
+
+
+def open_image(ref: ImageRef) -> Any:
+    """A decoded RGB PIL image from an ImageRef; raises `ImageLoadError`."""
+    if isinstance(ref, (str, Path, bytes)):
+        return load_image(ref)
+    return to_rgb(ref)
+
+
+def mix_entries(valid: list[list[int]], ratios: list[float], seed: int) -> list[tuple[int, int]]:
+    """(source, row) entries of one epoch: each source's valid rows scaled by its ratio, seeded."""
+    rng = random.Random(seed)
+    entries: list[tuple[int, int]] = []
+    for source, (rows, ratio) in enumerate(zip(valid, ratios)):
+        whole, fraction = divmod(ratio, 1.0)
+        chosen = list(rows) * int(whole)
+        extra = round(fraction * len(rows))
+        chosen += sorted(rng.sample(list(rows), extra)) if extra else []
+        entries.extend((source, row) for row in chosen)
+    return entries

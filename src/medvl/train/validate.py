@@ -1,0 +1,187 @@
+"""The one validation of training records, shared by `medvl data check` and `medvl train`.
+
+`check_record` says whether a row can become a training example and, if not, why:
+
+| stage     | reasons                                                                           |
+|-----------|-----------------------------------------------------------------------------------|
+| structure | `bad_json`, `bad_structure` (`records.record_problems`), `too_many_images`          |
+| image     | `image_<reason>` from `medvl.io.images` (`image_missing`, `image_truncated`, ...)   |
+| tokens    | `image_cut_by_truncation`, `too_long` (overlong=reject), `no_supervised_tokens`,  |
+|           | `template_error`, `template_not_prefix_stable`                                     |
+
+`check_sources` runs it over every row of every source, writes each reject to `rejects.jsonl`
+(`medvl.io.jsonl.RejectLog`) and a report (`data_check.json`) with the valid row indices and a
+fingerprint of everything the verdicts depend on (files, tokenizer/template, settings). Training
+calls it too and reuses a report whose fingerprint matches, so it skips exactly the records the
+check rejected, with the same counts, and never meets a bad record mid-epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medvl.io.files import atomic_write_json
+from medvl.io.images import ImageLoadError
+from medvl.io.jsonl import JsonlLineError, RejectLog
+from medvl.records import record_problems, to_messages
+from medvl.train.config import DataConfig
+from medvl.train.encode import ChatEncoder, EncodeError
+from medvl.train.sources import LoadedSource, open_image
+
+__all__ = ["Rejected", "check_record", "check_sources", "SourceReport", "CheckReport", "REPORT_NAME", "REJECTS_NAME"]
+
+log = logging.getLogger(__name__)
+REPORT_NAME = "data_check.json"
+REJECTS_NAME = "rejects.jsonl"
+_VERSION = 1
+
+
+class Rejected(Exception):
+    def __init__(self, stage: str, reason: str, detail: str = ""):
+        self.stage, self.reason, self.detail = stage, reason, detail
+        super().__init__(f"{stage}/{reason}: {detail}")
+
+
+def check_record(source: LoadedSource, row: Any, encoder: ChatEncoder | None, data: DataConfig) -> int:
+    """The token length of a usable row (0 without an encoder); raises `Rejected` otherwise."""
+    if isinstance(row, JsonlLineError):
+        raise Rejected("structure", "bad_json", row.reason)
+    if not isinstance(row, dict):
+        raise Rejected("structure", "bad_structure", f"row is {type(row).__name__}, not an object")
+    record, refs = source.split_images(row)
+    problems = record_problems(record)
+    if problems:
+        raise Rejected("structure", "bad_structure", "; ".join(problems))
+    if len(refs) != len(record.get("image") or []):
+        raise Rejected("structure", "bad_structure", "an image entry is neither a path, bytes nor an image")
+    if data.max_images is not None and len(refs) > data.max_images:
+        raise Rejected("structure", "too_many_images", f"{len(refs)} images > max_images {data.max_images}")
+    for ref in refs:
+        try:
+            if data.image_check == "exists" and isinstance(ref, Path):
+                if not ref.is_file():
+                    raise ImageLoadError(str(ref), "missing", "no such file")
+            else:
+                open_image(ref)
+        except ImageLoadError as exc:
+            raise Rejected("image", f"image_{exc.reason}", f"{exc.path}: {exc.detail}") from None
+    if encoder is None:
+        return 0
+    try:
+        return len(encoder.encode(to_messages(record)).input_ids)
+    except EncodeError as exc:
+        raise Rejected("tokens", exc.reason, exc.detail) from None
+
+
+@dataclass
+class SourceReport:
+    name: str
+    rows: int = 0
+    valid: list[int] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    rejects: Counter = field(default_factory=Counter)
+
+    def summary(self) -> dict[str, Any]:
+        lengths = sorted(self.lengths)
+        stats = {}
+        if lengths:
+            stats = {"mean": round(sum(lengths) / len(lengths), 1), "p95": lengths[int(0.95 * (len(lengths) - 1))],
+                     "max": lengths[-1]}
+        return {"name": self.name, "rows": self.rows, "valid": len(self.valid),
+                "rejected": sum(self.rejects.values()), "reasons": dict(self.rejects.most_common()),
+                "tokens": stats}
+
+
+@dataclass
+class CheckReport:
+    fingerprint: str
+    sources: list[SourceReport]
+    path: Path | None = None
+
+    @property
+    def rejected(self) -> int:
+        return sum(sum(s.rejects.values()) for s in self.sources)
+
+    @property
+    def valid(self) -> int:
+        return sum(len(s.valid) for s in self.sources)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": _VERSION, "fingerprint": self.fingerprint,
+            "totals": {"rows": sum(s.rows for s in self.sources), "valid": self.valid, "rejected": self.rejected},
+            "sources": [{**s.summary(), "valid_rows": s.valid, "lengths": s.lengths} for s in self.sources],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], path: Path) -> "CheckReport":
+        sources = [
+            SourceReport(name=s["name"], rows=s["rows"], valid=s["valid_rows"], lengths=s["lengths"],
+                         rejects=Counter(s["reasons"]))
+            for s in data["sources"]
+        ]
+        return cls(fingerprint=data["fingerprint"], sources=sources, path=path)
+
+
+def fingerprint(sources: list[LoadedSource], encoder: ChatEncoder | None, data: DataConfig) -> str:
+    """A hash of everything a verdict depends on: inputs, tokenizer, template and data settings."""
+    parts: dict[str, Any] = {
+        "version": _VERSION,
+        "sources": [s.fingerprint for s in sources],
+        "settings": data.model_dump(include={"max_length", "overlong", "last_turn_only", "max_images",
+                                             "image_check"}),
+        "roots": [str(s.image_root.resolve()) for s in sources],
+    }
+    if encoder is not None:
+        vocab = encoder.tokenizer.get_vocab()
+        parts["encoder"] = [encoder.template, encoder.tokens_per_image, len(vocab), encoder.image_token_id,
+                            hashlib.sha1(json.dumps(sorted(vocab.items())).encode()).hexdigest()]
+    return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def check_sources(sources: list[LoadedSource], encoder: ChatEncoder | None, data: DataConfig,
+                  out_dir: str | Path, reuse: bool = True, progress: bool = True) -> CheckReport:
+    """Validate every row; write `rejects.jsonl` and `data_check.json` under `out_dir`."""
+    out = Path(out_dir)
+    report_path = out / REPORT_NAME
+    key = fingerprint(sources, encoder, data)
+    if reuse and report_path.is_file():
+        saved = json.loads(report_path.read_text(encoding="utf-8"))
+        if saved.get("fingerprint") == key:
+            log.info("reusing the data check in %s (inputs and settings unchanged)", report_path)
+            return CheckReport.from_json(saved, report_path)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / REJECTS_NAME).unlink(missing_ok=True)
+    reports = []
+    with RejectLog(out / REJECTS_NAME) as rejects:
+        for source in sources:
+            report = SourceReport(name=source.name, rows=len(source))
+            for index in _progress(range(len(source)), f"checking {source.name}", progress):
+                row = source.row(index)
+                try:
+                    length = check_record(source, row, encoder, data)
+                except Rejected as exc:
+                    report.rejects[exc.reason] += 1
+                    rejects.reject(source.row_id(index, row), exc.stage, exc.reason, exc.detail,
+                                   source=source.name, row=index + 1)
+                    continue
+                report.valid.append(index)
+                report.lengths.append(length)
+            reports.append(report)
+    result = CheckReport(fingerprint=key, sources=reports, path=report_path)
+    atomic_write_json(report_path, result.to_json(), indent=None)
+    return result
+
+
+def _progress(items: range, description: str, enabled: bool) -> Any:
+    if not enabled or len(items) < 2:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=description, unit="rec", mininterval=1.0)
