@@ -209,3 +209,25 @@ def test_accelerate_launch_with_two_cpu_processes(tmp_path):
     assert [r["id"] for r in read_records(tmp_path / "run" / "predictions.jsonl")] == ["q1", "q2", "q3"]
     assert not list((tmp_path / "run").glob("*.part-*.jsonl"))
     assert done.stdout.count("run folder:") == 1  # only the main process reports
+
+
+def test_choice_protocol_asks_closed_yes_no_items_as_options(tmp_path):
+    """HuatuoGPT-Vision's protocol on an open/closed benchmark: yes/no items lettered, open ones left out."""
+    from medvl.eval.benchmarks.base import VQAItem, closed_as_choice
+
+    items = [VQAItem("1", "b", "test", "Is it?", "Yes ", "closed", []),
+             VQAItem("2", "b", "test", "Which side?", "left", "closed", []),
+             VQAItem("3", "b", "test", "What?", "liver", "open", []),
+             VQAItem("4", "b", "test", "Pick", "CT", "choice", [], options=["MRI", "CT"])]
+    kept, left_out = closed_as_choice(items)
+    assert left_out == 2 and [i.id for i in kept] == ["1", "4"]
+    assert (kept[0].answer, kept[0].options, kept[0].answer_letter) == ("yes", ["yes", "no"], "A")
+
+    cfg = config(tmp_path, "vqa_rad", FIXTURES / "vqa_rad", backend={"kind": "majority"},
+                 benchmark={"name": "vqa_rad", "root": str(FIXTURES / "vqa_rad"), "protocol": "choice"})
+    out = run_eval(cfg, OneProcess())
+    records = read_records(out / "predictions.jsonl")
+    assert [r["id"] for r in records] == ["3"]  # the open items 4 and 5 are left out
+    assert "Answer with the option's letter" in records[0]["prompt"] and records[0]["output"] in ("A", "B")
+    scores = json.loads((out / "scores.json").read_text())
+    assert any("choice protocol: 2 open" in note for note in scores["notes"])

@@ -28,7 +28,7 @@ from pydantic import Field
 from medvl.config import Config, ConfigError, dump_config
 from medvl.eval.backends import BackendConfig, Request, make_backend
 from medvl.eval.benchmarks import BenchmarkError, load_benchmark
-from medvl.eval.benchmarks.base import BenchmarkData, VQAItem
+from medvl.eval.benchmarks.base import BenchmarkData, VQAItem, closed_as_choice
 from medvl.eval.prompts import PromptStyle, build_messages, build_prompt
 from medvl.eval.scorers import SCORERS
 from medvl.io.jsonl import JsonlAppender, JsonlLineError, RejectLog, iter_jsonl, write_jsonl
@@ -48,6 +48,17 @@ class BenchmarkConfig(Config):
     split: str = "test"
     options: dict[str, Any] = Field(default_factory=dict, description="loader options, e.g. {lang: zh}")
     limit: int | None = Field(None, ge=1, description="evaluate only the first N items (smoke runs)")
+    protocol: Literal["native", "choice"] = Field(
+        "native", description="choice: closed yes/no items asked as lettered options (A. yes / B. no) and open "
+        "items left out — HuatuoGPT-Vision's multiple-choice protocol on VQA-RAD, SLAKE and PathVQA")
+
+    def load(self, split: str | None = None) -> BenchmarkData:
+        """The split's items as this config asks for them (the protocol applied)."""
+        data = load_benchmark(self.name, self.root, split or self.split, **self.options)
+        if self.protocol == "choice":
+            data.items, left_out = closed_as_choice(data.items)
+            data.notes.append(f"choice protocol: {left_out} open or non-yes/no closed items left out")
+        return data
 
 
 class PromptConfig(Config):
@@ -90,8 +101,7 @@ def run_eval(config: EvalConfig, state: ProcessState | None = None) -> Path:
 
         state = PartialState()
     out = Path(config.output_dir)
-    data = load_benchmark(config.benchmark.name, config.benchmark.root, config.benchmark.split,
-                          **config.benchmark.options)
+    data = config.benchmark.load()
     items = data.items[: config.benchmark.limit] if config.benchmark.limit else data.items
     if state.is_main_process:
         _claim_folder(out, config)
@@ -169,7 +179,7 @@ def _majority(config: EvalConfig, data: BenchmarkData) -> tuple[dict[str, str], 
 
     bench = config.benchmark
     try:
-        source = load_benchmark(bench.name, bench.root, config.backend.majority_split, **bench.options).items
+        source = bench.load(config.backend.majority_split).items
         note = f"majority answers counted on the {config.backend.majority_split} split"
     except BenchmarkError as exc:
         source = data.items

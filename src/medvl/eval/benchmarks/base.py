@@ -32,6 +32,7 @@ __all__ = [
     "read_json",
     "split_name",
     "yes_no_answer",
+    "closed_as_choice",
 ]
 
 AnswerType = Literal["closed", "open", "choice"]
@@ -204,3 +205,28 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BenchmarkError(f"{path}: not valid JSON: {exc}") from exc
+
+
+YES_NO_OPTIONS = ["yes", "no"]
+
+
+def closed_as_choice(items: Iterable[VQAItem]) -> tuple[list[VQAItem], int]:
+    """HuatuoGPT-Vision's multiple-choice view of an open/closed benchmark.
+
+    Closed items with a yes/no reference become choice items with options A. yes / B. no; items
+    that already have options stay; open items (and closed ones that are not yes/no and carry no
+    options) are left out, as HuatuoGPT-Vision's scorer skips them. Returns (items, left out).
+    """
+    kept, left_out = [], 0
+    for item in items:
+        if item.answer_type == "choice":
+            kept.append(item)
+            continue
+        answer = yes_no_answer(item.answer) if item.answer_type == "closed" else None
+        if answer is None:
+            left_out += 1
+            continue
+        kept.append(VQAItem(id=item.id, benchmark=item.benchmark, split=item.split, question=item.question,
+                            answer=answer, answer_type="choice", images=item.images,
+                            options=list(YES_NO_OPTIONS), meta={**item.meta, "protocol": "choice"}))
+    return kept, left_out
