@@ -66,7 +66,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequenc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping, got {type(loaded).__name__}")
         data = loaded or {}
-    data = apply_overrides(data, overrides)
+    data = _with_defaults(cls, apply_overrides(data, overrides))
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
@@ -89,6 +89,30 @@ def _describe(exc: ValidationError, source: str) -> str:
         else:
             lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)
+
+
+def _with_defaults(cls: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    """Fill a section given in part from the field's default, so `align.minutes=2` keeps the other
+    keys of `align`'s default instead of replacing the whole section."""
+    result = dict(data)
+    for name, field in cls.model_fields.items():
+        value = result.get(name)
+        if not isinstance(value, dict):
+            continue
+        default = field.default
+        if isinstance(default, BaseModel):
+            result[name] = _deep_merge(default.model_dump(), value)
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            result[name] = _with_defaults(field.annotation, value)
+    return result
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(
+            merged.get(key), dict) else value
+    return merged
 
 
 def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:

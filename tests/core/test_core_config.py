@@ -68,3 +68,26 @@ def test_dump_round_trip(tmp_path):
 def test_model_spec_requires_a_tokenizer_source():
     with pytest.raises(ConfigError, match="text.path"):
         load_config(ModelSpec, None, ["text.family=llama"])
+
+
+class Budget(Config):
+    minutes: float
+    lr: float
+
+
+class Stages(Config):
+    align: Budget = Budget(minutes=1, lr=1e-3)
+    finetune: Budget = Budget(minutes=5, lr=1e-4)
+    inner: Inner = Inner(lr=0.5)
+
+
+def test_a_partial_section_keeps_its_default_values(tmp_path):
+    """Overriding one key of a section whose default sets required keys keeps the other defaults."""
+    config = load_config(Stages, None, ["align.minutes=2", "inner.steps=7"])
+    assert (config.align.minutes, config.align.lr) == (2, 1e-3)
+    assert (config.inner.lr, config.inner.steps) == (0.5, 7)
+    path = tmp_path / "c.yaml"
+    path.write_text("finetune:\n  lr: 0.01\n")
+    assert load_config(Stages, path).finetune == Budget(minutes=5, lr=0.01)
+    with pytest.raises(ConfigError, match=r"align\.minute: unknown key"):
+        load_config(Stages, None, ["align.minute=2"])
