@@ -15,8 +15,10 @@ stage's `model.path`), `checkpoint-*` folders, `metrics.jsonl`, `loss.png`, `tra
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -25,7 +27,6 @@ from typing import Any, Sequence
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from medvl.config import dump_config
 from medvl.io.files import atomic_write_json
@@ -37,7 +38,8 @@ from medvl.train.modeling import add_lora, apply_policy, component_params, load_
 from medvl.train.sources import load_source, mix_entries
 from medvl.train.validate import CheckReport, check_sources
 
-__all__ = ["run_training", "TrainResult", "MedvlTrainer", "training_arguments", "prepare_data"]
+__all__ = ["run_training", "TrainResult", "MedvlTrainer", "training_arguments", "prepare_data",
+           "last_complete_checkpoint", "next_token_loss"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class TrainResult:
     final_loss: float | None
     data: CheckReport
     samples_per_epoch: int
+    model: Any = None  # the trained model as saved (LoRA merged), on the main process
 
 
 class MedvlTrainer(Trainer):
@@ -77,19 +80,30 @@ class MedvlTrainer(Trainer):
         tokens and divided by the supervised tokens of the whole optimizer step (all micro-batches
         and devices, `num_items_in_batch`), times the process count that DDP's mean undoes.
         """
-        labels = inputs.pop("labels")
-        keep = torch.zeros_like(labels, dtype=torch.bool)
-        keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-        outputs = model(**inputs, logits_to_keep=keep)
-        targets = labels[:, 1:][keep[:, :-1]]
-        loss = torch.nn.functional.cross_entropy(outputs.logits.float(), targets, reduction="sum")
+        loss, count, outputs = next_token_loss(model, inputs)
         if num_items_in_batch is None:
-            return_loss = loss / max(targets.numel(), 1)
+            scaled = loss / max(count, 1)
         else:
-            return_loss = loss / num_items_in_batch
+            scaled = loss / num_items_in_batch
             if self.args.average_tokens_across_devices:
-                return_loss = return_loss * self.accelerator.num_processes
-        return (return_loss, outputs) if return_outputs else return_loss
+                scaled = scaled * self.accelerator.num_processes
+        return (scaled, outputs) if return_outputs else scaled
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        """Load checkpoint weights through `from_pretrained`, which maps the saved key names.
+
+        transformers 5 saves LLaVA under its legacy key names (`language_model.model.*`) and maps
+        them back in `from_pretrained`, but the Trainer's own resume path loads the raw file with
+        `load_state_dict(strict=False)`: every key misses and training silently restarts from the
+        current weights. Sharded (DeepSpeed / FSDP) and adapter checkpoints keep the Trainer's path.
+        """
+        target = model if model is not None else self.model
+        plain = (Path(resume_from_checkpoint) / "config.json").is_file() and not hasattr(target, "peft_config")
+        if not plain or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
+        saved = type(target).from_pretrained(resume_from_checkpoint, dtype=next(target.parameters()).dtype)
+        target.load_state_dict(saved.state_dict())  # strict: a key mismatch is an error, not a restart
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._window_start is not None:
@@ -104,6 +118,18 @@ class MedvlTrainer(Trainer):
                 logs["mfu"] = round(flops / elapsed / (self.peak * devices), 6)
             self._window, self._window_start = [0] * len(STAT_KEYS), time.perf_counter()
         super().log(logs, start_time)
+
+
+def next_token_loss(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, int, Any]:
+    """(summed cross-entropy, supervised token count, outputs) with logits only where labels are."""
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    outputs = model(**inputs, logits_to_keep=keep)
+    targets = labels[:, 1:][keep[:, :-1]]
+    loss = torch.nn.functional.cross_entropy(outputs.logits.float(), targets, reduction="sum")
+    return loss, targets.numel(), outputs
 
 
 def training_arguments(config: TrainConfig) -> TrainingArguments:
@@ -137,8 +163,8 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
         data_seed=config.data.seed,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
         report_to=report_to or "none",
         remove_unused_columns=False,
         dataloader_num_workers=config.data.num_workers,
@@ -196,9 +222,10 @@ def run_training(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ())
     )
     _check_lora_sharding(trainer, config)
     trainer.train(resume_from_checkpoint=_resume_from(config, out))
-    _save_final(trainer, processor, config, out)
+    saved = _save_final(trainer, processor, config, out)
     rows = read_metrics(out / "metrics.jsonl") if args.process_index == 0 and (out / "metrics.jsonl").exists() else []
-    result = TrainResult(out, trainer.state.global_step, rows[-1]["loss"] if rows else None, report, len(entries))
+    result = TrainResult(out, trainer.state.global_step, rows[-1]["loss"] if rows else None, report, len(entries),
+                         saved)
     if args.process_index == 0:
         plot_metrics(out / "metrics.jsonl", out / "loss.png")
         atomic_write_json(out / "train_summary.json", {
@@ -213,13 +240,34 @@ def _resume_from(config: TrainConfig, out: Path) -> str | None:
     if config.save.resume == "never":
         return None
     if config.save.resume == "auto":
-        last = get_last_checkpoint(str(out)) if out.is_dir() else None
+        last = last_complete_checkpoint(out)
         if last:
             log.info("resuming from %s", last)
         return last
     if not Path(config.save.resume).is_dir():
         raise FileNotFoundError(f"save.resume: checkpoint folder {config.save.resume} not found")
     return config.save.resume
+
+
+def last_complete_checkpoint(out: Path) -> str | None:
+    """The newest `checkpoint-N` whose `trainer_state.json` (the Trainer writes it last) is whole.
+
+    A kill during a save leaves a partial folder; it is skipped (and overwritten when training
+    reaches that step again), so resuming never reads a half-written checkpoint.
+    """
+    if not out.is_dir():
+        return None
+    found = sorted(
+        (int(m.group(1)), path) for path in out.iterdir()
+        if path.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", path.name))
+    )
+    for step, path in reversed(found):
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+            return str(path)
+        except (OSError, ValueError):
+            log.warning("skipping %s: incomplete checkpoint (killed while saving?)", path)
+    return None
 
 
 def _is_sharded(trainer: Trainer) -> bool:
@@ -236,12 +284,16 @@ def _check_lora_sharding(trainer: Trainer, config: TrainConfig) -> None:
                          "(adapters are small; the frozen base fits per device)")
 
 
-def _save_final(trainer: Trainer, processor: Any, config: TrainConfig, out: Path) -> None:
-    """Write the trained model in the native format (LoRA merged); every process must call it."""
+def _save_final(trainer: Trainer, processor: Any, config: TrainConfig, out: Path) -> Any:
+    """Write the trained model in the native format (LoRA merged); every process must call it.
+
+    Returns the saved model on the main process, None on the others.
+    """
     from medvl.model.checkpoint import save_model
 
     trainer.accelerator.wait_for_everyone()
     state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if _is_sharded(trainer) else None
+    model = None
     if trainer.accelerator.is_main_process:
         model = trainer.accelerator.unwrap_model(trainer.model)
         if config.lora.enabled:
@@ -252,6 +304,7 @@ def _save_final(trainer: Trainer, processor: Any, config: TrainConfig, out: Path
         save_model(model, processor, out)
         log.info("saved the trained model to %s", out)
     trainer.accelerator.wait_for_everyone()
+    return model
 
 
 def _materialise(sharded_model: Any, state_dict: dict[str, torch.Tensor]) -> Any:

@@ -1,0 +1,171 @@
+"""Training runs on the tiny model: loss, freeze policies, stage chaining, save/reload, LoRA, resume, metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from medvl.train.runner import run_training
+
+
+def params_of(model, part: str) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if part in n}
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def a_batch(config, model_processor, n: int = 4):
+    from medvl.train.dataset import Collator, TrainDataset
+    from medvl.train.runner import prepare_data
+
+    _, processor = model_processor
+    report, sources, encoder, entries = prepare_data(config, processor, Path(config.output_dir), progress=False)
+    dataset = TrainDataset(sources, entries, encoder, processor.image_processor)
+    batch = Collator(processor.tokenizer.pad_token_id)([dataset[i] for i in range(n)])
+    return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+def test_supervised_only_loss_equals_the_models_loss(train_config, tiny_model):
+    from medvl.train.runner import next_token_loss
+
+    model, _ = tiny_model
+    batch = a_batch(train_config(), tiny_model)
+    with torch.no_grad():
+        total, count, _ = next_token_loss(model, batch)
+        reference = model(**batch).loss
+    assert count == int((batch["labels"][:, 1:] != -100).sum()) > 0
+    assert torch.allclose(total / count, reference, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def initial(tiny_spec_dict):
+    """The weights a fresh build of the test spec starts from (the build is seeded)."""
+    from medvl.model.build import build_model
+    from medvl.model.spec import ModelSpec
+
+    model, _ = build_model(ModelSpec.model_validate(tiny_spec_dict))
+    return {part: params_of(model, part) for part in ("vision_tower", "multi_modal_projector", "language_model")}
+
+
+def test_align_trains_only_the_projector_and_the_next_stage_starts_from_it(train_config, initial, tmp_path):
+    first = run_training(train_config(tmp_path / "align", stage="align", optim__max_steps=3))
+    assert same(params_of(first.model, "vision_tower"), initial["vision_tower"])
+    assert same(params_of(first.model, "language_model"), initial["language_model"])
+    assert not same(params_of(first.model, "multi_modal_projector"), initial["multi_modal_projector"])
+
+    second = run_training(train_config(tmp_path / "sft", model={"path": str(tmp_path / "align")},
+                                       trainable__vision=True, optim__max_steps=3))
+    for part in ("vision_tower", "language_model", "multi_modal_projector"):
+        assert not same(params_of(second.model, part), params_of(first.model, part)), part
+
+
+def test_saved_model_reloads_with_transformers_and_gives_equal_logits(train_config, tiny_model, tmp_path):
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from medvl.model.generate import GenerationSettings, Generator
+
+    result = run_training(train_config(tmp_path / "run"))
+    assert result.global_step == 6 and result.data.valid == 48
+    reloaded = AutoModelForImageTextToText.from_pretrained(result.output_dir).eval()
+    batch = a_batch(train_config(), tiny_model)
+    with torch.no_grad():
+        assert torch.allclose(result.model.eval()(**batch).logits, reloaded(**batch).logits, atol=1e-6)
+    processor = AutoProcessor.from_pretrained(result.output_dir)
+    assert processor.chat_template == tiny_model[1].chat_template
+    answer = Generator(reloaded, processor, GenerationSettings(max_new_tokens=3)).generate(
+        [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color?"}]}]],
+        [[Image.new("RGB", (32, 32), (200, 0, 0))]],
+    )
+    assert answer[0].new_tokens >= 1
+
+
+def test_metrics_file_plot_summary_and_checkpoint_rotation(train_config, tmp_path):
+    config = train_config(tmp_path / "run", logging__report_to=["tensorboard"])
+    run_training(config)
+    out = Path(config.output_dir)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    for key in ("loss", "learning_rate", "grad_norm", "tokens_per_s", "images_per_s", "mfu", "epoch"):
+        assert all(isinstance(r[key], float) for r in rows), key
+    assert all(r["images_per_s"] > 0 and 0 < r["mfu"] < 1 for r in rows)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    assert (out / "loss.png").stat().st_size > 1000
+    assert list(out.glob("runs/*/events.out.tfevents.*"))
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["global_step"] == 6 and summary["trainable"]["vision"]["trainable"] == 0
+
+
+class FailAt(TrainerCallback):
+    """Raise at the end of optimizer step `step` (before that step's checkpoint is written)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise RuntimeError(f"injected failure at step {self.step}")
+
+
+def curve(out: Path) -> list[float]:
+    """step, loss, grad norm and learning rate of every logged step, flat."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [value for r in rows for value in (r["step"], r["loss"], r["grad_norm"], r["learning_rate"])]
+
+
+def test_resume_after_a_failure_continues_the_same_loss_curve(train_config, tmp_path):
+    uninterrupted = train_config(tmp_path / "a", optim__max_steps=8, data__num_workers=0)
+    run_training(uninterrupted)
+    interrupted = train_config(tmp_path / "b", optim__max_steps=8)
+    with pytest.raises(RuntimeError, match="injected failure at step 7"):
+        run_training(interrupted, callbacks=[FailAt(7)])
+    assert curve(tmp_path / "b")[-4] == 6
+    assert sorted(p.name for p in (tmp_path / "b").glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    (tmp_path / "b" / "checkpoint-6" / "trainer_state.json").write_text('{"trunc')  # as if killed mid-save
+    resumed = run_training(interrupted)
+    assert resumed.global_step == 8
+    expected, got = curve(tmp_path / "a"), curve(tmp_path / "b")
+    assert got[::4] == list(range(1, 9))
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_lora_is_merged_into_the_saved_model(train_config, initial, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    result = run_training(train_config(tmp_path / "lora", lora__enabled=True, lora__r=4, optim__lr=1e-2,
+                                       optim__max_steps=3))
+    assert not hasattr(result.model, "peft_config")
+    saved = AutoModelForImageTextToText.from_pretrained(result.output_dir)
+    assert not any("lora" in name for name, _ in saved.named_parameters())
+    trained = params_of(saved, "language_model.layers.0.self_attn.q_proj")
+    start = {k: v for k, v in initial["language_model"].items() if "layers.0.self_attn.q_proj" in k}
+    assert not same({k.replace("model.", "", 1): v for k, v in trained.items()},
+                    {k.replace("model.", "", 1): v for k, v in start.items()})
+    assert not same(params_of(saved, "multi_modal_projector"), initial["multi_modal_projector"])
+    assert same(params_of(saved, "vision_tower"), initial["vision_tower"])
+
+
+def test_qlora_on_cpu_is_a_clear_error(train_config, tmp_path):
+    from medvl.train.modeling import LoraUnavailable
+
+    if torch.cuda.is_available():
+        pytest.skip("this checks the CPU-only error")
+    with pytest.raises(LoraUnavailable, match="needs a CUDA GPU and bitsandbytes"):
+        run_training(train_config(tmp_path / "q", lora__enabled=True, lora__quantize="4bit"))
+
+
+def test_flops_model_counts_frozen_and_trained_parts():
+    from medvl.train.metrics import FlopsModel
+
+    params = {"vision": {"total": 100, "trainable": 0}, "projector": {"total": 10, "trainable": 10},
+              "llm": {"total": 1000, "trainable": 0}, "head": {"total": 50, "trainable": 0}}
+    flops = FlopsModel(params, vision_tokens_per_image=5, image_tokens_per_image=4)
+    # vision frozen upstream: forward only; projector trained; llm and head frozen but backpropagated.
+    expected = 2 * 100 * (2 * 5) + 6 * 10 * (2 * 4) + 4 * 1000 * 30 + 4 * 50 * 3
+    assert flops.step_flops(tokens=30, images=2, supervised=3) == expected
