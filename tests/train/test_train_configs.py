@@ -1,0 +1,59 @@
+"""The shipped recipes and accelerate configs load and say what the notes say."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medvl.config import load_config
+from medvl.train.config import TrainConfig
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+RECIPES = sorted((CONFIGS / "train").glob("*.yaml"))
+
+
+def test_all_recipes_are_shipped():
+    assert {p.stem for p in RECIPES} >= {
+        "llava_med_stage1", "llava_med_stage2", "llava_med_finetune_vqa_rad", "huatuo_vision_align",
+        "huatuo_vision_sft", "llava15_pretrain", "llava15_finetune",
+    }
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_validates(path):
+    config = load_config(TrainConfig, path)
+    assert config.data.sources and config.output_dir.startswith("runs/")
+
+
+def test_recipes_carry_the_published_hyperparameters():
+    def get(name: str) -> TrainConfig:
+        return load_config(TrainConfig, CONFIGS / "train" / f"{name}.yaml")
+
+    stage1, stage2, rad = get("llava_med_stage1"), get("llava_med_stage2"), get("llava_med_finetune_vqa_rad")
+    assert (stage1.stage, stage1.optim.lr, stage1.optim.batch_size * stage1.optim.grad_accum * 8) == ("align", 2e-3, 128)
+    assert (stage2.stage, stage2.optim.lr, stage2.optim.epochs, stage2.model.path) == (
+        "instruct", 2e-5, 3, stage1.output_dir)
+    assert (rad.stage, rad.model.path, rad.optim.epochs) == ("finetune", stage2.output_dir, 3)
+    pre, ft = get("llava15_pretrain"), get("llava15_finetune")
+    assert (pre.policy(), pre.optim.lr, pre.optim.batch_size * 8) == (
+        {"vision": False, "projector": True, "llm": False}, 1e-3, 256)
+    assert (ft.optim.lr, ft.optim.batch_size * 8, ft.model.path) == (2e-5, 128, pre.output_dir)
+    align, sft = get("huatuo_vision_align"), get("huatuo_vision_sft")
+    for config in (align, sft):
+        assert config.policy() == {"vision": True, "projector": True, "llm": True}
+        assert (config.optim.lr, config.optim.warmup_ratio, config.optim.weight_decay, config.optim.min_lr_ratio) == (
+            5e-6, 0.05, 0.1, 0.15)
+        assert (config.data.last_turn_only, config.data.max_images, config.data.max_length) == (True, 8, 4096)
+        assert len(config.data.sources) == 2  # PubMedVision mixed with LLaVA data
+    assert sft.model.path == align.output_dir
+
+
+@pytest.mark.parametrize("name", ["cpu_2proc", "zero2", "zero3", "fsdp"])
+def test_accelerate_configs_load(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(CONFIGS / "accelerate" / f"{name}.yaml"))
+    assert config.num_processes == (2 if name == "cpu_2proc" else 8)
+    if name.startswith("zero"):
+        assert (CONFIGS.parent / config.deepspeed_config["deepspeed_config_file"]).is_file()
