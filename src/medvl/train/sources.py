@@ -21,7 +21,7 @@ from medvl.io.jsonl import JsonlLineError, iter_jsonl
 from medvl.records import record_id
 from medvl.train.config import SourceConfig
 
-__all__ = ["LoadedSource", "load_source", "ImageRef", "mix_entries"]
+__all__ = ["LoadedSource", "load_source", "ImageRef", "open_image", "mix_entries"]
 
 # An image as a row holds it: a resolved path, raw bytes, or an already decoded PIL image.
 ImageRef = Any
