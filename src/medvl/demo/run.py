@@ -1,0 +1,217 @@
+"""The demo's steps, each resumable: a finished step leaves `.steps/<name>.json` and is skipped.
+
+Everything is written under `output_dir`: `curate/`, `data/`, `model-init/`, `align/`, `instruct/`,
+`finetune/` (the final model), `eval/<protocol>-<system>/`, and `report.html`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+from transformers import TrainerCallback
+
+from medvl.demo.config import DemoConfig, StageBudget, repo_data
+from medvl.errors import UserError
+from medvl.io.files import atomic_write_json
+from medvl.io.jsonl import write_jsonl
+
+__all__ = ["run_demo", "EVAL_RUNS"]
+
+log = logging.getLogger("medvl.demo")
+console = Console(stderr=True)
+# (protocol, system): the model, the majority answer, and the model without the image
+EVAL_RUNS = [(protocol, system) for protocol in ("open_closed", "choice")
+             for system in ("model", "majority", "question_only")]
+
+
+class TimeBudget(TrainerCallback):
+    """Stops training (and saves) once `minutes` of wall time have passed."""
+
+    def __init__(self, minutes: float):
+        self.seconds = minutes * 60
+        self.start = time.monotonic()
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.start = time.monotonic()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if time.monotonic() - self.start > self.seconds:
+            control.should_training_stop = True
+
+
+def run_demo(config: DemoConfig, fresh: bool = False) -> Path:
+    out = Path(config.output_dir)
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    vqa_rad = Path(config.vqa_rad) if config.vqa_rad else repo_data("vqa-rad")
+    steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("curate", lambda: curate(config, out)),
+        ("data", lambda: finetune_data(vqa_rad, out / "data")),
+        ("build", lambda: build(config, out / "model-init")),
+        ("align", lambda: train_stage(config, "align", out / "model-init", [_curated(out, "concept_alignment")],
+                                      config.align, out / "align")),
+        ("instruct", lambda: train_stage(config, "instruct", out / "align", _instruct_sources(out),
+                                         config.instruct, out / "instruct")),
+        ("finetune", lambda: train_stage(config, "finetune", out / "instruct", [_source(out / "data" / "vqa_rad_train.jsonl")],
+                                         config.finetune, out / "finetune")),
+        *[(f"eval-{p}-{s}", lambda p=p, s=s: evaluate(config, vqa_rad, out, p, s)) for p, s in EVAL_RUNS],
+    ]
+    started = time.monotonic()
+    summaries = {name: _run_step(out, name, fn) for name, fn in steps}
+    from medvl.demo.report import write_report
+
+    report = write_report(config, out, summaries, minutes=(time.monotonic() - started) / 60)
+    console.print(f"\n[bold green]done[/] in {(time.monotonic() - started) / 60:.1f} min — report: {report}")
+    console.print(f"chat:  medvl chat {out / 'finetune'}\nserve: medvl serve {out / 'finetune'}  "
+                  f"(OpenAI API on 127.0.0.1:8000)\nvLLM:  vllm serve {out / 'finetune'}")
+    return report
+
+
+def _run_step(out: Path, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    marker = out / ".steps" / f"{name}.json"
+    if marker.is_file():
+        console.print(f"[dim]demo: {name} already done (resuming)[/]")
+        return json.loads(marker.read_text())
+    console.print(f"[bold]demo[/]: {name} ...")
+    start = time.monotonic()
+    summary = {**fn(), "seconds": round(time.monotonic() - start, 1)}
+    atomic_write_json(marker, summary)
+    console.print(f"[bold]demo[/]: {name} done in {summary['seconds']:.0f}s")
+    return summary
+
+
+def curate(config: DemoConfig, out: Path) -> dict[str, Any]:
+    from medvl.curate.config import CurateConfig
+    from medvl.curate.pipeline import run_curation
+
+    figures = Path(config.figures) if config.figures else repo_data("figures-sample")
+    if (figures / "sample.jsonl").is_file():
+        source = {"format": "pmc_jsonl", "path": str((figures / "sample.jsonl").resolve()), "name": figures.name}
+    elif (figures / "figures.jsonl").is_file():
+        source = {"format": "pairs", "path": str((figures / "figures.jsonl").resolve()), "id_key": "id",
+                  "name": figures.name}
+    elif figures.is_file():
+        source = {"format": "pairs", "path": str(figures.resolve()), "name": figures.stem}
+    else:
+        raise UserError(f"{figures}: expected a PMC-style folder (sample.jsonl), a folder with figures.jsonl, "
+                        "or an image/caption JSONL file")
+    generate: dict[str, Any] = {"concept": {"enabled": True}}
+    if config.reformat_llm is not None:
+        generate["reformat"] = {"enabled": True, "llm": config.reformat_llm.model_dump()}
+    curate_config = CurateConfig.model_validate({
+        "sources": [source], "generate": generate, "engine": {"executor": "local", "tasks": 1},
+    })
+    report = run_curation(curate_config, out / "curate")
+    return {"figures": str(figures), "report": report}
+
+
+def finetune_data(vqa_rad: Path, data_dir: Path) -> dict[str, Any]:
+    """VQA-RAD train split as conversations, phrased as the evaluation asks: short-answer prompts for
+    every question, plus the lettered multiple-choice form of each yes/no question."""
+    from medvl.eval.benchmarks import load_benchmark
+    from medvl.eval.benchmarks.base import closed_as_choice
+    from medvl.eval.prompts import build_prompt
+
+    train = load_benchmark("vqa_rad", vqa_rad, split="train")
+    records = [_record(item, build_prompt(item, "short"), item.answer.strip()) for item in train.items]
+    choice_items, _ = closed_as_choice(train.items)
+    records += [_record(item, build_prompt(item), item.answer_letter, suffix="-choice") for item in choice_items]
+    write_jsonl(data_dir / "vqa_rad_train.jsonl", records)
+    return {"train_questions": len(train.items), "records": len(records), "choice_records": len(choice_items),
+            "missing_images": len(train.missing_images)}
+
+
+def _record(item: Any, prompt: str, answer: str, suffix: str = "") -> dict[str, Any]:
+    record = item.to_record(prompt)
+    record["id"] += suffix
+    record["conversations"][1]["value"] = answer
+    return record
+
+
+def build(config: DemoConfig, folder: Path) -> dict[str, Any]:
+    from medvl.model.build import build_model
+    from medvl.model.checkpoint import save_model
+
+    model, processor = build_model(config.model)
+    save_model(model, processor, folder)
+    counts = {name: sum(p.numel() for p in module.parameters()) for name, module in
+              (("vision", model.model.vision_tower), ("projector", model.model.multi_modal_projector),
+               ("llm", model.model.language_model))}
+    return {"parameters": counts, "image_tokens": model.config.image_seq_length}
+
+
+def _source(path: Path, image_root: Path | None = None) -> dict[str, Any]:
+    return {"path": str(path), **({"image_root": str(image_root)} if image_root else {})}
+
+
+def _curated(out: Path, name: str) -> dict[str, Any]:
+    return _source(out / "curate" / f"{name}.jsonl", out / "curate" / "images")
+
+
+def _instruct_sources(out: Path) -> list[dict[str, Any]]:
+    """Instruction data from curation (PubMedVision's two sets when an LLM made them), else the
+    concept-alignment records again."""
+    sources = [_curated(out, name) for name in ("alignment", "instruction")
+               if (out / "curate" / f"{name}.jsonl").is_file() and (out / "curate" / f"{name}.jsonl").stat().st_size]
+    return sources or [_curated(out, "concept_alignment")]
+
+
+def train_stage(config: DemoConfig, stage: str, start: Path, sources: list[dict[str, Any]], budget: StageBudget,
+                folder: Path) -> dict[str, Any]:
+    from medvl.train.config import TrainConfig
+    from medvl.train.runner import run_training
+
+    train_config = TrainConfig.model_validate({
+        "stage": stage,
+        "model": {"path": str(start)},
+        "trainable": {"vision": budget.train_vision},
+        "data": {"sources": sources, "max_length": config.max_length, "seed": config.seed},
+        "optim": {"lr": budget.lr, "epochs": budget.epochs, "batch_size": budget.batch_size,
+                  "scheduler": "constant_with_warmup", "warmup_ratio": 0.05},
+        "precision": _precision(config.precision),
+        "save": {"every_steps": 40, "keep": 1},
+        "logging": {"every_steps": 2, "report_to": ["tensorboard"]},
+        "output_dir": str(folder),
+        "seed": config.seed,
+    })
+    result = run_training(train_config, callbacks=[TimeBudget(budget.minutes)])
+    return {"stage": stage, "steps": result.global_step, "final_loss": result.final_loss,
+            "samples_per_epoch": result.samples_per_epoch, "budget_minutes": budget.minutes,
+            "data": result.data.to_json()["totals"]}
+
+
+def _precision(choice: str) -> str:
+    """bf16 autocast when the hardware does bf16 matmuls natively (AVX512-BF16/AMX CPUs, recent GPUs)."""
+    if choice != "auto":
+        return choice
+    import torch
+
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def evaluate(config: DemoConfig, vqa_rad: Path, out: Path, protocol: str, system: str) -> dict[str, Any]:
+    from medvl.eval.runner import EvalConfig, run_eval
+
+    run_dir = out / "eval" / f"{protocol}-{system}"
+    eval_config = EvalConfig.model_validate({
+        "benchmark": {"name": "vqa_rad", "root": str(vqa_rad), "split": "test", "limit": config.eval_limit,
+                      "protocol": "choice" if protocol == "choice" else "native"},
+        "backend": {"kind": "majority"} if system == "majority" else {"kind": "local", "model": str(out / "finetune")},
+        "use_images": system != "question_only",
+        "generation": {"max_new_tokens": config.eval_max_new_tokens, "batch_size": config.eval_batch_size},
+        "extra_scorers": ["llava_med_run_eval_batch"] if protocol == "open_closed" else ["huatuo_match_choice3"],
+        "output_dir": str(run_dir),
+    })
+    run_eval(eval_config)
+    scores = json.loads((run_dir / "scores.json").read_text())
+    return {"protocol": protocol, "system": system, "run_dir": str(run_dir), "scores": scores["scores"],
+            "compat": scores.get("compat", {}), "answered": scores.get("answered")}
