@@ -36,7 +36,7 @@ from medvl.model.offline import resolve_asset
 from medvl.model.spec import ModelSpec, TextSpec, VisionSpec
 from medvl.model.templates import STOP_STRINGS, guess_format, resolve_chat_template
 
-__all__ = ["build_model", "build_processor", "generation_config_for", "load_tokenizer", "DTYPES"]
+__all__ = ["build_model", "build_processor", "generation_config_for", "identity_linear_state", "load_tokenizer", "DTYPES"]
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,8 @@ def build_model(spec: ModelSpec) -> tuple[LlavaForConditionalGeneration, LlavaPr
             model.lm_head.load_state_dict(llm.lm_head.state_dict())
         del llm
     if spec.projector == "linear":
-        _make_identity(model.model.multi_modal_projector.linear_2)
+        linear_2 = model.model.multi_modal_projector.linear_2
+        linear_2.load_state_dict(identity_linear_state(linear_2.out_features, linear_2.weight.dtype))
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     model.tie_weights()
@@ -194,8 +195,6 @@ def _text_part(text: TextSpec, vocab_size: int) -> tuple[Any, Any]:
     return config, None
 
 
-def _make_identity(layer: torch.nn.Linear) -> None:
-    with torch.no_grad():
-        layer.weight.copy_(torch.eye(layer.out_features, layer.in_features))
-        if layer.bias is not None:
-            layer.bias.zero_()
+def identity_linear_state(size: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Weights of a size x size Linear that passes its input through: how `linear_2` stores a `linear` projector."""
+    return {"weight": torch.eye(size, dtype=dtype), "bias": torch.zeros(size, dtype=dtype)}

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import torch
 
 from medvl.errors import UserError
-from medvl.model.build import generation_config_for, load_tokenizer
+from medvl.model.build import generation_config_for, identity_linear_state, load_tokenizer
 from medvl.model.spec import ModelSpec, TextSpec, VisionSpec
 
 __all__ = ["LEGACY_TYPES", "ConversionError", "convert_legacy", "read_legacy_weights"]
@@ -169,11 +169,9 @@ def convert_legacy(source: str | Path, out_dir: str | Path, vision_tower: str | 
         pad_token_id=tokenizer.pad_token_id,
     )
     if projector == "linear":
-        hidden = text_config.hidden_size
-        weights["model.multi_modal_projector.linear_2.weight"] = torch.eye(hidden, dtype=weights[
-            "model.multi_modal_projector.linear_1.weight"].dtype)
-        weights["model.multi_modal_projector.linear_2.bias"] = torch.zeros(hidden, dtype=weights[
-            "model.multi_modal_projector.linear_2.weight"].dtype)
+        dtype = weights["model.multi_modal_projector.linear_1.weight"].dtype
+        identity = identity_linear_state(text_config.hidden_size, dtype)
+        weights.update({f"model.multi_modal_projector.linear_2.{k}": v for k, v in identity.items()})
     with init_empty_weights():
         model = LlavaForConditionalGeneration(config)
     if config.tie_word_embeddings:
