@@ -169,8 +169,8 @@ def convert_legacy(source: str | Path, out_dir: str | Path, vision_tower: str | 
         pad_token_id=tokenizer.pad_token_id,
     )
     if projector == "linear":
-        dtype = weights["model.multi_modal_projector.linear_1.weight"].dtype
-        identity = identity_linear_state(text_config.hidden_size, dtype)
+        projector_dtype = weights["model.multi_modal_projector.linear_1.weight"].dtype
+        identity = identity_linear_state(text_config.hidden_size, projector_dtype)
         weights.update({f"model.multi_modal_projector.linear_2.{k}": v for k, v in identity.items()})
     with init_empty_weights():
         model = LlavaForConditionalGeneration(config)
