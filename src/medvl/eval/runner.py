@@ -177,16 +177,24 @@ def _runnable(items: list[VQAItem], data: BenchmarkData, config: EvalConfig
 def _majority(config: EvalConfig, data: BenchmarkData) -> tuple[dict[str, str], list[str]]:
     from medvl.eval.baselines import majority_table
 
-    bench = config.benchmark
+    wanted = config.backend.majority_split
     try:
-        source = bench.load(config.backend.majority_split).items
-        note = f"majority answers counted on the {config.backend.majority_split} split"
+        source = config.benchmark.load(wanted).items
+        problem = None if _item_keys(source) != _item_keys(data.items) else "the loader read the same questions"
     except BenchmarkError as exc:
+        source, problem = data.items, str(exc)
+    if problem is None:
+        note = f"majority answers counted on the {wanted} split"
+    else:
         source = data.items
-        note = (f"majority answers counted on the evaluated {data.split} split itself (no "
-                f"{config.backend.majority_split} split: {exc}); this baseline is optimistic")
+        note = (f"majority answers counted on the evaluated {data.split} split itself (no separate {wanted} "
+                f"split: {problem}); this baseline is optimistic")
     table = majority_table(source)
     return table, [note, f"majority table: {table}"]
+
+
+def _item_keys(items: list[VQAItem]) -> set[tuple[str, str, str]]:
+    return {(item.id, item.question, item.answer) for item in items}
 
 
 def _answer(backend: Any, items: list[VQAItem], text_only: set[str], config: EvalConfig, part: Path,

@@ -39,7 +39,8 @@ BENCHMARKS: dict[str, str] = {
 
 
 def load_benchmark(name: str, root: str | Path, split: str = "test", **options: Any) -> BenchmarkData:
-    """Load one split of a benchmark from local files; unknown names or options are errors."""
+    """Load one split of a benchmark from local files; unknown names or options, and a split with no
+    question at all, are errors (`BenchmarkError`, a `UserError`)."""
     if name not in BENCHMARKS:
         raise BenchmarkError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
     loader = importlib.import_module(BENCHMARKS[name]).load
@@ -50,4 +51,8 @@ def load_benchmark(name: str, root: str | Path, split: str = "test", **options: 
     root = Path(root).expanduser()
     if not root.exists():
         raise BenchmarkError(f"{name}: {root} does not exist")
-    return loader(root, split, **options)
+    data = loader(root, split, **options)
+    if not data.items and not data.rejects:
+        chosen = f" with options {options}" if options else ""
+        raise BenchmarkError(f"{name} [{split}]: no questions found in {root}{chosen}; check the split and options")
+    return data

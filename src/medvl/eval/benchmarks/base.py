@@ -13,10 +13,12 @@ import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from medvl.errors import UserError
 
 __all__ = [
     "LETTERS",
@@ -24,15 +26,21 @@ __all__ = [
     "BenchmarkData",
     "BenchmarkError",
     "VQAItem",
+    "closed_as_choice",
     "extract_image_bytes",
     "find_path",
     "finish",
     "image_cache_dir",
+    "missing_field",
+    "one_of",
     "option_letter",
     "read_json",
+    "read_json_rows",
+    "read_parquet_rows",
+    "some_of",
     "split_name",
+    "text_field",
     "yes_no_answer",
-    "closed_as_choice",
 ]
 
 AnswerType = Literal["closed", "open", "choice"]
@@ -45,8 +53,8 @@ def option_letter(answer: str, options: list[str]) -> str | None:
     return LETTERS[options.index(answer)] if answer in options else None
 
 
-class BenchmarkError(ValueError):
-    """A benchmark folder or file that cannot be read as the named release; says what is wrong."""
+class BenchmarkError(UserError, ValueError):
+    """A benchmark folder, file or option that cannot be read as the named release; says what is wrong."""
 
 
 @dataclass
@@ -205,6 +213,63 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BenchmarkError(f"{path}: not valid JSON: {exc}") from exc
+    except IsADirectoryError as exc:
+        raise BenchmarkError(f"{path} is a folder; name the JSON file itself") from exc
+
+
+def read_json_rows(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, str]]]:
+    """The (index, row) pairs of a JSON list of question rows, and rejects for entries that are not objects."""
+    rows = read_json(path)
+    if not isinstance(rows, list):
+        raise BenchmarkError(f"{path}: expected a JSON list of question rows, found a {type(rows).__name__}; "
+                             "is this the release's question file?")
+    good = [(index, row) for index, row in enumerate(rows) if isinstance(row, dict)]
+    bad = [{"id": f"{path.stem}-row-{index}", "reason": "malformed_row", "detail": f"{path.name}: {row!r}"[:200]}
+           for index, row in enumerate(rows) if not isinstance(row, dict)]
+    return good, bad
+
+
+def read_parquet_rows(path: Path, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The rows of a parquet file as dicts; a clear error for a corrupt file or a missing column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path, columns=list(columns) if columns else None).to_pylist()
+    except (pa.ArrowException, OSError) as exc:
+        wanted = f" with columns {', '.join(columns)}" if columns else ""
+        raise BenchmarkError(f"{path}: not a readable parquet file{wanted}: {exc}") from exc
+
+
+def text_field(row: dict[str, Any], key: str) -> str | None:
+    """`row[key]` as stripped text (numbers become text), or None when it is absent, null or blank."""
+    value = row.get(key)
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def missing_field(row: dict[str, Any], keys: Sequence[str]) -> str | None:
+    """The reject reason `no_<key>` for the first of `keys` that is absent, null or blank; None when all are there."""
+    return next((f"no_{key}" for key in keys if text_field(row, key) is None), None)
+
+
+def one_of(benchmark: str, option: str, value: Any, known: Sequence[str]) -> str:
+    """`value` when it is one of `known`, else an error naming the known values."""
+    if value not in known:
+        raise BenchmarkError(f"{benchmark}: option {option}={value!r} is not one of: {', '.join(known)}")
+    return value
+
+
+def some_of(benchmark: str, option: str, values: str | Iterable[str], known: Sequence[str]) -> list[str]:
+    """`values` as a list (one string becomes a one-element list), each checked against `known`."""
+    chosen = [values] if isinstance(values, str) else list(values)
+    unknown = [v for v in chosen if v not in known]
+    if unknown or not chosen:
+        raise BenchmarkError(f"{benchmark}: option {option}={unknown or chosen!r} names no known value; "
+                             f"known: {', '.join(known)}")
+    return chosen
 
 
 YES_NO_OPTIONS = ["yes", "no"]

@@ -15,36 +15,48 @@ import ast
 from collections.abc import Sequence
 from pathlib import Path
 
-from medvl.eval.benchmarks.base import BenchmarkData, VQAItem, find_path, finish, read_json, split_name
+from medvl.eval.benchmarks.base import (
+    BenchmarkData,
+    VQAItem,
+    find_path,
+    finish,
+    missing_field,
+    read_json_rows,
+    some_of,
+    split_name,
+)
 
 FILE = "medical_multimodel_evaluation_data.json"
 
 
-def load(root: Path, split: str = "test", datasets: Sequence[str] | None = None) -> BenchmarkData:
+def load(root: Path, split: str = "test", datasets: str | Sequence[str] | None = None) -> BenchmarkData:
     split_name(split, {"test": ()})
     path = root if root.is_file() else find_path(root, [FILE], "HuatuoGPT-Vision evaluation file")
     folder = path.parent
-    wanted = set(datasets) if datasets else None
-    items, rejects, unknown_answers = [], [], 0
-    for test_id, row in enumerate(read_json(path), start=1):
-        item_id = str(test_id)
+    rows, rejects = read_json_rows(path)
+    present = sorted({str(row.get("dataset", "")) for _, row in rows})
+    wanted = set(some_of("huatuo_eval", "datasets", datasets, present)) if datasets is not None else None
+    items, unknown_answers = [], 0
+    for index, row in rows:
+        item_id = str(index + 1)  # the reference's test_id
         dataset = str(row.get("dataset", ""))
         if wanted is not None and dataset not in wanted:
             continue
-        options = row.get("options") or []
-        if isinstance(options, str):
-            try:
-                options = ast.literal_eval(options)
-            except (ValueError, SyntaxError) as exc:
-                rejects.append({"id": item_id, "reason": "bad_options", "detail": str(exc)})
-                continue
+        problem = missing_field(row, ("question", "answer"))
+        if problem:
+            rejects.append({"id": item_id, "reason": problem, "detail": f"dataset={dataset!r}"})
+            continue
+        options = _options(row.get("options"))
+        if options is None:
+            rejects.append({"id": item_id, "reason": "bad_options", "detail": repr(row.get("options"))[:200]})
+            continue
         images = row.get("image") or []
         images = [images] if isinstance(images, str) else images
-        answer = str(row.get("answer", "")).strip()
+        answer = str(row["answer"]).strip()
         options = [str(o) for o in options]
         unknown_answers += bool(options) and answer not in options
         items.append(VQAItem(
-            id=item_id, benchmark="huatuo_eval", split="test", question=str(row.get("question", "")),
+            id=item_id, benchmark="huatuo_eval", split="test", question=str(row["question"]),
             answer=answer, answer_type="choice" if options else "open",
             images=[str((folder / p).resolve()) for p in images], options=options,
             meta={"dataset": dataset, "subset": row.get("subset", ""), "question_type": row.get("question_type", "")},
@@ -52,3 +64,14 @@ def load(root: Path, split: str = "test", datasets: Sequence[str] | None = None)
     notes = [(f"{unknown_answers} choice rows whose answer is not one of the options (scored wrong, as the "
               "reference does)")] if unknown_answers else []
     return finish("huatuo_eval", "test", folder, items, notes=notes, rejects=rejects)
+
+
+def _options(value: object) -> list[object] | None:
+    """The row's options: a list, or a Python list written as a string; None when it is neither."""
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return None
+    value = value or []
+    return value if isinstance(value, list) else None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medvl.eval.benchmarks.base import BenchmarkData, VQAItem, finish, yes_no_answer
+from medvl.eval.benchmarks.base import BenchmarkData, BenchmarkError, VQAItem, finish, yes_no_answer
 from medvl.io.jsonl import JsonlLineError, iter_jsonl
 from medvl.records import IMAGE_TAG, ROLE_OF, record_images, record_problems
 
@@ -21,6 +21,8 @@ KNOWN = {"id", "image", "conversations", "answer_type", "options"}
 
 
 def load(root: Path, split: str = "test", image_folder: str | None = None) -> BenchmarkData:
+    if root.is_dir():
+        raise BenchmarkError(f"llava_jsonl: {root} is a folder; set benchmark.root to the JSONL (or JSON) file itself")
     folder = Path(image_folder) if image_folder else root.parent
     items, rejects = [], []
     for line, record in iter_jsonl(root):

@@ -6,12 +6,15 @@ list written as a string), `answer` (a letter; hidden as "?" in the test split),
 `image_7` ({bytes, path} or null), `question_type` ("multiple-choice"/"open"), `subfield`,
 `img_type`, `topic_difficulty`. Embedded images are written once (by content hash) to a cache
 folder (`image_dir` option); the `<image N>` tags stay in the question text, as MMMU and
-HuatuoGPT-Vision present them, and the images follow in tag order.
+HuatuoGPT-Vision present them. The images are those whose tags occur in the question or the
+options, in tag order, as lmms-eval's `mmmu_doc_to_visual` picks them (every non-null image column
+when no tag occurs); a tagged image without bytes rejects the row.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +26,8 @@ from medvl.eval.benchmarks.base import (
     extract_image_bytes,
     finish,
     image_cache_dir,
+    read_parquet_rows,
+    some_of,
     split_name,
 )
 
@@ -35,13 +40,13 @@ MEDICAL_SUBJECTS = (
 )
 SPLITS = {"dev": (), "validation": ("val", "validate"), "test": ()}
 IMAGE_COLUMNS = tuple(f"image_{i}" for i in range(1, 8))
+_IMAGE_TAG = re.compile(r"<image (\d+)>")
 
 
-def load(root: Path, split: str = "validation", subjects: Sequence[str] = MEDICAL_SUBJECTS,
+def load(root: Path, split: str = "validation", subjects: str | Sequence[str] = MEDICAL_SUBJECTS,
          image_dir: str | None = None) -> BenchmarkData:
     split = split_name(split, SPLITS)
-    import pyarrow.parquet as pq
-
+    subjects = some_of("mmmu_med", "subjects", subjects, MEDICAL_SUBJECTS)
     items, rejects, hidden = [], [], 0
     cache = image_cache_dir("mmmu_med", root, image_dir)
     for subject in subjects:
@@ -49,19 +54,21 @@ def load(root: Path, split: str = "validation", subjects: Sequence[str] = MEDICA
         if not files:
             raise BenchmarkError(f"MMMU: no {split} parquet for subject {subject!r} under {root / subject}")
         for file in files:
-            for row in pq.read_table(file).to_pylist():
+            for row in read_parquet_rows(file):
                 item_id = str(row.get("id"))
                 answer = str(row.get("answer") or "").strip()
                 if answer in ("", "?"):
                     hidden += 1
                     continue
-                try:
-                    options = [str(o).strip() for o in ast.literal_eval(row.get("options") or "[]")]
-                except (ValueError, SyntaxError) as exc:
-                    rejects.append({"id": item_id, "reason": "bad_options", "detail": str(exc)})
+                options = _options(row.get("options"))
+                if options is None:
+                    rejects.append({"id": item_id, "reason": "bad_options", "detail": repr(row.get("options"))[:200]})
                     continue
                 images = [extract_image_bytes((row.get(c) or {}).get("bytes"), (row.get(c) or {}).get("path"), cache)
-                          for c in IMAGE_COLUMNS]
+                          for c in _image_columns(row, options)]
+                if None in images:
+                    rejects.append({"id": item_id, "reason": "missing_image_bytes", "detail": str(file)})
+                    continue
                 is_choice = row.get("question_type") != "open" and bool(options)
                 if is_choice and (len(answer) != 1 or answer not in LETTERS[: len(options)]):
                     rejects.append({"id": item_id, "reason": "answer_not_an_option", "detail": answer})
@@ -69,7 +76,7 @@ def load(root: Path, split: str = "validation", subjects: Sequence[str] = MEDICA
                 items.append(VQAItem(
                     id=item_id, benchmark="mmmu_med", split=split, question=str(row.get("question") or "").strip(),
                     answer=options[LETTERS.index(answer)] if is_choice else answer,
-                    answer_type="choice" if is_choice else "open", images=[p for p in images if p],
+                    answer_type="choice" if is_choice else "open", images=[p for p in images if p is not None],
                     options=options if is_choice else [],
                     meta={"subject": subject, "subfield": row.get("subfield", ""), "img_type": row.get("img_type", ""),
                           "difficulty": row.get("topic_difficulty", "")},
@@ -79,3 +86,20 @@ def load(root: Path, split: str = "validation", subjects: Sequence[str] = MEDICA
     notes = [f"{hidden} questions with hidden answers left out"] if hidden else []
     return finish("mmmu_med", split, root, items, notes=notes + [f"embedded images written to {cache}"],
                   rejects=rejects)
+
+
+def _options(value: object) -> list[str] | None:
+    """MMMU's options: a Python list written as a string; None when it is not one."""
+    try:
+        options = ast.literal_eval(value) if isinstance(value, str) and value.strip() else []
+    except (ValueError, SyntaxError):
+        return None
+    return [str(o).strip() for o in options] if isinstance(options, list) else None
+
+
+def _image_columns(row: dict, options: list[str]) -> list[str]:
+    """The image columns a question shows: its `<image N>` tags (question and options) in order, else every
+    non-null image column."""
+    text = " ".join([str(row.get("question") or ""), *options])
+    tagged = [c for c in IMAGE_COLUMNS if c.removeprefix("image_") in set(_IMAGE_TAG.findall(text))]
+    return tagged or [c for c in IMAGE_COLUMNS if row.get(c)]

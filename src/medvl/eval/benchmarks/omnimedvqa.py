@@ -11,24 +11,34 @@ licence), the restricted part, or both.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
-from medvl.eval.benchmarks.base import BenchmarkData, BenchmarkError, VQAItem, finish, read_json, split_name
+from medvl.eval.benchmarks.base import (
+    BenchmarkData,
+    BenchmarkError,
+    VQAItem,
+    finish,
+    one_of,
+    read_json_rows,
+    split_name,
+)
 
 OPTION_KEYS = ("option_A", "option_B", "option_C", "option_D", "option_E")
 ACCESS_DIRS = {"open": ("Open-access",), "restricted": ("Restricted-access",),
                "all": ("Open-access", "Restricted-access")}
 
 
-def load(root: Path, split: str = "test", access: Literal["open", "restricted", "all"] = "open") -> BenchmarkData:
+def load(root: Path, split: str = "test", access: str = "open") -> BenchmarkData:
     split_name(split, {"test": ("all",)})
+    access = one_of("omnimedvqa", "access", access, list(ACCESS_DIRS))
     folders = [root / "QA_information" / name for name in ACCESS_DIRS[access]]
     files = sorted(f for folder in folders if folder.is_dir() for f in folder.glob("*.json"))
     if not files:
         raise BenchmarkError(f"no OmniMedVQA question files under {', '.join(map(str, folders))}")
     items, rejects = [], []
     for file in files:
-        for index, row in enumerate(read_json(file)):
+        rows, bad = read_json_rows(file)
+        rejects += bad
+        for index, row in rows:
             item_id = str(row.get("question_id") or f"{file.stem}-{index}")
             options = [str(row[k]).strip() for k in OPTION_KEYS if row.get(k) not in (None, "")]
             answer = str(row.get("gt_answer", "")).strip()

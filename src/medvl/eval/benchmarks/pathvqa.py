@@ -3,7 +3,9 @@
 - The original release (`pvqa/`): `qas/<split>/<split>_qa.pkl` (also `qas/<split>_qa.pkl`), a
   pickled list of `{"image": "test_0261", "question", "answer"}` dicts, with images at
   `images/<split>/<image>.jpg`; splits train/val/test. The pickle is read with an unpickler that
-  only builds lists, dicts, strings and numbers, so a tampered file cannot run code.
+  only builds lists, dicts, strings and numbers, plus numpy scalars (numpy strings and numbers,
+  which released pickles may hold: `numpy.dtype` and `multiarray.scalar` only, no arrays, no
+  other class), so a tampered file cannot run code. Numpy values become plain Python values.
 - The Hugging Face parquet release (flaviagiammarino/path-vqa): `data/<split>-*.parquet` with
   columns `image` ({bytes, path}), `question`, `answer`; splits train/validation/test. Embedded
   images are written once (by content hash) to a cache folder (`image_dir` option).
@@ -24,6 +26,8 @@ from medvl.eval.benchmarks.base import (
     extract_image_bytes,
     finish,
     image_cache_dir,
+    missing_field,
+    read_parquet_rows,
     split_name,
     yes_no_answer,
 )
@@ -32,11 +36,24 @@ PICKLE_SPLITS = {"train": (), "val": ("validation", "validate", "dev"), "test": 
 PARQUET_SPLITS = {"train": (), "validation": ("val", "validate", "dev"), "test": ()}
 
 
+# the globals a pickled numpy scalar needs (protocol 2 adds _codecs.encode for its raw bytes)
+NUMPY_SCALAR_GLOBALS = {("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
+                        ("numpy", "dtype"), ("_codecs", "encode")}
+
+
 class _PlainUnpickler(pickle.Unpickler):
-    """Refuses every class lookup: only built-in containers and scalars can be loaded."""
+    """Refuses every class lookup except numpy scalars: only plain data can be loaded."""
 
     def find_class(self, module: str, name: str) -> type:
+        if (module, name) in NUMPY_SCALAR_GLOBALS:
+            return super().find_class(module, name)
         raise BenchmarkError(f"PathVQA pickle refers to {module}.{name}; only plain data is accepted")
+
+
+def _plain(value: object) -> object:
+    """A numpy scalar as the matching Python value (numpy strings become str); anything else as is."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) and type(value).__module__ == "numpy" else value
 
 
 def load(root: Path, split: str = "test", image_dir: str | None = None) -> BenchmarkData:
@@ -55,23 +72,27 @@ def _load_pickle(root: Path, split: str) -> BenchmarkData:
         raise BenchmarkError(f"PathVQA {split} questions not found; looked for: {', '.join(map(str, candidates))}")
     try:
         rows = _PlainUnpickler(io.BytesIO(path.read_bytes())).load()
-    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+    except BenchmarkError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
         raise BenchmarkError(f"{path}: not a readable pickle: {exc}") from exc
+    if not isinstance(rows, list):
+        raise BenchmarkError(f"{path}: expected a pickled list of question dicts, found a {type(rows).__name__}")
     items, rejects = [], []
     for index, row in enumerate(rows):
         item_id = f"{split}_{index:05d}"
-        if not isinstance(row, dict) or not row.get("image") or row.get("question") is None:
-            rejects.append({"id": item_id, "reason": "malformed_row", "detail": repr(row)[:200]})
+        row = {str(_plain(k)): _plain(v) for k, v in row.items()} if isinstance(row, dict) else None
+        problem = "malformed_row" if row is None else missing_field(row, ("image", "question", "answer"))
+        if problem:
+            rejects.append({"id": item_id, "reason": problem, "detail": repr(rows[index])[:200]})
             continue
         image = root / "images" / split / f"{row['image']}.jpg"
-        items.append(_item(item_id, split, row["question"], row.get("answer", ""), str(image.resolve()),
-                           {"image_id": row["image"]}))
+        items.append(_item(item_id, split, row["question"], row["answer"], str(image.resolve()),
+                           {"image_id": str(row["image"])}))
     return finish("pathvqa", split, root, items, rejects=rejects)
 
 
 def _load_parquet(root: Path, parquet_dir: Path, split: str, image_dir: str | None) -> BenchmarkData:
-    import pyarrow.parquet as pq
-
     files = sorted(parquet_dir.glob(f"{split}-*.parquet"))
     if not files:
         raise BenchmarkError(f"no PathVQA parquet files for split {split!r} in {parquet_dir}")
@@ -79,20 +100,21 @@ def _load_parquet(root: Path, parquet_dir: Path, split: str, image_dir: str | No
     items, rejects = [], []
     index = 0
     for file in files:
-        for row in pq.read_table(file, columns=["image", "question", "answer"]).to_pylist():
+        for row in read_parquet_rows(file, ["image", "question", "answer"]):
             item_id = f"{split}_{index:05d}"
             index += 1
             image = row.get("image") or {}
-            path = extract_image_bytes(image.get("bytes"), image.get("path"), cache)
+            problem = missing_field(row, ("question", "answer"))
+            path = None if problem else extract_image_bytes(image.get("bytes"), image.get("path"), cache)
             if path is None:
-                rejects.append({"id": item_id, "reason": "no_image_bytes", "detail": str(file)})
+                rejects.append({"id": item_id, "reason": problem or "no_image_bytes", "detail": str(file)})
                 continue
-            items.append(_item(item_id, split, row.get("question") or "", row.get("answer") or "", path,
+            items.append(_item(item_id, split, row["question"], row["answer"], path,
                                {"source_image": image.get("path")}))
     return finish("pathvqa", split, root, items, notes=[f"embedded images written to {cache}"], rejects=rejects)
 
 
-def _item(item_id: str, split: str, question: str, answer: object, image: str, meta: dict) -> VQAItem:
+def _item(item_id: str, split: str, question: object, answer: object, image: str, meta: dict) -> VQAItem:
     answer = str(answer).strip()
     yes_no = yes_no_answer(answer) is not None
     return VQAItem(

@@ -10,36 +10,42 @@ the English ones, `"zh"` the Chinese ones, `"all"` both.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from medvl.eval.benchmarks.base import (
     BenchmarkData,
     VQAItem,
     find_path,
     finish,
-    read_json,
+    missing_field,
+    one_of,
+    read_json_rows,
     split_name,
     yes_no_answer,
 )
 
 SPLITS = {"train": (), "validate": ("val", "validation", "dev"), "test": ()}
+LANGUAGES = ("en", "zh", "all")
+FIELDS = ("question", "answer", "img_name")
 
 
-def load(root: Path, split: str = "test", lang: Literal["en", "zh", "all"] = "en") -> BenchmarkData:
+def load(root: Path, split: str = "test", lang: str = "en") -> BenchmarkData:
+    lang = one_of("slake", "lang", lang, LANGUAGES)
     split = split_name(split, SPLITS)
     path = find_path(root, [f"{split}.json"], f"SLAKE {split} file")
     image_dir = root / "imgs"
-    items, rejects = [], []
-    for index, row in enumerate(read_json(path)):
-        qid = str(row.get("qid", index))
-        kind = str(row.get("answer_type", "")).strip().upper()
-        if kind not in ("CLOSED", "OPEN") or not row.get("img_name") or row.get("question") is None:
-            rejects.append({"id": qid, "reason": "malformed_row", "detail": f"answer_type={kind!r}"})
-            continue
+    rows, rejects = read_json_rows(path)
+    items = []
+    for index, row in rows:
         row_lang = row.get("q_lang", "en")
         if lang != "all" and row_lang != lang:
             continue
-        answer = str(row.get("answer", "")).strip()
+        qid = str(row.get("qid", index))
+        kind = str(row.get("answer_type", "")).strip().upper()
+        problem = missing_field(row, FIELDS) or (None if kind in ("CLOSED", "OPEN") else "bad_answer_type")
+        if problem:
+            rejects.append({"id": qid, "reason": problem, "detail": f"answer_type={kind!r}"})
+            continue
+        answer = str(row["answer"]).strip()
         items.append(VQAItem(
             id=qid,
             benchmark="slake",

@@ -14,9 +14,11 @@ from pathlib import Path
 from medvl.eval.benchmarks.base import (
     BenchmarkData,
     VQAItem,
+    BenchmarkError,
     find_path,
     finish,
-    read_json,
+    missing_field,
+    read_json_rows,
     split_name,
     yes_no_answer,
 )
@@ -24,6 +26,7 @@ from medvl.eval.benchmarks.base import (
 FILE = "VQA_RAD Dataset Public.json"
 TEST_PHRASES = {"test_freeform", "test_para"}
 IMAGE_DIRS = ("images", "VQA_RAD Image Folder")
+FIELDS = ("question", "answer", "image_name")
 
 
 def load(root: Path, split: str = "test") -> BenchmarkData:
@@ -31,18 +34,22 @@ def load(root: Path, split: str = "test") -> BenchmarkData:
     path = root if root.is_file() else find_path(root, [FILE], "VQA-RAD question file")
     folder = path.parent
     image_dir = next((folder / d for d in IMAGE_DIRS if (folder / d).is_dir()), folder)
-    rows = read_json(path)
-    items, rejects = [], []
-    for index, row in enumerate(rows):
-        qid = str(row.get("qid", index))
-        kind = str(row.get("answer_type", "")).strip().upper()
-        if kind not in ("CLOSED", "OPEN") or not row.get("image_name") or row.get("question") is None:
-            rejects.append({"id": qid, "reason": "malformed_row", "detail": f"answer_type={kind!r}"})
-            continue
+    rows, rejects = read_json_rows(path)
+    if split != "all" and not any("phrase_type" in row for _, row in rows):
+        raise BenchmarkError(f"{path}: no row has a phrase_type, so the official test/train split cannot be "
+                             "told apart; use the original public release, or split=all, or the llava_jsonl loader")
+    items = []
+    for index, row in rows:
         is_test = row.get("phrase_type") in TEST_PHRASES
         if split != "all" and is_test != (split == "test"):
             continue
-        answer = str(row.get("answer", "")).strip()
+        qid = str(row.get("qid", index))
+        kind = str(row.get("answer_type", "")).strip().upper()
+        problem = missing_field(row, FIELDS) or (None if kind in ("CLOSED", "OPEN") else "bad_answer_type")
+        if problem:
+            rejects.append({"id": qid, "reason": problem, "detail": f"answer_type={kind!r}"})
+            continue
+        answer = str(row["answer"]).strip()
         items.append(VQAItem(
             id=qid,
             benchmark="vqa_rad",
