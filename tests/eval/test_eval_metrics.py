@@ -123,9 +123,9 @@ def test_scorers_disagree_where_the_reference_is_lenient():
     assert medvl.summary["closed"]["yes_no_unanswered_rate"] == pytest.approx(1 / 4)
     assert medvl.summary["open"]["token_recall"] == 0.5
     run_eval = score_records(records, "llava_med_run_eval", candidates=["left lung", "right lung"])
-    # "no" inside "normal" and "not" counts as no; the plain miss ("Yes" for "no") leaves the denominator
-    assert [s.correct for s in run_eval.items] == [True, True, None, True, True]
-    assert run_eval.summary["yes/no accuracy"] == 1.0 and run_eval.summary["closed_dropped"] == 1
+    # "no" inside "normal" and "not" counts as no; the plain miss ("Yes" for "no") is a miss (v1.0.0)
+    assert [s.correct for s in run_eval.items] == [True, True, False, True, True]
+    assert run_eval.summary["yes/no accuracy"] == 0.75
     assert run_eval.summary["recall"] == pytest.approx(0.75)
     batch = score_records(records, "llava_med_run_eval_batch")
     assert [s.correct for s in batch.items] == [True, True, False, True, False]

@@ -1,10 +1,11 @@
 """Re-implementations of the reference scorers' rules, quirks included, for compatibility scoring.
 
-Behaviour follows LLaVA-Med v1.0 (`llava/eval/eval_metrics/{glossary,utils,evaluate_metrics}.py`,
+Behaviour follows LLaVA-Med v1.0.0 (`llava/eval/eval_metrics/{glossary,utils,evaluate_metrics}.py`,
 `run_eval.py`, `run_eval_batch.py`) and HuatuoGPT-Vision (`scorer.py`); the code is medvl's own.
 The metric functions take raw texts and apply what the reference pipeline applies: run_eval
 lower-cases and normalises both texts, and each metric normalises them once more
-(`llava_med_prepare`). Quirks reproduced on purpose (docs/evaluation.md explains each):
+(`llava_med_prepare`) — except BLEU, which sees the once-normalised texts. Quirks reproduced on
+purpose (docs/evaluation.md explains each):
 
 - `llava_med_normalize_word`: VQA-v2 style. A punctuation mark is deleted when it touches a space
   anywhere in the *original* string (or the string has a digit,digit comma), else it becomes a
@@ -17,6 +18,10 @@ lower-cases and normalises both texts, and each metric normalises them once more
   is that recall, the paper's open-set metric.
 - `llava_med_candidate_hit`: run_eval.py's "open accuracy", the arg-max over a candidate answer
   list (train-set open answers; LLaVA-Med's `candidate.json` is unreleased).
+- `llava_med_bleu`: nltk's `sentence_bleu` with no smoothing on the lower-cased, once-normalised
+  texts split on spaces, under LLaVA-Med's four weightings: `bleu_score` (0.25 each, cumulative
+  BLEU-4) and `bleu_score_1/2/3` (weights (1,0,0,0), (0,1,0,0), (0,0,1,0): the unigram, bigram and
+  trigram precisions alone, each times the brevity penalty — not cumulative BLEU-2/3).
 - `match_choice3`: HuatuoGPT-Vision's first-letter regex, then last-occurring option text, then
   the most similar option (ties go to the later option); always returns some letter.
 """
@@ -29,6 +34,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 __all__ = [
+    "BLEU_WEIGHTS",
+    "llava_med_bleu",
     "llava_med_candidate_hit",
     "llava_med_exact_match_score",
     "llava_med_f1",
@@ -95,6 +102,28 @@ def llava_med_split_sentence(sentence: str, n: int = 1) -> Counter[str]:
 def llava_med_prepare(text: str) -> str:
     """What run_eval's metric functions see: lower-cased, normalised by run_eval, normalised again inside."""
     return llava_med_normalize_word(llava_med_normalize_word(str(text).lower()))
+
+
+BLEU_WEIGHTS = {
+    "bleu_score": (0.25, 0.25, 0.25, 0.25),
+    "bleu_score_1": (1.0, 0.0, 0.0, 0.0),
+    "bleu_score_2": (0.0, 1.0, 0.0, 0.0),
+    "bleu_score_3": (0.0, 0.0, 1.0, 0.0),
+}
+
+
+def llava_med_bleu(prediction: str, reference: str) -> dict[str, float]:
+    """run_eval's four BLEU scores of one open answer (see the module docstring)."""
+    import warnings
+
+    from nltk.translate.bleu_score import sentence_bleu
+
+    hypothesis = llava_med_normalize_word(str(prediction).lower()).lower().split()
+    references = [llava_med_normalize_word(str(reference).lower()).lower().split()]
+    with warnings.catch_warnings():  # nltk warns on every missing n-gram order; the reference silences it too
+        warnings.simplefilter("ignore")
+        scores = sentence_bleu(references, hypothesis, weights=list(BLEU_WEIGHTS.values()))
+    return {name: float(score) for name, score in zip(BLEU_WEIGHTS, scores)}
 
 
 def llava_med_exact_match_score(prediction: str, reference: str) -> float:

@@ -3,12 +3,14 @@
 | name                       | what it computes                                                          |
 |----------------------------|---------------------------------------------------------------------------|
 | `medvl` (default)          | closed accuracy (strict leading yes/no), open exact match, token recall/precision/F1, choice accuracy with parse-failure rate |
-| `llava_med_run_eval`       | LLaVA-Med `run_eval.py`: closed needs a "yes"/"no" substring and the reference as a substring (misses with yes/no present are dropped from the denominator), open "accuracy" by candidate arg-max, "exact match score", count-inflated recall |
-| `llava_med_run_eval_batch` | LLaVA-Med `run_eval_batch.py`: closed and open are plain substring tests, plus the same recall/F1 and closed recall |
+| `llava_med_run_eval`       | LLaVA-Med v1.0.0 `run_eval.py`: closed needs a "yes"/"no" substring and the reference as a substring (anything else is a miss), open "accuracy" by candidate arg-max, "exact match score", count-inflated recall/precision/F1, BLEU |
+| `llava_med_run_eval_pre_b9a98a7` | the same before LLaVA-Med commit b9a98a7: a closed miss with "yes"/"no" present is dropped from the denominator |
+| `llava_med_run_eval_batch` | LLaVA-Med v1.0.0 `run_eval_batch.py`: closed and open are plain substring tests, plus the same open metrics and closed recall |
 | `huatuo_match_choice3`     | HuatuoGPT-Vision `score_mix_llava`: choice items only, `match_choice3` extraction, per-dataset accuracy and "The total score for multiple-choice questions" |
 
 Every scorer returns one `ItemScore` per record (`correct` is None where the scorer does not score
-the item, with the reason in `method`) and a JSON-able summary whose values are fractions (0–1).
+the item, with the reason in `method`) and a JSON-able summary whose values are fractions (0–1),
+or null where nothing was scored.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from typing import Any
 from medvl.eval.benchmarks.base import LETTERS, option_letter, yes_no_answer
 from medvl.eval.choice import extract_choice
 from medvl.eval.compat import (
+    BLEU_WEIGHTS,
+    llava_med_bleu,
     llava_med_candidate_hit,
     llava_med_exact_match_score,
     llava_med_f1,
     llava_med_normalize_word,
+    llava_med_recall,
     match_choice3,
 )
 from medvl.eval.metrics import (
@@ -123,47 +128,65 @@ def _medvl(records: list[dict[str, Any]], candidates: Sequence[str] | None) -> S
 
 # --- LLaVA-Med ---------------------------------------------------------------------------------
 
-def _llava_med(batch: bool) -> Callable[[list[dict[str, Any]], Sequence[str] | None], ScoreResult]:
-    name = "llava_med_run_eval_batch" if batch else "llava_med_run_eval"
+LLAVA_MED_RULES = {
+    "llava_med_run_eval": "LLaVA-Med v1.0.0 llava/eval/run_eval.py (after b9a98a7: a closed prediction with "
+                          "yes/no but not the answer is a miss)",
+    "llava_med_run_eval_pre_b9a98a7": "LLaVA-Med run_eval.py before b9a98a7 'fix closed accuracy calculation "
+                                      "(#35)': such a miss is dropped from the denominator",
+    "llava_med_run_eval_batch": "LLaVA-Med v1.0.0 llava/eval/run_eval_batch.py (substring tests)",
+}
+OPEN_KEYS = (("exact match score", "exact_match_score"), ("f1 score", "f1"), ("precision", "precision"),
+             ("recall", "recall"), *((name, name) for name in BLEU_WEIGHTS))
 
+
+def _llava_med_closed(name: str, record: dict[str, Any], pred: str, gt: str) -> ItemScore:
+    """One closed item under the named LLaVA-Med script's rule (normalised texts `pred`, `gt`)."""
+    has_yes_no, hit = "yes" in pred or "no" in pred, gt in pred
+    if name == "llava_med_run_eval_batch":
+        return ItemScore(pred, hit, "closed", {"recall": llava_med_recall(_output(record), str(record["answer"]))})
+    if name == "llava_med_run_eval_pre_b9a98a7" and has_yes_no and not hit:
+        return ItemScore(pred, None, "dropped")
+    return ItemScore(pred, has_yes_no and hit, "closed")
+
+
+def _llava_med_open(name: str, record: dict[str, Any], pred: str, gt: str,
+                    candidates: Sequence[str] | None) -> ItemScore:
+    output, reference = _output(record), str(record["answer"])
+    f1, precision, recall = llava_med_f1(output, reference)
+    metrics = {"f1": f1, "precision": precision, "recall": recall,
+               "exact_match_score": llava_med_exact_match_score(output, reference), **llava_med_bleu(output, reference)}
+    if name == "llava_med_run_eval_batch":
+        correct: bool | None = gt in pred
+    else:
+        correct = bool(llava_med_candidate_hit(output, reference, candidates)) if candidates else None
+    return ItemScore(pred, correct, "open", metrics)
+
+
+def _llava_med(name: str) -> Callable[[list[dict[str, Any]], Sequence[str] | None], ScoreResult]:
     def score(records: list[dict[str, Any]], candidates: Sequence[str] | None) -> ScoreResult:
         items: list[ItemScore] = []
         for record in records:
-            output, reference = _output(record), str(record["answer"])
-            pred = llava_med_normalize_word(output.lower())
-            gt = llava_med_normalize_word(reference.lower())
-            f1, precision, recall = llava_med_f1(output, reference)
-            metrics = {"f1": f1, "precision": precision, "recall": recall,
-                       "exact_match_score": llava_med_exact_match_score(output, reference)}
+            pred = llava_med_normalize_word(_output(record).lower())
+            gt = llava_med_normalize_word(str(record["answer"]).lower())
             if record["answer_type"] == "closed":
-                if batch:
-                    items.append(ItemScore(pred, gt in pred, "closed", metrics))
-                elif "yes" in pred or "no" in pred:
-                    items.append(ItemScore(pred, True, "closed") if gt in pred else ItemScore(pred, None, "dropped"))
-                else:
-                    items.append(ItemScore(pred, False, "closed"))
+                items.append(_llava_med_closed(name, record, pred, gt))
             elif record["answer_type"] == "open":
-                if batch:
-                    correct: bool | None = gt in pred
-                else:
-                    correct = bool(llava_med_candidate_hit(output, reference, candidates)) if candidates else None
-                items.append(ItemScore(pred, correct, "open", metrics))
+                items.append(_llava_med_open(name, record, pred, gt, candidates))
             else:
                 items.append(ItemScore(None, None, "not_scored"))
         opened = [s for r, s in zip(records, items) if r["answer_type"] == "open"]
         closed = [s for s in items if s.method in ("closed", "dropped")]
         summary: dict[str, Any] = {
-            "scorer": name, "num_open": len(opened), "num_closed": len(closed),
-            **{key: _mean([s.metrics[metric] for s in opened]) for key, metric in (
-                ("exact match score", "exact_match_score"), ("f1 score", "f1"), ("precision", "precision"),
-                ("recall", "recall"))},
-            "open accuracy": _accuracy(opened), "yes/no accuracy": _accuracy(closed) or 0.0,
-            "closed_dropped": sum(s.method == "dropped" for s in closed),
+            "scorer": name, "rule": LLAVA_MED_RULES[name], "num_open": len(opened), "num_closed": len(closed),
+            **{key: _mean([s.metrics[metric] for s in opened]) for key, metric in OPEN_KEYS},
+            "open accuracy": _accuracy(opened), "yes/no accuracy": _accuracy(closed),
             "not_scored": sum(s.method == "not_scored" for s in items),
         }
-        if batch:
+        if name == "llava_med_run_eval_pre_b9a98a7":
+            summary["closed_dropped"] = sum(s.method == "dropped" for s in closed)
+        if name == "llava_med_run_eval_batch":
             summary["recall_closed"] = _mean([s.metrics["recall"] for s in closed])
-        elif not candidates:
+        elif opened and not candidates:
             summary["open accuracy note"] = "no candidate answers (LLaVA-Med's candidate.json is unreleased)"
         return ScoreResult(name, items, summary)
 
@@ -209,8 +232,7 @@ def _huatuo(records: list[dict[str, Any]], candidates: Sequence[str] | None) -> 
 
 SCORERS: dict[str, Callable[[list[dict[str, Any]], Sequence[str] | None], ScoreResult]] = {
     "medvl": _medvl,
-    "llava_med_run_eval": _llava_med(batch=False),
-    "llava_med_run_eval_batch": _llava_med(batch=True),
+    **{name: _llava_med(name) for name in LLAVA_MED_RULES},
     "huatuo_match_choice3": _huatuo,
 }
 
