@@ -6,18 +6,26 @@
   split itself (an optimistic baseline; the run's notes say so).
 - **question-only**: the same model and prompt with the image parts left out (`use_images: false`
   in the run config); nothing here, the runner handles it.
+- **shuffled images** (`use_images: shuffled`): the same model and prompt, each item shown another
+  item's image(s) — in distribution for a model always trained with an image, unlike removing it.
+  `image_derangement` draws a seeded derangement of the split's distinct image sets, one cycle
+  through them per image count, so every item gets a *different image file* (not merely another
+  question about the same image, as VQA-RAD's 451 test questions share 203 images) and the same
+  number of images. Items whose image count has no other image set cannot be shuffled and are
+  returned as such (the runner rejects them with reason `no_other_image`).
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import random
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 
 from medvl.eval.backends import Reply, Request
 from medvl.eval.benchmarks.base import LETTERS, VQAItem
 from medvl.eval.metrics import normalize_answer
 
-__all__ = ["MajorityBackend", "majority_table"]
+__all__ = ["MajorityBackend", "image_derangement", "majority_table"]
 
 
 def majority_table(items: Iterable[VQAItem]) -> dict[str, str]:
@@ -46,3 +54,25 @@ class MajorityBackend:
                 answer = "A"
             replies.append(Reply(answer, 0, 0, "stop"))
         return replies
+
+
+def image_derangement(items: Sequence[VQAItem], seed: int = 0) -> tuple[dict[str, VQAItem], list[str]]:
+    """{item id: the item whose images it is shown} and the ids that cannot be shuffled.
+
+    Deterministic for a given item list and seed: the distinct image sets of each image count are
+    sorted, shuffled with `random.Random(f"{seed}:{count}")` and each is mapped to the next one in
+    that order (a single cycle, so no set maps to itself); an item is shown the images of the first
+    item, in file order, holding its set's successor.
+    """
+    holders: dict[int, dict[tuple[str, ...], VQAItem]] = defaultdict(dict)
+    for item in items:
+        holders[len(item.images)].setdefault(tuple(item.images), item)
+    successor: dict[tuple[str, ...], VQAItem] = {}
+    for count, by_images in holders.items():
+        order = sorted(by_images)
+        if count == 0 or len(order) < 2:
+            continue
+        random.Random(f"{seed}:{count}").shuffle(order)
+        successor.update({images: by_images[order[(i + 1) % len(order)]] for i, images in enumerate(order)})
+    donors = {item.id: successor[tuple(item.images)] for item in items if tuple(item.images) in successor}
+    return donors, [item.id for item in items if item.id not in donors]

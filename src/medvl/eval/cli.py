@@ -28,7 +28,7 @@ def run(
     from accelerate import PartialState
 
     from medvl.config import load_config
-    from medvl.eval.report import headline
+    from medvl.eval.render import headline
     from medvl.eval.runner import EvalConfig, run_eval
 
     out = run_eval(load_config(EvalConfig, config, overrides or []))
@@ -40,7 +40,7 @@ def run(
 @eval_app.command("score")
 def score(
     predictions: Path = typer.Argument(..., help="a predictions.jsonl (or its run folder)"),
-    scorer: str = typer.Option("medvl", help="medvl | llava_med_run_eval | llava_med_run_eval_batch | huatuo_match_choice3"),
+    scorer: str = typer.Option("medvl", help="a scorer name (see `medvl eval list`)"),
     candidates: Path | None = typer.Option(None, help="llava_med_run_eval: candidate answers (candidate.json format)"),
     out: Path | None = typer.Option(None, help="write scores.<scorer>.json and predictions.<scorer>.jsonl here"),
 ) -> None:
@@ -52,14 +52,16 @@ def score(
 
 @eval_app.command("compare")
 def compare(
-    runs: list[Path] = typer.Argument(..., help="run folders (each with scores.json)"),
-    out: Path | None = typer.Option(None, help="also write the table to this markdown file"),
+    runs: list[Path] = typer.Argument(..., help="run folders (each with scores.json and predictions.jsonl)"),
+    out: Path | None = typer.Option(None, help="also write the tables to this markdown file"),
+    common_items: bool = typer.Option(False, help="pair runs over different item sets on their shared items"),
 ) -> None:
-    """Put several runs side by side in one markdown table."""
-    from medvl.eval.report import compare_runs
+    """Runs side by side with 95% intervals, then each run paired against the first: differences with a paired
+    bootstrap interval and, for accuracies, an exact McNemar p-value (image reliance for real vs shuffled)."""
+    from medvl.eval.compare import compare_runs
     from medvl.io.files import atomic_write_text
 
-    table = compare_runs(runs)
+    table = compare_runs(runs, common_items=common_items)
     if out:
         atomic_write_text(out, table)
     typer.echo(table)

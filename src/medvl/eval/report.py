@@ -4,11 +4,16 @@
   scorers it asks for), write the scores into `predictions.jsonl`, and write `scores.json`,
   `rejects.jsonl`, `report.md` and `plots/`.
 - `rescore`: score any predictions file with any scorer, no model needed (`medvl eval score`).
-- `compare_runs`: a markdown table of several runs side by side (`medvl eval compare`).
+- `render.headline` / `render.render_report` show the result: every headline score with its 95%
+  interval, and the counts of skipped and text-only items.
 
-Breakdowns group items by answer type and by whichever of question type, organ, modality,
-dataset, subject and language the benchmark provides; accuracy counts each item's `correct`
-under the run's scorer (open items: exact match), and open items also report token recall.
+Every headline number carries its interval (`<name>_ci` beside `<name>` in scores.json; Wilson
+for accuracies, bootstrap for means: `interval_methods` says which). Breakdowns group items by
+answer type and by whichever of question type, organ, modality, dataset, subject and language the
+benchmark provides; accuracy counts each item's `correct` under the run's scorer (open items:
+exact match), and open items also report token recall. A run in which the scorer scored nothing
+(every item skipped, every request failed, or a scorer that does not score this benchmark's items)
+still writes its folder, then raises `NothingScored`.
 """
 
 from __future__ import annotations
@@ -21,30 +26,36 @@ from pathlib import Path
 from statistics import fmean
 from typing import TYPE_CHECKING, Any
 
+from medvl.errors import UserError
 from medvl.eval.benchmarks.base import yes_no_answer
 from medvl.eval.metrics import leading_yes_no
-from medvl.eval.scorers import ScoreResult, score_records
+from medvl.eval.render import headline, render_report
+from medvl.eval.scorers import NEEDS_CANDIDATES, ScoreResult, score_records
+from medvl.eval.stats import METHODS
 from medvl.io.files import atomic_write_json, atomic_write_text
-from medvl.io.jsonl import iter_jsonl, read_records, write_jsonl
+from medvl.io.jsonl import JsonlLineError, iter_jsonl, read_records, write_jsonl
 
 if TYPE_CHECKING:
     from medvl.eval.benchmarks.base import BenchmarkData
     from medvl.eval.runner import EvalConfig
 
 __all__ = [
+    "NothingScored",
     "apply_scores",
     "breakdowns",
-    "compare_runs",
     "finalize_run",
-    "headline",
     "load_candidates",
-    "render_report",
+    "nothing_scored",
     "rescore",
     "yes_no_confusion",
 ]
 
 log = logging.getLogger(__name__)
 BREAKDOWN_KEYS = ("question_type", "organ", "modality", "dataset", "subject", "lang")
+
+
+class NothingScored(UserError, RuntimeError):
+    """A run or rescore in which the scorer scored no item; the message says why."""
 
 
 def apply_scores(records: list[dict[str, Any]], result: ScoreResult) -> list[dict[str, Any]]:
@@ -113,17 +124,22 @@ def _train_candidates(config: EvalConfig, out: Path) -> list[str] | None:
 
 def finalize_run(out: Path, records: list[dict[str, Any]], config: EvalConfig, data: BenchmarkData,
                  rejected: list[dict[str, str]], notes: Sequence[str], throughput: dict[str, Any]) -> dict[str, Any]:
+    """Score, write scores.json, predictions.jsonl, rejects.jsonl and report.md; `NothingScored` when
+    the scorer scored nothing (the folder is written first, so the user can see why)."""
     scorers = [config.scorer, *config.extra_scorers]
-    candidates = _train_candidates(config, out) if "llava_med_run_eval" in scorers else None
+    candidates = _train_candidates(config, out) if NEEDS_CANDIDATES & set(scorers) else None
     main = score_records(records, config.scorer, candidates)
     write_jsonl(out / "predictions.jsonl", apply_scores(records, main))
     rejects = _collect_rejects(out, rejected)
+    items = len(data.items[: config.benchmark.limit] if config.benchmark.limit else data.items)
     scores = {
         "benchmark": data.name, "split": data.split, "root": data.root, "backend": config.backend.label(),
-        "use_images": config.use_images, "prompt_style": config.prompt.style,
-        "items": len(data.items[: config.benchmark.limit] if config.benchmark.limit else data.items),
-        "answered": len(records), "rejected": dict(Counter(r["reason"] for r in rejects)),
-        "scorer": config.scorer, "scores": main.summary,
+        "use_images": config.use_images, "shuffle_seed": config.shuffle_seed, "prompt_style": config.prompt.style,
+        "items": items, "answered": len(records), "skipped": items - len(records),
+        "rejected": dict(Counter(r["reason"] for r in rejects)),
+        "text_only": sum(not r.get("use_images") for r in records) if config.use_images else 0,
+        "scored": sum(s.correct is not None for s in main.items), "errors": sum(bool(r.get("error")) for r in records),
+        "scorer": config.scorer, "interval_methods": METHODS, "scores": main.summary,
         "compat": {name: score_records(records, name, candidates).summary for name in config.extra_scorers},
         "breakdowns": breakdowns(records), "yes_no_confusion": yes_no_confusion(records),
         "generation": config.generation.model_dump(), "throughput": throughput, "notes": list(notes),
@@ -132,7 +148,26 @@ def finalize_run(out: Path, records: list[dict[str, Any]], config: EvalConfig, d
     if config.report:
         atomic_write_text(out / "report.md", render_report(scores, records, out))
     log.info("%s: %s", out, headline(scores))
+    problem = nothing_scored(scores, records)
+    if problem:
+        raise NothingScored(f"{out}: {problem}")
     return scores
+
+
+def nothing_scored(scores: dict[str, Any], records: list[dict[str, Any]]) -> str | None:
+    """Why a run scored nothing (no item answered, every request failed, or the scorer scores none of the
+    items), or None when something was scored."""
+    if not records:
+        rejected = ", ".join(f"{reason} {n}" for reason, n in scores["rejected"].items()) or "none recorded"
+        return (f"no item was answered: {scores['skipped']} of {scores['items']} skipped ({rejected}); "
+                "see rejects.jsonl (missing images: fix the image folder or set missing_images=text_only)")
+    if scores["errors"] == len(records):
+        first = next(r["error"] for r in records if r.get("error"))
+        return f"every one of the {len(records)} requests failed; the first error: {first}"
+    if scores["scored"] == 0:
+        kinds = ", ".join(sorted({str(r.get("answer_type")) for r in records}))
+        return f"the scorer {scores['scorer']} scores none of the {len(records)} answered items ({kinds} questions)"
+    return None
 
 
 def _collect_rejects(out: Path, rejected: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -147,125 +182,25 @@ def _collect_rejects(out: Path, rejected: list[dict[str, str]]) -> list[dict[str
     return list(unique.values())
 
 
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f}"
-
-
-def headline(scores: dict[str, Any]) -> str:
-    main = scores["scores"]
-    parts = [f"{scores['benchmark']} [{scores['split']}] {scores['backend']}"]
-    if "closed" in main:
-        parts.append(f"closed acc {_pct(main['closed']['accuracy'])}")
-    if "open" in main:
-        parts.append(f"open EM {_pct(main['open']['exact_match'])} / recall {_pct(main['open']['token_recall'])}")
-    if "choice" in main:
-        parts.append(f"choice acc {_pct(main['choice']['accuracy'])} "
-                     f"(unparsed {_pct(main['choice']['parse_failure_rate'])})")
-    return ", ".join(parts)
-
-
-def _metric_rows(main: dict[str, Any]) -> list[tuple[str, float | None, Any]]:
-    rows: list[tuple[str, float | None, Any]] = []
-    if "closed" in main:
-        c = main["closed"]
-        rows += [("closed accuracy", c["accuracy"], c["n"]), ("  yes/no accuracy", c["yes_no_accuracy"], c["yes_no_n"]),
-                 ("  yes/no answered with neither", c["yes_no_unanswered_rate"], c["yes_no_n"]),
-                 ("  other closed accuracy", c["other_accuracy"], c["other_n"])]
-    if "open" in main:
-        o = main["open"]
-        rows += [(f"open {name.replace('_', ' ')}", o[name], o["n"])
-                 for name in ("exact_match", "token_recall", "token_precision", "token_f1")]
-    if "choice" in main:
-        c = main["choice"]
-        rows += [("choice accuracy", c["accuracy"], c["n"]), ("  parse-failure rate", c["parse_failure_rate"], c["n"])]
-    return rows + [("overall accuracy (open by exact match)", main.get("overall_accuracy"), main.get("items"))]
-
-
-def render_report(scores: dict[str, Any], records: list[dict[str, Any]], out: Path) -> str:
-    from medvl.eval.plots import plot_breakdown, plot_confusion
-
-    main = scores["scores"]
-    images = "yes" if scores["use_images"] else "no (question-only)"
-    lines = [f"# Evaluation: {scores['benchmark']} [{scores['split']}]", "",
-             (f"- backend: `{scores['backend']}`; images: {images}; prompt style: {scores['prompt_style']}; "
-              f"scorer: `{scores['scorer']}`"),
-             (f"- items: {scores['items']}, answered: {scores['answered']}, "
-              f"rejected: {scores['rejected'] or 'none'} (see rejects.jsonl)"), ""]
-    if scores["scorer"] == "medvl":
-        lines += ["## Scores", "", "| metric | % | n |", "|---|---|---|"]
-        lines += [f"| {name} | {_pct(value)} | {n} |" for name, value, n in _metric_rows(main)]
-    else:
-        lines += ["## Scores", "", *_key_values(main)]
-    for name, summary in scores["compat"].items():
-        lines += ["", f"### Compatibility scorer `{name}`", "", *_key_values(summary)]
-    for key, rows in scores["breakdowns"].items():
-        if len(rows) < 2 and key != "answer_type":
-            continue
-        lines += ["", f"## By {key.replace('_', ' ')}", "", "| category | n | accuracy % | token recall % |",
-                  "|---|---|---|---|"]
-        lines += [f"| {r['category']} | {r['n']} | {_pct(r['accuracy'])} | {_pct(r['token_recall'])} |" for r in rows]
-        if len(rows) >= 2:
-            plot = plot_breakdown(key, rows, out / "plots" / f"accuracy_by_{key}.png")
-            lines += ["", f"![accuracy by {key}](plots/{plot.name})"]
-    confusion = scores["yes_no_confusion"]
-    if any(confusion.values()):
-        lines += ["", "## Yes/no confusion", "", "| reference \\ prediction starts with | yes | no | neither |",
-                  "|---|---|---|---|"]
-        lines += [f"| {k} | " + " | ".join(str(confusion[k].get(c, 0)) for c in ("yes", "no", "neither")) + " |"
-                  for k in ("yes", "no")]
-        lines += ["", f"![yes/no confusion](plots/{plot_confusion(confusion, out / 'plots' / 'yes_no_confusion.png').name})"]
-    wrong = [r for r in records if r.get("correct") is False][:10]
-    if wrong:
-        lines += ["", "## First wrong answers", "", "| id | question | reference | output |", "|---|---|---|---|"]
-        lines += [f"| {r['id']} | {_cell(r['question'])} | {_cell(r['answer'])} | {_cell(r.get('output') or '')} |"
-                  for r in wrong]
-    if scores["notes"]:
-        lines += ["", "## Notes", "", *[f"- {note}" for note in scores["notes"]]]
-    return "\n".join(lines) + "\n"
-
-
-def _cell(text: Any, width: int = 80) -> str:
-    text = " ".join(str(text).split()).replace("|", "\\|")
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _key_values(summary: dict[str, Any]) -> list[str]:
-    lines = ["| key | value |", "|---|---|"]
-    for key, value in summary.items():
-        shown = f"{100 * value:.2f}" if isinstance(value, float) else _cell(json.dumps(value, ensure_ascii=False))
-        lines.append(f"| {key} | {shown} |")
-    return lines
-
-
 def rescore(predictions: str | Path, scorer: str = "medvl", candidates: str | Path | None = None,
             out: str | Path | None = None) -> dict[str, Any]:
     """Score a predictions file with any scorer; write `scores.<scorer>.json` (and scored predictions) to `out`."""
     path = Path(predictions)
     if path.is_dir():
         path = path / "predictions.jsonl"
-    records = read_records(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no predictions file here (give a run folder or its predictions.jsonl)")
+    try:
+        records = read_records(path)
+    except JsonlLineError as exc:
+        raise UserError(f"{exc}; fix or remove that line") from exc
     result = score_records(records, scorer, load_candidates(candidates or path.with_name("candidates.json")))
-    summary = {**result.summary, "source": str(path)}
+    summary = {**result.summary, "source": str(path), "interval_methods": METHODS}
     if out is not None:
         out = Path(out)
         atomic_write_json(out / f"scores.{scorer}.json", summary)
         write_jsonl(out / f"predictions.{scorer}.jsonl", apply_scores(records, result))
+    if not any(s.correct is not None for s in result.items):
+        kinds = ", ".join(sorted({str(r.get("answer_type")) for r in records})) or "no"
+        raise NothingScored(f"{path}: the scorer {scorer} scores none of its {len(records)} items ({kinds} questions)")
     return summary
-
-
-def compare_runs(run_dirs: Sequence[str | Path]) -> str:
-    """A markdown table of the headline numbers of several runs."""
-    header = ["run", "benchmark", "backend", "images", "n", "closed acc", "yes/no acc", "open EM", "open recall",
-              "open F1", "choice acc", "unparsed", "overall"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for run in map(Path, run_dirs):
-        scores = json.loads((run / "scores.json").read_text(encoding="utf-8"))
-        main = scores["scores"]
-        closed, opened, choice = main.get("closed", {}), main.get("open", {}), main.get("choice", {})
-        cells = [run.name, f"{scores['benchmark']} [{scores['split']}]", scores["backend"],
-                 "yes" if scores["use_images"] else "no", str(scores["answered"]),
-                 _pct(closed.get("accuracy")), _pct(closed.get("yes_no_accuracy")), _pct(opened.get("exact_match")),
-                 _pct(opened.get("token_recall")), _pct(opened.get("token_f1")), _pct(choice.get("accuracy")),
-                 _pct(choice.get("parse_failure_rate")), _pct(main.get("overall_accuracy"))]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"

@@ -1,10 +1,16 @@
 """`medvl eval run`: answer a benchmark with a backend, score it, and write the run folder.
 
 A run folder holds `config.yaml` (what ran), `predictions.jsonl` (one line per item: the item, the
-prompt, the raw output, the parsed answer, correct, metrics), `scores.json`, `report.md` with its
-plots, `rejects.jsonl` (items that could not be run: missing or unreadable images, unreadable
-rows) and, when the release has a train split, `candidates.json` (its open answers, for the
-`llava_med_run_eval` scorer).
+prompt, the images shown, the raw output, the parsed answer, correct, metrics), `scores.json`,
+`report.md` with its plots, `rejects.jsonl` (items that could not be run: missing or unreadable
+images, unreadable rows) and, when the release has a train split, `candidates.json` (its open
+answers, for the `llava_med_run_eval` scorer).
+
+Images: `use_images: true` shows each item its own images, `false` none (the question-only
+baseline), `shuffled` another item's (`baselines.image_derangement`, seeded by `shuffle_seed`);
+each record says which files it was shown (`shown_images`, and `shown_images_from`: the donor id).
+Items with a missing image are skipped or asked without it (`missing_images`) the same way under
+`true` and `shuffled`, so a real and a shuffled run pair item by item (`medvl eval compare`).
 
 Resume: answers are appended to `predictions.part-<rank>.jsonl` after every batch; a rerun with the
 same config skips every id already answered (in those files or in `predictions.jsonl`). A folder
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -71,7 +78,10 @@ class EvalConfig(Config):
     backend: BackendConfig = BackendConfig()
     generation: GenerationSettings = GenerationSettings(max_new_tokens=64)
     prompt: PromptConfig = PromptConfig()
-    use_images: bool = Field(True, description="false: the question-only baseline")
+    use_images: bool | Literal["shuffled"] = Field(
+        True, description="true: each item's own images; false: the question-only baseline; shuffled: each item "
+        "shown another item's image(s) (a seeded derangement within the split), the image-reliance control")
+    shuffle_seed: int = Field(0, description="use_images: shuffled — the seed of the derangement")
     missing_images: Literal["skip", "text_only"] = Field(
         "skip", description="items whose image is missing: skip (recorded in rejects.jsonl) or ask without it")
     scorer: str = "medvl"
@@ -107,6 +117,7 @@ def run_eval(config: EvalConfig, state: ProcessState | None = None) -> Path:
         _claim_folder(out, config)
     state.wait_for_everyone()
     runnable, text_only, rejected = _runnable(items, data, config)
+    donors = _shuffle(runnable, text_only, rejected, config)
     done = {r["id"] for r in read_predictions(out, include_parts=True)}
     todo = [item for item in runnable if item.id not in done]
     majority, notes = _majority(config, data) if config.backend.kind == "majority" else (None, [])
@@ -115,8 +126,8 @@ def run_eval(config: EvalConfig, state: ProcessState | None = None) -> Path:
     with state.split_between_processes(todo) as mine:
         if mine:
             backend = make_backend(config.backend, config.generation, majority)
-            answered = _answer(backend, mine, text_only, config, out / f"predictions.part-{state.process_index}.jsonl",
-                               show_progress=state.is_main_process)
+            answered = _answer(backend, mine, _Shown(text_only, donors), config,
+                               out / f"predictions.part-{state.process_index}.jsonl", show_progress=state.is_main_process)
     seconds = time.perf_counter() - started
     state.wait_for_everyone()
     if state.is_main_process:
@@ -160,10 +171,10 @@ def _runnable(items: list[VQAItem], data: BenchmarkData, config: EvalConfig
     """Items to run, ids to run without their images, and the rejected (id, reason) records."""
     missing = set(data.missing_images)
     rejected = [dict(r, stage="load") for r in data.rejects]
-    text_only = set() if config.use_images else {item.id for item in items}
+    text_only = set() if config.use_images is not False else {item.id for item in items}
     runnable = []
     for item in items:
-        if config.use_images and item.id in missing:
+        if config.use_images is not False and item.id in missing:
             absent = [p for p in item.images if not Path(p).is_file()]
             if config.missing_images == "skip":
                 rejected.append({"id": item.id, "reason": "missing_image", "detail": ", ".join(absent),
@@ -172,6 +183,36 @@ def _runnable(items: list[VQAItem], data: BenchmarkData, config: EvalConfig
             text_only.add(item.id)
         runnable.append(item)
     return runnable, text_only, rejected
+
+
+def _shuffle(runnable: list[VQAItem], text_only: set[str], rejected: list[dict[str, str]],
+             config: EvalConfig) -> dict[str, VQAItem] | None:
+    """use_images: shuffled — {item id: donor item}; items that cannot be shuffled move to `rejected`."""
+    if config.use_images != "shuffled":
+        return None
+    from medvl.eval.baselines import image_derangement
+
+    donors, stuck = image_derangement([i for i in runnable if i.images and i.id not in text_only], config.shuffle_seed)
+    rejected += [{"id": item_id, "reason": "no_other_image", "stage": "images",
+                  "detail": "no other item with as many images to shuffle in"} for item_id in stuck]
+    runnable[:] = [item for item in runnable if item.id not in set(stuck)]
+    return donors
+
+
+@dataclass(frozen=True)
+class _Shown:
+    """Which images each item is shown: none for `text_only` ids, a donor's when shuffled, else its own."""
+
+    text_only: set[str]
+    donors: dict[str, VQAItem] | None
+
+    def images_of(self, item: VQAItem) -> tuple[list[str], str | None]:
+        if item.id in self.text_only:
+            return [], None
+        if self.donors is not None and item.images:
+            donor = self.donors[item.id]
+            return list(donor.images), donor.id
+        return list(item.images), None
 
 
 def _majority(config: EvalConfig, data: BenchmarkData) -> tuple[dict[str, str], list[str]]:
@@ -197,7 +238,7 @@ def _item_keys(items: list[VQAItem]) -> set[tuple[str, str, str]]:
     return {(item.id, item.question, item.answer) for item in items}
 
 
-def _answer(backend: Any, items: list[VQAItem], text_only: set[str], config: EvalConfig, part: Path,
+def _answer(backend: Any, items: list[VQAItem], shown: _Shown, config: EvalConfig, part: Path,
             show_progress: bool) -> int:
     """Answer `items` in batches, appending each batch's records to `part`; returns the count answered."""
     from tqdm.auto import tqdm
@@ -211,9 +252,8 @@ def _answer(backend: Any, items: list[VQAItem], text_only: set[str], config: Eva
         for start in range(0, len(items), size):
             requests, prompts = [], {}
             for item in items[start:start + size]:
-                use = item.id not in text_only
                 try:
-                    images = [load_image(p) for p in item.images] if use else []
+                    images = [load_image(p) for p in shown.images_of(item)[0]]
                 except ImageLoadError as exc:
                     bad.reject(item.id, "images", "image_load_error", str(exc))
                     continue
@@ -222,8 +262,9 @@ def _answer(backend: Any, items: list[VQAItem], text_only: set[str], config: Eva
                                         images))
             for request, reply in zip(requests, backend.generate(requests) if requests else []):
                 item = request.item
+                paths, donor = shown.images_of(item)
                 sink.write({**item.to_dict(), "prompt": prompts[item.id], "use_images": bool(request.images),
-                            "output": reply.text, "prompt_tokens": reply.prompt_tokens, "new_tokens": reply.new_tokens,
+                            "shown_images": paths, "shown_images_from": donor, "output": reply.text, "prompt_tokens": reply.prompt_tokens, "new_tokens": reply.new_tokens,
                             "finish_reason": reply.finish_reason, "error": reply.error,
                             "backend": config.backend.label()})
                 answered += 1

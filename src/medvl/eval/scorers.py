@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from statistics import fmean
 from typing import Any
 
+from medvl.errors import UserError
 from medvl.eval.benchmarks.base import LETTERS, option_letter, yes_no_answer
 from medvl.eval.choice import extract_choice
 from medvl.eval.compat import (
@@ -42,8 +43,14 @@ from medvl.eval.metrics import (
     token_precision,
     token_recall,
 )
+from medvl.eval.stats import bootstrap_mean_interval, wilson_interval
 
-__all__ = ["SCORERS", "ItemScore", "ScoreResult", "answer_letter", "score_records"]
+__all__ = ["NEEDS_CANDIDATES", "SCORERS", "ItemScore", "ScoreResult", "UnknownScorer", "answer_letter",
+           "score_records"]
+
+
+class UnknownScorer(UserError, ValueError):
+    """A scorer name that is not in `SCORERS`."""
 
 
 @dataclass
@@ -74,16 +81,30 @@ def _accuracy(scores: Sequence[ItemScore]) -> float | None:
     return _mean([float(c) for c in counted])
 
 
+def _rate(name: str, scores: Sequence[ItemScore]) -> dict[str, Any]:
+    """`name`: the accuracy over the scored items, `name_ci`: its Wilson interval (both None when none)."""
+    counted = [bool(s.correct) for s in scores if s.correct is not None]
+    return {name: _mean([float(c) for c in counted]), f"{name}_ci": wilson_interval(sum(counted), len(counted))}
+
+
+def _average(name: str, values: Sequence[float]) -> dict[str, Any]:
+    """`name`: the mean, `name_ci`: its bootstrap interval (both None when there are no values)."""
+    return {name: _mean(values), f"{name}_ci": bootstrap_mean_interval(values)}
+
+
 def _output(record: dict[str, Any]) -> str:
     return record.get("output") or ""
 
 
 # --- medvl -------------------------------------------------------------------------------------
 
+OPEN_METRICS = ("exact_match", "token_recall", "token_precision", "token_f1")
+
+
 def _medvl_item(record: dict[str, Any]) -> ItemScore:
     output, reference, kind = _output(record), str(record["answer"]), record["answer_type"]
-    if record.get("error"):
-        return ItemScore(None, False, "error")
+    if record.get("error"):  # a failed request is a wrong answer, with zero overlap on open items
+        return ItemScore(None, False, "error", dict.fromkeys(OPEN_METRICS, 0.0) if kind == "open" else {})
     if kind == "choice":
         parse = extract_choice(output, record.get("options") or [])
         return ItemScore(parse.letter, parse.letter is not None and parse.letter == answer_letter(record), parse.method)
@@ -103,24 +124,26 @@ def _medvl(records: list[dict[str, Any]], candidates: Sequence[str] | None) -> S
     for record, score in zip(records, items):
         by_type[record["answer_type"]].append(score)
         by_method[score.method].append(score)
+        if record["answer_type"] == "closed":
+            by_type["yes_no" if yes_no_answer(str(record["answer"])) else "closed_other"].append(score)
     summary: dict[str, Any] = {"scorer": "medvl", "items": len(items), "errors": len(by_method["error"]),
-                               "overall_accuracy": _accuracy(items)}
+                               **_rate("overall_accuracy", items)}
     if by_type["closed"]:
-        yes_no = by_method["yes_no"]
+        yes_no, other = by_type["yes_no"], by_type["closed_other"]
         summary["closed"] = {
-            "n": len(by_type["closed"]), "accuracy": _accuracy(by_type["closed"]),
-            "yes_no_n": len(yes_no), "yes_no_accuracy": _accuracy(yes_no),
+            "n": len(by_type["closed"]), **_rate("accuracy", by_type["closed"]),
+            "yes_no_n": len(yes_no), **_rate("yes_no_accuracy", yes_no),
             "yes_no_unanswered_rate": _mean([float(s.parsed is None) for s in yes_no]),
-            "other_n": len(by_method["closed_other"]), "other_accuracy": _accuracy(by_method["closed_other"]),
+            "other_n": len(other), **_rate("other_accuracy", other),
         }
     if by_type["open"]:
-        opened = [s for s in by_type["open"] if s.metrics]
-        summary["open"] = {"n": len(by_type["open"]), **{
-            name: _mean([s.metrics[name] for s in opened]) for name in
-            ("exact_match", "token_recall", "token_precision", "token_f1")}}
+        opened = by_type["open"]
+        summary["open"] = {"n": len(opened), **_rate("exact_match", opened), **{
+            key: value for name in OPEN_METRICS[1:] for key, value in
+            _average(name, [s.metrics[name] for s in opened]).items()}}
     if by_type["choice"]:
         methods = Counter(s.method for s in by_type["choice"])
-        summary["choice"] = {"n": len(by_type["choice"]), "accuracy": _accuracy(by_type["choice"]),
+        summary["choice"] = {"n": len(by_type["choice"]), **_rate("accuracy", by_type["choice"]),
                              "parse_failure_rate": (methods["none"] + methods["error"]) / len(by_type["choice"]),
                              "parse_methods": dict(methods)}
     return ScoreResult("medvl", items, summary)
@@ -135,6 +158,7 @@ LLAVA_MED_RULES = {
                                       "(#35)': such a miss is dropped from the denominator",
     "llava_med_run_eval_batch": "LLaVA-Med v1.0.0 llava/eval/run_eval_batch.py (substring tests)",
 }
+NEEDS_CANDIDATES = {"llava_med_run_eval", "llava_med_run_eval_pre_b9a98a7"}  # open accuracy by candidate arg-max
 OPEN_KEYS = (("exact match score", "exact_match_score"), ("f1 score", "f1"), ("precision", "precision"),
              ("recall", "recall"), *((name, name) for name in BLEU_WEIGHTS))
 
@@ -178,14 +202,15 @@ def _llava_med(name: str) -> Callable[[list[dict[str, Any]], Sequence[str] | Non
         closed = [s for s in items if s.method in ("closed", "dropped")]
         summary: dict[str, Any] = {
             "scorer": name, "rule": LLAVA_MED_RULES[name], "num_open": len(opened), "num_closed": len(closed),
-            **{key: _mean([s.metrics[metric] for s in opened]) for key, metric in OPEN_KEYS},
-            "open accuracy": _accuracy(opened), "yes/no accuracy": _accuracy(closed),
+            **{key: value for name, metric in OPEN_KEYS
+               for key, value in _average(name, [s.metrics[metric] for s in opened]).items()},
+            **_rate("open accuracy", opened), **_rate("yes/no accuracy", closed),
             "not_scored": sum(s.method == "not_scored" for s in items),
         }
         if name == "llava_med_run_eval_pre_b9a98a7":
             summary["closed_dropped"] = sum(s.method == "dropped" for s in closed)
         if name == "llava_med_run_eval_batch":
-            summary["recall_closed"] = _mean([s.metrics["recall"] for s in closed])
+            summary.update(_average("recall_closed", [s.metrics["recall"] for s in closed]))
         elif opened and not candidates:
             summary["open accuracy note"] = "no candidate answers (LLaVA-Med's candidate.json is unreleased)"
         return ScoreResult(name, items, summary)
@@ -198,8 +223,8 @@ def _llava_med(name: str) -> Callable[[list[dict[str, Any]], Sequence[str] | Non
 def _huatuo(records: list[dict[str, Any]], candidates: Sequence[str] | None) -> ScoreResult:
     items: list[ItemScore] = []
     seen: set[str] = set()
-    per_dataset: dict[str, list[bool]] = defaultdict(list)
-    per_subset: dict[str, list[bool]] = defaultdict(list)
+    per_dataset: dict[str, list[ItemScore]] = defaultdict(list)
+    per_subset: dict[str, list[ItemScore]] = defaultdict(list)
     would_crash = []
     for record in records:
         meta = record.get("meta") or {}
@@ -212,18 +237,17 @@ def _huatuo(records: list[dict[str, Any]], candidates: Sequence[str] | None) -> 
         label = answer_letter(record)
         if stage > 1 or (label is None and record["answer"] != "?"):
             would_crash.append(record["id"])  # the reference passes the whole record as `options` → error
-        correct = label is not None and letter == label
-        items.append(ItemScore(letter, correct, f"stage{stage}"))
+        items.append(ItemScore(letter, label is not None and letter == label, f"stage{stage}"))
         dataset = meta.get("dataset") or record.get("benchmark", "")
-        per_dataset[dataset].append(correct)
+        per_dataset[dataset].append(items[-1])
         if meta.get("subset"):
-            per_subset[f"{dataset}_{meta['subset']}"].append(correct)
-    scored = [c for values in per_dataset.values() for c in values]
+            per_subset[f"{dataset}_{meta['subset']}"].append(items[-1])
+    scored = [s for values in per_dataset.values() for s in values]
     summary: dict[str, Any] = {
         "scorer": "huatuo_match_choice3",
-        **{k: fmean(map(float, v)) for k, v in per_dataset.items()},
-        "The total score for multiple-choice questions": fmean(map(float, scored)) if scored else None,
-        **{k: fmean(map(float, v)) for k, v in per_subset.items()},
+        **{k: v for name, group in per_dataset.items() for k, v in _rate(name, group).items()},
+        **_rate("The total score for multiple-choice questions", scored),
+        **{k: v for name, group in per_subset.items() for k, v in _rate(name, group).items()},
         "question_number": len(scored), "skipped": sum(s.method == "skipped" for s in items),
         "reference_would_crash": len(would_crash), "reference_would_crash_ids": would_crash[:50],
     }
@@ -241,5 +265,5 @@ def score_records(records: list[dict[str, Any]], scorer: str = "medvl",
                   candidates: Sequence[str] | None = None) -> ScoreResult:
     """Score prediction records with the named scorer; `candidates` feeds llava_med_run_eval's open accuracy."""
     if scorer not in SCORERS:
-        raise ValueError(f"unknown scorer {scorer!r}; known: {', '.join(SCORERS)}")
+        raise UnknownScorer(f"unknown scorer {scorer!r}; known: {', '.join(SCORERS)}")
     return SCORERS[scorer](records, candidates)

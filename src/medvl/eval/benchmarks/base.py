@@ -33,6 +33,7 @@ __all__ = [
     "image_cache_dir",
     "missing_field",
     "one_of",
+    "open_closed_row",
     "option_letter",
     "read_json",
     "read_json_rows",
@@ -253,6 +254,20 @@ def text_field(row: dict[str, Any], key: str) -> str | None:
 def missing_field(row: dict[str, Any], keys: Sequence[str]) -> str | None:
     """The reject reason `no_<key>` for the first of `keys` that is absent, null or blank; None when all are there."""
     return next((f"no_{key}" for key in keys if text_field(row, key) is None), None)
+
+
+def open_closed_row(row: dict[str, Any], index: int, image_key: str,
+                    rejects: list[dict[str, str]]) -> tuple[str, AnswerType] | None:
+    """(id, "closed"/"open") of a VQA-RAD/SLAKE-style row (`qid`, `question`, `answer`, `answer_type`
+    CLOSED/OPEN, an image field); None after recording the reject when a field is missing or unknown."""
+    qid = str(row.get("qid", index))
+    kind = str(row.get("answer_type", "")).strip().upper()
+    problem = missing_field(row, ("question", "answer", image_key))
+    problem = problem or (None if kind in ("CLOSED", "OPEN") else "bad_answer_type")
+    if problem:
+        rejects.append({"id": qid, "reason": problem, "detail": f"answer_type={kind!r}"})
+        return None
+    return qid, "closed" if kind == "CLOSED" else "open"
 
 
 def one_of(benchmark: str, option: str, value: Any, known: Sequence[str]) -> str:

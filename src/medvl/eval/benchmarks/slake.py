@@ -16,8 +16,8 @@ from medvl.eval.benchmarks.base import (
     VQAItem,
     find_path,
     finish,
-    missing_field,
     one_of,
+    open_closed_row,
     read_json_rows,
     split_name,
     yes_no_answer,
@@ -25,7 +25,6 @@ from medvl.eval.benchmarks.base import (
 
 SPLITS = {"train": (), "validate": ("val", "validation", "dev"), "test": ()}
 LANGUAGES = ("en", "zh", "all")
-FIELDS = ("question", "answer", "img_name")
 
 
 def load(root: Path, split: str = "test", lang: str = "en") -> BenchmarkData:
@@ -39,12 +38,10 @@ def load(root: Path, split: str = "test", lang: str = "en") -> BenchmarkData:
         row_lang = row.get("q_lang", "en")
         if lang != "all" and row_lang != lang:
             continue
-        qid = str(row.get("qid", index))
-        kind = str(row.get("answer_type", "")).strip().upper()
-        problem = missing_field(row, FIELDS) or (None if kind in ("CLOSED", "OPEN") else "bad_answer_type")
-        if problem:
-            rejects.append({"id": qid, "reason": problem, "detail": f"answer_type={kind!r}"})
+        checked = open_closed_row(row, index, "img_name", rejects)
+        if checked is None:
             continue
+        qid, kind = checked
         answer = str(row["answer"]).strip()
         items.append(VQAItem(
             id=qid,
@@ -52,7 +49,7 @@ def load(root: Path, split: str = "test", lang: str = "en") -> BenchmarkData:
             split=split,
             question=str(row["question"]).strip(),
             answer=answer,
-            answer_type="closed" if kind == "CLOSED" else "open",
+            answer_type=kind,
             images=[str((image_dir / row["img_name"]).resolve())],
             meta={
                 "question_type": row.get("content_type", ""),

@@ -17,7 +17,7 @@ from medvl.eval.benchmarks.base import (
     BenchmarkError,
     find_path,
     finish,
-    missing_field,
+    open_closed_row,
     read_json_rows,
     split_name,
     yes_no_answer,
@@ -26,7 +26,6 @@ from medvl.eval.benchmarks.base import (
 FILE = "VQA_RAD Dataset Public.json"
 TEST_PHRASES = {"test_freeform", "test_para"}
 IMAGE_DIRS = ("images", "VQA_RAD Image Folder")
-FIELDS = ("question", "answer", "image_name")
 
 
 def load(root: Path, split: str = "test") -> BenchmarkData:
@@ -43,12 +42,10 @@ def load(root: Path, split: str = "test") -> BenchmarkData:
         is_test = row.get("phrase_type") in TEST_PHRASES
         if split != "all" and is_test != (split == "test"):
             continue
-        qid = str(row.get("qid", index))
-        kind = str(row.get("answer_type", "")).strip().upper()
-        problem = missing_field(row, FIELDS) or (None if kind in ("CLOSED", "OPEN") else "bad_answer_type")
-        if problem:
-            rejects.append({"id": qid, "reason": problem, "detail": f"answer_type={kind!r}"})
+        checked = open_closed_row(row, index, "image_name", rejects)
+        if checked is None:
             continue
+        qid, kind = checked
         answer = str(row["answer"]).strip()
         items.append(VQAItem(
             id=qid,
@@ -56,7 +53,7 @@ def load(root: Path, split: str = "test") -> BenchmarkData:
             split="test" if is_test else "train",
             question=str(row["question"]).strip(),
             answer=answer,
-            answer_type="closed" if kind == "CLOSED" else "open",
+            answer_type=kind,
             images=[str((image_dir / row["image_name"]).resolve())],
             meta={
                 "question_type": str(row.get("question_type", "")).strip().upper(),
