@@ -6,6 +6,7 @@ import pickle
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from medvl.eval.benchmarks import BENCHMARKS, BenchmarkError, load_benchmark
 from medvl.records import record_problems
@@ -67,6 +68,13 @@ def test_pmc_vqa_choices_and_broken_row():
     assert [r["id"] for r in data.rejects] == ["test_clean-2"]
 
 
+def test_pmc_vqa_version_2_with_letter_answers():
+    data = load_benchmark("pmc_vqa", FIXTURES / "pmc_vqa_2", csv_file="test_2.csv")
+    assert [(i.answer, i.answer_letter) for i in data.items] == [("CT", "B"), ("Axial", "A")]
+    assert all(Path(p).parent.name == "figures" and Path(p).is_file() for i in data.items for p in i.images)
+    assert data.rejects == []
+
+
 def test_omnimedvqa_two_and_four_options():
     data = load_benchmark("omnimedvqa", FIXTURES / "omnimedvqa")
     assert [len(i.options) for i in data.items] == [4, 2]
@@ -76,10 +84,17 @@ def test_omnimedvqa_two_and_four_options():
 
 def test_mmmu_medical_subjects(tmp_path):
     data = load_benchmark("mmmu_med", FIXTURES / "mmmu", split="validation", image_dir=str(tmp_path))
-    assert len(data) == 5 and {i.meta["subject"] for i in data.items} >= {"Pharmacy", "Public_Health"}
+    assert len(data) == 7 and {i.meta["subject"] for i in data.items} >= {"Pharmacy", "Public_Health"}
     item = data.items[0]
     assert item.options[1] == "Mitochondrion" and item.answer == "Mitochondrion" and "<image 1>" in item.question
     assert len(item.images) == 1 and Path(item.images[0]).is_file()
+    by_id = {i.id: i for i in data.items}
+    images_in_options = by_id["validation_Clinical_Medicine_2"]  # images tagged in the question and the options
+    assert images_in_options.options == ["<image 2>", "<image 3>"] and images_in_options.answer == "<image 3>"
+    greens = [Image.open(p).convert("RGB").getpixel((0, 0))[1] for p in images_in_options.images]
+    assert greens == sorted(greens) and len(set(greens)) == 3  # image_1, image_2, image_3 in tag order
+    opened = by_id["validation_Public_Health_2"]
+    assert (opened.answer_type, opened.answer, opened.options) == ("open", "12.5", [])
     with pytest.raises(BenchmarkError, match="no test parquet"):
         load_benchmark("mmmu_med", FIXTURES / "mmmu", split="test")
 
