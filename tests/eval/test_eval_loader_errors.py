@@ -85,6 +85,19 @@ def test_null_rows_and_rows_without_answer_or_question_are_rejected(tmp_path):
     assert [i.id for i in data.items] == ["3", "4"]  # numbering still follows the file (the reference's test_id)
 
 
+def test_mmmu_test_split_with_hidden_answers(tmp_path, medvl):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    mmmu = copy_fixture("mmmu", tmp_path)
+    for validation in mmmu.glob("*/validation-*.parquet"):
+        table = pq.read_table(validation)
+        hidden = table.set_column(table.schema.get_field_index("answer"), "answer", pa.array(["?"] * len(table)))
+        pq.write_table(hidden, validation.with_name("test-00000-of-00001.parquet"))
+    result = medvl("eval", "inspect", "mmmu_med", mmmu, "--split", "test", "--option", f"image_dir={tmp_path / 'img'}")
+    assert result.code == 2 and "answers are hidden ('?'); score on split=validation or dev" in result.err
+
+
 def test_vqa_rad_without_phrase_type_is_refused(tmp_path):
     rad = copy_fixture("vqa_rad", tmp_path)
     rewrite_json(rad / "VQA_RAD Dataset Public.json",

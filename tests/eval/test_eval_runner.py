@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import yaml
 
 from medvl.config import ConfigError
 from medvl.eval import backends, runner
@@ -111,6 +112,13 @@ def test_changed_config_is_refused(tmp_path, monkeypatch):
     run_eval(config(tmp_path, generation={"batch_size": 4, "max_new_tokens": 8}), OneProcess())  # harmless change
     with pytest.raises(ConfigError, match="prompt.style"):
         run_eval(config(tmp_path, prompt={"style": "plain"}), OneProcess())
+    saved = Path(config(tmp_path).output_dir) / "config.yaml"
+    older = yaml.safe_load(saved.read_text())
+    del older["shuffle_seed"]  # a folder made before the setting existed resumes under its default
+    saved.write_text(yaml.safe_dump(older))
+    run_eval(config(tmp_path), OneProcess())
+    with pytest.raises(ConfigError, match="shuffle_seed"):
+        run_eval(config(tmp_path, shuffle_seed=1), OneProcess())
 
 
 def test_data_parallel_split_and_gather(tmp_path, monkeypatch):
@@ -195,8 +203,6 @@ def test_unreadable_image_is_rejected_and_the_run_goes_on(tmp_path, monkeypatch)
 def test_accelerate_launch_with_two_cpu_processes(tmp_path):
     import subprocess
     import sys
-
-    import yaml
 
     cfg = tmp_path / "eval.yaml"
     cfg.write_text(yaml.safe_dump({"benchmark": {"name": "llava_jsonl", "root": str(FIXTURES / "llava" / "eval.jsonl")},

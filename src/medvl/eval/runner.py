@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import yaml
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from medvl.config import Config, ConfigError, dump_config
 from medvl.eval.backends import BackendConfig, Request, make_backend
@@ -142,10 +142,16 @@ def run_eval(config: EvalConfig, state: ProcessState | None = None) -> Path:
 
 
 def _claim_folder(out: Path, config: EvalConfig) -> None:
-    """Write config.yaml, or check that an existing one describes the same run."""
+    """Write config.yaml, or check that an existing one describes the same run (a setting added since
+    that run was made counts as its default)."""
     saved = out / "config.yaml"
     if saved.is_file():
-        before = _flatten(yaml.safe_load(saved.read_text()) or {})
+        raw = yaml.safe_load(saved.read_text()) or {}
+        try:
+            raw = EvalConfig.model_validate(raw).model_dump(mode="json")
+        except ValidationError:
+            pass  # compared as written: every difference is reported
+        before = _flatten(raw)
         now = _flatten(config.model_dump(mode="json"))
         changed = sorted(".".join(k) for k in set(before) | set(now)
                          if k not in RESUMABLE_KEYS and before.get(k) != now.get(k))
