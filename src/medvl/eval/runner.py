@@ -201,7 +201,8 @@ def _shuffle(runnable: list[VQAItem], text_only: set[str], rejected: list[dict[s
     donors, stuck = image_derangement([i for i in runnable if i.images and i.id not in text_only], config.shuffle_seed)
     rejected += [{"id": item_id, "reason": "no_other_image", "stage": "images",
                   "detail": "no other item with as many images to shuffle in"} for item_id in stuck]
-    runnable[:] = [item for item in runnable if item.id not in set(stuck)]
+    unshuffled = set(stuck)
+    runnable[:] = [item for item in runnable if item.id not in unshuffled]
     return donors
 
 
@@ -229,7 +230,7 @@ def _majority(config: EvalConfig, data: BenchmarkData) -> tuple[dict[str, str], 
         source = config.benchmark.load(wanted).items
         problem = None if _item_keys(source) != _item_keys(data.items) else "the loader read the same questions"
     except BenchmarkError as exc:
-        source, problem = data.items, str(exc)
+        problem = str(exc)
     if problem is None:
         note = f"majority answers counted on the {wanted} split"
     else:

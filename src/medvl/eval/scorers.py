@@ -76,11 +76,6 @@ def _mean(values: Sequence[float]) -> float | None:
     return fmean(values) if values else None
 
 
-def _accuracy(scores: Sequence[ItemScore]) -> float | None:
-    counted = [s.correct for s in scores if s.correct is not None]
-    return _mean([float(c) for c in counted])
-
-
 def _rate(name: str, scores: Sequence[ItemScore]) -> dict[str, Any]:
     """`name`: the accuracy over the scored items, `name_ci`: its Wilson interval (both None when none)."""
     counted = [bool(s.correct) for s in scores if s.correct is not None]
@@ -202,8 +197,8 @@ def _llava_med(name: str) -> Callable[[list[dict[str, Any]], Sequence[str] | Non
         closed = [s for s in items if s.method in ("closed", "dropped")]
         summary: dict[str, Any] = {
             "scorer": name, "rule": LLAVA_MED_RULES[name], "num_open": len(opened), "num_closed": len(closed),
-            **{key: value for name, metric in OPEN_KEYS
-               for key, value in _average(name, [s.metrics[metric] for s in opened]).items()},
+            **{key: value for label, metric in OPEN_KEYS
+               for key, value in _average(label, [s.metrics[metric] for s in opened]).items()},
             **_rate("open accuracy", opened), **_rate("yes/no accuracy", closed),
             "not_scored": sum(s.method == "not_scored" for s in items),
         }
