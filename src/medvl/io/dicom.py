@@ -4,8 +4,11 @@ Called by `medvl.io.images.load_image` / `image_size` (use those); errors are it
 `ImageLoadError`. The display pipeline follows DICOM PS3.3 C.11 with pydicom's own functions:
 
 1. decode one frame (`frame`: "middle" (default), "first" or an index; negative counts from
-   the end) with pydicom's decoder for the transfer syntax; a syntax whose codec plugin is not
-   installed (JPEG-LS, JPEG lossless, HTJ2K without pylibjpeg/gdcm) is `unsupported`, named;
+   the end) with pydicom's decoder for the transfer syntax. The compressed syntaxes decode
+   through the permissively licensed plugins medvl depends on: python-gdcm (JPEG lossless,
+   JPEG-LS, JPEG 2000, and 12-bit JPEG through `medvl.io.gdcm_jpeg12`), pylibjpeg-openjpeg
+   (JPEG 2000 and HTJ2K) and pyjpegls (JPEG-LS); a syntax no installed plugin decodes is
+   `unsupported`, named;
 2. greyscale: modality LUT (RescaleSlope/Intercept) → VOI LUT sequence, else window
    centre/width (the first of several), mapped to 0..255 over the window's own output range;
    with neither, or an invalid window (e.g. width 0), the frame's own min..max; MONOCHROME1 is
@@ -18,6 +21,7 @@ The pixel limit is checked on Rows x Columns before any pixel data is decoded.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import BinaryIO
 
 import numpy as np
@@ -35,7 +39,13 @@ from pydicom.pixels import (
     get_decoder,
 )
 from pydicom.pixels.utils import get_expected_length
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGExtended12Bit,
+)
 
 from medvl.io.images import ImageLoadError, check_pixel_count, rescale_to_uint8
 
@@ -58,7 +68,10 @@ def is_dicom(head: bytes, name: str) -> bool:
 
 def dicom_size(fp: BinaryIO, name: str) -> tuple[int, int]:
     """(Columns, Rows) from the header, without reading pixel data."""
-    ds = _read(fp, name, header_only=True)
+    return _columns_rows(_read(fp, name, header_only=True), name)
+
+
+def _columns_rows(ds: Dataset, name: str) -> tuple[int, int]:
     if "Rows" not in ds or "Columns" not in ds:
         raise ImageLoadError(name, "not_image", "DICOM header has no Rows/Columns")
     return int(ds.Columns), int(ds.Rows)
@@ -85,7 +98,7 @@ def read_dicom(fp: BinaryIO, name: str, *, max_pixels: int, frame: str | int) ->
             f"modality {ds.get('Modality', 'unknown')}): a non-image object or a file cut short"
         )
         raise ImageLoadError(name, "not_image", detail)
-    check_pixel_count(name, int(ds.Columns), int(ds.Rows), max_pixels)
+    check_pixel_count(name, *_columns_rows(ds, name), max_pixels)
     index = frame_index(name, int(ds.get("NumberOfFrames") or 1), frame)
     pixels, photometric = _decode_frame(ds, name, index)
     if pixels.ndim == 3:
@@ -111,6 +124,7 @@ def _decode_frame(ds: Dataset, name: str, index: int) -> tuple[np.ndarray, str]:
     syntax = _transfer_syntax(ds)
     if syntax is None:
         raise ImageLoadError(name, "corrupt", "no Transfer Syntax UID and no readable encoding")
+    _add_jpeg12_plugin()
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError as exc:
@@ -128,6 +142,12 @@ def _decode_frame(ds: Dataset, name: str, index: int) -> tuple[np.ndarray, str]:
             raise
         raise ImageLoadError(name, "unsupported", f"transfer syntax {syntax.name}: {exc}") from exc
     return pixels, str(properties.get("photometric_interpretation", ds.PhotometricInterpretation))
+
+
+@cache
+def _add_jpeg12_plugin() -> None:
+    """Give pydicom's 12-bit JPEG decoder medvl's GDCM plugin (once per process)."""
+    get_decoder(JPEGExtended12Bit).add_plugin("gdcm-12bit", ("medvl.io.gdcm_jpeg12", "decode_frame"))
 
 
 def _transfer_syntax(ds: Dataset) -> UID | None:
