@@ -5,7 +5,19 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from medvl.model.templates import TEMPLATE_NAMES, guess_format, image_aware, resolve_chat_template, shipped_template
+from legacy_testkit import write_sentencepiece_tokenizer
+
+from medvl.model.build import load_tokenizer
+from medvl.model.spec import TextSpec
+from medvl.model.templates import (
+    TEMPLATE_NAMES,
+    guess_format,
+    image_aware,
+    resolve_chat_template,
+    shipped_template,
+    single_bos,
+    text_start,
+)
 
 CONVERSATION = [
     {"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Compare."}]},
@@ -18,11 +30,11 @@ EXPECTED = {
     "llama3": "<s><|start_header_id|>user<|end_header_id|>\n\n<image>\n<image>\nCompare.<|eot_id|>"
               "<|start_header_id|>assistant<|end_header_id|>\n\nLeft is larger.<|eot_id|>"
               "<|start_header_id|>user<|end_header_id|>\n\nWhy?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
-    "vicuna": "<s>A chat between a curious human and an artificial intelligence assistant. The assistant gives "
-              "helpful, detailed, and polite answers to the human's questions. USER: <image>\n<image>\nCompare. "
+    "vicuna": "<s>A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+              "helpful, detailed, and polite answers to the user's questions. USER: <image>\n<image>\nCompare. "
               "ASSISTANT: Left is larger.</s>USER: Why? ASSISTANT:",
     "mistral_instruct": "<s>[INST] <image>\n<image>\nCompare. [/INST] Left is larger. </s>[INST] Why? [/INST]",
-    "huatuo": "<|user|>\n<image>\n<image>\nCompare.\n<|assistant|>\nLeft is larger.</s>\n<|user|>\nWhy?\n<|assistant|>\n",
+    "huatuo": "<|user|>\n<image>\n<image>\nCompare.\n<|assistant|>\nLeft is larger. \n<|user|>\nWhy?\n<|assistant|>\n",
 }
 
 
@@ -87,3 +99,43 @@ def test_assistant_mask_covers_exactly_the_answer(smol_tokenizer, name):
     ids = [i for i, m in zip(out["input_ids"], out["assistant_masks"]) if m]
     text = tokenizer.decode(ids)
     assert text.strip().startswith("No, abnormal.") and "Is it normal" not in text  # a leading space may share a token
+
+
+def test_huatuo_training_target_ends_with_eos():
+    """Past answers end " \n" as HuatuoGPT-Vision's cli.py renders history; a final answer ends with EOS."""
+    messages = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    assert _render(shipped_template("huatuo"), messages).startswith("<|user|>\nQ\n<|assistant|>\nA</s>\n")
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_tokenizers(tmp_path_factory):
+    """LlamaTokenizer from a real tokenizer.model with legacy False (LLaVA-1.5) and True (Mistral)."""
+    folders = {}
+    for legacy in (False, True):
+        folders[legacy] = tmp_path_factory.mktemp(f"sp-legacy-{legacy}")
+        write_sentencepiece_tokenizer(folders[legacy], legacy=legacy)
+    return lambda legacy: load_tokenizer(TextSpec(path=str(folders[legacy])))
+
+
+def test_text_start_restores_the_word_boundary_after_special_tokens(sentencepiece_tokenizers, smol_tokenizer):
+    strict = sentencepiece_tokenizers(False)
+    assert text_start(strict) == " "
+    assert strict.encode("<image> x", add_special_tokens=False)[1:] == strict.encode("x", add_special_tokens=False)
+    assert text_start(sentencepiece_tokenizers(True)) == ""  # legacy=True already starts a word after a special
+    assert text_start(AutoTokenizer.from_pretrained(smol_tokenizer)) == ""  # byte-level BPE has no such marker
+    vicuna = resolve_chat_template("vicuna", strict)
+    rendered = _render(vicuna, CONVERSATION[:1])
+    assert rendered.startswith("<s> A chat") and "USER: <image> \n<image> \nCompare." in rendered
+    wrapped = resolve_chat_template("vicuna", strict, image_wrap=("<im_start>", "<im_end>"))
+    assert "USER: <im_start><image><im_end>\n" in _render(wrapped, CONVERSATION[:1])  # a special token follows
+
+
+@pytest.mark.parametrize("name", ["vicuna", "mistral_instruct", "llama3"])
+def test_single_bos_on_a_plain_tokenizer_call(sentencepiece_tokenizers, name):
+    tokenizer = sentencepiece_tokenizers(False)
+    template = resolve_chat_template(name, tokenizer)
+    rendered = _render(template, CONVERSATION[:1])
+    assert tokenizer(rendered)["input_ids"][:2].count(tokenizer.bos_token_id) == 2  # BOS in the text + added
+    single_bos(tokenizer, template)
+    assert tokenizer(rendered)["input_ids"].count(tokenizer.bos_token_id) == 1
+    assert tokenizer.encode("x")[0] != tokenizer.bos_token_id

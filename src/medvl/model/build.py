@@ -34,7 +34,7 @@ from transformers import (
 
 from medvl.model.offline import resolve_asset
 from medvl.model.spec import ModelSpec, TextSpec, VisionSpec
-from medvl.model.templates import STOP_STRINGS, guess_format, resolve_chat_template
+from medvl.model.templates import STOP_STRINGS, guess_format, resolve_chat_template, single_bos
 
 __all__ = ["build_model", "build_processor", "generation_config_for", "identity_linear_state", "load_tokenizer", "DTYPES"]
 
@@ -51,6 +51,8 @@ def load_tokenizer(text: TextSpec, image_token: str = "<image>") -> Any:
     source = resolve_asset(text.tokenizer or text.path)
     kwargs = {"gguf_file": text.gguf_file} if text.gguf_file and not text.tokenizer else {}
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    if hasattr(tokenizer, "legacy"):  # transformers 5 drops it on save, and Llama's reload then defaults to False
+        tokenizer.init_kwargs["legacy"] = tokenizer.legacy
     if image_token not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
     if tokenizer.pad_token is None:
@@ -60,7 +62,7 @@ def load_tokenizer(text: TextSpec, image_token: str = "<image>") -> Any:
 
 def build_processor(spec: ModelSpec, tokenizer: Any, image_mean: list[float] | None = None,
                     image_std: list[float] | None = None, image_size: int | None = None,
-                    patch_size: int | None = None) -> LlavaProcessor:
+                    patch_size: int | None = None, image_wrap: tuple[str, str] = ("", "")) -> LlavaProcessor:
     """Image processor (pad-to-square option, resize, normalise) + tokenizer + chat template."""
     clip = spec.vision.family == "clip"
     size = image_size or spec.vision.image_size
@@ -71,7 +73,8 @@ def build_processor(spec: ModelSpec, tokenizer: Any, image_mean: list[float] | N
         image_mean=image_mean or (CLIP_MEAN if clip else SIGLIP_MEAN),
         image_std=image_std or (CLIP_STD if clip else SIGLIP_STD),
     )
-    template = resolve_chat_template(spec.chat_template, tokenizer, spec.image_token)
+    template = resolve_chat_template(spec.chat_template, tokenizer, spec.image_token, image_wrap)
+    single_bos(tokenizer, template)
     return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,

@@ -30,17 +30,28 @@ def build(
 
 def convert(
     source: Path = typer.Argument(..., help="checkpoint folder in the original LLaVA layout"),
-    out: Path = typer.Argument(..., help="output folder (native format)"),
-    vision_tower: Optional[Path] = typer.Option(None, help="local folder of the CLIP tower named in mm_vision_tower"),
+    out: Optional[Path] = typer.Argument(None, help="output folder (native format); not needed with --check"),
+    vision_tower: Optional[Path] = typer.Option(
+        None, help="local folder of the CLIP tower named in mm_vision_tower (its config, preprocessing and, "
+                   "when the checkpoint does not carry the tower, its weights)"),
     chat_template: Optional[str] = typer.Option(
         None, help=f"conversation format ({', '.join(TEMPLATE_NAMES)}); default: the source model's"),
     dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 (default: the checkpoint's)"),
+    check: bool = typer.Option(False, "--check", help="print what would be mapped from where, the chat template "
+                                                      "and an example prompt; write nothing"),
 ) -> None:
-    """Convert llava_llama / llava_mistral / llava_qwen2 checkpoints so transformers and vLLM load them."""
-    from medvl.model.convert import convert_legacy
+    """Convert llava / llava_llama / llava_mistral / llava_qwen2 checkpoints so transformers and vLLM load them."""
+    from medvl.errors import UserError
+    from medvl.model.convert import convert_legacy, plan_conversion
 
-    path = convert_legacy(source, out, vision_tower=str(vision_tower) if vision_tower else None,
-                          chat_template=chat_template, dtype=dtype)
+    tower = str(vision_tower) if vision_tower else None
+    if check:
+        for line in plan_conversion(source, vision_tower=tower, chat_template=chat_template, dtype=dtype).describe():
+            typer.echo(line)
+        return
+    if out is None:
+        raise UserError("medvl convert: give an output folder (or --check to only inspect the source)")
+    path = convert_legacy(source, out, vision_tower=tower, chat_template=chat_template, dtype=dtype)
     typer.echo(f"converted {source} -> {path} (load with AutoModelForImageTextToText, serve with vllm)")
 
 

@@ -1,31 +1,43 @@
 """Convert checkpoints in the original LLaVA layout into transformers' native format.
 
-The original LLaVA code base (LLaVA-1.5, LLaVA-Med v1 and v1.5, HuatuoGPT-Vision-7B) saves custom
-model types (`llava_llama`, `llava_mistral`, `llava_qwen2`) that transformers and vLLM cannot
-load: the LLM's weights sit beside `model.mm_projector.*`, the vision tower is a path in
-`mm_vision_tower`, and images enter the sequence at a sentinel id (-200) that is not a token.
+The original LLaVA code base (LLaVA-1.5, LLaVA-Med v1 and v1.5, HuatuoGPT-Vision) saves custom
+model types (`llava` with `mm_*` keys, `llava_llama`, `llava_mistral`, `llava_qwen2`) that
+transformers and vLLM cannot load: the LLM's weights sit beside `model.mm_projector.*`, the vision
+tower is a path in `mm_vision_tower` (its weights may also sit in the checkpoint, under
+`model.vision_tower.vision_tower.*`), and images enter the sequence at a sentinel id (-200).
 
-The native model gets the same LLM weights, `multi_modal_projector.linear_1/linear_2` from the
-projector (`mlp2x_gelu`: Linear-GELU-Linear; `linear`: W then identity), the CLIP tower (from the
-checkpoint if it carries it, else from a local folder), a real `<image>` token appended to the
-vocabulary, LLaVA's pad-to-square preprocessing when `image_aspect_ratio` is `pad`, and the
-conversation format of the source model as its chat template.
+`plan_conversion` reads the source (config, weight names, tokenizer, tower config) and maps every
+legacy key onto a native `LlavaForConditionalGeneration` built empty by the installed transformers:
+the module paths of its language model, vision tower and projector are read off that model, and the
+tower's key prefix is found by matching the checkpoint's tower names against the installed tower
+class (CLIP weights were `vision_model.*` in transformers 4 and are bare in 5). `convert_legacy`
+then loads the tensors and saves the native folder; `medvl convert --check` prints the plan.
+
+The native model gets the same LLM weights; `linear_1`/`linear_2` from the projector
+(`mlp2x_gelu`: Linear-GELU-Linear; `linear`: W, then identity); the tower (the checkpoint's own
+when it carries one, else the tower folder's); a real `<image>` token appended to the vocabulary;
+LLaVA's pad-to-square when `image_aspect_ratio` is `pad`; and the source's conversation format as
+its chat template, fitted to its tokenizer (see `medvl.model.templates`) so that a prompt tokenises
+to the ids the reference code fed the model.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
 from medvl.errors import UserError
-from medvl.model.build import generation_config_for, identity_linear_state, load_tokenizer
+from medvl.model.build import DTYPES, generation_config_for, identity_linear_state, load_tokenizer
 from medvl.model.spec import ModelSpec, TextSpec, VisionSpec
+from medvl.model.templates import TEMPLATE_NAMES
 
-__all__ = ["LEGACY_TYPES", "ConversionError", "convert_legacy", "read_legacy_weights"]
+__all__ = ["LEGACY_TYPES", "ConversionError", "ConversionPlan", "NativeParts", "plan_conversion", "convert_legacy",
+           "read_legacy_weights", "tower_key_names"]
 
 log = logging.getLogger(__name__)
 
@@ -38,129 +50,317 @@ LEGACY_TYPES = {
 }
 _LEGACY_ONLY_KEYS = ("mm_", "tune_mm", "freeze_mm", "image_aspect_ratio", "image_grid", "tokenizer_model_max_length",
                      "tokenizer_padding_side", "unfreeze_mm", "use_mm_proj", "mm_patch_merge_type")
+_PROJECTOR = "model.mm_projector."
+_TOWER = "model.vision_tower.vision_tower."
+_INDEXES = (("*.safetensors", "model.safetensors.index.json"), ("pytorch_model*.bin", "pytorch_model.bin.index.json"))
 
 
 class ConversionError(UserError, ValueError):
     """The legacy checkpoint lacks something the conversion needs; the message says what to pass."""
 
 
-def read_legacy_weights(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every (key, tensor) of a checkpoint folder: safetensors or PyTorch .bin, sharded or not."""
-    from safetensors import safe_open
+def weight_files(folder: Path) -> list[Path]:
+    """The checkpoint's weight files: safetensors or PyTorch .bin, sharded (with its index) or not."""
+    for pattern, index_name in _INDEXES:
+        index = folder / index_name
+        if index.is_file():
+            try:
+                names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError, AttributeError) as exc:
+                raise ConversionError(f"{index}: not a weight index ({exc})") from exc
+            missing = [name for name in names if not (folder / name).is_file()]
+            if missing:
+                raise ConversionError(f"{index} lists {', '.join(missing)}, missing from {folder}: download it again")
+            return [folder / name for name in names]
+        files = sorted(folder.glob(pattern))
+        if files:
+            return files
+    raise ConversionError(f"{folder}: no weights (*.safetensors or pytorch_model*.bin)")
 
-    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
-    if not files:
-        raise ConversionError(f"{folder}: no *.safetensors or pytorch_model*.bin weights")
-    for file in files:
+
+def _read_file(file: Path, keys_only: bool = False) -> Iterator[tuple[str, Any]]:
+    """(key, tensor) pairs of one weight file (tensor None with `keys_only`), lazily where the format allows."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
         if file.suffix == ".safetensors":
             with safe_open(str(file), framework="pt") as handle:
                 for key in handle.keys():
-                    yield key, handle.get_tensor(key)
+                    yield key, None if keys_only else handle.get_tensor(key)
         else:
-            yield from torch.load(file, map_location="cpu", weights_only=True).items()
+            yield from torch.load(file, map_location="cpu", weights_only=True, mmap=True).items()
+    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise ConversionError(f"{file}: unreadable weights ({str(exc).splitlines()[0]}); download it again") from exc
 
 
-def _native_key(key: str) -> str | None:
-    """Map a legacy key to its native name (None for keys with no native counterpart)."""
-    if key.startswith("model.mm_projector."):
-        rest = key.removeprefix("model.mm_projector.")
-        index, _, param = rest.partition(".")
-        if not param:  # single Linear: model.mm_projector.weight
-            return f"model.multi_modal_projector.linear_1.{index}"
-        return {"0": f"model.multi_modal_projector.linear_1.{param}",
-                "2": f"model.multi_modal_projector.linear_2.{param}"}.get(index)
-    if key.startswith("model.vision_tower.vision_tower."):
-        return "model.vision_tower." + key.removeprefix("model.vision_tower.vision_tower.")
-    if key.startswith("model.vision_tower."):
-        return None
-    if key.startswith("model."):
-        return "model.language_model." + key.removeprefix("model.")
-    if key.startswith("lm_head."):
-        return key
-    return None
+def read_legacy_weights(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every (key, tensor) of a checkpoint folder."""
+    for file in weight_files(folder):
+        yield from _read_file(file)
 
 
-def _find_tower(legacy: dict[str, Any], source: Path, override: str | None) -> Path | None:
-    candidates = [override] if override else [legacy.get("mm_vision_tower"), legacy.get("vision_tower")]
-    for candidate in candidates:
-        if not candidate:
-            continue
-        for path in (Path(candidate), source / candidate):
-            if (path / "config.json").is_file():
-                return path
-    if override:
-        raise ConversionError(f"--vision-tower {override}: no config.json there")
-    return None
+def tower_key_names(legacy: list[str], native: set[str]) -> dict[str, str]:
+    """Legacy tower key → the installed tower class's key; {} when no single prefix change maps them.
+
+    The two name the same parameters and differ by a leading module path (`vision_model.` in
+    transformers 4's CLIPVisionModel, none in 5's); the change that covers every native key is found by
+    matching one long native name against the legacy ones, so it follows whatever is installed.
+    """
+    if not legacy or not native:
+        return {}
+    anchor = max(native, key=len)
+    changes = {(key[: -len(anchor)], "") for key in legacy if key.endswith(anchor)}
+    changes |= {("", anchor[: -len(key)]) for key in legacy if anchor.endswith(key)}
+    for strip, add in sorted(changes):
+        names = {key: add + key[len(strip):] for key in legacy if key.startswith(strip)}
+        names = {key: name for key, name in names.items() if name in native}
+        if set(names.values()) == native:
+            return names
+    return {}
+
+
+@dataclass(frozen=True)
+class NativeParts:
+    """Key prefixes of the native model's parts, read off the installed transformers' module tree."""
+
+    language_model: str
+    vision_tower: str
+    projector: str
+    lm_head: str
+    projector_linears: tuple[str, ...]
+
+    @classmethod
+    def of(cls, model: Any) -> "NativeParts":
+        names = {id(module): name + "." for name, module in model.named_modules()}
+        decoder, tower = model.get_decoder(), model.get_encoder(modality="image")
+        projector = next(m for m in model.base_model.children() if m is not decoder and m is not tower)
+        linears = tuple(names[id(m)] for m in projector.modules() if isinstance(m, torch.nn.Linear))
+        return cls(names[id(decoder)], names[id(tower)], names[id(projector)],
+                   names[id(model.get_output_embeddings())], linears)
+
+    def part_of(self, key: str) -> str:
+        return max((p for p in (self.language_model, self.vision_tower, self.projector, self.lm_head)
+                    if key.startswith(p)), key=len, default=key)
+
+
+@dataclass
+class ConversionPlan:
+    """What `convert_legacy` will do, read without loading any tensor."""
+
+    source: Path
+    model: Any  # the native model, empty (meta weights)
+    processor: Any
+    files: list[Path]
+    renames: dict[str, str]  # legacy key → native key
+    dropped: list[str]  # legacy keys with no native counterpart (buffers such as rotary inv_freq)
+    tower_dir: Path
+    tower_dir_from: str
+    tower_weights_from: str  # "checkpoint" or "folder"
+    projector: str
+    template: str
+    template_why: str
+    dtype: torch.dtype
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def parts(self) -> NativeParts:
+        return NativeParts.of(self.model)
+
+    def describe(self) -> list[str]:
+        """Human-readable lines: what maps where, where each part comes from, the template and an example."""
+        parts = self.parts
+        config = self.model.config
+        lines = [f"source: {self.source} → LlavaForConditionalGeneration ({config.text_config.model_type} LLM, "
+                 f"{config.vision_config.model_type} tower, {self.dtype})",
+                 f"weights: {', '.join(f.name for f in self.files)}"]
+        groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        for legacy, native in self.renames.items():
+            legacy_part = next(p for p in (_TOWER, _PROJECTOR, "lm_head.", "model.") if legacy.startswith(p))
+            groups.setdefault((legacy_part, parts.part_of(native)), []).append((legacy, native))
+        for (old, new), pairs in groups.items():
+            lines.append(f"  {old}* → {new}*: {len(pairs)} tensors, e.g. {pairs[0][0]} → {pairs[0][1]}")
+        if self.dropped:
+            lines.append(f"  dropped {len(self.dropped)} key(s) with no native counterpart, e.g. {self.dropped[0]}")
+        weights = "the checkpoint" if self.tower_weights_from == "checkpoint" else str(self.tower_dir)
+        tokenizer = self.processor.tokenizer
+        lines += [f"vision tower: config and preprocessing from {self.tower_dir} ({self.tower_dir_from}); "
+                  f"weights from {weights}",
+                  f"projector: {self.projector}",
+                  f"tokenizer: {type(tokenizer).__name__}, {len(tokenizer)} tokens with <image>",
+                  f"chat template: {self.template} ({self.template_why})"]
+        lines += [f"note: {note}" for note in self.notes]
+        text, pieces = self.example()
+        return lines + [f"example prompt: {text!r}", f"example tokens: {pieces}"]
+
+    def example(self) -> tuple[str, list[str]]:
+        """A two-turn conversation with an image, rendered and tokenised as `processor(text=...)` does."""
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What does the image show?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "A chest X-ray."}]},
+            {"role": "user", "content": [{"type": "text", "text": "Is it normal?"}]},
+        ]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        tokenizer = self.processor.tokenizer
+        return text, tokenizer.convert_ids_to_tokens(tokenizer(text)["input_ids"])
+
+
+def plan_conversion(source: str | Path, vision_tower: str | None = None, chat_template: str | None = None,
+                    dtype: str | None = None) -> ConversionPlan:
+    """Read the legacy checkpoint in `source` and map it onto the native model (no tensors loaded)."""
+    source = Path(source)
+    legacy = _legacy_config(source)
+    llm_type = LEGACY_TYPES[legacy["model_type"]][0]
+    projector = legacy.get("mm_projector_type", "linear")
+    if projector not in ("linear", "mlp2x_gelu"):
+        raise ConversionError(f"mm_projector_type {projector!r} is not supported (linear, mlp2x_gelu)")
+    if dtype and dtype not in DTYPES:
+        raise ConversionError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    template, template_why = _template_choice(legacy["model_type"], source, chat_template)
+    files = weight_files(source)
+    keys = [key for file in files for key, _ in _read_file(file, keys_only=True)]
+    tower_dir, tower_dir_from = _find_tower(legacy, source, vision_tower)
+    if tower_dir is None:
+        what = "carries the tower's weights but not its config" if any(k.startswith(_TOWER) for k in keys) else \
+            "does not carry the vision tower"
+        raise ConversionError(
+            f"{source} {what}, and mm_vision_tower {legacy.get('mm_vision_tower')!r} is not a local folder: pass "
+            "--vision-tower with a local copy of it (e.g. clip-vit-large-patch14-336)")
+    tokenizer = _tokenizer(source)
+    model, spec, vision_config = _empty_native_model(legacy, llm_type, projector, tower_dir, tokenizer,
+                                                     template, source)
+    renames, dropped = _map_keys(keys, model)
+    tower_weights_from = _tower_source(keys, renames, model, tower_dir)
+    _check_complete(model, renames, tower_weights_from, projector)
+
+    from medvl.model.build import _preprocessor_stats, build_processor
+
+    stats = _preprocessor_stats(tower_dir)
+    wrap = ("<im_start>", "<im_end>") if legacy.get("mm_use_im_start_end") else ("", "")
+    try:
+        processor = build_processor(spec, tokenizer, image_mean=stats.get("image_mean"),
+                                    image_std=stats.get("image_std"), image_size=vision_config.image_size,
+                                    patch_size=vision_config.patch_size, image_wrap=wrap)
+    except ValueError as exc:  # a chat template that does not fit this tokenizer
+        raise ConversionError(f"{source}: {exc}") from exc
+    notes = [] if "image_mean" in stats else [f"{tower_dir} has no preprocessor_config.json: CLIP's mean/std used"]
+    torch_dtype = str(legacy.get("torch_dtype") or "float32").replace("torch.", "")
+    return ConversionPlan(
+        source=source, model=model, processor=processor, files=files, renames=renames, dropped=dropped,
+        tower_dir=tower_dir, tower_dir_from=tower_dir_from, tower_weights_from=tower_weights_from,
+        projector=projector, template=template, template_why=template_why,
+        dtype=DTYPES[dtype] if dtype else DTYPES.get(torch_dtype, torch.float32), notes=notes,
+    )
 
 
 def convert_legacy(source: str | Path, out_dir: str | Path, vision_tower: str | None = None,
                    chat_template: str | None = None, dtype: str | None = None) -> Path:
     """Convert the legacy checkpoint in `source` into a native folder `out_dir`."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, LlavaConfig, LlavaForConditionalGeneration
-
-    from medvl.model.build import DTYPES, _image_seq_length, _preprocessor_stats, build_processor
     from medvl.model.checkpoint import save_model
 
-    source = Path(source)
-    legacy = json.loads((source / "config.json").read_text())
+    plan = plan_conversion(source, vision_tower, chat_template, dtype)
+    model, parts = plan.model, plan.parts
+    weights = {plan.renames[key]: tensor for key, tensor in read_legacy_weights(plan.source) if key in plan.renames}
+    if plan.tower_weights_from == "folder":
+        tower = type(model.get_encoder(modality="image")).from_pretrained(plan.tower_dir)
+        weights.update({parts.vision_tower + k: v for k, v in tower.state_dict().items()})
+    if plan.projector == "linear":
+        first, second = parts.projector_linears
+        identity = identity_linear_state(model.config.text_config.hidden_size, weights[first + "weight"].dtype)
+        weights.update({second + k: v for k, v in identity.items()})
+    _grow_vocab(weights, model)
+    if model.config.tie_word_embeddings:
+        weights.pop(parts.lm_head + "weight", None)
+    try:
+        model.load_state_dict(weights, strict=False, assign=True)
+    except RuntimeError as exc:  # shapes that do not fit the config
+        detail = str(exc).splitlines()[-1].strip()
+        raise ConversionError(f"{plan.source}: weights do not fit its config.json: {detail}") from exc
+    model.tie_weights()
+    model = model.to(plan.dtype)
+    model.generation_config = generation_config_for(plan.processor.tokenizer, plan.processor.chat_template)
+    return save_model(model, plan.processor, out_dir)
+
+
+def _legacy_config(source: Path) -> dict[str, Any]:
+    path = source / "config.json"
+    try:
+        legacy = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConversionError(f"{source}: no config.json; point at the checkpoint folder") from exc
+    except ValueError as exc:
+        raise ConversionError(f"{path}: not valid JSON ({exc})") from exc
     model_type = legacy.get("model_type")
     if model_type not in LEGACY_TYPES or "text_config" in legacy:  # native llava configs nest text_config
         raise ConversionError(f"{source}: model_type {model_type!r} with this layout is not a legacy LLaVA type "
                               f"({', '.join(LEGACY_TYPES)} with mm_* keys)")
-    llm_type, default_template = LEGACY_TYPES[model_type]
-    projector = legacy.get("mm_projector_type", "linear")
-    if projector not in ("linear", "mlp2x_gelu"):
-        raise ConversionError(f"mm_projector_type {projector!r} is not supported (linear, mlp2x_gelu)")
-    select = legacy.get("mm_vision_select_feature", "patch")
-    strategy = {"patch": "default", "cls_patch": "full"}.get(select)
-    if strategy is None:
-        raise ConversionError(f"mm_vision_select_feature {select!r} is not supported (patch, cls_patch)")
+    for key, allowed in (("mm_vision_select_feature", ("patch", "cls_patch")), ("image_aspect_ratio", ("pad", "square")),
+                         ("mm_patch_merge_type", ("flat",))):
+        if legacy.get(key, allowed[0]) not in allowed:
+            raise ConversionError(f"{path}: {key} {legacy[key]!r} is not supported ({', '.join(allowed)}); "
+                                  "LLaVA-NeXT's anyres/unpad layouts are not LLaVA-1.5 checkpoints")
+    return legacy
 
+
+def _template_choice(model_type: str, source: Path, override: str | None) -> tuple[str, str]:
+    if override:
+        if override not in (*TEMPLATE_NAMES, "auto"):
+            raise ConversionError(f"--chat-template {override!r}: choose one of {', '.join(TEMPLATE_NAMES)} or auto")
+        return override, "--chat-template"
+    if "huatuogpt" in source.resolve().name.lower():
+        return "huatuo", "the folder is named HuatuoGPT…, which is how HuatuoGPT-Vision's cli.py picks its format"
+    return LEGACY_TYPES[model_type][1], f"the conversation format of {model_type} checkpoints"
+
+
+def _find_tower(legacy: dict[str, Any], source: Path, override: str | None) -> tuple[Path | None, str]:
+    candidates = [(override, "--vision-tower")] if override else [
+        (legacy.get("mm_vision_tower"), "mm_vision_tower"), (legacy.get("vision_tower"), "vision_tower")]
+    for candidate, how in candidates:
+        for path in (Path(candidate), source / candidate) if candidate else ():
+            if (path / "config.json").is_file():
+                return path, how
+    if override:
+        raise ConversionError(f"--vision-tower {override}: no config.json there")
+    return None, ""
+
+
+def _tokenizer(source: Path) -> Any:
+    try:
+        return load_tokenizer(TextSpec(path=str(source)))
+    except (OSError, ValueError, ImportError, TypeError) as exc:
+        raise ConversionError(
+            f"{source}: its tokenizer does not load ({str(exc).splitlines()[0]}); the folder needs the tokenizer "
+            "files it was released with (tokenizer.model, or tokenizer.json / vocab.json + merges.txt)") from exc
+
+
+def _empty_native_model(legacy: dict[str, Any], llm_type: str, projector: str, tower_dir: Path, tokenizer: Any,
+                        template: str, source: Path) -> tuple[Any, ModelSpec, Any]:
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    from medvl.model.build import _image_seq_length
+
+    try:
+        tower_config = AutoConfig.from_pretrained(tower_dir)
+    except (OSError, ValueError) as exc:
+        raise ConversionError(f"{tower_dir}: not a vision tower config ({exc})") from exc
+    vision_config = getattr(tower_config, "vision_config", tower_config)
+    family = "siglip" if vision_config.model_type.startswith("siglip") else "clip"
+    select = legacy.get("mm_vision_select_feature", "patch")
+    strategy = "full" if select == "cls_patch" or family == "siglip" else "default"  # SigLIP has no CLS to drop
     text_fields = {k: v for k, v in legacy.items()
                    if not k.startswith(_LEGACY_ONLY_KEYS) and k not in ("model_type", "architectures", "auto_map")}
     text_config = AutoConfig.for_model(llm_type, **text_fields)
-
-    weights: dict[str, torch.Tensor] = {}
-    for key, tensor in read_legacy_weights(source):
-        native = _native_key(key)
-        if native is None:
-            log.warning("dropping legacy key with no native counterpart: %s", key)
-            continue
-        weights[native] = tensor
-    has_tower_weights = any(k.startswith("model.vision_tower.") for k in weights)
-
-    tower_dir = _find_tower(legacy, source, vision_tower)
-    if tower_dir is None:
-        raise ConversionError(
-            f"vision tower {legacy.get('mm_vision_tower')!r} is not a local folder; pass --vision-tower with a "
-            "local copy of it (e.g. clip-vit-large-patch14-336)")
-    tower_config = AutoConfig.from_pretrained(tower_dir)
-    vision_config = getattr(tower_config, "vision_config", tower_config)
-    if not has_tower_weights:
-        from transformers import CLIPVisionModel
-
-        tower = CLIPVisionModel.from_pretrained(tower_dir)
-        weights.update({f"model.vision_tower.{k}": v for k, v in tower.state_dict().items()})
-
-    use_start_end = bool(legacy.get("mm_use_im_start_end", False))
+    text_config.vocab_size = max(len(tokenizer), text_config.vocab_size)
     spec = ModelSpec(
-        vision=VisionSpec(family="clip", path=str(tower_dir)),
-        text=TextSpec(path=str(source)),
-        projector=projector,
-        vision_feature_layer=legacy.get("mm_vision_select_layer", -2),
-        vision_feature_select_strategy=strategy,
-        pad_to_square=legacy.get("image_aspect_ratio", "square") == "pad",
-        chat_template=chat_template or default_template,
+        vision=VisionSpec(family=family, path=str(tower_dir)), text=TextSpec(path=str(source)),
+        projector=projector, vision_feature_layer=legacy.get("mm_vision_select_layer", -2),
+        vision_feature_select_strategy=strategy, pad_to_square=legacy.get("image_aspect_ratio", "square") == "pad",
+        chat_template=template,
     )
-    tokenizer = load_tokenizer(spec.text, spec.image_token)
-    image_token_id = tokenizer.convert_tokens_to_ids(spec.image_token)
-    _grow_vocab(weights, text_config, len(tokenizer))
-
     config = LlavaConfig(
         vision_config=vision_config.to_dict() | {"model_type": vision_config.model_type},
         text_config=text_config.to_dict() | {"model_type": llm_type},
-        image_token_index=image_token_id,
+        image_token_index=tokenizer.convert_tokens_to_ids(spec.image_token),
         projector_hidden_act="gelu" if projector == "mlp2x_gelu" else "linear",
         vision_feature_layer=spec.vision_feature_layer,
         vision_feature_select_strategy=strategy,
@@ -168,42 +368,78 @@ def convert_legacy(source: str | Path, out_dir: str | Path, vision_tower: str | 
         tie_word_embeddings=bool(legacy.get("tie_word_embeddings", False)),
         pad_token_id=tokenizer.pad_token_id,
     )
-    if projector == "linear":
-        projector_dtype = weights["model.multi_modal_projector.linear_1.weight"].dtype
-        identity = identity_linear_state(text_config.hidden_size, projector_dtype)
-        weights.update({f"model.multi_modal_projector.linear_2.{k}": v for k, v in identity.items()})
     with init_empty_weights():
         model = LlavaForConditionalGeneration(config)
-    if config.tie_word_embeddings:
-        weights.pop("lm_head.weight", None)
-    missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
-    missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
-    if missing or unexpected:
-        raise ConversionError(f"weights do not fit the native model: missing={missing[:5]} unexpected={unexpected[:5]}")
-    model.tie_weights()
-    target_dtype = DTYPES[dtype] if dtype else getattr(torch, str(legacy.get("torch_dtype", "float32")).replace("torch.", ""))
-    model = model.to(target_dtype)
-
-    image_stats = _preprocessor_stats(tower_dir)
-    placeholder = "<im_start><image><im_end>" if use_start_end else spec.image_token
-    processor = build_processor(
-        spec, tokenizer, image_mean=image_stats.get("image_mean"), image_std=image_stats.get("image_std"),
-        image_size=vision_config.image_size, patch_size=vision_config.patch_size,
-    )
-    if use_start_end:
-        from medvl.model.templates import resolve_chat_template
-
-        processor.chat_template = resolve_chat_template(spec.chat_template, tokenizer, placeholder)
-    model.generation_config = generation_config_for(tokenizer, processor.chat_template)
-    return save_model(model, processor, out_dir)
+    return model, spec, vision_config
 
 
-def _grow_vocab(weights: dict[str, torch.Tensor], text_config: Any, vocab_size: int) -> None:
+def _map_keys(keys: list[str], model: Any) -> tuple[dict[str, str], list[str]]:
+    """Legacy key → native key for every key that has a counterpart; the rest are returned as dropped."""
+    parts = NativeParts.of(model)
+    tower_names = tower_key_names([k.removeprefix(_TOWER) for k in keys if k.startswith(_TOWER)],
+                                  set(model.get_encoder(modality="image").state_dict()))
+    slots = sorted({int(slot) for k in keys if k.startswith(_PROJECTOR)
+                    for slot in [k[len(_PROJECTOR):].split(".")[0]] if slot.isdigit()})  # Sequential indices
+    native = set(model.state_dict())
+    renames, dropped = {}, []
+    for key in keys:
+        name: str | None = None
+        if key.startswith(_PROJECTOR):
+            slot, _, param = key[len(_PROJECTOR):].partition(".")
+            if not slot.isdigit():  # a single Linear: model.mm_projector.weight
+                name = parts.projector_linears[0] + slot
+            elif slots.index(int(slot)) < len(parts.projector_linears):
+                name = parts.projector_linears[slots.index(int(slot))] + param
+        elif key.startswith(_TOWER):
+            found = tower_names.get(key[len(_TOWER):])
+            name = parts.vision_tower + found if found else None
+        elif key.startswith("lm_head."):
+            name = parts.lm_head + key.removeprefix("lm_head.")
+        elif key.startswith("model.") and not key.startswith("model.vision_tower."):
+            name = parts.language_model + key.removeprefix("model.")
+        if name in native:
+            renames[key] = name
+        else:
+            dropped.append(key)
+    return renames, dropped
+
+
+def _tower_source(keys: list[str], renames: dict[str, str], model: Any, tower_dir: Path) -> str:
+    """"checkpoint" when the checkpoint's tower weights cover the native tower, else "folder"."""
+    tower = model.get_encoder(modality="image")
+    carried = [k for k in keys if k.startswith(_TOWER)]
+    if not carried:
+        if not any(tower_dir.glob("*.safetensors")) and not any(tower_dir.glob("*.bin")):
+            raise ConversionError(f"{tower_dir}: the checkpoint carries no vision tower and this folder has no "
+                                  "weights either (*.safetensors / *.bin)")
+        return "folder"
+    if sum(k in renames for k in carried) < len(tower.state_dict()):
+        raise ConversionError(
+            f"the checkpoint's vision tower keys ({carried[0]}, ...) do not map onto the installed transformers' "
+            f"{type(tower).__name__} (keys like {max(tower.state_dict(), key=len)}): is {tower_dir} the same "
+            "tower family?")
+    return "checkpoint"
+
+
+def _check_complete(model: Any, renames: dict[str, str], tower_from: str, projector: str) -> None:
+    parts = NativeParts.of(model)
+    supplied = [parts.vision_tower] if tower_from == "folder" else []  # filled in by convert_legacy
+    supplied += [parts.projector_linears[1]] if projector == "linear" else []
+    supplied += [parts.lm_head] if model.config.tie_word_embeddings else []
+    covered = set(renames.values())
+    missing = [k for k in model.state_dict() if k not in covered and not k.startswith(tuple(supplied))]
+    if missing:
+        raise ConversionError(f"the checkpoint lacks weights the native model needs: {', '.join(missing[:3])}"
+                              f"{' ...' if len(missing) > 3 else ''} ({len(missing)} in all)")
+
+
+def _grow_vocab(weights: dict[str, torch.Tensor], model: Any) -> None:
     """Append rows (the mean embedding) so the added `<image>` token has an id in the vocabulary."""
-    for key in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
+    parts = NativeParts.of(model)
+    vocab_size = model.config.text_config.vocab_size
+    for key in (parts.language_model + "embed_tokens.weight", parts.lm_head + "weight"):
         table = weights.get(key)
         if table is None or table.shape[0] >= vocab_size:
             continue
         extra = table.float().mean(0, keepdim=True).to(table.dtype).expand(vocab_size - table.shape[0], -1)
         weights[key] = torch.cat([table, extra], 0)
-    text_config.vocab_size = max(vocab_size, text_config.vocab_size)

@@ -15,6 +15,16 @@ with several images per turn and several turns. Shipped formats:
 
 Shipped templates mark assistant text with `{% generation %}` so transformers can return an
 assistant-token mask.
+
+Two tokenizer facts are folded in when a template is resolved for a tokenizer, so that one
+`tokenizer(rendered, add_special_tokens=False)` gives the ids the reference projects fed their
+models (they tokenised each text chunk around `<image>` on its own, `tokenizer_image_token`):
+
+- `text_start`: a SentencePiece tokenizer with `legacy=False` marks the start of a text with a
+  word-boundary `▁` but not text after a special token, so the chunk after BOS and the chunk after
+  an image token begin with a space that the tokenizer turns into that `▁`;
+- `single_bos`: when the template renders BOS itself, the tokenizer stops adding one, so a plain
+  `processor(text=..., images=...)` call does not get two.
 """
 
 from __future__ import annotations
@@ -23,7 +33,10 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-__all__ = ["TEMPLATE_NAMES", "STOP_STRINGS", "shipped_template", "image_aware", "resolve_chat_template", "guess_format"]
+__all__ = [
+    "TEMPLATE_NAMES", "STOP_STRINGS", "shipped_template", "image_aware", "resolve_chat_template", "guess_format",
+    "text_start", "single_bos",
+]
 
 TEMPLATE_NAMES = ("chatml", "llama3", "vicuna", "mistral_instruct", "huatuo")
 # End-of-turn markers that end generation besides the tokenizer's EOS.
@@ -35,6 +48,7 @@ STOP_STRINGS = {
     "huatuo": ["<|user|>"],
 }
 _PLACEHOLDER = "@IMAGE@"
+_TEXT_START = "@TEXT_START@"
 
 
 @lru_cache(maxsize=None)
@@ -42,18 +56,19 @@ def _read(name: str) -> str:
     return resources.files("medvl.model").joinpath(f"templates/{name}.jinja").read_text(encoding="utf-8")
 
 
-def image_aware(template: str, image_placeholder: str = "<image>") -> str:
+def image_aware(template: str, image_placeholder: str = "<image>", text_start_with: str = "") -> str:
     """Prefix a text-only chat template with the content-parts prelude (idempotent)."""
     if "medvl prelude" in template:
         return template
-    return _read("_flatten").replace(_PLACEHOLDER, image_placeholder) + template
+    prelude = _read("_flatten").replace(_PLACEHOLDER, image_placeholder).replace(_TEXT_START, text_start_with)
+    return prelude + template
 
 
-def shipped_template(name: str, image_placeholder: str = "<image>") -> str:
+def shipped_template(name: str, image_placeholder: str = "<image>", text_start_with: str = "") -> str:
     """One of medvl's templates, image-aware."""
     if name not in TEMPLATE_NAMES:
         raise ValueError(f"unknown chat template {name!r}; choose one of {', '.join(TEMPLATE_NAMES)} or 'auto'")
-    return image_aware(_read(name), image_placeholder)
+    return image_aware(_read(name), image_placeholder, text_start_with)
 
 
 def guess_format(template: str | None) -> str | None:
@@ -70,8 +85,16 @@ def guess_format(template: str | None) -> str | None:
     return next((name for marker, name in markers if marker in template), None)
 
 
-def resolve_chat_template(name: str, tokenizer: Any, image_placeholder: str = "<image>") -> str:
-    """`auto`: the tokenizer's own template made image-aware; otherwise the named shipped one."""
+def resolve_chat_template(name: str, tokenizer: Any, image_token: str = "<image>",
+                          image_wrap: tuple[str, str] = ("", "")) -> str:
+    """`auto`: the tokenizer's own template made image-aware; otherwise the named shipped one.
+
+    Each image becomes `image_wrap[0] + image_token + image_wrap[1]` (LLaVA's `mm_use_im_start_end`
+    wraps it in `<im_start>`/`<im_end>`), followed by the tokenizer's `text_start` when text follows
+    the image token directly.
+    """
+    start = text_start(tokenizer, image_token)
+    placeholder = image_wrap[0] + image_token + (image_wrap[1] or start)
     if name == "auto":
         own = getattr(tokenizer, "chat_template", None)
         if not own:
@@ -80,5 +103,34 @@ def resolve_chat_template(name: str, tokenizer: Any, image_placeholder: str = "<
             )
         if not isinstance(own, str):
             raise ValueError("the tokenizer has several named chat templates; pick one by name")
-        return image_aware(own, image_placeholder)
-    return shipped_template(name, image_placeholder)
+        return image_aware(own, placeholder, start)
+    return shipped_template(name, placeholder, start)
+
+
+def text_start(tokenizer: Any, special_token: str = "<image>") -> str:
+    """What a text chunk must start with so that, read after a special token, it tokenises as on its own.
+
+    A SentencePiece tokenizer with `legacy=False` gives "x" a leading `▁` but "<image>x" none; a space
+    restores it. Other tokenizers (byte-level BPE, `legacy=True`) need nothing.
+    """
+    if special_token not in tokenizer.get_vocab():
+        return ""
+    alone = tokenizer.encode("x", add_special_tokens=False)
+    if tokenizer.encode(special_token + "x", add_special_tokens=False)[1:] == alone:
+        return ""
+    return " " if tokenizer.encode(special_token + " x", add_special_tokens=False)[1:] == alone else ""
+
+
+def single_bos(tokenizer: Any, template: str) -> None:
+    """Stop the tokenizer adding BOS when the template already renders it (one BOS per prompt on every path)."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    bos = tokenizer.bos_token
+    if not bos or tokenizer.encode("x")[:1] != [tokenizer.bos_token_id]:
+        return
+    rendered, _ = render_jinja_template(
+        conversations=[[{"role": "user", "content": "x"}]], chat_template=template, add_generation_prompt=True,
+        **tokenizer.special_tokens_map,
+    )
+    if rendered[0].startswith(bos):
+        tokenizer.add_bos_token = False
