@@ -88,9 +88,13 @@ def test_prompt_ids_and_logits_equal_the_reference(converted, rgb_image, name, t
     assert count == (28 // 14) ** 2
     native = ids[:first] + [IMAGE_SENTINEL] + ids[first + count:]
 
+    import transformers
     from transformers import AutoTokenizer
 
-    source_tokenizer = AutoTokenizer.from_pretrained(legacy_dir)  # the released files, as the reference loads them
+    named = json.loads((legacy_dir / "tokenizer_config.json").read_text())["tokenizer_class"]
+    source_tokenizer = getattr(transformers, named).from_pretrained(legacy_dir)  # as the reference code loads it
+    for reloaded in (AutoTokenizer.from_pretrained(out), type(source_tokenizer).from_pretrained(out)):
+        assert reloaded(prompt)["input_ids"] == processor.tokenizer(prompt)["input_ids"]  # however it is reloaded
     expected = reference_ids(layout, source_tokenizer, _with_image_tag(layout, TURNS[turns]))
     assert native == expected, (source_tokenizer.convert_ids_to_tokens([i for i in native if i >= 0]),
                                 source_tokenizer.convert_ids_to_tokens([i for i in expected if i >= 0]))
