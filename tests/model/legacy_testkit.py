@@ -223,7 +223,8 @@ def write_legacy_checkpoint(folder: Path, layout: Layout, tower_dir: Path) -> Re
             state["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(8)
         state.update({f"model.vision_tower.vision_tower.{k}": v for k, v in carried.items()})
     _save_weights(root, {k: v.contiguous() for k, v in state.items()}, layout.weights)
-    mm_tower = "./vit/clip_vit_large_patch14_336" if layout.tower == "inside+vit" else "openai/clip-vit-large-patch14-336"
+    mm_tower = ("./vit/clip_vit_large_patch14_336" if layout.tower == "inside+vit"
+                else "openai/clip-vit-large-patch14-336")
     config = {
         "architectures": [layout.architecture], "model_type": layout.model_type, "vocab_size": vocab,
         "hidden_act": "silu", "initializer_range": 0.02, "bos_token_id": 1, "eos_token_id": 2, "use_cache": True,
@@ -273,7 +274,7 @@ def reference_prompt(layout: Layout, turns: list[tuple[str, str | None]]) -> str
 
 
 def tokenizer_image_token(tokenizer, prompt: str, special_tokens: bool = True) -> list[int]:
-    """LLaVA's recipe: each chunk around <image> tokenised on its own; the first chunk's BOS kept, the others' dropped."""
+    """LLaVA's recipe: each chunk around <image> tokenised on its own; the first chunk's BOS kept, later ones dropped."""
     chunks = [tokenizer(chunk, add_special_tokens=special_tokens).input_ids for chunk in prompt.split("<image>")]
     keep_bos = bool(chunks[0]) and chunks[0][0] == tokenizer.bos_token_id
     ids = chunks[0][:]

@@ -23,80 +23,32 @@ to the ids the reference code fed the model.
 
 from __future__ import annotations
 
-import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
-from medvl.errors import UserError
 from medvl.model.build import DTYPES, generation_config_for, identity_linear_state, load_tokenizer
+from medvl.model.legacy_layout import (
+    LEGACY_TYPES,
+    ConversionError,
+    find_tower,
+    legacy_config,
+    read_legacy_weights,
+    read_weight_file,
+    weight_files,
+)
 from medvl.model.spec import ModelSpec, TextSpec, VisionSpec
 from medvl.model.templates import TEMPLATE_NAMES
 
 __all__ = ["LEGACY_TYPES", "ConversionError", "ConversionPlan", "NativeParts", "plan_conversion", "convert_legacy",
            "read_legacy_weights", "tower_key_names"]
 
-log = logging.getLogger(__name__)
-
-# legacy model_type → (native LLM model_type, default chat template)
-LEGACY_TYPES = {
-    "llava_llama": ("llama", "vicuna"),
-    "llava": ("llama", "vicuna"),
-    "llava_mistral": ("mistral", "mistral_instruct"),
-    "llava_qwen2": ("qwen2", "huatuo"),
-}
 _LEGACY_ONLY_KEYS = ("mm_", "tune_mm", "freeze_mm", "image_aspect_ratio", "image_grid", "tokenizer_model_max_length",
                      "tokenizer_padding_side", "unfreeze_mm", "use_mm_proj", "mm_patch_merge_type")
 _PROJECTOR = "model.mm_projector."
 _TOWER = "model.vision_tower.vision_tower."
-_INDEXES = (("*.safetensors", "model.safetensors.index.json"), ("pytorch_model*.bin", "pytorch_model.bin.index.json"))
-
-
-class ConversionError(UserError, ValueError):
-    """The legacy checkpoint lacks something the conversion needs; the message says what to pass."""
-
-
-def weight_files(folder: Path) -> list[Path]:
-    """The checkpoint's weight files: safetensors or PyTorch .bin, sharded (with its index) or not."""
-    for pattern, index_name in _INDEXES:
-        index = folder / index_name
-        if index.is_file():
-            try:
-                names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (ValueError, KeyError, AttributeError) as exc:
-                raise ConversionError(f"{index}: not a weight index ({exc})") from exc
-            missing = [name for name in names if not (folder / name).is_file()]
-            if missing:
-                raise ConversionError(f"{index} lists {', '.join(missing)}, missing from {folder}: download it again")
-            return [folder / name for name in names]
-        files = sorted(folder.glob(pattern))
-        if files:
-            return files
-    raise ConversionError(f"{folder}: no weights (*.safetensors or pytorch_model*.bin)")
-
-
-def _read_file(file: Path, keys_only: bool = False) -> Iterator[tuple[str, Any]]:
-    """(key, tensor) pairs of one weight file (tensor None with `keys_only`), lazily where the format allows."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        if file.suffix == ".safetensors":
-            with safe_open(str(file), framework="pt") as handle:
-                for key in handle.keys():
-                    yield key, None if keys_only else handle.get_tensor(key)
-        else:
-            yield from torch.load(file, map_location="cpu", weights_only=True, mmap=True).items()
-    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise ConversionError(f"{file}: unreadable weights ({str(exc).splitlines()[0]}); download it again") from exc
-
-
-def read_legacy_weights(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every (key, tensor) of a checkpoint folder."""
-    for file in weight_files(folder):
-        yield from _read_file(file)
 
 
 def tower_key_names(legacy: list[str], native: set[str]) -> dict[str, str]:
@@ -208,17 +160,15 @@ def plan_conversion(source: str | Path, vision_tower: str | None = None, chat_te
                     dtype: str | None = None) -> ConversionPlan:
     """Read the legacy checkpoint in `source` and map it onto the native model (no tensors loaded)."""
     source = Path(source)
-    legacy = _legacy_config(source)
+    legacy = legacy_config(source)
     llm_type = LEGACY_TYPES[legacy["model_type"]][0]
     projector = legacy.get("mm_projector_type", "linear")
-    if projector not in ("linear", "mlp2x_gelu"):
-        raise ConversionError(f"mm_projector_type {projector!r} is not supported (linear, mlp2x_gelu)")
     if dtype and dtype not in DTYPES:
         raise ConversionError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     template, template_why = _template_choice(legacy["model_type"], source, chat_template)
     files = weight_files(source)
-    keys = [key for file in files for key, _ in _read_file(file, keys_only=True)]
-    tower_dir, tower_dir_from = _find_tower(legacy, source, vision_tower)
+    keys = [key for file in files for key, _ in read_weight_file(file, keys_only=True)]
+    tower_dir, tower_dir_from = find_tower(legacy, source, vision_tower)
     if tower_dir is None:
         what = "carries the tower's weights but not its config" if any(k.startswith(_TOWER) for k in keys) else \
             "does not carry the vision tower"
@@ -242,7 +192,8 @@ def plan_conversion(source: str | Path, vision_tower: str | None = None, chat_te
                                     patch_size=vision_config.patch_size, image_wrap=wrap)
     except ValueError as exc:  # a chat template that does not fit this tokenizer
         raise ConversionError(f"{source}: {exc}") from exc
-    notes = [] if "image_mean" in stats else [f"{tower_dir} has no preprocessor_config.json: CLIP's mean/std used"]
+    notes = [] if "image_mean" in stats else [f"{tower_dir} has no preprocessor_config.json: {spec.vision.family}'s "
+                                              "default mean/std used"]
     torch_dtype = str(legacy.get("torch_dtype") or "float32").replace("torch.", "")
     return ConversionPlan(
         source=source, model=model, processor=processor, files=files, renames=renames, dropped=dropped,
@@ -278,27 +229,10 @@ def convert_legacy(source: str | Path, out_dir: str | Path, vision_tower: str | 
     model.tie_weights()
     model = model.to(plan.dtype)
     model.generation_config = generation_config_for(plan.processor.tokenizer, plan.processor.chat_template)
-    return save_model(model, plan.processor, out_dir)
-
-
-def _legacy_config(source: Path) -> dict[str, Any]:
-    path = source / "config.json"
     try:
-        legacy = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConversionError(f"{source}: no config.json; point at the checkpoint folder") from exc
-    except ValueError as exc:
-        raise ConversionError(f"{path}: not valid JSON ({exc})") from exc
-    model_type = legacy.get("model_type")
-    if model_type not in LEGACY_TYPES or "text_config" in legacy:  # native llava configs nest text_config
-        raise ConversionError(f"{source}: model_type {model_type!r} with this layout is not a legacy LLaVA type "
-                              f"({', '.join(LEGACY_TYPES)} with mm_* keys)")
-    for key, allowed in (("mm_vision_select_feature", ("patch", "cls_patch")), ("image_aspect_ratio", ("pad", "square")),
-                         ("mm_patch_merge_type", ("flat",))):
-        if legacy.get(key, allowed[0]) not in allowed:
-            raise ConversionError(f"{path}: {key} {legacy[key]!r} is not supported ({', '.join(allowed)}); "
-                                  "LLaVA-NeXT's anyres/unpad layouts are not LLaVA-1.5 checkpoints")
-    return legacy
+        return save_model(model, plan.processor, out_dir)
+    except OSError as exc:
+        raise ConversionError(f"{out_dir}: cannot write the converted model ({exc})") from exc
 
 
 def _template_choice(model_type: str, source: Path, override: str | None) -> tuple[str, str]:
@@ -309,18 +243,6 @@ def _template_choice(model_type: str, source: Path, override: str | None) -> tup
     if "huatuogpt" in source.resolve().name.lower():
         return "huatuo", "the folder is named HuatuoGPT…, which is how HuatuoGPT-Vision's cli.py picks its format"
     return LEGACY_TYPES[model_type][1], f"the conversation format of {model_type} checkpoints"
-
-
-def _find_tower(legacy: dict[str, Any], source: Path, override: str | None) -> tuple[Path | None, str]:
-    candidates = [(override, "--vision-tower")] if override else [
-        (legacy.get("mm_vision_tower"), "mm_vision_tower"), (legacy.get("vision_tower"), "vision_tower")]
-    for candidate, how in candidates:
-        for path in (Path(candidate), source / candidate) if candidate else ():
-            if (path / "config.json").is_file():
-                return path, how
-    if override:
-        raise ConversionError(f"--vision-tower {override}: no config.json there")
-    return None, ""
 
 
 def _tokenizer(source: Path) -> Any:
@@ -349,7 +271,10 @@ def _empty_native_model(legacy: dict[str, Any], llm_type: str, projector: str, t
     strategy = "full" if select == "cls_patch" or family == "siglip" else "default"  # SigLIP has no CLS to drop
     text_fields = {k: v for k, v in legacy.items()
                    if not k.startswith(_LEGACY_ONLY_KEYS) and k not in ("model_type", "architectures", "auto_map")}
-    text_config = AutoConfig.for_model(llm_type, **text_fields)
+    try:
+        text_config = AutoConfig.for_model(llm_type, **text_fields)
+    except (ValueError, TypeError) as exc:
+        raise ConversionError(f"{source / 'config.json'}: not a valid {llm_type} config ({exc})") from exc
     text_config.vocab_size = max(len(tokenizer), text_config.vocab_size)
     spec = ModelSpec(
         vision=VisionSpec(family=family, path=str(tower_dir)), text=TextSpec(path=str(source)),
