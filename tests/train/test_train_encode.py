@@ -14,13 +14,14 @@ TEMPLATES = ("chatml", "llama3", "vicuna", "mistral_instruct", "huatuo")
 # other families' markers, so `<|eot_id|>` is ordinary BPE: its last piece `><` straddles the span end
 # and the next header's `<` (a straddling token is supervised: the model must emit the whole marker).
 # Vicuna / mistral put a space before the answer; the space-prefixed token is supervised, as the model
-# generates it after "ASSISTANT:" / "[/INST]".
+# generates it after "ASSISTANT:" / "[/INST]". HuatuoGPT-Vision's cli.py ends a past answer with " " (no EOS);
+# only the final answer ends with EOS.
 EXPECTED = {
     "chatml": ["red<|im_end|>", "yes, red<|im_end|>"],
     "llama3": ["red<|eot_id|><", "yes, red<|eot_id|>"],
     "vicuna": [" red<|im_end|>", " yes, red<|im_end|>"],
     "mistral_instruct": [" red <|im_end|>", " yes, red <|im_end|>"],
-    "huatuo": ["red<|im_end|>", "yes, red<|im_end|>"],
+    "huatuo": ["red ", "yes, red<|im_end|>"],
 }
 
 
@@ -84,6 +85,10 @@ def test_prefix_rendering_fallback_gives_the_same_labels(processors, name):
     tagged = ChatEncoder(processor, max_length=512).encode(CONVERSATION)
     fallback_encoder = ChatEncoder(processor, max_length=512, chat_template=without_generation_tags(processor.chat_template))
     assert not fallback_encoder.uses_generation_tags
+    if name == "huatuo":  # its final answer ends differently (EOS) from past ones: refused, its tags label it
+        with pytest.raises(EncodeError, match="template_not_prefix_stable"):
+            fallback_encoder.encode(CONVERSATION)
+        return
     fallback = fallback_encoder.encode(CONVERSATION)
     assert fallback.input_ids == tagged.input_ids
     assert fallback.labels == tagged.labels
