@@ -9,8 +9,10 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.pixels import convert_color_space
 from pydicom.uid import (
+    MPEG2MPML,
     BasicTextSRStorage,
     ExplicitVRLittleEndian,
     SecondaryCaptureImageStorage,
@@ -208,6 +210,17 @@ def test_compressed_pixel_data_decodes(compressed, uncompressed):
     assert pixels.shape == (ds.Rows, ds.Columns, 3) and pixels.std() > 10
     if uncompressed:  # lossless (or its own decoded reference): the very same display image
         assert np.array_equal(pixels, np.asarray(load_image(pydicom_file(uncompressed))))
+
+
+def test_a_syntax_no_plugin_decodes_is_unsupported(tmp_path):
+    path = write_dicom(tmp_path / "video.dcm", RAMP)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = MPEG2MPML  # video: no pydicom decoder
+    ds.PixelData = encapsulate([b"\x00" * 16])
+    ds.save_as(path)
+    with pytest.raises(ImageLoadError) as caught:
+        load_image(path)
+    assert caught.value.reason == "unsupported" and "MPEG2" in caught.value.detail
 
 
 def test_twelve_bit_jpeg_matches_pydicoms_reference_values():

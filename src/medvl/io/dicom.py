@@ -21,7 +21,7 @@ The pixel limit is checked on Rows x Columns before any pixel data is decoded.
 
 from __future__ import annotations
 
-from functools import cache
+import threading
 from typing import BinaryIO
 
 import numpy as np
@@ -59,6 +59,8 @@ _NATIVE_SYNTAXES = {  # (implicit VR, little endian) → transfer syntax
     (False, False): ExplicitVRBigEndian,
 }
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_JPEG12_PLUGIN = "gdcm-12bit"
+_PLUGIN_LOCK = threading.Lock()
 
 
 def is_dicom(head: bytes, name: str) -> bool:
@@ -144,10 +146,16 @@ def _decode_frame(ds: Dataset, name: str, index: int) -> tuple[np.ndarray, str]:
     return pixels, str(properties.get("photometric_interpretation", ds.PhotometricInterpretation))
 
 
-@cache
 def _add_jpeg12_plugin() -> None:
-    """Give pydicom's 12-bit JPEG decoder medvl's GDCM plugin (once per process)."""
-    get_decoder(JPEGExtended12Bit).add_plugin("gdcm-12bit", ("medvl.io.gdcm_jpeg12", "decode_frame"))
+    """Give pydicom's 12-bit JPEG decoder medvl's GDCM plugin (once per process; pydicom's call is not thread-safe)."""
+    decoder = get_decoder(JPEGExtended12Bit)
+    if _JPEG12_PLUGIN in decoder.available_plugins:
+        return
+    with _PLUGIN_LOCK:
+        try:
+            decoder.add_plugin(_JPEG12_PLUGIN, ("medvl.io.gdcm_jpeg12", "decode_frame"))
+        except ValueError:  # added already (without GDCM it stays among the unavailable ones)
+            pass
 
 
 def _transfer_syntax(ds: Dataset) -> UID | None:
