@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -47,7 +48,7 @@ class Section:
 
 SECTIONS = (
     Section("environment", "environment", gpu_setup.environment, 5, 60),
-    Section("build", "model", gpu_setup.build, 30, 150),
+    Section("build", "model and data", gpu_setup.build, 30, 150),
     Section("train", "training", gpu_train.train, 40, 150),
     Section("bare_loop", "training", gpu_train.bare_loop, 30, 120),
     Section("train_checkpointing", "training", gpu_train.train_checkpointing, 40, 150),
@@ -59,18 +60,20 @@ SECTIONS = (
 )
 COLUMNS = {
     "environment": ("item", "value"),
-    "model": ("part", "parameters", "shape"),
+    "model and data": ("part", "size", "detail"),
     "training": ("case", "status", "steps", "tokens/s", "samples/s", "tokens/sample", "peak GPU GiB", "MFU",
                  "vs bare loop"),
     "profile": ("item", "value"),
-    "generation": ("batch", "status", "prompts", "new tokens", "tokens/s", "vs batch 1", "same answers as batch 1"),
-    "evaluation": ("benchmark", "status", "questions", "answered", "errors", "questions/s", "batch", "max new tokens"),
+    "generation": ("batch", "status", "prompts", "new tokens", "tokens/s", "vs batch 1",
+                   "same answers as batch 1"),
+    "evaluation": ("benchmark", "status", "questions", "answered", "errors", "questions/s", "batch",
+                   "max new tokens"),
     "smoke runs": ("run", "status", "detail"),
 }
 CAPTIONS = {
     "training": "Median over the measured windows after a warm-up window; MFU counts matmul FLOPs "
-                "(medvl.train.metrics) against the dense bf16 peak; 'vs bare loop' divides tokens/s by the bare "
-                "loop's (full fine-tuning, checkpointing off) measured in the same run.",
+                "(medvl.train.metrics) against the dense bf16 peak; 'vs bare loop' divides tokens/s by the "
+                "bare loop's (full fine-tuning, checkpointing off) measured in the same run.",
     "generation": "Greedy, every answer forced to the same length; batch 1 runs the first prompts only, and "
                   "'same answers' compares those prompts' answers with batch 1's.",
 }
@@ -78,22 +81,22 @@ MFU_FLOOR = 0.35
 FAILED = ("failed", "crashed", "timed out")
 
 
-def run_section(section: Section, ctx: Context, limit: float) -> tuple[list[Row], list[str]]:
-    """Run one section in a forked child: its rows (or one saying how it ended) and the modules it imported."""
+def run_section(section: Section, ctx: Context, limit: float) -> list[Row]:
+    """Run one section in a forked child: its rows, or one row saying how it ended."""
     result = ctx.work / "rows" / f"{section.name}.json"
-    child = multiprocessing.get_context("fork").Process(target=_child, args=(section, ctx, result), name=section.name)
+    fork = multiprocessing.get_context("fork")
+    child = fork.Process(target=_child, args=(section, ctx, result), name=section.name)
     child.start()
     try:
         child.join(limit)
         if child.is_alive():
-            return [{"status": f"timed out after {limit:.0f} s (its time box)"}], []
+            return [{"status": f"timed out after {limit:.0f} s (its time box)"}]
     finally:
         kill_tree(child.pid)  # a time box, an interrupt, or leftovers such as data loader workers
         child.join()
     if not result.is_file():
-        return [{"status": f"crashed (exit code {child.exitcode}); see the log"}], []
-    found = json.loads(result.read_text(encoding="utf-8"))
-    return found["rows"], found["modules"]
+        return [{"status": f"crashed (exit code {child.exitcode}); see the log"}]
+    return json.loads(result.read_text(encoding="utf-8"))
 
 
 def _child(section: Section, ctx: Context, result: Path) -> None:
@@ -110,10 +113,9 @@ def _child(section: Section, ctx: Context, result: Path) -> None:
         lines = str(exc).strip().splitlines() or [""]
         message = lines[0][:200] + (f" … {lines[-1].strip()[:200]}" if len(lines) > 1 else "")
         rows = [{"status": f"failed: {type(exc).__name__}: {message}"}]
-    modules = sorted({name.split(".")[0] for name in sys.modules})
     result.parent.mkdir(parents=True, exist_ok=True)
     partial = result.with_suffix(".tmp")
-    partial.write_text(json.dumps({"rows": rows, "modules": modules}, default=str), encoding="utf-8")
+    partial.write_text(json.dumps(rows, default=str), encoding="utf-8")
     partial.rename(result)
 
 
@@ -133,7 +135,7 @@ def kill_tree(pid: int) -> None:
 
 
 def finish_rows(section: Section, rows: list[Row]) -> list[Row]:
-    """Label each row with its section and table; a status-only row names the section in the first column."""
+    """Label each row with its section and table; a status-only row names its section in the first column."""
     finished = []
     for row in rows:
         table = row.pop("table", section.table)
@@ -151,17 +153,17 @@ def notes_for(rows: list[Row], sizes: Any) -> list[str]:
     """Derived columns (vs bare loop) and what the numbers call for."""
     training = [r for r in rows if r["table"] == "training" and isinstance(r.get("tokens/s"), (int, float))]
     loop = next((r for r in training if r["section"] == "bare_loop"), None)
+    notes = []
     for row in training:
         if loop:
             row["vs bare loop"] = row["tokens/s"] / loop["tokens/s"]
-    notes = []
-    for row in training:
-        mfu = row.get("MFU")
+        mfu, full_model = row.get("MFU"), "LoRA" not in row["case"]
         if isinstance(mfu, (int, float)) and not 0 < mfu <= 1:
-            notes.append(f"{row['case']}: MFU {mfu:.3f} is outside (0, 1]: a bug in the FLOPs count or the timing")
-        elif isinstance(mfu, (int, float)) and sizes is FULL and mfu < MFU_FLOOR and "LoRA" not in row["case"]:
-            notes.append(f"{row['case']}: MFU {100 * mfu:.1f}% is below {100 * MFU_FLOOR:.0f}%: see the profile "
-                         "table and profile-train.txt for where the step time goes")
+            notes.append(f"{row['case']}: MFU {mfu:.3f} is outside (0, 1]: a bug in the FLOPs count or the "
+                         "timing")
+        elif isinstance(mfu, (int, float)) and sizes is FULL and full_model and mfu < MFU_FLOOR:
+            notes.append(f"{row['case']}: MFU {100 * mfu:.1f}% is below {100 * MFU_FLOOR:.0f}%: see the "
+                         "profile table and profile-train.txt for where the step time goes")
     broken = [f"{r['section']}: {r['status']}" for r in rows if str(r.get("status", "")).startswith(FAILED)]
     return notes + broken
 
@@ -175,8 +177,10 @@ def _cell(column: str, value: Any) -> str:
         return f"{100 * value:.1f}%"
     if column.startswith("vs "):
         return f"{value:.2f}x"
-    if column == "parameters":
-        return f"{value / 1e9:.2f}B" if value >= 1e9 else f"{value / 1e6:.1f}M"
+    if column == "size":
+        if value >= 1e6:
+            return f"{value / 1e9:.2f}B" if value >= 1e9 else f"{value / 1e6:.1f}M"
+        return f"{value:,}"
     if isinstance(value, float):
         return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
     return f"{value:,}"
@@ -196,27 +200,44 @@ def render(rows: list[Row], notes: list[str], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(rows: list[Row], modules: set[str], args: argparse.Namespace, sizes: Any, started: float) -> int:
+def write_outputs(rows: list[Row], args: argparse.Namespace, sizes: Any, started: float) -> int:
+    """Write the markdown table and gpu_check.json; returns how many sections failed."""
     notes = notes_for(rows, sizes)
-    mode = "--tiny: tiny configs on a CPU, proving the code path, not the speed" if sizes is TINY else "full run"
-    elapsed = time.monotonic() - started
+    mode = "full run" if sizes is FULL else "--tiny: tiny configs on a CPU, proving the code path, not speed"
     header = (f"# GPU check ({mode})\n\nWritten by `bench/gpu_check.py` on "
-              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {elapsed:.0f} s of a "
-              f"{args.budget_s:.0f} s budget. How to run it: docs/training.md, section \"GPU check\".")
+              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
+              f"{time.monotonic() - started:.0f} s of a {args.budget_s:.0f} s budget. How to run it: "
+              "docs/training.md, section \"GPU check\".")
     text = render(rows, notes, header)
     for path in filter(None, (args.out / "results-gpu.md", args.results)):
         path.write_text(text, encoding="utf-8")
-    (args.out / "gpu_check.json").write_text(json.dumps(
-        {"mode": "tiny" if sizes is TINY else "full", "rows": rows, "notes": notes, "imported": sorted(modules)},
-        indent=1, default=str), encoding="utf-8")
+    summary = {"mode": "tiny" if sizes is TINY else "full", "rows": rows, "notes": notes}
+    (args.out / "gpu_check.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
     return sum(1 for r in rows if str(r.get("status", "")).startswith(FAILED))
+
+
+def run_all(ctx: Context, args: argparse.Namespace, started: float) -> int:
+    """Each chosen section in turn within the budget, the outputs rewritten after each; the failure count."""
+    rows: list[Row] = []
+    failures = 0
+    for section in (s for s in SECTIONS if s.name in args.sections.split(",")):
+        left = args.budget_s - (time.monotonic() - started)
+        minimum, box = (section.min_s, section.limit_s) if ctx.sizes is FULL else (1.0, left)
+        print(f"== {section.name} ({left:.0f} s of the budget left)", file=sys.stderr, flush=True)
+        if left < minimum:
+            found = [{"status": f"skipped: {left:.0f} s of the budget left, it needs {minimum:.0f}"}]
+        else:
+            found = run_section(section, ctx, min(box, left))
+        rows += finish_rows(section, found)
+        failures = write_outputs(rows, args, ctx.sizes, started)
+    return failures
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny configs on the CPU (the test suite runs this)")
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "runs" / "gpu-check"),
-                        help="where the table, gpu_check.json, the profile and logs go (default: $OUT)")
+    parser.add_argument("--tiny", action="store_true", help="tiny configs on the CPU (the tests run this)")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "runs/gpu-check"),
+                        help="the table, gpu_check.json, the profile and logs (default: $OUT)")
     parser.add_argument("--results", type=Path, default=None,
                         help="also write the table here (default: bench/results-gpu.md, none with --tiny)")
     parser.add_argument("--budget-s", type=float, default=None, help="overall time budget in seconds")
@@ -271,18 +292,27 @@ def main() -> int:
     sizes = TINY if args.tiny else FULL
     args.budget_s = args.budget_s or sizes.budget_s
     started = time.monotonic()
-    for key, value in {"PYTORCH_NVML_BASED_CUDA_CHECK": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
-        os.environ.setdefault(key, value)
+    # NVML answers torch.cuda.is_available() without initialising CUDA, which a fork would inherit broken
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=os.environ.get("MEDVL_LOG", "INFO"),
+                        format="%(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that run_section's cleanup kills the child
     if args.device_packages:
         from gpu_prepare import hide_missing_on_device
 
-        print(f"hidden, as the GPU machine lacks them: {', '.join(hide_missing_on_device())}", file=sys.stderr)
+        hidden = ", ".join(hide_missing_on_device())
+        print(f"hidden, as the GPU machine lacks them: {hidden}", file=sys.stderr)
     _preload()
     import torch
 
     if sizes is FULL and not torch.cuda.is_available():
         print("error: no CUDA GPU here; on a CPU run `python bench/gpu_check.py --tiny`", file=sys.stderr)
+        return 2
+    if torch.cuda.is_initialized():
+        print("error: an import initialised CUDA before the sections fork: they could not use it",
+              file=sys.stderr)
         return 2
     from medvl.errors import UserError
 
@@ -293,21 +323,8 @@ def main() -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="medvl-gpu-check-", dir=_scratch_parent(sizes)) as scratch:
-        ctx = Context(sizes, tokenizer, args.vqa_rad.resolve(), (args.work or Path(scratch)).resolve(), args.out)
-        rows: list[Row] = []
-        modules: set[str] = set()
-        chosen = args.sections.split(",")
-        for section in (s for s in SECTIONS if s.name in chosen):
-            left = args.budget_s - (time.monotonic() - started)
-            minimum, box = (section.min_s, section.limit_s) if sizes is FULL else (1.0, left)
-            print(f"== {section.name} ({left:.0f} s of the budget left)", file=sys.stderr, flush=True)
-            if left < minimum:
-                found = [{"status": f"skipped: {left:.0f} s of the budget left, it needs {minimum:.0f}"}]
-            else:
-                found, imported = run_section(section, ctx, min(box, left))
-                modules.update(imported)
-            rows += finish_rows(section, found)
-            failures = write_outputs(rows, modules, args, sizes, started)
+        work = (args.work or Path(scratch)).resolve()
+        failures = run_all(Context(sizes, tokenizer, args.vqa_rad.resolve(), work, args.out), args, started)
     print((args.out / "results-gpu.md").read_text(encoding="utf-8"))
     return 1 if failures else 0
 

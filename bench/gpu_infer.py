@@ -30,7 +30,8 @@ def generation(ctx: Context) -> list[Row]:
     generator = Generator.from_pretrained(ctx.model_dir, dtype="bfloat16" if ctx.cuda else "float32",
                                           device=sizes.device)
     generator.model.generation_config.min_new_tokens = sizes.gen_tokens  # equal work per answer
-    generator.generate(conversations[:2], images[:2], GenerationSettings(max_new_tokens=2, batch_size=2))  # warm-up
+    warm_up = GenerationSettings(max_new_tokens=2, batch_size=2)
+    generator.generate(conversations[:2], images[:2], warm_up)
     rows, reference, base_rate = [], None, None
     for batch in sizes.gen_batches:
         count = sizes.gen_batch1_prompts if batch == 1 else len(items)
@@ -59,18 +60,19 @@ def evaluation(ctx: Context) -> list[Row]:
     sizes, out = ctx.sizes, ctx.work / "eval"
     args = ["eval", "run", str(ROOT / "configs" / "eval" / "vqa_rad.yaml"), f"benchmark.root={ctx.vqa_rad}",
             f"backend.model={ctx.model_dir}", f"backend.dtype={'bfloat16' if ctx.cuda else 'float32'}",
-            f"backend.device={sizes.device}", f"generation.batch_size={sizes.eval_batch}", f"output_dir={out}"]
+            f"backend.device={sizes.device}", f"generation.batch_size={sizes.eval_batch}",
+            f"output_dir={out}"]
     if sizes.eval_limit:
         args.append(f"benchmark.limit={sizes.eval_limit}")
     if sizes.eval_tokens:
         args.append(f"generation.max_new_tokens={sizes.eval_tokens}")
     build_app()(args, prog_name="medvl", standalone_mode=False)
     scores = json.loads((out / "scores.json").read_text(encoding="utf-8"))
-    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
-    throughput, errors = scores["throughput"], sum(1 for r in records if r.get("error"))
-    complete = scores["answered"] == scores["items"] and not errors
-    status = "ok" if complete else f"failed: {scores['items'] - scores['answered']} unanswered, {errors} errors ({out})"
-    return [{"benchmark": f"{scores['benchmark']} {scores['split']}", "status": status, "questions": scores["items"],
-             "answered": scores["answered"], "errors": errors,
-             "questions/s": throughput["items_per_s"], "batch": sizes.eval_batch,
+    lines = (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    errors = sum(1 for line in lines if json.loads(line).get("error"))
+    unanswered = scores["items"] - scores["answered"]
+    status = "ok" if not unanswered and not errors else f"failed: {unanswered} unanswered, {errors} errors"
+    return [{"benchmark": f"{scores['benchmark']} {scores['split']}", "status": status,
+             "questions": scores["items"], "answered": scores["answered"], "errors": errors,
+             "questions/s": scores["throughput"]["items_per_s"], "batch": sizes.eval_batch,
              "max new tokens": scores["generation"]["max_new_tokens"]}]

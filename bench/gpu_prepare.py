@@ -39,13 +39,14 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT_BYTES = 64 * 2**20
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
-             "manylinux2014_x86_64", "manylinux1_x86_64")
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64",
+             "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")
 # Wheels carried unpacked, keeping one of their native libraries: the image's torch is built for CUDA 13.0.
 UNPACK_KEEPING = {"bitsandbytes": ("libbitsandbytes_", "libbitsandbytes_cuda130.so")}
 DEVICE_ENVIRONMENT = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
                       "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
-                      "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}
+                      "implementation_name": "cpython", "platform_python_implementation": "CPython",
+                      "extra": ""}
 
 
 def read_list(path: Path) -> dict[str, str | None]:
@@ -67,7 +68,8 @@ def resolve_versions(pins: dict[str, str | None]) -> dict[str, str]:
             try:
                 version = metadata.version(name)
             except metadata.PackageNotFoundError:
-                raise SystemExit(f"bench/gpu_wheels.txt: {name} has no version and is not installed here; pin it")
+                raise SystemExit(f"bench/gpu_wheels.txt: {name} has no version and is not installed here: "
+                                 "pin it")
         resolved[name] = version
     return resolved
 
@@ -81,8 +83,8 @@ def fetch(pins: dict[str, str], dest: Path) -> None:
     for name, version in pins.items():
         with tempfile.TemporaryDirectory() as tmp:
             subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                            "--python-version", DEVICE_ENVIRONMENT["python_version"], "--implementation", "cp",
-                            *platforms, "-d", tmp, f"{name}=={version}"], check=True)
+                            "--python-version", DEVICE_ENVIRONMENT["python_version"], "--implementation",
+                            "cp", *platforms, "-d", tmp, f"{name}=={version}"], check=True)
             (wheel,) = Path(tmp).glob("*.whl")
             if name in UNPACK_KEEPING:
                 unpack_keeping(wheel, dest / "unpacked", *UNPACK_KEEPING[name])
@@ -133,7 +135,8 @@ def unmet_requirements(carried: dict[str, Message], image: dict[str, str | None]
             elif wanted in image:
                 version, where = image[wanted], "in the image"
             else:
-                problems.append(f"{name} needs {requirement}: neither in the image nor in bench/gpu_wheels.txt")
+                problems.append(f"{name} needs {requirement}: neither in the image nor in "
+                                "bench/gpu_wheels.txt")
                 continue
             if version is not None and not requirement.specifier.contains(Version(version), prereleases=True):
                 problems.append(f"{name} needs {requirement}, but {wanted} {version} is {where}")
@@ -181,15 +184,16 @@ class _HidingFinder:
 def hide_missing_on_device() -> list[str]:
     """Make this process (and its forks) see only the image's distributions, the carried ones and medvl:
     the rest of this machine's packages stop being importable. Returns the hidden distributions."""
-    allowed = image_closure(read_list(ROOT / "bench" / "gpu_image.txt")) | set(read_list(ROOT / "bench" / "gpu_wheels.txt"))
-    allowed.add("medvl")  # travels as source
+    allowed = image_closure(read_list(ROOT / "bench" / "gpu_image.txt"))
+    allowed |= {*read_list(ROOT / "bench" / "gpu_wheels.txt"), "medvl"}  # medvl travels as source
     hidden_modules, hidden = set(), set()
     for module, names in metadata.packages_distributions().items():
         names = {canonicalize_name(n) for n in names}
         if not names & allowed:
             hidden_modules.add(module)
             hidden |= names
-    sys.meta_path[:] = [_HidingFinder(f, hidden_modules, hidden) if f is PathFinder else f for f in sys.meta_path]
+    sys.meta_path[:] = [_HidingFinder(finder, hidden_modules, hidden) if finder is PathFinder else finder
+                        for finder in sys.meta_path]
     importlib.invalidate_caches()
     return sorted(hidden)
 
@@ -225,9 +229,10 @@ def main() -> None:
     if not (args.dest / "tokenizer" / "tokenizer.json").is_file():
         problems.append(f"no tokenizer under {args.dest / 'tokenizer'}")
     size = travelling_bytes(ROOT, args.dest)
-    print(f"{len(carried)} packages carried; a device call sends {size / 2**20:.1f} MiB of {LIMIT_BYTES / 2**20:.0f}")
+    mib, limit = size / 2**20, LIMIT_BYTES / 2**20
+    print(f"{len(carried)} packages carried; a device call sends {mib:.1f} MiB of {limit:.0f}")
     if size > LIMIT_BYTES:
-        problems.append(f"{size / 2**20:.1f} MiB is over the {LIMIT_BYTES / 2**20:.0f} MiB a device call carries")
+        problems.append(f"{mib:.1f} MiB is over the {limit:.0f} MiB a device call carries")
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
     if problems:

@@ -19,11 +19,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 Row = dict[str, Any]
-WORDS = ("lesion opacity left right upper lower lobe nodule margin contrast enhancement signal axial coronal "
-         "sagittal normal abnormal mass fluid effusion cardiac border density calcified smooth irregular small "
-         "large the of with without is are there no evidence consistent suggestive mild moderate severe").split()
-QUESTIONS = ("What abnormality is seen", "Where is the lesion located", "Describe the findings", "Is the study normal",
-             "Which organ is affected", "What imaging modality was used")
+WORDS = ("lesion opacity left right upper lower lobe nodule margin contrast enhancement signal axial "
+         "coronal sagittal normal abnormal mass fluid effusion cardiac border density calcified smooth "
+         "irregular small large the of with without is are there no evidence consistent suggestive mild "
+         "moderate severe").split()
+QUESTIONS = ("What abnormality is seen", "Where is the lesion located", "Describe the findings",
+             "Is the study normal", "Which organ is affected", "What imaging modality was used")
 
 
 class Skip(Exception):
@@ -36,7 +37,7 @@ class Sizes:
 
     device: str
     spec: dict[str, Any]          # a ModelSpec without its tokenizer
-    records: int                  # synthetic training records
+    records: int                  # synthetic training records: one epoch covers each run's steps
     tokens: tuple[int, int]       # sequence length range per record, image tokens included
     max_length: int
     batch: int
@@ -65,18 +66,20 @@ TINY_SPEC = {
 }
 FULL = Sizes(
     device="cuda",
-    # CLIP ViT-L/14-336 (LLaVA-1.5's tower) → mlp2x_gelu → a Llama-3.2-1B-shaped LLM over SmolLM2's 49k vocabulary.
-    spec={"vision": {"family": "clip", "image_size": 336, "patch_size": 14, "hidden_size": 1024, "num_layers": 24,
-                     "num_heads": 16, "intermediate_size": 4096},
-          "text": {"family": "llama", "hidden_size": 2048, "num_layers": 16, "num_heads": 32, "num_kv_heads": 8,
-                   "intermediate_size": 8192, "max_position_embeddings": 4096, "tie_word_embeddings": True},
+    # CLIP ViT-L/14-336 (LLaVA-1.5's tower) → mlp2x_gelu → a Llama-3.2-1B-shaped LLM, SmolLM2's 49k vocabulary
+    spec={"vision": {"family": "clip", "image_size": 336, "patch_size": 14, "hidden_size": 1024,
+                     "num_layers": 24, "num_heads": 16, "intermediate_size": 4096},
+          "text": {"family": "llama", "hidden_size": 2048, "num_layers": 16, "num_heads": 32,
+                   "num_kv_heads": 8, "intermediate_size": 8192, "max_position_embeddings": 4096,
+                   "tie_word_embeddings": True},
           "projector": "mlp2x_gelu", "chat_template": "chatml", "dtype": "bfloat16"},
-    records=960, tokens=(1024, 2048), max_length=2048, batch=16, window=10, steps=50, lora_steps=20, workers=6,
+    records=1024, tokens=(1024, 2048), max_length=2048, batch=16, window=10, steps=50, lora_steps=20,
+    workers=6,
     profile_steps=3, gen_prompts=128, gen_batch1_prompts=8, gen_batches=(1, 32, 128), gen_tokens=32,
     eval_limit=None, eval_batch=64, eval_tokens=None, budget_s=420, threads=None,
 )
 TINY = Sizes(
-    device="cpu", spec=TINY_SPEC, records=24, tokens=(48, 120), max_length=160, batch=4, window=2, steps=4,
+    device="cpu", spec=TINY_SPEC, records=32, tokens=(48, 120), max_length=160, batch=4, window=2, steps=4,
     lora_steps=2, workers=1, profile_steps=2, gen_prompts=6, gen_batch1_prompts=3, gen_batches=(1, 3, 6),
     gen_tokens=6, eval_limit=6, eval_batch=3, eval_tokens=8, budget_s=300,
     threads=1,  # tiny matrices: more threads only wait on each other, badly so on a busy machine
@@ -145,10 +148,11 @@ def environment(ctx: Context) -> list[Row]:
     has_arg = "activation_checkpointing" in inspect.signature(TrainingArguments).parameters
     rows.append({"item": "transformers ≥ 5.20 (medvl's requirement)",
                  "value": f"{'yes' if transformers_version >= Version('5.20') else 'NO'}; TrainingArguments "
-                          f"{'has' if has_arg else 'LACKS'} activation_checkpointing, which medvl train passes"})
+                          f"{'has' if has_arg else 'LACKS'} activation_checkpointing, which medvl train "
+                          "passes"})
     if ctx.cuda:
-        rows.append({"item": "bf16 matmul 8192³, measured", "value": f"{_matmul_tflops(8192):.0f} TFLOPS "
-                                                                     "(MFU below is against 989)"})
+        rows.append({"item": "bf16 matmul 8192³, measured",
+                     "value": f"{_matmul_tflops(8192):.0f} TFLOPS (MFU below is against 989)"})
     return rows
 
 
@@ -185,24 +189,39 @@ def build(ctx: Context) -> list[Row]:
     _write_records(ctx, processor.tokenizer, image_tokens)
     params = component_params(model)
     vision, text = spec.vision, spec.text
-    rows = [
-        {"part": "vision tower", "parameters": params["vision"]["total"],
-         "shape": f"CLIP ViT {vision.num_layers}x{vision.hidden_size}, {vision.image_size} px / {vision.patch_size}, "
-                  f"{image_tokens} image tokens"},
-        {"part": "projector", "parameters": params["projector"]["total"], "shape": spec.projector},
-        {"part": "LLM decoder", "parameters": params["llm"]["total"],
-         "shape": f"{text.family} {text.num_layers}x{text.hidden_size}, {text.num_heads} heads / {text.num_kv_heads} KV, "
-                  f"MLP {text.intermediate_size}"},
-        {"part": "LM head (tied to the embeddings)", "parameters": params["head"]["total"],
-         "shape": f"vocabulary {len(processor.tokenizer)} (SmolLM2's tokenizer)"},
-        {"part": "all", "parameters": sum(p.numel() for p in model.parameters()),
-         "shape": f"random weights, saved as {spec.dtype}; built in {built:.0f} s on the CPU"},
+    return [
+        {"part": "vision tower", "size": params["vision"]["total"],
+         "detail": f"CLIP ViT {vision.num_layers}x{vision.hidden_size}, {vision.image_size} px / "
+                   f"{vision.patch_size}, {image_tokens} image tokens"},
+        {"part": "projector", "size": params["projector"]["total"], "detail": spec.projector},
+        {"part": "LLM decoder", "size": params["llm"]["total"],
+         "detail": f"{text.family} {text.num_layers}x{text.hidden_size}, {text.num_heads} heads / "
+                   f"{text.num_kv_heads} KV, MLP {text.intermediate_size}"},
+        {"part": "LM head (tied to the embeddings)", "size": params["head"]["total"],
+         "detail": f"vocabulary {len(processor.tokenizer)} (SmolLM2's tokenizer)"},
+        {"part": "all", "size": sum(p.numel() for p in model.parameters()),
+         "detail": f"random weights, saved as {spec.dtype}; built in {built:.0f} s on the CPU"},
+        _check_data(ctx),
     ]
-    return rows
+
+
+def _check_data(ctx: Context) -> Row:
+    """`medvl train`'s data check, done once here; the training sections reuse it (same fingerprint)."""
+    from medvl.train.config import TrainConfig
+    from medvl.train.modeling import load_processor
+    from medvl.train.runner import prepare_data
+
+    config = TrainConfig.model_validate({"model": {"path": str(ctx.model_dir)}, "data": {
+        "sources": [{"path": str(ctx.data)}], "max_length": ctx.sizes.max_length}})
+    report, *_ = prepare_data(config, load_processor(config.model), ctx.work, progress=False)
+    tokens = report.sources[0].summary()["tokens"]
+    return {"part": "training data", "size": f"{report.valid} records",
+            "detail": f"synthetic, 2 turns about a VQA-RAD image; {report.rejected} rejected; tokens per "
+                      f"record mean {tokens['mean']:.0f}, p95 {tokens['p95']}, max {tokens['max']}"}
 
 
 def _write_records(ctx: Context, tokenizer: Any, image_tokens: int) -> None:
-    """LLaVA records of 2 question/answer turns about a real VQA-RAD image, lengths drawn from `Sizes.tokens`."""
+    """LLaVA records of 2 question/answer turns about a real VQA-RAD image, lengths from `Sizes.tokens`."""
     images = sorted((ctx.vqa_rad / "images").glob("*.jpg"))
     if not images:
         raise FileNotFoundError(f"no VQA-RAD images under {ctx.vqa_rad / 'images'}")
@@ -221,9 +240,11 @@ def _write_records(ctx: Context, tokenizer: Any, image_tokens: int) -> None:
         for index in range(ctx.sizes.records):
             budget = rng.randint(*ctx.sizes.tokens) - image_tokens - 40  # 40: chat markup and questions
             context, first, second = text(budget * 2 // 5), text(budget * 3 // 10), text(budget * 3 // 10)
-            record = {"id": f"synthetic-{index}", "image": str(images[index % len(images)]), "conversations": [
+            conversations = [
                 {"from": "human", "value": f"<image>\n{context}\n{rng.choice(QUESTIONS)}?"},
                 {"from": "gpt", "value": first},
                 {"from": "human", "value": f"{rng.choice(QUESTIONS)}?"},
-                {"from": "gpt", "value": second}]}
+                {"from": "gpt", "value": second}]
+            record = {"id": f"synthetic-{index}", "image": str(images[index % len(images)]),
+                      "conversations": conversations}
             sink.write(json.dumps(record) + "\n")
