@@ -144,8 +144,8 @@ class BareLoop:
             yield from self.loader
 
     def run(self, steps: int) -> dict[str, float]:
-        """`steps` optimizer steps: tokens/s, images/s, MFU and the share of the time spent waiting for data
-        (the measurement runs stay inside one epoch: `Sizes.records` covers them)."""
+        """`steps` optimizer steps: tokens/s, images/s, MFU, the share of the time spent waiting for data
+        (the measured steps stay inside one epoch: `Sizes.records` covers them) and of padded positions."""
         import torch
 
         from medvl.train.dataset import STAT_KEYS
@@ -157,6 +157,7 @@ class BareLoop:
             batch = next(self.batches)
             waited += time.perf_counter() - before
             counts.update({key: batch.pop(key) for key in STAT_KEYS})
+            counts["positions"] += batch["input_ids"].numel()
             batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
             with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.autocast):
                 loss, supervised, _ = next_token_loss(self.model, batch)
@@ -169,7 +170,7 @@ class BareLoop:
         flops = self.flops.step_flops(counts["num_tokens"], counts["num_images"], counts["num_supervised"])
         return {"tokens_per_s": counts["num_tokens"] / seconds, "mfu": flops / seconds / self.peak,
                 "images_per_s": counts["num_images"] / seconds, "data_wait": waited / seconds,
-                "seconds": seconds}
+                "padding": 1 - counts["num_tokens"] / counts["positions"], "seconds": seconds}
 
 
 def bare_loop(ctx: Context) -> list[Row]:
@@ -202,6 +203,8 @@ def _profile(ctx: Context, loop: BareLoop) -> list[Row]:
                                           f"ones, {stats['seconds']:.2f} s; full table: profile-train.txt"},
             {"item": "waiting for the next batch",
              "value": f"{100 * stats['data_wait']:.0f}% of the wall time"},
+            {"item": "padding", "value": f"{100 * stats['padding']:.0f}% of the positions (batches padded to "
+                                         "their longest record; FLOPs and tokens/s count real tokens only)"},
             {"item": f"{where} by kind",
              "value": ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares.most_common())}]
     if ctx.cuda:
@@ -214,6 +217,8 @@ def _profile(ctx: Context, loop: BareLoop) -> list[Row]:
 
 def _kernel_kind(name: str) -> str:
     lowered = name.lower()
+    if any(k in lowered for k in ("log_softmax", "cross_entropy", "nll_loss")):
+        return "loss"
     if any(k in lowered for k in ("flash", "fmha", "attention", "sdpa", "softmax")):
         return "attention"
     if any(k in lowered for k in ("gemm", "matmul", "nvjet", "cutlass", "xmma", "aten::mm", "aten::addmm",
