@@ -8,9 +8,10 @@ Sections (bench/gpu_setup.py, gpu_train.py, gpu_infer.py) run in order, each in 
 process with a time box inside one overall budget (--budget-s): a section that fails, crashes or
 runs out of time becomes a row saying so, and the tables are rewritten after every section
 (`results-gpu.md` and `gpu_check.json` in --out, and --results), so a later failure never loses an
-earlier number. The heavy imports happen once, in the parent, before forking; CUDA is first touched
-in the children (the parent asks NVML only). Exit code 0 when every section ran or was skipped for
-a stated reason, 1 when one failed, 2 when the check cannot start.
+earlier number. The heavy imports happen once, in the parent, before forking; only the children
+touch CUDA (a parent that had would hand them a CUDA they cannot use). Exit code 0 when every
+section ran or was skipped for a stated reason, 1 when one failed (no GPU: `environment` fails and
+the rest is skipped), 2 when no tokenizer is found.
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ class Section:
     run: Callable[[Context], list[Row]]
     min_s: float  # on the GPU: skipped when less of the budget is left
     limit_s: float  # on the GPU: its time box
+    needed: bool = False  # when it fails, the later sections cannot run
 
 
 SECTIONS = (
-    Section("environment", "environment", gpu_setup.environment, 5, 60),
-    Section("build", "model and data", gpu_setup.build, 30, 150),
+    Section("environment", "environment", gpu_setup.environment, 5, 60, needed=True),
+    Section("build", "model and data", gpu_setup.build, 30, 150, needed=True),
     Section("train", "training", gpu_train.train, 40, 150),
     Section("bare_loop", "training", gpu_train.bare_loop, 30, 120),
     Section("train_checkpointing", "training", gpu_train.train_checkpointing, 40, 150),
@@ -141,8 +143,8 @@ def finish_rows(section: Section, rows: list[Row]) -> list[Row]:
         table = row.pop("table", section.table)
         columns = COLUMNS[table]
         status = row.get("status")
-        if status is not None and columns[0] not in row:
-            row = {columns[0]: section.name, ("status" if "status" in columns else columns[-1]): status}
+        if status is not None and columns[0] not in row:  # tables without a status column show it last
+            row = {columns[0]: section.name, "status": status, columns[-1]: row.get(columns[-1], status)}
         elif "status" in columns:
             row.setdefault("status", "ok")
         finished.append({"section": section.name, "table": table, **row})
@@ -219,16 +221,20 @@ def write_outputs(rows: list[Row], args: argparse.Namespace, sizes: Any, started
 def run_all(ctx: Context, args: argparse.Namespace, started: float) -> int:
     """Each chosen section in turn within the budget, the outputs rewritten after each; the failure count."""
     rows: list[Row] = []
-    failures = 0
+    failures, blocker = 0, None
     for section in (s for s in SECTIONS if s.name in args.sections.split(",")):
         left = args.budget_s - (time.monotonic() - started)
         minimum, box = (section.min_s, section.limit_s) if ctx.sizes is FULL else (1.0, left)
         print(f"== {section.name} ({left:.0f} s of the budget left)", file=sys.stderr, flush=True)
-        if left < minimum:
+        if blocker:
+            found = [{"status": f"skipped: {blocker} failed"}]
+        elif left < minimum:
             found = [{"status": f"skipped: {left:.0f} s of the budget left, it needs {minimum:.0f}"}]
         else:
             found = run_section(section, ctx, min(box, left))
         rows += finish_rows(section, found)
+        if section.needed and any(str(r.get("status", "")).startswith(FAILED) for r in found):
+            blocker = blocker or section.name
         failures = write_outputs(rows, args, ctx.sizes, started)
     return failures
 
@@ -292,8 +298,6 @@ def main() -> int:
     sizes = TINY if args.tiny else FULL
     args.budget_s = args.budget_s or sizes.budget_s
     started = time.monotonic()
-    # NVML answers torch.cuda.is_available() without initialising CUDA, which a fork would inherit broken
-    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=os.environ.get("MEDVL_LOG", "INFO"),
@@ -305,15 +309,6 @@ def main() -> int:
         hidden = ", ".join(hide_missing_on_device())
         print(f"hidden, as the GPU machine lacks them: {hidden}", file=sys.stderr)
     _preload()
-    import torch
-
-    if sizes is FULL and not torch.cuda.is_available():
-        print("error: no CUDA GPU here; on a CPU run `python bench/gpu_check.py --tiny`", file=sys.stderr)
-        return 2
-    if torch.cuda.is_initialized():
-        print("error: an import initialised CUDA before the sections fork: they could not use it",
-              file=sys.stderr)
-        return 2
     from medvl.errors import UserError
 
     try:

@@ -136,6 +136,8 @@ def environment(ctx: Context) -> list[Row]:
     from packaging.version import Version
     from transformers import TrainingArguments
 
+    if ctx.cuda and not torch.cuda.is_available():
+        raise RuntimeError("no CUDA GPU here; on a CPU run `python bench/gpu_check.py --tiny`")
     rows = [{"item": "python", "value": platform.python_version()},
             {"item": "torch", "value": f"{torch.__version__} (CUDA {torch.version.cuda})"},
             {"item": "device", "value": torch.cuda.get_device_name() if ctx.cuda else "CPU (--tiny)"}]

@@ -94,6 +94,8 @@ def test_table_derives_ratios_and_flags_impossible_mfu():
                                   [{"case": "loop", "tokens/s": 200.0, "MFU": 0.5}])
     rows += gpu_check.finish_rows(gpu_check.Section("generation", "generation", _raises, 0, 10),
                                   [{"status": "failed: RuntimeError: CUDA out of memory"}])
+    rows += gpu_check.finish_rows(gpu_check.Section("environment", "environment", _raises, 0, 10),
+                                  [{"status": "failed: RuntimeError: no CUDA GPU here"}])
     notes = gpu_check.notes_for(rows, TINY)
     assert rows[0]["vs bare loop"] == pytest.approx(1.5) and rows[0]["status"] == "ok"
     assert any("MFU 1.400 is outside (0, 1]" in note for note in notes)
@@ -101,6 +103,8 @@ def test_table_derives_ratios_and_flags_impossible_mfu():
     table = gpu_check.render(rows, notes, "# t")
     assert "| medvl | ok | n/a | 300 | n/a | n/a | n/a | 140.0% | 1.50x |" in table
     assert "| generation | failed: RuntimeError: CUDA out of memory |" in table
+    assert "| environment | failed: RuntimeError: no CUDA GPU here |" in table
+    assert "environment: failed: RuntimeError: no CUDA GPU here" in notes
 
 
 def _metadata(name: str, version: str, *requires: str) -> email.message.Message:
