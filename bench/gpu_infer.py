@@ -29,9 +29,8 @@ def generation(ctx: Context) -> list[Row]:
     images = [[load_image(path) for path in item.images] for item in items]
     generator = Generator.from_pretrained(ctx.model_dir, dtype="bfloat16" if ctx.cuda else "float32",
                                           device=sizes.device)
+    generator.generate(conversations[:2], images[:2], GenerationSettings(max_new_tokens=2, batch_size=2))
     generator.model.generation_config.min_new_tokens = sizes.gen_tokens  # equal work per answer
-    warm_up = GenerationSettings(max_new_tokens=2, batch_size=2)
-    generator.generate(conversations[:2], images[:2], warm_up)
     rows, reference, base_rate = [], None, None
     for batch in sizes.gen_batches:
         count = sizes.gen_batch1_prompts if batch == 1 else len(items)
