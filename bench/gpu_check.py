@@ -143,8 +143,10 @@ def finish_rows(section: Section, rows: list[Row]) -> list[Row]:
         table = row.pop("table", section.table)
         columns = COLUMNS[table]
         status = row.get("status")
-        if status is not None and columns[0] not in row:  # tables without a status column show it last
-            row = {columns[0]: section.name, "status": status, columns[-1]: row.get(columns[-1], status)}
+        if status is not None and columns[0] not in row:
+            row = {columns[0]: section.name, "status": status}
+            if "status" not in columns:  # show it in the table's last column
+                row[columns[-1]] = status
         elif "status" in columns:
             row.setdefault("status", "ok")
         finished.append({"section": section.name, "table": table, **row})
