@@ -2,9 +2,9 @@
 
 The server (a separate process, so it does not share the client's interpreter) answers every
 request after a latency L; with concurrency C no client can beat C/L requests per second. For each
-(C, L) this prints steady-state req/s (connections opened by a warm-up round first; the best of
-`REPEATS` runs) as a fraction of that bound (aim: >= 0.9) for three clients sending the same kind
-of requests:
+(C, L) this prints steady-state req/s (connections opened by a warm-up round first) as a fraction
+of that bound (aim: >= 0.9) for three clients sending the same kind of requests, one after the
+other (`bench/run_all.py` repeats the whole call in fresh processes):
 
 - `bare openai SDK`: C coroutines calling `AsyncOpenAI.post` in a loop, with no cache, retries,
   limits or accounting: the ceiling of anything built on the SDK on this machine;
@@ -36,7 +36,6 @@ from medvl.llm.messages import ChatRequest
 from medvl.llm.mock_server import start_mock_server_process
 
 SETTINGS = ((16, 0.05), (64, 0.05), (64, 0.2), (16, 0.25))  # (concurrency C, latency L in seconds)
-REPEATS = 2
 QUESTION = "Describe the findings of this chest radiograph in two sentences. "
 
 
@@ -119,12 +118,8 @@ def run(quick: bool = False) -> list[dict]:
                 sdk_rate = None
                 for name, method in METHODS:
                     tag = f"{name} C={concurrency}"
-                    seconds = []
-                    for repeat in range(1 if quick else REPEATS):  # best run: other processes only slow runs
-                        warm_up = _requests(concurrency, f"{tag} warm-up {repeat}")
-                        timed = _requests(n, f"{tag} {repeat}")
-                        seconds.append(asyncio.run(method(server.base_url, concurrency, warm_up, timed)))
-                    rate = n / min(seconds)
+                    warm_up, timed = _requests(concurrency, f"{tag} warm-up"), _requests(n, tag)
+                    rate = n / asyncio.run(method(server.base_url, concurrency, warm_up, timed))
                     sdk_rate = sdk_rate or rate
                     rows.append({"bench": "llm_throughput", "setting": f"C={concurrency} L={latency}",
                                  "client": name, "requests": n, "req_per_s": rate, "bound_req_per_s": bound,
@@ -134,7 +129,7 @@ def run(quick: bool = False) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer requests, one run per client")
+    parser.add_argument("--quick", action="store_true", help="fewer requests")
     rows = run(quick=parser.parse_args().quick)
     print(f"{'setting':<16}{'client':<22}{'req/s':>8}{'C/L':>7}{'of C/L':>8}{'vs SDK':>8}")
     for row in rows:
