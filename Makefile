@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-check clean
 
 install: $(VENV)/.installed
 
@@ -23,8 +23,12 @@ demo: install
 test: install
 	$(PY) -m pytest
 
+# Timings: run on a quiet machine, never in CI. `bench` rewrites bench/results.{md,json}.
 bench: install
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py --quick
+
+bench-check: install
+	$(PY) bench/run_all.py --quick --check
 
 clean:
 	rm -rf $(VENV) .pytest_cache
