@@ -2,7 +2,8 @@
 throughput against the mock OpenAI server as a fraction of the bound C/L.
 
 CPU stages (each size in a fresh subprocess, so `peak MB` is that run's own RSS growth over its
-state after imports and set-up):
+state after imports and set-up; two passes per size in mirrored order, small, large, large, small,
+so load drift hits both sizes alike):
 
 - `ingest`, `text filter`, `caption embed` (the weight-free hashing embedder), `write`: the real
   prepare pipeline (datatrove, 1 task) on synthetic MedICaT-style JSONL; per-step seconds come from
@@ -19,7 +20,8 @@ state after imports and set-up):
 `scaling` = (t_large / t_small) / (n_large / n_small): 1.0 is linear, 10 would be quadratic.
 
 Generation: `GenerateStep` (self-instruct, few-shot prompts) against the mock server in another
-process with latency L and `max_concurrency` C; the bound is C/L requests per second.
+process with latency L and `max_concurrency` C; the bound is C/L requests per second. Bare
+`LLMClient.complete_many` on the same requests is the baseline (step, baseline, baseline, step).
 
     python bench/curate_throughput.py [--quick]
 """
@@ -31,14 +33,17 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from interleave import mirrored  # bench/interleave.py
 
 SIZES = {"full": (10_000, 100_000), "quick": (2_000, 20_000)}
 IMAGE_SHARE = 10  # the image filter runs on n / IMAGE_SHARE records
@@ -166,7 +171,7 @@ def _step_seconds(logs: Path) -> dict[str, float]:
     }
 
 
-def measure(stage: str, n: int, work: Path) -> dict[str, Any]:
+def measure(stage: str, n: int, work: Path, part: int = 1) -> dict[str, Any]:
     """Run one stage on `n` records in this process; seconds per step and peak RSS growth."""
     from datatrove.executor import LocalPipelineExecutor
 
@@ -174,7 +179,7 @@ def measure(stage: str, n: int, work: Path) -> dict[str, Any]:
     from medvl.curate.pipeline import build_stages
     from medvl.curate.store import RunDirs
 
-    dirs = RunDirs(work / f"{stage}-{n}")
+    dirs = RunDirs(work / f"{stage}-{n}-{part}")
     source = work / f"inputs-{n}" / "figures.jsonl"
     config = CurateConfig.model_validate(
         {
@@ -228,60 +233,76 @@ def measure(stage: str, n: int, work: Path) -> dict[str, Any]:
     return {"seconds": seconds, "peak_mb": max(0.0, _status_mb("VmHWM") - baseline)}
 
 
-def _in_subprocess(stage: str, n: int, work: Path) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--worker", stage, str(n), str(work)]
+def _in_subprocess(stage: str, work: Path, n: int, part: int) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--worker", stage, str(n), str(work), str(part)]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "MEDVL_LOG": "WARNING"})
     if done.returncode != 0:
         raise RuntimeError(f"{stage} n={n} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def both_sizes(stage: str, sizes: tuple[int, int], work: Path) -> list[dict[str, Any]]:
+    """The stage at both sizes, two passes each in mirrored order (small, large, large, small):
+    mean seconds per step, largest peak."""
+    passes = mirrored(sizes, (1, 2), partial(_in_subprocess, stage, work))
+    return [{"seconds": {step: statistics.mean(p["seconds"][step] for p in passes[n])
+                         for step in passes[n][0]["seconds"]},
+             "peak_mb": max(p["peak_mb"] for p in passes[n])} for n in sizes]
+
+
 # ---------------------------------------------------------------------------- generation
 
 
-def generation_rate(concurrency: int, latency: float, work: Path) -> dict[str, Any]:
-    """GenerateStep's req/s against C/L, and against bare `complete_many` on the same requests."""
-    from medvl.curate.config import GenerateConfig
+def _generation_seconds(config: Any, n: int, folder: Path, name: str, part: int) -> float:
+    """One timed pass: `GenerateStep` over `n` fresh records, or bare `complete_many` on their requests."""
     from medvl.curate.generate import FigureInput, self_instruct_request
     from medvl.curate.generate_step import GenerateStep, image_refs
     from medvl.curate.store import RunDirs, iter_jsonl_lines
     from medvl.llm.client import LLMClient
-    from medvl.llm.config import LLMConfig
+
+    dirs = RunDirs(folder / f"{name}-{part}")  # its own LLM cache: nothing is answered from an earlier pass
+    write_prepared(dirs, n, shards=1)
+    if name == "step":
+        dirs.selected.mkdir(parents=True, exist_ok=True)
+        dirs.selected_shard(0).write_text(json.dumps(list(range(n))))
+        started = time.perf_counter()
+        GenerateStep(dirs, config, "symlink").run(None, 0, 1)
+        return time.perf_counter() - started
+    requests = [
+        self_instruct_request(FigureInput.from_prepared(r, image_refs(r)), config.self_instruct)
+        for r in iter_jsonl_lines(dirs.prepared_shard(0))
+    ]
+    llm = config.self_instruct.llm.model_copy(update={"cache_dir": str(dirs.llm_cache)})
+    started = time.perf_counter()
+    LLMClient(llm).run_many(requests, progress=False)
+    return time.perf_counter() - started
+
+
+def generation_rate(concurrency: int, latency: float, work: Path) -> dict[str, Any]:
+    """GenerateStep's req/s against C/L, and against bare `complete_many` on the same requests,
+    in two passes each, mirrored (step, complete_many, complete_many, step)."""
+    from medvl.curate.config import GenerateConfig
     from medvl.llm.mock_server import start_mock_server_process
 
-    n = concurrency * 20
-    dirs = RunDirs(work / f"gen-{concurrency}-{latency}")
-    write_prepared(dirs, 2 * n, shards=1)
-    dirs.selected.mkdir(parents=True, exist_ok=True)
-    dirs.selected_shard(0).write_text(json.dumps(list(range(n))))
+    n = concurrency * 10
     with start_mock_server_process(responder="medvl.curate.mock:responder", latency_s=latency) as server:
         llm = {"base_url": server.base_url, "model": "mock", "max_concurrency": concurrency, "max_retries": 0}
         config = GenerateConfig.model_validate(
             {"concept": {"enabled": False}, "self_instruct": {"enabled": True, "llm": llm, "few_shot": 4}}
         )
-        started = time.perf_counter()
-        GenerateStep(dirs, config, "symlink").run(None, 0, 1)
-        seconds = time.perf_counter() - started
-        records = list(iter_jsonl_lines(dirs.prepared_shard(0)))[n:]  # requests the step has not sent
-        requests = [
-            self_instruct_request(FigureInput.from_prepared(r, image_refs(r)), config.self_instruct)
-            for r in records
-        ]
-        client = LLMClient(LLMConfig.model_validate({**llm, "cache_dir": str(work / "baseline-cache")}))
-        started = time.perf_counter()
-        client.run_many(requests, progress=False)
-        baseline = time.perf_counter() - started
-    bound = concurrency / latency
+        timer = partial(_generation_seconds, config, n, work / f"gen-{concurrency}-{latency}")
+        passes = {name: sum(times) for name, times in mirrored(("step", "complete_many"), (1, 2), timer).items()}
+    bound, requests = concurrency / latency, 2 * n
     return {
         "bench": "curate_throughput",
         "stage": "generation (self-instruct)",
         "setting": f"C={concurrency} L={latency}",
-        "requests": n,
-        "req_per_s": n / seconds,
+        "requests": requests,
+        "req_per_s": requests / passes["step"],
         "bound_req_per_s": bound,
-        "fraction_of_bound": n / seconds / bound,
-        "complete_many_req_per_s": n / baseline,
-        "vs_complete_many": baseline / seconds,
+        "fraction_of_bound": requests / passes["step"] / bound,
+        "complete_many_req_per_s": requests / passes["complete_many"],
+        "vs_complete_many": passes["complete_many"] / passes["step"],
     }
 
 
@@ -301,14 +322,9 @@ def run(quick: bool = False) -> list[dict]:
             write_inputs(work / f"inputs-{n}", n)
             write_inputs(work / f"inputs-{n // IMAGE_SHARE}", n // IMAGE_SHARE)
             write_prepared(RunDirs(work / f"prepared-{n}"), n)
-        results: dict[tuple[str, int], dict] = {}
-        for stage in ("prepare", "image", "dedup", "sample", "concept"):
-            for n in (small, large):
-                size = n // IMAGE_SHARE if stage == "image" else n
-                results[(stage, size)] = _in_subprocess(stage, size, work)
         for stage in ("prepare", "image", "dedup", "sample", "concept"):
             sizes = (small // IMAGE_SHARE, large // IMAGE_SHARE) if stage == "image" else (small, large)
-            first, second = (results[(stage, s)] for s in sizes)
+            first, second = both_sizes(stage, sizes, work)
             for step, t_small in first["seconds"].items():
                 if (
                     step in ("dropped", "ingest check")
@@ -337,11 +353,11 @@ def run(quick: bool = False) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller inputs (about 40 s)")
-    parser.add_argument("--worker", nargs=3, metavar=("STAGE", "N", "WORK"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=4, metavar=("STAGE", "N", "WORK", "PART"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        stage, n, work = args.worker
-        print(json.dumps(measure(stage, int(n), Path(work))))
+        stage, n, work, part = args.worker
+        print(json.dumps(measure(stage, int(n), Path(work), int(part))))
         return
     started = time.perf_counter()
     rows = run(quick=args.quick)

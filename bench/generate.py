@@ -2,7 +2,8 @@
 
 The reference projects evaluate at batch 1 (a Python loop over `model.generate`). This prints
 samples/s of that loop and of `Generator.generate` at batch sizes 1, 8 and 16 over the same
-prompts and images, and the ratio of each to the loop.
+prompts and images, and the ratio of each to the loop. The prompts go in chunks of 16, each chunk
+through every setting, in reverse order on every other chunk (`interleave.mirrored`).
 
     python bench/generate.py [--quick]
 """
@@ -14,12 +15,17 @@ import time
 
 import numpy as np
 import torch
+from interleave import mirrored  # bench/interleave.py
 from PIL import Image
 
 from medvl.model.build import build_model
 from medvl.model.generate import GenerationSettings, Generator
 from medvl.model.offline import smollm2_tokenizer
 from medvl.model.spec import tiny_spec
+
+
+LOOP = "loop (reference, batch 1)"
+BATCH_SIZES = (1, 8, 16)
 
 
 def _workload(n: int) -> tuple[list, list]:
@@ -32,15 +38,13 @@ def _workload(n: int) -> tuple[list, list]:
     return conversations, images
 
 
-def _loop_baseline(generator: Generator, conversations, images, max_new_tokens: int) -> float:
+def _loop_baseline(generator: Generator, conversations, images, max_new_tokens: int) -> None:
     """What the reference eval scripts do: one model.generate call per sample."""
-    start = time.perf_counter()
     for messages, imgs in zip(conversations, images):
         inputs = generator.encode([messages], [imgs])
         with torch.inference_mode():
             generator.model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
                                      do_sample=False)
-    return time.perf_counter() - start
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -50,19 +54,24 @@ def run(quick: bool = False) -> list[dict]:
     generator = Generator(*build_model(spec))
     conversations, images = _workload(n)
     generator.generate(conversations[:2], images[:2], GenerationSettings(max_new_tokens=2))  # warm-up
-    loop_seconds = _loop_baseline(generator, conversations, images, max_new_tokens)
-    rows = [{"bench": "generate", "setting": "loop (reference, batch 1)", "samples_per_s": n / loop_seconds,
-             "ratio": 1.0}]
-    for batch_size in (1, 8, 16):
-        settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
-        generator.model.generation_config.min_new_tokens = max_new_tokens  # equal work per sample
+    generator.model.generation_config.min_new_tokens = max_new_tokens  # equal work per sample
+    batch_sizes = {LOOP: 1, **{f"medvl batch {b}": b for b in BATCH_SIZES}}
+
+    def seconds(name: str, part: slice) -> float:
         start = time.perf_counter()
-        generator.generate(conversations, images, settings)
-        seconds = time.perf_counter() - start
-        rows.append({"bench": "generate", "setting": f"medvl batch {batch_size}", "samples_per_s": n / seconds,
-                     "ratio": loop_seconds / seconds})
+        if name == LOOP:
+            _loop_baseline(generator, conversations[part], images[part], max_new_tokens)
+        else:
+            settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_sizes[name])
+            generator.generate(conversations[part], images[part], settings)
+        return time.perf_counter() - start
+
+    chunk = max(BATCH_SIZES)  # prompts per part: every setting on chunk 1, then in reverse on chunk 2, ...
+    parts = [slice(start, start + chunk) for start in range(0, n, chunk)]
+    totals = {name: sum(times) for name, times in mirrored(list(batch_sizes), parts, seconds).items()}
     generator.model.generation_config.min_new_tokens = None
-    return rows
+    return [{"bench": "generate", "setting": name, "samples_per_s": n / total, "ratio": totals[LOOP] / total}
+            for name, total in totals.items()]
 
 
 def main() -> None:

@@ -3,8 +3,8 @@
 The server (a separate process, so it does not share the client's interpreter) answers every
 request after a latency L; with concurrency C no client can beat C/L requests per second. For each
 (C, L) this prints steady-state req/s (connections opened by a warm-up round first) as a fraction
-of that bound (aim: >= 0.9) for three clients sending the same kind of requests, one after the
-other (`bench/run_all.py` repeats the whole call in fresh processes):
+of that bound (aim: >= 0.9) for three clients sending the same kind of requests, in two passes in
+mirrored order (SDK, reference, medvl, then medvl, reference, SDK):
 
 - `bare openai SDK`: C coroutines calling `AsyncOpenAI.post` in a loop, with no cache, retries,
   limits or accounting: the ceiling of anything built on the SDK on this machine;
@@ -28,6 +28,7 @@ import asyncio
 import logging
 import time
 
+from interleave import mirrored  # bench/interleave.py
 from openai import AsyncOpenAI
 
 from medvl.llm.client import LLMClient
@@ -104,7 +105,19 @@ async def _timed(batch, warm_up: list[ChatRequest], timed: list[ChatRequest]) ->
     return time.perf_counter() - start
 
 
-METHODS = (("bare openai SDK", _bare_sdk), ("reference batches", _reference_batches), ("medvl complete_many", _medvl))
+METHODS = {"bare openai SDK": _bare_sdk, "reference batches": _reference_batches, "medvl complete_many": _medvl}
+BASELINE = "bare openai SDK"
+
+
+def _pass_timer(base_url: str, concurrency: int, n: int):
+    """`seconds(client, pass)`: one timed pass of `n` fresh requests by that client."""
+
+    def seconds(name: str, part: int) -> float:
+        tag = f"{name} C={concurrency} pass {part}"
+        warm_up, timed = _requests(concurrency, f"{tag} warm-up"), _requests(n, tag)
+        return asyncio.run(METHODS[name](base_url, concurrency, warm_up, timed))
+
+    return seconds
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -114,15 +127,14 @@ def run(quick: bool = False) -> list[dict]:
         with start_mock_server_process(latency_s=latency) as server:
             for concurrency, _ in (s for s in SETTINGS if s[1] == latency):
                 bound = concurrency / latency
-                n = concurrency * (3 if quick else 4)  # rounds of C: the same time per setting
-                sdk_rate = None
-                for name, method in METHODS:
-                    tag = f"{name} C={concurrency}"
-                    warm_up, timed = _requests(concurrency, f"{tag} warm-up"), _requests(n, tag)
-                    rate = n / asyncio.run(method(server.base_url, concurrency, warm_up, timed))
-                    sdk_rate = sdk_rate or rate
+                n = concurrency * (2 if quick else 4)  # rounds of C per pass: the same time per setting
+                # SDK, reference, medvl, then medvl, reference, SDK
+                totals = mirrored(list(METHODS), (1, 2), _pass_timer(server.base_url, concurrency, n))
+                sdk_rate = 2 * n / sum(totals[BASELINE])
+                for name, times in totals.items():
+                    rate = 2 * n / sum(times)
                     rows.append({"bench": "llm_throughput", "setting": f"C={concurrency} L={latency}",
-                                 "client": name, "requests": n, "req_per_s": rate, "bound_req_per_s": bound,
+                                 "client": name, "requests": 2 * n, "req_per_s": rate, "bound_req_per_s": bound,
                                  "fraction_of_bound": rate / bound, "vs_bare_sdk": rate / sdk_rate})
     return rows
 

@@ -1,14 +1,15 @@
 """Run the benchmarks, every repeat in a fresh process, and write one table of ratios with their spread.
 
 Each `bench/NAME.py` exposes `run(quick) -> list[dict]`: rows naming a case (`setting`, `mode`,
-`stage`, `client`, `case`) and ratios of a subject against a baseline measured back to back in
-that same call (loop vs batched, bare SDK vs medvl, ...), so drift during a call hits both. Here
-every bench runs `--repeats` times, each time in a fresh worker process (same interpreter and
-environment, `--threads` pinned for torch, OpenMP, MKL and OpenBLAS), the benches taken in turn
-(repeat 1 of each, then repeat 2, ...) so a burst of load hits one repeat of several benches
-rather than every repeat of one. Each ratio is reported as its median over the repeats with the
-min-max, in `bench/results.md` and `bench/results.json`. Each repeat's log and report stay in
-`runs/bench/{quick,full}/`; `--resume` reuses the finished ones of a killed run (same settings, same code).
+`stage`, `client`, `case`) and ratios of a subject against a baseline measured in that same call
+(loop vs batched, bare SDK vs medvl, ...), interleaved in mirrored order (`bench/interleave.py`:
+A B, B A) so drift during the call hits both alike. Here every bench runs `--repeats` times, each
+time in a fresh worker process (same interpreter and environment, `--threads` pinned for torch,
+OpenMP, MKL and OpenBLAS), the benches taken in turn (repeat 1 of each, then repeat 2, ...) so a
+burst of load hits one repeat of several benches rather than every repeat of one. Each ratio is
+reported as its median over the repeats with the min-max, in `bench/results.md` and
+`bench/results.json`. Each repeat's log and report stay in `runs/bench/{quick,full}/`; `--resume`
+reuses the finished ones of a killed run (same settings, same code).
 
 `--check` holds the measured medians to the bounds in `bench/floors.py`, shows the committed
 `bench/results.json` beside them, and exits 1 when one is missed (`--measured FILE` checks a
@@ -58,6 +59,8 @@ RATIO_KEYS = {
 }
 CASE_KEYS = ("setting", "mode", "stage", "client", "case")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+HELPERS = ("run_all", "floors", "interleave")  # bench/*.py files that are not benches
+CODE_PATHS = ("src", "bench", "pyproject.toml")  # what a measurement depends on
 
 
 class BenchFailed(Exception):
@@ -223,7 +226,8 @@ def table(results: dict[str, Any]) -> str:
         f"Every repeat of every bench ran in its own process with {results['threads']} threads "
         f"({'/'.join(THREAD_VARIABLES)}={results['threads']}; torch.get_num_threads() in the workers: "
         f"{'/'.join(map(str, threads)) or 'torch not used'}). A ratio compares a subject with a baseline measured "
-        "back to back in the same repeat; the table gives its **median** over the repeats and the (min-max). "
+        "in the same repeat, interleaved in mirrored order; the table gives its **median** over the repeats and "
+        "the (min-max). "
         "Details are medians." + (f" {reused} repeats were reused from an interrupted run (`--resume`)." if reused
                                   else ""), "",
         "| bench | case | ratios: median (min-max) | repeats | details |", "|---|---|---|---|---|",
@@ -243,10 +247,11 @@ def table(results: dict[str, Any]) -> str:
 
 
 def _settings(args: argparse.Namespace, bench_file: Path) -> dict[str, Any]:
-    """What a finished repeat must share to be reused by `--resume`: workload, threads and code
-    (commit, uncommitted changes to tracked files, the bench file itself)."""
-    code = hashlib.sha256("\0".join((_git("rev-parse", "HEAD"), _git("diff", "HEAD"), bench_file.read_text()))
-                          .encode()).hexdigest()[:16]
+    """What a finished repeat must share to be reused by `--resume`: workload, threads and the code
+    it ran (src/, bench/ and pyproject.toml as committed and as changed since, the bench file)."""
+    trees = _git("rev-parse", *(f"HEAD:{path}" for path in CODE_PATHS))
+    changes = _git("diff", "HEAD", "--", *CODE_PATHS, ":(exclude)bench/results*")
+    code = hashlib.sha256("\0".join((trees, changes, bench_file.read_text())).encode()).hexdigest()[:16]
     return {"quick": args.quick, "threads": args.threads, "code": code}
 
 
@@ -324,7 +329,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n]
-    unknown = sorted(set(names) - ({p.stem for p in HERE.glob("*.py")} - {"run_all", "floors"}))
+    unknown = sorted(set(names) - ({p.stem for p in HERE.glob("*.py")} - set(HELPERS)))
     if unknown:
         parser.error(f"unknown bench: {', '.join(unknown)} (choose from {', '.join(BENCHES)})")
     if args.repeats < 1 or args.threads < 1:

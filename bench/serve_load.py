@@ -2,9 +2,10 @@
 
 For each mode the API server runs as its own process (`python -m medvl.cli serve ...` on
 127.0.0.1 with the tiny random test model, or `--model DIR`); this process then runs N concurrent clients, each sending
-R chat requests (one image as a data URL, a question, max_tokens fixed) one after another. It
-reports every status code (5xx must be zero), p50/p95 latency, throughput, and how many generate
-calls the server made, then the on/off ratios.
+R chat requests (one image as a data URL, a question, max_tokens fixed) one after another, in
+four passes in mirrored order (batching, no batching, no batching, batching; one server up at a
+time). It reports every status code (5xx must be zero), p50/p95 latency, throughput, and how many
+generate calls the server made, then the on/off ratios.
 
     python bench/serve_load.py [--quick] [--model DIR]
 """
@@ -19,12 +20,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import httpx
 import numpy as np
+from interleave import mirrored  # bench/interleave.py
 from PIL import Image
 
 from medvl.io.images import encode_data_url
@@ -113,22 +115,40 @@ async def _load(url: str, clients: int, per_client: int, max_tokens: int) -> tup
     return latencies, statuses, wall
 
 
+def _generate_calls(url: str) -> int:
+    return httpx.get(f"{url}/health").json()["stats"]["generate_calls"]
+
+
 def run(quick: bool = False, model_dir: Path | None = None) -> list[dict]:
     clients, per_client, max_tokens = (8, 3, 16) if quick else (16, 4, 24)
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="medvl-serve-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="medvl-serve-bench-") as tmp, ExitStack() as server:
         folder = model_dir or _bench_model(Path(tmp) / "model")
-        for mode, knobs in MODES.items():
-            with _server(folder, **knobs) as url:
-                latencies, statuses, wall = asyncio.run(_load(url, clients, per_client, max_tokens))
-                stats = httpx.get(f"{url}/health").json()["stats"]
-            rows.append({
-                "bench": "serve_load", "mode": mode, "clients": clients, "requests": len(statuses),
-                "ok": statuses.count(200), "errors_5xx": sum(s >= 500 for s in statuses),
-                "p50_ms": 1000 * float(np.percentile(latencies, 50)),
-                "p95_ms": 1000 * float(np.percentile(latencies, 95)),
-                "throughput_rps": len(statuses) / wall, "generate_calls": stats["generate_calls"] - 1,  # minus warm-up
-            })
+        running: dict[str, str] = {}  # the mode and url of the one server up (a real model may not fit twice)
+
+        def one_pass(mode: str, part: int) -> dict:
+            if mode not in running:
+                server.close()
+                running.clear()
+                running[mode] = server.enter_context(_server(folder, **MODES[mode]))
+            url = running[mode]
+            calls = _generate_calls(url)
+            latencies, statuses, wall = asyncio.run(_load(url, clients, per_client, max_tokens))
+            return {"latencies": latencies, "statuses": statuses, "wall": wall,
+                    "generate_calls": _generate_calls(url) - calls - 1}  # minus the warm-up
+
+        passes = mirrored(list(MODES), (1, 2), one_pass)  # batching, none, none, batching: three server starts
+    rows = []
+    for mode, runs in passes.items():
+        latencies = [x for run in runs for x in run["latencies"]]
+        statuses = [x for run in runs for x in run["statuses"]]
+        rows.append({
+            "bench": "serve_load", "mode": mode, "clients": clients, "requests": len(statuses),
+            "ok": statuses.count(200), "errors_5xx": sum(s >= 500 for s in statuses),
+            "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+            "p95_ms": 1000 * float(np.percentile(latencies, 95)),
+            "throughput_rps": len(statuses) / sum(run["wall"] for run in runs),
+            "generate_calls": sum(run["generate_calls"] for run in runs),
+        })
     on, off = rows
     rows.append({"bench": "serve_load", "mode": "ratio (batching / no batching)",
                  "throughput_x": on["throughput_rps"] / off["throughput_rps"],

@@ -11,19 +11,24 @@ import pytest
 BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
 
 
+def _bench_module(name: str):
+    sys.path.insert(0, str(BENCH_DIR))  # as when run as a script: bench modules import their siblings
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+
+
 @pytest.fixture(scope="session")
 def run_all():
-    sys.path.insert(0, str(BENCH_DIR))  # as when run as a script: run_all imports floors from its folder
-    try:
-        yield importlib.import_module("run_all")
-    finally:
-        sys.path.remove(str(BENCH_DIR))
+    return _bench_module("run_all")
 
 
 @pytest.fixture(scope="session")
-def floors(run_all):
-    sys.path.insert(0, str(BENCH_DIR))
-    try:
-        yield importlib.import_module("floors")
-    finally:
-        sys.path.remove(str(BENCH_DIR))
+def floors():
+    return _bench_module("floors")
+
+
+@pytest.fixture(scope="session")
+def interleave():
+    return _bench_module("interleave")

@@ -175,3 +175,14 @@ def test_resume_reuses_finished_repeats_of_the_same_code_only(run_all, tmp_path)
     results = run_all.measure(_args(run_all, "--repeats", "2", "--resume"), [bench], tmp_path)
     entry = results["benches"]["b"]
     assert len(calls.read_text().split()) == 5 and entry["reused_repeats"] == 0 and entry["errors"] == []
+
+
+def test_mirrored_order_cancels_a_steady_drift(interleave):
+    clock = iter(range(100))  # the machine slows down by one unit per measurement
+
+    def cost(name: str, part: int) -> int:
+        return {"baseline": 10, "subject": 10}[name] + next(clock)
+
+    results = interleave.mirrored(["baseline", "subject"], [1, 2, 3, 4], cost)
+    assert results == {"baseline": [10, 13, 14, 17], "subject": [11, 12, 15, 16]}  # A B, B A, A B, B A
+    assert sum(results["baseline"]) == sum(results["subject"])  # equal work measures equal despite the drift
