@@ -76,7 +76,7 @@ def check(measured: dict[str, Any], reference: dict[str, Any] | None,
     A floor whose bench was not measured is skipped (said so); one whose bench ran but has no
     matching row fails, as does a check that checked nothing.
     """
-    lines, ok, checked = [], True, 0
+    lines, ok, checked, skipped = [], True, 0, []
     if reference and reference.get("mode") != measured.get("mode"):
         lines.append(f"note: the reference is a {reference.get('mode')} run, this is {measured.get('mode')}")
     reference_rows = {bench: {str(row["case"]): row for row in entry["rows"]}
@@ -84,7 +84,7 @@ def check(measured: dict[str, Any], reference: dict[str, Any] | None,
     for floor in floors:
         entry = measured["benches"].get(floor.bench)
         if entry is None:
-            lines.append(f"skip  {floor.bench}: not measured ({floor.claim})")
+            skipped += [floor.bench] * (floor.bench not in skipped)
             continue
         rows = _matching(entry["rows"], floor)
         if not rows:
@@ -98,7 +98,9 @@ def check(measured: dict[str, Any], reference: dict[str, Any] | None,
             before = reference_rows.get(floor.bench, {}).get(str(row["case"]), {}).get("ratios", {}).get(floor.key)
             was = f"; reference {_spread(before) if before else 'has no such row'}" if reference else ""
             lines.append(f"{'ok   ' if passed else 'FAIL '} {floor.bench} {_case_name(row)}: {floor.key} "
-                         f"{_spread(stats)} {floor.bound()}{was}  ({floor.claim})")
+                         f"{_spread(stats)}, bound {floor.bound()}{was}  ({floor.claim})")
+    if skipped:
+        lines.append(f"skip  {', '.join(skipped)}: not measured")
     if not checked:
         lines.append("FAIL  nothing was checked: no measured bench has a floor")
         ok = False
