@@ -59,7 +59,6 @@ RATIO_KEYS = {
 }
 CASE_KEYS = ("setting", "mode", "stage", "client", "case")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-HELPERS = ("run_all", "floors", "interleave")  # bench/*.py files that are not benches
 CODE_PATHS = ("src", "bench", "pyproject.toml")  # what a measurement depends on
 
 
@@ -329,7 +328,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n]
-    unknown = sorted(set(names) - ({p.stem for p in HERE.glob("*.py")} - set(HELPERS)))
+    unknown = sorted(set(names) - set(BENCHES))
     if unknown:
         parser.error(f"unknown bench: {', '.join(unknown)} (choose from {', '.join(BENCHES)})")
     if args.repeats < 1 or args.threads < 1:
