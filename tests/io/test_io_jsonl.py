@@ -64,3 +64,14 @@ def test_atomic_writes_leave_no_temporary_files(tmp_path):
     atomic_write_json(tmp_path / "sub" / "y.json", {"k": [1]})
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["x.jsonl", "y.json"]
     assert read_records(tmp_path / "x.jsonl")[1] == {"b": "é"}
+
+
+def test_a_cut_off_line_points_at_where_the_json_stops(tmp_path):
+    path = tmp_path / "cut.jsonl"
+    path.write_text('{"id": "a", "conversations": []}\n{"id": "b", "conv\n{"id": "c", "n": 1\n{"id": "d", "x": tru}\n')
+    problems = [item.reason for _, item in iter_jsonl(path) if isinstance(item, JsonlLineError)]
+    assert problems == [
+        "invalid JSON at column 13 of 17 (end of line: cut off?): Unterminated string starting at",
+        "invalid JSON at column 19 of 18 (end of line: cut off?): Expecting ',' delimiter",
+        "invalid JSON at column 18 of 21: Expecting value",
+    ]

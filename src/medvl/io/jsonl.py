@@ -58,12 +58,13 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | JsonlLi
                 )
             return
         for number, line in enumerate(handle, start=1):
+            line = line.rstrip("\r\n")
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield number, JsonlLineError(path, number, f"invalid JSON: {exc.msg} at column {exc.colno}")
+                yield number, JsonlLineError(path, number, _decode_problem(exc, len(line)))
                 continue
             if not isinstance(record, dict):
                 yield number, JsonlLineError(path, number, f"line is {type(record).__name__}, not an object")
@@ -126,6 +127,17 @@ class RejectLog(JsonlAppender):
     def reject(self, record_id: str, stage: str, reason: str, detail: str = "", **extra: Any) -> None:
         self.counts[(stage, reason)] += 1
         self.write({"id": record_id, "stage": stage, "reason": reason, "detail": detail, **extra})
+
+
+def _decode_problem(exc: json.JSONDecodeError, length: int) -> str:
+    """Where a line stops being JSON, e.g. "invalid JSON at column 9 of 8 (end of line: cut off?)".
+
+    A string still open at the end of the line is reported where it starts.
+    """
+    where = f"column {exc.colno} of {length}"
+    if exc.pos >= length or exc.msg.startswith("Unterminated string"):
+        where += " (end of line: cut off?)"
+    return f"invalid JSON at {where}: {exc.msg}"
 
 
 def _first_non_space(handle: Any) -> str:
