@@ -21,6 +21,7 @@ from medvl.io.files import atomic_write_text
 __all__ = [
     "JsonlLineError",
     "iter_jsonl",
+    "decode_problem",
     "read_records",
     "write_jsonl",
     "JsonlAppender",
@@ -64,7 +65,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | JsonlLi
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield number, JsonlLineError(path, number, _decode_problem(exc, len(line)))
+                yield number, JsonlLineError(path, number, decode_problem(exc, len(line)))
                 continue
             if not isinstance(record, dict):
                 yield number, JsonlLineError(path, number, f"line is {type(record).__name__}, not an object")
@@ -129,10 +130,11 @@ class RejectLog(JsonlAppender):
         self.write({"id": record_id, "stage": stage, "reason": reason, "detail": detail, **extra})
 
 
-def _decode_problem(exc: json.JSONDecodeError, length: int) -> str:
-    """Where a line stops being JSON, e.g. "invalid JSON at column 9 of 8 (end of line: cut off?)".
+def decode_problem(exc: json.JSONDecodeError, length: int) -> str:
+    """Where a JSON line of `length` characters (newline excluded) stops parsing, as a reject detail.
 
-    A string still open at the end of the line is reported where it starts.
+    E.g. "invalid JSON at column 9 of 8 (end of line: cut off?): Expecting ',' delimiter"; a string
+    still open at the end of the line is reported where it starts.
     """
     where = f"column {exc.colno} of {length}"
     if exc.pos >= length or exc.msg.startswith("Unterminated string"):
