@@ -117,6 +117,39 @@ def test_data_check_cli_on_a_file_and_on_a_config(messy_data, tiny_model_dir, tr
     assert (tmp_path / "run" / "data_check" / "data_check.json").is_file()
 
 
+def test_blank_answers_are_rejected_or_counted_as_warnings(color_data, encoder, tmp_path):
+    from typer.testing import CliRunner
+
+    from medvl.cli import build_app
+
+    image = str(color_data.parent / "img0.png")
+    rows = [
+        {"id": "ok", "image": image, "conversations": _turns()},
+        {"id": "blank", "image": image, "conversations": _turns(answer="")},
+        {"id": "blank-second", "image": image,
+         "conversations": _turns() + [{"from": "human", "value": "Sure?"}, {"from": "gpt", "value": " \n"}]},
+    ]
+    path = tmp_path / "blank.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    sources = [load_source(SourceConfig(path=str(path)))]
+    report = check_sources(sources, encoder, DataConfig(sources=[SourceConfig(path=str(path))]), tmp_path / "strict")
+    assert report.sources[0].valid == [0] and dict(report.sources[0].rejects) == {"empty_answer": 2}
+    rejects = [json.loads(line) for line in (tmp_path / "strict" / REJECTS_NAME).read_text().splitlines()]
+    assert [(r["id"], r["stage"], r["detail"]) for r in rejects] == [
+        ("blank", "structure", "assistant turn 1 of 1 is blank"),
+        ("blank-second", "structure", "assistant turn 2 of 2 is blank")]
+
+    lenient = DataConfig(sources=[SourceConfig(path=str(path))], empty_answers="warn")
+    report = check_sources(sources, encoder, lenient, tmp_path / "lenient")
+    assert report.sources[0].valid == [0, 1, 2] and not report.sources[0].rejects
+    assert dict(report.sources[0].warnings) == {"empty_answer": 2}
+    saved = json.loads((tmp_path / "lenient" / "data_check.json").read_text())
+    assert saved["sources"][0]["warnings"] == {"empty_answer": 2}
+
+    shown = CliRunner().invoke(build_app(), ["data", "check", str(path)], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0 and "empty_answer: 2" in shown.output
+
+
 def test_hf_dataset_source_with_embedded_images(tmp_path, encoder, tiny_model, rgb_image):
     import datasets
 

@@ -55,17 +55,17 @@ def check(
     from rich.console import Console
     from rich.table import Table
 
-    from medvl.train.validate import REJECTS_NAME
+    from medvl.train.validate import REJECTS_NAME, count_text
 
     report, folder, note = _run_check(target, overrides or [], image_root, model, max_length, out)
     table = Table(title=f"data check: {target}")
-    for column in ("source", "rows", "usable", "rejected", "reasons", "tokens mean/p95/max"):
+    for column in ("source", "rows", "usable", "rejected", "reasons", "warnings", "tokens mean/p95/max"):
         table.add_column(column)
     for source in report.sources:
         summary = source.summary()
         tokens = summary["tokens"]
         table.add_row(summary["name"], str(summary["rows"]), str(summary["valid"]), str(summary["rejected"]),
-                      ", ".join(f"{k}: {v}" for k, v in summary["reasons"].items()) or "-",
+                      count_text(source.rejects), count_text(source.warnings),
                       f"{tokens['mean']}/{tokens['p95']}/{tokens['max']}" if tokens and tokens["max"] else "-")
     console = Console()
     console.print(table)

@@ -108,6 +108,10 @@ class DataConfig(Config):
     last_turn_only: bool = Field(False, description="supervise only the last assistant turn (HuatuoGPT-Vision 2025)")
     max_images: int | None = Field(None, ge=1, description="reject samples with more images (HuatuoGPT-Vision: 8)")
     max_pixels: int | None = Field(None, ge=1, description="downscale larger images before preprocessing")
+    empty_answers: Literal["reject", "warn"] = Field(
+        "reject", description="a blank assistant turn (it only teaches the end-of-turn token): reject the record, "
+                              "or keep it and count a warning"
+    )
     image_check: Literal["decode", "exists"] = Field(
         "decode", description="validation opens and decodes every image, or only checks the file exists"
     )

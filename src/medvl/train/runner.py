@@ -36,7 +36,7 @@ from medvl.train.encode import IGNORE_INDEX, ChatEncoder
 from medvl.train.metrics import FlopsModel, MetricsFile, peak_flops, plot_metrics, read_metrics
 from medvl.train.modeling import add_lora, apply_policy, component_params, load_start_model, merge_lora
 from medvl.train.sources import load_source, mix_entries
-from medvl.train.validate import CheckReport, check_sources
+from medvl.train.validate import CheckReport, check_sources, count_text
 
 __all__ = ["run_training", "TrainResult", "MedvlTrainer", "training_arguments", "prepare_data",
            "last_complete_checkpoint", "next_token_loss"]
@@ -327,6 +327,8 @@ def _installed(name: str) -> bool:
 
 def _log_data(report: CheckReport, samples: int) -> None:
     for source in report.sources:
-        reasons = ", ".join(f"{k}: {v}" for k, v in source.rejects.most_common()) or "none"
-        log.info("data %s: %d rows, %d usable, rejected %s", source.name, source.rows, len(source.valid), reasons)
+        log.info("data %s: %d rows, %d usable, rejected %s", source.name, source.rows, len(source.valid),
+                 count_text(source.rejects))
+        if source.warnings:
+            log.warning("data %s: kept with warnings: %s", source.name, count_text(source.warnings))
     log.info("%d samples per epoch after mixing", samples)

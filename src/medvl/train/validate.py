@@ -4,10 +4,14 @@
 
 | stage     | reasons                                                                           |
 |-----------|-----------------------------------------------------------------------------------|
-| structure | `bad_json`, `bad_structure` (`records.record_problems`), `too_many_images`          |
+| structure | `bad_json`, `bad_structure` (`records.record_problems`), `empty_answer`,          |
+|           | `too_many_images`                                                                  |
 | image     | `image_<reason>` from `medvl.io.images` (`image_missing`, `image_truncated`, ...)   |
 | tokens    | `image_cut_by_truncation`, `too_long` (overlong=reject), `no_supervised_tokens`,  |
 |           | `template_error`, `template_not_prefix_stable`                                     |
+
+A blank assistant turn teaches nothing but the end-of-turn token: `data.empty_answers: reject`
+(the default) rejects the record as `empty_answer`; `warn` keeps it and counts the warning.
 
 `check_sources` runs it over every row of every source, writes each reject to `rejects.jsonl`
 (`medvl.io.jsonl.RejectLog`) and a report (`data_check.json`) with the valid row indices and a
@@ -24,22 +28,23 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from medvl.io.files import atomic_write_json
 from medvl.io.images import ImageLoadError
 from medvl.io.jsonl import JsonlLineError, RejectLog
-from medvl.records import record_problems, to_messages
+from medvl.records import ROLE_OF, record_problems, to_messages
 from medvl.train.config import DataConfig
 from medvl.train.encode import ChatEncoder, EncodeError
 from medvl.train.sources import LoadedSource, open_image
 
-__all__ = ["Rejected", "check_record", "check_sources", "SourceReport", "CheckReport", "REPORT_NAME", "REJECTS_NAME"]
+__all__ = ["Rejected", "Usable", "check_record", "check_sources", "SourceReport", "CheckReport", "REPORT_NAME",
+           "REJECTS_NAME", "count_text"]
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "data_check.json"
 REJECTS_NAME = "rejects.jsonl"
-_VERSION = 1
+_VERSION = 2  # 2: empty assistant turns are checked
 
 
 class Rejected(Exception):
@@ -48,8 +53,13 @@ class Rejected(Exception):
         super().__init__(f"{stage}/{reason}: {detail}")
 
 
-def check_record(source: LoadedSource, row: Any, encoder: ChatEncoder | None, data: DataConfig) -> int:
-    """The token length of a usable row (0 without an encoder); raises `Rejected` otherwise."""
+class Usable(NamedTuple):
+    length: int  # tokens, image tokens included (0 without an encoder)
+    warnings: tuple[str, ...] = ()  # reasons counted but not rejected (e.g. `empty_answer` with `warn`)
+
+
+def check_record(source: LoadedSource, row: Any, encoder: ChatEncoder | None, data: DataConfig) -> Usable:
+    """The token length and warnings of a usable row; raises `Rejected` otherwise."""
     if isinstance(row, JsonlLineError):
         raise Rejected("structure", "bad_json", row.reason)
     if not isinstance(row, dict):
@@ -60,6 +70,12 @@ def check_record(source: LoadedSource, row: Any, encoder: ChatEncoder | None, da
         raise Rejected("structure", "bad_structure", "; ".join(problems))
     if len(refs) != len(record.get("image") or []):
         raise Rejected("structure", "bad_structure", "an image entry is neither a path, bytes nor an image")
+    warnings = ()
+    empty = _empty_answers(record)
+    if empty and data.empty_answers == "reject":
+        raise Rejected("structure", "empty_answer", empty)
+    if empty:
+        warnings = ("empty_answer",)
     if data.max_images is not None and len(refs) > data.max_images:
         raise Rejected("structure", "too_many_images", f"{len(refs)} images > max_images {data.max_images}")
     for ref in refs:
@@ -72,11 +88,18 @@ def check_record(source: LoadedSource, row: Any, encoder: ChatEncoder | None, da
         except ImageLoadError as exc:
             raise Rejected("image", f"image_{exc.reason}", f"{exc.path}: {exc.detail}") from None
     if encoder is None:
-        return 0
+        return Usable(0, warnings)
     try:
-        return len(encoder.encode(to_messages(record)).input_ids)
+        return Usable(len(encoder.encode(to_messages(record)).input_ids), warnings)
     except EncodeError as exc:
         raise Rejected("tokens", exc.reason, exc.detail) from None
+
+
+def _empty_answers(record: dict[str, Any]) -> str:
+    """Which assistant turns are blank, as a reject detail ("" when none is)."""
+    answers = [turn["value"] for turn in record["conversations"] if ROLE_OF[turn["from"]] == "assistant"]
+    blank = [str(index) for index, answer in enumerate(answers, start=1) if not answer.strip()]
+    return f"assistant turn {', '.join(blank)} of {len(answers)} is blank" if blank else ""
 
 
 @dataclass
@@ -86,6 +109,7 @@ class SourceReport:
     valid: list[int] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
     rejects: Counter = field(default_factory=Counter)
+    warnings: Counter = field(default_factory=Counter)
 
     def summary(self) -> dict[str, Any]:
         lengths = sorted(self.lengths)
@@ -95,7 +119,7 @@ class SourceReport:
                      "max": lengths[-1]}
         return {"name": self.name, "rows": self.rows, "valid": len(self.valid),
                 "rejected": sum(self.rejects.values()), "reasons": dict(self.rejects.most_common()),
-                "tokens": stats}
+                "warnings": dict(self.warnings.most_common()), "tokens": stats}
 
 
 @dataclass
@@ -123,7 +147,7 @@ class CheckReport:
     def from_json(cls, data: dict[str, Any], path: Path) -> "CheckReport":
         sources = [
             SourceReport(name=s["name"], rows=s["rows"], valid=s["valid_rows"], lengths=s["lengths"],
-                         rejects=Counter(s["reasons"]))
+                         rejects=Counter(s["reasons"]), warnings=Counter(s["warnings"]))
             for s in data["sources"]
         ]
         return cls(fingerprint=data["fingerprint"], sources=sources, path=path)
@@ -135,7 +159,7 @@ def fingerprint(sources: list[LoadedSource], encoder: ChatEncoder | None, data: 
         "version": _VERSION,
         "sources": [s.fingerprint for s in sources],
         "settings": data.model_dump(include={"max_length", "overlong", "last_turn_only", "max_images",
-                                             "image_check"}),
+                                             "image_check", "empty_answers"}),
         "roots": [str(s.image_root.resolve()) for s in sources],
     }
     if encoder is not None:
@@ -165,18 +189,24 @@ def check_sources(sources: list[LoadedSource], encoder: ChatEncoder | None, data
             for index in _progress(range(len(source)), f"checking {source.name}", progress):
                 row = source.row(index)
                 try:
-                    length = check_record(source, row, encoder, data)
+                    usable = check_record(source, row, encoder, data)
                 except Rejected as exc:
                     report.rejects[exc.reason] += 1
                     rejects.reject(source.row_id(index, row), exc.stage, exc.reason, exc.detail,
                                    source=source.name, row=index + 1)
                     continue
                 report.valid.append(index)
-                report.lengths.append(length)
+                report.lengths.append(usable.length)
+                report.warnings.update(usable.warnings)
             reports.append(report)
     result = CheckReport(fingerprint=key, sources=reports, path=report_path)
     atomic_write_json(report_path, result.to_json(), indent=None)
     return result
+
+
+def count_text(counts: Counter) -> str:
+    """"reason: n, ..." most frequent first; "-" when there are none."""
+    return ", ".join(f"{key}: {value}" for key, value in counts.most_common()) or "-"
 
 
 def _progress(items: range, description: str, enabled: bool) -> Any:
