@@ -149,6 +149,10 @@ def test_lora_is_merged_into_the_saved_model(train_config, initial, tmp_path):
                     {k.replace("model.", "", 1): v for k, v in start.items()})
     assert not same(params_of(saved, "multi_modal_projector"), initial["multi_modal_projector"])
     assert same(params_of(saved, "vision_tower"), initial["vision_tower"])
+    # The projector trains as a peft copy beside its frozen original: counted once, all of it trained.
+    projector = sum(p.numel() for p in initial["multi_modal_projector"].values())
+    summary = json.loads((result.output_dir / "train_summary.json").read_text())
+    assert summary["trainable"]["projector"] == {"total": projector, "trainable": projector}
 
 
 def test_qlora_on_cpu_is_a_clear_error(train_config, tmp_path):

@@ -152,7 +152,9 @@ def component_params(model: Any) -> dict[str, dict[str, int]]:
 
     Embedding lookups are not matmuls and are skipped by name; a tied `lm_head` is the embedding
     tensor met again through `lm_head`, so it is counted once, as the output projection it is.
-    The head is separate because the trainer runs it on supervised positions only.
+    The head is separate because the trainer runs it on supervised positions only. Under LoRA a
+    trained projector / vision tower is a peft `modules_to_save` wrapper holding a trained copy
+    and the frozen `original_module` the forward no longer uses; only the copy is counted.
     """
     parts = components(model)
     groups = {"vision": parts["vision"], "projector": parts["projector"], "llm": parts["llm"][:1],
@@ -162,7 +164,7 @@ def component_params(model: Any) -> dict[str, dict[str, int]]:
         total = trainable = 0
         for module in modules:
             for param_name, param in module.named_parameters():
-                if "embed_tokens" in param_name:
+                if "embed_tokens" in param_name or "original_module." in f".{param_name}":
                     continue
                 size = getattr(param, "ds_numel", param.numel())  # ZeRO-3 partitions hold 0 elements locally
                 total += size
