@@ -173,3 +173,35 @@ def test_flops_model_counts_frozen_and_trained_parts():
     # vision frozen upstream: forward only; projector trained; llm and head frozen but backpropagated.
     expected = 2 * 100 * (2 * 5) + 6 * 10 * (2 * 4) + 4 * 1000 * 30 + 4 * 50 * 3
     assert flops.step_flops(tokens=30, images=2, supervised=3) == expected
+
+
+def test_a_finished_run_stays_finished_and_a_kill_in_the_final_save_resumes_to_the_same_result(
+        train_config, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from medvl.model import checkpoint
+
+    # 48 records / batch 4 = 12 steps per epoch: step 14 ends inside the second epoch.
+    settings = {"optim__max_steps": 14, "optim__scheduler": "constant_with_warmup", "save__every_steps": 5}
+    finished = run_training(train_config(tmp_path / "a", **settings))
+    names = ("model.safetensors", "train_summary.json", "metrics.jsonl")
+    before = {name: (tmp_path / "a" / name).read_bytes() for name in names}
+    again = run_training(train_config(tmp_path / "a", **settings))
+    assert (again.global_step, again.already_finished, finished.already_finished) == (14, True, False)
+    assert {name: (tmp_path / "a" / name).read_bytes() for name in names} == before
+    assert sorted(p.name for p in (tmp_path / "a").glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-14"]
+
+    def killed_mid_save(model, processor, out):
+        (Path(out) / "model.safetensors").write_bytes(b"torn")
+        raise RuntimeError("killed during the final save")
+
+    monkeypatch.setattr(checkpoint, "save_model", killed_mid_save)
+    with pytest.raises(RuntimeError, match="killed during the final save"):
+        run_training(train_config(tmp_path / "b", **settings))
+    monkeypatch.undo()
+    resumed = run_training(train_config(tmp_path / "b", **settings))
+    assert (resumed.global_step, resumed.already_finished) == (14, False)
+    assert curve(tmp_path / "b") == curve(tmp_path / "a")
+    assert (tmp_path / "b" / "train_summary.json").read_bytes() == before["train_summary.json"]
+    expected, got = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)

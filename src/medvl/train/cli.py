@@ -34,7 +34,12 @@ def train(
     result = run_training(load_config(TrainConfig, config, overrides or []))
     from accelerate import PartialState
 
-    if PartialState().is_main_process:
+    if not PartialState().is_main_process:
+        return
+    if result.already_finished:
+        typer.echo(f"nothing to do: {result.output_dir} already finished at step {result.global_step} "
+                   "(train_summary.json); raise optim.max_steps / optim.epochs to train on")
+    else:
         loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
         typer.echo(f"trained {result.global_step} steps (last logged loss {loss}); "
                    f"{result.data.valid} usable records, {result.data.rejected} rejected")

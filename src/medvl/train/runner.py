@@ -42,6 +42,7 @@ __all__ = ["run_training", "TrainResult", "MedvlTrainer", "training_arguments", 
            "last_complete_checkpoint", "next_token_loss"]
 
 log = logging.getLogger(__name__)
+SUMMARY_NAME = "train_summary.json"  # written last: its step says the final save is complete
 
 
 @dataclass
@@ -51,7 +52,8 @@ class TrainResult:
     final_loss: float | None
     data: CheckReport
     samples_per_epoch: int
-    model: Any = None  # the trained model as saved (LoRA merged), on the main process
+    model: Any = None  # the trained model as saved (LoRA merged), on the main process; None if already finished
+    already_finished: bool = False  # the run had reached its last step and saved: nothing was done
 
 
 class MedvlTrainer(Trainer):
@@ -60,6 +62,7 @@ class MedvlTrainer(Trainer):
     def __init__(self, *args: Any, flops: FlopsModel, peak: float, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.flops, self.peak = flops, peak
+        self.resumed_at_end = False  # resumed from a checkpoint at (or past) max_steps: no step was taken
         self._window = [0] * len(STAT_KEYS)  # tokens, images, supervised since the last log (this process)
         self._window_start: float | None = None
 
@@ -69,6 +72,19 @@ class MedvlTrainer(Trainer):
         for index, key in enumerate(STAT_KEYS):
             self._window[index] += inputs.pop(key, 0)
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> None:
+        """Take no step when resumed at or past `max_steps`.
+
+        The Trainer's loop steps before it checks `max_steps`: resumed from the final checkpoint of
+        a run whose `max_steps` is not a multiple of the steps per epoch, it would take one more step
+        (and write `checkpoint-<max_steps + 1>`) on every re-run.
+        """
+        if self.state.global_step >= self.state.max_steps:
+            self.resumed_at_end = True
+            self.control.should_training_stop = True
+            return
+        super()._run_epoch(*args, **kwargs)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -222,18 +238,36 @@ def run_training(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ())
     )
     _check_lora_sharding(trainer, config)
     trainer.train(resume_from_checkpoint=_resume_from(config, out))
-    saved = _save_final(trainer, processor, config, out)
+    # Resumed from the final checkpoint: a run killed before its summary (written last) still
+    # needs the final save; one whose summary is there is finished and stays untouched.
+    finished = trainer.resumed_at_end and _summary_step(trainer, out) == trainer.state.global_step
+    if finished:
+        log.info("%s already finished at step %d: nothing to do", out, trainer.state.global_step)
+    saved = None if finished else _save_final(trainer, processor, config, out)
     rows = read_metrics(out / "metrics.jsonl") if args.process_index == 0 and (out / "metrics.jsonl").exists() else []
     result = TrainResult(out, trainer.state.global_step, rows[-1]["loss"] if rows else None, report, len(entries),
-                         saved)
-    if args.process_index == 0:
+                         saved, already_finished=finished)
+    if args.process_index == 0 and not finished:
         plot_metrics(out / "metrics.jsonl", out / "loss.png")
-        atomic_write_json(out / "train_summary.json", {
+        atomic_write_json(out / SUMMARY_NAME, {
             "stage": config.stage, "global_step": result.global_step, "final_loss": result.final_loss,
             "samples_per_epoch": result.samples_per_epoch, "data": report.to_json()["totals"],
             "trainable": params, "processes": args.world_size,
         })
     return result
+
+
+def _summary_step(trainer: Trainer, out: Path) -> int | None:
+    """The step in the run's `train_summary.json` as the main process reads it (None: no summary)."""
+    from accelerate.utils import broadcast_object_list
+
+    step = None
+    if trainer.accelerator.is_main_process:
+        try:
+            step = json.loads((out / SUMMARY_NAME).read_text(encoding="utf-8"))["global_step"]
+        except (OSError, ValueError, KeyError, TypeError):
+            step = None
+    return broadcast_object_list([step])[0]
 
 
 def _resume_from(config: TrainConfig, out: Path) -> str | None:
