@@ -54,6 +54,12 @@ def color_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def uneven_color_data(tmp_path) -> Path:
+    """44 records: not a whole number of global batches of 8."""
+    return write_color_vqa(tmp_path / "uneven-color-vqa", 44, multi_turn_every=4)
+
+
+@pytest.fixture
 def train_config(tiny_spec_dict, color_data, tmp_path) -> Callable[..., Any]:
     """Build a TrainConfig for a few steps on the colour data; keyword overrides are dotted keys."""
     from medvl.config import apply_overrides

@@ -183,6 +183,17 @@ def test_mix_ratios_are_seeded_fractions_and_repeats():
     assert mix_entries(sources, [2.0, 1.0], seed=0) == [(0, r) for r in sources[0]] * 2 + [(1, r) for r in sources[1]]
 
 
+def test_an_epoch_is_padded_to_whole_global_batches_with_every_sample_in_it():
+    from medvl.train.dataset import epoch_sampler
+
+    sampler = epoch_sampler(list(range(44)), global_batch=8)
+    order = list(sampler)
+    assert len(sampler) == len(order) == 48
+    assert sorted(order[:44]) == list(range(44)) and len(set(order[44:])) == 4
+    assert len(epoch_sampler(list(range(48)), global_batch=8)) == 48
+    assert len(epoch_sampler(list(range(3)), global_batch=8)) == 8
+
+
 def test_collator_pads_right_and_concatenates_images():
     from medvl.train.dataset import Collator
 

@@ -42,12 +42,15 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "model.safetensors")
 
 
-def test_two_cpu_processes_match_one_process_with_the_same_global_batch(train_config, tmp_path):
+def test_two_cpu_processes_match_one_process_with_the_same_global_batch(train_config, uneven_color_data, tmp_path):
     # Global batch 8 either way: 2 processes x 4, or 1 process x 4 x 2 accumulation steps. Samples
     # differ in supervised tokens (every 4th is two-turn), so the loss must be averaged per token
     # over the whole global batch, not per process or per micro-batch, for the curves to agree.
-    one = train_config(tmp_path / "one", optim__grad_accum=2, optim__max_steps=4)
-    two = train_config(tmp_path / "two", optim__grad_accum=1, optim__max_steps=4)
+    # 44 records do not divide into global batches of 8: step 6 ends the first epoch with the 4
+    # left over plus 4 padding samples on both paths, and steps 7-8 start the second epoch.
+    data = [{"path": str(uneven_color_data)}]
+    one = train_config(tmp_path / "one", optim__grad_accum=2, optim__max_steps=8, data__sources=data)
+    two = train_config(tmp_path / "two", optim__grad_accum=1, optim__max_steps=8, data__sources=data)
     dump_config(two, tmp_path / "two.yaml")
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
               str(ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(free_port()),
@@ -58,6 +61,8 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(train_co
     assert summary["processes"] == 2
     run_training(one)
     assert curve(tmp_path / "two") == pytest.approx(curve(tmp_path / "one"), rel=1e-5)
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs[5] == 1.0 and epochs[-1] > 1.0
     # Summation order differs (all-reduce vs accumulation), and Adam turns the float noise of
     # near-zero gradients into visible updates for a few elements: allow a tenth of one lr step.
     for name, tensor in weights(tmp_path / "one").items():

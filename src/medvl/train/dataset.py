@@ -6,6 +6,12 @@ dropped every bad record; should an image still fail to open mid-epoch (a file c
 check), the sample is recorded in the run's `rejects.runtime.jsonl` and the next entry is used in
 its place, so a long run does not die on one file.
 
+`epoch_sampler` shuffles each epoch and pads it to a whole number of global batches
+(batch x accumulation x processes) with a few more shuffled samples, so every optimizer step sees
+a full global batch and N processes step on exactly the samples one process with N x the
+accumulation does. (Unpadded, one process would take a short last step while accelerate pads the
+multi-process one from the epoch's start: the two diverge whenever the epoch does not divide.)
+
 `Collator` pads right (input ids with the pad token, labels with -100), concatenates the images of
 the batch in order (LLaVA fills image tokens from `pixel_values` in sequence) and carries counts
 (`num_tokens`, `num_images`, `num_supervised`) that the trainer pops for its throughput metrics.
@@ -18,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, RandomSampler
 
 from medvl.io.images import ImageLoadError
 from medvl.io.jsonl import RejectLog
@@ -26,7 +32,7 @@ from medvl.records import to_messages
 from medvl.train.encode import IGNORE_INDEX, ChatEncoder
 from medvl.train.sources import LoadedSource, open_image
 
-__all__ = ["TrainDataset", "Collator", "STAT_KEYS"]
+__all__ = ["TrainDataset", "Collator", "STAT_KEYS", "epoch_sampler"]
 
 log = logging.getLogger(__name__)
 STAT_KEYS = ("num_tokens", "num_images", "num_supervised")
@@ -74,6 +80,14 @@ class TrainDataset(Dataset):
             with RejectLog(self.runtime_rejects) as rejects:
                 rejects.reject(row_id, "train", f"image_{exc.reason}", f"{exc.path}: {exc.detail}",
                                source=source.name, row=row_index + 1)
+
+
+def epoch_sampler(dataset: Dataset, global_batch: int) -> RandomSampler:
+    """Each epoch: every sample once in shuffled order, then the start of a fresh shuffle up to a
+    multiple of `global_batch`. A `RandomSampler`, so accelerate reseeds it per epoch alike on every
+    process."""
+    padded = -(-len(dataset) // global_batch) * global_batch
+    return RandomSampler(dataset, num_samples=padded)
 
 
 class Collator:

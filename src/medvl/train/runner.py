@@ -31,7 +31,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from medvl.config import dump_config
 from medvl.io.files import atomic_write_json
 from medvl.train.config import TrainConfig
-from medvl.train.dataset import STAT_KEYS, Collator, TrainDataset
+from medvl.train.dataset import STAT_KEYS, Collator, TrainDataset, epoch_sampler
 from medvl.train.encode import IGNORE_INDEX, ChatEncoder
 from medvl.train.metrics import FlopsModel, MetricsFile, peak_flops, plot_metrics, read_metrics
 from medvl.train.modeling import add_lora, apply_policy, component_params, load_start_model, merge_lora
@@ -57,7 +57,8 @@ class TrainResult:
 
 
 class MedvlTrainer(Trainer):
-    """`Trainer` plus throughput metrics: tokens/s, images/s and MFU at every logging step."""
+    """`Trainer` plus throughput metrics (tokens/s, images/s, MFU at every logging step), epochs
+    padded to whole global batches, no step past `max_steps`, and a resume that maps key names."""
 
     def __init__(self, *args: Any, flops: FlopsModel, peak: float, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -72,6 +73,12 @@ class MedvlTrainer(Trainer):
         for index, key in enumerate(STAT_KEYS):
             self._window[index] += inputs.pop(key, 0)
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        """Epochs padded to whole global batches (`dataset.epoch_sampler`): N processes == 1 x N accumulation."""
+        args = self.args
+        return epoch_sampler(train_dataset if train_dataset is not None else self.train_dataset,
+                             args.train_batch_size * args.gradient_accumulation_steps * args.world_size)
 
     def _run_epoch(self, *args: Any, **kwargs: Any) -> None:
         """Take no step when resumed at or past `max_steps`.
