@@ -1,0 +1,154 @@
+"""Process safety for long jobs: one writer per output folder, and workers that die with their launcher.
+
+- `RunLock(folder)` makes a folder single-writer. It holds an exclusive `flock` on
+  `folder/.medvl.lock`, a file that names the owner (pid, host, start time). A second writer gets
+  `FolderInUse` (a `UserError`: the CLI prints one line naming the holder). The kernel drops a
+  `flock` when its owner dies, however it dies (SIGKILL included), so a lock file left behind by a
+  dead process is simply taken over; there is no stale-lock timeout to tune. The lock is advisory
+  (it keeps out other `RunLock` users, not arbitrary writers) and POSIX-only. Use it as a context
+  manager; the main process of a multi-process job takes it for the whole job.
+- `die_with_parent()` makes the calling process die when its parent does: Linux's
+  `prctl(PR_SET_PDEATHSIG)` has the kernel send the signal (default SIGKILL) at once; elsewhere a
+  daemon thread polls the parent pid. Launchers such as `torch.distributed.run` (behind
+  `accelerate launch`) start each worker in its own session, so `kill -9 -<launcher's pgid>` never
+  reaches the workers and a killed launcher leaves them training and writing; a worker that calls
+  `die_with_parent()` (or `die_with_launcher()`, which does so only when a launcher's `LOCAL_RANK`
+  is set) cannot outlive it. Call it first thing in the worker: a parent that died before the call
+  goes unnoticed unless its pid is passed as `parent`. Linux ties the signal to the parent *thread*
+  that started the worker, so the launcher must start workers from a thread that lives as long as
+  it does (the main thread, as torch's launcher and `multiprocessing` do).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from medvl.errors import UserError
+
+__all__ = ["RunLock", "FolderInUse", "LOCK_NAME", "die_with_parent", "die_with_launcher"]
+
+LOCK_NAME = ".medvl.lock"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+class FolderInUse(UserError, RuntimeError):
+    """Another live process holds the folder's `RunLock`; the message names it."""
+
+
+class RunLock:
+    """An exclusive, crash-safe lock on `folder`, holding the owner's pid (see the module docstring)."""
+
+    def __init__(self, folder: str | Path, what: str = "run"):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self.what = what  # names the job in the refusal: "... in use by another {what}"
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise FolderInUse(
+                    f"{self.folder} is in use by another {self.what} ({_describe(holder)}): wait for it to finish "
+                    f"or stop it; one folder takes one writer at a time"
+                ) from None
+            if _is_current_file(fd, self.path):  # not unlinked by a holder releasing it meanwhile
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        os.write(fd, (json.dumps(owner) + "\n").encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        import fcntl
+
+        self.path.unlink(missing_ok=True)  # while still locked: nobody can be handed a file about to vanish
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def die_with_parent(sig: int = signal.SIGKILL, parent: int | None = None, poll_s: float = 1.0) -> None:
+    """Have this process receive `sig` when its parent process exits (see the module docstring).
+
+    `parent`: the pid the caller expects as its parent; if it is already gone, `sig` comes now.
+    """
+    expected = os.getppid() if parent is None else parent
+    if not _set_parent_death_signal(sig):
+        threading.Thread(target=_watch_parent, args=(expected, sig, poll_s), name="die-with-parent",
+                         daemon=True).start()
+    if os.getppid() != expected:  # the parent died before the signal was armed
+        os.kill(os.getpid(), sig)
+
+
+def die_with_launcher(sig: int = signal.SIGKILL) -> bool:
+    """`die_with_parent()` when a launcher (torchrun, `accelerate launch`, deepspeed) started this
+    process, i.e. `LOCAL_RANK` is set; True if so. A plain command is left alone: `nohup medvl
+    train ... &` must outlive its shell."""
+    if "LOCAL_RANK" not in os.environ:
+        return False
+    die_with_parent(sig)
+    return True
+
+
+def _set_parent_death_signal(sig: int) -> bool:
+    """Linux's PR_SET_PDEATHSIG through libc; False where it is not available."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+
+
+def _watch_parent(parent: int, sig: int, poll_s: float) -> None:
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    os.kill(os.getpid(), sig)
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return json.loads(os.read(fd, 4096).decode() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    if not holder.get("pid"):
+        return "a process that is just starting"
+    return f"pid {holder['pid']} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
+
+
+def _is_current_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,106 @@
+"""Process safety: a folder takes one writer (a lock naming its pid, taken over from the dead), and a
+worker started in its own session dies with its parent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from medvl.io.process import LOCK_NAME, FolderInUse, RunLock, die_with_launcher
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    from medvl.io.process import RunLock
+    RunLock(sys.argv[1]).acquire()
+    print("locked", flush=True)
+    time.sleep(600)
+""")
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return gone(pid)
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_holders_lock_is_taken_over(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(FolderInUse) as refused:
+            RunLock(tmp_path, what="training run").acquire()
+        message = str(refused.value)
+        assert "\n" not in message
+        assert f"{tmp_path} is in use by another training run (pid {holder.pid} on " in message
+    finally:
+        holder.kill()
+        holder.wait()
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == holder.pid  # left behind by SIGKILL
+    with RunLock(tmp_path) as lock:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+        with pytest.raises(FolderInUse, match=f"pid {os.getpid()} "):
+            RunLock(tmp_path).acquire()  # one writer, even within one process
+    assert not (tmp_path / LOCK_NAME).exists()
+    with RunLock(tmp_path):  # released: free again
+        pass
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    from medvl.io import process
+    if sys.argv[1] == "watchdog":  # as where prctl is not available
+        process._set_parent_death_signal = lambda sig: False
+    process.die_with_parent(poll_s=0.2)
+    print("armed", flush=True)
+    time.sleep(600)
+""")
+LAUNCHER = textwrap.dedent("""
+    import subprocess, sys
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], start_new_session=True)
+    print(child.pid, flush=True)
+    child.wait()
+""")
+
+
+@pytest.mark.parametrize("mechanism", ["prctl", "watchdog"])
+@pytest.mark.parametrize("kill", ["process group", "launcher alone"])
+def test_a_worker_in_its_own_session_dies_with_its_launcher(mechanism, kill):
+    # Like torch.distributed.run, the launcher starts its worker in a new session: killing the
+    # launcher's process group does not reach the worker; only the parent-death guard does.
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, CHILD, mechanism], stdout=subprocess.PIPE,
+                                text=True, start_new_session=True)
+    worker = int(launcher.stdout.readline())
+    try:
+        assert launcher.stdout.readline().strip() == "armed"
+        assert os.getpgid(worker) != os.getpgid(launcher.pid)
+        if kill == "process group":
+            os.killpg(launcher.pid, signal.SIGKILL)
+        else:
+            os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+        assert wait_gone(worker, 10), f"worker {worker} outlived its launcher"
+    finally:
+        if not gone(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+def test_only_launched_workers_tie_themselves_to_their_parent(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert die_with_launcher() is False  # `nohup medvl train &` must outlive its shell
