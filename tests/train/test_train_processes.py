@@ -1,4 +1,5 @@
-"""Process-level training checks: 2 CPU processes == 1 process, and resume after a real SIGKILL."""
+"""Process-level training checks: 2 CPU processes == 1 process, resume after a real SIGKILL, and
+`accelerate launch` workers that die with their launcher in a run folder that takes one writer."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
 from medvl.config import dump_config
+from medvl.io.process import RunLock
 from medvl.train.runner import run_training
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,3 +94,56 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(train_config, tmp_pat
     expected, got = curve(tmp_path / "a"), curve(tmp_path / "b")
     assert got[::4] == list(range(1, steps + 1))
     assert got == pytest.approx(expected, rel=1e-5)
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.parametrize("kill", ["process group", "launcher alone"])
+def test_killing_an_accelerate_launch_run_leaves_no_worker_and_a_run_folder_takes_one_writer(
+        kill, train_config, tmp_path):
+    out = tmp_path / "run"
+    dump_config(train_config(out, optim__max_steps=100_000, save__every_steps=2), tmp_path / "run.yaml")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(free_port()),
+              "-m", "medvl.cli", "train", str(tmp_path / "run.yaml")]
+    with (tmp_path / "launch.log").open("w") as log:
+        launcher = subprocess.Popen(launch, env=env(), stdout=log, stderr=log, start_new_session=True)
+    workers: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoint-2" / "trainer_state.json").exists() and launcher.poll() is None:
+            assert time.monotonic() < deadline, (tmp_path / "launch.log").read_text()[-3000:]
+            time.sleep(0.1)
+        workers = [p for p in psutil.Process(launcher.pid).children(recursive=True) if "medvl.cli" in p.cmdline()]
+        assert len(workers) == 2 and all(os.getpgid(p.pid) != launcher.pid for p in workers)  # own sessions
+
+        # A second run on the folder in use is refused in one line naming the owner (the main worker).
+        owner = json.loads((out / ".medvl.lock").read_text())["pid"]
+        assert owner in {p.pid for p in workers}
+        second = subprocess.run([sys.executable, "-m", "medvl.cli", "train", str(tmp_path / "run.yaml")], env=env(),
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        assert second.stderr.strip().splitlines()[-1].startswith(
+            f"error: {out} is in use by another training run (pid {owner} on ")
+
+        if kill == "process group":
+            os.killpg(launcher.pid, signal.SIGKILL)  # kill -9 -<pgid>
+        else:
+            os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while not all(gone(p.pid) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(gone(p.pid) for p in workers), "a worker outlived its launcher"
+    finally:
+        for process in [launcher, *workers]:
+            if not gone(process.pid):
+                os.kill(process.pid, signal.SIGKILL)
+    assert not (out / "model.safetensors").exists()
+    with RunLock(out):  # the lock the killed main worker left behind is taken over
+        pass

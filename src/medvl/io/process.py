@@ -36,6 +36,7 @@ __all__ = ["RunLock", "FolderInUse", "LOCK_NAME", "die_with_parent", "die_with_l
 
 LOCK_NAME = ".medvl.lock"
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_guarded: set[tuple[int, int]] = set()  # (parent pid, signal) already armed in this process
 
 
 class FolderInUse(UserError, RuntimeError):
@@ -96,11 +97,15 @@ def die_with_parent(sig: int = signal.SIGKILL, parent: int | None = None, poll_s
     """Have this process receive `sig` when its parent process exits (see the module docstring).
 
     `parent`: the pid the caller expects as its parent; if it is already gone, `sig` comes now.
+    Calling it again (e.g. from a CLI and then from the library function it runs) is a no-op.
     """
     expected = os.getppid() if parent is None else parent
+    if (expected, sig) in _guarded:
+        return
     if not _set_parent_death_signal(sig):
         threading.Thread(target=_watch_parent, args=(expected, sig, poll_s), name="die-with-parent",
                          daemon=True).start()
+    _guarded.add((expected, sig))
     if os.getppid() != expected:  # the parent died before the signal was armed
         os.kill(os.getpid(), sig)
 

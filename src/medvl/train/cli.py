@@ -27,6 +27,9 @@ def train(
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. optim.lr=1e-4"),
 ) -> None:
     """Train one stage (align / instruct / finetune); resumes from the run's last checkpoint."""
+    from medvl.io.process import die_with_launcher
+
+    die_with_launcher()  # first: a launched worker must not outlive its launcher, even while importing torch
     from medvl.config import load_config
     from medvl.train.config import TrainConfig
     from medvl.train.runner import run_training

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,6 +30,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from medvl.config import dump_config
+from medvl.io.process import RunLock, die_with_launcher
 from medvl.io.files import atomic_write_json
 from medvl.train.config import TrainConfig
 from medvl.train.dataset import STAT_KEYS, Collator, TrainDataset, epoch_sampler
@@ -210,9 +212,20 @@ def prepare_data(config: TrainConfig, processor: Any, out_dir: Path, progress: b
 
 
 def run_training(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
-    """Train one stage and save the result in the native format under `config.output_dir`."""
-    out = Path(config.output_dir)
+    """Train one stage and save the result in the native format under `config.output_dir`.
+
+    Started by a launcher, each process dies with it (`die_with_launcher`: the launcher puts its
+    workers in their own sessions, out of reach of a kill of its process group). The main process
+    holds the run folder's `RunLock` throughout: a second run on the same folder is refused.
+    """
+    die_with_launcher()
     args = training_arguments(config)  # sets up the (distributed) process state
+    with RunLock(config.output_dir, what="training run") if args.process_index == 0 else nullcontext():
+        return _train(config, args, callbacks)
+
+
+def _train(config: TrainConfig, args: TrainingArguments, callbacks: Sequence[TrainerCallback]) -> TrainResult:
+    out = Path(config.output_dir)
     model, processor = load_start_model(config)
     with args.main_process_first(desc="data check"):
         report, sources, encoder, entries = prepare_data(config, processor, out, progress=args.process_index == 0)
