@@ -150,7 +150,7 @@ class LogConfig(Config):
         default_factory=lambda: ["tensorboard", "wandb"], description="backends used when installed"
     )
     peak_tflops: float | None = Field(
-        None, gt=0, description="per-device peak for MFU; default: a table of GPUs, 0.1 TFLOPS per CPU thread"
+        None, gt=0, description="per-device peak for MFU; default: a table of GPUs, else a cached matmul probe"
     )
     progress_bar: bool = True
 

@@ -12,15 +12,29 @@ FLOPs of one step (matmul FLOPs; attention score FLOPs and embedding lookups are
           projector = images x image tokens, LLM decoder = non-padding tokens (image tokens
           included), LM head = supervised positions (the trainer computes logits only there).
 
-    MFU = FLOPs per second / (peak FLOPs per device x devices).
+    MFU = FLOPs per second / (peak FLOPs per device x devices), over each logging window (data
+    loading, optimizer and logging included), so it is a lower bound of the matmul utilisation.
 
-Peak FLOPs per device: `logging.peak_tflops` when set; else the dense bf16 peak of known GPUs
-(`GPU_PEAK_TFLOPS`) on CUDA, or 0.1 TFLOPS per CPU thread (an AVX2/FMA core at ~3 GHz does
-~32 fp32 FLOPs per cycle ≈ 0.1 TFLOPS) on CPU.
+Peak FLOPs per device, for the dtype the matmuls run in (`runner.compute_dtype`):
+- `logging.peak_tflops` when set;
+- a known GPU: its dense tensor-core peak from the datasheet (`GPU_PEAK_TFLOPS`: bf16/fp16, and
+  TF32 for fp32 runs, an upper bound whether or not TF32 is enabled);
+- otherwise (CPUs, unknown GPUs) measured in that dtype (`measure_matmul_peak`: on a CPU, one
+  thread's best 512 x 512 matmul rate on its CPU-time clock times the thread count; on a GPU, the
+  best 4096 x 4096 rate), cached per machine, device, dtype, thread count and torch version in
+  `$MEDVL_CACHE/matmul_peak.json`. A fixed per-core guess cannot be right: the same AMD EPYC core
+  does ~90 GFLOPS in fp32 and ~210 in bf16 (avx512_bf16); a 0.1 TFLOPS/thread guess gave MFU 1.4.
+A window whose MFU would exceed 1 logs none and warns once (a wrong `logging.peak_tflops`, or a
+FLOPs model that over-counts): MFU is never above 1.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import platform
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,14 +42,21 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from medvl.io.files import atomic_write_json
 from medvl.io.jsonl import JsonlAppender, iter_jsonl, write_jsonl
 
-__all__ = ["FlopsModel", "peak_flops", "MetricsFile", "GPU_PEAK_TFLOPS", "CPU_TFLOPS_PER_THREAD", "plot_metrics",
-           "read_metrics"]
+__all__ = ["FlopsModel", "peak_flops", "utilisation", "measure_matmul_peak", "MetricsFile", "GPU_PEAK_TFLOPS",
+           "PEAK_CACHE_NAME", "plot_metrics", "read_metrics"]
 
-GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0,
-                   "4090": 165.0, "V100": 125.0}
-CPU_TFLOPS_PER_THREAD = 0.1
+log = logging.getLogger(__name__)
+
+# Dense tensor-core TFLOPS per GPU from the datasheets: (bf16 / fp16, fp32 runs). The fp32 column is
+# TF32 (plain fp32 for the V100, which has neither bf16 nor TF32). First match of the device name wins.
+GPU_PEAK_TFLOPS = {
+    "H200": (989.0, 494.5), "H100 PCIe": (756.0, 378.0), "H100": (989.0, 494.5), "A100": (312.0, 156.0),
+    "L40S": (362.0, 181.0), "L4": (121.0, 60.0), "A10": (125.0, 62.5), "4090": (165.0, 82.6), "V100": (125.0, 15.7),
+}
+PEAK_CACHE_NAME = "matmul_peak.json"
 ORDER = ("vision", "projector", "llm", "head")  # forward order: gradients flow back along it
 
 
@@ -62,17 +83,87 @@ class FlopsModel:
         return sum((frozen + trained) * counts[name] for name, (frozen, trained) in self.factors().items())
 
 
-def peak_flops(configured_tflops: float | None) -> float:
-    """Peak FLOPs per second of one device (see the module docstring for the defaults)."""
+def peak_flops(configured_tflops: float | None, dtype: torch.dtype) -> float:
+    """Peak FLOPs per second of one device for matmuls in `dtype` (see the module docstring)."""
     if configured_tflops is not None:
         return configured_tflops * 1e12
-    if torch.cuda.is_available():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
         name = torch.cuda.get_device_name()
-        for key, tflops in GPU_PEAK_TFLOPS.items():
+        for key, (half, single) in GPU_PEAK_TFLOPS.items():
             if key in name:
-                return tflops * 1e12
-        return 0.0
-    return CPU_TFLOPS_PER_THREAD * 1e12 * torch.get_num_threads()
+                return (single if dtype == torch.float32 else half) * 1e12
+    return _cached_peak(device, dtype)
+
+
+def utilisation(flops_per_s: float, peak: float, devices: int) -> float | None:
+    """MFU in [0, 1]; None without a peak, or when the rate beats it (the peak is then wrong)."""
+    if peak <= 0:
+        return None
+    value = flops_per_s / (peak * devices)
+    return value if value <= 1.0 else None
+
+
+def measure_matmul_peak(dtype: torch.dtype, device: str = "cpu", seconds: float = 0.5) -> float:
+    """The peak matmul FLOPs/s of `device` in `dtype`: the best rate of a square matmul over ~`seconds`.
+
+    On a CPU one thread is timed on its own CPU-time clock, which other processes' load does not
+    stretch (a wall-clock probe on a busy machine reads far below the peak), and the rate is
+    multiplied by torch's thread count: an upper bound, as threads never scale better than that.
+    """
+    if device == "cpu":
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return threads * _best_matmul_rate(dtype, device, 512, time.thread_time, seconds)
+        finally:
+            torch.set_num_threads(threads)
+    return _best_matmul_rate(dtype, device, 4096, time.perf_counter, seconds)
+
+
+def _best_matmul_rate(dtype: torch.dtype, device: str, size: int, clock: Any, seconds: float) -> float:
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=generator).to(device=device, dtype=dtype) for _ in range(2))
+    torch.matmul(a, b)  # warm-up: kernel selection, page faults
+    best, repeats = 0.0, 0
+    end = time.perf_counter() + seconds
+    while repeats < 3 or time.perf_counter() < end:
+        start = clock()
+        torch.matmul(a, b)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = max(best, 2 * size**3 / max(clock() - start, 1e-9))
+        repeats += 1
+    return best
+
+
+def _cached_peak(device: str, dtype: torch.dtype) -> float:
+    from medvl.model.offline import cache_dir
+
+    path = cache_dir() / PEAK_CACHE_NAME
+    key = "|".join([socket.gethostname(), _device_name(device), str(dtype), f"{torch.get_num_threads()} threads",
+                    f"torch {torch.__version__}"])
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        cache[key] = measure_matmul_peak(dtype, device)
+        atomic_write_json(path, cache)
+        log.info("measured the %s matmul peak: %.1f GFLOPS (%s)", dtype, cache[key] / 1e9, key)
+    return float(cache[key])
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 class MetricsFile(TrainerCallback):

@@ -31,17 +31,19 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from medvl.config import dump_config
 from medvl.io.process import RunLock, die_with_launcher
+from medvl.model.build import DTYPES
 from medvl.io.files import atomic_write_json
 from medvl.train.config import TrainConfig
 from medvl.train.dataset import STAT_KEYS, Collator, TrainDataset, epoch_sampler
 from medvl.train.encode import IGNORE_INDEX, ChatEncoder
-from medvl.train.metrics import FlopsModel, MetricsFile, peak_flops, plot_metrics, read_metrics
+from medvl.train.metrics import (PEAK_CACHE_NAME, FlopsModel, MetricsFile, peak_flops, plot_metrics, read_metrics,
+                                 utilisation)
 from medvl.train.modeling import add_lora, apply_policy, component_params, load_start_model, merge_lora
 from medvl.train.sources import load_source, mix_entries
 from medvl.train.validate import CheckReport, check_sources, count_text
 
 __all__ = ["run_training", "TrainResult", "MedvlTrainer", "training_arguments", "prepare_data",
-           "last_complete_checkpoint", "next_token_loss"]
+           "last_complete_checkpoint", "next_token_loss", "resolved_precision", "compute_dtype"]
 
 log = logging.getLogger(__name__)
 SUMMARY_NAME = "train_summary.json"  # written last: its step says the final save is complete
@@ -65,6 +67,7 @@ class MedvlTrainer(Trainer):
     def __init__(self, *args: Any, flops: FlopsModel, peak: float, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.flops, self.peak = flops, peak
+        self._warned_mfu = False
         self.resumed_at_end = False  # resumed from a checkpoint at (or past) max_steps: no step was taken
         self._window = [0] * len(STAT_KEYS)  # tokens, images, supervised since the last log (this process)
         self._window_start: float | None = None
@@ -137,10 +140,15 @@ class MedvlTrainer(Trainer):
             elapsed = max(time.perf_counter() - self._window_start, 1e-9)
             logs["tokens_per_s"] = round(tokens / elapsed, 2)
             logs["images_per_s"] = round(images / elapsed, 2)
-            if self.peak > 0:
-                devices = self.accelerator.num_processes
-                flops = self.flops.step_flops(tokens, images, supervised)
-                logs["mfu"] = round(flops / elapsed / (self.peak * devices), 6)
+            rate = self.flops.step_flops(tokens, images, supervised) / elapsed
+            mfu = utilisation(rate, self.peak, self.accelerator.num_processes)
+            if mfu is not None:
+                logs["mfu"] = round(mfu, 6)
+            elif self.peak > 0 and not self._warned_mfu:
+                self._warned_mfu = True
+                log.warning("MFU left out: %.3g TFLOPS per device beats the assumed peak of %.3g (check "
+                            "logging.peak_tflops, or the measured peak in $MEDVL_CACHE/%s)",
+                            rate / self.accelerator.num_processes / 1e12, self.peak / 1e12, PEAK_CACHE_NAME)
             self._window, self._window_start = [0] * len(STAT_KEYS), time.perf_counter()
         super().log(logs, start_time)
 
@@ -157,11 +165,21 @@ def next_token_loss(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, i
     return loss, targets.numel(), outputs
 
 
+def resolved_precision(config: TrainConfig) -> str:
+    """`bf16` | `fp16` | `fp32`: `auto` is bf16 on a GPU that supports it, else fp32."""
+    if config.precision != "auto":
+        return config.precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def compute_dtype(config: TrainConfig) -> torch.dtype:
+    """The dtype the matmuls run in: the autocast dtype, else the weights' dtype."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolved_precision(config), DTYPES[config.model.dtype])
+
+
 def training_arguments(config: TrainConfig) -> TrainingArguments:
     optim, cuda = config.optim, torch.cuda.is_available()
-    precision = config.precision
-    if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    precision = resolved_precision(config)
     report_to = [name for name in config.logging.report_to if _installed(name)]
     if "wandb" in report_to:
         os.environ.setdefault("WANDB_MODE", "offline")
@@ -250,11 +268,13 @@ def _train(config: TrainConfig, args: TrainingArguments, callbacks: Sequence[Tra
         vision_tokens_per_image=(vision.image_size // vision.patch_size) ** 2 + (vision.model_type == "clip_vision_model"),
         image_tokens_per_image=encoder.tokens_per_image,
     )
+    with args.main_process_first(desc="matmul peak"):  # one probe per machine at a time, the others read its cache
+        peak = peak_flops(config.logging.peak_tflops, compute_dtype(config))
     trainer = MedvlTrainer(
         model=model, args=args, train_dataset=dataset,
         data_collator=Collator(processor.tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
         processing_class=processor, callbacks=[MetricsFile(out / "metrics.jsonl"), *callbacks],
-        flops=flops, peak=peak_flops(config.logging.peak_tflops),
+        flops=flops, peak=peak,
     )
     _check_lora_sharding(trainer, config)
     trainer.train(resume_from_checkpoint=_resume_from(config, out))
