@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from medvl.io.process import LOCK_NAME, FolderInUse, RunLock, die_with_launcher
+from medvl.io.process import LOCK_NAME, FolderInUse, RunLock, die_with_launcher, running
 
 HOLD = textwrap.dedent("""
     import sys, time
@@ -26,18 +26,11 @@ HOLD = textwrap.dedent("""
 """)
 
 
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def wait_gone(pid: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
-    while not gone(pid) and time.monotonic() < deadline:
+    while running(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return gone(pid)
+    return not running(pid)
 
 
 def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_holders_lock_is_taken_over(tmp_path):
@@ -97,8 +90,26 @@ def test_a_worker_in_its_own_session_dies_with_its_launcher(mechanism, kill):
         launcher.wait()
         assert wait_gone(worker, 10), f"worker {worker} outlived its launcher"
     finally:
-        if not gone(worker):
+        if running(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+def test_a_process_is_running_until_every_thread_has_exited():
+    # The main thread exits first and shows as a zombie while another thread still runs (as in a
+    # SIGKILLed multi-threaded worker whose threads have not all exited): still running.
+    code = ("import ctypes, threading, time; threading.Thread(target=time.sleep, args=(600,)).start(); "
+            "print('up', flush=True); ctypes.CDLL(None).pthread_exit(None)")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "up"
+    deadline = time.monotonic() + 10
+    while psutil.Process(process.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert running(process.pid) and running(os.getpid())
+    process.kill()
+    assert wait_gone(process.pid, 10)  # a zombie, not reaped yet: gone
+    process.wait()
+    assert not running(process.pid)
 
 
 def test_only_launched_workers_tie_themselves_to_their_parent(monkeypatch):

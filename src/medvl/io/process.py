@@ -17,6 +17,9 @@
   goes unnoticed unless its pid is passed as `parent`. Linux ties the signal to the parent *thread*
   that started the worker, so the launcher must start workers from a thread that lives as long as
   it does (the main thread, as torch's launcher and `multiprocessing` do).
+- `running(pid)` says whether any thread of a process is still running. A SIGKILLed multi-threaded
+  process can show its main thread as a zombie while other threads are still exiting, holding its
+  files and locks; "gone" means every thread is.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 
 from medvl.errors import UserError
 
-__all__ = ["RunLock", "FolderInUse", "LOCK_NAME", "die_with_parent", "die_with_launcher"]
+__all__ = ["RunLock", "FolderInUse", "LOCK_NAME", "die_with_parent", "die_with_launcher", "running"]
 
 LOCK_NAME = ".medvl.lock"
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -118,6 +121,30 @@ def die_with_launcher(sig: int = signal.SIGKILL) -> bool:
         return False
     die_with_parent(sig)
     return True
+
+
+def running(pid: int) -> bool:
+    """Whether any thread of process `pid` is still running (zombies are not; see the module docstring)."""
+    if not Path("/proc/self/task").is_dir():  # no procfs: the process-level answer
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+    try:
+        states = [_task_state(task) for task in Path(f"/proc/{pid}/task").iterdir()]
+    except FileNotFoundError:
+        return False
+    return any(state not in ("Z", "X", "") for state in states)
+
+
+def _task_state(task: Path) -> str:
+    try:
+        return (task / "stat").read_text().rsplit(")", 1)[1].split()[0]  # the field after "(comm)"
+    except (OSError, IndexError):
+        return ""  # exited meanwhile
 
 
 def _set_parent_death_signal(sig: int) -> bool:
