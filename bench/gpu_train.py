@@ -114,7 +114,7 @@ class BareLoop:
         from medvl.train.dataset import Collator, TrainDataset
         from medvl.train.metrics import FlopsModel, peak_flops
         from medvl.train.modeling import apply_policy, component_params, load_start_model
-        from medvl.train.runner import prepare_data
+        from medvl.train.runner import compute_dtype, prepare_data
 
         self.ctx = ctx
         config = train_config(ctx, "loop", ctx.sizes.steps)
@@ -136,7 +136,7 @@ class BareLoop:
         vision = model.config.vision_config
         patches = (vision.image_size // vision.patch_size) ** 2 + (vision.model_type == "clip_vision_model")
         self.flops = FlopsModel(component_params(model), patches, encoder.tokens_per_image)
-        self.peak = peak_flops(config.logging.peak_tflops)
+        self.peak = peak_flops(config.logging.peak_tflops, compute_dtype(config))
         self.batches = self._forever()
 
     def _forever(self) -> Any:
