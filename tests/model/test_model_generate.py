@@ -86,3 +86,74 @@ def test_sampling_is_seeded(generator, batch):
     first = generator.generate(conversations[:2], images[:2], settings)
     second = generator.generate(conversations[:2], images[:2], settings)
     assert [r.text for r in first] == [r.text for r in second]
+
+
+def test_sampled_rows_depend_on_their_seed_only(generator, batch):
+    """A sampled answer is the same alone or in a batch, and the global RNG is left alone."""
+    import torch
+
+    conversations, images = batch
+    settings = GenerationSettings(max_new_tokens=8, do_sample=True, temperature=1.5, top_p=0.9)
+    state = torch.random.get_rng_state()
+    together = generator.generate(conversations[:3], images[:3], settings, seeds=[11, 12, 2**63 - 1])
+    alone = [generator.generate([c], [i], settings, seeds=[s])[0]
+             for c, i, s in zip(conversations[:3], images[:3], [11, 12, 2**63 - 1])]
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert [r.text for r in together] == [r.text for r in alone]
+    others = generator.generate(conversations[:3], images[:3], settings, seeds=[21, 22, 23])
+    assert [r.text for r in others] != [r.text for r in together]
+
+
+def _stops_after(calls: int):
+    seen = []
+
+    def check() -> bool:
+        seen.append(1)
+        return len(seen) > calls
+
+    return check
+
+
+def test_a_stopped_row_ends_and_its_neighbours_do_not_change(generator, batch):
+    conversations, images = batch
+    settings = GenerationSettings(max_new_tokens=12)
+    plain = generator.generate(conversations[:3], images[:3], settings)
+    mixed = generator.generate(conversations[:3], images[:3], settings, should_stop=[None, _stops_after(2), None])
+    assert mixed[1].finish_reason == "cancelled" and mixed[1].new_tokens == 3
+    assert [mixed[0].text, mixed[2].text] == [plain[0].text, plain[2].text]
+    everyone = generator.generate(conversations[:3], images[:3], settings, should_stop=[lambda: True] * 3)
+    assert [r.new_tokens for r in everyone] == [1, 1, 1]
+    assert {r.finish_reason for r in everyone} == {"cancelled"}
+
+
+def test_stream_counts_tokens_as_generate_does(generator, batch, tiny_model):
+    import torch
+
+    conversations, images = batch
+    settings = GenerationSettings(max_new_tokens=10)
+    stream = generator.stream(conversations[1], images[1], settings)
+    text = "".join(stream)
+    expected = generator.generate(conversations[1:2], images[1:2], settings)[0]
+    assert (text, stream.result) == (expected.text, expected)
+    model, processor = tiny_model
+    end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    original = model.lm_head.bias
+    model.lm_head.bias = torch.nn.Parameter(torch.full((model.lm_head.out_features,), -1e4))
+    model.lm_head.bias.data[end] = 1e4
+    try:  # an answer that is only the end-of-turn token counts it, streamed or not
+        ended = Generator(model, processor).stream(_conversation("Hi", 1), [_image(1)])
+        assert "".join(ended) == "" and (ended.result.new_tokens, ended.result.finish_reason) == (1, "stop")
+    finally:
+        model.lm_head.bias = original
+
+
+def test_a_stream_stops_its_model_run(generator, batch):
+    conversations, images = batch
+    settings = GenerationSettings(max_new_tokens=40)
+    stopped = generator.stream(conversations[0], images[0], settings, should_stop=_stops_after(3))
+    "".join(stopped)
+    assert (stopped.result.new_tokens, stopped.result.finish_reason) == (4, "cancelled")
+    left = generator.stream(conversations[0], images[0], settings)
+    next(iter(left))
+    left.close()  # the consumer went away: the model thread ends at its next token
+    assert left.closed.is_set() and left.result is None

@@ -4,7 +4,15 @@
 images, renders them with the processor's chat template, pads on the left, and decodes greedily by
 default, stopping at EOS or the template's end of turn. Prompts are grouped by length into
 batches and results come back in input order. `Generator.stream` yields text deltas of one
-conversation (for chat and the API server's streaming mode).
+conversation (for chat and the API server's streaming mode) and counts its tokens as `generate`
+does.
+
+Two per-conversation hooks serve callers that share the model (the API server):
+- `seeds`: sampling (`do_sample`) draws each row from its own seeded random generator, so a
+  row's answer depends on its seed alone, not on its batch neighbours, and no global RNG is touched.
+- `should_stop`: a callable per row, checked after every token; when it answers True that row
+  ends (finish reason "cancelled") and the call returns as soon as every row has ended. Closing
+  a `Stream` early stops its model run the same way.
 """
 
 from __future__ import annotations
@@ -12,16 +20,27 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from pydantic import Field
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TextIteratorStreamer,
+    TopPLogitsWarper,
+)
 
 from medvl.config import Config
 from medvl.model.templates import STOP_STRINGS, guess_format
 from medvl.records import message_image_count
 
-__all__ = ["GenerationSettings", "GenerationResult", "Generator"]
+__all__ = ["GenerationSettings", "GenerationResult", "Generator", "Stream", "StopCheck"]
+
+StopCheck = Callable[[], bool]
 
 
 class GenerationSettings(Config):
@@ -32,7 +51,7 @@ class GenerationSettings(Config):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     repetition_penalty: float = Field(1.0, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="sampling seed of every row unless `seeds` are given")
     batch_size: int = Field(8, ge=1)
 
 
@@ -41,7 +60,7 @@ class GenerationResult:
     text: str
     prompt_tokens: int
     new_tokens: int
-    finish_reason: str  # "stop" (EOS / end of turn) or "length"
+    finish_reason: str  # "stop" (EOS / end of turn), "length", or "cancelled" (its should_stop said so)
 
 
 class Generator:
@@ -87,93 +106,69 @@ class Generator:
         ).to(self.device)
 
     def generate(self, conversations: Sequence[list[dict]], images: Sequence[Sequence[Any]] | None = None,
-                 settings: GenerationSettings | None = None) -> list[GenerationResult]:
-        """Answer every conversation; results are in input order."""
+                 settings: GenerationSettings | None = None, *, seeds: Sequence[int] | None = None,
+                 should_stop: Sequence[StopCheck | None] | None = None) -> list[GenerationResult]:
+        """Answer every conversation; results are in input order (see the module notes for the hooks)."""
         settings = settings or self.settings
         images = images if images is not None else [[] for _ in conversations]
+        seeds = list(seeds) if seeds is not None else [settings.seed] * len(conversations)
+        checks = list(should_stop) if should_stop is not None else [None] * len(conversations)
+        if not len(seeds) == len(checks) == len(conversations):
+            raise ValueError(f"{len(conversations)} conversations but {len(seeds)} seeds, {len(checks)} stop checks")
         lengths = [len(self.render(m)) + 1000 * len(i) for m, i in zip(conversations, images)]
         order = sorted(range(len(conversations)), key=lambda i: lengths[i])
         results: list[GenerationResult | None] = [None] * len(conversations)
         for start in range(0, len(order), settings.batch_size):
             chunk = order[start:start + settings.batch_size]
-            outputs = self._generate_batch([conversations[i] for i in chunk], [images[i] for i in chunk], settings)
+            outputs = self._generate_batch([conversations[i] for i in chunk], [images[i] for i in chunk], settings,
+                                           [seeds[i] for i in chunk], [checks[i] for i in chunk])
             for index, result in zip(chunk, outputs):
                 results[index] = result
         return results  # type: ignore[return-value]
 
-    def stream(self, messages: list[dict], images: Sequence[Any] = (), settings: GenerationSettings | None = None
-               ) -> Iterator[str]:
-        """Yield text deltas of one answer as they are generated."""
-        from transformers import TextIteratorStreamer
-
-        settings = settings or self.settings
-        inputs = self.encode([messages], [list(images)])
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = {**inputs, **self._generate_kwargs(settings), "streamer": streamer}
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                with torch.inference_mode():
-                    self.model.generate(**kwargs)
-            except BaseException as exc:  # surfaced in the caller's thread below
-                errors.append(exc)
-                streamer.end()
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        emitted = ""
-        for delta in streamer:
-            if not emitted:  # answers are returned stripped; so is the stream's start
-                delta = delta.lstrip()
-                if not delta:
-                    continue
-            emitted += delta
-            cut = self._cut_at_stop(emitted)
-            if cut is not None:
-                if len(cut) > len(emitted) - len(delta):
-                    yield cut[len(emitted) - len(delta):]
-                break
-            yield delta
-        thread.join()
-        if errors:
-            raise errors[0]
+    def stream(self, messages: list[dict], images: Sequence[Any] = (), settings: GenerationSettings | None = None,
+               *, seed: int | None = None, should_stop: StopCheck | None = None) -> "Stream":
+        """The text deltas of one answer as they are generated (a `Stream`: iterate it once)."""
+        return Stream(self, messages, list(images), settings or self.settings, seed, should_stop)
 
     def _generate_batch(self, conversations: list[list[dict]], images: list[Sequence[Any]],
-                        settings: GenerationSettings) -> list[GenerationResult]:
+                        settings: GenerationSettings, seeds: list[int], checks: list[StopCheck | None]
+                        ) -> list[GenerationResult]:
         inputs = self.encode(conversations, images)
         prompt_length = inputs["input_ids"].shape[1]
+        stops = _RowsStopped(checks)
         with torch.inference_mode():
-            output = self.model.generate(**inputs, **self._generate_kwargs(settings))
-        new = output[:, prompt_length:]
+            output = self.model.generate(**inputs, **self._generate_kwargs(settings, seeds, stops))
         results = []
-        for row, attention in zip(new, inputs["attention_mask"]):
-            tokens = row.tolist()
-            stop_at = next((i for i, t in enumerate(tokens) if t in self.eos_ids), None)
-            kept = tokens if stop_at is None else tokens[:stop_at]
-            text = self.tokenizer.decode(kept, skip_special_tokens=True)
-            cut = self._cut_at_stop(text)
-            finished = stop_at is not None or cut is not None
-            results.append(GenerationResult(
-                text=(cut if cut is not None else text).strip(),
-                prompt_tokens=int(attention.sum()),
-                new_tokens=len(kept) + (1 if stop_at is not None else 0),
-                finish_reason="stop" if finished else "length",
-            ))
+        for row, (tokens, attention) in enumerate(zip(output[:, prompt_length:], inputs["attention_mask"])):
+            cancelled_at = stops.generated_when_stopped(row, prompt_length)
+            text, counted, finish = self._answer(tokens.tolist()[:cancelled_at], cancelled_at is not None)
+            results.append(GenerationResult(text, int(attention.sum()), counted, finish))
         return results
 
-    def _generate_kwargs(self, settings: GenerationSettings) -> dict[str, Any]:
+    def _answer(self, tokens: list[int], cancelled: bool) -> tuple[str, int, str]:
+        """(answer text, tokens to count — an EOS included —, finish reason) of one row's new tokens."""
+        stop_at = next((i for i, t in enumerate(tokens) if t in self.eos_ids), None)
+        kept = tokens if stop_at is None else tokens[:stop_at]
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        cut = self._cut_at_stop(text)
+        ended = stop_at is not None or cut is not None
+        finish = "stop" if ended else "cancelled" if cancelled else "length"
+        return (cut if cut is not None else text).strip(), len(tokens) if stop_at is None else stop_at + 1, finish
+
+    def _generate_kwargs(self, settings: GenerationSettings, seeds: Sequence[int], stops: "_RowsStopped"
+                         ) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "max_new_tokens": settings.max_new_tokens,
-            "do_sample": settings.do_sample,
+            "do_sample": False,  # sampling is done per row by _SeededSampler, whose pick greedy decoding keeps
+            "temperature": None, "top_p": None, "top_k": None,
             "repetition_penalty": settings.repetition_penalty,
             "pad_token_id": self.tokenizer.pad_token_id,
+            "stopping_criteria": StoppingCriteriaList([stops]),
         }
         if settings.do_sample:
-            torch.manual_seed(settings.seed)
-            kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [_SeededSampler(seeds, settings.temperature, settings.top_p)])
         if self.stop_strings:
             kwargs.update(stop_strings=self.stop_strings, tokenizer=self.tokenizer)
         return kwargs
@@ -184,3 +179,121 @@ class Generator:
 
     def _is_multi_token(self, text: str) -> bool:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) > 1
+
+
+class Stream:
+    """Text deltas of one answer; iterate once. `result` is its `GenerationResult` once the loop ends.
+
+    The model runs in a helper thread. Leaving the loop early (break, an exception, `close()`) or
+    the `should_stop` check answering True ends the model run at its next token.
+    """
+
+    def __init__(self, generator: Generator, messages: list[dict], images: list[Any], settings: GenerationSettings,
+                 seed: int | None, should_stop: StopCheck | None):
+        self.generator, self.settings = generator, settings
+        self.inputs = generator.encode([messages], [images])
+        self.seed = settings.seed if seed is None else seed
+        self.closed = threading.Event()
+        self.stops = _RowsStopped([(lambda: self.closed.is_set() or should_stop()) if should_stop
+                                   else self.closed.is_set])
+        self.result: GenerationResult | None = None
+        self._deltas = self._run()
+
+    def __iter__(self) -> Iterator[str]:
+        return self._deltas
+
+    def close(self) -> None:
+        self._deltas.close()
+
+    def _run(self) -> Iterator[str]:
+        generator = self.generator
+        streamer = _CountingStreamer(generator.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs = {**self.inputs, **generator._generate_kwargs(self.settings, [self.seed], self.stops),
+                  "streamer": streamer}
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    generator.model.generate(**kwargs)
+            except BaseException as exc:  # surfaced in the caller's thread below
+                errors.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        emitted, cut = "", None
+        try:
+            for delta in streamer:
+                if not emitted:  # answers are returned stripped; so is the stream's start
+                    delta = delta.lstrip()
+                    if not delta:
+                        continue
+                emitted += delta
+                cut = generator._cut_at_stop(emitted)
+                if cut is not None:
+                    if len(cut) > len(emitted) - len(delta):
+                        yield cut[len(emitted) - len(delta):]
+                    break
+                yield delta
+        finally:
+            self.closed.set()
+            thread.join()
+        if errors:
+            raise errors[0]
+        _, counted, finish = generator._answer(streamer.generated, self.stops.ended_at[0] is not None)
+        prompt_tokens = int(self.inputs["attention_mask"].sum())
+        self.result = GenerationResult((cut if cut is not None else emitted).strip(), prompt_tokens, counted, finish)
+
+
+class _CountingStreamer(TextIteratorStreamer):
+    """A TextIteratorStreamer that also keeps the generated token ids (prompt excluded)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.generated: list[int] = []
+
+    def put(self, value: torch.Tensor) -> None:
+        if not (self.skip_prompt and self.next_tokens_are_prompt):
+            self.generated.extend(int(token) for token in value.reshape(-1))
+        super().put(value)
+
+
+class _RowsStopped(StoppingCriteria):
+    """Ends each row whose check answers True, and remembers the length it had then; rows without a
+    check run on. A check is not asked again once it has answered True."""
+
+    def __init__(self, checks: Sequence[StopCheck | None]):
+        self.checks = list(checks)
+        self.ended_at: list[int | None] = [None] * len(self.checks)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        for row, check in enumerate(self.checks):
+            if self.ended_at[row] is None and check is not None and check():
+                self.ended_at[row] = int(input_ids.shape[1])
+        return torch.tensor([at is not None for at in self.ended_at], dtype=torch.bool, device=input_ids.device)
+
+    def generated_when_stopped(self, row: int, prompt_length: int) -> int | None:
+        """How many new tokens the row had when its check stopped it (None: never stopped)."""
+        at = self.ended_at[row]
+        return None if at is None else at - prompt_length
+
+
+class _SeededSampler(LogitsProcessor):
+    """Samples every row from its own seeded generator (after transformers' temperature and top-p
+    warpers) and leaves only the drawn token finite, so greedy decoding takes it."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float):
+        self.seeds = list(seeds)
+        self.warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)])
+        self.generators: list[torch.Generator] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if not self.generators:
+            self.generators = [torch.Generator(scores.device).manual_seed(seed) for seed in self.seeds]
+        probabilities = torch.softmax(self.warpers(input_ids, scores.float()), dim=-1)
+        picked = torch.full_like(scores, float("-inf"))
+        for row, generator in enumerate(self.generators):
+            token = torch.multinomial(probabilities[row], 1, generator=generator)
+            picked[row, token] = 0.0
+        return picked
