@@ -210,6 +210,19 @@ def test_data_url_round_trip(rgb_image):
         encode_data_url(rgb_image, format="GIF")
 
 
+def test_dicom_data_url_under_its_own_media_type():
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("CT_small.dcm", download=False)
+    if path is None:
+        pytest.skip("pydicom's test files are not installed")
+    payload = base64.b64encode(Path(path).read_bytes()).decode()
+    image = decode_data_url(f"data:application/dicom;base64,{payload}")
+    assert np.array_equal(np.asarray(image), np.asarray(load_image(path)))
+    with pytest.raises(ImageLoadError, match="not an image"):
+        decode_data_url(f"data:application/pdf;base64,{payload}")
+
+
 def test_malformed_data_urls(rgb_image):
     good = encode_data_url(rgb_image, format="PNG")
     head, payload = good.split(",")

@@ -169,13 +169,14 @@ def decode_data_url(
     max_bytes: int = DEFAULT_MAX_DATA_URL_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Image.Image:
-    """Decode a base64 `data:image/...` URL with `load_image`'s checks; errors name "<data-url>"."""
+    """Decode a base64 `data:image/...` (or `data:application/dicom`) URL with `load_image`'s checks;
+    errors name "<data-url>". The format is found from the bytes, as for files, not from the label."""
     name = "<data-url>"
     header, comma, payload = url.strip().partition(",")
     media_type = header[len("data:") :].split(";")[0]
     if not (comma and header.startswith("data:") and header.endswith(";base64")):
         raise ImageLoadError(name, "bad_data_url", f"expected 'data:image/...;base64,', got {header[:40]!r}")
-    if media_type and not media_type.startswith("image/"):
+    if media_type and not (media_type.startswith("image/") or media_type == "application/dicom"):
         raise ImageLoadError(name, "bad_data_url", f"media type {media_type!r} is not an image")
     payload = "".join(payload.split())
     if (size := len(payload) * 3 // 4) > max_bytes:
