@@ -1,12 +1,16 @@
-"""Helpers for serving tests: test images (a PNG decompression bomb too), messages, reference answers."""
+"""Helpers for serving tests: test images (a PNG decompression bomb too), messages, reference answers,
+a slowed-down model, raw sockets from chosen loopback addresses."""
 
 from __future__ import annotations
 
 import base64
 import io
+import socket
 import struct
+import time
 import zlib
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -56,3 +60,42 @@ def assert_openai_error(response: Any, status: int, code: str | None = None) -> 
     if code is not None:
         assert error["code"] == code, error
     return error
+
+
+@contextmanager
+def slow_tokens(model: Any, seconds: float) -> Iterator[None]:
+    """Every forward pass of `model` (one per generated token) takes at least `seconds`."""
+    handle = model.register_forward_pre_hook(lambda *_: time.sleep(seconds))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def raw_socket(url: str, source: str = "127.0.0.1") -> socket.socket:
+    """A TCP connection to the server at `url`, from the loopback address `source` (127.0.0.0/8)."""
+    host, port = url.rsplit("/", 1)[-1].split(":")
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.connect((host, int(port)))
+    return sock
+
+
+def is_closed_by_peer(sock: socket.socket, wait: float = 0.0) -> bool:
+    """Whether the server closed `sock` (within `wait` seconds), without sending anything."""
+    sock.settimeout(wait or 0.001)
+    try:
+        return sock.recv(65536) == b""
+    except (socket.timeout, BlockingIOError):
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

@@ -17,6 +17,7 @@ from medvl.serve.protocol import APIError
 from medvl.serve.server import check_exposure
 
 CHAT = "/v1/chat/completions"
+KEY = "s3cret-of-16-chars"
 
 
 def _ask(url: str, image_urls: list[str], **extra) -> httpx.Response:
@@ -25,14 +26,14 @@ def _ask(url: str, image_urls: list[str], **extra) -> httpx.Response:
 
 
 def test_api_key_is_required_when_configured(serve, monkeypatch):
-    monkeypatch.setenv("MEDVL_TEST_KEY", "s3cret")
+    monkeypatch.setenv("MEDVL_TEST_KEY", KEY)
     body = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
     with serve(api_key_env="MEDVL_TEST_KEY") as url:
         assert_openai_error(httpx.post(url + CHAT, json=body), 401, "invalid_api_key")
         wrong = httpx.post(url + CHAT, json=body, headers={"Authorization": "Bearer nope"})
         assert_openai_error(wrong, 401, "invalid_api_key")
         assert_openai_error(httpx.get(url + "/v1/models"), 401, "invalid_api_key")
-        ok = httpx.post(url + CHAT, json=body, headers={"Authorization": "Bearer s3cret"}, timeout=60)
+        ok = httpx.post(url + CHAT, json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
         assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["role"] == "assistant"
         assert httpx.get(url + "/health").status_code == 200  # liveness needs no key
 
@@ -45,8 +46,19 @@ def test_refuses_non_loopback_host_without_key(monkeypatch):
         check_exposure(ServeConfig(host="192.168.1.5", api_key_env=None))
     check_exposure(ServeConfig(host="127.0.0.1"))
     check_exposure(ServeConfig(host="::1"))
-    monkeypatch.setenv("MEDVL_API_KEY", "k")
-    check_exposure(ServeConfig(host="0.0.0.0"))
+    monkeypatch.setenv("MEDVL_API_KEY", KEY)
+    check_exposure(ServeConfig(host="192.168.1.5"))  # its own address is an allowed Host name
+    with pytest.raises(UnsafeExposureError, match="name the host names"):  # every interface: which names?
+        check_exposure(ServeConfig(host="0.0.0.0"))
+    check_exposure(ServeConfig(host="0.0.0.0", allowed_hosts=["api.example.org"]))
+    check_exposure(ServeConfig(host="0.0.0.0", allowed_hosts=["*"]))
+
+
+def test_short_api_keys_are_refused(monkeypatch):
+    monkeypatch.setenv("MEDVL_API_KEY", "k" * 15)
+    for host in ("127.0.0.1", "192.168.1.5"):
+        with pytest.raises(UnsafeExposureError, match="15 characters; use at least 16"):
+            check_exposure(ServeConfig(host=host))
 
 
 def test_cli_serve_refuses_public_host_without_key(tiny_model_dir, monkeypatch):

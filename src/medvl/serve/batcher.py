@@ -1,34 +1,39 @@
 """Dynamic batching: concurrent requests answered by one `Generator.generate` call.
 
 All model work happens in one worker thread, so the event loop stays free to accept and stream
-while the model runs, and the model/tokenizer are never used from two threads at once. The
-worker takes the oldest waiting job, then collects more for up to `batch_wait_ms` (or until
+while the model runs, and the model is never used from two threads at once. The worker takes
+the oldest waiting job, then collects more for up to `batch_wait_ms` (or until
 `max_batch_size`), splits them into groups with identical generation settings and makes one
-`generate` call per group. Streaming jobs run alone through `Generator.stream` (its deltas go
-to the client as they come). The waiting queue is bounded: `submit` raises a 429 `APIError`
-when it is full.
+`generate` call per group, each row sampled with its job's own seed. Streaming jobs run alone
+through `Generator.stream` (its deltas go to the client as they come). The waiting queue is
+bounded: `submit` raises a 429 `APIError` when it is full.
 
-Each job first gets its prompt measured (images expanded); a prompt over the job's limit fails
-that job alone with a 400. If a batched call raises, its jobs are retried one by one so one bad
-request cannot fail its neighbours. Results reach the asyncio side as events on the job's
-`events` queue: ("prompt", n), ("delta", text)..., then ("done", GenerationResult) or
-("error", APIError).
+Jobs arrive admitted (their prompts were measured off this thread, see `admission`). Each
+carries a `RequestControl`: a job stopped while waiting (client gone, deadline passed) no
+longer counts against the queue bound and is dropped when reached; a running one leaves its
+batch at the next token while its neighbours go on. If a batched call raises, its jobs are
+retried one by one so one bad request cannot fail its neighbours. `drain()` (SIGTERM) refuses
+new jobs and fails the waiting ones with 503.
+
+Results reach the asyncio side as events on the job's `events` queue: ("delta", text)..., then
+("done", GenerationResult) or ("error", APIError).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from medvl.model.generate import GenerationResult, GenerationSettings, Generator
+from medvl.serve.control import RequestControl, shutting_down
 from medvl.serve.protocol import APIError
 
-__all__ = ["Job", "Batcher", "BatcherStats"]
+__all__ = ["Job", "JobQueue", "Batcher", "BatcherStats"]
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +42,77 @@ log = logging.getLogger(__name__)
 class Job:
     messages: list[dict[str, Any]]
     images: list[Any]
-    settings: GenerationSettings
-    prompt_limit: int
+    settings: GenerationSettings  # jobs with equal settings share a generate call
+    seed: int
+    control: RequestControl
     stream: bool = False
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     loop: asyncio.AbstractEventLoop | None = None
 
     def post(self, kind: str, value: Any) -> None:
-        """Hand an event to the job's event loop (safe from the worker thread)."""
+        """Hand an event to the job's event loop (safe from any thread)."""
         if self.loop is None or self.loop.is_closed():
             return
         try:
             self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
         except RuntimeError:  # the loop shut down while the model was running
             pass
+
+    def stop(self, reason: APIError) -> None:
+        """Cancel the job and tell its handler now (the model thread notices at its next token)."""
+        self.control.cancel(reason)
+        self.post("error", self.control.reason)
+
+
+class JobQueue:
+    """A bounded FIFO of jobs in which stopped jobs take no room and are never handed out."""
+
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self._jobs: deque[Job] = deque()
+        self._changed = threading.Condition()
+        self._closed = False
+
+    def __len__(self) -> int:
+        with self._changed:
+            self._purge()
+            return len(self._jobs)
+
+    def put(self, job: Job) -> bool:
+        """Queue a job; False when the queue is full."""
+        with self._changed:
+            self._purge()
+            if len(self._jobs) >= self.maxsize:
+                return False
+            self._jobs.append(job)
+            self._changed.notify()
+            return True
+
+    def get(self, timeout: float | None = None, batchable: bool = False) -> Job | None:
+        """The oldest live job, waiting up to `timeout`; None on timeout or once closed. With
+        `batchable`, a streaming job at the head is left there (None is returned)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._closed or self._purge(), timeout)
+            if not self._jobs or (batchable and self._jobs[0].stream):
+                return None
+            return self._jobs.popleft()
+
+    def take_all(self) -> list[Job]:
+        with self._changed:
+            jobs, self._jobs = list(self._jobs), deque()
+            return jobs
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def _purge(self) -> int:
+        while self._jobs and self._jobs[0].control.should_stop():
+            self._jobs.popleft()
+        if any(job.control.should_stop() for job in self._jobs):
+            self._jobs = deque(job for job in self._jobs if not job.control.should_stop())
+        return len(self._jobs)
 
 
 @dataclass
@@ -60,9 +122,7 @@ class BatcherStats:
     stream_calls: int = 0
     batched_requests: int = 0  # requests answered by a generate call holding more than one
     largest_batch: int = 0
-
-
-_STOP = object()
+    stopped: int = 0  # requests the model thread dropped or cut short (client gone, deadline, shutdown)
 
 
 class Batcher:
@@ -74,91 +134,77 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000
         self.stats = BatcherStats()
-        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self.running: list[Job] = []
+        self.draining = False
+        self._queue = JobQueue(max_queue)
         self._thread = threading.Thread(target=self._run, name="medvl-batcher", daemon=True)
         self._thread.start()
 
     @property
     def waiting(self) -> int:
-        return self._queue.qsize()
+        return len(self._queue)
 
     def submit(self, job: Job) -> None:
-        """Queue a job (from the event loop); 429 when the queue is full."""
+        """Queue a job (from the event loop); 429 when the queue is full, 503 when draining."""
+        if self.draining:
+            raise shutting_down()
         job.loop = asyncio.get_running_loop()
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
+        if not self._queue.put(job):
             raise APIError(429, f"the server is busy ({self._queue.maxsize} requests waiting); retry shortly",
-                           "queue_full", headers={"Retry-After": "1"}) from None
+                           "queue_full", headers={"Retry-After": "1"})
         self.stats.requests += 1
 
+    def drain(self) -> None:
+        """Take no new jobs; the waiting ones get 503 now; the running ones go on."""
+        self.draining = True
+        for job in self._queue.take_all():
+            job.stop(shutting_down())
+
+    def stop_running(self, reason: APIError) -> None:
+        for job in list(self.running):
+            job.stop(reason)
+
     def close(self, timeout: float = 30.0) -> None:
-        """Stop after the job in progress; jobs still waiting get a 503."""
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not _STOP:
-                job.post("error", APIError(503, "the server is shutting down", "shutting_down"))
-        self._queue.put(_STOP)
+        """Drain, then stop the worker after the job in progress."""
+        self.drain()
+        self._queue.close()
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        carried: Any = None
-        while True:
-            job = carried if carried is not None else self._queue.get()
-            carried = None
-            if job is _STOP:
-                return
+        while (job := self._queue.get()) is not None:
             if job.stream:
                 self._run_stream(job)
                 continue
             batch = [job]
             deadline = time.monotonic() + self.batch_wait
             while len(batch) < self.max_batch_size:
-                try:
-                    remaining = deadline - time.monotonic()
-                    nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP or nxt.stream:
-                    carried = nxt
+                nxt = self._queue.get(max(deadline - time.monotonic(), 0), batchable=True)
+                if nxt is None:
                     break
                 batch.append(nxt)
             self._run_batch(batch)
 
-    def _admit(self, job: Job) -> int | None:
-        """Prompt tokens of a job, or None after failing it (too long, or unprocessable)."""
-        try:
-            inputs = self.generator.encode([job.messages], [job.images])
-            tokens = int(inputs["input_ids"].shape[1])
-        except Exception as exc:  # a template/processor failure belongs to this request only
-            log.exception("could not encode a request")
-            job.post("error", APIError(400, f"the request could not be encoded: {exc}", "invalid_request"))
-            return None
-        if tokens > job.prompt_limit:
-            job.post("error", APIError(
-                400, f"the prompt has {tokens} tokens (images included); this request allows at most "
-                f"{job.prompt_limit} (prompt limit and context length, minus max_tokens)",
-                "context_length_exceeded", "messages"))
-            return None
-        job.post("prompt", tokens)
-        return tokens
-
     def _run_batch(self, batch: list[Job]) -> None:
         groups: dict[str, list[Job]] = {}
         for job in batch:
-            if self._admit(job) is not None:
-                groups.setdefault(job.settings.model_dump_json(), []).append(job)
+            groups.setdefault(job.settings.model_dump_json(), []).append(job)
         for jobs in groups.values():
-            self._generate(jobs)
+            if self.draining:  # taken from the queue before the drain, not started: refused like the queue
+                for job in jobs:
+                    job.stop(shutting_down())
+                continue
+            live = [job for job in jobs if not self._stopped(job)]
+            if live:
+                self._generate(live)
 
     def _generate(self, jobs: list[Job]) -> None:
         settings = jobs[0].settings.model_copy(update={"batch_size": self.max_batch_size})
+        self.running = jobs
         try:
             self.stats.generate_calls += 1
-            results = self.generator.generate([j.messages for j in jobs], [j.images for j in jobs], settings)
+            results = self.generator.generate([j.messages for j in jobs], [j.images for j in jobs], settings,
+                                              seeds=[j.seed for j in jobs],
+                                              should_stop=[j.control.should_stop for j in jobs])
         except Exception as exc:
             if len(jobs) > 1:
                 log.warning("a batch of %d failed (%s); retrying one by one", len(jobs), exc)
@@ -168,30 +214,42 @@ class Batcher:
             log.exception("generation failed")
             jobs[0].post("error", APIError(500, f"generation failed: {type(exc).__name__}", "generation_failed"))
             return
+        finally:
+            self.running = []
         if len(jobs) > 1:
             self.stats.batched_requests += len(jobs)
         self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
         for job, result in zip(jobs, results, strict=True):
-            job.post("done", result)
+            self._finish(job, result)
 
     def _run_stream(self, job: Job) -> None:
-        prompt_tokens = self._admit(job)
-        if prompt_tokens is None:
+        if self._stopped(job):
             return
         self.stats.stream_calls += 1
-        text = ""
+        self.running = [job]
         try:
-            for delta in self.generator.stream(job.messages, job.images, job.settings):
-                text += delta
+            stream = self.generator.stream(job.messages, job.images, job.settings, seed=job.seed,
+                                           should_stop=job.control.should_stop)
+            for delta in stream:
                 job.post("delta", delta)
         except Exception as exc:
             log.exception("streaming generation failed")
             job.post("error", APIError(500, f"generation failed: {type(exc).__name__}", "generation_failed"))
             return
-        # Generator.stream yields text only: the answer is re-tokenised to count it (approximate,
-        # capped at max_new_tokens, which generation cannot exceed).
-        retokenised = len(self.generator.tokenizer(text, add_special_tokens=False)["input_ids"])
-        tokens = min(retokenised, job.settings.max_new_tokens)
-        finish = "length" if tokens >= job.settings.max_new_tokens else "stop"
-        job.post("done", GenerationResult(text=text, prompt_tokens=prompt_tokens, new_tokens=tokens,
-                                          finish_reason=finish))
+        finally:
+            self.running = []
+        self._finish(job, stream.result)
+
+    def _stopped(self, job: Job) -> bool:
+        if not job.control.should_stop():
+            return False
+        self.stats.stopped += 1
+        job.post("error", job.control.reason)
+        return True
+
+    def _finish(self, job: Job, result: GenerationResult | None) -> None:
+        if result is None or result.finish_reason == "cancelled":
+            self.stats.stopped += 1
+            job.post("error", job.control.reason)
+        else:
+            job.post("done", result)

@@ -31,11 +31,10 @@ def chat(
     """Chat with a model in the terminal; with --question, print one answer (for scripts)."""
     from medvl.io.images import ImageLoadError
     from medvl.model.checkpoint import DISCLAIMER
-    from medvl.model.generate import Generator
     from medvl.serve.chat import one_shot, repl
-    from medvl.serve.session import ChatSession, ContextOverflow, sampling_settings
+    from medvl.serve.session import ChatSession, ContextOverflow, load_generator, sampling_settings
 
-    generator = Generator.from_pretrained(model_dir, dtype=dtype, device=device)
+    generator = load_generator(model_dir, dtype=dtype, device=device)
     session = ChatSession(generator, sampling_settings(max_new_tokens, temperature, top_p), system)
     if question is None:
         repl(session, image or [])
@@ -57,13 +56,16 @@ def serve(
         None, help="environment variable holding the API key (default MEDVL_API_KEY)"),
     image_root: Optional[Path] = typer.Option(None, help="allow local image files under this folder"),
     allow_image_host: Optional[List[str]] = typer.Option(None, help="allow http(s) images from this host; repeatable"),
+    allow_host: Optional[List[str]] = typer.Option(
+        None, help="a name clients may use in the Host header besides loopback ones ('*': any); repeatable"),
     max_batch_size: Optional[int] = typer.Option(None, min=1, help="requests per generate call (1 = no batching)"),
     batch_wait_ms: Optional[float] = typer.Option(None, min=0.0, help="how long a batch waits to fill"),
     overrides: Optional[List[str]] = typer.Option(None, "--set", help="key=value config override; repeatable"),
 ) -> None:
     """Serve the OpenAI chat-completions API (FastAPI + uvicorn) with dynamic batching."""
-    from medvl.config import ConfigError, load_config
-    from medvl.serve.config import ServeConfig, UnsafeExposureError
+    from medvl.config import load_config
+    from medvl.errors import UserError
+    from medvl.serve.config import ServeConfig
     from medvl.serve.server import check_exposure
     from medvl.serve.server import serve as run
 
@@ -79,10 +81,15 @@ def serve(
             settings.images.local_root = image_root
         if allow_image_host:
             settings.images.allowed_hosts = list(allow_image_host)
+        if allow_host:
+            settings.allowed_hosts = list(allow_host)
         check_exposure(settings)
-    except (ConfigError, UnsafeExposureError, ValueError) as exc:
+    except (UserError, ValueError) as exc:  # ValueError: pydantic's check of a flag's value
         _fail(str(exc))
-    run(settings)
+    try:
+        run(settings)
+    except UserError as exc:  # e.g. a folder that is not a model
+        _fail(str(exc))
 
 
 def webui(
@@ -95,7 +102,7 @@ def webui(
     device: Optional[str] = typer.Option(None),
 ) -> None:
     """Serve a Gradio chat page (image uploads, multi-turn, generation settings)."""
-    from medvl.serve.config import UnsafeExposureError
+    from medvl.errors import UserError
     from medvl.serve.webui import launch
 
     user, sep, password = os.environ.get(auth_env, "").partition(":")
@@ -103,7 +110,7 @@ def webui(
     try:
         launch(model_dir, host=host, port=port, dtype=dtype, device=device, max_new_tokens=max_new_tokens,
                auth=auth)
-    except UnsafeExposureError as exc:
+    except UserError as exc:
         _fail(str(exc))
 
 

@@ -1,7 +1,8 @@
 """Typed settings of `medvl serve` (and the image policy that `chat`/`webui` share).
 
-Everything a deployment tunes is here, with safe defaults: loopback only, no remote images,
-local image files only under an explicit root, bounded bodies, images, tokens and queue.
+Everything a deployment tunes is here, with safe defaults: loopback only (and only loopback
+`Host` names), no remote images, local image files only under an explicit root, bounded
+connections, header/body read times, bodies, messages, text, images, tokens, queue and request time.
 Load from YAML with overrides: `load_config(ServeConfig, "serve.yaml", ["port=9000"])`.
 """
 
@@ -13,10 +14,13 @@ from pathlib import Path
 from pydantic import Field
 
 from medvl.config import Config
+from medvl.errors import UserError
 
-__all__ = ["ImagePolicy", "Limits", "ServeConfig", "UnsafeExposureError", "is_loopback"]
+__all__ = ["ImagePolicy", "Limits", "ServeConfig", "UnsafeExposureError", "is_loopback", "is_wildcard",
+           "MIN_API_KEY_CHARS"]
 
 MiB = 1024 * 1024
+MIN_API_KEY_CHARS = 16
 
 
 class ImagePolicy(Config):
@@ -39,16 +43,36 @@ class ImagePolicy(Config):
 
 
 class Limits(Config):
-    """Bounds on what one request may ask for, and on how much waits."""
+    """Bounds on connections, on what one request may ask for, and on how much waits and for how long."""
 
+    max_connections: int = Field(
+        512, ge=1, description="open connections in all; a new one beyond this closes the oldest idle one "
+        "(one waiting for a request), or is closed itself when none is idle")
+    max_connections_per_client: int = Field(64, ge=1, description="open connections from one client address, "
+                                            "enforced the same way")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a connection must deliver a request's line and headers within this, counted "
+        "from when it opens or its previous answer ends; else it is closed")
+    body_timeout_s: float = Field(30.0, gt=0, description="the whole body must arrive within this once the "
+                                  "headers are in; else 408")
+    keep_alive_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
     max_body_bytes: int = Field(32 * MiB, ge=1024, description="HTTP request body; larger gets 413")
+    max_messages: int = Field(256, ge=1, description="messages per request; more get 400 before any parsing "
+                              "of them")
+    max_text_chars: int = Field(65536, ge=1, description="characters of text in all messages together; more "
+                                "get 400 before any tokenising")
     max_prompt_tokens: int = Field(4096, ge=1, description="prompt tokens after image expansion")
     max_tokens: int = Field(1024, ge=1, description="the largest max_tokens a request may ask for")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none")
     max_queue: int = Field(32, ge=1, description="requests waiting for the model; more get 429")
     max_in_flight: int = Field(
-        256, ge=1, description="HTTP requests handled at once (reading, queued, running, streaming); more get "
-        "503 (uvicorn also caps raw connections, at 2 * max_in_flight + 16)")
+        256, ge=1, description="HTTP requests handled at once (reading, queued, running, streaming); more get 503")
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="from a request's arrival to the end of its answer; a request still queued "
+        "or generating then gets 504 (a stream: a final error event) and its model row stops")
+    drain_timeout_s: float = Field(
+        10.0, ge=0, description="on SIGTERM, how long answers already generating may take to finish; queued "
+        "requests get 503 at once, the rest 503 (or a final stream event) when it runs out")
 
 
 class ServeConfig(Config):
@@ -58,9 +82,12 @@ class ServeConfig(Config):
     model_name: str | None = Field(None, description="the id clients pass as `model`; default: the folder name")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    allowed_hosts: list[str] | None = Field(
+        None, description="names a request's Host header may carry (DNS-rebinding guard); '*' allows any. "
+        "None: loopback names (localhost, 127.0.0.1, ::1) plus `host` itself when it is one address")
     api_key_env: str | None = Field(
         "MEDVL_API_KEY", description="environment variable holding the API key; when it is set and "
-        "non-empty, every /v1 call needs `Authorization: Bearer <key>`")
+        f"non-empty, every /v1 call needs `Authorization: Bearer <key>`; at least {MIN_API_KEY_CHARS} characters")
     dtype: str = "auto"
     device: str | None = None
     max_batch_size: int = Field(8, ge=1, description="requests answered by one generate call")
@@ -74,9 +101,20 @@ class ServeConfig(Config):
     images: ImagePolicy = Field(default_factory=ImagePolicy)
     limits: Limits = Field(default_factory=Limits)
 
+    def host_names(self) -> list[str] | None:
+        """Host names requests may use besides loopback ones; None when any is allowed."""
+        if self.allowed_hosts is not None:
+            return None if "*" in self.allowed_hosts else [h.lower().rstrip(".") for h in self.allowed_hosts]
+        return [] if is_wildcard(self.host) else [self.host.lower().strip("[]")]
 
-class UnsafeExposureError(RuntimeError):
-    """Refusing to listen beyond this machine without authentication."""
+
+class UnsafeExposureError(UserError, RuntimeError):
+    """Refusing to start a server others could misuse (no key, a short key, unnamed hosts)."""
+
+
+def is_wildcard(host: str) -> bool:
+    """True for the listen-on-every-interface addresses (0.0.0.0, ::, empty)."""
+    return host.strip("[]") in ("", "0.0.0.0", "::")
 
 
 def is_loopback(host: str) -> bool:

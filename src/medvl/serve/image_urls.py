@@ -33,9 +33,16 @@ from medvl.io.images import ImageLoadError, decode_data_url, load_image
 from medvl.serve.config import ImagePolicy
 from medvl.serve.protocol import APIError
 
-__all__ = ["ImageResolver", "public_addresses"]
+__all__ = ["ImageResolver", "public_addresses", "shrink"]
 
 Resolve = Callable[[str, int], list[str]]
+
+
+def shrink(image: Image.Image, max_side: int | None) -> Image.Image:
+    """`image` shrunk in place (aspect kept) so that no side exceeds `max_side` (None: as it is)."""
+    if max_side is not None and max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return image
 
 
 def _system_resolve(host: str, port: int) -> list[str]:
@@ -69,11 +76,7 @@ class ImageResolver:
         self._transport = transport
 
     def load(self, url: str) -> Image.Image:
-        image = self._decode(url)
-        side = self.policy.max_side
-        if side is not None and max(image.size) > side:
-            image.thumbnail((side, side), Image.Resampling.LANCZOS)
-        return image
+        return shrink(self._decode(url), self.policy.max_side)
 
     def _decode(self, url: str) -> Image.Image:
         scheme = urlsplit(url).scheme.lower()

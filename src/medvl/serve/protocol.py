@@ -1,14 +1,16 @@
 """The OpenAI chat-completions wire format, as much of it as medvl serves.
 
 Request models accept what the official clients send (unknown fields are ignored, as OpenAI
-does) and reject what medvl cannot honour (`n` > 1, logprobs, tools) with a 400 instead of
-silently doing something else. `APIError` is every failure, rendered in OpenAI's error shape
+does) and reject what medvl cannot honour (`n` > 1, logprobs, penalties, logit_bias,
+response_format other than text, tools, audio) with a 400 naming the field instead of silently
+doing something else. A seed must lie in 0..2^63-1. `APIError` is every failure, rendered in OpenAI's error shape
 `{"error": {"message", "type", "param", "code"}}`. Response builders add the research-only
 disclaimer as an extra `medvl` field, which OpenAI clients keep in `model_extra`.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -20,6 +22,7 @@ from medvl.model.generate import GenerationResult
 
 __all__ = [
     "APIError",
+    "MAX_SEED",
     "ChatCompletionRequest",
     "conversation_of",
     "completion_body",
@@ -28,10 +31,13 @@ __all__ = [
     "apply_stop",
 ]
 
+MAX_SEED = 2**63 - 1
+
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
@@ -95,18 +101,41 @@ class ChatCompletionRequest(_Lenient):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    # fields read only to refuse values medvl cannot honour (see `unsupported`)
     logprobs: bool | None = None
+    top_logprobs: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
+    functions: list[Any] | None = None
+    audio: dict[str, Any] | None = None
+    modalities: list[str] | None = None
+    prediction: dict[str, Any] | None = None
 
     def unsupported(self) -> APIError | None:
-        """The first option medvl cannot honour, as an error."""
-        if self.n != 1:
-            return APIError(400, "only n=1 is supported", "unsupported_parameter", "n")
-        if self.logprobs:
-            return APIError(400, "logprobs are not supported", "unsupported_parameter", "logprobs")
-        if self.tools:
-            return APIError(400, "tools are not supported", "unsupported_parameter", "tools")
+        """The first option medvl cannot honour, as a 400 naming it."""
+        refused = {
+            "n": self.n != 1,
+            "logprobs": bool(self.logprobs),
+            "top_logprobs": bool(self.top_logprobs),
+            "frequency_penalty": bool(self.frequency_penalty),
+            "presence_penalty": bool(self.presence_penalty),
+            "logit_bias": bool(self.logit_bias),
+            "response_format": self.response_format is not None and self.response_format.get("type") != "text",
+            "tools": bool(self.tools),
+            "functions": bool(self.functions),
+            "audio": self.audio is not None,
+            "modalities": any(m != "text" for m in self.modalities or []),
+            "prediction": self.prediction is not None,
+        }
+        for name, is_refused in refused.items():
+            if is_refused:
+                value = json.dumps(getattr(self, name), default=str)[:80]
+                return APIError(400, f"{name}={value} is not supported by this server (only n=1, text answers, "
+                                "no logprobs, penalties, logit_bias, tools or audio)", "unsupported_parameter", name)
         if len(self.stop_list()) > 4 or any(not s for s in self.stop_list()):
             return APIError(400, "stop takes up to 4 non-empty strings", "invalid_value", "stop")
         return None
@@ -118,6 +147,20 @@ class ChatCompletionRequest(_Lenient):
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def text_chars(self) -> int:
+        """Characters of text in all messages."""
+        total = 0
+        for message in self.messages:
+            if isinstance(message.content, str):
+                total += len(message.content)
+            elif message.content:
+                total += sum(len(part.text) for part in message.content if isinstance(part, TextPart))
+        return total
+
+    def image_count(self) -> int:
+        return sum(isinstance(part, ImagePart) for m in self.messages if isinstance(m.content, list)
+                   for part in m.content)
 
 
 def conversation_of(request: ChatCompletionRequest, system_prompt: str | None = None

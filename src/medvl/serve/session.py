@@ -1,4 +1,7 @@
-"""Multi-turn chat state shared by `medvl chat` and `medvl webui`.
+"""Multi-turn chat state shared by `medvl chat` and `medvl webui`, and the model loading of all three.
+
+`load_generator` opens a model folder for chat, serve and webui alike, turning a folder that is
+not a saved model into one `ModelLoadError` line (exit 2) instead of a traceback.
 
 A conversation is medvl's chat messages (user turns hold `{"type": "image"}` parts) plus the
 images in the order their parts appear. `fit_context` drops the oldest exchanges, images
@@ -8,15 +11,32 @@ on turn N. `ChatSession` keeps the history and the images attached for the next 
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 from PIL import Image
 
+from medvl.errors import UserError
 from medvl.model.generate import GenerationSettings, Generator
 from medvl.records import message_image_count
 
-__all__ = ["ChatSession", "ContextOverflow", "fit_context", "sampling_settings", "user_turn", "context_length"]
+__all__ = ["ChatSession", "ContextOverflow", "ModelLoadError", "fit_context", "load_generator", "sampling_settings",
+           "user_turn", "context_length"]
+
+
+class ModelLoadError(UserError, ValueError):
+    """A folder that cannot be loaded as a saved medvl model."""
+
+
+def load_generator(model_dir: str | Path, dtype: str = "auto", device: str | None = None) -> Generator:
+    try:
+        return Generator.from_pretrained(model_dir, dtype=dtype, device=device)
+    except (OSError, ValueError) as exc:  # what transformers raises for a missing, broken or foreign folder
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{model_dir} is not a loadable medvl model ({reason}); give the folder that "
+                             "`medvl train`, `medvl build` or `medvl convert` wrote") from None
 
 
 class ContextOverflow(ValueError):
@@ -29,11 +49,13 @@ def context_length(generator: Generator) -> int:
     return int(getattr(text_config, "max_position_embeddings", 0) or 1 << 30)
 
 
-def sampling_settings(max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0
-                      ) -> GenerationSettings:
-    """Greedy for temperature 0 (reproducible), otherwise sampling with temperature/top_p."""
+def sampling_settings(max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                      seed: int | None = None) -> GenerationSettings:
+    """Greedy for temperature 0 (reproducible), otherwise sampling with temperature/top_p, seeded by
+    `seed` or, without one, by fresh randomness (so asking again gives another answer)."""
     if temperature <= 0:
         return GenerationSettings(max_new_tokens=max_new_tokens)
+    seed = secrets.randbits(63) if seed is None else seed
     return GenerationSettings(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
                               top_p=top_p, seed=seed)
 

@@ -3,7 +3,9 @@
 One `gr.ChatInterface` in multimodal mode: several images per message (upload or drop),
 multi-turn history (earlier images stay in the conversation), generation settings (max new
 tokens, temperature — 0 is greedy —, top-p) and the research-only disclaimer above the chat.
-The answer streams in. Gradio hands the function its own history; `conversation_of_history`
+The answer streams in. Uploads obey the same `ImagePolicy` as `medvl serve`: bytes per file
+(Gradio's `max_file_size`), pixels per image (checked from the header), images per
+conversation, and the shrink to `max_side`. Gradio hands the function its own history; `conversation_of_history`
 turns it back into medvl messages plus images, whatever content shape Gradio uses (plain
 strings, `{"path": ...}` file dicts, or typed `text`/`file` parts).
 """
@@ -17,10 +19,11 @@ from typing import Any, Iterator
 from medvl.io.images import ImageLoadError, load_image
 from medvl.model.checkpoint import DISCLAIMER
 from medvl.model.generate import Generator
-from medvl.serve.config import UnsafeExposureError, is_loopback
-from medvl.serve.session import ContextOverflow, fit_context, sampling_settings, user_turn
+from medvl.serve.config import ImagePolicy, UnsafeExposureError, is_loopback
+from medvl.serve.image_urls import shrink
+from medvl.serve.session import ContextOverflow, fit_context, load_generator, sampling_settings, user_turn
 
-__all__ = ["build_demo", "conversation_of_history", "launch"]
+__all__ = ["answer", "build_demo", "conversation_of_history", "launch"]
 
 TITLE = "medvl — medical vision-language assistant (research preview)"
 
@@ -75,30 +78,40 @@ def conversation_of_history(history: list[dict[str, Any]], message: dict[str, An
     return messages, paths
 
 
-def build_demo(generator: Generator, default_max_new_tokens: int = 256, max_images: int = 8) -> Any:
-    """The Gradio Blocks app (not launched)."""
+def answer(generator: Generator, policy: ImagePolicy, message: dict[str, Any], history: list[dict[str, Any]],
+           max_new_tokens: float, temperature: float, top_p: float) -> Iterator[str]:
+    """The page's chat function: the answer so far, growing as it streams (gr.Error for bad input)."""
     import gradio as gr
+
+    messages, paths = conversation_of_history(history, message)
+    if len(paths) > policy.max_images:
+        raise gr.Error(f"{len(paths)} images in this conversation; the limit is {policy.max_images}")
+    try:
+        images = [shrink(load_image(p, max_pixels=policy.max_pixels), policy.max_side) for p in paths]
+    except ImageLoadError as exc:
+        raise gr.Error(f"{Path(exc.path).name}: {exc.reason} ({exc.detail})") from exc
+    settings = sampling_settings(int(max_new_tokens), float(temperature), float(top_p))
+    try:
+        messages, images, _ = fit_context(generator, messages, images, settings.max_new_tokens)
+    except ContextOverflow as exc:
+        raise gr.Error(str(exc)) from exc
+    text = ""
+    for delta in generator.stream(messages, images, settings):
+        text += delta
+        yield text
+    if not text:
+        yield "(the model returned an empty answer)"
+
+
+def build_demo(generator: Generator, default_max_new_tokens: int = 256, policy: ImagePolicy | None = None) -> Any:
+    """The Gradio Blocks app (not launched; launch it with `max_file_size=policy.max_image_bytes`)."""
+    import gradio as gr
+
+    policy = policy or ImagePolicy()
 
     def respond(message: dict[str, Any], history: list[dict[str, Any]], max_new_tokens: float,
                 temperature: float, top_p: float) -> Iterator[str]:
-        messages, paths = conversation_of_history(history, message)
-        if len(paths) > max_images:
-            raise gr.Error(f"{len(paths)} images in this conversation; the limit is {max_images}")
-        try:
-            images = [load_image(p) for p in paths]
-        except ImageLoadError as exc:
-            raise gr.Error(f"{Path(exc.path).name}: {exc.reason} ({exc.detail})") from exc
-        settings = sampling_settings(int(max_new_tokens), float(temperature), float(top_p))
-        try:
-            messages, images, _ = fit_context(generator, messages, images, settings.max_new_tokens)
-        except ContextOverflow as exc:
-            raise gr.Error(str(exc)) from exc
-        answer = ""
-        for delta in generator.stream(messages, images, settings):
-            answer += delta
-            yield answer
-        if not answer:
-            yield "(the model returned an empty answer)"
+        yield from answer(generator, policy, message, history, max_new_tokens, temperature, top_p)
 
     settings_inputs = [
         gr.Slider(1, 1024, value=default_max_new_tokens, step=1, label="max new tokens"),
@@ -118,18 +131,20 @@ def build_demo(generator: Generator, default_max_new_tokens: int = 256, max_imag
 
 def launch(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, dtype: str = "auto",
            device: str | None = None, max_new_tokens: int = 256, auth: tuple[str, str] | None = None,
-           block: bool = True) -> Any:
+           block: bool = True, policy: ImagePolicy | None = None) -> Any:
     """Load the model and serve the page; `block=False` returns the running demo (tests).
 
-    Like `medvl serve`, it refuses a non-loopback host without a login (`auth`).
+    Like `medvl serve`, it refuses a non-loopback host without a login (`auth`), and it applies
+    serve's image limits (`policy`, default `ImagePolicy()`).
     """
     if not is_loopback(host) and auth is None:
         raise UnsafeExposureError(f"refusing to serve the web UI on {host!r} without a login: set "
                                   "user:password in the auth environment variable, or use 127.0.0.1")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    generator = Generator.from_pretrained(model_dir, dtype=dtype, device=device)
-    demo = build_demo(generator, max_new_tokens)
+    policy = policy or ImagePolicy()
+    generator = load_generator(model_dir, dtype=dtype, device=device)
+    demo = build_demo(generator, max_new_tokens, policy)
     demo.queue(max_size=32)
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=True,
-                quiet=not block, auth=auth)
+                quiet=not block, auth=auth, max_file_size=policy.max_image_bytes)
     return demo

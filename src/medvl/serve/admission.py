@@ -1,0 +1,108 @@
+"""Admission: the checks a chat request passes before the model thread sees it, cheapest first.
+
+1. The raw body, before any JSON parsing: it may hold at most `limits.max_messages` `"role":`
+   keys. Counting bytes costs a scan where parsing a 30 MB body of 300k tiny messages would
+   build 300k objects. (Role keys in ignored fields count too; step 2 counts exactly.)
+2. Parsing (in a worker thread): the JSON, the message count, the request model (400 naming the
+   field), then the characters of text in all messages (`limits.max_text_chars`).
+3. An estimated token bound: the prompt has at least (images x tokens per image) + (characters /
+   the longest token's characters) tokens. A request whose bound exceeds its prompt limit could
+   never fit and is refused before anything is rendered.
+4. The exact prompt length, images expanded: the chat template rendered and tokenised by a
+   private copy of the processor (one request at a time, in a worker thread), so neither the
+   event loop nor the model thread spends time on a prompt that will be refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+import threading
+from typing import Any
+
+from PIL import Image
+from pydantic import ValidationError
+
+from medvl.model.generate import Generator
+from medvl.serve.config import Limits
+from medvl.serve.protocol import APIError, ChatCompletionRequest
+
+__all__ = ["Admission", "invalid_request"]
+
+_ROLE_KEY = re.compile(rb'"role"\s*:')
+
+
+def invalid_request(exc: ValidationError) -> APIError:
+    """The first problem of a request that does not fit the request model, as a 400 naming the field."""
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    param = ".".join(str(part) for part in first["loc"]) or None
+    return APIError(400, f"{param or 'request'}: {first['msg']}", "invalid_request", param)
+
+
+def _too_many_messages(count: int, limit: int) -> APIError:
+    return APIError(400, f"the request holds {count} messages; this server takes at most {limit} "
+                    "(limits.max_messages)", "too_many_messages", "messages")
+
+
+def _too_long(tokens: str, limit: int) -> APIError:
+    return APIError(400, f"the prompt has {tokens} tokens (images included); this request allows at most {limit} "
+                    "(prompt limit and context length, minus max_tokens)", "context_length_exceeded", "messages")
+
+
+class Admission:
+    """The admission checks of one server (one private processor copy, used one request at a time)."""
+
+    def __init__(self, generator: Generator, limits: Limits):
+        self.limits = limits
+        self.counter = Generator(generator.model, copy.deepcopy(generator.processor))
+        self._lock = threading.Lock()
+        self.longest_token = max(len(token) for token in self.counter.tokenizer.get_vocab())
+        text_only = [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
+        with_image = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}]
+        # less one: the text around an image part may tokenise differently next to its neighbours
+        self.image_tokens = max(self.prompt_tokens(with_image, [Image.new("RGB", (64, 64))])
+                                - self.prompt_tokens(text_only, []) - 1, 0)
+
+    def parse(self, body: bytes) -> ChatCompletionRequest:
+        """Steps 1 and 2 (blocking: call it from a worker thread)."""
+        limit = self.limits.max_messages
+        if body.count(b'"role"') > limit and (keys := len(_ROLE_KEY.findall(body))) > limit:
+            raise _too_many_messages(keys, limit)
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            raise APIError(400, f"the body is not valid JSON: {exc}", "invalid_json") from None
+        if not isinstance(data, dict):
+            raise APIError(400, "the body must be a JSON object", "invalid_request")
+        if isinstance(data.get("messages"), list) and len(data["messages"]) > limit:
+            raise _too_many_messages(len(data["messages"]), limit)
+        try:
+            request = ChatCompletionRequest.model_validate(data)
+        except ValidationError as exc:
+            raise invalid_request(exc) from None
+        if (chars := request.text_chars()) > self.limits.max_text_chars:
+            raise APIError(400, f"the messages hold {chars} characters of text; this server takes at most "
+                           f"{self.limits.max_text_chars} (limits.max_text_chars)", "too_much_text", "messages")
+        return request
+
+    def check_estimate(self, request: ChatCompletionRequest, prompt_limit: int) -> None:
+        """Step 3: refuse a request that could not fit whatever its text tokenises to."""
+        bound = request.image_count() * self.image_tokens + math.ceil(request.text_chars() / self.longest_token)
+        if bound > prompt_limit:
+            raise _too_long(f"at least {bound}", prompt_limit)
+
+    def check_prompt(self, messages: list[dict[str, Any]], images: list[Any], prompt_limit: int) -> int:
+        """Step 4 (blocking): the prompt's exact token count, refused over `prompt_limit`."""
+        try:
+            tokens = self.prompt_tokens(messages, images)
+        except Exception as exc:  # a template/processor failure belongs to this request only
+            raise APIError(400, f"the request could not be encoded: {exc}", "invalid_request") from exc
+        if tokens > prompt_limit:
+            raise _too_long(str(tokens), prompt_limit)
+        return tokens
+
+    def prompt_tokens(self, messages: list[dict[str, Any]], images: list[Any]) -> int:
+        with self._lock:
+            return int(self.counter.encode([messages], [images])["input_ids"].shape[1])
