@@ -99,3 +99,15 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 5.0) -> str:
+    """Everything the server sends on `sock` until it closes the connection (or `timeout` passes)."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return data.decode("latin-1")

@@ -96,3 +96,11 @@ def test_session_records_exchanges_and_clears(generator):
     assert len(session.images) == 1 and session.pending == []
     session.clear()
     assert session.messages == [] and session.images == []
+
+
+def test_sampling_without_a_seed_is_fresh_each_time():
+    from medvl.serve.session import sampling_settings
+
+    seeds = {sampling_settings(8, temperature=1.0).seed for _ in range(5)}
+    assert len(seeds) == 5 and sampling_settings(8, 1.0, seed=3).seed == 3
+    assert not sampling_settings(8, temperature=0.0).do_sample

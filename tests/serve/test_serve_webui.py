@@ -12,7 +12,7 @@ import socket
 
 import pytest
 from PIL import Image
-from serve_helpers import png_bytes
+from serve_helpers import bomb_png, png_bytes
 
 from medvl.model.checkpoint import DISCLAIMER
 from medvl.model.generate import GenerationSettings
@@ -42,6 +42,40 @@ def test_webui_refuses_a_public_host_without_login(tmp_path):
 
     with pytest.raises(UnsafeExposureError, match="without a login"):
         launch(tmp_path / "never-loaded", host="0.0.0.0")
+
+
+def test_webui_applies_serves_image_limits(generator, tiny_model_dir, tmp_path):
+    import gradio as gr
+
+    from medvl.serve.config import ImagePolicy
+    from medvl.serve.webui import answer, launch
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bomb_png(4100))  # 16.8 MP declared: over serve's 16 MP, under the loader's own 64 MP
+    big = tmp_path / "big.png"
+    big.write_bytes(png_bytes(0, size=(300, 200)))
+    policy = ImagePolicy()
+    with pytest.raises(gr.Error, match="too_large"):
+        next(answer(generator, policy, {"text": "What?", "files": [str(bomb)]}, [], 4, 0.0, 1.0))
+    with pytest.raises(gr.Error, match="the limit is 8"):
+        next(answer(generator, policy, {"text": "What?", "files": [str(big)] * 9}, [], 4, 0.0, 1.0))
+    shrunk, sent = [], generator.stream
+
+    def spy(messages, images, settings):
+        shrunk.extend(image.size for image in images)
+        return sent(messages, images, settings)
+
+    generator.stream = spy
+    try:
+        list(answer(generator, ImagePolicy(max_side=100), {"text": "What?", "files": [str(big)]}, [], 2, 0.0, 1.0))
+    finally:
+        del generator.stream
+    assert shrunk == [(100, 67)]
+    demo = launch(tiny_model_dir, port=_free_port(), block=False)
+    try:
+        assert demo.max_file_size == policy.max_image_bytes  # uploads: serve's bytes per image
+    finally:
+        demo.close()
 
 
 def _free_port() -> int:
