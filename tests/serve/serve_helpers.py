@@ -7,6 +7,7 @@ import base64
 import io
 import socket
 import struct
+import threading
 import time
 import zlib
 from contextlib import contextmanager
@@ -111,3 +112,18 @@ def read_until_closed(sock: socket.socket, timeout: float = 5.0) -> str:
     except (socket.timeout, ConnectionResetError):
         pass
     return data.decode("latin-1")
+
+
+class Gated:
+    """A generator whose generate() waits for a gate, to hold the worker busy."""
+
+    def __init__(self, inner):
+        self.inner, self.gate, self.entered = inner, threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def generate(self, *args, **kwargs):
+        self.entered.set()
+        self.gate.wait(30)
+        return self.inner.generate(*args, **kwargs)

@@ -4,11 +4,12 @@ and requests built to make the server work before refusing them."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import httpx
 import pytest
-from serve_helpers import assert_openai_error, is_closed_by_peer, raw_socket, read_until_closed, wait_until
+from serve_helpers import Gated, assert_openai_error, is_closed_by_peer, raw_socket, read_until_closed, wait_until
 
 from medvl.serve.admission import Admission
 from medvl.serve.config import Limits
@@ -150,6 +151,22 @@ def test_text_and_estimated_tokens_are_checked_before_tokenising(admission, monk
     error = _refusal(admission.check_estimate, request, limit)
     assert error.code == "context_length_exceeded" and "at least" in error.message
     admission.check_estimate(request, 1000)  # a bound, not a guess: what could fit goes on to be counted
+
+
+def test_prompts_are_measured_off_the_model_thread(serve, generator):
+    gated = Gated(generator)
+    long = {"model": "tiny", "messages": [{"role": "user", "content": "word " * 300}], "max_tokens": 2}
+    with serve(gen=gated, limits={"max_prompt_tokens": 64}) as url:
+        busy = threading.Thread(target=httpx.post, args=(url + CHAT,), kwargs={"json": _hello(), "timeout": 60})
+        try:
+            busy.start()
+            assert gated.entered.wait(30)  # the model thread is held
+            start = time.monotonic()
+            assert_openai_error(httpx.post(url + CHAT, json=long, timeout=60), 400, "context_length_exceeded")
+            assert time.monotonic() - start < 10
+        finally:
+            gated.gate.set()
+            busy.join(30)
 
 
 def test_a_huge_many_message_body_is_refused_without_the_model(serve):

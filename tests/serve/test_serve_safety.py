@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from serve_helpers import assert_openai_error, bomb_png, data_url, image_message, png_bytes
+from serve_helpers import Gated, assert_openai_error, bomb_png, data_url, image_message, png_bytes
 
 from medvl.serve.config import ImagePolicy, ServeConfig, UnsafeExposureError
 from medvl.serve.image_urls import ImageResolver
@@ -192,23 +192,8 @@ def test_token_limits_give_400(serve):
         assert_openai_error(httpx.post(url + CHAT, json=body, timeout=60), 400, "context_length_exceeded")
 
 
-class _Gated:
-    """A generator whose generate() waits for a gate, to hold the worker busy."""
-
-    def __init__(self, inner):
-        self.inner, self.gate, self.entered = inner, threading.Event(), threading.Event()
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def generate(self, *args, **kwargs):
-        self.entered.set()
-        self.gate.wait(30)
-        return self.inner.generate(*args, **kwargs)
-
-
 def test_full_queue_answers_429(serve, generator):
-    gated = _Gated(generator)
+    gated = Gated(generator)
     results: dict[str, int] = {}
     body = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
     with serve(gen=gated, max_batch_size=1, batch_wait_ms=0, limits={"max_queue": 1}) as url:
@@ -235,7 +220,7 @@ def test_full_queue_answers_429(serve, generator):
 
 
 def test_requests_in_flight_are_capped_with_503(serve, generator):
-    gated = _Gated(generator)
+    gated = Gated(generator)
     body = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
     with serve(gen=gated, limits={"max_in_flight": 1}) as url:
         first = threading.Thread(target=httpx.post, args=(url + CHAT,), kwargs={"json": body, "timeout": 60})
