@@ -31,11 +31,11 @@ from PIL import Image
 
 from medvl.io.images import encode_data_url
 
-MODES = {"batching": {"max_batch_size": 8, "batch_wait_ms": 10.0},
-         "no batching": {"max_batch_size": 1, "batch_wait_ms": 0.0}}
+MODES = {"batching": ["--max-batch-size", "8", "--batch-wait-ms", "10"],
+         "no batching": ["--max-batch-size", "1", "--batch-wait-ms", "0"]}
 
 
-def _bench_model(folder: Path) -> Path:
+def bench_model(folder: Path) -> Path:
     """The tests' tiny random LLaVA (CLIP 32px → 2-layer 64-wide Llama), saved natively."""
     from medvl.model.build import build_model
     from medvl.model.checkpoint import save_model
@@ -52,13 +52,16 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _server(model_dir: Path, max_batch_size: int, batch_wait_ms: float) -> Iterator[str]:
+def serve_process(model_dir: Path, *options: str, api_key: str | None = None
+                  ) -> Iterator[tuple[str, subprocess.Popen]]:
+    """(url, process) of `medvl serve MODEL_DIR OPTIONS...` on a free loopback port, once healthy."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "MEDVL_API_KEY"}
     env.update(MEDVL_LOG="WARNING", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    if api_key is not None:
+        env["MEDVL_API_KEY"] = api_key
     command = [sys.executable, "-m", "medvl.cli", "serve", str(model_dir), "--host", "127.0.0.1",
-               "--port", str(port), "--max-batch-size", str(max_batch_size), "--batch-wait-ms", str(batch_wait_ms),
-               "--set", "limits.max_queue=1024"]
+               "--port", str(port), *options]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -74,7 +77,7 @@ def _server(model_dir: Path, max_batch_size: int, batch_wait_ms: float) -> Itera
             if time.monotonic() > deadline:
                 raise RuntimeError("server did not become healthy in 180 s")
             time.sleep(0.2)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         try:
@@ -122,14 +125,15 @@ def _generate_calls(url: str) -> int:
 def run(quick: bool = False, model_dir: Path | None = None) -> list[dict]:
     clients, per_client, max_tokens = (8, 3, 16) if quick else (16, 4, 24)
     with tempfile.TemporaryDirectory(prefix="medvl-serve-bench-") as tmp, ExitStack() as server:
-        folder = model_dir or _bench_model(Path(tmp) / "model")
+        folder = model_dir or bench_model(Path(tmp) / "model")
         running: dict[str, str] = {}  # the mode and url of the one server up (a real model may not fit twice)
 
         def one_pass(mode: str, part: int) -> dict:
             if mode not in running:
                 server.close()
                 running.clear()
-                running[mode] = server.enter_context(_server(folder, **MODES[mode]))
+                running[mode], _ = server.enter_context(
+                    serve_process(folder, *MODES[mode], "--set", "limits.max_queue=1024"))
             url = running[mode]
             calls = _generate_calls(url)
             latencies, statuses, wall = asyncio.run(_load(url, clients, per_client, max_tokens))

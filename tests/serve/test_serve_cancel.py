@@ -59,7 +59,8 @@ def test_requests_abandoned_in_the_queue_never_run(serve, slow):
         for _ in range(3):  # they fill the queue, then give up
             with pytest.raises(httpx.ReadTimeout):
                 httpx.post(url + CHAT, json=_ask(60), timeout=0.3)
-        assert httpx.get(url + "/health").json()["waiting"] == 0  # their places are free again
+        health = httpx.get(url + "/health").json()
+        assert health["waiting"] == 0 and health["stats"]["stopped"] == 3  # their places are free again
         running.join(60)
         assert httpx.post(url + CHAT, json=_ask(2), timeout=60).status_code == 200
         assert _stats(url)["generate_calls"] == 2  # the abandoned three never reached the model

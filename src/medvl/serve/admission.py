@@ -20,6 +20,7 @@ import json
 import math
 import re
 import threading
+from itertools import islice
 from typing import Any
 
 from PIL import Image
@@ -41,7 +42,7 @@ def invalid_request(exc: ValidationError) -> APIError:
     return APIError(400, f"{param or 'request'}: {first['msg']}", "invalid_request", param)
 
 
-def _too_many_messages(count: int, limit: int) -> APIError:
+def _too_many_messages(count: str, limit: int) -> APIError:
     return APIError(400, f"the request holds {count} messages; this server takes at most {limit} "
                     "(limits.max_messages)", "too_many_messages", "messages")
 
@@ -68,8 +69,8 @@ class Admission:
     def parse(self, body: bytes) -> ChatCompletionRequest:
         """Steps 1 and 2 (blocking: call it from a worker thread)."""
         limit = self.limits.max_messages
-        if body.count(b'"role"') > limit and (keys := len(_ROLE_KEY.findall(body))) > limit:
-            raise _too_many_messages(keys, limit)
+        if body.count(b'"role"') > limit and len(list(islice(_ROLE_KEY.finditer(body), limit + 1))) > limit:
+            raise _too_many_messages(f"more than {limit}", limit)
         try:
             data = json.loads(body)
         except ValueError as exc:
@@ -77,7 +78,7 @@ class Admission:
         if not isinstance(data, dict):
             raise APIError(400, "the body must be a JSON object", "invalid_request")
         if isinstance(data.get("messages"), list) and len(data["messages"]) > limit:
-            raise _too_many_messages(len(data["messages"]), limit)
+            raise _too_many_messages(str(len(data["messages"])), limit)
         try:
             request = ChatCompletionRequest.model_validate(data)
         except ValidationError as exc:

@@ -27,7 +27,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from medvl.model.generate import GenerationResult, GenerationSettings, Generator
 from medvl.serve.control import RequestControl, shutting_down
@@ -65,10 +65,11 @@ class Job:
 
 
 class JobQueue:
-    """A bounded FIFO of jobs in which stopped jobs take no room and are never handed out."""
+    """A bounded FIFO of jobs in which stopped jobs take no room and are never handed out
+    (`on_drop` is called for each one dropped)."""
 
-    def __init__(self, maxsize: int):
-        self.maxsize = maxsize
+    def __init__(self, maxsize: int, on_drop: Callable[[], None] = lambda: None):
+        self.maxsize, self.on_drop = maxsize, on_drop
         self._jobs: deque[Job] = deque()
         self._changed = threading.Condition()
         self._closed = False
@@ -108,10 +109,11 @@ class JobQueue:
             self._changed.notify_all()
 
     def _purge(self) -> int:
-        while self._jobs and self._jobs[0].control.should_stop():
-            self._jobs.popleft()
         if any(job.control.should_stop() for job in self._jobs):
-            self._jobs = deque(job for job in self._jobs if not job.control.should_stop())
+            kept = deque(job for job in self._jobs if not job.control.should_stop())
+            for _ in range(len(self._jobs) - len(kept)):
+                self.on_drop()
+            self._jobs = kept
         return len(self._jobs)
 
 
@@ -122,7 +124,7 @@ class BatcherStats:
     stream_calls: int = 0
     batched_requests: int = 0  # requests answered by a generate call holding more than one
     largest_batch: int = 0
-    stopped: int = 0  # requests the model thread dropped or cut short (client gone, deadline, shutdown)
+    stopped: int = 0  # requests dropped from the queue or cut short (client gone, deadline, shutdown)
 
 
 class Batcher:
@@ -136,7 +138,7 @@ class Batcher:
         self.stats = BatcherStats()
         self.running: list[Job] = []
         self.draining = False
-        self._queue = JobQueue(max_queue)
+        self._queue = JobQueue(max_queue, on_drop=self._count_stopped)
         self._thread = threading.Thread(target=self._run, name="medvl-batcher", daemon=True)
         self._thread.start()
 
@@ -158,6 +160,7 @@ class Batcher:
         """Take no new jobs; the waiting ones get 503 now; the running ones go on."""
         self.draining = True
         for job in self._queue.take_all():
+            self._count_stopped()
             job.stop(shutting_down())
 
     def stop_running(self, reason: APIError) -> None:
@@ -191,6 +194,7 @@ class Batcher:
         for jobs in groups.values():
             if self.draining:  # taken from the queue before the drain, not started: refused like the queue
                 for job in jobs:
+                    self._count_stopped()
                     job.stop(shutting_down())
                 continue
             live = [job for job in jobs if not self._stopped(job)]
@@ -240,16 +244,19 @@ class Batcher:
             self.running = []
         self._finish(job, stream.result)
 
+    def _count_stopped(self) -> None:
+        self.stats.stopped += 1
+
     def _stopped(self, job: Job) -> bool:
         if not job.control.should_stop():
             return False
-        self.stats.stopped += 1
+        self._count_stopped()
         job.post("error", job.control.reason)
         return True
 
     def _finish(self, job: Job, result: GenerationResult | None) -> None:
         if result is None or result.finish_reason == "cancelled":
-            self.stats.stopped += 1
+            self._count_stopped()
             job.post("error", job.control.reason)
         else:
             job.post("done", result)
