@@ -2,8 +2,9 @@
 
 The server runs as its own process (`medvl serve`, the tiny random test model or `--model DIR`,
 an API key, default limits). A steady mixed load (16 clients, each sending one request after
-another: text, image, streamed, sampled with a seed) runs alone, then together with a second
-process that attacks the server, then alone again. The attackers, all at once:
+another: text, image, streamed, sampled with a seed) runs alone and together with a second
+process that attacks the server, in mirrored order (`bench/interleave.py`: alone, attacked,
+attacked, alone) so that a drift in the machine's load hits both alike. The attackers, all at once:
 
 - idle sockets: 500 connections (spread over 10 loopback addresses) that never send a byte,
   each reopened as soon as the server closes it;
@@ -14,9 +15,9 @@ process that attacks the server, then alone again. The attackers, all at once:
   logit_bias, top_logprobs, penalties, a foreign Host header, a wrong key.
 
 Reported: the steady clients' statuses (5xx and transport errors must be zero) and p50/p95
-latency alone (both calm phases pooled) and under chaos, with their ratio; what each attacker
-got; the server's RSS after the chaos against before it; and the machine's load average, since
-the ratio is only as quiet as the machine. Everything is bounded: fixed counts, fixed phase
+latency alone and under chaos (each pooled over its two phases), with their ratio; what each
+attacker got; the server's RSS after the last phase against before the first attack; and the
+machine's load average, since the ratio is only as quiet as the machine. Everything is bounded: fixed counts, fixed phase
 length, loopback only. The attackers run in their own process (`--attack`), so their CPU is
 not spent in the event loop that times the steady clients.
 
@@ -40,13 +41,14 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from interleave import mirrored  # bench/interleave.py
 from PIL import Image
-from serve_load import bench_model, serve_process
+from serve_load import bench_model, serve_process  # bench/serve_load.py
 
 from medvl.io.images import encode_data_url
 
 CHAT = "/v1/chat/completions"
-SIZES = {"quick": {"clients": 8, "idle": 100, "seconds": 10}, "full": {"clients": 16, "idle": 500, "seconds": 30}}
+SIZES = {"quick": {"clients": 8, "idle": 100, "seconds": 8}, "full": {"clients": 16, "idle": 500, "seconds": 20}}
 
 
 def _steady_bodies() -> list[dict]:
@@ -258,31 +260,40 @@ def run(quick: bool = False, model_dir: Path | None = None, seconds: float | Non
     clients, idle, seconds = size["clients"], size["idle"], seconds or size["seconds"]
     key = secrets.token_hex(16)
     load = os.getloadavg()[0]
+    attacks, health, rss = Counter(), Counter(), {}
     with tempfile.TemporaryDirectory(prefix="medvl-serve-chaos-") as tmp:
         folder = model_dir or bench_model(Path(tmp) / "model")
         with serve_process(folder, api_key=key) as (url, process):
             asyncio.run(_steady(url, key, clients, 2))  # warm-up
-            calm = [asyncio.run(_steady(url, key, clients, seconds))]
-            rss_before = _rss_mb(process.pid)
-            stormy, attacks, health = asyncio.run(_under_chaos(url, key, clients, seconds, idle))
-            time.sleep(3)
-            calm.append(asyncio.run(_steady(url, key, clients, seconds)))
-            rss_after = _rss_mb(process.pid)
+
+            def phase(mode: str, part: int) -> dict:
+                if mode == "alone":
+                    return asyncio.run(_steady(url, key, clients, seconds))
+                rss.setdefault("before", _rss_mb(process.pid))  # after a calm phase, before any attack
+                steady, attacked, probed = asyncio.run(_under_chaos(url, key, clients, seconds, idle))
+                attacks.update(attacked)
+                health.update(probed)
+                time.sleep(3)  # the attackers' sockets are gone
+                return steady
+
+            phases = mirrored(["alone", "under chaos"], (1, 2), phase)  # alone, chaos, chaos, alone
+            rss["after"] = _rss_mb(process.pid)
             stats = httpx.get(url + "/health").json()["stats"]
-    alone, chaos = _summary("steady load alone", clients, calm), _summary("steady load under chaos", clients, [stormy])
+    alone = _summary("steady load alone", clients, phases["alone"])
+    chaos = _summary("steady load under chaos", clients, phases["under chaos"])
     chaos["ratio"] = chaos["p95_ms"] / alone["p95_ms"]
     return [
         alone, chaos,
         {"bench": "serve_chaos", "case": "attackers", "idle_sockets": idle, **dict(sorted(attacks.items())),
          "health_probes": dict(health), "server_stopped_requests": stats["stopped"]},
-        {"bench": "serve_chaos", "case": "server RSS after / before", "ratio": rss_after / rss_before,
-         "rss_before_mb": rss_before, "rss_after_mb": rss_after, "load_average_1min": load},
+        {"bench": "serve_chaos", "case": "server RSS after / before", "ratio": rss["after"] / rss["before"],
+         "rss_before_mb": rss["before"], "rss_after_mb": rss["after"], "load_average_1min": load},
     ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="8 clients, 100 idle sockets, 10 s phases")
+    parser.add_argument("--quick", action="store_true", help="8 clients, 100 idle sockets, 8 s phases")
     parser.add_argument("--model", type=Path, default=None, help="serve this model folder instead of a random one")
     parser.add_argument("--seconds", type=float, default=None, help="length of each phase")
     parser.add_argument("--attack", metavar="URL", help=argparse.SUPPRESS)  # the attackers' process
