@@ -12,7 +12,7 @@ import time
 
 import httpx
 import pytest
-from serve_helpers import assert_openai_error, slow_tokens, wait_until
+from serve_helpers import assert_openai_error, raw_socket, slow_tokens, wait_until
 
 CHAT = "/v1/chat/completions"
 
@@ -49,6 +49,16 @@ def test_a_stream_cut_midway_stops_its_generation(serve, slow):
             assert next(lines).startswith("data: ")
         assert wait_until(lambda: _stats(url)["stopped"] == 1, 5)
         assert httpx.post(url + CHAT, json=_ask(2), timeout=10).status_code == 200
+
+
+def test_a_stream_left_before_its_first_chunk_stops_too(serve, slow):
+    body = json.dumps(_ask(400, stream=True)).encode()
+    with serve() as url:
+        sock = raw_socket(url)
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        sock.close()  # gone before reading a byte
+        assert wait_until(lambda: _stats(url)["stopped"] == 1, 5)
 
 
 def test_requests_abandoned_in_the_queue_never_run(serve, slow):

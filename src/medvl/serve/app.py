@@ -29,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from medvl.model.checkpoint import DISCLAIMER
 from medvl.model.generate import GenerationResult, Generator
@@ -99,8 +100,8 @@ def create_app(generator: Generator, config: ServeConfig, resolver: ImageResolve
     @app.get("/health")
     async def health(request: Request) -> dict[str, Any]:
         batcher: Batcher = request.app.state.batcher
-        return {"status": "draining" if request.app.state.draining else "ok", "model": model_name,
-                "waiting": batcher.waiting, "stats": vars(batcher.stats), "disclaimer": DISCLAIMER}
+        return {"status": "ok", "model": model_name, "waiting": batcher.waiting, "stats": vars(batcher.stats),
+                "disclaimer": DISCLAIMER}
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
@@ -140,9 +141,8 @@ def create_app(generator: Generator, config: ServeConfig, resolver: ImageResolve
         request.app.state.batcher.submit(job)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_sse(job, model_name, body.stop_list(), include_usage, config.disclaimer_note),
-                                     media_type="text/event-stream",
-                                     headers={**DISCLAIMER_HEADERS, "Cache-Control": "no-cache"})
+            return _JobStream(job, _sse(job, model_name, body.stop_list(), include_usage, config.disclaimer_note),
+                              media_type="text/event-stream", headers={**DISCLAIMER_HEADERS, "Cache-Control": "no-cache"})
         result = await _outcome(job, request)
         text, stopped = apply_stop(result.text, body.stop_list())
         finish = "stop" if stopped else result.finish_reason
@@ -197,48 +197,60 @@ def _with_note(text: str) -> str:
     return f"{text}\n\n({DISCLAIMER})"
 
 
+class _JobStream(StreamingResponse):
+    """A streamed answer whose job stops when the response ends for any reason (a no-op once the job
+    is done): the client left, even before the first chunk, or the server cancelled the response."""
+
+    def __init__(self, job: Job, content: AsyncIterator[str], **kwargs: Any):
+        super().__init__(content, **kwargs)
+        self.job = job
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.control.cancel(client_gone())
+
+
 async def _sse(job: Job, model: str, stops: list[str], include_usage: bool, note: bool) -> AsyncIterator[str]:
     """OpenAI's stream: a role chunk, content chunks, a finish chunk, [usage chunk], `[DONE]`.
 
-    An error (deadline, shutdown) ends it with an error event and `[DONE]`; the client leaving
-    (the generator is closed) stops the job. Stop strings may span deltas, so the last
-    `max(len(stop)) - 1` characters are held back until the next delta shows they do not start one.
+    An error (deadline, shutdown) ends it with an error event and `[DONE]`. Stop strings may span
+    deltas, so the last `max(len(stop)) - 1` characters are held back until the next delta shows
+    they do not start one.
     """
     completion_id = new_id()
 
     def event(body: dict[str, Any]) -> str:
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
-    try:
-        yield event(chunk_body(completion_id, model, {"role": "assistant", "content": ""}, disclaimer=True))
-        hold = max((len(s) for s in stops), default=1) - 1
-        pending, stopped = "", False
-        while True:
-            try:
-                kind, value = await asyncio.wait_for(job.events.get(), job.control.remaining())
-            except TimeoutError:
-                job.control.expire()
-                kind, value = "error", job.control.reason
-            if kind == "error":
-                yield event(value.body())
-                break
-            if kind == "delta" and not stopped:
-                pending += value
-                cut, stopped = apply_stop(pending, stops)
-                ready = cut if stopped else cut[: max(len(cut) - hold, 0)]
-                if ready:
-                    yield event(chunk_body(completion_id, model, {"content": ready}))
-                pending = "" if stopped else pending[len(ready):]
-            elif kind == "done":
-                tail = _with_note(pending) if note else pending
-                if tail:
-                    yield event(chunk_body(completion_id, model, {"content": tail}))
-                finish = "stop" if stopped else value.finish_reason
-                yield event(chunk_body(completion_id, model, {}, finish, disclaimer=True))
-                if include_usage:
-                    yield event(chunk_body(completion_id, model, None,
-                                           usage=usage_body(value.prompt_tokens, value.new_tokens)))
-                break
-        yield "data: [DONE]\n\n"
-    finally:  # normal end: a no-op for a finished job; otherwise the client left mid-stream
-        job.control.cancel(client_gone())
+    yield event(chunk_body(completion_id, model, {"role": "assistant", "content": ""}, disclaimer=True))
+    hold = max((len(s) for s in stops), default=1) - 1
+    pending, stopped = "", False
+    while True:
+        try:
+            kind, value = await asyncio.wait_for(job.events.get(), job.control.remaining())
+        except TimeoutError:
+            job.control.expire()
+            kind, value = "error", job.control.reason
+        if kind == "error":
+            yield event(value.body())
+            break
+        if kind == "delta" and not stopped:
+            pending += value
+            cut, stopped = apply_stop(pending, stops)
+            ready = cut if stopped else cut[: max(len(cut) - hold, 0)]
+            if ready:
+                yield event(chunk_body(completion_id, model, {"content": ready}))
+            pending = "" if stopped else pending[len(ready):]
+        elif kind == "done":
+            tail = _with_note(pending) if note else pending
+            if tail:
+                yield event(chunk_body(completion_id, model, {"content": tail}))
+            finish = "stop" if stopped else value.finish_reason
+            yield event(chunk_body(completion_id, model, {}, finish, disclaimer=True))
+            if include_usage:
+                yield event(chunk_body(completion_id, model, None,
+                                       usage=usage_body(value.prompt_tokens, value.new_tokens)))
+            break
+    yield "data: [DONE]\n\n"
