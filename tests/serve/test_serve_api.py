@@ -153,7 +153,8 @@ def test_serve_command_merges_yaml_set_and_flags(tiny_model_dir, tmp_path, monke
     config = tmp_path / "serve.yaml"
     config.write_text("port: 9001\nmax_batch_size: 4\nimages: {max_images: 3}\n")
     args = ["serve", str(tiny_model_dir), "--config", str(config), "--set", "limits.max_tokens=64",
-            "--batch-wait-ms", "25", "--image-root", str(tmp_path), "--allow-image-host", "images.example.org"]
+            "--batch-wait-ms", "25", "--image-root", str(tmp_path), "--allow-image-host", "images.example.org",
+            "--allow-host", "api.example.org"]
     result = CliRunner().invoke(build_app(), args)
     assert result.exit_code == 0, result.output
     (settings,) = seen
@@ -161,5 +162,6 @@ def test_serve_command_merges_yaml_set_and_flags(tiny_model_dir, tmp_path, monke
         tiny_model_dir, 9001, 4, 25.0)
     assert settings.limits.max_tokens == 64 and settings.images.max_images == 3
     assert settings.images.local_root == tmp_path and settings.images.allowed_hosts == ["images.example.org"]
+    assert settings.allowed_hosts == ["api.example.org"]
     bad = CliRunner().invoke(build_app(), ["serve", str(tiny_model_dir), "--set", "limits.max_tokenz=1"])
     assert bad.exit_code == 2 and "max_tokenz: unknown key" in bad.stderr
