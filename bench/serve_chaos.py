@@ -19,7 +19,7 @@ latency alone and under chaos (each pooled over its two phases), with their rati
 attacker got; the server's RSS after the last phase against before the first attack; and the
 machine's load average, since the ratio is only as quiet as the machine. Everything is bounded: fixed counts, fixed phase
 length, loopback only. The attackers run in their own process (`--attack`), so their CPU is
-not spent in the event loop that times the steady clients.
+not spent in the event loop that times the steady clients; it and the server die with this one.
 
     python bench/serve_chaos.py [--quick] [--model DIR] [--seconds S]
 """
@@ -46,6 +46,7 @@ from PIL import Image
 from serve_load import bench_model, serve_process  # bench/serve_load.py
 
 from medvl.io.images import encode_data_url
+from medvl.io.process import die_with_parent
 
 CHAT = "/v1/chat/completions"
 SIZES = {"quick": {"clients": 8, "idle": 100, "seconds": 8}, "full": {"clients": 16, "idle": 500, "seconds": 20}}
@@ -236,7 +237,8 @@ async def _attack(url: str, key: str, seconds: float, idle: int) -> Counter:
     return counts
 
 
-def _attack_main(url: str, key: str, seconds: float, idle: int) -> None:
+def _attack_main(url: str, key: str, seconds: float, idle: int, parent: int) -> None:
+    die_with_parent(parent=parent)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < idle + 256:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(idle + 256, hard), hard))
@@ -248,7 +250,7 @@ def _attack_main(url: str, key: str, seconds: float, idle: int) -> None:
 async def _under_chaos(url: str, key: str, clients: int, seconds: float, idle: int) -> tuple[dict, Counter, Counter]:
     attacker = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--attack", url, "--key", key, "--seconds", str(seconds + 2), "--idle", str(idle),
-        stdout=subprocess.PIPE)
+        "--parent", str(os.getpid()), stdout=subprocess.PIPE)
     await asyncio.sleep(2)  # the idle sockets are open before the steady load starts
     steady, health = await asyncio.gather(_steady(url, key, clients, seconds), _health_probe(url, seconds))
     out, _ = await attacker.communicate()
@@ -299,9 +301,10 @@ def main() -> None:
     parser.add_argument("--attack", metavar="URL", help=argparse.SUPPRESS)  # the attackers' process
     parser.add_argument("--key", help=argparse.SUPPRESS)
     parser.add_argument("--idle", type=int, default=500, help=argparse.SUPPRESS)
+    parser.add_argument("--parent", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.attack:
-        return _attack_main(args.attack, args.key, args.seconds, args.idle)
+        return _attack_main(args.attack, args.key, args.seconds, args.idle, args.parent)
     rows = run(quick=args.quick, model_dir=args.model, seconds=args.seconds)
     for row in rows:
         print(json.dumps(row))

@@ -51,17 +51,23 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+# `medvl serve ...` that dies with this process, even when it is SIGKILLed (no orphaned server)
+_MEDVL_DYING_WITH = ("from medvl.io.process import die_with_parent; die_with_parent(parent={pid}); "
+                     "from medvl.cli import main; main()")
+
+
 @contextmanager
 def serve_process(model_dir: Path, *options: str, api_key: str | None = None
                   ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """(url, process) of `medvl serve MODEL_DIR OPTIONS...` on a free loopback port, once healthy."""
+    """(url, process) of `medvl serve MODEL_DIR OPTIONS...` on a free loopback port, once healthy;
+    the server dies with this process."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "MEDVL_API_KEY"}
     env.update(MEDVL_LOG="WARNING", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     if api_key is not None:
         env["MEDVL_API_KEY"] = api_key
-    command = [sys.executable, "-m", "medvl.cli", "serve", str(model_dir), "--host", "127.0.0.1",
-               "--port", str(port), *options]
+    command = [sys.executable, "-c", _MEDVL_DYING_WITH.format(pid=os.getpid()), "serve", str(model_dir),
+               "--host", "127.0.0.1", "--port", str(port), *options]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
