@@ -1,17 +1,20 @@
-"""`medvl demo` end to end on a tiny model with tiny budgets: every step runs, the report has every
-section, and a second run resumes (skips) finished steps."""
+"""`medvl demo` end to end on a tiny model with tiny budgets: every step runs (the visual prior too),
+the report has every section, only the final model's weights are left, a second run resumes (skips)
+finished steps, and a training stage's step budget gives the same steps and weights every time."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from medvl.config import load_config
 from medvl.demo.config import DEMO_MODEL, DemoConfig
-from medvl.demo.run import EVAL_RUNS, run_demo
+from medvl.demo.run import EVAL_RUNS, run_demo, train_stage
 from medvl.model.spec import ModelSpec, tiny_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,13 +25,21 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, smol_tokenizer):
     spec = tiny_spec(str(smol_tokenizer)).model_dump()
     overrides = [f"output_dir={tmp_path / 'demo'}", "eval_limit=8", "eval_batch_size=8", "eval_max_new_tokens=4",
                  f"model={json.dumps(spec)}"]
-    overrides += [f"{stage}.minutes=0.02" for stage in ("align", "instruct", "finetune")]
+    overrides += ["align.epochs=1", "instruct.epochs=1", "finetune.epochs=0.05", "prior.views_per_image=1",
+                  "prior.epochs=1"]
     config = load_config(DemoConfig, None, overrides)
     report = run_demo(config)
     out = tmp_path / "demo"
     steps = sorted(p.stem for p in (out / ".steps").glob("*.json"))
-    assert steps == sorted(["curate", "data", "build", "align", "instruct", "finetune",
+    assert steps == sorted(["curate", "data", "prior", "build", "align", "instruct", "finetune",
                             *[f"eval-{p}-{s}" for p, s in EVAL_RUNS]])
+    prior = json.loads((out / ".steps" / "prior.json").read_text())
+    assert prior["images"] == 313 and Path(prior["folder"], "config.json").is_file()  # VQA-RAD train-split images
+    # only the final model keeps its weights; no resume checkpoint is left behind
+    assert not list(out.rglob("checkpoint-*"))
+    assert [p.parent.name for p in out.rglob("*.safetensors")] == ["finetune"]
+    finetune = json.loads((out / ".steps" / "finetune.json").read_text())
+    assert finetune["steps"] == math.ceil(math.ceil(finetune["samples_per_epoch"] / 8) * 0.05)
     page = report.read_text()
     for heading in ("1. Curation", "2. Model", "3. Training", "4. Evaluation", "5. Example answers", "6. Use the model"):
         assert heading in page
@@ -45,3 +56,21 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, smol_tokenizer):
 def test_demo_model_matches_the_shipped_config():
     shipped = ModelSpec.model_validate(yaml.safe_load((ROOT / "configs/model/smollm2_vit_tiny.yaml").read_text()))
     assert shipped == DEMO_MODEL
+
+
+def test_a_stage_budget_gives_the_same_steps_and_weights_every_time(tmp_path, tiny_model_dir, rgb_image):
+    from safetensors.torch import load_file
+
+    rgb_image.save(tmp_path / "x.png")
+    records = [{"id": str(i), "image": ["x.png"], "conversations": [
+        {"from": "human", "value": f"<image>\nquestion {i}?"}, {"from": "gpt", "value": "yes" if i % 2 else "no"}]}
+        for i in range(12)]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = load_config(DemoConfig, None, ["finetune.epochs=2", "finetune.batch_size=4"])
+    runs = [train_stage(config, "finetune", tiny_model_dir, [{"path": str(tmp_path / "data.jsonl"),
+                                                                "image_root": str(tmp_path)}],
+                        config.finetune, tmp_path / f"run{k}") for k in range(2)]
+    assert runs[0]["steps"] == runs[1]["steps"] == 6  # 12 samples / batch 4 x 2 epochs
+    assert runs[0]["final_loss"] == runs[1]["final_loss"]
+    first, second = (load_file(tmp_path / f"run{k}" / "model.safetensors") for k in range(2))
+    assert all(torch.equal(first[key], second[key]) for key in first)

@@ -21,7 +21,7 @@ __all__ = ["DemoConfig", "StageBudget", "PriorSettings", "DEMO_MODEL", "repo_dat
 DEMO_MODEL = ModelSpec.model_validate({
     "vision": {"family": "clip", "image_size": 128, "patch_size": 32, "hidden_size": 256, "num_layers": 4,
                "num_heads": 4, "intermediate_size": 1024},
-    "text": {"path": "offline:smollm2", "keep_layers": 8},
+    "text": {"path": "offline:smollm2", "keep_layers": 4},
     "projector": "mlp2x_gelu",
     "vision_feature_layer": -1,
     "chat_template": "chatml",
@@ -36,7 +36,7 @@ class StageBudget(Config):
     lr: float = Field(gt=0)
     batch_size: int = Field(8, ge=1)
     max_minutes: float | None = Field(None, gt=0, description="stop early after this much wall time (not reproducible)")
-    train_vision: bool = Field(True, description="train the vision tower too")
+    train_vision: bool = Field(True, description="train the vision tower too (align keeps the distilled tower fixed)")
 
 
 class PriorSettings(Config):
@@ -59,9 +59,9 @@ class DemoConfig(Config):
     vqa_rad: str | None = Field(None, description="VQA-RAD release folder; default: the vendored data/vqa-rad")
     model: ModelSpec = DEMO_MODEL
     prior: PriorSettings = PriorSettings()
-    align: StageBudget = StageBudget(epochs=4, lr=1e-3)
+    align: StageBudget = StageBudget(epochs=4, lr=1e-3, train_vision=False)
     instruct: StageBudget = StageBudget(epochs=3, lr=1e-4)
-    finetune: StageBudget = StageBudget(epochs=3, lr=2e-4)
+    finetune: StageBudget = StageBudget(epochs=3, lr=3e-4, batch_size=16)
     max_length: int = Field(256, ge=64)
     eval_max_new_tokens: int = Field(10, ge=1)
     eval_batch_size: int = Field(32, ge=1)

@@ -35,8 +35,8 @@ from medvl.config import Config
 from medvl.errors import UserError
 from medvl.model.spec import VisionSpec
 
-__all__ = ["PriorConfig", "distil_tower", "cached_prior", "prior_key", "image_files", "Teacher", "load_teacher",
-           "PriorResult"]
+__all__ = ["PriorConfig", "distil_tower", "cached_prior", "prior_key", "image_files", "student_tower", "Teacher",
+           "load_teacher", "PriorResult"]
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def _teacher_targets(teacher: Teacher, views: torch.Tensor, grid: int, batch: in
     return ((targets - mean) / std).to(torch.float16)
 
 
-def _student(config: PriorConfig) -> Any:
+def student_tower(config: PriorConfig) -> Any:
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     tower = config.tower
@@ -229,7 +229,7 @@ def distil_tower(config: PriorConfig, out: str | Path, progress: Callable[[str],
     targets = _teacher_targets(teacher, views, grid)
     teacher_seconds = time.perf_counter() - started
 
-    student = _student(config).train()
+    student = student_tower(config).train()
     head = torch.nn.Linear(config.tower.hidden_size, targets.shape[-1])
     params = [*student.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
