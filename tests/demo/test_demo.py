@@ -74,3 +74,14 @@ def test_a_stage_budget_gives_the_same_steps_and_weights_every_time(tmp_path, ti
     assert runs[0]["final_loss"] == runs[1]["final_loss"]
     first, second = (load_file(tmp_path / f"run{k}" / "model.safetensors") for k in range(2))
     assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_the_verdict_says_not_significant_when_it_is_not():
+    from medvl.demo.report import _verdict
+    from medvl.eval.compare import PairedDifference
+
+    noise = PairedDifference("closed accuracy", "accuracy", 272, 0.603, 0.562, 0.041, (-0.01, 0.09), 0.052, 30, 19)
+    real = PairedDifference("closed accuracy", "accuracy", 272, 0.72, 0.60, 0.12, (0.07, 0.17), 1e-5, 40, 7)
+    assert "not significant" in _verdict("closed accuracy", "question-only", noise)
+    assert "uses the image" not in _verdict("closed accuracy", "question-only", noise)
+    assert "uses the image" in _verdict("closed accuracy", "question-only", real)

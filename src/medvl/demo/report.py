@@ -1,7 +1,10 @@
 """The demo's report: one self-contained HTML page (plots and example images inlined).
 
-Sections: what ran, curation counts, the model, training loss curves, VQA-RAD scores under both
-protocols next to the baselines, example answers with their images, and how to chat/serve.
+Sections: what ran, curation counts, the model (and its visual prior), training loss curves, VQA-RAD
+scores under both protocols with 95% intervals next to the majority answer and two image controls
+(question-only, shuffled image), the model paired against each control (difference, CI, exact
+McNemar p, a verdict that says "not significant" when it is not), example answers, and how to
+chat/serve. `eval/compare-<protocol>.md` holds the same runs as `medvl eval compare` writes them.
 """
 
 from __future__ import annotations
@@ -20,7 +23,11 @@ from medvl.model.checkpoint import DISCLAIMER
 
 __all__ = ["write_report"]
 
-SYSTEMS = {"model": "medvl model", "majority": "majority answer", "question_only": "question only (no image)"}
+SYSTEMS = {"model": "medvl model", "question_only": "question only (no image)",
+           "shuffled": "shuffled image (another test item's)", "majority": "majority answer"}
+CONTROLS = ("question_only", "shuffled")
+# per protocol: the paired comparisons the verdict rests on (labels as medvl.eval.compare names them)
+HEADLINES = {"open_closed": ("closed accuracy", "open token_recall"), "choice": ("choice accuracy",)}
 OPEN_CLOSED_COLUMNS = [("closed accuracy", ("closed", "accuracy")), ("yes/no accuracy", ("closed", "yes_no_accuracy")),
                        ("open exact match", ("open", "exact_match")), ("open token recall", ("open", "token_recall")),
                        ("open token F1", ("open", "token_f1"))]
@@ -45,7 +52,18 @@ def write_report(config: DemoConfig, out: Path, steps: dict[str, dict[str, Any]]
         _next(out, config),
     ]
     page = f"<!doctype html><meta charset='utf-8'><title>medvl demo</title><style>{STYLE}</style>" + "\n".join(parts)
+    _write_comparisons(steps, out)
     return atomic_write_text(out / "report.html", page)
+
+
+def _write_comparisons(steps: dict[str, dict[str, Any]], out: Path) -> None:
+    """`eval/compare-<protocol>.md`: every system side by side, each paired against the model (medvl eval compare)."""
+    from medvl.eval.compare import compare_runs
+
+    for protocol in HEADLINES:
+        dirs = [steps.get(f"eval-{protocol}-{s}", {}).get("run_dir") for s in SYSTEMS]
+        if all(d and Path(d, "scores.json").is_file() for d in dirs):
+            atomic_write_text(out / "eval" / f"compare-{protocol}.md", compare_runs(dirs))
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -136,49 +154,69 @@ def _training(steps: dict[str, dict[str, Any]], out: Path) -> str:
             + _table(["stage", "steps", "epochs", "final loss", "samples/epoch", "rejected", "minutes"], rows) + plot)
 
 
-def _get(scores: dict[str, Any], path: tuple[str, str]) -> Any:
-    return (scores.get(path[0]) or {}).get(path[1])
-
-
 def _fmt(value: Any) -> str:
     return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def _pct(value: Any) -> str:
-    return "–" if value is None else f"{100 * value:.1f}"
-
-
 def _scores(steps: dict[str, dict[str, Any]]) -> str:
+    from medvl.eval.render import with_interval
+
     sections = []
     for protocol, columns, title in (("open_closed", OPEN_CLOSED_COLUMNS, "open/closed protocol (LLaVA-Med)"),
                                      ("choice", CHOICE_COLUMNS, "multiple-choice protocol (HuatuoGPT-Vision)")):
         rows = []
         for system, label in SYSTEMS.items():
             step = steps.get(f"eval-{protocol}-{system}", {})
-            rows.append([label, step.get("answered", "–"), *(_pct(_get(step.get("scores", {}), p)) for _, p in columns)])
+            scores = step.get("scores", {})
+            rows.append([label, step.get("answered", "–"),
+                         *(html.escape(with_interval(scores.get(group) or {}, key)) for _, (group, key) in columns)])
         sections.append(f"<h3>{title}</h3>" + _table(["system", "answered", *(f"{c} (%)" for c, _ in columns)], rows))
-        sections.append(_verdict(steps, protocol, columns[0][1]))
+        sections.append(_paired(steps, protocol))
     return ("<h2>4. Evaluation: VQA-RAD official test split (451 questions)</h2><p>Greedy decoding. Closed accuracy "
             "is strict (the answer's leading yes/no must match: <i>normal</i> is not <i>no</i>); open metrics are exact "
             "match and token recall/F1. The multiple-choice protocol asks each yes/no question as A. yes / B. no "
-            "and leaves open questions out. The baselines show whether the model uses the image. Per-category "
-            "breakdowns, compatibility scorers and plots: <code>eval/*/report.md</code>.</p>" + "".join(sections))
+            "and leaves open questions out. Two controls show whether the model reads the image: the same model "
+            "asked without the image (question-only), and with each question shown another test item's image "
+            "(shuffled). Numbers in brackets are 95% intervals (Wilson for accuracies, bootstrap for means). "
+            "Per-category breakdowns, compatibility scorers and plots: <code>eval/*/report.md</code>; all runs "
+            "side by side: <code>eval/compare-*.md</code>.</p>" + "".join(sections))
 
 
-def _verdict(steps: dict[str, dict[str, Any]], protocol: str, metric: tuple[str, str]) -> str:
-    """One sentence: does the model beat both baselines on the headline metric, i.e. use the image?"""
-    values = {s: _get(steps.get(f"eval-{protocol}-{s}", {}).get("scores", {}), metric) for s in SYSTEMS}
-    if any(v is None for v in values.values()):
+def _paired(steps: dict[str, dict[str, Any]], protocol: str) -> str:
+    """The model against each control, item by item: difference, 95% CI, exact McNemar p, and a verdict."""
+    from medvl.eval.compare import compare_records, load_run
+    from medvl.eval.render import percent, percent_interval
+
+    dirs = {s: steps.get(f"eval-{protocol}-{s}", {}).get("run_dir") for s in ("model", *CONTROLS)}
+    if not all(d and (Path(d) / "predictions.jsonl").is_file() for d in dirs.values()):
         return ""
-    model, blind, majority = values["model"], values["question_only"], values["majority"]
-    gap = 100 * (model - max(blind, majority))
-    if gap > 2:
-        text = f"The model beats both baselines by {gap:.1f} points: it uses the image."
-    else:
-        text = (f"The model is within {abs(gap):.1f} points of the better baseline: with this training budget it "
-                "has learned the answer format and the question priors, not yet to read the image. Train longer "
-                "(<code>finetune.minutes=…</code>) or start from a pretrained vision tower (<code>model.vision.path</code>).")
-    return f"<p><b>{metric[0]} {metric[1].replace('_', ' ')}:</b> {text}</p>"
+    model = load_run(Path(dirs["model"])).records
+    rows, verdicts = [], []
+    for control in CONTROLS:
+        found = {d.metric: d for d in compare_records(model, load_run(Path(dirs[control])).records).differences}
+        for metric in HEADLINES[protocol]:
+            d = found.get(metric)
+            if d is None:
+                continue
+            p = "–" if d.p_value is None else f"{d.p_value:.2g}"
+            rows.append([html.escape(metric), html.escape(SYSTEMS[control]), d.n, percent(d.a), percent(d.b),
+                         f"{100 * d.difference:+.1f}", percent_interval(d.interval), p,
+                         "significant" if d.significant else "not significant"])
+            verdicts.append(_verdict(metric, SYSTEMS[control], d))
+    return (_table(["metric", "control", "n", "model", "control", "model − control", "95% CI", "McNemar p",
+                    "verdict"], rows) + "<p>" + " ".join(verdicts) + "</p>")
+
+
+def _verdict(metric: str, control: str, d: Any) -> str:
+    """One sentence per comparison that says what the numbers allow, and no more."""
+    test = f"exact McNemar p = {d.p_value:.2g}" if d.p_value is not None else "paired bootstrap"
+    gap = f"{100 * d.difference:+.1f} points (95% CI {100 * d.interval[0]:+.1f} to {100 * d.interval[1]:+.1f}; {test})"
+    if d.significant and d.difference > 0:
+        return f"<b>{metric}</b>: the model beats the {control} control by {gap}: it uses the image."
+    if d.significant:
+        return f"<b>{metric}</b>: the model is <i>below</i> the {control} control by {gap}."
+    return (f"<b>{metric}</b>: the difference from the {control} control is {gap}: <b>not significant</b>, so "
+            "this does not show that the model reads the image.")
 
 
 def _examples(out: Path, n: int = 6) -> str:

@@ -30,9 +30,11 @@ __all__ = ["run_demo", "EVAL_RUNS", "TRAIN_STAGES"]
 log = logging.getLogger("medvl.demo")
 console = Console(stderr=True)
 TRAIN_STAGES = ("align", "instruct", "finetune")
-# (protocol, system): the model, the majority answer, and the model without the image
+# (protocol, system): the model; the majority answer; the same model without the image (question-only)
+# and with each question shown another test item's image (shuffled: a seeded derangement)
 EVAL_RUNS = [(protocol, system) for protocol in ("open_closed", "choice")
-             for system in ("model", "majority", "question_only")]
+             for system in ("model", "majority", "question_only", "shuffled")]
+USE_IMAGES: dict[str, bool | str] = {"model": True, "majority": True, "question_only": False, "shuffled": "shuffled"}
 
 
 class WallClockCap(TrainerCallback):
@@ -64,7 +66,7 @@ class StepEstimate(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.first is None:
             self.first = (state.global_step, time.monotonic())
-        elif state.global_step == self.first[0] + self.after:
+        elif state.global_step == self.first[0] + self.after < state.max_steps:
             per_step = (time.monotonic() - self.first[1]) / self.after
             left = (state.max_steps - state.global_step) * per_step
             console.print(f"[bold]demo[/]: {self.stage}: {per_step:.2f} s/step here, about {left / 60:.1f} min "
@@ -272,7 +274,8 @@ def evaluate(config: DemoConfig, vqa_rad: Path, out: Path, protocol: str, system
         "benchmark": {"name": "vqa_rad", "root": str(vqa_rad), "split": "test", "limit": config.eval_limit,
                       "protocol": "choice" if protocol == "choice" else "native"},
         "backend": {"kind": "majority"} if system == "majority" else {"kind": "local", "model": str(out / "finetune")},
-        "use_images": system != "question_only",
+        "use_images": USE_IMAGES[system],
+        "shuffle_seed": config.seed,
         "generation": {"max_new_tokens": config.eval_max_new_tokens, "batch_size": config.eval_batch_size},
         "extra_scorers": ["llava_med_run_eval_batch"] if protocol == "open_closed" else ["huatuo_match_choice3"],
         "output_dir": str(run_dir),
