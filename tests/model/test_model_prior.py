@@ -14,7 +14,8 @@ import torch
 from medvl.model.spec import VisionSpec
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_TOWER = VisionSpec(image_size=128, patch_size=32, hidden_size=128, num_layers=2, num_heads=2, intermediate_size=256)
+TINY_TOWER = VisionSpec(image_size=128, patch_size=32, hidden_size=128, num_layers=2, num_heads=2,
+                        intermediate_size=256)
 
 
 @pytest.fixture(scope="module")

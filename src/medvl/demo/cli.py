@@ -9,7 +9,8 @@ import typer
 
 
 def demo(
-    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. finetune.epochs=5 precision=bf16"),
+    overrides: Optional[List[str]] = typer.Argument(
+        None, help="key=value overrides, e.g. finetune.epochs=5 precision=bf16"),
     out: Optional[Path] = typer.Option(None, "--out", help="output folder (default runs/demo)"),
     figures: Optional[Path] = typer.Option(
         None, help="PubMed figures to curate, e.g. ../shared/data/pmc-figures-sample (default: medvl's CC0 sample)"),

@@ -199,7 +199,8 @@ def visual_prior(config: DemoConfig, vqa_rad: Path) -> dict[str, Any]:
         images=[*train_images, *settings.extra_images], views_per_image=settings.views_per_image,
         epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=config.seed)
     console.print(f"[bold]demo[/]: prior: {settings.teacher} → a {config.model.vision.num_layers}-layer ViT, "
-                  f"{len(prior_config.images)} image sources × {settings.views_per_image} views, {settings.epochs} epochs")
+                  f"{len(prior_config.images)} image sources × {settings.views_per_image} views, "
+                  f"{settings.epochs} epochs")
     folder, cached = cached_prior(prior_config, progress=lambda line: console.print(f"[dim]{line}[/]"))
     if cached:
         console.print(f"[bold]demo[/]: prior: reusing the cached tower {folder}")
