@@ -141,6 +141,13 @@ def test_build_from_pretrained_parts(tmp_path, smol_tokenizer):
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits[..., :49152], llm(input_ids=ids).logits)
 
+    # text.keep_layers: the first layer alone, its weights unchanged; the saved config says one layer
+    cut, _ = build_model(spec.model_copy(update={"text": spec.text.model_copy(update={"keep_layers": 1})}))
+    assert len(cut.model.language_model.layers) == cut.config.text_config.num_hidden_layers == 1
+    assert torch.equal(cut.model.language_model.layers[0].mlp.up_proj.weight, llm.model.layers[0].mlp.up_proj.weight)
+    with pytest.raises(ValueError, match="only 2 layers"):
+        build_model(spec.model_copy(update={"text": spec.text.model_copy(update={"keep_layers": 3})}))
+
 
 def test_spec_rejects_bad_patch_size(smol_tokenizer):
     with pytest.raises(ValueError, match="not a multiple"):

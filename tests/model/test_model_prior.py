@@ -126,9 +126,11 @@ def test_prior_is_seeded_native_and_cached(organ_images, tmp_path, monkeypatch, 
     assert saved.keys() <= tower.keys() and all(torch.equal(tower[key], value) for key, value in saved.items())
     assert vllm_problems(tmp_path / "llava") == []
 
+    files = prior.image_files(config.images)
+    orphan = tmp_path / "cache" / "priors" / f"{prior.prior_key(config, files)}.tmp-999999999"  # a killed run's
+    orphan.mkdir(parents=True)
     folder, cached = prior.cached_prior(config)
-    assert not cached and (folder / "config.json").is_file()
+    assert not cached and (folder / "config.json").is_file() and not orphan.exists()
     monkeypatch.setattr(prior, "distil_tower", lambda *a, **k: pytest.fail("a cached prior was distilled again"))
     assert prior.cached_prior(config) == (folder, True)
-    files = prior.image_files(config.images)
     assert prior.prior_key(config.model_copy(update={"seed": 1}), files) != prior.prior_key(config, files)
