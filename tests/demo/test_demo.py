@@ -39,7 +39,8 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, smol_tokenizer):
     assert not list(out.rglob("checkpoint-*"))
     assert [p.parent.name for p in out.rglob("*.safetensors")] == ["finetune"]
     finetune = json.loads((out / ".steps" / "finetune.json").read_text())
-    assert finetune["steps"] == math.ceil(math.ceil(finetune["samples_per_epoch"] / 8) * 0.05)
+    per_epoch = math.ceil(finetune["samples_per_epoch"] / config.finetune.batch_size)
+    assert finetune["steps"] == math.ceil(per_epoch * config.finetune.epochs)  # the budget is steps, not minutes
     page = report.read_text()
     for heading in ("1. Curation", "2. Model", "3. Training", "4. Evaluation", "5. Example answers", "6. Use the model"):
         assert heading in page
