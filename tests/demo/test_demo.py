@@ -84,5 +84,5 @@ def test_the_verdict_says_not_significant_when_it_is_not():
     noise = PairedDifference("closed accuracy", "accuracy", 272, 0.603, 0.562, 0.041, (-0.01, 0.09), 0.052, 30, 19)
     real = PairedDifference("closed accuracy", "accuracy", 272, 0.72, 0.60, 0.12, (0.07, 0.17), 1e-5, 40, 7)
     assert "not significant" in _verdict("closed accuracy", "question-only", noise)
-    assert "uses the image" not in _verdict("closed accuracy", "question-only", noise)
-    assert "uses the image" in _verdict("closed accuracy", "question-only", real)
+    assert "image helps" not in _verdict("closed accuracy", "question-only", noise)
+    assert "image helps" in _verdict("closed accuracy", "question-only", real)

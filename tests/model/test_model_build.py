@@ -145,8 +145,11 @@ def test_build_from_pretrained_parts(tmp_path, smol_tokenizer):
     cut, _ = build_model(spec.model_copy(update={"text": spec.text.model_copy(update={"keep_layers": 1})}))
     assert len(cut.model.language_model.layers) == cut.config.text_config.num_hidden_layers == 1
     assert torch.equal(cut.model.language_model.layers[0].mlp.up_proj.weight, llm.model.layers[0].mlp.up_proj.weight)
-    with pytest.raises(ValueError, match="only 2 layers"):
-        build_model(spec.model_copy(update={"text": spec.text.model_copy(update={"keep_layers": 3})}))
+    picked, _ = build_model(spec.model_copy(update={"text": spec.text.model_copy(update={"keep_layers": [1]})}))
+    assert torch.equal(picked.model.language_model.layers[0].mlp.up_proj.weight, llm.model.layers[1].mlp.up_proj.weight)
+    for bad in (3, [0, 2], [1, 1]):
+        with pytest.raises(ValueError, match="only 2 layers"):
+            build_model(spec.model_copy(update={"text": spec.text.model_copy(update={"keep_layers": bad})}))
 
 
 def test_spec_rejects_bad_patch_size(smol_tokenizer):

@@ -46,7 +46,7 @@ def write_report(config: DemoConfig, out: Path, steps: dict[str, dict[str, Any]]
         f"tables below). Output folder: <code>{html.escape(str(out))}</code>.</p>",
         _curation(steps["curate"], out),
         _model(config, steps["build"], steps.get("prior", {})),
-        _training(steps, out),
+        _training(config, steps, out),
         _scores(steps),
         _examples(out),
         _next(out, config),
@@ -111,7 +111,9 @@ def _model(config: DemoConfig, step: dict[str, Any], prior: dict[str, Any]) -> s
                   + ("reused from the cache" if prior.get("cached") else "now cached for the next run") + ")")
     else:
         origin = html.escape(str(prior.get("skipped", "")))
-    llm = "SmolLM2-135M-Instruct" + (f", cut to its first {text.keep_layers} layers" if text.keep_layers else "")
+    kept = text.keep_layers
+    llm = "SmolLM2-135M-Instruct" + ("" if kept is None else f", cut to its first {kept} layers" if isinstance(kept, int)
+                                     else f", cut to its layers {kept}")
     return ("<h2>2. Model</h2><p>transformers' <code>LlavaForConditionalGeneration</code>: a CLIP ViT "
             f"({vision.num_layers} layers, width {vision.hidden_size}, {vision.image_size}px images in "
             f"{vision.patch_size}px patches → {step.get('image_tokens')} image tokens) {origin} → mlp2x_gelu "
@@ -124,7 +126,7 @@ def _model(config: DemoConfig, step: dict[str, Any], prior: dict[str, Any]) -> s
             "this step.</p>" + _table(["part", "parameters"], rows))
 
 
-def _training(steps: dict[str, dict[str, Any]], out: Path) -> str:
+def _training(config: DemoConfig, steps: dict[str, dict[str, Any]], out: Path) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,9 +150,14 @@ def _training(steps: dict[str, dict[str, Any]], out: Path) -> str:
     axis.legend()
     plot = _png(figure)
     plt.close(figure)
-    return ("<h2>3. Training</h2><p>align (projector + ViT; LLM frozen) → instruct (all parts) → finetune on the "
-            "VQA-RAD train split (all parts). Each stage runs a fixed number of epochs, so the same seed gives the "
-            "same steps and scores on any machine; only the minutes depend on the machine.</p>"
+    def parts(stage: str, budget: Any) -> str:
+        trained = ["projector", *(["LLM"] if stage != "align" else []), *(["ViT"] if budget.train_vision else [])]
+        return f"{stage} ({' + '.join(trained)})"
+
+    flow = " → ".join(parts(stage, getattr(config, stage)) for stage in ("align", "instruct", "finetune"))
+    return (f"<h2>3. Training</h2><p>{flow}; align and instruct on the curated figures, finetune on the VQA-RAD "
+            "train split. Each stage runs a fixed number of epochs, so the same seed gives the same steps and "
+            f"scores on any machine; only the minutes depend on the machine. Precision: {config.precision}.</p>"
             + _table(["stage", "steps", "epochs", "final loss", "samples/epoch", "rejected", "minutes"], rows) + plot)
 
 
@@ -212,7 +219,7 @@ def _verdict(metric: str, control: str, d: Any) -> str:
     test = f"exact McNemar p = {d.p_value:.2g}" if d.p_value is not None else "paired bootstrap"
     gap = f"{100 * d.difference:+.1f} points (95% CI {100 * d.interval[0]:+.1f} to {100 * d.interval[1]:+.1f}; {test})"
     if d.significant and d.difference > 0:
-        return f"<b>{metric}</b>: the model beats the {control} control by {gap}: it uses the image."
+        return f"<b>{metric}</b>: the model beats the {control} control by {gap}: the image helps here."
     if d.significant:
         return f"<b>{metric}</b>: the model is <i>below</i> the {control} control by {gap}."
     return (f"<b>{metric}</b>: the difference from the {control} control is {gap}: <b>not significant</b>, so "

@@ -188,7 +188,7 @@ def _text_part(text: TextSpec, vocab_size: int) -> tuple[Any, Any]:
         if hasattr(llm.config, "quantization_config"):
             del llm.config.quantization_config
         if text.keep_layers is not None:
-            _keep_first_layers(llm, text.keep_layers)
+            _keep_layers(llm, text.keep_layers)
         return llm.config, llm
     config_class = _TEXT_CONFIGS[text.family]
     config = config_class(
@@ -200,16 +200,22 @@ def _text_part(text: TextSpec, vocab_size: int) -> tuple[Any, Any]:
     return config, None
 
 
-def _keep_first_layers(llm: Any, count: int) -> None:
-    """Cut a decoder-only LLM to its first `count` layers (the final norm and LM head stay)."""
+def _keep_layers(llm: Any, keep: int | list[int]) -> None:
+    """Cut a decoder-only LLM to some of its layers (the first `keep`, or the listed indices in order);
+    embeddings, final norm and LM head stay."""
     total = len(llm.model.layers)
-    if count > total:
-        raise ValueError(f"text.keep_layers={count} but the LLM has only {total} layers")
-    llm.model.layers = llm.model.layers[:count]
-    llm.config.num_hidden_layers = count
+    indices = list(range(keep)) if isinstance(keep, int) else list(keep)
+    if not indices or max(indices) >= total or min(indices) < 0 or len(set(indices)) != len(indices):
+        raise ValueError(f"text.keep_layers={keep} does not fit an LLM with only {total} layers "
+                         "(the first N with 1 <= N <= layers, or distinct indices 0..layers-1)")
+    llm.model.layers = torch.nn.ModuleList(llm.model.layers[i] for i in indices)
+    for position, layer in enumerate(llm.model.layers):
+        if hasattr(layer, "self_attn") and hasattr(layer.self_attn, "layer_idx"):
+            layer.self_attn.layer_idx = position  # the KV cache is indexed by position
     if getattr(llm.config, "layer_types", None):
-        llm.config.layer_types = llm.config.layer_types[:count]
-    log.info("kept the first %d of the LLM's %d layers", count, total)
+        llm.config.layer_types = [llm.config.layer_types[i] for i in indices]
+    llm.config.num_hidden_layers = len(indices)
+    log.info("kept layers %s of the LLM's %d", indices, total)
 
 
 def identity_linear_state(size: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:

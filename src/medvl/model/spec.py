@@ -40,8 +40,9 @@ class TextSpec(Config):
     path: str | None = Field(None, description="local folder of a causal LM (and its tokenizer)")
     gguf_file: str | None = Field(None, description="GGUF file name inside `path` (dequantised on load)")
     tokenizer: str | None = Field(None, description="tokenizer folder when `path` is unset (or to override it)")
-    keep_layers: int | None = Field(
-        None, ge=1, description="keep only the first N decoder layers of the pretrained LLM (less compute per token)")
+    keep_layers: int | list[int] | None = Field(
+        None, description="keep only some decoder layers of the pretrained LLM (less compute per token): the "
+        "first N, or a list of layer indices such as [0, 1, 28, 29] (first and last layers)")
     family: Literal["llama", "qwen2", "mistral"] = "llama"
     hidden_size: int = 4096
     num_layers: int = Field(32, ge=1)
