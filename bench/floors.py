@@ -38,6 +38,8 @@ FLOORS: tuple[Floor, ...] = (
           case={"setting": "local, batch 16"}, at_least=3.0),
     Floor("train_throughput", "vs_hand_loop", "`medvl train` costs no more than a loop doing the same math",
           case={"case": "vs loop with the same math"}, at_least=0.95),
+    Floor("prior_throughput", "vs_hand_loop", "`medvl prior`'s student epochs cost no more than a bare loop "
+          "training the same tower", case={"case": "student epochs vs bare loop"}, at_least=0.9),
     Floor("train_throughput", "vs_hand_loop", "`medvl train` beats the plain loop (full-vocabulary logits)",
           case={"case": "vs plain loop (full-vocab logits)"}, at_least=1.2),
     Floor("train_throughput", "memory_ratio", "gradient checkpointing lowers peak memory",
