@@ -42,8 +42,9 @@ th:first-child,td:first-child{text-align:left}.note{color:#666;font-size:.92em}.
 def write_report(config: DemoConfig, out: Path, steps: dict[str, dict[str, Any]], minutes: float) -> Path:
     parts = [
         f"<h1>medvl demo report</h1><p class='warn'>{html.escape(DISCLAIMER)}</p>",
-        f"<p>Whole run: {minutes:.1f} min (steps resumed from an earlier run count their original time in the "
-        f"tables below). Output folder: <code>{html.escape(str(out))}</code>.</p>",
+        f"<p>All steps together: {sum(step.get('seconds', 0) for step in steps.values()) / 60:.1f} min (this "
+        f"invocation: {minutes:.1f} min; resumed steps count the time they took when they ran). Output folder: "
+        f"<code>{html.escape(str(out))}</code>.</p>",
         _curation(steps["curate"], out),
         _model(config, steps["build"], steps.get("prior", {})),
         _training(config, steps, out),
