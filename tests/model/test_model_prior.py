@@ -134,3 +134,19 @@ def test_prior_is_seeded_native_and_cached(organ_images, tmp_path, monkeypatch, 
     monkeypatch.setattr(prior, "distil_tower", lambda *a, **k: pytest.fail("a cached prior was distilled again"))
     assert prior.cached_prior(config) == (folder, True)
     assert prior.prior_key(config.model_copy(update={"seed": 1}), files) != prior.prior_key(config, files)
+
+
+def test_any_transformers_vision_folder_can_teach(organ_images, tmp_path):
+    """`teacher=<folder>`: a CLIP vision model's patch tokens (CLS dropped) are the targets."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    from medvl.model.prior import distil_tower, load_teacher
+
+    teacher = CLIPVisionModel(CLIPVisionConfig(image_size=64, patch_size=16, hidden_size=48, num_hidden_layers=1,
+                                               num_attention_heads=2, intermediate_size=96))
+    teacher.save_pretrained(tmp_path / "teacher")
+    CLIPImageProcessor(image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(tmp_path / "teacher")
+    assert load_teacher(str(tmp_path / "teacher"))(torch.rand(2, 3, 64, 64)).shape == (2, 48, 4, 4)
+    result = distil_tower(_prior_config(organ_images[0][:3], teacher=str(tmp_path / "teacher"), teacher_size=64,
+                                        epochs=1), tmp_path / "student")
+    assert result.views == 6 and (tmp_path / "student" / "model.safetensors").is_file()
