@@ -55,6 +55,10 @@ FLOORS: tuple[Floor, ...] = (
           case={"stage": "generation (self-instruct)"}, at_least=0.9),
     Floor("serve_load", "throughput_x", "dynamic batching serves >= 1.5x the requests/s of no batching",
           case={"mode": "ratio (batching / no batching)"}, at_least=1.5),
+    Floor("serve_chaos", "ratio", "hostile clients at most double the steady clients' p95 latency",
+          case={"case": "steady load under chaos"}, at_most=2.0),
+    Floor("serve_chaos", "ratio", "the server's memory after the chaos is within 10% of before",
+          case={"case": "server RSS after / before"}, at_least=0.9, at_most=1.1),
 )
 
 

@@ -43,7 +43,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BENCHES = ("generate", "eval_throughput", "train_throughput", "llm_throughput", "curate_throughput", "serve_load",
-           "prior_throughput")
+           "serve_chaos", "prior_throughput")
 SCHEMA = 1
 # keys that hold a ratio against a same-run baseline, with what the ratio means
 RATIO_KEYS = {
