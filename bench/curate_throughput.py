@@ -8,11 +8,13 @@ so load drift hits both sizes alike):
 - `ingest`, `text filter`, `caption embed` (the weight-free hashing embedder), `write`: the real
   prepare pipeline (datatrove, 1 task) on synthetic MedICaT-style JSONL; per-step seconds come from
   datatrove's own step timers. Records stream: the peak must not grow with the input.
-- `image filter`: decode (shared loader) + sha256 + pHash of small PNGs. It costs ~2 ms per image
-  on 2 shared cores, so it runs at a tenth of the other sizes (linearity is what is checked).
-- `dedup`: exact image/caption + pHash multi-index + SemDeDup (faiss k-means, within-cluster
-  cosine) over prepared shards with planted duplicates. It holds signatures (a few hundred bytes
-  per record), never record pairs: time must grow ~linearly, memory per record stay constant.
+- `image filter`: decode (shared loader) + sha256 + the near-duplicate descriptor of small PNGs.
+  It costs a few ms per image on 2 shared cores, so it runs at a tenth of the other sizes
+  (linearity is what is checked).
+- `dedup`: exact image/caption + near-image descriptor search (faiss) + semantic captions (faiss
+  nearest neighbours, clinical check) over prepared shards with planted duplicates. It holds
+  signatures (~1.5 KB per image descriptor, a few hundred bytes otherwise), never record pairs:
+  time must grow ~linearly, memory per record stay constant.
 - `sample`: domain round-robin with caps (heaps of the cap size).
 - `concept gen + finalize`: concept-alignment records for every selected record, then the merge
   into the release files.
@@ -106,7 +108,9 @@ def write_prepared(dirs: Any, n: int, shards: int = 4, dim: int = 384) -> None:
     """Prepared shards + caption embeddings with ~5% planted duplicates of each kind."""
     rng = np.random.default_rng(1)
     dirs.prepared.mkdir(parents=True, exist_ok=True)
-    phashes = rng.integers(0, 2**63, size=n, dtype=np.int64)
+    from medvl.curate.near_images import DIM, ROWS, encode_descriptor
+
+    descriptors = rng.standard_normal((n, ROWS, DIM)).astype(np.float32)
     vectors = rng.standard_normal((n, dim)).astype(np.float32)
     captions = [f"Synthetic caption {i} of the {WORDS[i % len(WORDS)]} in case {i}" for i in range(n)]
     shas = [f"{i:064x}" for i in range(n)]
@@ -115,13 +119,14 @@ def write_prepared(dirs: Any, n: int, shards: int = 4, dim: int = 384) -> None:
         kind = (i // 20) % 4
         if kind == 0:
             shas[i] = shas[j]
-        elif kind == 1:
-            phashes[i] = phashes[j] ^ 0b101
+        elif kind == 1:  # a re-encoded copy: nearly the same descriptor, accepted without keypoints
+            descriptors[i] = descriptors[j] + 1e-3 * rng.standard_normal((ROWS, DIM))
         elif kind == 2:
             captions[i] = captions[j].upper()
         else:
             vectors[i] = vectors[j] + 0.01 * rng.standard_normal(dim)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    descriptors /= np.linalg.norm(descriptors, axis=2, keepdims=True)
     handles = [dirs.prepared_shard(r).open("w") for r in range(shards)]
     blobs = [dirs.embedding_shard(r).open("wb") for r in range(shards)]
     for i in range(n):
@@ -133,7 +138,7 @@ def write_prepared(dirs: Any, n: int, shards: int = 4, dim: int = 384) -> None:
                 "domain": DOMAINS[i % 5],
                 "modality": "ct",
                 "source": "bench",
-                "images_info": [{"sha256": shas[i], "phash": f"{int(phashes[i]) & (2**64 - 1):016x}"}],
+                "images_info": [{"sha256": shas[i], "signature": encode_descriptor(descriptors[i])}],
             },
             "media": [{"id": f"r{i}#0", "type": 0, "url": "/x.png", "path": "/x.png"}],
         }
@@ -184,19 +189,17 @@ def measure(stage: str, n: int, work: Path, part: int = 1) -> dict[str, Any]:
     config = CurateConfig.model_validate(
         {
             "sources": [{"format": "pmc_jsonl", "path": str(source)}],
-            "text_filter": {"min_medical_terms": 1},
-            "image_filter": {"enabled": stage == "image", "min_side": 64},
-            "dedup": {"semantic": {"model": "hashing", "cluster_size": 1000}},
+            "filter": {"text": {"min_medical_terms": 1}, "image": {"enabled": stage == "image", "min_side": 64}},
+            "dedup": {"semantic": {"model": "hashing"}},
             "sample": {"by": "domain", "cap_per_class": n // 10, "max_total": n // 4},
         }
     )
     if stage in ("dedup", "sample", "concept"):
         shutil.copytree(work / f"prepared-{n}" / "_work" / "prepared", dirs.prepared)
-    import imagehash  # imports and first-call set-up are not part of the timed work
-
+    from medvl.curate.near_images import describe  # imports and first-call set-up are not timed
     from medvl.io.images import load_image
 
-    imagehash.phash(load_image(next((work / "inputs-10" / "figures").glob("*.png"))))
+    describe(load_image(next((work / "inputs-10" / "figures").glob("*.png"))))
     baseline = _reset_peak()
     started = time.perf_counter()
     if stage in ("prepare", "image"):

@@ -146,7 +146,7 @@ def curate_config() -> Callable[..., Any]:
     def make(corpus_dir: Path, *overrides: str, **sections: Any) -> CurateConfig:
         data: dict[str, Any] = {
             "sources": [{"format": "pmc_jsonl", "path": str(corpus_dir / "figures.jsonl"), "name": "synth"}],
-            "dedup": {"semantic": {"model": "hashing", "eps": 0.25, "cluster_size": 4}},
+            "dedup": {"semantic": {"model": "hashing", "eps": 0.25}},
             "engine": {"tasks": 2},
         }
         data.update(sections)

@@ -11,8 +11,7 @@ import pytest
 from PIL import Image
 
 from medvl.curate.classifier import MedicalImageClassifier, builtin_embedding, make_embedder, train_classifier
-from medvl.curate.config import ImageFilterConfig
-from medvl.curate.filters import ImageFilter
+from medvl.curate.filters.image import ImageFilter, ImageFilterConfig
 from medvl.curate.ingest import make_document
 
 
@@ -109,12 +108,12 @@ def test_image_filter_applies_the_classifier_with_its_threshold(trained, tmp_pat
     chart_path, scan_path = tmp_path / "chart.png", tmp_path / "scan.png"
     chart_images(1, seed=7)[0].resize((500, 400)).save(chart_path)
     held_out[0].resize((500, 400)).save(scan_path)
-    image_filter = ImageFilter(ImageFilterConfig(classifier=str(folder)), phash=False)
+    image_filter = ImageFilter(ImageFilterConfig(classifier=str(folder)))
     chart = make_document("chart", [str(chart_path)], "x", order=[0, 0, 0], source="s")
     scan = make_document("scan", [str(scan_path)], "x", order=[0, 0, 1], source="s")
     assert image_filter.filter(chart) == (False, "non_medical_image")
     assert image_filter.filter(scan) is True and scan.metadata["medical_prob"][0] >= 0.5
-    strict = ImageFilter(ImageFilterConfig(classifier=str(folder), classifier_threshold=1.0), phash=False)
+    strict = ImageFilter(ImageFilterConfig(classifier=str(folder), classifier_threshold=1.0))
     assert (
         strict.filter(make_document("scan2", [str(scan_path)], "x", order=[0, 0, 2], source="s"))[0] is False
     )
@@ -123,7 +122,7 @@ def test_image_filter_applies_the_classifier_with_its_threshold(trained, tmp_pat
 def test_without_classifier_the_step_is_skipped_and_counted(tmp_path: Path, rgb_image):
     path = tmp_path / "big.png"
     rgb_image.resize((400, 400)).save(path)
-    image_filter = ImageFilter(ImageFilterConfig(), phash=False)
+    image_filter = ImageFilter(ImageFilterConfig())
     assert image_filter.filter(make_document("a", [str(path)], "x", order=[0, 0, 0], source="s")) is True
     assert image_filter.stats["classifier_skipped"].total == 1
 

@@ -83,8 +83,7 @@ def test_label_train_classifier_and_run_with_it(corpus: Path, tmp_path: Path, te
         yaml.safe_dump(
             {
                 "sources": [{"format": "pmc_jsonl", "path": str(corpus / "figures.jsonl")}],
-                "text_filter": {"min_medical_terms": 0},
-                "image_filter": {"classifier": str(classifier)},
+                "filter": {"text": {"min_medical_terms": 0}, "image": {"classifier": str(classifier)}},
                 "dedup": {"semantic": {"model": "hashing", "eps": 0.25}},
             }
         )

@@ -1,5 +1,6 @@
-"""De-duplication: the Hamming index equals brute force, SemDeDup keeps the first of a group, and the
-dedup task drops exact / near / semantic duplicates with the kept record named."""
+"""De-duplication: nearest-neighbour candidates equal brute force, the clinical check refuses merges
+across each kind of clinical difference, and the dedup task drops exact / near / semantic duplicates
+with the kept record named."""
 
 from __future__ import annotations
 
@@ -10,35 +11,70 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medvl.curate.dedup import HammingIndex, caption_key, make_text_embedder, semantic_duplicates
+from medvl.curate.clinical import KINDS, clinical_difference, fact_signature, signature_difference
+from medvl.curate.dedup import caption_key, semantic_candidates
+from medvl.curate.embed import make_text_embedder
 from medvl.curate.pipeline import run_curation
 
 
-def test_hamming_index_matches_brute_force():
-    rng = random.Random(0)
-    stored = [rng.getrandbits(64) for _ in range(3000)]
-    for i in range(0, 3000, 7):  # plant near neighbours
-        stored[i] = stored[i // 2] ^ (1 << rng.randrange(64)) ^ (1 << rng.randrange(64))
-    index = HammingIndex(max_distance=4)
-    for payload, value in enumerate(stored[:2000]):
-        index.add(value, payload)
-    queries = stored[2000:] + [v ^ 0b1011 for v in stored[:200]]
-    for query in queries:
-        brute = [p for p, v in enumerate(stored[:2000]) if (v ^ query).bit_count() <= 4]
-        found = index.find(query)
-        assert (found[0] if found else None) == (min(brute) if brute else None)
-    assert index.find(stored[5] ^ 0b11111) is None or (index.find(stored[5] ^ 0b11111)[1] <= 4)
+def test_semantic_candidates_match_brute_force_and_look_only_backwards():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(300, 16)).astype(np.float32)
+    vectors[150:160] = vectors[:10] + 0.05 * rng.normal(size=(10, 16))  # near copies of earlier rows
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    found = semantic_candidates(vectors, eps=0.05, k=3)
+    sims = vectors @ vectors.T
+    for i in range(len(vectors)):
+        brute = sorted(((j, sims[i, j]) for j in range(i) if sims[i, j] >= 0.95), key=lambda t: -t[1])[:3]
+        assert [j for j, _ in found[i]] == [j for j, _ in brute]
+    assert all(found[150 + k][0][0] == k for k in range(10))
 
 
-def test_semantic_duplicates_keep_the_earliest_and_resolve_chains():
-    base = np.eye(4, dtype=np.float32)
-    a, b = base[0], base[1]
-    near_a = (a + 0.05 * b) / np.linalg.norm(a + 0.05 * b)
-    nearer = (a + 0.02 * b) / np.linalg.norm(a + 0.02 * b)
-    vectors = np.stack([a, b, near_a, base[2], nearer])
-    drops = semantic_duplicates(vectors, eps=0.01, block=2)
-    assert [(i, j) for i, j, _ in drops] == [(2, 0), (4, 0)]
-    assert semantic_duplicates(vectors, eps=1e-6) == []
+# One pair per kind: the captions differ only in that kind of fact, and an embedding puts them close.
+CLINICAL_PAIRS = {
+    "numbers": ("Follow-up CT three months after SIRT shows a smaller liver lesion.",
+                "Follow-up CT nine months after SIRT shows a smaller liver lesion."),
+    "laterality": ("Chest radiograph with a large left pleural effusion.",
+                   "Chest radiograph with a large right pleural effusion."),
+    "phase": ("Pre-operative orthopantomograph of the mandible.", "Post-operative orthopantomograph of the mandible."),
+    "negation": ("Axial MRI of the brain with a ring-enhancing lesion.",
+                 "Axial MRI of the brain without a ring-enhancing lesion."),
+    "index": ("Panel A: axial CT of the kidney with a cyst.", "Panel B: axial CT of the kidney with a cyst."),
+    "modality": ("Axial CT of the liver showing a hypodense cyst.", "Axial MRI of the liver showing a hypodense cyst."),
+    "anatomy": ("Ultrasound of the liver showing a simple cyst.", "Ultrasound of the kidney showing a simple cyst."),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_clinical_check_refuses_each_kind_of_difference(kind: str):
+    a, b = CLINICAL_PAIRS[kind]
+    assert clinical_difference(a, b) == kind
+    assert signature_difference(fact_signature(a), fact_signature(b)) == kind
+
+
+def test_clinical_check_lets_paraphrases_merge():
+    pairs = [
+        ("Chest radiograph showing cardiomegaly (arrow).", "Chest X-ray demonstrating cardiomegaly."),
+        ("Axial CT of the renal cyst in case 2.", "Case 2: axial computed tomography of the kidney cyst."),
+        ("T2-weighted MRI of the left knee 6 weeks after surgery.", "Six weeks after surgery, T2-weighted MRI of the left knee."),
+    ]
+    for a, b in pairs:
+        assert clinical_difference(a, b) is None, (a, b)
+
+
+def test_clinical_pairs_merge_without_the_check_and_not_with_it(tmp_path: Path):
+    """all-MiniLM-L6-v2 puts (nearly) every clinical pair within eps; the check alone keeps them apart."""
+    try:
+        _, embed = make_text_embedder(None)
+    except Exception as exc:  # the offline asset is missing
+        pytest.skip(f"all-MiniLM-L6-v2 unavailable: {exc}")
+    captions = [c for pair in CLINICAL_PAIRS.values() for c in pair]
+    vectors = embed(captions)
+    candidates = semantic_candidates(vectors, eps=0.12, k=5)
+    merged_without_check = {i for i, pairs in enumerate(candidates) if pairs}
+    assert merged_without_check <= set(range(1, len(captions), 2)) and len(merged_without_check) >= 6
+    facts = [fact_signature(c) for c in captions]
+    assert all(signature_difference(facts[i], facts[j]) for i, pairs in enumerate(candidates) for j, _ in pairs)
 
 
 def test_caption_key_normalises_case_and_punctuation():
@@ -79,13 +115,13 @@ def test_dedup_task_drops_each_kind_with_the_kept_record(corpus: Path, curate_co
 
 def test_each_dedup_kind_can_be_switched_off(corpus: Path, curate_config, tmp_path: Path):
     config = curate_config(
-        corpus, "dedup.semantic.enabled=false", "dedup.phash.enabled=false", "dedup.exact_caption=false"
+        corpus, "dedup.semantic.enabled=false", "dedup.near_image.enabled=false", "dedup.exact_caption=false"
     )
     run_curation(config, tmp_path / "out", until="dedup")
     assert _dedup_rejects(tmp_path / "out") == {"dupimg_fig.png": ("exact_image", "p0_fig0.png")}
 
 
-def test_semdedup_with_real_minilm(tmp_path: Path):
+def test_semantic_dedup_with_real_minilm(tmp_path: Path):
     """all-MiniLM-L6-v2: a paraphrase is dropped as a semantic duplicate, different findings are kept."""
     from medvl.curate.config import DedupConfig
     from medvl.curate.dedup import dedup_corpus
@@ -113,7 +149,7 @@ def test_semdedup_with_real_minilm(tmp_path: Path):
         for i, c in enumerate(captions)
     ]
     dirs.prepared_shard(0).write_text("\n".join(lines) + "\n")
-    config = DedupConfig.model_validate({"semantic": {"eps": 0.1, "cluster_size": 2}, "exact_image": False})
+    config = DedupConfig.model_validate({"semantic": {"eps": 0.1}, "exact_image": False})
     with RejectLog(tmp_path / "rejects.jsonl") as rejects:
         stats = dedup_corpus(dirs, 1, config, rejects)
     dropped = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]

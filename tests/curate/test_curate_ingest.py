@@ -1,4 +1,5 @@
-"""Ingest: the four input formats become one normalised record; bad items become ingest errors."""
+"""Ingest: the five input formats become one normalised record (SPDX licence, provenance); bad items
+become ingest errors."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def test_pmc_jsonl_record_fields(corpus: Path):
     assert doc_images(first) == [str(corpus / "figures" / "p0_fig0.png")]
     assert first.text.startswith("Axial contrast-enhanced CT")
     assert first.metadata["mentions"] == ["The lesion is shown in Figure 0 ."]
-    assert first.metadata["licence"] == "cc-by"
+    assert (first.metadata["licence"], first.metadata["licence_raw"]) == ("LicenseRef-CC-BY", "cc-by")
+    assert (first.metadata["pmcid"], first.metadata["figure_id"]) == (None, "fig0.png")
     assert first.metadata["source"] == "synth"
     assert first.metadata["modality"] == "ct"
     assert first.metadata["domain"] == "radiology"
@@ -115,7 +117,7 @@ def test_pairs_csv_roco_style_and_jsonl_multi_panel(tmp_path: Path):
     )
     docs = read_all([roco])
     assert docs[0].id == "ROCO_00001" and doc_images(docs[0]) == [str(tmp_path / "img" / "ROCO_00001.jpg")]
-    assert docs[0].metadata["licence"] == "cc-by"
+    assert docs[0].metadata["licence"] == "LicenseRef-CC-BY"
     assert [d.metadata["ingest_error"][0] for d in docs[1:]] == ["missing_field", "malformed_line"]
     rows = [
         {"image": ["PMC1_Fig1_0.jpg", "PMC1_Fig1_1.jpg"], "caption": "Panels A and B.", "pmcid": "PMC1"},
@@ -126,6 +128,7 @@ def test_pairs_csv_roco_style_and_jsonl_multi_panel(tmp_path: Path):
     docs = read_all([SourceConfig(format="pairs", path=str(tmp_path / "pmc_oa.jsonl"))])
     assert docs[0].id == "PMC1_Fig1_0" and len(doc_images(docs[0])) == 2
     assert docs[0].metadata["extra"]["pmcid"] == "PMC1"
+    assert docs[1].metadata["figure_id"] == "PMC2_Fig3_4.jpg" and docs[0].metadata["licence"] == "unknown"
     assert [d.metadata.get("ingest_error", [None])[0] for d in docs[1:]] == [
         None,
         "missing_field",
@@ -149,3 +152,40 @@ def test_folder_with_caption_sidecars(tmp_path: Path, rgb_image):
     assert by_id["sub/b"].metadata["mentions"] == ["see Fig 2"]
     assert by_id["folder:0:1"].metadata["ingest_error"][0] == "missing_caption"
     assert by_id["folder:0:2"].metadata["ingest_error"][0] == "malformed_sidecar"
+
+
+# The first lines of ROCO's data/validation/non-radiology files (razorx89/roco-dataset), as released:
+# captions.txt has no header and a space after the tab; licences.txt is ROCO_ID,PMC_ID,CC.
+ROCO_CAPTIONS = (
+    "ROCO_81834\t Case #1 right gaze reveals right lateral rectus underaction.\n"
+    "ROCO_81840\t A typical plastic McPhail trap (Left) with the optoelectronic sensor embedded (Right).\n"
+    "ROCO_81862\t Concentric left ventricular hypertrophy by echocardiography.\n"
+    "not a roco line\n"
+)
+ROCO_LICENCES = (
+    "ROCO_ID,PMC_ID,CC\n"
+    "ROCO_81834,PMC3498864_jovr-04-256f2.jpg,NO-CC CODE\n"
+    "ROCO_81840,PMC4299014_sensors-14-22285f2.jpg,CC BY\n"
+    "ROCO_81862,PMC5489500_dmj-41-195-g001.jpg,CC BY-NC\n"
+)
+
+
+def test_roco_captions_with_licences_and_provenance(tmp_path: Path):
+    folder = tmp_path / "data" / "validation" / "non-radiology"
+    folder.mkdir(parents=True)
+    (folder / "captions.txt").write_text(ROCO_CAPTIONS)
+    (folder / "licences.txt").write_text(ROCO_LICENCES)
+    for source in (SourceConfig(format="roco", path=str(folder)), SourceConfig(format="roco", path=str(folder / "captions.txt"))):
+        docs = read_all([source], world_size=2)
+        assert [d.id for d in docs[:3]] == ["ROCO_81834", "ROCO_81840", "ROCO_81862"]
+        first = docs[0]
+        assert first.text == "Case #1 right gaze reveals right lateral rectus underaction."
+        assert doc_images(first) == [str(folder / "images" / "ROCO_81834.jpg")]
+        assert first.metadata["domain"] == "non-radiology"
+        assert (first.metadata["pmcid"], first.metadata["figure_id"]) == ("PMC3498864", "jovr-04-256f2.jpg")
+        assert [d.metadata["licence"] for d in docs[:3]] == [
+            "LicenseRef-PMC-NO-CC-CODE", "LicenseRef-CC-BY", "LicenseRef-CC-BY-NC"
+        ]
+        assert docs[3].metadata["ingest_error"][0] == "malformed_line"
+    missing = read_all([SourceConfig(format="roco", path=str(tmp_path / "nowhere"))])
+    assert missing[0].metadata["ingest_error"][0] == "missing_file"

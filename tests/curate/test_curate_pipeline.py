@@ -74,7 +74,7 @@ def test_config_changes_rerun_only_the_affected_stages(corpus, curate_config, tm
     assert (out / "_work" / "prepared" / "00000.jsonl").stat().st_mtime_ns == prepared
     kinds = [json.loads(line)["kind"] for line in (out / "concept_alignment.jsonl").read_text().splitlines()]
     assert set(kinds) == {"detailed"}
-    stricter = curate_config(corpus, "text_filter.min_medical_terms=6")
+    stricter = curate_config(corpus, "filter.text.min_medical_terms=6")
     report = run_curation(stricter, out)
     assert report["rejects"]["text/too_few_medical_terms"] > 1
 

@@ -35,7 +35,7 @@ FIGURE = FigureInput(
     caption="Figure 2. Axial CT (A) and coronal MRI (B) showing a hepatic lesion with rim enhancement.",
     mentions=["The lesion enhanced peripherally (Figure 2).", "Biopsy confirmed an abscess (Fig. 2B)."],
     fig_label="Figure 2",
-    meta={"source": "pmc", "licence": "cc-by", "modality": "ct", "domain": "ct_scan"},
+    meta={"source": "pmc", "licence": "CC-BY-4.0", "pmcid": "PMC123", "figure_id": "F2", "modality": "ct", "domain": "ct_scan"},
 )
 
 

@@ -1,10 +1,15 @@
-"""`medvl curate ...`: run / estimate / report a curation, label images, train the image classifier.
+"""`medvl curate ...`: run / estimate / report a curation, label images, train the filters, decontaminate.
 
-medvl curate run CONFIG [key=value ...] [--out DIR] [--until STAGE]
+medvl curate run CONFIG [key=value ...] [--out DIR] [--until STAGE] [--allow-empty]
 medvl curate estimate CONFIG [key=value ...] [--out DIR]
 medvl curate report OUT_DIR
 medvl curate label IMAGES... --model M --base-url URL [--llm LLM.yaml] [--n 10000] --out labels.jsonl
 medvl curate train-classifier LABELS... --out DIR [--encoder builtin|hf:DIR|medvl:DIR]
+medvl curate train-text-filter [LABELS...] --out DIR [--target-recall 0.98]
+medvl curate decontaminate TRAIN.jsonl... --against NAME[@SPLIT]=ROOT ... --out DIR
+
+This module is the one place curation meets `medvl eval`'s benchmark loaders (`benchmark_reference`):
+the decontamination core takes plain items, the loaders stay in eval.
 """
 
 from __future__ import annotations
@@ -19,7 +24,33 @@ curate_app = typer.Typer(
     help="Build PubMedVision / LLaVA-Med style training data from figure-caption pairs.", no_args_is_help=True
 )
 
-STAGE_HELP = "stop after this stage: prepare, dedup, sample, generate, finalize"
+STAGE_HELP = "stop after this stage: prepare, dedup, decontaminate, sample, generate, finalize"
+
+
+def benchmark_reference(benchmarks: list[tuple[str, str, str, dict]]) -> list:
+    """(name, root, split, options) → the benchmark items as `ReferenceItem`s (via medvl eval's loaders)."""
+    from medvl.curate.decontaminate import ReferenceItem
+    from medvl.eval.benchmarks import load_benchmark
+
+    items = []
+    for name, root, split, options in benchmarks:
+        data = load_benchmark(name, root, split, **options)
+        items += [
+            ReferenceItem(name, split, str(item.id), tuple(item.images), item.question, item.answer)
+            for item in data.items
+        ]
+    return items
+
+
+def _against(specs: list[str]) -> list[tuple[str, str, str, dict]]:
+    parsed = []
+    for spec in specs:
+        name, sep, root = spec.partition("=")
+        if not sep or not name or not root:
+            raise typer.BadParameter(f"{spec!r}: expected NAME[@SPLIT]=ROOT, e.g. vqa_rad=data/vqa-rad", param_hint="--against")
+        name, _, split = name.partition("@")
+        parsed.append((name, root, split or "test", {}))
+    return parsed
 
 
 def _load(config: Path, overrides: Optional[List[str]], out: Optional[Path]):
@@ -40,6 +71,7 @@ def run(
         None, "--out", help="output folder (default: output_dir of the config)"
     ),
     until: Optional[str] = typer.Option(None, help=STAGE_HELP),
+    allow_empty: bool = typer.Option(False, "--allow-empty", help="go on (with a warning) when a stage leaves 0 records"),
 ) -> None:
     """Run (or resume) the curation: filters, dedup, sampling, generation, release files and report."""
     from rich.console import Console
@@ -59,8 +91,16 @@ def run(
         else:
             console.print(f"[bold]curate[/]: {stage} done in {time.perf_counter() - started[stage]:.1f}s")
 
+    reference = None
+    if cfg.decontaminate.enabled:
+        benchmarks = [(b.name, b.root, b.split, b.options) for b in cfg.decontaminate.benchmarks]
+        if not benchmarks:
+            raise typer.BadParameter("decontaminate.enabled needs decontaminate.benchmarks", param_hint="CONFIG")
+        reference = benchmark_reference(benchmarks)
     try:
-        report = run_curation(cfg, target, until=until, on_stage=on_stage)
+        report = run_curation(
+            cfg, target, until=until, on_stage=on_stage, allow_empty=allow_empty, reference=reference
+        )
     except CurateIncomplete as exc:
         console.print(f"[yellow]incomplete[/]: {exc}")
         raise typer.Exit(3) from None
@@ -152,6 +192,67 @@ def train_classifier_command(
     typer.echo(result.summary())
     for path, reason in result.skipped[:10]:
         typer.echo(f"  skipped {path}: {reason}")
+
+
+@curate_app.command("train-text-filter")
+def train_text_filter_command(
+    labels: Optional[List[Path]] = typer.Argument(
+        None, help="labelled captions JSONL (text, label, optional split=test); default: the shipped set"
+    ),
+    out: Path = typer.Option(..., "--out", help="folder for text_filter.json (set filter.medical_text.model to it)"),
+    target_recall: float = typer.Option(0.98, help="operating point: recall reached in cross-validation"),
+    encoder: Optional[str] = typer.Option(None, help="sentence-transformers folder (default: all-MiniLM-L6-v2)"),
+    c: float = typer.Option(3.0, help="inverse regularisation strength of the logistic regression"),
+) -> None:
+    """Fit the learned medical-text filter; print cross-validated and held-out precision/recall."""
+    from medvl.curate.text_probe import load_labelled, train_text_probe
+
+    result = train_text_probe(load_labelled(labels or []), out, encoder=encoder, target_recall=target_recall, c=c)
+    typer.echo(f"text filter saved to {out}: {result['n_train']} training / {result['n_held_out']} held-out captions, "
+               f"threshold {result['threshold']:.3f}")
+    for part in ("cross_validated", "held_out"):
+        if part in result:
+            q = result[part]
+            typer.echo(f"  {part}: precision {q['precision']} {q['precision_ci95']}, recall {q['recall']} "
+                       f"{q['recall_ci95']} (tp {q['tp']}, fp {q['fp']}, fn {q['fn']})")
+
+
+@curate_app.command("decontaminate")
+def decontaminate_command(
+    train: List[Path] = typer.Argument(..., help="LLaVA-format training files (JSONL or JSON array)"),
+    against: List[str] = typer.Option(..., "--against", help="NAME[@SPLIT]=ROOT, repeatable (split: test)"),
+    out: Path = typer.Option(..., "--out", help="folder: cleaned files, removed.jsonl, seen_items.json, report"),
+    image_root: Optional[Path] = typer.Option(None, help="folder of the records' image paths (default: each file's)"),
+    min_inliers: int = typer.Option(50, help="keypoint matches that confirm a near-duplicate image"),
+    ngram: int = typer.Option(8, help="word n-gram length for question/answer overlap"),
+    min_text_overlap: float = typer.Option(0.5, help="share of a benchmark item's n-grams that counts as seen"),
+) -> None:
+    """Remove training records that show benchmark images or repeat benchmark questions; report per benchmark."""
+    from medvl.curate.config import NearImageConfig
+    from medvl.curate.decontaminate import Decontaminator, decontaminate_files
+    from medvl.curate.dedup import near_image_matcher
+    from medvl.errors import UserError
+
+    missing = [str(p) for p in train if not p.is_file()]
+    if missing:
+        raise UserError(f"training file(s) not found: {', '.join(missing)}")
+    reference = benchmark_reference(_against(against))
+    checker = Decontaminator(
+        reference,
+        ngram=ngram,
+        min_text_overlap=min_text_overlap,
+        image_matcher=near_image_matcher(NearImageConfig(min_inliers=min_inliers)),
+    )
+    summary = decontaminate_files(list(train), image_root, checker, out)
+    if summary["training_records"] == 0:
+        raise UserError(f"no training record could be read from {', '.join(map(str, train))}: see {out / 'removed.jsonl'}")
+    typer.echo(f"{summary['training_records']} training records checked, {summary['removed']} removed "
+               f"({summary['unreadable_lines']} unreadable lines, {summary['training_images_missing']} images missing)")
+    for name, row in summary["benchmarks"].items():
+        typer.echo(f"  {name}: {row['items_seen']} of {row['items']} items seen in training ({row['items_seen_pct']}%; "
+                   f"{row['items_seen_by_image']} by image, {row['items_seen_by_text']} by text), "
+                   f"{row['benchmark_images_matched']} benchmark images matched, {row['training_records_removed']} records removed")
+    typer.echo(f"outputs in {out} (report.html, removed.jsonl, seen_items.json)")
 
 
 def register(app: typer.Typer) -> None:

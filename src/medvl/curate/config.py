@@ -1,25 +1,30 @@
 """`CurateConfig`: one typed YAML config drives `medvl curate run`, one section per stage.
 
 Every threshold is an option here with the PubMedVision / LLaVA-Med default (see
-`docs/curation.md` for the table). Relative paths in a config file are resolved against the
-folder of that file (`resolve_paths`), so a shipped config runs from any working directory.
+`docs/curation.md` for the table). The filters' sections (`filter.<name>`) are declared by the
+filters themselves (`medvl.curate.filters.FILTERS`). Relative paths in a config file are resolved
+against the folder of that file (`resolve_paths`), so a shipped config runs from any working
+directory.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from medvl.config import Config, load_config
+from medvl.curate.filters import FilterConfig, filter_sections
 from medvl.llm.config import LLMConfig
 
 __all__ = [
     "SourceConfig",
-    "TextFilterConfig",
-    "ImageFilterConfig",
+    "NearImageConfig",
+    "SemanticConfig",
     "DedupConfig",
+    "BenchmarkRef",
+    "DecontaminateConfig",
     "SampleConfig",
     "ConceptConfig",
     "ReformatConfig",
@@ -30,7 +35,7 @@ __all__ = [
     "load_curate_config",
 ]
 
-SourceFormat = Literal["pmc_jsonl", "llava_med", "pairs", "folder"]
+SourceFormat = Literal["pmc_jsonl", "llava_med", "pairs", "roco", "folder"]
 
 
 class SourceConfig(Config):
@@ -38,12 +43,13 @@ class SourceConfig(Config):
 
     format: SourceFormat
     path: str = Field(
-        description="input file (pmc_jsonl, llava_med, pairs: .jsonl/.json/.csv/.tsv) or folder"
+        description="input file (pmc_jsonl, llava_med, pairs: .jsonl/.json/.csv/.tsv; roco: captions.txt) "
+        "or folder"
     )
     image_root: str | None = Field(
         None,
         description="folder image paths are relative to (default: the input file's folder; "
-        "pmc_jsonl: <folder>/figures; llava_med: <folder>/images)",
+        "pmc_jsonl: <folder>/figures; llava_med, roco: <folder>/images)",
     )
     name: str | None = Field(None, description="source label written on every record (default: file stem)")
     licence: str | None = Field(None, description="licence for records whose input carries none")
@@ -58,41 +64,20 @@ class SourceConfig(Config):
     csv_delimiter: str | None = Field(None, description="pairs CSV delimiter (default ',' or tab for .tsv)")
 
 
-class TextFilterConfig(Config):
-    """Caption length bounds and the medical-vocabulary test (PubMedVision's text filter)."""
+class NearImageConfig(Config):
+    """Near-duplicate images: descriptor candidates confirmed by keypoints (`medvl.curate.near_images`)."""
 
     enabled: bool = True
-    min_caption_words: int = Field(5, ge=0)
-    max_caption_words: int = Field(1000, ge=1)
-    vocabulary: str | None = Field(
-        None, description="term file (one term a line, # comments); default: shipped list"
+    candidates: int = Field(5, ge=1, description="best images by descriptor checked per query")
+    min_similarity: float = Field(0.5, ge=-1, le=1, description="candidates below are not checked")
+    exact_similarity: float = Field(
+        0.998, ge=-1, le=1, description="at or above: the same picture without keypoints (resize, re-encode, flip)"
     )
-    min_medical_terms: int = Field(2, ge=0, description="distinct vocabulary terms required")
-    count_terms_in: Literal["caption", "caption_and_mentions"] = "caption_and_mentions"
-
-
-class ImageFilterConfig(Config):
-    """Decodability, size and shape bounds, and the medical-image classifier (PubMedVision)."""
-
-    enabled: bool = True
-    min_side: int = Field(336, ge=1, description="PubMedVision drops images smaller than 336x336")
-    max_aspect_ratio: float = Field(5.0, ge=1.0, description="long side / short side")
-    min_pixels: int = Field(0, ge=0)
-    max_pixels: int = Field(60_000_000, ge=1, description="larger images are rejected (decompression bombs)")
-    max_images: int = Field(16, ge=1, description="records with more panels are rejected")
-    classifier: str | None = Field(
-        None, description="folder saved by `medvl curate train-classifier`; unset: skipped"
-    )
-    classifier_threshold: float | None = Field(None, ge=0, le=1, description="default: the one saved with it")
-
-
-class PhashConfig(Config):
-    enabled: bool = True
-    max_distance: int = Field(4, ge=0, le=32, description="Hamming distance between 64-bit pHashes")
+    min_inliers: int = Field(50, ge=4, description="agreeing ORB keypoint matches that confirm a candidate")
 
 
 class SemanticConfig(Config):
-    """SemDeDup on captions: embed → faiss k-means → within-cluster cosine ≥ 1 − eps."""
+    """Semantic caption dedup: faiss nearest neighbours (cosine >= 1 - eps), confirmed by a clinical check."""
 
     enabled: bool = True
     model: str | None = Field(
@@ -100,18 +85,19 @@ class SemanticConfig(Config):
         description="sentence-transformers folder (default: all-MiniLM-L6-v2, offline); "
         "'hashing': a weight-free word-hashing embedder for tests and benchmarks",
     )
-    eps: float = Field(0.05, gt=0, lt=1)
-    cluster_size: int = Field(1000, ge=2, description="target records per k-means cluster")
-    kmeans_iterations: int = Field(20, ge=1)
+    eps: float = Field(0.12, gt=0, lt=1, description="duplicate candidates: cosine >= 1 - eps")
+    candidates: int = Field(10, ge=1, description="nearest earlier captions checked per caption")
+    verify: bool = Field(
+        True, description="refuse merges across clinical differences (numbers, side, pre/post, negation, ...)"
+    )
     batch_size: int = Field(128, ge=1)
-    seed: int = 0
 
 
 class DedupConfig(Config):
     enabled: bool = True
     exact_image: bool = True
     exact_caption: bool = True
-    phash: PhashConfig = PhashConfig()
+    near_image: NearImageConfig = NearImageConfig()
     semantic: SemanticConfig = SemanticConfig()
 
 
@@ -206,12 +192,36 @@ class EngineConfig(Config):
     slurm: SlurmConfig = SlurmConfig()
 
 
+class BenchmarkRef(Config):
+    """A benchmark split to check training data against (loaded by medvl's benchmark loaders)."""
+
+    name: str = Field(description="a benchmark name of `medvl eval` (vqa_rad, slake, pathvqa, ...)")
+    root: str
+    split: str = "test"
+    options: dict[str, Any] = {}
+
+
+class DecontaminateConfig(Config):
+    """Drop training records whose images or question/answer text match a benchmark item."""
+
+    enabled: bool = False
+    benchmarks: list[BenchmarkRef] = []
+    image: NearImageConfig = NearImageConfig()
+    ngram: int = Field(8, ge=1, description="word n-grams compared between benchmark Q+A and training text")
+    min_text_overlap: float = Field(
+        0.5, gt=0, le=1, description="share of a benchmark item's n-grams found in one training record"
+    )
+
+
 class CurateConfig(Config):
     sources: list[SourceConfig] = Field(min_length=1)
     limit: int | None = Field(None, ge=1, description="read at most this many records per source (debugging)")
-    text_filter: TextFilterConfig = TextFilterConfig()
-    image_filter: ImageFilterConfig = ImageFilterConfig()
+    filter: dict[str, SerializeAsAny[FilterConfig]] = Field(
+        default_factory=lambda: filter_sections({}),
+        description="one section per registered filter (licence, text, medical_text, image)",
+    )
     dedup: DedupConfig = DedupConfig()
+    decontaminate: DecontaminateConfig = DecontaminateConfig()
     sample: SampleConfig = SampleConfig()
     generate: GenerateConfig = GenerateConfig()
     output_dir: str | None = Field(None, description="the output folder (or `--out`)")
@@ -219,6 +229,25 @@ class CurateConfig(Config):
         "hardlink", description="hardlink falls back to copy"
     )
     engine: EngineConfig = EngineConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_sections(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, new in (("text_filter", "filter.text"), ("image_filter", "filter.image")):
+                if old in data:
+                    raise ValueError(f"`{old}` is now `{new}` (same keys): rename the section")
+        return data
+
+    @field_validator("filter", mode="before")
+    @classmethod
+    def _filter_sections(cls, value: Any) -> dict[str, FilterConfig]:
+        return filter_sections(value)
+
+    @property
+    def needs_image_signatures(self) -> bool:
+        """Whether the image filter computes near-duplicate descriptors (dedup or decontamination uses them)."""
+        return (self.dedup.enabled and self.dedup.near_image.enabled) or self.decontaminate.enabled
 
 
 def load_curate_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> CurateConfig:
@@ -238,19 +267,20 @@ def resolve_paths(config: CurateConfig, base: Path) -> CurateConfig:
         s.model_copy(update={"path": absolute(s.path), "image_root": absolute(s.image_root)})
         for s in config.sources
     ]
-    text = config.text_filter.model_copy(update={"vocabulary": absolute(config.text_filter.vocabulary)})
-    image = config.image_filter.model_copy(update={"classifier": absolute(config.image_filter.classifier)})
+    filters = {name: section.resolve_paths(absolute) for name, section in config.filter.items()}
     model = config.dedup.semantic.model
     semantic = config.dedup.semantic.model_copy(
         update={"model": model if model == "hashing" else absolute(model)}
     )
     dedup = config.dedup.model_copy(update={"semantic": semantic})
+    benchmarks = [b.model_copy(update={"root": absolute(b.root)}) for b in config.decontaminate.benchmarks]
+    decontaminate = config.decontaminate.model_copy(update={"benchmarks": benchmarks})
     return config.model_copy(
         update={
             "sources": sources,
-            "text_filter": text,
-            "image_filter": image,
+            "filter": filters,
             "dedup": dedup,
+            "decontaminate": decontaminate,
             "output_dir": absolute(config.output_dir),
         }
     )

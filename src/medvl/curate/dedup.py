@@ -1,21 +1,23 @@
-"""De-duplication: exact (image bytes, normalised caption), perceptual (pHash) and semantic (SemDeDup).
+"""De-duplication: exact (image bytes, normalised caption), near images, and semantic captions.
 
 Runs as one gather task over every prepared shard in global input order; the first record of a
-duplicate group is kept and each dropped one is a reject whose detail names the kept one.
-Memory holds only signatures: a dict of image/caption hashes, a pHash index, and for the semantic
-step two int arrays per record (the embeddings stay in memory-mapped side files).
+duplicate group is kept and each dropped one is a reject whose `kept` field and detail name the
+kept one.
 
 - Exact: sha256 of each image file's bytes; sha1 of the caption lower-cased to word tokens.
-- Perceptual: 64-bit pHash within `max_distance` bits of a kept image. `HammingIndex` is a
-  multi-index hash: the hash is split into max_distance+1 chunks, and by pigeonhole two hashes
-  within the distance agree exactly on at least one chunk, so a query checks only the records
-  sharing a chunk value — never all pairs.
-- Semantic (SemDeDup, Abbas et al. 2023): L2-normalised caption embeddings → faiss k-means with
-  ~`cluster_size` records per cluster (trained on a seeded sample) → inside each cluster, in input
-  order, a record is dropped when its cosine similarity to an earlier one is ≥ 1 − eps. Cost is
-  N x cluster_size, not N²; duplicates that k-means puts in different clusters are missed (the
-  method's known trade-off).
+- Near image (`medvl.curate.near_images`): each image's descriptor (computed by the image filter)
+  is searched among the kept images; a candidate is confirmed on the descriptor alone when nearly
+  identical, else by ORB keypoints on the two image files. Robust to resizing, re-encoding,
+  brightness, crops up to 10%, rotations up to 5 degrees and horizontal flips.
+- Semantic caption: the caption embeddings (written during prepare) of the kept records go into a
+  faiss inner-product index; every caption's `candidates` nearest earlier captions with cosine
+  >= 1 - eps are candidates, and a candidate is merged only when the two captions state the same
+  clinical facts (`medvl.curate.clinical`: numbers and times, side, pre/post, negation, case and
+  figure indices, modality, anatomy); each refusal is counted by kind. Changing eps, candidates or
+  the check re-runs this task only: the embeddings are part of the prepare stage.
 
+Memory holds signatures, never records: image digests, image descriptors (1.5 KB per image),
+7 fact digests per kept caption, and the embeddings stay in memory-mapped side files.
 A record with several images is a duplicate when any of its images matches a kept image.
 """
 
@@ -24,17 +26,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
+from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from medvl.curate.config import DedupConfig, SemanticConfig
+from medvl.curate.clinical import fact_signature, signature_difference
+from medvl.curate.config import DedupConfig, NearImageConfig, SemanticConfig
 from medvl.curate.store import EmbeddingShards, RunDirs, iter_prepared, pack_order
 from medvl.curate.vocab import tokenize
 from medvl.io.files import atomic_write_json
@@ -42,10 +43,8 @@ from medvl.io.jsonl import RejectLog
 
 __all__ = [
     "caption_key",
-    "HammingIndex",
-    "make_text_embedder",
-    "CaptionEmbedder",
-    "semantic_duplicates",
+    "near_image_matcher",
+    "semantic_candidates",
     "DedupStep",
     "dedup_corpus",
     "dedup_dropped",
@@ -60,181 +59,41 @@ def caption_key(caption: str) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
-class HammingIndex:
-    """Find a stored 64-bit hash within `max_distance` bits of a query without scanning all."""
+def near_image_matcher(config: NearImageConfig) -> Any:
+    from medvl.curate.near_images import NearImageMatcher
 
-    def __init__(self, max_distance: int, bits: int = 64):
-        self.max_distance = max_distance
-        n_chunks = max_distance + 1
-        edges = [round(i * bits / n_chunks) for i in range(n_chunks + 1)]
-        self.chunks = [(lo, (1 << (hi - lo)) - 1) for lo, hi in zip(edges, edges[1:])]
-        self.tables: list[dict[int, list[tuple[int, int]]]] = [{} for _ in self.chunks]
-
-    def find(self, value: int) -> tuple[int, int] | None:
-        """(payload, distance) of the first stored hash within the distance, else None."""
-        best = None
-        for (shift, mask), table in zip(self.chunks, self.tables):
-            for stored, payload in table.get((value >> shift) & mask, ()):
-                distance = (stored ^ value).bit_count()
-                if distance <= self.max_distance and (best is None or payload < best[0]):
-                    best = (payload, distance)
-        return best
-
-    def add(self, value: int, payload: int) -> None:
-        for (shift, mask), table in zip(self.chunks, self.tables):
-            table.setdefault((value >> shift) & mask, []).append((value, payload))
+    return NearImageMatcher(
+        candidates=config.candidates,
+        min_similarity=config.min_similarity,
+        exact_similarity=config.exact_similarity,
+        min_inliers=config.min_inliers,
+    )
 
 
-# ------------------------------------------------------------------------ caption embeddings
+def semantic_candidates(vectors: np.ndarray, eps: float, k: int) -> list[list[tuple[int, float]]]:
+    """Per row i, its earlier rows j < i with cosine >= 1 - eps, best first (at most k).
 
-
-def _hashing_embedder(dim: int = 384) -> Callable[[list[str]], np.ndarray]:
-    """A weight-free embedder: signed hashing of word unigrams and bigrams (deterministic)."""
-
-    def embed(texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), dim), dtype=np.float32)
-        for i, text in enumerate(texts):
-            tokens = tokenize(text)
-            for gram in tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:])]:
-                h = int.from_bytes(hashlib.blake2b(gram.encode(), digest_size=8).digest(), "big")
-                out[i, h % dim] += 1.0 if (h >> 63) else -1.0
-        return out
-
-    return embed
-
-
-def make_text_embedder(
-    spec: str | None, batch_size: int = 128
-) -> tuple[str, Callable[[list[str]], np.ndarray]]:
-    """(name, texts → L2-normalised float32 rows). None: all-MiniLM-L6-v2; "hashing": no weights."""
-    if spec == "hashing":
-        raw = _hashing_embedder()
-        name = "hashing"
-    else:
-        from medvl.model.offline import minilm_path
-
-        folder = spec or str(minilm_path())
-        model = _sentence_transformer(folder)
-        name = Path(folder).name
-
-        def raw(texts: list[str]) -> np.ndarray:
-            return model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
-
-    def embed(texts: list[str]) -> np.ndarray:
-        vectors = np.asarray(raw(texts), dtype=np.float32)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.maximum(norms, 1e-12)
-
-    return name, embed
-
-
-@lru_cache(maxsize=2)
-def _sentence_transformer(folder: str) -> Any:
-    """One loaded model per process (the tasks a local executor runs in turn share it)."""
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(folder, device="cpu")
-
-
-class CaptionEmbedder(PipelineStep):
-    """Embeds captions in batches and appends them, in document order, to the shard's side file.
-
-    Must be the last step before the shard writer, so row i of the side file is line i of the shard.
+    Rows are L2-normalised; exact search up to 200k rows, HNSW beyond.
     """
-
-    name = "caption embedder"
-    type = "🔢 - EMBED"
-
-    def __init__(self, config: SemanticConfig, dirs: RunDirs):
-        super().__init__()
-        self.config, self.dirs = config, dirs
-
-    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        name, embed = make_text_embedder(self.config.model, self.config.batch_size)
-        path = self.dirs.embedding_shard(rank)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        dim = None
-        with path.open("wb") as handle:
-            batch = []
-            for doc in data:
-                batch.append(doc)
-                if len(batch) >= self.config.batch_size:
-                    dim = self._flush(batch, embed, handle)
-                    yield from batch
-                    batch = []
-            if batch:
-                dim = self._flush(batch, embed, handle)
-                yield from batch
-        if dim is not None:
-            atomic_write_json(self.dirs.prepared / "embedding.json", {"dim": dim, "model": name})
-
-    def _flush(self, batch: list, embed: Callable, handle: Any) -> int:
-        with self.track_time("batch"):
-            vectors = embed([d.text for d in batch])
-        handle.write(vectors.astype(np.float16).tobytes())
-        self.stat_update("embedded", value=len(batch))
-        return vectors.shape[1]
-
-
-# ------------------------------------------------------------------------ semantic dedup
-
-
-def semantic_duplicates(vectors: np.ndarray, eps: float, block: int = 1024) -> list[tuple[int, int, float]]:
-    """SemDeDup inside one cluster: (i, kept j, cosine) for each row i similar to an earlier row.
-
-    Rows are in input order and L2-normalised; i is dropped when max_{j<i} cos(i, j) ≥ 1 − eps,
-    and its representative is the earliest kept row its chain of matches leads to.
-    """
-    n = len(vectors)
-    threshold = 1.0 - eps
-    representative = np.arange(n)
-    drops = []
-    for start in range(0, n, block):
-        stop = min(n, start + block)
-        sims = vectors[start:stop] @ vectors[:stop].T
-        for offset in range(stop - start):
-            i = start + offset
-            if i == 0:
-                continue
-            row = sims[offset, :i]
-            j = int(row.argmax())
-            if row[j] >= threshold:
-                representative[i] = representative[j]
-                drops.append((i, int(representative[j]), float(row[j])))
-    return drops
-
-
-def _kmeans_assign(
-    emb: EmbeddingShards, shards: np.ndarray, rows: np.ndarray, config: SemanticConfig
-) -> np.ndarray:
-    """Cluster id of every record: faiss k-means trained on a seeded sample, then streamed assignment."""
     import faiss
 
-    n = len(rows)
-    k = max(1, math.ceil(n / config.cluster_size))
-    if k == 1:
-        return np.zeros(n, dtype=np.int64)
-    rng = np.random.default_rng(config.seed)
-    n_train = min(n, max(64 * k, 10_000), 200_000)
-    sample = np.sort(rng.choice(n, size=n_train, replace=False))
-    kmeans = faiss.Kmeans(
-        emb.dim,
-        k,
-        niter=config.kmeans_iterations,
-        seed=config.seed,
-        spherical=True,
-        verbose=False,
-        min_points_per_centroid=1,
-    )
-    kmeans.train(emb.rows(shards[sample], rows[sample]))
-    assignment = np.empty(n, dtype=np.int64)
-    for start in range(0, n, 16384):
-        chunk = emb.rows(shards[start : start + 16384], rows[start : start + 16384])
-        assignment[start : start + len(chunk)] = kmeans.index.search(chunk, 1)[1][:, 0]
-    return assignment
-
-
-# ------------------------------------------------------------------------ the gather task
+    n = len(vectors)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if n > 200_000:
+        index = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = max(64, 4 * k)
+    else:
+        index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    threshold = 1.0 - eps
+    out: list[list[tuple[int, float]]] = []
+    for start in range(0, n, 8192):
+        sims, ids = index.search(vectors[start : start + 8192], min(n, 2 * k + 1))
+        for offset, (row_sims, row_ids) in enumerate(zip(sims, ids)):
+            i = start + offset
+            found = [(int(j), float(s)) for j, s in zip(row_ids, row_sims) if 0 <= j < i and s >= threshold]
+            out.append(found[:k])
+    return out
 
 
 @dataclass
@@ -242,6 +101,18 @@ class DedupStats:
     seen: int = 0
     kept: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    refused: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class _Kept:
+    """What the semantic pass needs of each record kept by the exact and near-image passes."""
+
+    ids: list[str] = field(default_factory=list)
+    meta: list[tuple[Any, Any, Any, Any]] = field(default_factory=list)  # modality, source, licence, order
+    shard: list[int] = field(default_factory=list)
+    row: list[int] = field(default_factory=list)
+    facts: list[np.ndarray] = field(default_factory=list)
 
 
 def dedup_corpus(dirs: RunDirs, n_shards: int, config: DedupConfig, rejects: RejectLog) -> DedupStats:
@@ -250,107 +121,103 @@ def dedup_corpus(dirs: RunDirs, n_shards: int, config: DedupConfig, rejects: Rej
     seen_ids: dict[str, str] = {}
     images: dict[bytes, str] = {}
     captions: dict[int, str] = {}
-    phash = HammingIndex(config.phash.max_distance) if config.phash.enabled else None
-    kept_ids: list[str] = []
-    kept_meta: list[tuple[str | None, str | None, list[int]]] = []  # (modality, source, order): rejects
-    kept_shard: list[int] = []
-    kept_row: list[int] = []
+    matcher = near_image_matcher(config.near_image) if config.near_image.enabled else None
+    kept = _Kept()
 
-    def drop(record: dict, reason: str, kept: str, detail: str = "") -> None:
+    def drop(record_id: str, meta: dict[str, Any], reason: str, kept_id: str, detail: str = "") -> None:
         stats.dropped[reason] = stats.dropped.get(reason, 0) + 1
-        meta = record["metadata"]
         rejects.reject(
-            record["id"],
+            record_id,
             "dedup",
             reason,
-            detail or f"duplicate of {kept}",
-            kept=kept,
+            detail or f"duplicate of {kept_id}",
+            kept=kept_id,
             modality=meta.get("modality"),
             source=meta.get("source"),
+            licence=meta.get("licence"),
             order=meta.get("order"),
         )
 
     for rank, row, record in iter_prepared(dirs, n_shards):
         stats.seen += 1
-        record_id = record["id"]
-        meta = record["metadata"]
+        record_id, meta = record["id"], record["metadata"]
         infos = meta.get("images_info", [])
         if record_id in seen_ids:
-            drop(record, "duplicate_id", record_id, f"id already used by a record of {seen_ids[record_id]}")
+            drop(record_id, meta, "duplicate_id", record_id, f"id already used by a record of {seen_ids[record_id]}")
             continue
         seen_ids[record_id] = meta.get("source", "")
+        digests = [bytes.fromhex(i["sha256"])[:16] for i in infos if "sha256" in i]
         if config.exact_image:
-            digests = [bytes.fromhex(i["sha256"])[:16] for i in infos if "sha256" in i]
             hit = next((images[d] for d in digests if d in images), None)
             if hit is not None:
-                drop(record, "exact_image", hit)
+                drop(record_id, meta, "exact_image", hit)
                 continue
-        if config.exact_caption:
-            key = caption_key(record["text"])
-            if key in captions:
-                drop(record, "exact_caption", captions[key])
-                continue
-        if phash is not None:
-            values = [int(i["phash"], 16) for i in infos if "phash" in i]
-            match = next((m for m in (phash.find(v) for v in values) if m is not None), None)
-            if match is not None:
-                drop(
-                    record,
-                    "near_image",
-                    kept_ids[match[0]],
-                    f"pHash within {match[1]} bits of {kept_ids[match[0]]}",
-                )
-                continue
-        index = len(kept_ids)
-        kept_ids.append(record_id)
-        kept_meta.append((meta.get("modality"), meta.get("source"), meta.get("order")))
-        kept_shard.append(rank)
-        kept_row.append(row)
+        key = caption_key(record["text"])
+        if config.exact_caption and key in captions:
+            drop(record_id, meta, "exact_caption", captions[key])
+            continue
+        signed = _signed_images(record, infos) if matcher is not None else []
+        match = next((m for m in (matcher.find(d, p) for d, p in signed) if m is not None), None) if signed else None
+        if match is not None:
+            kept_id = kept.ids[match.payload]
+            drop(record_id, meta, "near_image", kept_id, f"same picture as {kept_id} ({match.describe()})")
+            continue
+        index = len(kept.ids)
+        kept.ids.append(record_id)
+        kept.meta.append((meta.get("modality"), meta.get("source"), meta.get("licence"), meta.get("order")))
+        kept.shard.append(rank)
+        kept.row.append(row)
+        if config.semantic.enabled and config.semantic.verify:
+            kept.facts.append(fact_signature(record["text"]))
         if config.exact_image:
             for d in digests:
                 images.setdefault(d, record_id)
         if config.exact_caption:
             captions[key] = record_id
-        if phash is not None:
-            for v in values:
-                phash.add(v, index)
-    del images, captions, phash, seen_ids
-    dropped: set[int] = set()
-    if config.semantic.enabled and len(kept_ids) > 1:
-        found = _semantic_pass(dirs, n_shards, config.semantic, kept_shard, kept_row)
-        for index, kept_index, sim in sorted(found):
-            modality, source, order = kept_meta[index]
-            record = {
-                "id": kept_ids[index],
-                "metadata": {"modality": modality, "source": source, "order": order},
-            }
-            drop(
-                record,
-                "semantic_caption",
-                kept_ids[kept_index],
-                f"caption cosine {sim:.4f} >= {1 - config.semantic.eps:.4f} with {kept_ids[kept_index]}",
-            )
+        for descriptor, path in signed:
+            matcher.add(descriptor, index, path)
+    del images, captions, matcher, seen_ids
+    dropped = set()
+    if config.semantic.enabled and len(kept.ids) > 1:
+        for index, kept_index, sim in _semantic_pass(dirs, n_shards, config.semantic, kept, stats):
+            modality, source, licence, order = kept.meta[index]
+            meta = {"modality": modality, "source": source, "licence": licence, "order": order}
+            threshold = 1 - config.semantic.eps
+            detail = f"caption cosine {sim:.4f} >= {threshold:.4f} with {kept.ids[kept_index]}"
+            drop(kept.ids[index], meta, "semantic_caption", kept.ids[kept_index], detail)
             dropped.add(index)
-    stats.kept = len(kept_ids) - len(dropped)
+    stats.kept = len(kept.ids) - len(dropped)
     return stats
 
 
+def _signed_images(record: dict[str, Any], infos: list[dict[str, Any]]) -> list[tuple[np.ndarray, str]]:
+    from medvl.curate.near_images import decode_descriptor
+
+    paths = [m.get("path") or m.get("url") for m in record.get("media", [])]
+    return [(decode_descriptor(i["signature"]), p) for i, p in zip(infos, paths) if "signature" in i]
+
+
 def _semantic_pass(
-    dirs: RunDirs, n_shards: int, config: SemanticConfig, shard_list: list[int], row_list: list[int]
+    dirs: RunDirs, n_shards: int, config: SemanticConfig, kept: _Kept, stats: DedupStats
 ) -> list[tuple[int, int, float]]:
-    """(record index, kept record index, cosine) of each semantic duplicate among the kept records."""
+    """(record index, kept record index, cosine) of each confirmed semantic duplicate, in input order."""
     emb = EmbeddingShards(dirs, n_shards)
-    shards, rows = np.asarray(shard_list, dtype=np.int32), np.asarray(row_list, dtype=np.int64)
-    assignment = _kmeans_assign(emb, shards, rows, config)
-    order = np.argsort(assignment, kind="stable")  # members of a cluster stay in input order
-    bounds = np.flatnonzero(np.diff(assignment[order])) + 1
+    vectors = emb.rows(np.asarray(kept.shard, dtype=np.int32), np.asarray(kept.row, dtype=np.int64))
+    candidates = semantic_candidates(vectors, config.eps, config.candidates)
+    dropped: set[int] = set()
     found = []
-    for members in np.split(order, bounds):
-        if len(members) < 2:
-            continue
-        vectors = emb.rows(shards[members], rows[members])
-        for i, j, sim in semantic_duplicates(vectors, config.eps):
-            found.append((int(members[i]), int(members[j]), sim))
+    for i, pairs in enumerate(candidates):
+        for j, sim in pairs:
+            if j in dropped:
+                continue
+            if config.verify:
+                difference = signature_difference(kept.facts[i], kept.facts[j])
+                if difference is not None:
+                    stats.refused[difference] += 1
+                    continue
+            dropped.add(i)
+            found.append((i, j, sim))
+            break
     return found
 
 
@@ -374,15 +241,23 @@ class DedupStep(PipelineStep):
         self.stat_update("total", value=stats.seen)
         self.stat_update("forwarded", value=stats.kept)
         atomic_write_json(
-            self.dirs.work / "dedup.json", {"seen": stats.seen, "kept": stats.kept, "dropped": stats.dropped}
+            self.dirs.work / "dedup.json",
+            {
+                "seen": stats.seen,
+                "kept": stats.kept,
+                "dropped": stats.dropped,
+                "semantic_refused": dict(sorted(stats.refused.items())),
+            },
         )
         return iter(())
 
 
 def dedup_dropped(dirs: RunDirs) -> set[int]:
-    """Packed input positions (`pack_order`) of the records the dedup task dropped."""
-    path = dirs.rejects / "dedup-00000.jsonl"
-    if not path.exists():
-        return set()
-    with path.open("r", encoding="utf-8") as handle:
-        return {pack_order(json.loads(line)["order"]) for line in handle if line.strip()}
+    """Packed input positions (`pack_order`) of the records the dedup and decontaminate tasks dropped."""
+    dropped: set[int] = set()
+    for name in ("dedup-00000.jsonl", "decontaminate-00000.jsonl"):
+        path = dirs.rejects / name
+        if path.exists():
+            with path.open("r", encoding="utf-8") as handle:
+                dropped |= {pack_order(json.loads(line)["order"]) for line in handle if line.strip()}
+    return dropped

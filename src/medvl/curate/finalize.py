@@ -4,7 +4,8 @@ Generated lines of every shard are merged by input order (a resumed shard is not
 disk, so each shard is read through a sorted (order, byte offset) index — ints, not records), and
 written to `alignment.jsonl`, `instruction.jsonl`, `concept_alignment.jsonl`, `self_instruct.jsonl`
 (each written to a temporary file and renamed). `rejects.jsonl` collects every stage's rejects:
-ingest/text/image (merged by input order), dedup (as the dedup task wrote them), generation.
+ingest and the filters (merged by input order), dedup and decontaminate (as those tasks wrote
+them), generation.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from medvl.curate.config import CurateConfig
+from medvl.curate.filters import FILTERS
 from medvl.curate.store import OUTPUT_FILES, RunDirs, pack_order
 
-__all__ = ["FinalizeStep", "iter_generated", "PREPARE_STAGES"]
-
-PREPARE_STAGES = ("ingest", "text", "image")
+__all__ = ["FinalizeStep", "iter_generated"]
 
 
 def _indexed(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -82,19 +82,21 @@ def write_outputs(dirs: RunDirs, n_shards: int) -> dict[str, Any]:
     rejects = _AtomicLines(dirs.out / "rejects.jsonl")
     reasons: Counter[str] = Counter()
     modality_out: dict[str, Counter[str]] = {kind: Counter() for kind in OUTPUT_FILES}
+    licence_out: Counter[str] = Counter()
     usage: dict[str, Counter[str]] = {}
 
     def reject(item: dict[str, Any]) -> None:
         rejects.write(item)
         reasons[f"{item['stage']}/{item['reason']}"] += 1
 
-    prepare_files = sorted(p for stage in PREPARE_STAGES for p in dirs.rejects.glob(f"{stage}-*.jsonl"))
+    prepare_files = sorted(p for stage in ("ingest", *FILTERS) for p in dirs.rejects.glob(f"{stage}-*.jsonl"))
     for _, item in heapq.merge(*(_iter_rejects(p) for p in prepare_files), key=lambda t: t[0]):
         reject(item)
-    dedup_file = dirs.rejects / "dedup-00000.jsonl"
-    if dedup_file.exists():
-        for _, item in _iter_rejects(dedup_file):
-            reject(item)
+    for gather in ("dedup", "decontaminate"):
+        path = dirs.rejects / f"{gather}-00000.jsonl"
+        if path.exists():
+            for _, item in _iter_rejects(path):
+                reject(item)
     processed = 0
     for line in iter_generated(dirs, n_shards):
         processed += 1
@@ -103,6 +105,7 @@ def write_outputs(dirs: RunDirs, n_shards: int) -> dict[str, Any]:
             for record in records:
                 outputs[kind].write(record)
                 modality_out[kind][modality] += 1
+                licence_out[str(record.get("licence") or "unknown")] += 1
         for item in line["rejects"]:
             reject(item)
         for kind, used in line["usage"].items():
@@ -118,6 +121,7 @@ def write_outputs(dirs: RunDirs, n_shards: int) -> dict[str, Any]:
         "generation_inputs": processed,
         "rejects": dict(sorted(reasons.items())),
         "modality_generated": {k: dict(sorted(v.items())) for k, v in modality_out.items()},
+        "licence_generated": dict(sorted(licence_out.items())),
         "llm_tokens": {k: dict(v) for k, v in usage.items()},
     }
 

@@ -11,7 +11,8 @@
   first question by a seeded coin flip, as LLaVA-Med's post-processing does.
 
 Records: `{"id", "image": [paths relative to the image root], "conversations", "source", "licence",
-"modality", ...}` — the format of `medvl.records`. Choices are seeded by the record id.
+"pmcid", "figure_id", "modality", ...}` — the format of `medvl.records`, with the provenance of the
+figure. Choices are seeded by the record id.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class FigureInput:
     caption: str
     mentions: list[str] = field(default_factory=list)
     fig_label: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)  # source, licence, modality, domain
+    meta: dict[str, Any] = field(default_factory=dict)  # source, licence, provenance, modality, domain
 
     @classmethod
     def from_prepared(cls, record: dict[str, Any], image_refs: list[str]) -> "FigureInput":
@@ -65,7 +66,7 @@ class FigureInput:
             caption=record["text"],
             mentions=list(meta.get("mentions") or []),
             fig_label=meta.get("fig_label"),
-            meta={k: meta.get(k) for k in ("source", "licence", "modality", "domain")},
+            meta={k: meta.get(k) for k in ("source", "licence", "pmcid", "figure_id", "modality", "domain")},
         )
 
     def base(self, conversations: list[dict[str, str]], **extra: Any) -> dict[str, Any]:
@@ -75,6 +76,8 @@ class FigureInput:
             "conversations": conversations,
             "source": self.meta.get("source"),
             "licence": self.meta.get("licence"),
+            "pmcid": self.meta.get("pmcid"),
+            "figure_id": self.meta.get("figure_id"),
             "modality": self.meta.get("modality"),
             **extra,
         }

@@ -6,9 +6,11 @@ The normalised record is a `datatrove.data.Document`:
   image stem, folder: relative path without extension);
 - `text`: the caption;
 - `media`: one `Media(type=IMAGE, path=absolute path)` per image (multi-panel figures carry several);
-- `metadata`: `mentions` (in-text sentences citing the figure), `source`, `licence`, `domain`,
-  `modality`, `fig_label`, `order` ([source, file, item] — the global input order, independent of
-  the number of tasks; every output is sorted by it) and format-specific `extra` fields.
+- `metadata`: `mentions` (in-text sentences citing the figure), `source`, `licence` (an SPDX id,
+  `medvl.curate.licences`; the input's words in `licence_raw`), provenance `pmcid` and `figure_id`
+  (None when the input does not say), `domain`, `modality`, `fig_label`, `order` ([source, file,
+  item] — the global input order, independent of the number of tasks; every output is sorted by it)
+  and format-specific `extra` fields.
 
 Formats (`SourceConfig.format`):
 - `pmc_jsonl`: MedICaT / PMC figure JSONL (`pdf_hash`, `fig_uri`, `s2_caption`, `s2orc_references`,
@@ -17,6 +19,10 @@ Formats (`SourceConfig.format`):
   fig_caption, in_text_mention (strings or {"tokens"}), domain: {chest_xray, ct_scan, ...}}`
   (a plain list or JSONL of such samples works too); image at `{image_root}/{pair_id}.jpg`.
 - `pairs`: PMC-OA / ROCO style JSONL, JSON array, CSV or TSV with an image and a caption column.
+- `roco`: ROCO's `captions.txt` (`ROCO_xxxxx<TAB>caption`, no header); images at
+  `{image_root or <folder>/images}/ROCO_xxxxx.jpg`; the licence and PMC figure file of each id come
+  from `licences.txt` (or `cc_*.csv`, the same columns `ROCO_ID,PMC_ID,CC`) beside it; the domain is
+  `radiology` or `non-radiology` from the folder name.
 - `folder`: images with a caption sidecar of the same stem (`.txt`, or `.json` with `caption`,
   optional `mentions`, `licence`).
 
@@ -31,6 +37,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -40,6 +47,7 @@ from datatrove.pipeline.base import PipelineStep
 from tqdm.auto import tqdm
 
 from medvl.curate.config import SourceConfig
+from medvl.curate.licences import normalise_licence
 from medvl.curate.vocab import infer_modality
 
 __all__ = ["IngestError", "SourceReader", "make_document", "doc_images", "doc_meta", "IMAGE_SUFFIXES"]
@@ -77,6 +85,8 @@ def make_document(
     licence: str | None = None,
     domain: str | None = None,
     fig_label: str | None = None,
+    pmcid: str | None = None,
+    figure_id: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Document:
     """The normalised record (see the module docstring)."""
@@ -89,7 +99,10 @@ def make_document(
         metadata={
             "mentions": mentions or [],
             "source": source,
-            "licence": licence or "unknown",
+            "licence": normalise_licence(licence),
+            "licence_raw": licence,
+            "pmcid": pmcid or _pmcid_in(record_id),
+            "figure_id": figure_id,
             "domain": domain,
             "modality": domain_modality(domain) or infer_modality(caption),
             "fig_label": fig_label,
@@ -97,6 +110,14 @@ def make_document(
             "extra": extra or {},
         },
     )
+
+
+_PMCID = re.compile(r"\b(PMC\d{4,})")
+
+
+def _pmcid_in(text: str) -> str | None:
+    match = _PMCID.search(text)
+    return match.group(1) if match else None
 
 
 def doc_images(doc: Document) -> list[str]:
@@ -179,6 +200,8 @@ def _iter_items(source: SourceConfig, rank: int, world_size: int, limit: int | N
 
 
 def _file_items(source: SourceConfig, path: Path, rank: int, world_size: int) -> Iterator[_Item]:
+    if source.format == "roco":
+        return _roco_items(path, rank, world_size)
     if source.format == "folder":
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         return (_Item(path, 0, i, p) for i, p in enumerate(files) if i % world_size == rank)
@@ -202,6 +225,40 @@ def _jsonl_items(path: Path, rank: int, world_size: int) -> Iterator[_Item]:
                 )
             if not isinstance(raw, (dict, IngestError)):
                 raw = IngestError("malformed_line", f"{path.name}:{index + 1}: not a JSON object")
+            yield _Item(path, 0, index, raw)
+
+
+def _roco_licences(folder: Path) -> dict[str, tuple[str, str]]:
+    """ROCO id -> (PMC figure file, licence) from `licences.txt` or `cc_*.csv` beside the captions."""
+    files = [folder / "licences.txt", *sorted(folder.glob("cc_*.csv"))]
+    found: dict[str, tuple[str, str]] = {}
+    for file in (f for f in files if f.is_file()):
+        with file.open("r", encoding="utf-8", errors="replace", newline="") as handle:
+            for row in csv.DictReader(handle):
+                if row.get("ROCO_ID") and row.get("PMC_ID"):
+                    found[row["ROCO_ID"].strip()] = (row["PMC_ID"].strip(), (row.get("CC") or "").strip())
+    return found
+
+
+def _roco_items(path: Path, rank: int, world_size: int) -> Iterator[_Item]:
+    """ROCO `captions.txt`: `ROCO_xxxxx<TAB>caption` lines, no header (a folder: its captions.txt)."""
+    if path.is_dir():
+        path = path / "captions.txt"
+    if not path.is_file():
+        if rank == 0:
+            yield _Item(path, 0, 0, IngestError("missing_file", f"{path}: no ROCO captions.txt"))
+        return
+    licences = _roco_licences(path.parent)
+    with path.open("r", encoding="utf-8", errors="replace") as handle:
+        for index, line in enumerate(handle):
+            if index % world_size != rank or not line.strip():
+                continue
+            roco_id, tab, caption = line.rstrip("\n").partition("\t")
+            if not tab or not roco_id.strip():
+                raw: Any = IngestError("malformed_line", f"{path.name}:{index + 1}: expected ROCO_ID<TAB>caption")
+            else:
+                figure, licence = licences.get(roco_id.strip(), (None, None))
+                raw = {"id": roco_id.strip(), "caption": caption, "figure": figure, "licence": licence}
             yield _Item(path, 0, index, raw)
 
 
@@ -304,6 +361,7 @@ def _parse_pmc(source: SourceConfig, label: str, order: list[int], raw: dict, fi
         licence=licence,
         domain="radiology" if raw.get("radiology") else None,
         fig_label=raw.get("fig_key"),
+        figure_id=fig_uri,
         extra={k: raw[k] for k in ("predicted_type", "radiology") if k in raw}
         | {"doi": (raw.get("oa_info") or {}).get("doi")},
     )
@@ -324,6 +382,8 @@ def _parse_llava_med(source: SourceConfig, label: str, order: list[int], raw: di
         licence=source.licence,
         domain=domain or raw.get("_group"),
         fig_label=raw.get("fig_label"),
+        pmcid=_pmcid_in(str(raw.get("pmcid") or raw.get("pmc_id") or "")),
+        figure_id=pair_id,
         extra={k: raw[k] for k in ("pmid", "fig_id") if k in raw},
     )
 
@@ -350,7 +410,27 @@ def _parse_pairs(source: SourceConfig, label: str, order: list[int], raw: dict, 
         source=label,
         mentions=_mentions(raw.get(source.mentions_key)) if source.mentions_key else [],
         licence=raw.get("licence") or raw.get("license") or source.licence,
+        pmcid=_pmcid_in(" ".join([*(str(raw.get(k) or "") for k in ("pmcid", "PMC_ID", "pmc_id")), record_id])),
+        figure_id=str(raw.get("url_name") or Path(images[0]).name),
         extra=extra,
+    )
+
+
+def _parse_roco(source: SourceConfig, label: str, order: list[int], raw: dict, file: Path) -> Document:
+    root = Path(source.image_root) if source.image_root else file.parent / "images"
+    domain = file.parent.name if file.parent.name in ("radiology", "non-radiology") else None
+    figure = raw["figure"]
+    pmcid, _, figure_id = figure.partition("_") if figure else (None, "", None)
+    return make_document(
+        raw["id"],
+        [str(root / f"{raw['id']}.jpg")],
+        _text(raw, "caption"),
+        order=order,
+        source=label,
+        licence=raw["licence"] or source.licence,
+        domain=domain,
+        pmcid=pmcid,
+        figure_id=figure_id or None,
     )
 
 
@@ -378,6 +458,8 @@ def _parse_folder(source: SourceConfig, label: str, order: list[int], image: Pat
         mentions=_mentions(info.get("mentions")),
         licence=info.get("licence") or info.get("license") or source.licence,
         domain=info.get("domain"),
+        pmcid=info.get("pmcid"),
+        figure_id=info.get("figure_id"),
     )
 
 
@@ -389,5 +471,6 @@ _PARSERS = {
     "pmc_jsonl": _parse_pmc,
     "llava_med": _parse_llava_med,
     "pairs": _parse_pairs,
+    "roco": _parse_roco,
     "folder": _parse_folder,
 }

@@ -1,8 +1,10 @@
 """`run_curation`: the stages of `medvl curate run` as datatrove pipelines on a datatrove executor.
 
-    prepare  (N tasks)  read → ingest check → text filter → image filter → caption embeddings → shard
-    dedup    (1 task)   exact / pHash / SemDeDup over all shards (signatures only)   [gather]
-    sample   (1 task)   class-balanced, capped, seeded selection                      [gather]
+    prepare  (N tasks)  read → ingest check → filters (licence, text, medical text, image; the
+                        registry `medvl.curate.filters.FILTERS`) → caption embeddings → shard
+    dedup    (1 task)   exact / near image / semantic over all shards (signatures only)   [gather]
+    decontaminate (1)   records vs benchmark items (only when decontaminate.enabled)      [gather]
+    sample   (1 task)   class-balanced, capped, seeded selection                          [gather]
     generate (N tasks)  concept alignment, reformatting, self-instruct → durable lines per shard
     finalize (1 task)   release files in input order, rejects.jsonl, report
 
@@ -15,7 +17,12 @@ Resume: datatrove marks each finished task in `_work/logs/<stage>/completions/`;
 finished tasks, and an unfinished generation task skips the records it already wrote. Each stage
 records a fingerprint of the config it depends on (cumulative over the stages before it): when
 it changed, that stage and every later one are cleared and re-run, earlier ones are reused (the
-LLM cache keeps every reply, so re-generation does not pay twice for an unchanged request).
+LLM cache keeps every reply, so re-generation does not pay twice for an unchanged request). Only what
+a stage computes is in its fingerprint: the caption embedder's model is prepare's, semantic eps is
+dedup's, so changing eps re-runs dedup without re-embedding.
+
+A stage that leaves no record stops the run with `CurateEmpty` (a `UserError`: exit 2) naming the
+stage and its reject reasons, unless `allow_empty` (then a loud warning).
 """
 
 from __future__ import annotations
@@ -31,13 +38,18 @@ from typing import Any, Callable
 from medvl.config import dump_config
 from medvl.curate.config import CurateConfig
 from medvl.curate.store import CurateIncomplete, RunDirs
+from medvl.errors import UserError
 from medvl.io.files import atomic_write_text
 
-__all__ = ["STAGES", "run_curation", "build_stages", "stage_fingerprints", "CurateIncomplete"]
+__all__ = ["STAGES", "run_curation", "build_stages", "stage_fingerprints", "CurateIncomplete", "CurateEmpty"]
 
 log = logging.getLogger("medvl.curate")
 
-STAGES = ("prepare", "dedup", "sample", "generate", "finalize")
+STAGES = ("prepare", "dedup", "decontaminate", "sample", "generate", "finalize")
+
+
+class CurateEmpty(UserError, RuntimeError):
+    """A stage left no record; the message names the stage, its rejects and `--allow-empty`."""
 # LLM settings that change speed or cost accounting, never a reply: not part of the fingerprint.
 _LLM_RUNTIME_KEYS = {
     "max_concurrency",
@@ -64,7 +76,7 @@ class Stage:
     always_run: bool = False
 
 
-def stage_fingerprints(config: CurateConfig) -> dict[str, str]:
+def stage_fingerprints(config: CurateConfig, reference_digest: str = "") -> dict[str, str]:
     """Per stage, a hash of the config it depends on, cumulative over the stages before it."""
 
     def generate_part() -> dict[str, Any]:
@@ -74,14 +86,16 @@ def stage_fingerprints(config: CurateConfig) -> dict[str, str]:
                 data[kind]["llm"] = {k: v for k, v in data[kind]["llm"].items() if k not in _LLM_RUNTIME_KEYS}
         return data | {"image_mode": config.image_mode}
 
+    semantic = config.dedup.semantic
     parts = {
-        "prepare": config.model_dump(mode="json", include={"sources", "limit", "text_filter", "image_filter"})
+        "prepare": config.model_dump(mode="json", include={"sources", "limit", "filter"})
         | {
             "tasks": config.engine.tasks,
-            "phash": config.dedup.enabled and config.dedup.phash.enabled,
-            "semantic": config.dedup.semantic.model_dump(mode="json") if _semantic(config) else None,
+            "signatures": config.needs_image_signatures,
+            "embedder": [semantic.model, semantic.batch_size] if _semantic(config) else None,
         },
         "dedup": config.dedup.model_dump(mode="json"),
+        "decontaminate": config.decontaminate.model_dump(mode="json") | {"reference": reference_digest},
         "sample": config.sample.model_dump(mode="json"),
         "generate": generate_part(),
         "finalize": {},
@@ -101,8 +115,10 @@ def _semantic(config: CurateConfig) -> bool:
 def build_stages(config: CurateConfig, dirs: RunDirs) -> list[Stage]:
     from datatrove.pipeline.writers.jsonl import JsonlWriter
 
-    from medvl.curate.dedup import CaptionEmbedder, DedupStep
-    from medvl.curate.filters import ImageFilter, IngestCheck, RejectWriter, TextFilter
+    from medvl.curate.decontaminate_step import DecontaminateStep
+    from medvl.curate.dedup import DedupStep
+    from medvl.curate.embed import CaptionEmbedder
+    from medvl.curate.filters import IngestCheck, RejectWriter, build_filters
     from medvl.curate.finalize import FinalizeStep
     from medvl.curate.generate_step import GenerateStep
     from medvl.curate.ingest import SourceReader
@@ -113,14 +129,11 @@ def build_stages(config: CurateConfig, dirs: RunDirs) -> list[Stage]:
     prepare: list[Any] = [
         SourceReader(config.sources, config.limit),
         IngestCheck(RejectWriter(rejects, "ingest")),
+        *build_filters(config, rejects),
     ]
-    if config.text_filter.enabled:
-        prepare.append(TextFilter(config.text_filter, RejectWriter(rejects, "text")))
-    if config.image_filter.enabled:
-        phash = config.dedup.enabled and config.dedup.phash.enabled
-        prepare.append(ImageFilter(config.image_filter, phash, RejectWriter(rejects, "image")))
     if _semantic(config):
-        prepare.append(CaptionEmbedder(config.dedup.semantic, dirs))
+        semantic = config.dedup.semantic
+        prepare.append(CaptionEmbedder(semantic.model, semantic.batch_size, dirs))
     prepare.append(JsonlWriter(str(dirs.prepared), output_filename="${rank}.jsonl", compression=None))
     dedup_config = (
         config.dedup
@@ -129,7 +142,7 @@ def build_stages(config: CurateConfig, dirs: RunDirs) -> list[Stage]:
             update={
                 "exact_image": False,
                 "exact_caption": False,
-                "phash": config.dedup.phash.model_copy(update={"enabled": False}),
+                "near_image": config.dedup.near_image.model_copy(update={"enabled": False}),
                 "semantic": config.dedup.semantic.model_copy(update={"enabled": False}),
             }
         )
@@ -137,6 +150,7 @@ def build_stages(config: CurateConfig, dirs: RunDirs) -> list[Stage]:
     return [
         Stage("prepare", prepare, tasks),
         Stage("dedup", [DedupStep(dirs, tasks, dedup_config)], 1),
+        Stage("decontaminate", [DecontaminateStep(dirs, tasks, config.decontaminate)], 1),
         Stage("sample", [SampleStep(dirs, tasks, config.sample)], 1),
         Stage("generate", [GenerateStep(dirs, config.generate, config.image_mode)], tasks),
         Stage("finalize", [FinalizeStep(dirs, tasks, config)], 1, always_run=True),
@@ -146,14 +160,19 @@ def build_stages(config: CurateConfig, dirs: RunDirs) -> list[Stage]:
 def _clear(dirs: RunDirs, stage: str) -> None:
     """Remove what `stage` wrote (its completions too), so it runs again from scratch."""
     shutil.rmtree(dirs.logs(stage), ignore_errors=True)
+    from medvl.curate.filters import FILTERS
+
     targets: dict[str, list[Path]] = {
         "prepare": [
             dirs.prepared,
-            *dirs.rejects.glob("ingest-*"),
-            *dirs.rejects.glob("text-*"),
-            *dirs.rejects.glob("image-*"),
+            *(p for stage in ("ingest", *FILTERS) for p in dirs.rejects.glob(f"{stage}-*")),
         ],
         "dedup": [*dirs.rejects.glob("dedup-*"), dirs.work / "dedup.json"],
+        "decontaminate": [
+            *dirs.rejects.glob("decontaminate-*"),
+            dirs.work / "decontaminate.json",
+            dirs.out / "decontamination",
+        ],
         "sample": [dirs.selected, dirs.work / "sample.json"],
         "generate": [dirs.generated, dirs.images],
         "finalize": [],
@@ -211,18 +230,73 @@ def _ensure_ray(config: CurateConfig) -> None:
         ray.init(address=config.engine.ray.address, include_dashboard=False, log_to_driver=False)
 
 
+def _left_after(dirs: RunDirs, stage: str) -> tuple[int | None, str]:
+    """(records left after `stage`, what explains it) — None where the stage does not filter."""
+    import json
+
+    def read(name: str) -> dict[str, Any] | None:
+        path = dirs.work / name
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+    if stage == "prepare":
+        left = sum(p.read_bytes().count(b"\n") for p in dirs.prepared.glob("*.jsonl"))
+        reasons: dict[str, int] = {}
+        for path in dirs.rejects.glob("*.jsonl"):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                key = f"{path.name.rsplit('-', 1)[0]}/{json.loads(line)['reason']}"
+                reasons[key] = reasons.get(key, 0) + 1
+        return left, f"rejects: {dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:6]) or 'none (no input read)'}"
+    if stage in ("dedup", "decontaminate"):
+        counts = read(f"{stage}.json")
+        return (None, "") if counts is None else (counts["kept"], f"{counts['seen']} records in")
+    if stage == "sample":
+        counts = read("sample.json") or {}
+        return sum(counts.get("selected", {}).values()), (
+            f"sampling by {counts.get('by')}: classes available {counts.get('available')}; "
+            "check sample.classes against them"
+        )
+    return None, ""
+
+
+def _check_not_empty(dirs: RunDirs, stage: str, allow_empty: bool) -> None:
+    left, why = _left_after(dirs, stage)
+    if left != 0:
+        return
+    message = f"stage {stage} left 0 records ({why})"
+    if not allow_empty:
+        raise CurateEmpty(f"{message}; fix the config, or pass --allow-empty to go on with nothing")
+    log.warning("%s; continuing because of --allow-empty", message.upper())
+
+
 def run_curation(
     config: CurateConfig,
     out_dir: str | Path,
     *,
     until: str | None = None,
     on_stage: Callable[[str, str], None] | None = None,
+    allow_empty: bool = False,
+    reference: list[Any] | None = None,
 ) -> dict[str, Any] | None:
-    """Run (or resume) every stage up to `until`; return the report (None when submitted to Slurm)."""
+    """Run (or resume) every stage up to `until`; return the report (None when submitted to Slurm).
+
+    `reference`: the benchmark items (`medvl.curate.decontaminate.ReferenceItem`) the decontaminate
+    stage checks against; required when `decontaminate.enabled`.
+    """
     dirs = RunDirs(Path(out_dir).resolve())
     dirs.work.mkdir(parents=True, exist_ok=True)
     dump_config(config, dirs.out / "config.yaml")
-    fingerprints = stage_fingerprints(config)
+    digest = ""
+    if config.decontaminate.enabled:
+        if reference is None:
+            raise UserError(
+                "decontaminate.enabled needs the benchmark items: run it through `medvl curate run` "
+                "(it loads decontaminate.benchmarks), or pass reference= to run_curation"
+            )
+        from medvl.curate.decontaminate_step import write_reference
+
+        write_reference(dirs.decontaminate_reference, reference)
+        digest = hashlib.sha256(dirs.decontaminate_reference.read_bytes()).hexdigest()[:16]
+    fingerprints = stage_fingerprints(config, digest)
     stages = build_stages(config, dirs)
     if until is not None and until not in STAGES:
         raise ValueError(f"until must be one of {STAGES}, got {until!r}")
@@ -254,6 +328,7 @@ def run_curation(
                 )
             if on_stage:
                 on_stage(stage.name, "done")
+            _check_not_empty(dirs, stage.name, allow_empty)
         if stage.name == until:
             break
     if config.engine.executor == "slurm":

@@ -1,10 +1,13 @@
-"""The run report: counts per stage, reject reasons, per-modality counts, LLM usage and cost.
+"""The run report: counts per stage, reject reasons, per-modality and per-licence counts, the text
+filters' precision and recall, dedup and decontamination summaries, LLM usage and cost.
 
 `report.json` (everything), `report.md` (tables for people) and `report.png` (two bar charts:
 records left after each stage, and records per modality at input / after dedup / selected /
 generated). Stage counts come from datatrove's per-task stats files (`_work/logs/<stage>/stats/`),
-which survive a resume (a finished task is skipped, its stats file stays); modality counts stream
-over the prepared shards and reject files.
+which survive a resume (a finished task is skipped, its stats file stays); modality and licence
+counts stream over the prepared shards and reject files. The text filters' quality is measured on
+the labelled captions shipped with medvl (`medvl.curate.text_probe`): the vocabulary test as
+configured, on the held-out split; the learned filter as saved by `train-text-filter`.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from medvl.curate.config import CurateConfig
+from medvl.curate.filters import FILTERS, filter_class
 from medvl.curate.store import RunDirs, iter_jsonl_lines, pack_order
 from medvl.io.files import atomic_write_json, atomic_write_text
 
-__all__ = ["write_report", "stage_stats", "load_report"]
+__all__ = ["write_report", "stage_stats", "load_report", "text_filter_quality", "render_markdown"]
 
 ENABLE_HINTS = {
     "reformat": "PubMedVision Alignment + Instruction VQA: set generate.reformat.enabled=true and "
@@ -45,32 +49,59 @@ def stage_stats(dirs: RunDirs, stage: str) -> dict[str, dict[str, int]]:
     return {name: dict(counter) for name, counter in totals.items()}
 
 
-def _modality_counts(dirs: RunDirs, n_shards: int) -> dict[str, Counter[str]]:
+def _field_counts(dirs: RunDirs, n_shards: int, field: str, missing: str) -> dict[str, Counter[str]]:
+    """Records per value of a metadata field: at input, after the filters, after dedup, selected."""
+    gathered = {dirs.rejects / "dedup-00000.jsonl", dirs.rejects / "decontaminate-00000.jsonl"}
     dropped: set[int] = set()
-    dedup_file = dirs.rejects / "dedup-00000.jsonl"
     rejected_input: Counter[str] = Counter()
     for path in dirs.rejects.glob("*.jsonl"):
         for item in iter_jsonl_lines(path):
-            if path == dedup_file:
+            if path in gathered:
                 dropped.add(pack_order(item["order"]))
             else:
-                rejected_input[str(item.get("modality") or "other")] += 1
+                rejected_input[str(item.get(field) or missing)] += 1
     prepared, deduped, selected = Counter(), Counter(), Counter()
     for rank in range(n_shards):
         path = dirs.selected_shard(rank)
         chosen = set(json.loads(path.read_text(encoding="utf-8"))) if path.exists() else set()
         for row, record in enumerate(iter_jsonl_lines(dirs.prepared_shard(rank))):
-            modality = str(record["metadata"].get("modality") or "other")
-            prepared[modality] += 1
+            value = str(record["metadata"].get(field) or missing)
+            prepared[value] += 1
             if pack_order(record["metadata"]["order"]) not in dropped:
-                deduped[modality] += 1
+                deduped[value] += 1
             if row in chosen:
-                selected[modality] += 1
+                selected[value] += 1
     return {
         "input": rejected_input + prepared,
+        "after_filters": prepared,
         "after_dedup": deduped,
         "selected": selected,
     }
+
+
+def text_filter_quality(config: CurateConfig) -> dict[str, Any]:
+    """Precision/recall of the configured text filters on the shipped labelled captions (held-out split)."""
+    from medvl.curate.text_probe import TextProbe, load_labelled, precision_recall, shipped_labels_path
+    from medvl.curate.vocab import load_vocabulary
+
+    held_out = [e for e in load_labelled() if e.held_out]
+    labels = [e.medical for e in held_out]
+    quality: dict[str, Any] = {"labelled_set": f"{shipped_labels_path().name}: {len(held_out)} held-out captions"}
+    text = config.filter["text"]
+    if text.enabled and text.min_medical_terms > 0:
+        vocabulary = load_vocabulary(text.vocabulary)
+        predicted = [vocabulary.count(e.text) >= text.min_medical_terms for e in held_out]
+        quality["vocabulary"] = {"min_medical_terms": text.min_medical_terms, **precision_recall(predicted, labels)}
+    learned = config.filter["medical_text"]
+    if learned.enabled:
+        meta = TextProbe.load(learned.model).meta
+        quality["learned"] = {
+            "model": learned.model,
+            "threshold": meta["threshold"],
+            "threshold_used": learned.threshold if learned.threshold is not None else meta["threshold"],
+            **(meta.get("held_out") or {"note": "trained without held-out captions: no figures"}),
+        }
+    return quality
 
 
 def _llm_section(dirs: RunDirs, config: CurateConfig, tokens: dict[str, dict[str, int]]) -> dict[str, Any]:
@@ -123,21 +154,19 @@ def write_report(
     prepare = stage_stats(dirs, "prepare")
     read = prepare.get("ingest", {}).get("read", 0)
     funnel = [("read", read)]
-    for step, label in (
-        ("ingest check", "ingested"),
-        ("text filter", "text filter"),
-        ("image filter", "image filter"),
-    ):
+    if "ingest check" in prepare:
+        funnel.append(("ingested", prepare["ingest check"].get("forwarded", 0)))
+    for name in FILTERS:
+        step = filter_class(name).name
         if step in prepare:
-            funnel.append((label, prepare[step].get("forwarded", 0)))
-    dedup = (
-        json.loads((dirs.work / "dedup.json").read_text()) if (dirs.work / "dedup.json").exists() else None
-    )
+            funnel.append((step, prepare[step].get("forwarded", 0)))
+    dedup = _read_json(dirs.work / "dedup.json")
     if dedup is not None:
         funnel.append(("dedup", dedup["kept"]))
-    sample = (
-        json.loads((dirs.work / "sample.json").read_text()) if (dirs.work / "sample.json").exists() else {}
-    )
+    decontamination = _read_json(dirs.work / "decontaminate.json")
+    if decontamination is not None:
+        funnel.append(("decontaminate", decontamination["kept"]))
+    sample = _read_json(dirs.work / "sample.json") or {}
     funnel.append(("selected", sum(sample.get("selected", {}).values())))
     for kind, n in counts["generated"].items():
         if n or _enabled(config, kind):
@@ -148,17 +177,20 @@ def write_report(
             {
                 "step": "medical-image classifier",
                 "records": prepare["image filter"]["classifier_skipped"],
-                "enable": "train one with `medvl curate train-classifier` and set image_filter.classifier",
+                "enable": "train one with `medvl curate train-classifier` and set filter.image.classifier",
             }
         )
     for kind, hint in ENABLE_HINTS.items():
         if not _enabled(config, kind):
             skipped.append({"step": f"generate {kind}", "enable": hint})
-    modality = _modality_counts(dirs, n_shards)
+    modality = _field_counts(dirs, n_shards, "modality", "other")
+    del modality["after_filters"]
     generated_any = Counter()
     for per_kind in counts["modality_generated"].values():
         generated_any |= Counter(per_kind)
     modality["generated"] = generated_any
+    licences = _field_counts(dirs, n_shards, "licence", "unknown")
+    licences["generated"] = Counter(counts["licence_generated"])
     report = {
         "output_dir": str(dirs.out),
         "funnel": dict(funnel),
@@ -168,6 +200,9 @@ def write_report(
         "generated": counts["generated"],
         "modality": {k: dict(sorted(v.items())) for k, v in modality.items()},
         "modality_generated": counts["modality_generated"],
+        "licence": {k: dict(sorted(v.items())) for k, v in licences.items()},
+        "text_filter_quality": text_filter_quality(config),
+        "decontamination": decontamination,
         "skipped": skipped,
         "llm": _llm_section(dirs, config, counts["llm_tokens"]),
         "engine": {"executor": config.engine.executor, "tasks": config.engine.tasks},
@@ -176,6 +211,10 @@ def write_report(
     atomic_write_text(dirs.out / "report.md", render_markdown(report))
     plot_report(report, dirs.out / "report.png")
     return report
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
 def _enabled(config: CurateConfig, kind: str) -> bool:
@@ -216,19 +255,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             f"Sampling (by {sample['by']}) left {sample['not_selected']} de-duplicated records unselected.",
         ]
-    modalities = sorted({m for counts in report["modality"].values() for m in counts})
-    columns = list(report["modality"])
-    lines += [
-        "",
-        "## Records per modality",
-        "",
-        "| modality | " + " | ".join(columns) + " |",
-        "|---|" + "---:|" * len(columns),
-    ]
-    lines += [
-        "| " + m + " | " + " | ".join(str(report["modality"][c].get(m, 0)) for c in columns) + " |"
-        for m in modalities
-    ]
+    lines += _count_table("Records per modality", "modality", report["modality"])
+    lines += _count_table("Records per licence (SPDX)", "licence", report.get("licence") or {})
+    lines += _quality_lines(report.get("text_filter_quality") or {})
+    refused = (report.get("dedup") or {}).get("semantic_refused")
+    if refused:
+        shown = ", ".join(f"{kind}: {n}" for kind, n in refused.items())
+        lines += ["", f"Semantic dedup refused {sum(refused.values())} merges across clinical differences ({shown})."]
+    lines += _decontamination_lines(report.get("decontamination"))
     if report["skipped"]:
         lines += ["", "## Skipped steps", ""]
         lines += [
@@ -258,6 +292,63 @@ def render_markdown(report: dict[str, Any]) -> str:
             )
     lines += ["", "![counts per stage and modality](report.png)", ""]
     return "\n".join(lines)
+
+
+def _count_table(title: str, key: str, table: dict[str, dict[str, int]]) -> list[str]:
+    if not table:
+        return []
+    values = sorted({v for counts in table.values() for v in counts})
+    columns = list(table)
+    lines = ["", f"## {title}", "", f"| {key} | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    return lines + ["| " + v + " | " + " | ".join(str(table[c].get(v, 0)) for c in columns) + " |" for v in values]
+
+
+def _quality_lines(quality: dict[str, Any]) -> list[str]:
+    rows = [(name, quality[name]) for name in ("vocabulary", "learned") if name in quality]
+    if not rows:
+        return []
+
+    def cell(value: Any, interval: Any) -> str:
+        return "n/a" if value is None else f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+    lines = [
+        "",
+        "## Medical text filter on labelled captions",
+        "",
+        f"Measured on {quality['labelled_set']} (precision/recall of the medical class, Wilson 95% intervals).",
+        "",
+        "| filter | precision | recall | tp | fp | fn |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for name, q in rows:
+        label = f"vocabulary (>= {q['min_medical_terms']} terms)" if name == "vocabulary" else f"learned ({q['model']})"
+        if "precision" not in q:
+            lines.append(f"| {label} | {q.get('note', 'n/a')} | | | | |")
+            continue
+        lines.append(
+            f"| {label} | {cell(q['precision'], q['precision_ci95'])} | {cell(q['recall'], q['recall_ci95'])} "
+            f"| {q['tp']} | {q['fp']} | {q['fn']} |"
+        )
+    return lines
+
+
+def _decontamination_lines(summary: dict[str, Any] | None) -> list[str]:
+    if not summary:
+        return []
+    lines = [
+        "",
+        "## Decontamination",
+        "",
+        f"{summary['removed']} of {summary['seen']} records removed (decontamination/report.html shows the pairs).",
+        "",
+        "| benchmark/split | items | seen in training | % | by image | by text | records removed |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    return lines + [
+        f"| {name} | {row['items']} | {row['items_seen']} | {row['items_seen_pct']} | {row['items_seen_by_image']} "
+        f"| {row['items_seen_by_text']} | {row['training_records_removed']} |"
+        for name, row in summary["benchmarks"].items()
+    ]
 
 
 def plot_report(report: dict[str, Any], path: Path) -> None:

@@ -6,12 +6,14 @@
       self_instruct.jsonl                     LLaVA-Med stage-2 (blinded multi-turn)
       images/                                 image root: records' `image` paths are relative to it
       rejects.jsonl                           every dropped input with stage, reason and detail
+      decontamination/                        report.json/.html/.png (when decontaminate.enabled)
       report.json  report.md  report.png      counts per stage, reason and modality; LLM usage/cost
       config.yaml                             the resolved config the run used
       _work/                                  intermediate state (resume); safe to delete when done
         logs/<stage>/                         datatrove logging dir: completions/, stats/, logs/
         prepared/<rank>.jsonl, emb-<rank>.f16 records that passed the filters (+ caption embeddings)
         rejects/<stage>-<rank>.jsonl          rejects per stage and task
+        decontaminate/reference.jsonl         the benchmark items decontamination checks against
         selected/<rank>.json                  ids chosen by dedup + sampling, per shard
         generate/<rank>.jsonl                 one durable line per generated record (resume unit)
         llm_usage/<rank>.jsonl                what each generation task invocation sent and spent
@@ -76,6 +78,10 @@ class RunDirs:
     @property
     def rejects(self) -> Path:
         return self.work / "rejects"
+
+    @property
+    def decontaminate_reference(self) -> Path:
+        return self.work / "decontaminate" / "reference.jsonl"
 
     @property
     def selected(self) -> Path:

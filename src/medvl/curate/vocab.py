@@ -1,8 +1,21 @@
 """Medical vocabulary matching and caption-based modality tags.
 
-`Vocabulary` counts the distinct medical terms of a text (phrases up to the longest term, a
-trailing plural folded: "lesions" → "lesion"). The shipped list is `assets/medical_terms.txt`;
-`text_filter.vocabulary` replaces it with any file of one term a line (`#` comments).
+`Vocabulary.find(text)` returns the distinct medical terms of a text:
+
+- tokens are runs of letters and digits (`h&e` stays one token); hyphens and slashes split words, so
+  "tomography-computed", "CT-scan" and "MRI/CT" match their parts, and multi-word terms are
+  matched as token phrases ("x-ray" is the phrase "x ray");
+- each token (listed or not) is folded to its lemma: regular and Latin/Greek plurals ("lesions", "arteries",
+  "metastases", "vertebrae", "bronchi", "diverticula", "abscesses") and adjective forms
+  ("fluoroscopic", "histological", "necrotic", "ischemic", "arthritic") fold onto a listed term,
+  but only when the folded word is listed, and never for the words in `NO_FOLD` ("pass" is not PAS,
+  "pets" is not PET);
+- phrases are matched longest first without overlap ("CT scan" counts once, not as "ct" + "ct scan"),
+  and a line `term | variant | ...` of the term file counts every variant as its first term
+  ("kidney | renal"), so synonyms and the singular/plural pair of a term are one term.
+
+The shipped list is `assets/medical_terms.txt`; `filter.text.vocabulary` replaces it with any file
+of one term (or `|`-separated group) a line, `#` comments.
 
 `infer_modality` tags a caption with one coarse imaging modality by keyword (first match in
 `MODALITY_PATTERNS` order) — used for per-modality statistics and balancing when the input has no
@@ -18,13 +31,17 @@ from pathlib import Path
 __all__ = [
     "Vocabulary",
     "load_vocabulary",
+    "load_vocabulary_section",
     "default_vocabulary_path",
     "tokenize",
+    "fold",
+    "NO_FOLD",
     "infer_modality",
+    "modalities_of",
     "MODALITIES",
 ]
 
-_TOKEN = re.compile(r"[a-z0-9]+(?:[-&'][a-z0-9]+)*")
+_TOKEN = re.compile(r"[a-z0-9]+(?:&[a-z0-9]+)*")
 
 # (modality, pattern) in priority order: the first that matches the caption wins.
 MODALITY_PATTERNS: tuple[tuple[str, str], ...] = (
@@ -56,9 +73,60 @@ MODALITY_PATTERNS: tuple[tuple[str, str], ...] = (
 MODALITIES = tuple(m for m, _ in MODALITY_PATTERNS) + ("other",)
 _COMPILED = tuple((m, re.compile(p, re.IGNORECASE)) for m, p in MODALITY_PATTERNS)
 
+# Words that look like an inflected form of a listed term but are not one.
+NO_FOLD = frozenset(
+    """pass pets gas bias lens news series species diabetes herpes rabies scabies mumps measles
+    pelvis iris axis virus corpus status thus this has was is us as its does yes less always perhaps
+    across various previous serous mucous nervous fibrous osseous venous numerous analysis basis
+    thesis synthesis hypothesis tis pes bus plus versus campus focus sinus fetus uterus humerus
+    radius bronchus thalamus calculus embolus nucleus stimulus villus hippocampus esophagus oesophagus
+    physic physics optic optics static dynamic electronic plastic mechanic mechanics basic""".split()
+)
+# (suffix of the inflected word, replacement) tried in order; the result must be a listed term.
+_FOLDS = (
+    ("ies", "y"),
+    ("ices", "ix"),
+    ("ices", "ex"),
+    ("ses", "sis"),
+    ("sses", "ss"),
+    ("xes", "x"),
+    ("ches", "ch"),
+    ("shes", "sh"),
+    ("es", "e"),
+    ("es", ""),
+    ("s", ""),
+    ("ae", "a"),
+    ("i", "us"),
+    ("a", "um"),
+    ("ical", "y"),
+    ("ic", "y"),
+    ("ical", "ic"),
+    ("ically", "y"),
+    ("otic", "osis"),
+    ("itic", "itis"),
+    ("ic", "ia"),
+    ("ic", "e"),
+    ("omatous", "oma"),
+    ("al", ""),
+    ("al", "e"),
+    ("ar", "a"),
+)
+
 
 def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
+
+
+def fold(token: str, known: frozenset[str] | set[str]) -> str:
+    """The first listed lemma `_FOLDS` gives for `token`, else `token` (always itself when in `NO_FOLD`)."""
+    if token in NO_FOLD or len(token) <= 3:
+        return token
+    for suffix, replacement in _FOLDS:
+        if token.endswith(suffix) and len(token) - len(suffix) >= 2:
+            candidate = token[: len(token) - len(suffix)] + replacement
+            if candidate in known:
+                return candidate
+    return token
 
 
 def infer_modality(caption: str) -> str:
@@ -68,51 +136,80 @@ def infer_modality(caption: str) -> str:
     return "other"
 
 
-class Vocabulary:
-    """A set of (possibly multi-word) terms; `count(text)` = number of distinct terms present."""
+def modalities_of(caption: str) -> set[str]:
+    """Every modality keyword group the caption mentions (not only the first)."""
+    return {modality for modality, pattern in _COMPILED if pattern.search(caption)}
 
-    def __init__(self, terms: list[str]):
-        self.terms = {tuple(tokenize(t)) for t in terms if tokenize(t)}
-        if not self.terms:
+
+class Vocabulary:
+    """Terms (or `|` groups of variants) matched as folded token phrases; see the module docstring."""
+
+    def __init__(self, groups: list[list[str]]):
+        phrases = [[tuple(tokenize(variant)) for variant in group] for group in groups]
+        self.words = frozenset(p[0] for group in phrases for p in group if len(p) == 1)
+        self.canonical: dict[tuple[str, ...], str] = {}
+        for group in phrases:
+            group = [p for p in group if p]
+            if not group:
+                continue
+            name = " ".join(self._fold_phrase(group[0]))
+            for phrase in group:
+                self.canonical.setdefault(self._fold_phrase(phrase), name)
+        if not self.canonical:
             raise ValueError("the medical vocabulary is empty")
-        self.max_len = max(len(t) for t in self.terms)
+        self.max_len = max(len(p) for p in self.canonical)
+
+    def _fold_phrase(self, phrase: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(fold(t, self.words) for t in phrase)
 
     def __len__(self) -> int:
-        return len(self.terms)
+        return len(set(self.canonical.values()))
 
     def find(self, text: str) -> set[str]:
-        """The distinct terms in `text` (plural forms folded onto the listed singular)."""
-        tokens = [_singular(t, self.terms) for t in tokenize(text)]
-        found = set()
-        for start in range(len(tokens)):
-            for length in range(1, min(self.max_len, len(tokens) - start) + 1):
-                gram = tuple(tokens[start : start + length])
-                if gram in self.terms:
-                    found.add(" ".join(gram))
+        """The distinct terms in `text`, each named by the first variant of its group."""
+        tokens = [fold(t, self.words) for t in tokenize(text)]
+        found: set[str] = set()
+        start = 0
+        while start < len(tokens):
+            for length in range(min(self.max_len, len(tokens) - start), 0, -1):
+                name = self.canonical.get(tuple(tokens[start : start + length]))
+                if name is not None:
+                    found.add(name)
+                    start += length
+                    break
+            else:
+                start += 1
         return found
 
     def count(self, text: str) -> int:
         return len(self.find(text))
 
 
-def _singular(token: str, terms: set[tuple[str, ...]]) -> str:
-    if (token,) in terms or len(token) <= 3:
-        return token
-    for suffix in ("es", "s"):
-        if token.endswith(suffix) and (token[: -len(suffix)],) in terms:
-            return token[: -len(suffix)]
-    return token
-
-
 def default_vocabulary_path() -> Path:
     return Path(__file__).parent / "assets" / "medical_terms.txt"
 
 
+def _read_groups(file: Path, section: str | None = None) -> list[list[str]]:
+    groups, current = [], None
+    for line in file.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line.startswith("## "):
+            current = line[3:].strip()
+        elif line and not line.startswith("#") and (section is None or current == section):
+            groups.append([variant.strip() for variant in line.split("|") if variant.strip()])
+    return groups
+
+
 @lru_cache(maxsize=8)
 def load_vocabulary(path: str | None = None) -> Vocabulary:
-    """Read a term file (one term a line, `#` comments); None → the shipped list."""
+    """Read a term file (one term or `a | b | c` group a line, `#` comments); None → the shipped list."""
     file = Path(path) if path else default_vocabulary_path()
     if not file.is_file():
         raise FileNotFoundError(f"medical vocabulary file not found: {file}")
-    lines = file.read_text(encoding="utf-8").splitlines()
-    return Vocabulary([line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")])
+    return Vocabulary(_read_groups(file))
+
+
+@lru_cache(maxsize=4)
+def load_vocabulary_section(section: str) -> Vocabulary:
+    """The terms under `## <section>` of the shipped list (e.g. "anatomy")."""
+    return Vocabulary(_read_groups(default_vocabulary_path(), section))

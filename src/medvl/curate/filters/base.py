@@ -1,0 +1,101 @@
+"""What every prepare-stage filter shares: its config base, the step base, and the reject writer.
+
+A filter is a datatrove `BaseFilter`: `filter(doc)` returns True or `reject(doc, reason, detail)`.
+A dropped record goes to the filter's `exclusion_writer` (a `RejectWriter`) as one reject line
+`{"id", "stage", "reason", "detail", "modality", "source", "order"}`; datatrove counts
+`dropped_<reason>` in its per-task stats, which the report reads.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from datatrove.data import Document
+from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.pipeline.writers.jsonl import JsonlWriter
+
+from medvl.config import Config
+
+if TYPE_CHECKING:
+    from medvl.curate.config import CurateConfig
+
+__all__ = ["FilterConfig", "CurateFilter", "RejectWriter", "IngestCheck", "reject"]
+
+
+class FilterConfig(Config):
+    """The section `filter.<name>` of a filter; every filter can be switched off.
+
+    `path_fields` name the options that are paths, made absolute against the config file's folder.
+    """
+
+    path_fields: ClassVar[tuple[str, ...]] = ()
+    enabled: bool = True
+
+    def resolve_paths(self, absolute: Callable[[str | None], str | None]) -> "FilterConfig":
+        return self.model_copy(update={name: absolute(getattr(self, name)) for name in self.path_fields})
+
+
+class CurateFilter(BaseFilter):
+    """A filter of the prepare stage, configured by its section `filter.<name>` (`config_class`).
+
+    `run` is the whole curate config (None in unit tests); `active(section, run)` says whether the
+    pipeline adds the filter (default: `section.enabled`).
+    """
+
+    config_class: ClassVar[type[FilterConfig]] = FilterConfig
+
+    def __init__(
+        self, config: FilterConfig, run: "CurateConfig | None" = None, exclusion_writer: JsonlWriter | None = None
+    ):
+        super().__init__(exclusion_writer)
+        self.config = config
+
+    @classmethod
+    def active(cls, config: FilterConfig, run: "CurateConfig") -> bool:
+        return config.enabled
+
+
+def reject(doc: Document, reason: str, detail: str = "") -> tuple[bool, str]:
+    """Mark `doc` for the exclusion writer and return datatrove's (False, reason)."""
+    doc.metadata["reject_detail"] = detail
+    return False, reason
+
+
+class RejectWriter(JsonlWriter):
+    """Writes dropped Documents as reject lines (the `RejectLog` format) to `<folder>/<stage>-<rank>.jsonl`"""
+
+    def __init__(self, folder: str, stage: str):
+        super().__init__(
+            folder,
+            output_filename=f"{stage}-${{rank}}.jsonl",
+            compression=None,
+            adapter=_reject_adapter(stage),
+        )
+        self.stage = stage
+
+
+def _reject_adapter(stage: str):
+    def adapt(_self: Any, doc: Document) -> dict[str, Any]:
+        meta = doc.metadata
+        return {
+            "id": doc.id,
+            "stage": stage,
+            "reason": meta.get("filter_reason", "rejected"),
+            "detail": meta.get("reject_detail", ""),
+            "modality": meta.get("modality"),
+            "source": meta.get("source"),
+            "licence": meta.get("licence"),
+            "order": meta.get("order"),
+        }
+
+    return adapt
+
+
+class IngestCheck(BaseFilter):
+    """Drops the records the reader could not normalise (malformed line, missing field, ...)."""
+
+    name = "ingest check"
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        error = doc.metadata.pop("ingest_error", None)
+        return True if error is None else reject(doc, error[0], error[1])

@@ -1,0 +1,55 @@
+"""The text filter: caption length bounds and the medical-vocabulary test (PubMedVision's filter)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from datatrove.data import Document
+from pydantic import Field
+
+from medvl.curate.filters.base import CurateFilter, FilterConfig, reject
+from medvl.curate.vocab import load_vocabulary
+
+__all__ = ["TextFilterConfig", "TextFilter"]
+
+
+class TextFilterConfig(FilterConfig):
+    """Caption length bounds and the medical-vocabulary test; `min_medical_terms: 0` turns the test off."""
+
+    path_fields = ("vocabulary",)
+
+    min_caption_words: int = Field(5, ge=0)
+    max_caption_words: int = Field(1000, ge=1)
+    vocabulary: str | None = Field(
+        None, description="term file (one term a line, # comments); default: shipped list"
+    )
+    min_medical_terms: int = Field(2, ge=0, description="distinct vocabulary terms required")
+    count_terms_in: Literal["caption", "caption_and_mentions"] = "caption_and_mentions"
+
+
+class TextFilter(CurateFilter):
+    """Caption length bounds and a minimum number of distinct medical-vocabulary terms."""
+
+    name = "text filter"
+    config_class = TextFilterConfig
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        config = self.config
+        words = len(doc.text.split())
+        if words < config.min_caption_words:
+            return reject(doc, "caption_too_short", f"{words} words < {config.min_caption_words}")
+        if words > config.max_caption_words:
+            return reject(doc, "caption_too_long", f"{words} words > {config.max_caption_words}")
+        if config.min_medical_terms == 0:
+            return True
+        text = doc.text
+        if config.count_terms_in == "caption_and_mentions":
+            text = " ".join([text, *doc.metadata.get("mentions", [])])
+        terms = load_vocabulary(config.vocabulary).find(text)
+        doc.metadata["medical_terms"] = len(terms)
+        if len(terms) < config.min_medical_terms:
+            found = ", ".join(sorted(terms)) or "none"
+            return reject(
+                doc, "too_few_medical_terms", f"{len(terms)} < {config.min_medical_terms} ({found})"
+            )
+        return True

@@ -1,0 +1,248 @@
+"""Near-duplicate images that survive resizing, re-encoding, brightness changes, small crops and
+rotations, and horizontal flips: a global descriptor finds candidates at scale, keypoints confirm.
+
+Descriptor (`describe`): the 63 AC coefficients of the 8x8 low-frequency DCT of the 32x32 grey image
+(the coefficients pHash thresholds to bits, kept as floats), L2-normalised, for the whole image and
+five crops (the centre and the four corners at 90% of each side): 6 x 63 float32 per image. The
+crops let a cropped copy meet a row of its original. A horizontal flip negates the odd-column
+coefficients, so a flipped query costs no new pass over the pixels (`flipped`).
+
+Search (`NearImageIndex`): a faiss inner-product index over every row of every indexed image (exact
+up to `exact_rows` rows, HNSW beyond); a query (its whole-image row and that row flipped) gets the
+best `k` images and their cosine similarity.
+
+Confirmation (`OrbVerifier`): ORB keypoints (OpenCV; 1000 on the grey image scaled to 512 px, FAST
+threshold 10), Lowe ratio-test matches, and a RANSAC similarity transform (scale 0.7–1.4); a pair
+is the same picture when at least `min_inliers` matches agree. Candidates whose descriptor
+similarity reaches `exact_similarity` (resizes, re-encodes, flips) are accepted without keypoints.
+`bench/curate_quality.py` measures recall per transformation and false matches on VQA-RAD's 315
+distinct images.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+__all__ = [
+    "ROWS",
+    "DIM",
+    "describe",
+    "flipped",
+    "encode_descriptor",
+    "decode_descriptor",
+    "NearImageIndex",
+    "OrbVerifier",
+    "NearImageMatcher",
+    "Match",
+]
+
+DIM = 63
+CROP = 0.9
+_BOXES = (  # (left, top) of a CROP x CROP window, as fractions; first row: the whole image
+    None,
+    ((1 - CROP) / 2, (1 - CROP) / 2),
+    (0.0, 0.0),
+    (1 - CROP, 0.0),
+    (0.0, 1 - CROP),
+    (1 - CROP, 1 - CROP),
+)
+ROWS = len(_BOXES)
+# Mirroring the image negates the DCT coefficients of odd horizontal frequency (row-major 8x8, DC dropped).
+_FLIP = np.array([(-1.0) ** (k % 8) for k in range(1, 64)], dtype=np.float32)
+
+
+def _dct_row(grey: Image.Image) -> np.ndarray:
+    from scipy.fft import dctn
+
+    pixels = np.asarray(grey.resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float32)
+    coefficients = dctn(pixels, norm="ortho")[:8, :8].ravel()[1:]
+    return coefficients / max(float(np.linalg.norm(coefficients)), 1e-9)
+
+
+def describe(image: Image.Image) -> np.ndarray:
+    """(ROWS, DIM) float32: the whole image's descriptor, then its five 90% crops'."""
+    grey = image.convert("L")
+    grey.thumbnail((256, 256), Image.Resampling.BILINEAR)
+    width, height = grey.size
+    rows = []
+    for box in _BOXES:
+        if box is None:
+            rows.append(_dct_row(grey))
+            continue
+        left, top = int(box[0] * width), int(box[1] * height)
+        rows.append(_dct_row(grey.crop((left, top, left + int(CROP * width), top + int(CROP * height)))))
+    return np.stack(rows)
+
+
+def flipped(row: np.ndarray) -> np.ndarray:
+    """The descriptor row of the horizontally mirrored image."""
+    return row * _FLIP
+
+
+def encode_descriptor(descriptor: np.ndarray) -> str:
+    return base64.b64encode(descriptor.astype(np.float16).tobytes()).decode("ascii")
+
+
+def decode_descriptor(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=np.float16).astype(np.float32).reshape(ROWS, DIM)
+
+
+class NearImageIndex:
+    """faiss inner-product search over the rows of indexed images; payloads are ints."""
+
+    def __init__(self, exact_rows: int = 200_000):
+        import faiss
+
+        self._faiss = faiss
+        self.exact_rows = exact_rows
+        self.index: Any = faiss.IndexFlatIP(DIM)
+        self.owner: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.owner) // ROWS
+
+    def add(self, descriptor: np.ndarray, payload: int) -> None:
+        if self.index.ntotal + ROWS > self.exact_rows and isinstance(self.index, self._faiss.IndexFlatIP):
+            self._to_hnsw()
+        self.index.add(np.ascontiguousarray(descriptor, dtype=np.float32))
+        self.owner.extend([payload] * ROWS)
+
+    def _to_hnsw(self) -> None:
+        faiss = self._faiss
+        hnsw = faiss.IndexHNSWFlat(DIM, 32, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efSearch = 128
+        if self.index.ntotal:
+            hnsw.add(self.index.reconstruct_n(0, self.index.ntotal))
+        self.index = hnsw
+
+    def search(self, descriptor: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """The best `k` (payload, similarity) for a query descriptor, its mirror image included."""
+        if not self.owner:
+            return []
+        whole = descriptor[0]
+        queries = np.stack([whole, flipped(whole)]).astype(np.float32)
+        sims, ids = self.index.search(queries, min(self.index.ntotal, k * ROWS))
+        best: dict[int, float] = {}
+        for sim, row in zip(sims.ravel(), ids.ravel()):
+            if row >= 0:
+                payload = self.owner[row]
+                best[payload] = max(best.get(payload, -1.0), float(sim))
+        return sorted(best.items(), key=lambda item: -item[1])[:k]
+
+
+class OrbVerifier:
+    """Counts the keypoint matches two images share under one similarity transform (see module doc)."""
+
+    def __init__(self, side: int = 512, features: int = 1000, fast_threshold: int = 10, cache: int = 2048):
+        self.side, self.features, self.fast_threshold = side, features, fast_threshold
+        self._cache: OrderedDict[tuple[str, bool], tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._cache_size = cache
+        self._orb: Any = None
+
+    def keypoints(self, image: Image.Image | str | Path, mirror: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(normalised keypoint positions, ORB descriptors) of an image or an image file (cached)."""
+        key = (str(image), mirror) if isinstance(image, (str, Path)) else None
+        if key is not None and key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        if isinstance(image, (str, Path)):
+            from medvl.io.images import load_image
+
+            image = load_image(image)
+        result = self._detect(ImageOps.mirror(image) if mirror else image)
+        if key is not None:
+            self._cache[key] = result
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return result
+
+    def _detect(self, image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+        import cv2
+
+        if self._orb is None:
+            self._orb = cv2.ORB_create(nfeatures=self.features, fastThreshold=self.fast_threshold)
+        grey = image.convert("L")
+        grey.thumbnail((self.side, self.side), Image.Resampling.LANCZOS)
+        pixels = np.asarray(grey)
+        points, descriptors = self._orb.detectAndCompute(pixels, None)
+        positions = np.array([p.pt for p in points], dtype=np.float32) / max(pixels.shape)
+        return positions.reshape(-1, 2), descriptors
+
+    def inliers(self, query: Any, candidate: Any) -> int:
+        """Agreeing matches between `query` and `candidate` or its mirror image (the larger count)."""
+        features = self.keypoints(query)
+        return max(_agreeing(features, self.keypoints(candidate)), _agreeing(features, self.keypoints(candidate, True)))
+
+
+def _agreeing(a: tuple[np.ndarray, np.ndarray | None], b: tuple[np.ndarray, np.ndarray | None]) -> int:
+    import cv2
+
+    (points_a, desc_a), (points_b, desc_b) = a, b
+    if desc_a is None or desc_b is None or len(desc_a) < 8 or len(desc_b) < 8:
+        return 0
+    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(desc_a, desc_b, k=2)
+    good = [m for m, n in (p for p in pairs if len(p) == 2) if m.distance < 0.8 * n.distance]
+    if len(good) < 6:
+        return 0
+    source = points_a[[m.queryIdx for m in good]]
+    target = points_b[[m.trainIdx for m in good]]
+    transform, mask = cv2.estimateAffinePartial2D(
+        source, target, method=cv2.RANSAC, ransacReprojThreshold=0.01, maxIters=500
+    )
+    if transform is None:
+        return 0
+    scale = float(np.sqrt(abs(np.linalg.det(transform[:, :2]))))
+    return int(mask.sum()) if 0.7 < scale < 1.4 else 0
+
+
+@dataclass
+class Match:
+    payload: int
+    similarity: float
+    inliers: int | None  # None: accepted on the descriptor alone
+
+    def describe(self) -> str:
+        how = "descriptor" if self.inliers is None else f"{self.inliers} keypoint matches"
+        return f"cosine {self.similarity:.4f}, {how}"
+
+
+class NearImageMatcher:
+    """Index + verifier: `add` images, then `find` the first confirmed near-duplicate of a query."""
+
+    def __init__(
+        self,
+        *,
+        candidates: int = 5,
+        min_similarity: float = 0.5,
+        exact_similarity: float = 0.998,
+        min_inliers: int = 40,
+        exact_rows: int = 200_000,
+    ):
+        self.candidates, self.min_similarity = candidates, min_similarity
+        self.exact_similarity, self.min_inliers = exact_similarity, min_inliers
+        self.index = NearImageIndex(exact_rows)
+        self.verifier = OrbVerifier()
+        self.images: dict[int, Any] = {}  # payload -> image path (or image) for keypoints
+
+    def add(self, descriptor: np.ndarray, payload: int, image: Any) -> None:
+        self.index.add(descriptor, payload)
+        self.images[payload] = image
+
+    def find(self, descriptor: np.ndarray, image: Any) -> Match | None:
+        """The best confirmed match of a query image (its descriptor and its pixels or path)."""
+        for payload, similarity in self.index.search(descriptor, self.candidates):
+            if similarity < self.min_similarity:
+                break
+            if similarity >= self.exact_similarity:
+                return Match(payload, similarity, None)
+            inliers = self.verifier.inliers(image, self.images[payload])
+            if inliers >= self.min_inliers:
+                return Match(payload, similarity, inliers)
+        return None
