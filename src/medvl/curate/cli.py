@@ -202,7 +202,7 @@ def train_text_filter_command(
     out: Path = typer.Option(..., "--out", help="folder for text_filter.json (set filter.medical_text.model to it)"),
     target_recall: float = typer.Option(0.98, help="operating point: recall reached in cross-validation"),
     encoder: Optional[str] = typer.Option(None, help="sentence-transformers folder (default: all-MiniLM-L6-v2)"),
-    c: float = typer.Option(3.0, help="inverse regularisation strength of the logistic regression"),
+    c: Optional[float] = typer.Option(None, help="inverse regularisation strength (default: chosen by cross-validation)"),
 ) -> None:
     """Fit the learned medical-text filter; print cross-validated and held-out precision/recall."""
     from medvl.curate.text_probe import load_labelled, train_text_probe

@@ -5,9 +5,10 @@
   The shipped set is `assets/medical_captions.jsonl` (real PMC captions from ROCO, hand labelled,
   CC BY / CC0 only; `assets/README.md` has the provenance, the labelling rules and the split).
 - `train_text_probe(examples, out_dir)` fits a scikit-learn logistic regression (balanced classes)
-  on the training captions and picks the operating point by 5-fold cross-validation on them: the
-  highest threshold whose cross-validated recall reaches `target_recall`. The held-out captions are
-  scored once, at the end, with that threshold. It saves `text_filter.json` — encoder, weights,
+  on the training captions; 5-fold cross-validation on them alone picks the regularisation `C`
+  (of `C_GRID`: the best cross-validated precision at the target recall) and the operating point
+  (the highest threshold whose cross-validated recall reaches `target_recall`). The held-out
+  captions are scored once, at the end, with that threshold. It saves `text_filter.json` — encoder, weights,
   threshold, cross-validated and held-out precision/recall — plain JSON, no pickle.
 - `TextProbe.load(folder or "builtin")` → `predict_proba(texts)`; "builtin" is the probe shipped in
   `assets/medical_text_probe.json`, trained on the shipped set's train split.
@@ -38,6 +39,7 @@ __all__ = [
 
 PROBE_FILE = "text_filter.json"
 LABELS = {"medical": True, "non_medical": False}
+C_GRID = (0.3, 1.0, 3.0, 10.0)
 
 
 class TextProbeError(UserError, ValueError):
@@ -93,7 +95,7 @@ def precision_recall(predicted: Sequence[bool], labels: Sequence[bool]) -> dict[
         if total == 0:
             return None, None
         interval = binomtest(hits, total).proportion_ci(method="wilson")
-        return round(hits / total, 4), [round(interval.low, 4), round(interval.high, 4)]
+        return round(hits / total, 4), [round(float(interval.low), 4), round(float(interval.high), 4)]
 
     precision, precision_ci = rate(tp, tp + fp)
     recall, recall_ci = rate(tp, tp + fn)
@@ -146,7 +148,7 @@ def train_text_probe(
     *,
     encoder: str | None = None,
     target_recall: float = 0.98,
-    c: float = 3.0,
+    c: float | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Fit, pick the operating point on the training captions, score the held-out ones, save; see module doc."""
@@ -162,12 +164,20 @@ def train_text_probe(
         raise TextProbeError("train-text-filter needs at least 5 medical and 5 non_medical training captions")
     name, embed = make_text_embedder(encoder)
     features = embed([e.text for e in train])
-    probe = LogisticRegression(C=c, max_iter=5000, class_weight="balanced")
     folds = StratifiedKFold(5, shuffle=True, random_state=seed)
-    cv_scores = cross_val_predict(probe, features, labels, cv=folds, method="predict_proba")[:, 1]
-    medical_scores = np.sort(cv_scores[labels])
-    threshold = float(medical_scores[int(np.floor((1 - target_recall) * len(medical_scores)))])
-    probe.fit(features, labels)
+
+    def operating_point(strength: float) -> tuple[float, float, np.ndarray]:
+        """(cross-validated precision at the target recall, threshold, cross-validated scores)."""
+        probe = LogisticRegression(C=strength, max_iter=5000, class_weight="balanced")
+        scores = cross_val_predict(probe, features, labels, cv=folds, method="predict_proba")[:, 1]
+        medical_scores = np.sort(scores[labels])
+        threshold = float(medical_scores[int(np.floor((1 - target_recall) * len(medical_scores)))])
+        return precision_recall(scores >= threshold, labels)["precision"] or 0.0, threshold, scores
+
+    searched = {strength: operating_point(strength) for strength in ([c] if c is not None else C_GRID)}
+    c = max(searched, key=lambda strength: searched[strength][0])
+    _, threshold, cv_scores = searched[c]
+    probe = LogisticRegression(C=c, max_iter=5000, class_weight="balanced").fit(features, labels)
     result: dict[str, Any] = {
         "encoder": encoder,
         "encoder_name": name,
@@ -176,6 +186,7 @@ def train_text_probe(
         "threshold": round(threshold, 6),
         "target_recall": target_recall,
         "C": c,
+        "C_searched": {str(k): round(v[0], 4) for k, v in searched.items()},
         "n_train": len(train),
         "n_held_out": len(held_out),
         "cross_validated": precision_recall(cv_scores >= threshold, labels),
