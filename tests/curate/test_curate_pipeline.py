@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from medvl.curate.config import load_curate_config
 from medvl.curate.pipeline import run_curation, stage_fingerprints
 from medvl.records import record_problems
@@ -91,3 +93,47 @@ def test_slurm_stages_are_chained_array_jobs(corpus, curate_config, tmp_path):
         previous = _executor(config, stage, dirs, depends=previous)
         assert previous.job_name == f"medvl-curate-{stage.name}" and previous.partition == "cpu"
     assert previous.world_size == 1 and previous.depends.world_size == 8  # finalize <- generate (8 tasks)
+
+
+def test_a_stage_that_leaves_nothing_fails_loudly_unless_allowed(corpus, curate_config, tmp_path):
+    from medvl.curate.pipeline import CurateEmpty
+
+    # configs/curate/llava_med.yaml on data without its five domains selected 0 records and exited 0
+    config = curate_config(corpus, "sample.by=domain", "sample.classes=[chest_xray,ct_scan,gross,histology,mri]")
+    with pytest.raises(CurateEmpty, match=r"stage sample left 0 records .*radiology.*--allow-empty"):
+        run_curation(config, tmp_path / "out")
+    report = run_curation(config, tmp_path / "out", allow_empty=True)
+    assert report["funnel"]["selected"] == 0
+    nothing = curate_config(corpus, "filter.text.min_medical_terms=50")
+    with pytest.raises(CurateEmpty, match=r"stage prepare left 0 records .*text/too_few_medical_terms"):
+        run_curation(nothing, tmp_path / "out2")
+
+
+def test_changing_eps_reruns_dedup_without_re_embedding(corpus, curate_config, tmp_path):
+    config = curate_config(corpus)
+    changed = curate_config(corpus, "dedup.semantic.eps=0.3", "dedup.semantic.verify=false")
+    before, after = stage_fingerprints(config), stage_fingerprints(changed)
+    assert before["prepare"] == after["prepare"] and before["dedup"] != after["dedup"]
+    other_model = curate_config(corpus, "dedup.semantic.model=/nowhere/model")
+    assert stage_fingerprints(other_model)["prepare"] != before["prepare"]
+    out = tmp_path / "out"
+    run_curation(config, out, until="dedup")
+    embeddings = (out / "_work" / "prepared" / "emb-00000.f16").stat().st_mtime_ns
+    run_curation(changed, out, until="dedup")
+    assert (out / "_work" / "prepared" / "emb-00000.f16").stat().st_mtime_ns == embeddings
+
+
+def test_licence_subset_with_counts_and_provenance_on_every_record(corpus, curate_config, tmp_path):
+    lines = (corpus / "figures.jsonl").read_text().splitlines()
+    lines = [line.replace('"cc-by"', '"cc-by-nc-nd"') if '"pdf_hash": "p5"' in line or '"pdf_hash": "p6"' in line else line for line in lines]
+    (corpus / "figures.jsonl").write_text("\n".join(lines) + "\n")
+    report = run_curation(curate_config(corpus, "filter.licence.allow=[CC-BY, CC0]"), tmp_path / "out")
+    assert report["rejects"]["licence/licence_not_allowed"] == 2
+    assert report["licence"]["input"]["LicenseRef-CC-BY-NC-ND"] == 2
+    assert "LicenseRef-CC-BY-NC-ND" not in report["licence"]["selected"]
+    assert report["licence"]["generated"] == {"LicenseRef-CC-BY": report["generated"]["concept"]}
+    records = [json.loads(line) for line in (tmp_path / "out" / "concept_alignment.jsonl").read_text().splitlines()]
+    assert records and all(
+        r["licence"] == "LicenseRef-CC-BY" and r["source"] == "synth" and r["figure_id"] and "pmcid" in r for r in records
+    )
+    assert "Records per licence (SPDX)" in (tmp_path / "out" / "report.md").read_text()

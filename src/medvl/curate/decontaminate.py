@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -114,6 +114,7 @@ class Decontaminator:
                 self.items_by_image[image].append(index)
         self.images = list(self.items_by_image)
         self.missing_images: list[str] = []
+        self._seen_images: OrderedDict[str, Any] = OrderedDict()  # recent training images -> their match
         self.matcher = None
         if check_images and self.images:
             self.matcher = image_matcher or near_image_matcher(NearImageConfig())
@@ -144,10 +145,14 @@ class Decontaminator:
 
         found = []
         for position, path in enumerate(sample.images):
-            descriptor = sample.descriptors[position] if position < len(sample.descriptors) else None
-            if descriptor is None:
-                descriptor = describe(load_image(path))
-            match = self.matcher.find(descriptor, path)
+            if path not in self._seen_images:
+                descriptor = sample.descriptors[position] if position < len(sample.descriptors) else None
+                if descriptor is None:
+                    descriptor = describe(load_image(path))
+                self._seen_images[path] = self.matcher.find(descriptor, path)
+                if len(self._seen_images) > 100_000:
+                    self._seen_images.popitem(last=False)
+            match = self._seen_images[path]
             if match is None:
                 continue
             image = self.images[match.payload]

@@ -1,0 +1,94 @@
+"""Decontamination: VQA-RAD's own train split against its test split (they share 202 images by
+design), text overlap, the report files, and the optional stage of `medvl curate run`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medvl.cli import build_app
+from medvl.curate.decontaminate import Decontaminator, ReferenceItem, TrainingSample, ngrams
+from medvl.curate.pipeline import run_curation
+
+VQA_RAD = Path(__file__).resolve().parents[2] / "data" / "vqa-rad"
+TEST_PHRASES = ("test_freeform", "test_para")
+
+
+def _vqa_rad_rows() -> list[dict]:
+    return json.loads((VQA_RAD / "VQA_RAD Dataset Public.json").read_text())
+
+
+def test_text_overlap_needs_long_enough_shared_ngrams():
+    item = ReferenceItem("b", "test", "1", (), "What is the abnormality seen in the left lower lobe of the lung", "pneumonia")
+    checker = Decontaminator([item], ngram=8, min_text_overlap=0.5, check_images=False)
+    copied = TrainingSample("t1", [], ["Q: what is the abnormality seen in the LEFT lower lobe of the lung? A: pneumonia"])
+    other = TrainingSample("t2", [], ["What is the abnormality seen in the right kidney?"])
+    found = checker.check(copied)
+    assert [(c.kind, c.item_ids, c.overlap) for c in found] == [("text", ["1"], round(6 / 7, 4))]  # "A:" breaks one
+    assert checker.check(other) == []
+    short = ReferenceItem("b", "test", "2", (), "Is this an MRI?", "yes")
+    assert ngrams(f"{short.question} {short.answer}", 8) == set()  # short questions: by image only
+
+
+def test_vqa_rad_train_split_against_its_test_split(tmp_path: Path):
+    """The demo fine-tunes on VQA-RAD train: decontamination finds the test images it shares."""
+    runner = CliRunner()
+    train = tmp_path / "vqa_rad_train.jsonl"
+    converted = runner.invoke(
+        build_app(), ["data", "convert", "vqa_rad", str(VQA_RAD), "--split", "train", "--out", str(train)]
+    )
+    assert converted.exit_code == 0, converted.output
+    records = [json.loads(line) for line in train.read_text().splitlines()][:240]
+    train.write_text("".join(json.dumps(r) + "\n" for r in records) + "{broken\n")
+    rows = _vqa_rad_rows()
+    test_images = {r["image_name"] for r in rows if r["phrase_type"] in TEST_PHRASES}
+    shared = {Path(r["image"][0]).name for r in records} & test_images
+    out = tmp_path / "decontaminated"
+    result = runner.invoke(
+        build_app(), ["curate", "decontaminate", str(train), "--against", f"vqa_rad={VQA_RAD}", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    row = report["benchmarks"]["vqa_rad/test"]
+    assert row["benchmark_images_matched"] == len(shared) > 20
+    assert report["unreadable_lines"] == 1 and report["training_records"] == 240
+    removed = [json.loads(line) for line in (out / "removed.jsonl").read_text().splitlines()]
+    kept = [json.loads(line) for line in (out / "vqa_rad_train.jsonl").read_text().splitlines()]
+    assert len(removed) == row["training_records_removed"] + 1 and len(kept) + len(removed) == 241
+    by_image = [r for r in removed if "decontamination" in r and r["decontamination"][0]["kind"] == "image"]
+    assert {Path(r["image"][0]).name for r in by_image} == shared
+    assert all(Path(r["image"][0]).name not in test_images for r in kept)
+    seen = json.loads((out / "seen_items.json").read_text())["vqa_rad/test"]
+    assert len(seen) == row["items_seen"] and row["items_seen_pct"] > 0
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/jpeg;base64,") >= 2 * min(len(by_image), 100) and "vqa_rad/test" in page
+    assert (out / "report.png").stat().st_size > 5_000
+
+
+def test_decontaminate_needs_readable_training_data(tmp_path: Path):
+    (tmp_path / "bad.jsonl").write_text("{broken\n")
+    result = CliRunner().invoke(
+        build_app(), ["curate", "decontaminate", str(tmp_path / "bad.jsonl"), "--against", f"vqa_rad={VQA_RAD}",
+                      "--out", str(tmp_path / "out")]
+    )
+    assert result.exit_code != 0
+
+
+def test_pipeline_stage_drops_records_showing_benchmark_images(corpus: Path, curate_config, tmp_path: Path):
+    benchmark_image = str(corpus / "figures" / "p4_fig4.png")
+    reference = [ReferenceItem("toy", "test", "q1", (benchmark_image,), "What organ is shown?", "thyroid")]
+    config = curate_config(corpus, "decontaminate.enabled=true")
+    with pytest.raises(Exception, match="needs the benchmark items"):
+        run_curation(config, tmp_path / "none")
+    report = run_curation(config, tmp_path / "out", reference=reference)
+    assert report["rejects"]["decontaminate/benchmark_image"] == 1
+    assert report["decontamination"]["benchmarks"]["toy/test"]["items_seen"] == 1
+    assert report["funnel"]["decontaminate"] == report["funnel"]["dedup"] - 1
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    (dropped,) = [r for r in rejects if r["stage"] == "decontaminate"]
+    assert dropped["id"] == "p4_fig4.png" and dropped["matched"][0]["item_ids"] == ["q1"]
+    assert (tmp_path / "out" / "decontamination" / "report.html").is_file()
+    assert "## Decontamination" in (tmp_path / "out" / "report.md").read_text()

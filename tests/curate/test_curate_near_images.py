@@ -1,0 +1,67 @@
+"""Near-duplicate images on real radiology images (VQA-RAD's, vendored): every kind of copy the
+literature makes is found, and distinct images are never matched. The full 315-image measurement
+is `bench/curate_quality.py`."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance, ImageOps
+
+from medvl.curate.near_images import NearImageMatcher, decode_descriptor, describe, encode_descriptor, flipped
+
+IMAGES = sorted((Path(__file__).resolve().parents[2] / "data" / "vqa-rad" / "images").glob("*.jpg"))[::8]
+
+
+def copies(image: Image.Image, rng: np.random.Generator) -> dict[str, Image.Image]:
+    width, height = image.size
+    left, top = (int(rng.integers(0, int(0.1 * side) + 1)) for side in (width, height))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=40)
+    return {
+        "resize": image.resize((width // 2, height // 2), Image.Resampling.BICUBIC),
+        "jpeg q40": Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"),
+        "brightness +30%": ImageEnhance.Brightness(image).enhance(1.3),
+        "crop 10%": image.crop((left, top, left + int(0.9 * width), top + int(0.9 * height))),
+        "rotate 5 degrees": image.rotate(5 * float(rng.choice([-1, 1])), resample=Image.Resampling.BICUBIC),
+        "horizontal flip": ImageOps.mirror(image),
+    }
+
+
+@pytest.fixture(scope="module")
+def matcher() -> NearImageMatcher:
+    index = NearImageMatcher()
+    for position, path in enumerate(IMAGES):
+        index.add(describe(Image.open(path)), position, str(path))
+    return index
+
+
+def test_descriptor_round_trip_and_mirror_identity():
+    image = Image.open(IMAGES[0]).convert("RGB")
+    descriptor = describe(image)
+    assert np.allclose(decode_descriptor(encode_descriptor(descriptor)), descriptor, atol=1e-3)
+    assert float(describe(ImageOps.mirror(image))[0] @ flipped(descriptor[0])) > 0.999  # resampling aside, equal
+
+
+def test_every_kind_of_copy_is_found(matcher: NearImageMatcher):
+    rng = np.random.default_rng(0)
+    missed = []
+    for position, path in enumerate(IMAGES):
+        for kind, copy in copies(Image.open(path).convert("RGB"), rng).items():
+            match = matcher.find(describe(copy), copy)
+            if match is None or match.payload != position:
+                missed.append((path.name, kind))
+    assert len(IMAGES) >= 39 and missed == []
+
+
+def test_distinct_radiology_images_never_match(matcher: NearImageMatcher):
+    for position, path in enumerate(IMAGES):
+        image = Image.open(path)
+        others = [(p, s) for p, s in matcher.index.search(describe(image), 6) if p != position]
+        for payload, similarity in others:
+            assert similarity < matcher.exact_similarity
+            if similarity >= matcher.min_similarity:
+                assert matcher.verifier.inliers(image, str(IMAGES[payload])) < matcher.min_inliers

@@ -1,0 +1,93 @@
+"""The learned medical-text filter: training picks its operating point on training captions only,
+the held-out figures are what the report prints, and the filter rejects with p(medical)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medvl.cli import build_app
+from medvl.curate.filters.medical_text import MedicalTextConfig, MedicalTextFilter
+from medvl.curate.ingest import make_document
+from medvl.curate.report import text_filter_quality
+from medvl.curate.text_probe import TextProbe, TextProbeError, load_labelled, precision_recall, shipped_labels_path
+
+MEDICAL = ["Axial CT of the {} showing a hypodense lesion", "MRI of the {} with contrast enhancement",
+           "Histology of the {} biopsy stained with H&E", "Ultrasound of the {} showing a cyst"]
+OTHER = ["TEM image of {} nanoparticles on a carbon grid", "Map of {} sampling sites in the river basin",
+         "Wing venation of a {} moth specimen", "Stress simulation of a {} steel beam under load"]
+WORDS = ["liver", "kidney", "spleen", "thyroid", "pancreas", "brain", "gold", "silver", "oak", "copper"]
+
+
+def write_labels(path: Path) -> Path:
+    rows = []
+    for i, word in enumerate(WORDS):
+        for j, template in enumerate(MEDICAL):
+            rows.append({"text": template.format(word), "label": "medical", "split": "test" if (i + j) % 4 == 0 else "train"})
+        for j, template in enumerate(OTHER):
+            rows.append({"text": template.format(word), "label": "non_medical", "split": "test" if (i + j) % 4 == 0 else "train"})
+    rows.append({"text": "Figure 4", "label": "ambiguous"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_shipped_labelled_set_is_split_by_article():
+    rows = [json.loads(line) for line in shipped_labels_path().read_text().splitlines()]
+    articles = {}
+    for row in rows:
+        articles.setdefault(row["pmcid"], set()).add(row["split"])
+        assert row["licence"] in ("CC BY", "CC0") and row["label"] in ("medical", "non_medical", "ambiguous")
+    assert all(len(splits) == 1 for splits in articles.values())
+    examples = load_labelled()
+    assert sum(e.held_out for e in examples) == 166 and len(examples) == 418  # ambiguous ones left out
+
+
+def test_labels_errors_are_one_clear_line(tmp_path: Path):
+    (tmp_path / "bad.jsonl").write_text('{"text": "x", "label": "maybe"}\n')
+    with pytest.raises(TextProbeError, match="bad.jsonl:1: label 'maybe'"):
+        load_labelled([tmp_path / "bad.jsonl"])
+    with pytest.raises(TextProbeError, match="no such labels file"):
+        load_labelled([tmp_path / "missing.jsonl"])
+
+
+def test_precision_recall_counts_and_intervals():
+    result = precision_recall([True, True, False, True], [True, False, True, True])
+    assert (result["tp"], result["fp"], result["fn"]) == (2, 1, 1)
+    assert result["precision"] == pytest.approx(2 / 3, abs=1e-4) and result["recall"] == pytest.approx(2 / 3, abs=1e-4)
+    assert result["precision_ci95"][0] < 2 / 3 < result["precision_ci95"][1]
+
+
+def test_train_text_filter_command_and_the_filter(tmp_path: Path):
+    labels = write_labels(tmp_path / "labels.jsonl")
+    out = tmp_path / "probe"
+    result = CliRunner().invoke(
+        build_app(), ["curate", "train-text-filter", str(labels), "--out", str(out), "--encoder", "hashing"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "held_out: precision" in result.output
+    meta = json.loads((out / "text_filter.json").read_text())
+    assert meta["n_train"] == 60 and meta["n_held_out"] == 20 and meta["held_out"]["recall"] >= 0.9
+    assert meta["cross_validated"]["recall"] >= 0.9  # the operating point is the CV one
+    probe = TextProbe.load(out)
+    scores = probe.predict_proba(["MRI of the spleen with contrast enhancement", "Map of gold sampling sites in the river basin"])
+    assert scores[0] > probe.threshold > scores[1]
+    medical_filter = MedicalTextFilter(MedicalTextConfig(enabled=True, model=str(out)))
+    docs = [make_document(str(i), [], text, order=[0, 0, i], source="s") for i, text in
+            enumerate(["Ultrasound of the thyroid showing a cyst", "Wing venation of a copper moth specimen"])]
+    results = medical_filter.filter_batch(docs)
+    assert results[0] is True and results[1] == (False, "not_medical_text")
+    assert docs[1].metadata["reject_detail"].startswith("p(medical)=")
+
+
+def test_builtin_probe_and_the_report_quality_table(corpus: Path, curate_config):
+    meta = TextProbe.load("builtin").meta
+    assert meta["n_held_out"] == 166 and meta["held_out"]["recall"] >= 0.9 and meta["held_out"]["precision"] >= 0.9
+    config = curate_config(corpus, "filter.medical_text.enabled=true")
+    quality = text_filter_quality(config)
+    assert quality["vocabulary"]["n"] == 166 and quality["vocabulary"]["precision"] >= 0.9
+    assert quality["learned"]["precision"] == meta["held_out"]["precision"]
+    with pytest.raises(TextProbeError, match="not a text-filter folder"):
+        TextProbe.load(corpus)
