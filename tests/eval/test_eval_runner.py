@@ -237,3 +237,17 @@ def test_choice_protocol_asks_closed_yes_no_items_as_options(tmp_path):
     assert "Answer with the option's letter" in records[0]["prompt"] and records[0]["output"] in ("A", "B")
     scores = json.loads((out / "scores.json").read_text())
     assert any("choice protocol: 2 open" in note for note in scores["notes"])
+
+
+def test_exclude_seen_scores_only_the_items_not_seen_in_training(tmp_path):
+    """A seen_items.json (what `medvl curate decontaminate` writes) is a plain file eval reads."""
+    seen = tmp_path / "seen_items.json"
+    seen.write_text(json.dumps({"vqa_rad/train": ["3"], "vqa_rad/test": ["4"]}))
+    cfg = config(tmp_path, "vqa_rad", FIXTURES / "vqa_rad", backend={"kind": "majority"}, exclude_seen=str(seen))
+    out = run_eval(cfg, OneProcess())
+    assert [r["id"] for r in read_records(out / "predictions.jsonl")] == ["3"]
+    scores = json.loads((out / "scores.json").read_text())
+    assert any("1 items seen in training excluded" in note for note in scores["notes"])
+    missing = config(tmp_path / "other", "vqa_rad", FIXTURES / "vqa_rad", exclude_seen=str(tmp_path / "nope.json"))
+    with pytest.raises(ConfigError, match="exclude_seen"):
+        run_eval(missing, OneProcess())

@@ -23,6 +23,7 @@ main process merges all parts in benchmark order once every process is done, the
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -84,6 +85,9 @@ class EvalConfig(Config):
     shuffle_seed: int = Field(0, description="use_images: shuffled — the seed of the derangement")
     missing_images: Literal["skip", "text_only"] = Field(
         "skip", description="items whose image is missing: skip (recorded in rejects.jsonl) or ask without it")
+    exclude_seen: str | None = Field(
+        None, description="seen_items.json of `medvl curate decontaminate` (benchmark/split -> item ids): "
+        "score only the items not seen in training")
     scorer: str = "medvl"
     extra_scorers: list[str] = Field(default_factory=list, description="compatibility scorers also reported")
     output_dir: str = "runs/eval/run"
@@ -113,6 +117,9 @@ def run_eval(config: EvalConfig, state: ProcessState | None = None) -> Path:
     out = Path(config.output_dir)
     data = config.benchmark.load()
     items = data.items[: config.benchmark.limit] if config.benchmark.limit else data.items
+    seen_notes: list[str] = []
+    if config.exclude_seen:
+        items, seen_notes = _unseen(items, data, Path(config.exclude_seen))
     if state.is_main_process:
         _claim_folder(out, config)
     state.wait_for_everyone()
@@ -134,11 +141,21 @@ def run_eval(config: EvalConfig, state: ProcessState | None = None) -> Path:
         records = merge_parts(out, [item.id for item in items])
         from medvl.eval.report import finalize_run
 
-        finalize_run(out, records, config, data, rejected, notes=data.notes + notes,
+        finalize_run(out, records, config, data, rejected, notes=data.notes + notes + seen_notes,
                      throughput={"answered": answered, "seconds": round(seconds, 3),
                                  "items_per_s": round(answered / seconds, 3) if seconds and answered else None})
     state.wait_for_everyone()
     return out
+
+
+def _unseen(items: list[VQAItem], data: BenchmarkData, path: Path) -> tuple[list[VQAItem], list[str]]:
+    """The items a decontamination's seen_items.json (a plain file) does not list for this split."""
+    if not path.is_file():
+        raise ConfigError(f"exclude_seen: {path} not found; `medvl curate decontaminate` writes seen_items.json")
+    seen = set(json.loads(path.read_text(encoding="utf-8")).get(f"{data.name}/{data.split}", []))
+    kept = [item for item in items if item.id not in seen]
+    return kept, [f"{len(items) - len(kept)} items seen in training excluded ({path.name}): "
+                  f"scores are on the {len(kept)} unseen items"]
 
 
 def _claim_folder(out: Path, config: EvalConfig) -> None:
