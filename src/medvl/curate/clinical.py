@@ -5,13 +5,14 @@ orthopantomograph", "three months" / "nine months after SIRT", "case 2" / "case 
 different images. `clinical_facts(caption)` extracts, per kind:
 
 - `numbers`: digits and number words ("three" = 3, "second" = 2), including sizes, doses and times;
-- `laterality`: left, right, bilateral;
-- `phase`: pre-, intra- and post-operative or treatment, before / after, follow-up;
-- `negation`: whether the caption negates ("no", "without", "absence of", "negative for", ...);
+- `laterality`: left, right, bilateral — how often each is said, so that swapping one of two
+  "left"s is a difference;
+- `phase`: pre-, intra- and post-operative or treatment, before / after, follow-up (counted);
+- `negation`: the negation cues ("no", "without", "absence of", "negative for", ...), counted;
 - `index`: case, patient, figure, panel and slice indices ("case 2", "Fig. 3b", "panel C");
 - `modality`: the imaging modalities named (`vocab.modalities_of`);
-- `anatomy`: the anatomical terms named (the anatomy section of the shipped vocabulary, with its
-  adjective forms: "renal" is "kidney").
+- `anatomy`: the anatomical terms named, counted (the anatomy section of the shipped vocabulary,
+  with its adjective forms: "renal" is "kidney").
 
 `clinical_difference(a, b)` names the first kind whose facts differ (None: nothing differs). Semantic
 dedup compares `fact_signature`s: one 64-bit digest per kind, so memory holds 56 bytes per record,
@@ -66,33 +67,38 @@ _NEGATION = re.compile(
     r"\b(?:no|not|without|absence of|absent|negative for|free of|ruled out|neither|nor|never|unremarkable)\b"
 )
 _INDEX = re.compile(
-    r"\b(case|patient|subject|participant|figure|fig|panel|slice|image|specimen|lesion|dog|cat|mouse|rat)"
+    r"\b(case|patient|subject|participant|figure|fig|panel|slice|dog|cat|mouse|rat)"
     r"\s*\.?\s*(?:no\.?|number|#)?\s*([0-9]+[a-z]?|[a-h]\b|[ivx]{1,4}\b)",
     re.IGNORECASE,
 )
 
 
+def _counted(values: list[str]) -> frozenset[str]:
+    """A multiset as a set: each value with how often it occurs ("left#2")."""
+    return frozenset(f"{value}#{values.count(value)}" for value in values)
+
+
 def _numbers(text: str, tokens: list[str]) -> frozenset[str]:
-    values = {n.replace(",", ".") for n in _NUMBER.findall(text)}
-    values |= {str(_NUMBER_WORDS[t]) for t in tokens if t in _NUMBER_WORDS}
-    return frozenset(values)
+    values = [n.replace(",", ".") for n in _NUMBER.findall(text)]
+    values += [str(_NUMBER_WORDS[t]) for t in tokens if t in _NUMBER_WORDS]
+    return _counted(values)
 
 
 def clinical_facts(caption: str) -> dict[str, frozenset[str]]:
     """Per kind of `KINDS`, the facts the caption states (see the module docstring)."""
     text = caption.lower()
     tokens = tokenize(text)
-    sides = {_LATERALITY[t] for t in tokens if t in _LATERALITY}
-    if {"left", "right"} <= sides and "both" in tokens:
-        sides = {"bilateral"}
+    sides = [_LATERALITY[t] for t in tokens if t in _LATERALITY]
+    if "both" in tokens and {"left", "right"} <= set(sides):
+        sides = ["bilateral"]
     return {
         "numbers": _numbers(text, tokens),
-        "laterality": frozenset(sides),
-        "phase": frozenset(name for name, pattern in _PHASES if pattern.search(text)),
-        "negation": frozenset({"negated"} if _NEGATION.search(text) else ()),
+        "laterality": _counted(sides),
+        "phase": _counted([name for name, pattern in _PHASES for _ in pattern.findall(text)]),
+        "negation": _counted(_NEGATION.findall(text)),
         "index": frozenset(f"{kind.lower().rstrip('.')[:3]}:{value.lower()}" for kind, value in _INDEX.findall(caption)),
         "modality": frozenset(modalities_of(caption) - {"chart"}),
-        "anatomy": frozenset(load_vocabulary_section("anatomy").find(caption)),
+        "anatomy": _counted(load_vocabulary_section("anatomy").occurrences(caption)),
     }
 
 

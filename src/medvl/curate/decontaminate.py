@@ -129,11 +129,15 @@ class Decontaminator:
         from medvl.curate.near_images import describe
         from medvl.io.images import ImageLoadError, load_image
 
+        descriptors, positions = [], []
         for position, image in enumerate(self.images):
             try:
-                self.matcher.add(describe(load_image(image)), position, image)
+                descriptors.append(describe(load_image(image)))
+                positions.append(position)
             except (OSError, ImageLoadError):
                 self.missing_images.append(image)
+        if descriptors:
+            self.matcher.add_many(np.stack(descriptors), positions, [self.images[p] for p in positions])
 
     def check(self, sample: TrainingSample) -> list[Contamination]:
         found = self._image_matches(sample) if self.matcher is not None else []

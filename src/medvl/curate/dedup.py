@@ -10,7 +10,7 @@ kept one.
   identical, else by ORB keypoints on the two image files. Robust to resizing, re-encoding,
   brightness, crops up to 10%, rotations up to 5 degrees and horizontal flips.
 - Semantic caption: the caption embeddings (written during prepare) of the kept records go into a
-  faiss inner-product index; every caption's `candidates` nearest earlier captions with cosine
+  faiss inner-product index (exact up to 50k records, an inverted file beyond); every caption's `candidates` nearest earlier captions with cosine
   >= 1 - eps are candidates, and a candidate is merged only when the two captions state the same
   clinical facts (`medvl.curate.clinical`: numbers and times, side, pre/post, negation, case and
   figure indices, modality, anatomy); each refusal is counted by kind. Changing eps, candidates or
@@ -73,17 +73,15 @@ def near_image_matcher(config: NearImageConfig) -> Any:
 def semantic_candidates(vectors: np.ndarray, eps: float, k: int) -> list[list[tuple[int, float]]]:
     """Per row i, its earlier rows j < i with cosine >= 1 - eps, best first (at most k).
 
-    Rows are L2-normalised; exact search up to 200k rows, HNSW beyond.
+    Rows are L2-normalised; exact search up to 50k rows, an inverted file (`ivf_index`) beyond.
     """
     import faiss
 
+    from medvl.curate.near_images import ivf_index
+
     n = len(vectors)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if n > 200_000:
-        index = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = max(64, 4 * k)
-    else:
-        index = faiss.IndexFlatIP(vectors.shape[1])
+    index = ivf_index(vectors) if n > 50_000 else faiss.IndexFlatIP(vectors.shape[1])
     index.add(vectors)
     threshold = 1.0 - eps
     out: list[list[tuple[int, float]]] = []

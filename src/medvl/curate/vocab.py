@@ -165,21 +165,25 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(set(self.canonical.values()))
 
-    def find(self, text: str) -> set[str]:
-        """The distinct terms in `text`, each named by the first variant of its group."""
+    def occurrences(self, text: str) -> list[str]:
+        """Every term occurrence in `text`, in order, each named by the first variant of its group."""
         tokens = [fold(t, self.words) for t in tokenize(text)]
-        found: set[str] = set()
+        found: list[str] = []
         start = 0
         while start < len(tokens):
             for length in range(min(self.max_len, len(tokens) - start), 0, -1):
                 name = self.canonical.get(tuple(tokens[start : start + length]))
                 if name is not None:
-                    found.add(name)
+                    found.append(name)
                     start += length
                     break
             else:
                 start += 1
         return found
+
+    def find(self, text: str) -> set[str]:
+        """The distinct terms in `text`, each named by the first variant of its group."""
+        return set(self.occurrences(text))
 
     def count(self, text: str) -> int:
         return len(self.find(text))
