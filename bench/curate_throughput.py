@@ -31,6 +31,7 @@ process with latency L and `max_concurrency` C; the bound is C/L requests per se
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -113,7 +114,7 @@ def write_prepared(dirs: Any, n: int, shards: int = 4, dim: int = 384) -> None:
     descriptors = rng.standard_normal((n, ROWS, DIM)).astype(np.float32)
     vectors = rng.standard_normal((n, dim)).astype(np.float32)
     captions = [f"Synthetic caption {i} of the {WORDS[i % len(WORDS)]} in case {i}" for i in range(n)]
-    shas = [f"{i:064x}" for i in range(n)]
+    shas = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(n)]  # distinct in the first 16 bytes too
     for i in range(20, n, 20):
         j = int(rng.integers(0, i))
         kind = (i // 20) % 4
@@ -123,8 +124,9 @@ def write_prepared(dirs: Any, n: int, shards: int = 4, dim: int = 384) -> None:
             descriptors[i] = descriptors[j] + 1e-3 * rng.standard_normal((ROWS, DIM))
         elif kind == 2:
             captions[i] = captions[j].upper()
-        else:
+        else:  # a paraphrase: the same clinical facts, another caption, a close embedding
             vectors[i] = vectors[j] + 0.01 * rng.standard_normal(dim)
+            captions[i] = captions[j].replace(" of the ", " for the ")
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     descriptors /= np.linalg.norm(descriptors, axis=2, keepdims=True)
     handles = [dirs.prepared_shard(r).open("w") for r in range(shards)]

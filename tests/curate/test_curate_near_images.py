@@ -65,3 +65,11 @@ def test_distinct_radiology_images_never_match(matcher: NearImageMatcher):
             assert similarity < matcher.exact_similarity
             if similarity >= matcher.min_similarity:
                 assert matcher.verifier.inliers(image, str(IMAGES[payload])) < matcher.min_inliers
+
+
+def test_a_candidate_whose_file_is_gone_stays_unconfirmed_and_is_counted(tmp_path: Path):
+    image = Image.open(IMAGES[0]).convert("RGB")
+    matcher = NearImageMatcher()
+    matcher.add(describe(image), 0, str(tmp_path / "gone.jpg"))
+    rotated = image.rotate(4, resample=Image.Resampling.BICUBIC)  # a candidate, not an exact one
+    assert matcher.find(describe(rotated), rotated) is None and matcher.unreadable == 1

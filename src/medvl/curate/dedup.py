@@ -100,6 +100,7 @@ class DedupStats:
     kept: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     refused: Counter[str] = field(default_factory=Counter)
+    unreadable_images: int = 0
 
 
 @dataclass
@@ -114,98 +115,143 @@ class _Kept:
 
 
 def dedup_corpus(dirs: RunDirs, n_shards: int, config: DedupConfig, rejects: RejectLog) -> DedupStats:
-    """Write a reject line per duplicate; return the counts. Survivors are what is not rejected."""
+    """Write a reject line per duplicate; return the counts. Survivors are what is not rejected.
+
+    Pass 1 streams the shards for ids and exact duplicates; pass 2 searches the surviving images'
+    descriptors all at once and confirms candidates in input order; pass 3 is the semantic pass.
+    Each reject names the kept record its group ends at.
+    """
     stats = DedupStats()
     seen_ids: dict[str, str] = {}
-    images: dict[bytes, str] = {}
-    captions: dict[int, str] = {}
-    matcher = near_image_matcher(config.near_image) if config.near_image.enabled else None
+    images: dict[bytes, int] = {}
+    captions: dict[int, int] = {}
     kept = _Kept()
-
-    def drop(record_id: str, meta: dict[str, Any], reason: str, kept_id: str, detail: str = "") -> None:
-        stats.dropped[reason] = stats.dropped.get(reason, 0) + 1
-        rejects.reject(
-            record_id,
-            "dedup",
-            reason,
-            detail or f"duplicate of {kept_id}",
-            kept=kept_id,
-            modality=meta.get("modality"),
-            source=meta.get("source"),
-            licence=meta.get("licence"),
-            order=meta.get("order"),
-        )
-
+    drops: list[tuple[int | str, str, int | str, str]] = []  # (dropped, reason, kept, detail with {kept})
+    dropped_meta: dict[str, tuple[Any, ...]] = {}
+    signed = _Signed()
     for rank, row, record in iter_prepared(dirs, n_shards):
         stats.seen += 1
         record_id, meta = record["id"], record["metadata"]
+        summary = (meta.get("modality"), meta.get("source"), meta.get("licence"), meta.get("order"))
         infos = meta.get("images_info", [])
         if record_id in seen_ids:
-            drop(record_id, meta, "duplicate_id", record_id, f"id already used by a record of {seen_ids[record_id]}")
+            dropped_meta[record_id] = summary
+            drops.append((record_id, "duplicate_id", record_id, f"id already used by a record of {seen_ids[record_id]}"))
             continue
         seen_ids[record_id] = meta.get("source", "")
         digests = [bytes.fromhex(i["sha256"])[:16] for i in infos if "sha256" in i]
-        if config.exact_image:
-            hit = next((images[d] for d in digests if d in images), None)
-            if hit is not None:
-                drop(record_id, meta, "exact_image", hit)
-                continue
+        hit = next((images[d] for d in digests if d in images), None) if config.exact_image else None
         key = caption_key(record["text"])
-        if config.exact_caption and key in captions:
-            drop(record_id, meta, "exact_caption", captions[key])
-            continue
-        signed = _signed_images(record, infos) if matcher is not None else []
-        match = next((m for m in (matcher.find(d, p) for d, p in signed) if m is not None), None) if signed else None
-        if match is not None:
-            kept_id = kept.ids[match.payload]
-            drop(record_id, meta, "near_image", kept_id, f"same picture as {kept_id} ({match.describe()})")
+        if hit is None and config.exact_caption:
+            hit, reason = captions.get(key), "exact_caption"
+        else:
+            reason = "exact_image"
+        if hit is not None:
+            dropped_meta[record_id] = summary
+            drops.append((record_id, reason, hit, "duplicate of {kept}"))
             continue
         index = len(kept.ids)
         kept.ids.append(record_id)
-        kept.meta.append((meta.get("modality"), meta.get("source"), meta.get("licence"), meta.get("order")))
+        kept.meta.append(summary)
         kept.shard.append(rank)
         kept.row.append(row)
         if config.semantic.enabled and config.semantic.verify:
             kept.facts.append(fact_signature(record["text"]))
-        if config.exact_image:
-            for d in digests:
-                images.setdefault(d, record_id)
-        if config.exact_caption:
-            captions[key] = record_id
-        for descriptor, path in signed:
-            matcher.add(descriptor, index, path)
-    del images, captions, matcher, seen_ids
-    dropped = set()
-    if config.semantic.enabled and len(kept.ids) > 1:
-        for index, kept_index, sim in _semantic_pass(dirs, n_shards, config.semantic, kept, stats):
-            modality, source, licence, order = kept.meta[index]
-            meta = {"modality": modality, "source": source, "licence": licence, "order": order}
-            threshold = 1 - config.semantic.eps
-            detail = f"caption cosine {sim:.4f} >= {threshold:.4f} with {kept.ids[kept_index]}"
-            drop(kept.ids[index], meta, "semantic_caption", kept.ids[kept_index], detail)
-            dropped.add(index)
-    stats.kept = len(kept.ids) - len(dropped)
+        for d in digests:
+            images.setdefault(d, index)
+        captions.setdefault(key, index)
+        if config.near_image.enabled:
+            signed.extend(index, record, infos)
+    del images, captions, seen_ids
+    near = _near_image_pass(signed, config.near_image, stats) if config.near_image.enabled else {}
+    for index, (kept_index, detail) in near.items():
+        drops.append((index, "near_image", kept_index, detail))
+    root = {index: kept_index for index, (kept_index, _) in near.items()}
+    semantic = _semantic_pass(dirs, n_shards, config.semantic, kept, stats, set(root)) if config.semantic.enabled else []
+    threshold = 1 - config.semantic.eps
+    for index, kept_index, sim in semantic:
+        root[index] = kept_index
+        drops.append((index, "semantic_caption", kept_index, f"caption cosine {sim:.4f} >= {threshold:.4f} with {{kept}}"))
+
+    def final(index: int | str) -> str:
+        if isinstance(index, str):
+            return index
+        while index in root:
+            index = root[index]
+        return kept.ids[index]
+
+    for dropped, reason, kept_at, detail in drops:
+        record_id = dropped if isinstance(dropped, str) else kept.ids[dropped]
+        modality, source, licence, order = dropped_meta[dropped] if isinstance(dropped, str) else kept.meta[dropped]
+        kept_id = final(kept_at)
+        stats.dropped[reason] = stats.dropped.get(reason, 0) + 1
+        rejects.reject(record_id, "dedup", reason, detail.format(kept=kept_id), kept=kept_id, modality=modality,
+                       source=source, licence=licence, order=order)
+    stats.kept = len(kept.ids) - len(root)
     return stats
 
 
-def _signed_images(record: dict[str, Any], infos: list[dict[str, Any]]) -> list[tuple[np.ndarray, str]]:
-    from medvl.curate.near_images import decode_descriptor
+@dataclass
+class _Signed:
+    """The descriptors (float16) of the images of records kept by pass 1, with their record and file."""
 
-    paths = [m.get("path") or m.get("url") for m in record.get("media", [])]
-    return [(decode_descriptor(i["signature"]), p) for i, p in zip(infos, paths) if "signature" in i]
+    owner: list[int] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    descriptors: list[np.ndarray] = field(default_factory=list)
+
+    def extend(self, index: int, record: dict[str, Any], infos: list[dict[str, Any]]) -> None:
+        from medvl.curate.near_images import decode_descriptor
+
+        paths = [m.get("path") or m.get("url") for m in record.get("media", [])]
+        for info, path in zip(infos, paths):
+            if "signature" in info:
+                self.owner.append(index)
+                self.paths.append(path)
+                self.descriptors.append(decode_descriptor(info["signature"]).astype(np.float16))
+
+
+def _near_image_pass(signed: _Signed, config: NearImageConfig, stats: DedupStats) -> dict[int, tuple[int, str]]:
+    """Kept-record index -> (the earlier kept record it repeats, detail), in input order."""
+    if len(signed.owner) < 2:
+        return {}
+    matcher = near_image_matcher(config)
+    descriptors = np.stack(signed.descriptors).astype(np.float32)
+    matcher.add_many(descriptors, list(range(len(signed.owner))), signed.paths)
+    neighbours = matcher.index.search_many(descriptors, config.candidates + 1)
+    dropped: dict[int, tuple[int, str]] = {}
+    for image, candidates in enumerate(neighbours):
+        record = signed.owner[image]
+        if record in dropped:
+            continue
+
+        def earlier_kept(other: int, record: int = record) -> bool:
+            owner = signed.owner[other]
+            return owner < record and owner not in dropped
+
+        match = matcher.confirm(candidates, signed.paths[image], earlier_kept)
+        if match is not None:
+            dropped[record] = (signed.owner[match.payload], f"same picture as {{kept}} ({match.describe()})")
+    stats.unreadable_images = matcher.unreadable
+    return dropped
 
 
 def _semantic_pass(
-    dirs: RunDirs, n_shards: int, config: SemanticConfig, kept: _Kept, stats: DedupStats
+    dirs: RunDirs, n_shards: int, config: SemanticConfig, kept: _Kept, stats: DedupStats, already: set[int]
 ) -> list[tuple[int, int, float]]:
-    """(record index, kept record index, cosine) of each confirmed semantic duplicate, in input order."""
+    """(record index, kept record index, cosine) of each confirmed semantic duplicate, in input order,
+    among the records the earlier passes kept (`already`: those the near-image pass dropped)."""
+    alive = np.asarray([i for i in range(len(kept.ids)) if i not in already], dtype=np.int64)
+    if len(alive) < 2:
+        return []
     emb = EmbeddingShards(dirs, n_shards)
-    vectors = emb.rows(np.asarray(kept.shard, dtype=np.int32), np.asarray(kept.row, dtype=np.int64))
+    vectors = emb.rows(np.asarray(kept.shard, dtype=np.int32)[alive], np.asarray(kept.row, dtype=np.int64)[alive])
     candidates = semantic_candidates(vectors, config.eps, config.candidates)
     dropped: set[int] = set()
     found = []
-    for i, pairs in enumerate(candidates):
-        for j, sim in pairs:
+    for position, pairs in enumerate(candidates):
+        i = int(alive[position])
+        for j_position, sim in pairs:
+            j = int(alive[j_position])
             if j in dropped:
                 continue
             if config.verify:
@@ -245,6 +291,7 @@ class DedupStep(PipelineStep):
                 "kept": stats.kept,
                 "dropped": stats.dropped,
                 "semantic_refused": dict(sorted(stats.refused.items())),
+                "near_image_unreadable": stats.unreadable_images,
             },
         )
         return iter(())
