@@ -4,31 +4,19 @@ is `bench/curate_quality.py`."""
 
 from __future__ import annotations
 
-import io
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageOps
 
 from medvl.curate.near_images import NearImageMatcher, decode_descriptor, describe, encode_descriptor, flipped
 
-IMAGES = sorted((Path(__file__).resolve().parents[2] / "data" / "vqa-rad" / "images").glob("*.jpg"))[::8]
-
-
-def copies(image: Image.Image, rng: np.random.Generator) -> dict[str, Image.Image]:
-    width, height = image.size
-    left, top = (int(rng.integers(0, int(0.1 * side) + 1)) for side in (width, height))
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=40)
-    return {
-        "resize": image.resize((width // 2, height // 2), Image.Resampling.BICUBIC),
-        "jpeg q40": Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"),
-        "brightness +30%": ImageEnhance.Brightness(image).enhance(1.3),
-        "crop 10%": image.crop((left, top, left + int(0.9 * width), top + int(0.9 * height))),
-        "rotate 5 degrees": image.rotate(5 * float(rng.choice([-1, 1])), resample=Image.Resampling.BICUBIC),
-        "horizontal flip": ImageOps.mirror(image),
-    }
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES = sorted((ROOT / "data" / "vqa-rad" / "images").glob("*.jpg"))[::8]
+sys.path.insert(0, str(ROOT / "bench"))
+from curate_quality import image_copies  # noqa: E402  (the copies the benchmark measures, on a sample)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +38,7 @@ def test_every_kind_of_copy_is_found(matcher: NearImageMatcher):
     rng = np.random.default_rng(0)
     missed = []
     for position, path in enumerate(IMAGES):
-        for kind, copy in copies(Image.open(path).convert("RGB"), rng).items():
+        for kind, copy in image_copies(Image.open(path).convert("RGB"), rng).items():
             match = matcher.find(describe(copy), copy)
             if match is None or match.payload != position:
                 missed.append((path.name, kind))

@@ -4,7 +4,7 @@ PubMedVision trained a classifier on 1K hand-labelled + 10K MLLM-labelled images
 other non-medical figures. medvl provides the labelling (`medvl curate label`, `label.py`) and this
 half: `train_classifier(labels, encoder)` fits a scikit-learn `LogisticRegression` on embeddings from
 any encoder, reports validation accuracy and saves `probe.joblib` + `classifier.json` to a folder
-that `image_filter.classifier` points at.
+that `filter.image.classifier` points at.
 
 Encoders (`encoder` spec string):
 - `builtin`: no weights, works offline — a 16x16 grey thumbnail plus colour, saturation, edge and

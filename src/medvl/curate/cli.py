@@ -174,7 +174,7 @@ def label(
 @curate_app.command("train-classifier")
 def train_classifier_command(
     labels: List[Path] = typer.Argument(..., help="label JSONL files (from `label`, or hand-written)"),
-    out: Path = typer.Option(..., "--out", help="classifier folder (set image_filter.classifier to it)"),
+    out: Path = typer.Option(..., "--out", help="classifier folder (set filter.image.classifier to it)"),
     encoder: str = typer.Option(
         "builtin", help="builtin | hf:<local HF vision model folder> | medvl:<model dir>"
     ),
