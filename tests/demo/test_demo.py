@@ -45,6 +45,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, smol_tokenizer):
     for heading in ("1. Curation", "2. Model", "3. Training", "4. Evaluation", "5. Example answers", "6. Use the model"):
         assert heading in page
     assert "image_too_small" in page and "too_few_medical_terms" in page  # the built-in sample's filter examples
+    assert "202 of the 203 test images are also VQA-RAD train images" in page  # the splits share images by design
     assert (out / "finetune" / "config.json").is_file() and (out / "report.html") == report
     scores = json.loads((out / ".steps" / "eval-open_closed-majority.json").read_text())
     assert scores["answered"] == 8

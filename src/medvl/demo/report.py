@@ -187,7 +187,20 @@ def _scores(steps: dict[str, dict[str, Any]]) -> str:
             "asked without the image (question-only), and with each question shown another test item's image "
             "(shuffled). Numbers in brackets are 95% intervals (Wilson for accuracies, bootstrap for means). "
             "Per-category breakdowns, compatibility scorers and plots: <code>eval/*/report.md</code>; all runs "
-            "side by side: <code>eval/compare-*.md</code>.</p>" + "".join(sections))
+            "side by side: <code>eval/compare-*.md</code>.</p>" + _overlap(steps.get("data", {})) + "".join(sections))
+
+
+def _overlap(data: dict[str, Any]) -> str:
+    """What the fine-tuning data shows of the test split (VQA-RAD's splits share images by design)."""
+    overlap = data.get("test_overlap")
+    if not overlap:
+        return ""
+    return (f"<p class='warn'>Train/test overlap: {overlap['shared_images']} of the {overlap['test_images']} test "
+            f"images are also VQA-RAD train images, which the model is fine-tuned on; "
+            f"{overlap['questions_on_shared_images']} of the {overlap['test_questions']} test questions are asked "
+            "on them. The scores measure answering new questions about mostly seen images. "
+            "<code>medvl curate decontaminate</code> lists them (<code>seen_items.json</code>; "
+            "<code>exclude_seen</code> in <code>medvl eval run</code> scores the rest).</p>")
 
 
 def _paired(steps: dict[str, dict[str, Any]], protocol: str) -> str:

@@ -170,7 +170,20 @@ def finetune_data(vqa_rad: Path, data_dir: Path) -> dict[str, Any]:
     records += [_record(item, build_prompt(item), item.answer_letter, suffix="-choice") for item in choice_items]
     write_jsonl(data_dir / "vqa_rad_train.jsonl", records)
     return {"train_questions": len(train.items), "records": len(records), "choice_records": len(choice_items),
-            "missing_images": len(train.missing_images)}
+            "missing_images": len(train.missing_images), "test_overlap": split_overlap(train, vqa_rad)}
+
+
+def split_overlap(train: Any, vqa_rad: Path) -> dict[str, int]:
+    """How much of VQA-RAD test the train split shows: the test images that are train images too (the same
+    files: the splits share images by design) and the test questions asked on them."""
+    from medvl.eval.benchmarks import load_benchmark
+
+    test = load_benchmark("vqa_rad", vqa_rad, split="test")
+    train_images = {path for item in train.items for path in item.images}
+    test_images = {path for item in test.items for path in item.images}
+    return {"test_images": len(test_images), "shared_images": len(test_images & train_images),
+            "test_questions": len(test.items),
+            "questions_on_shared_images": sum(1 for item in test.items if set(item.images) & train_images)}
 
 
 def _record(item: Any, prompt: str, answer: str, suffix: str = "") -> dict[str, Any]:
