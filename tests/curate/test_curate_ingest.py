@@ -189,3 +189,14 @@ def test_roco_captions_with_licences_and_provenance(tmp_path: Path):
         assert docs[3].metadata["ingest_error"][0] == "malformed_line"
     missing = read_all([SourceConfig(format="roco", path=str(tmp_path / "nowhere"))])
     assert missing[0].metadata["ingest_error"][0] == "missing_file"
+
+
+def test_a_cut_off_line_is_reported_where_it_stops(tmp_path: Path):
+    whole = json.dumps({"pdf_hash": "p", "fig_uri": "f.png", "s2_caption": "Axial CT of the liver."})
+    path = tmp_path / "figures.jsonl"
+    path.write_text(whole + "\n" + whole[:40] + "\n" + whole.replace('"p"', '"q"') + "\n")
+    docs = read_all([SourceConfig(format="pmc_jsonl", path=str(path))])
+    assert [d.metadata.get("ingest_error", ("",))[0] for d in docs] == ["", "malformed_line", ""]
+    detail = docs[1].metadata["ingest_error"][1]
+    assert detail.startswith("figures.jsonl:2: invalid JSON at column ")
+    assert "of 40 (end of line: cut off?)" in detail  # where the line stops, not "column 1" of the next

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from medvl.curate.config import SourceConfig
 from medvl.curate.licences import normalise_licence
 from medvl.curate.vocab import infer_modality
+from medvl.io.jsonl import decode_problem
 
 __all__ = ["IngestError", "SourceReader", "make_document", "doc_images", "doc_meta", "IMAGE_SUFFIXES"]
 
@@ -217,12 +218,11 @@ def _jsonl_items(path: Path, rank: int, world_size: int) -> Iterator[_Item]:
         for index, line in enumerate(handle):
             if index % world_size != rank or not line.strip():
                 continue
+            line = line.rstrip("\r\n")
             try:
                 raw = json.loads(line)
             except json.JSONDecodeError as exc:
-                raw = IngestError(
-                    "malformed_line", f"{path.name}:{index + 1}: {exc.msg} at column {exc.colno}"
-                )
+                raw = IngestError("malformed_line", f"{path.name}:{index + 1}: {decode_problem(exc, len(line))}")
             if not isinstance(raw, (dict, IngestError)):
                 raw = IngestError("malformed_line", f"{path.name}:{index + 1}: not a JSON object")
             yield _Item(path, 0, index, raw)
