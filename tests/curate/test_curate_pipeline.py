@@ -4,6 +4,7 @@ tasks, and config changes that re-run exactly the stages they affect."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,15 @@ def test_licence_subset_with_counts_and_provenance_on_every_record(corpus, curat
         r["licence"] == "LicenseRef-CC-BY" and r["source"] == "synth" and r["figure_id"] and "pmcid" in r for r in records
     )
     assert "Records per licence (SPDX)" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_folder_in_use_is_refused_and_free_again_after_the_run(corpus, curate_config, tmp_path):
+    from medvl.io.process import LOCK_NAME, FolderInUse, RunLock
+
+    out = tmp_path / "out"
+    holder = f"in use by another curation run \\(pid {os.getpid()}"
+    with RunLock(out, "curation run"), pytest.raises(FolderInUse, match=holder):
+        run_curation(curate_config(corpus), out)
+    assert not (out / "_work").exists()  # refused before writing anything
+    run_curation(curate_config(corpus), out)
+    assert not (out / LOCK_NAME).exists()

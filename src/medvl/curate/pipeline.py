@@ -21,6 +21,10 @@ LLM cache keeps every reply, so re-generation does not pay twice for an unchange
 a stage computes is in its fingerprint: the caption embedder's model is prepare's, semantic eps is
 dedup's, so changing eps re-runs dedup without re-embedding.
 
+Kills: the output folder takes one run at a time (a `RunLock` naming the owner's pid); the local
+executor's task processes die with the main process (`medvl.curate.executor`), so a SIGKILL of the
+main process alone leaves nothing running that the next run would duplicate.
+
 A stage that leaves no record stops the run with `CurateEmpty` (a `UserError`: exit 2) naming the
 stage and its reject reasons, unless `allow_empty` (then a loud warning).
 """
@@ -190,9 +194,9 @@ def _executor(config: CurateConfig, stage: Stage, dirs: RunDirs, depends: Any = 
     skip = not stage.always_run
     common = {"tasks": stage.tasks, "logging_dir": logging_dir, "skip_completed": skip}
     if engine.executor == "local":
-        from datatrove.executor import LocalPipelineExecutor
+        from medvl.curate.executor import LocalExecutor
 
-        return LocalPipelineExecutor(stage.steps, workers=min(engine.workers, stage.tasks), **common)
+        return LocalExecutor(stage.steps, workers=min(engine.workers, stage.tasks), **common)
     if engine.executor == "ray":
         from datatrove.executor.ray import RayPipelineExecutor
 
@@ -280,9 +284,24 @@ def run_curation(
     """Run (or resume) every stage up to `until`; return the report (None when submitted to Slurm).
 
     `reference`: the benchmark items (`medvl.curate.decontaminate.ReferenceItem`) the decontaminate
-    stage checks against; required when `decontaminate.enabled`.
+    stage checks against; required when `decontaminate.enabled`. The output folder is locked for the
+    whole run (`medvl.io.process.RunLock`): a second run on it is refused while this one lives.
     """
+    from medvl.io.process import RunLock
+
     dirs = RunDirs(Path(out_dir).resolve())
+    with RunLock(dirs.out, "curation run"):
+        return _run_stages(config, dirs, until, on_stage, allow_empty, reference)
+
+
+def _run_stages(
+    config: CurateConfig,
+    dirs: RunDirs,
+    until: str | None,
+    on_stage: Callable[[str, str], None] | None,
+    allow_empty: bool,
+    reference: list[Any] | None,
+) -> dict[str, Any] | None:
     dirs.work.mkdir(parents=True, exist_ok=True)
     dump_config(config, dirs.out / "config.yaml")
     digest = ""

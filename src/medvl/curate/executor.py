@@ -1,0 +1,74 @@
+"""The local executor of `medvl curate run`: datatrove's `LocalPipelineExecutor`, whose task
+processes cannot outlive the process that runs the stage.
+
+datatrove's own `run()` starts a `multiprocess` manager process (for one worker too) and, for
+several workers, a forkserver pool whose workers are the forkserver's children. SIGKILL of the main
+process alone (what the OOM killer sends) left the manager, the forkserver, its resource tracker
+and the pool workers alive: the workers went on generating and paying for LLM requests while the
+resumed run redid their rows, and nothing ever ended them.
+
+Here one worker runs the tasks in the calling process, as datatrove does, without the manager;
+several run in a `spawn` pool whose processes are children of the calling process and, before
+anything else, call `medvl.io.process.die_with_parent` — the kernel kills them the moment it dies,
+however it dies. The resource tracker that the pool's locks start exits by itself once no process
+of the run holds its pipe. A spawned worker imports medvl afresh (about a second per worker and
+stage); tasks are long.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from copy import deepcopy
+from typing import Any
+
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.utils.logging import logger
+from datatrove.utils.stats import PipelineStats
+
+from medvl.io.process import die_with_parent
+
+__all__ = ["LocalExecutor"]
+
+_worker_slot = 0  # in a pool worker: its index, so that only worker 0 logs to the console (as datatrove)
+
+
+class LocalExecutor(LocalPipelineExecutor):
+    """`LocalPipelineExecutor` whose workers die with the process that runs it (module docstring)."""
+
+    def run(self) -> PipelineStats | None:
+        ranks = self.get_incomplete_ranks(range(self.tasks))
+        if not ranks:
+            logger.info(f"Not doing anything as all {self.tasks} tasks have already been completed.")
+            return None
+        self.save_executor_as_json()
+        if self.workers == 1:
+            pipeline, stats = self.pipeline, []
+            for rank in ranks:
+                self.pipeline = deepcopy(pipeline)  # a task's steps keep state
+                stats.append(self._run_for_rank(rank))
+            self.pipeline = pipeline
+        else:
+            import multiprocess
+
+            context = multiprocess.get_context("spawn")
+            workers = min(self.workers, len(ranks))
+            slots = context.SimpleQueue()
+            for slot in range(workers):
+                slots.put(slot)
+            with context.Pool(workers, initializer=_start_worker, initargs=(os.getpid(), slots)) as pool:
+                stats = list(pool.imap_unordered(self._run_in_worker, ranks))
+        merged = sum(stats, start=PipelineStats())
+        with self.logging_dir.open("stats.json", "wt") as handle:
+            merged.save_to_disk(handle)
+        return merged
+
+    def _run_in_worker(self, rank: int) -> PipelineStats:
+        return self._run_for_rank(rank, _worker_slot)
+
+
+def _start_worker(main_pid: int, slots: Any) -> None:
+    """Pool initializer: die with the main process (gone already: die now), then take a slot."""
+    global _worker_slot
+    die_with_parent(signal.SIGKILL, parent=main_pid)
+    _worker_slot = slots.get()
