@@ -1,9 +1,29 @@
-"""`UserError`: the base of errors a user can fix (bad config, missing file or asset).
+"""The two kinds of failure every stage shares: `UserError` and `Rejection`.
 
-The `medvl` command prints their message without a traceback and exits with status 2; library
-callers catch them like any other exception (they also derive from ValueError or RuntimeError).
+- `UserError`: a mistake the user can fix (bad config, missing file or asset). The `medvl` command
+  prints its message without a traceback and exits with status 2; library callers catch them like
+  any other exception (most also derive from ValueError or RuntimeError).
+- `Rejection`: one record, item or image turned away while the run goes on, with a short `reason`
+  (the code counted in reports and `rejects.jsonl`) and a human `detail`. Each stage raises its own
+  subclass (`medvl.io.images.ImageLoadError`, `medvl.train.encode.EncodeError`,
+  `medvl.train.validate.Rejected`) and catches them all as `Rejection`.
 """
+
+from __future__ import annotations
+
+__all__ = ["Rejection", "UserError"]
 
 
 class UserError(Exception):
     """An error whose message tells the user what to change."""
+
+
+class Rejection(ValueError):
+    """A record turned away: `.reason` (a short code counted in reports) and `.detail` (why, for people).
+
+    The message is `message` when given, else "reason: detail".
+    """
+
+    def __init__(self, reason: str, detail: str = "", message: str | None = None):
+        self.reason, self.detail = reason, detail
+        super().__init__(message if message is not None else f"{reason}: {detail}" if detail else reason)

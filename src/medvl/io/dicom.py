@@ -47,7 +47,7 @@ from pydicom.uid import (
     JPEGExtended12Bit,
 )
 
-from medvl.io.images import ImageLoadError, check_pixel_count, rescale_to_uint8
+from medvl.io.pixels import ImageLoadError, check_pixel_count, rescale_to_uint8
 
 __all__ = ["DICOM_SUFFIXES", "FRAME_RULES", "is_dicom", "dicom_size", "read_dicom", "frame_index"]
 

@@ -34,6 +34,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from medvl.io.pixels import REASONS, ImageLoadError, check_pixel_count, rescale_to_uint8
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_MAX_DATA_URL_BYTES",
@@ -50,19 +52,6 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_MAX_DATA_URL_BYTES = 20 * 1024 * 1024
 
-REASONS = (
-    "missing",  # no such file
-    "unreadable",  # a directory, or no permission
-    "empty",  # zero bytes
-    "not_image",  # no supported image format recognised (text, HTML, random bytes, DICOM SR)
-    "truncated",  # the data stops before the image does
-    "corrupt",  # a known format whose content cannot be decoded
-    "unsupported",  # valid, but needs a codec that is not installed (e.g. JPEG-LS DICOM)
-    "too_large",  # more pixels than max_pixels, or more bytes than a data URL may carry
-    "bad_frame",  # the requested DICOM frame does not exist
-    "bad_data_url",  # not a base64 `data:image/...` URL
-)
-
 PIL_FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF", "PPM", "JPEG2000")
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"II*\x00", b"MM\x00*", b"GIF8", b"BM", b"RIFF")
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -70,16 +59,6 @@ _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _BYTES_NAME = "<bytes>"
 
 Source = str | Path | bytes
-
-
-class ImageLoadError(ValueError):
-    """Why one image could not be loaded: `.path` (or "<bytes>"), `.reason` (in REASONS), `.detail`."""
-
-    def __init__(self, path: str, reason: str, detail: str):
-        if reason not in REASONS:
-            raise ValueError(f"unknown ImageLoadError reason {reason!r}; expected one of {REASONS}")
-        self.path, self.reason, self.detail = str(path), reason, detail
-        super().__init__(f"{self.path}: {reason}: {detail}")
 
 
 def load_image(
@@ -116,34 +95,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
-
-
-def rescale_to_uint8(
-    values: np.ndarray, low: float | None = None, high: float | None = None
-) -> np.ndarray:
-    """Map `low`..`high` (default: the finite min..max of `values`) linearly onto 0..255.
-
-    Values outside are clipped; NaN and -inf go to 0, +inf to 255; a constant image is all 0.
-    """
-    array = np.array(values, dtype=np.float32)  # a copy: the steps below work in place
-    if low is None or high is None:
-        finite = array[np.isfinite(array)]
-        if finite.size == 0:
-            return np.zeros(array.shape, dtype=np.uint8)
-        low, high = float(finite.min()), float(finite.max())
-    if not high > low:
-        return np.zeros(array.shape, dtype=np.uint8)
-    np.nan_to_num(array, copy=False, nan=low, posinf=high, neginf=low)
-    array -= np.float32(low)
-    array *= np.float32(255.0 / (high - low))
-    return np.clip(np.rint(array, out=array), 0, 255, out=array).astype(np.uint8)
-
-
-def check_pixel_count(name: str, width: int, height: int, max_pixels: int) -> None:
-    """Raise `too_large` when a header declares more than `max_pixels` pixels."""
-    if width * height > max_pixels:
-        detail = f"{width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels}"
-        raise ImageLoadError(name, "too_large", detail)
 
 
 def encode_data_url(

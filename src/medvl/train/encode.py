@@ -20,6 +20,7 @@ from typing import Any
 
 from transformers.utils.chat_template_utils import render_jinja_template
 
+from medvl.errors import Rejection
 from medvl.records import message_image_count
 
 __all__ = ["EncodeError", "Encoded", "ChatEncoder", "IGNORE_INDEX"]
@@ -28,12 +29,8 @@ IGNORE_INDEX = -100
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
-class EncodeError(ValueError):
+class EncodeError(Rejection):
     """A conversation that cannot become a training example; `.reason` is a short code."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        self.reason, self.detail = reason, detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from medvl.errors import Rejection
 from medvl.io.files import atomic_write_json
 from medvl.io.images import ImageLoadError
 from medvl.io.jsonl import JsonlLineError, RejectLog
@@ -47,10 +48,12 @@ REJECTS_NAME = "rejects.jsonl"
 _VERSION = 2  # 2: empty assistant turns are checked
 
 
-class Rejected(Exception):
+class Rejected(Rejection):
+    """A row that cannot become a training example: the `stage` of the check that turned it away, and why."""
+
     def __init__(self, stage: str, reason: str, detail: str = ""):
-        self.stage, self.reason, self.detail = stage, reason, detail
-        super().__init__(f"{stage}/{reason}: {detail}")
+        self.stage = stage
+        super().__init__(reason, detail, f"{stage}/{reason}: {detail}")
 
 
 class Usable(NamedTuple):
