@@ -5,18 +5,25 @@
 PubMedVision and LLaVA-Med release this format; curation writes it, training reads it, evaluation
 and serving speak it. `<image>` in a human turn marks where an image goes; a record whose text has
 no `<image>` tag gets one per image at the start of the first human turn (as HuatuoGPT-Vision's
-trainer does). This module converts records to chat messages (the shape chat templates and the
-OpenAI API use) and back, and says what is wrong with a malformed record.
+trainer does). This module is the one place records are built (`make_record`) and read: their
+images (`record_images`), conversion to chat messages (the shape chat templates and the OpenAI API
+use) and back, and what is wrong with a malformed record.
+
+Records read from JSON hold image paths. Rows of a Hugging Face dataset may instead hold the images
+themselves, under `image` or `images`: `{"bytes", "path"}` dicts or decoded PIL images. Readers of
+such rows pass `embedded=True` to `record_images`, `record_problems` and `to_messages`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
     "IMAGE_TAG",
     "RecordError",
+    "make_record",
     "record_id",
     "record_images",
     "record_problems",
@@ -35,23 +42,46 @@ class RecordError(ValueError):
     """A record that does not fit the conversation format; the message says why."""
 
 
+def make_record(record_id: str, images: Sequence[str], exchanges: Sequence[tuple[str, str]],
+                **meta: Any) -> dict[str, Any]:
+    """A record of question/answer `exchanges` about `images`: one `<image>` line per image opens the
+    first human turn; `meta` keys follow the conversation."""
+    turns = []
+    for index, (question, answer) in enumerate(exchanges):
+        tags = (IMAGE_TAG + "\n") * len(images) if index == 0 else ""
+        turns += [{"from": "human", "value": tags + question}, {"from": "gpt", "value": answer}]
+    return {"id": record_id, "image": list(images), "conversations": turns, **meta}
+
+
 def record_id(record: dict[str, Any]) -> str:
     return str(record.get("id", ""))
 
 
-def record_images(record: dict[str, Any]) -> list[str]:
-    """The record's image paths as a list (`image` may be absent, one string, or a list)."""
-    images = record.get("image")
+def record_images(record: dict[str, Any], embedded: bool = False) -> list[Any]:
+    """The record's images as a list (`image` may be absent, one entry, or a list of entries).
+
+    Entries are paths; with `embedded` (rows of a Hugging Face dataset) the field may be called
+    `images` and an entry may also be a `{"bytes", "path"}` dict or a decoded image. Any other entry
+    is a RecordError.
+    """
+    images = record.get("image", record.get("images")) if embedded else record.get("image")
     if images is None or images == "":
         return []
-    if isinstance(images, str):
-        return [images]
-    if isinstance(images, list) and all(isinstance(i, str) for i in images):
-        return list(images)
+    entries = images if isinstance(images, list) else [images]
+    if all(isinstance(i, str) or (embedded and _is_embedded_image(i)) for i in entries):
+        return list(entries)
+    if embedded:
+        raise RecordError("an image entry is neither a path, {bytes, path} nor a decoded image")
     raise RecordError(f"'image' must be a path or a list of paths, got {type(images).__name__}")
 
 
-def record_problems(record: Any) -> list[str]:
+def _is_embedded_image(entry: Any) -> bool:
+    if isinstance(entry, dict):
+        return bool(entry.get("bytes") or entry.get("path"))
+    return hasattr(entry, "mode") and hasattr(entry, "size")  # a decoded PIL image
+
+
+def record_problems(record: Any, embedded: bool = False) -> list[str]:
     """Every structural problem of a record (empty list when it is well formed)."""
     if not isinstance(record, dict):
         return [f"record is {type(record).__name__}, not an object"]
@@ -59,7 +89,7 @@ def record_problems(record: Any) -> list[str]:
     if not record_id(record):
         problems.append("missing 'id'")
     try:
-        images = record_images(record)
+        images = record_images(record, embedded)
     except RecordError as exc:
         problems.append(str(exc))
         images = []
@@ -92,15 +122,15 @@ def record_problems(record: Any) -> list[str]:
     return problems
 
 
-def to_messages(record: dict[str, Any]) -> list[dict[str, Any]]:
+def to_messages(record: dict[str, Any], embedded: bool = False) -> list[dict[str, Any]]:
     """Chat messages with content parts: `[{"type": "image"}, {"type": "text", "text": ...}]`.
 
     Raises RecordError for a malformed record.
     """
-    problems = record_problems(record)
+    problems = record_problems(record, embedded)
     if problems:
         raise RecordError(f"record {record_id(record)!r}: " + "; ".join(problems))
-    images = record_images(record)
+    images = record_images(record, embedded)
     turns = record["conversations"]
     tagged = any(IMAGE_TAG in t["value"] for t in turns)
     messages = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from medvl.records import RecordError, from_messages, record_images, record_problems, to_messages
+from medvl.records import RecordError, from_messages, make_record, record_images, record_problems, to_messages
 
 
 def _record(**extra):
@@ -60,3 +60,23 @@ def test_to_messages_raises_with_the_id():
 def test_record_images_forms():
     assert record_images({"image": "x.png"}) == ["x.png"]
     assert record_images({}) == [] and record_images({"image": ""}) == []
+
+
+def test_embedded_images_are_read_only_when_asked_for(rgb_image):
+    row = {"id": "r", "images": [{"bytes": b"\x89PNG", "path": "a.png"}, rgb_image, "b.png"],
+           "conversations": [{"from": "human", "value": "Compare."}, {"from": "gpt", "value": "Same."}]}
+    assert record_images(row, embedded=True) == row["images"]
+    assert record_problems(row, embedded=True) == []
+    assert [p["type"] for p in to_messages(row, embedded=True)[0]["content"]] == ["image", "image", "image", "text"]
+    assert record_images(row) == [] and "'image' must be" in record_problems({**row, "image": row["images"]})[0]
+    with pytest.raises(RecordError, match="neither a path"):
+        record_images({"image": [{"bytes": b"", "path": ""}]}, embedded=True)
+
+
+def test_make_record_tags_the_first_question_once_per_image():
+    record = make_record("q1", ["a.png", "b.png"], [("Compare.", "Same."), ("Sure?", "Yes.")], benchmark="toy")
+    assert record == {"id": "q1", "image": ["a.png", "b.png"], "benchmark": "toy", "conversations": [
+        {"from": "human", "value": "<image>\n<image>\nCompare."}, {"from": "gpt", "value": "Same."},
+        {"from": "human", "value": "Sure?"}, {"from": "gpt", "value": "Yes."}]}
+    assert list(record)[:3] == ["id", "image", "conversations"] and record_problems(record) == []
+    assert make_record("t", [], [("Hi?", "Hello.")])["conversations"][0]["value"] == "Hi?"

@@ -63,8 +63,9 @@ class TrainDataset(Dataset):
     def example(self, position: int) -> dict[str, torch.Tensor]:
         source_index, row_index = self.entries[position]
         source = self.sources[source_index]
-        record, refs = source.split_images(source.row(row_index))
-        encoded = self.encoder.encode(to_messages(record))
+        row = source.row(row_index)
+        refs = source.image_refs(row)
+        encoded = self.encoder.encode(to_messages(row, embedded=True))
         item = {"input_ids": torch.tensor(encoded.input_ids), "labels": torch.tensor(encoded.labels)}
         if refs:
             images = [open_image(ref) for ref in refs]

@@ -2,8 +2,9 @@
 
 A source yields rows in the LLaVA conversation format (`medvl.records`). Image entries may be paths
 (relative ones resolve against the source's `image_root`, else the data file's folder) or, in a HF
-dataset, decoded images / `{"bytes": ...}` dicts. Rows that are not JSON objects stay in the row
-list as `JsonlLineError`s so validation can count them like any other reject.
+dataset, decoded images / `{"bytes", "path"}` dicts (`records.record_images(row, embedded=True)`).
+Rows that are not JSON objects stay in the row list as `JsonlLineError`s so validation can count
+them like any other reject.
 
 `mix_entries` turns each source's valid rows into one list of (source, row) entries: `ratio` 0.5
 keeps a seeded half of a source, 2.0 repeats it twice, 1.5 once plus a seeded half.
@@ -18,7 +19,7 @@ from typing import Any
 
 from medvl.io.images import load_image, to_rgb
 from medvl.io.jsonl import JsonlLineError, iter_jsonl
-from medvl.records import record_id
+from medvl.records import record_id, record_images
 from medvl.train.config import SourceConfig
 
 __all__ = ["LoadedSource", "load_source", "ImageRef", "open_image", "mix_entries"]
@@ -49,29 +50,19 @@ class LoadedSource:
             return record_id(row)
         return f"{self.name}:{index + 1}"
 
-    def split_images(self, row: dict[str, Any]) -> tuple[dict[str, Any], list[ImageRef]]:
-        """(the row with image entries as path strings, the image refs to open)."""
-        value = row.get("image", row.get("images"))
-        items = [] if value is None or value == "" else value if isinstance(value, list) else [value]
+    def image_refs(self, row: dict[str, Any]) -> list[ImageRef]:
+        """The row's images to open (`records.record_images` with embedded images): paths resolved
+        against the image root, raw bytes, or decoded images. Raises RecordError for a bad entry."""
         refs: list[ImageRef] = []
-        names: list[Any] = []
-        for index, item in enumerate(items):
-            if isinstance(item, str):
-                path = Path(item).expanduser()
+        for entry in record_images(row, embedded=True):
+            if isinstance(entry, str):
+                path = Path(entry).expanduser()
                 refs.append(path if path.is_absolute() else self.image_root / path)
-                names.append(item)
-            elif isinstance(item, dict) and (item.get("bytes") or item.get("path")):
-                refs.append(item["bytes"] if item.get("bytes") else self.image_root / item["path"])
-                names.append(item.get("path") or f"<image {index}>")
-            elif hasattr(item, "mode") and hasattr(item, "size"):  # a decoded PIL image
-                refs.append(item)
-                names.append(f"<image {index}>")
+            elif isinstance(entry, dict):
+                refs.append(entry["bytes"] if entry.get("bytes") else self.image_root / entry["path"])
             else:
-                names.append(item)  # left as is: record_problems reports the bad type
-        record = {k: v for k, v in row.items() if k != "images"}
-        if items:
-            record["image"] = names
-        return record, refs
+                refs.append(entry)
+        return refs
 
 
 def load_source(config: SourceConfig) -> LoadedSource:

@@ -67,14 +67,12 @@ def check_record(source: LoadedSource, row: Any, encoder: ChatEncoder | None, da
         raise Rejected("structure", "bad_json", row.reason)
     if not isinstance(row, dict):
         raise Rejected("structure", "bad_structure", f"row is {type(row).__name__}, not an object")
-    record, refs = source.split_images(row)
-    problems = record_problems(record)
+    problems = record_problems(row, embedded=True)
     if problems:
         raise Rejected("structure", "bad_structure", "; ".join(problems))
-    if len(refs) != len(record.get("image") or []):
-        raise Rejected("structure", "bad_structure", "an image entry is neither a path, bytes nor an image")
+    refs = source.image_refs(row)
     warnings = ()
-    empty = _empty_answers(record)
+    empty = _empty_answers(row)
     if empty and data.empty_answers == "reject":
         raise Rejected("structure", "empty_answer", empty)
     if empty:
@@ -93,7 +91,7 @@ def check_record(source: LoadedSource, row: Any, encoder: ChatEncoder | None, da
     if encoder is None:
         return Usable(0, warnings)
     try:
-        return Usable(len(encoder.encode(to_messages(record)).input_ids), warnings)
+        return Usable(len(encoder.encode(to_messages(row, embedded=True)).input_ids), warnings)
     except EncodeError as exc:
         raise Rejected("tokens", exc.reason, exc.detail) from None
 
