@@ -49,7 +49,8 @@ def _tiny_model(folder: Path) -> Path:
 
 
 def _run(model: Path, root: Path, out: Path, batch_size: int, limit: int | None) -> tuple[dict, dict[str, str]]:
-    from medvl.eval.runner import EvalConfig, run_eval
+    from medvl.eval.config import EvalConfig
+    from medvl.eval.runner import run_eval
     from medvl.io.jsonl import read_records
 
     config = EvalConfig.model_validate({

@@ -16,8 +16,8 @@ from gpu_setup import ROOT, Context, Row, sync
 
 
 def generation(ctx: Context) -> list[Row]:
-    from medvl.eval.benchmarks import load_benchmark
-    from medvl.eval.prompts import build_messages, build_prompt
+    from medvl.benchmarks import default_prompt, load_benchmark
+    from medvl.eval.prompts import build_messages
     from medvl.io.images import load_image
     from medvl.model.generate import GenerationSettings, Generator
 
@@ -25,7 +25,7 @@ def generation(ctx: Context) -> list[Row]:
     data = load_benchmark("vqa_rad", ctx.vqa_rad, "test")
     missing = set(data.missing_images)
     items = [item for item in data.items if item.id not in missing][: sizes.gen_prompts]
-    conversations = [build_messages(build_prompt(item), len(item.images)) for item in items]
+    conversations = [build_messages(default_prompt(item), len(item.images)) for item in items]
     images = [[load_image(path) for path in item.images] for item in items]
     generator = Generator.from_pretrained(ctx.model_dir, dtype="bfloat16" if ctx.cuda else "float32",
                                           device=sizes.device)

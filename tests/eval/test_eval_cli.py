@@ -53,7 +53,7 @@ def test_list_and_inspect():
 def test_shipped_configs_validate():
     from medvl.config import load_config
     from medvl.eval.judge import JudgeConfig
-    from medvl.eval.runner import EvalConfig
+    from medvl.eval.config import EvalConfig
 
     for path in sorted((ROOT / "configs" / "eval").glob("*.yaml")):
         load_config(JudgeConfig if path.stem == "judge" else EvalConfig, path)

@@ -13,10 +13,11 @@ from PIL import Image
 from medvl.eval import runner
 from medvl.eval.backends import Reply
 from medvl.eval.baselines import image_derangement
-from medvl.eval.benchmarks import load_benchmark
-from medvl.eval.benchmarks.base import VQAItem
+from medvl.benchmarks import load_benchmark
+from medvl.benchmarks.base import VQAItem
 from medvl.eval.report import NothingScored
-from medvl.eval.runner import EvalConfig, run_eval
+from medvl.eval.config import EvalConfig
+from medvl.eval.runner import run_eval
 from medvl.io.jsonl import read_records
 
 FIXTURES = Path(__file__).parent / "fixtures"

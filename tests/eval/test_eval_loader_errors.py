@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from medvl.errors import UserError
-from medvl.eval.benchmarks import BenchmarkError, load_benchmark
+from medvl.benchmarks import BenchmarkError, load_benchmark
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from medvl.eval.benchmarks import BENCHMARKS, BenchmarkError, load_benchmark
+from medvl.benchmarks import BENCHMARKS, BenchmarkError, load_benchmark
 from medvl.records import record_problems
 
 FIXTURES = Path(__file__).parent / "fixtures"

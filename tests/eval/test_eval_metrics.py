@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from medvl.eval.choice import CHOICE_INSTRUCTION, choice_prompt, extract_choice
+from medvl.benchmarks.prompts import CHOICE_INSTRUCTION, choice_prompt
+from medvl.eval.choice import extract_choice
 from medvl.eval.compat import (
     llava_med_candidate_hit,
     llava_med_exact_match_score,

@@ -14,7 +14,8 @@ import yaml
 from medvl.config import ConfigError
 from medvl.eval import backends, runner
 from medvl.eval.backends import Reply
-from medvl.eval.runner import EvalConfig, read_predictions, run_eval
+from medvl.eval.config import EvalConfig
+from medvl.eval.runner import read_predictions, run_eval
 from medvl.io.jsonl import read_records
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -219,7 +220,7 @@ def test_accelerate_launch_with_two_cpu_processes(tmp_path):
 
 def test_choice_protocol_asks_closed_yes_no_items_as_options(tmp_path):
     """HuatuoGPT-Vision's protocol on an open/closed benchmark: yes/no items lettered, open ones left out."""
-    from medvl.eval.benchmarks.base import VQAItem, closed_as_choice
+    from medvl.benchmarks.base import VQAItem, closed_as_choice
 
     items = [VQAItem("1", "b", "test", "Is it?", "Yes ", "closed", []),
              VQAItem("2", "b", "test", "Which side?", "left", "closed", []),

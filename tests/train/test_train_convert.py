@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from medvl.eval.benchmarks.base import VQAItem
+from medvl.benchmarks.base import VQAItem
 from medvl.records import record_problems
 from medvl.train.convert import convert_items, item_to_record
 

@@ -1,7 +1,8 @@
-"""Evaluation of medical VQA models: benchmarks, protocols, metrics, scorers, backends, runs, judges.
+"""Evaluation of medical VQA models: protocols, metrics, scorers, backends, runs, judges.
 
-- `benchmarks`: loaders for VQA-RAD, SLAKE, PathVQA, PMC-VQA, OmniMedVQA, MMMU-Med, HuatuoGPT-Vision's
-  combined file and any LLaVA JSONL → `VQAItem`s (also used to build fine-tuning data).
+Benchmarks (loaders, prompts, the registry) live in `medvl.benchmarks`, shared with training.
+
+- `config`: `EvalConfig` (benchmark, backend, generation, prompt, images, scorers).
 - `metrics`, `choice`: medvl's metrics and multiple-choice extraction; `compat`: the reference
   scorers' rules, quirks included (LLaVA-Med by version, BLEU); `scorers`: all of them by name.
 - `stats`: 95% intervals (Wilson, bootstrap) and paired tests (exact McNemar, paired bootstrap);

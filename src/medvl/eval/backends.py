@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol
 from pydantic import Field
 
 from medvl.config import Config
-from medvl.eval.benchmarks.base import VQAItem
+from medvl.benchmarks.base import VQAItem
 from medvl.llm.config import LLMConfig
 
 __all__ = ["Backend", "BackendConfig", "Reply", "Request", "make_backend", "to_openai_messages"]

@@ -22,7 +22,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 
 from medvl.eval.backends import Reply, Request
-from medvl.eval.benchmarks.base import LETTERS, VQAItem
+from medvl.benchmarks.base import LETTERS, VQAItem
 from medvl.eval.metrics import normalize_answer
 
 __all__ = ["MajorityBackend", "image_derangement", "majority_table"]

@@ -1,7 +1,6 @@
-"""Multiple choice: HuatuoGPT-Vision's prompt, and medvl's answer extraction.
+"""Multiple choice: medvl's extraction of the letter a model chose.
 
-The prompt is exactly the reference's: the question, the options lettered A–K one per line
-("A. text"), then "Answer with the option's letter from the given choices directly."
+Items are asked with HuatuoGPT-Vision's prompt (`medvl.benchmarks.prompts.choice_prompt`).
 
 `extract_choice` reads the letter the model chose, in three stages, and says which one decided:
 
@@ -28,12 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from medvl.eval.benchmarks.base import LETTERS
+from medvl.benchmarks.base import LETTERS
 from medvl.eval.metrics import normalize_answer
 
-__all__ = ["CHOICE_INSTRUCTION", "ChoiceParse", "choice_prompt", "extract_choice"]
+__all__ = ["ChoiceParse", "extract_choice"]
 
-CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 Method = Literal["letter", "text", "similarity", "none"]
 
 _WRAP = r"[\s\*\(\[\{'\"`“”「【]*"
@@ -53,12 +51,6 @@ class ChoiceParse:
     @property
     def parsed(self) -> bool:
         return self.letter is not None
-
-
-def choice_prompt(question: str, options: Sequence[str]) -> str:
-    """HuatuoGPT-Vision's multiple-choice prompt."""
-    lines = [f"{LETTERS[i]}. {option}" for i, option in enumerate(options)]
-    return "\n".join([question, *lines, CHOICE_INSTRUCTION])
 
 
 def extract_choice(text: str, options: Sequence[str], min_similarity: float = 0.6) -> ChoiceParse:

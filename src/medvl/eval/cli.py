@@ -28,8 +28,9 @@ def run(
     from accelerate import PartialState
 
     from medvl.config import load_config
+    from medvl.eval.config import EvalConfig
     from medvl.eval.render import headline
-    from medvl.eval.runner import EvalConfig, run_eval
+    from medvl.eval.runner import run_eval
 
     out = run_eval(load_config(EvalConfig, config, overrides or []))
     if PartialState().is_main_process:
@@ -70,7 +71,7 @@ def compare(
 @eval_app.command("list")
 def list_names() -> None:
     """Benchmark loaders and scorers by name."""
-    from medvl.eval.benchmarks import BENCHMARKS
+    from medvl.benchmarks import BENCHMARKS
     from medvl.eval.scorers import SCORERS
 
     typer.echo("benchmarks: " + ", ".join(BENCHMARKS))
@@ -87,7 +88,7 @@ def inspect_benchmark(
     """Load a benchmark and report its size, answer types, missing images and unreadable rows."""
     import yaml
 
-    from medvl.eval.benchmarks import load_benchmark
+    from medvl.benchmarks import load_benchmark
 
     options = {k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in option or [])}
     typer.echo(load_benchmark(name, root, split, **options).summary())

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from medvl.errors import UserError
-from medvl.eval.benchmarks.base import yes_no_answer
+from medvl.benchmarks.base import yes_no_answer
 from medvl.eval.render import percent, percent_interval, with_interval
 from medvl.eval.stats import CONFIDENCE, METHODS, mcnemar_exact, paired_bootstrap_difference
 

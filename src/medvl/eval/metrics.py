@@ -20,7 +20,7 @@ import re
 import unicodedata
 from collections import Counter
 
-from medvl.eval.benchmarks.base import yes_no_answer
+from medvl.benchmarks.base import yes_no_answer
 
 __all__ = [
     "closed_correct",

@@ -27,7 +27,7 @@ from statistics import fmean
 from typing import TYPE_CHECKING, Any
 
 from medvl.errors import UserError
-from medvl.eval.benchmarks.base import yes_no_answer
+from medvl.benchmarks.base import yes_no_answer
 from medvl.eval.metrics import leading_yes_no
 from medvl.eval.render import headline, render_report
 from medvl.eval.scorers import NEEDS_CANDIDATES, ScoreResult, score_records
@@ -36,8 +36,8 @@ from medvl.io.files import atomic_write_json, atomic_write_text
 from medvl.io.jsonl import JsonlLineError, iter_jsonl, read_records, write_jsonl
 
 if TYPE_CHECKING:
-    from medvl.eval.benchmarks.base import BenchmarkData
-    from medvl.eval.runner import EvalConfig
+    from medvl.benchmarks.base import BenchmarkData
+    from medvl.eval.config import EvalConfig
 
 __all__ = [
     "NothingScored",
@@ -110,7 +110,7 @@ def load_candidates(path: str | Path | None) -> list[str] | None:
 
 def _train_candidates(config: EvalConfig, out: Path) -> list[str] | None:
     """Open answers of the train split, saved as `candidates.json` (LLaVA-Med's format)."""
-    from medvl.eval.benchmarks import BenchmarkError, load_benchmark
+    from medvl.benchmarks import BenchmarkError, load_benchmark
 
     bench = config.benchmark
     try:

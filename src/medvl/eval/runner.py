@@ -28,70 +28,26 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
-from medvl.config import Config, ConfigError, dump_config
-from medvl.eval.backends import BackendConfig, Request, make_backend
-from medvl.eval.benchmarks import BenchmarkError, load_benchmark
-from medvl.eval.benchmarks.base import BenchmarkData, VQAItem, closed_as_choice
-from medvl.eval.prompts import PromptStyle, build_messages, build_prompt
+from medvl.benchmarks import BenchmarkError, get_benchmark
+from medvl.benchmarks.base import BenchmarkData, VQAItem
+from medvl.config import ConfigError, dump_config
+from medvl.eval.backends import Request, make_backend
+from medvl.eval.config import EvalConfig
+from medvl.eval.prompts import build_messages
 from medvl.eval.scorers import SCORERS
 from medvl.io.jsonl import JsonlAppender, JsonlLineError, RejectLog, iter_jsonl, write_jsonl
-from medvl.model.generate import GenerationSettings
 
-__all__ = ["BenchmarkConfig", "EvalConfig", "PromptConfig", "merge_parts", "read_predictions", "run_eval"]
+__all__ = ["merge_parts", "read_predictions", "run_eval"]
 
 log = logging.getLogger(__name__)
 PREDICTIONS = "predictions.jsonl"
 # settings that cannot change what a greedy run answers; a resumed run may differ in these
 RESUMABLE_KEYS = {("generation", "batch_size"), ("output_dir",), ("report",)}
-
-
-class BenchmarkConfig(Config):
-    name: str
-    root: str
-    split: str = "test"
-    options: dict[str, Any] = Field(default_factory=dict, description="loader options, e.g. {lang: zh}")
-    limit: int | None = Field(None, ge=1, description="evaluate only the first N items (smoke runs)")
-    protocol: Literal["native", "choice"] = Field(
-        "native", description="choice: closed yes/no items asked as lettered options (A. yes / B. no) and open "
-        "items left out — HuatuoGPT-Vision's multiple-choice protocol on VQA-RAD, SLAKE and PathVQA")
-
-    def load(self, split: str | None = None) -> BenchmarkData:
-        """The split's items as this config asks for them (the protocol applied)."""
-        data = load_benchmark(self.name, self.root, split or self.split, **self.options)
-        if self.protocol == "choice":
-            data.items, left_out = closed_as_choice(data.items)
-            data.notes.append(f"choice protocol: {left_out} open or non-yes/no closed items left out")
-        return data
-
-
-class PromptConfig(Config):
-    style: PromptStyle = "short"
-    system: str | None = None
-
-
-class EvalConfig(Config):
-    benchmark: BenchmarkConfig
-    backend: BackendConfig = BackendConfig()
-    generation: GenerationSettings = GenerationSettings(max_new_tokens=64)
-    prompt: PromptConfig = PromptConfig()
-    use_images: bool | Literal["shuffled"] = Field(
-        True, description="true: each item's own images; false: the question-only baseline; shuffled: each item "
-        "shown another item's image(s) (a seeded derangement within the split), the image-reliance control")
-    shuffle_seed: int = Field(0, description="use_images: shuffled — the seed of the derangement")
-    missing_images: Literal["skip", "text_only"] = Field(
-        "skip", description="items whose image is missing: skip (recorded in rejects.jsonl) or ask without it")
-    exclude_seen: str | None = Field(
-        None, description="seen_items.json of `medvl curate decontaminate` (benchmark/split -> item ids): "
-        "score only the items not seen in training")
-    scorer: str = "medvl"
-    extra_scorers: list[str] = Field(default_factory=list, description="compatibility scorers also reported")
-    output_dir: str = "runs/eval/run"
-    report: bool = True
 
 
 class ProcessState(Protocol):
@@ -271,6 +227,7 @@ def _answer(backend: Any, items: list[VQAItem], shown: _Shown, config: EvalConfi
 
     answered = 0
     size = config.generation.batch_size
+    ask = get_benchmark(config.benchmark.name).prompt
     with JsonlAppender(part) as sink, RejectLog(part.with_name(part.name.replace("predictions", "rejects"))) as bad, \
             tqdm(total=len(items), desc=f"eval {config.benchmark.name}", unit="q", disable=not show_progress) as bar:
         for start in range(0, len(items), size):
@@ -281,7 +238,7 @@ def _answer(backend: Any, items: list[VQAItem], shown: _Shown, config: EvalConfi
                 except ImageLoadError as exc:
                     bad.reject(item.id, "images", "image_load_error", str(exc))
                     continue
-                prompts[item.id] = build_prompt(item, config.prompt.style)
+                prompts[item.id] = ask(item, config.prompt.style)
                 requests.append(Request(item, build_messages(prompts[item.id], len(images), config.prompt.system),
                                         images))
             for request, reply in zip(requests, backend.generate(requests) if requests else []):

@@ -1,6 +1,6 @@
 """Benchmark training splits (VQA-RAD, SLAKE, PathVQA, ...) → LLaVA conversations for fine-tuning.
 
-Items come from `medvl.eval.benchmarks.load_benchmark`, so fine-tuning reads a release exactly as
+Items come from `medvl.benchmarks.load_benchmark`, so fine-tuning reads a release exactly as
 evaluation does. Prompts, as LLaVA-Med's downstream fine-tuning data phrased them:
 
 - closed questions get their candidate answers in the prompt:
@@ -8,7 +8,8 @@ evaluation does. Prompts, as LLaVA-Med's downstream fine-tuning data phrased the
   (the item's own options when it has them, else yes/no when the answer is yes or no; a closed
   question with neither keeps the plain question);
 - open questions stay as asked;
-- multiple-choice items use HuatuoGPT-Vision's lettered prompt and the answer is the letter.
+- multiple-choice items use HuatuoGPT-Vision's lettered prompt (`medvl.benchmarks.choice_prompt`,
+  the one evaluation asks) and the answer is the letter.
 
 Items whose images are missing are written to the rejects file (`missing_image`), never dropped
 silently.
@@ -20,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from medvl.benchmarks import VQAItem, choice_prompt, load_benchmark, yes_no_answer
 from medvl.io.jsonl import RejectLog, write_jsonl
 
-__all__ = ["closed_prompt", "choice_prompt", "item_to_record", "convert_items", "convert_benchmark", "ConvertResult"]
+__all__ = ["closed_prompt", "item_to_record", "convert_items", "convert_benchmark", "ConvertResult"]
 
 _COUNT_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
-CHOICE_SUFFIX = "Answer with the option's letter from the given choices directly."
 
 
 def closed_prompt(question: str, options: list[str]) -> str:
@@ -33,31 +34,16 @@ def closed_prompt(question: str, options: list[str]) -> str:
     return f"{question.strip()} Please choose from the following {count} options: [{', '.join(options)}]."
 
 
-def choice_prompt(question: str, options: list[str]) -> str:
-    from medvl.eval.benchmarks.base import LETTERS
-
-    lines = [f"{LETTERS[i]}. {option}" for i, option in enumerate(options)]
-    return "\n".join([question.strip(), *lines, CHOICE_SUFFIX])
-
-
-def item_to_record(item: Any, with_options: bool = True) -> dict[str, Any]:
+def item_to_record(item: VQAItem, with_options: bool = True) -> dict[str, Any]:
     """One VQAItem as a conversation record (see the module docstring for the prompts)."""
-    from medvl.eval.benchmarks.base import yes_no_answer
-
     if item.answer_type == "choice" and item.options:
-        record = item.to_record(choice_prompt(item.question, item.options))
-        record["conversations"][1]["value"] = item.answer_letter or item.answer
-        return record
+        return item.to_record(choice_prompt(item.question.strip(), item.options), item.answer_letter or item.answer)
     if item.answer_type == "closed" and with_options:
         options = list(item.options) or (["yes", "no"] if yes_no_answer(item.answer) else [])
         if options:
             answer = yes_no_answer(item.answer) if not item.options else None
-            record = item.to_record(closed_prompt(item.question, options))
-            record["conversations"][1]["value"] = answer or item.answer.strip()
-            return record
-    record = item.to_record()
-    record["conversations"][1]["value"] = item.answer.strip()
-    return record
+            return item.to_record(closed_prompt(item.question, options), answer or item.answer.strip())
+    return item.to_record(answer=item.answer.strip())
 
 
 @dataclass
@@ -67,7 +53,7 @@ class ConvertResult:
     out: Path
 
 
-def convert_items(items: Iterable[Any], out: str | Path, missing: Iterable[str] = (), with_options: bool = True,
+def convert_items(items: Iterable[VQAItem], out: str | Path, missing: Iterable[str] = (), with_options: bool = True,
                   rejects_path: str | Path | None = None) -> ConvertResult:
     """Write the items as a LLaVA JSONL; items listed in `missing` (no image file) go to the rejects."""
     out = Path(out)
@@ -86,8 +72,6 @@ def convert_items(items: Iterable[Any], out: str | Path, missing: Iterable[str] 
 
 def convert_benchmark(name: str, root: str | Path, out: str | Path, split: str = "train",
                       with_options: bool = True, **options: Any) -> ConvertResult:
-    """Load a benchmark split with the evaluation loaders and write it as training conversations."""
-    from medvl.eval.benchmarks import load_benchmark
-
+    """Load a benchmark split with the evaluation's loaders and write it as training conversations."""
     data = load_benchmark(name, root, split=split, **options)
     return convert_items(data.items, out, missing=data.missing_images, with_options=with_options)

@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from medvl.eval.benchmarks.base import (
+from medvl.benchmarks.base import (
     LETTERS,
     BenchmarkData,
     BenchmarkError,
@@ -30,6 +30,7 @@ from medvl.eval.benchmarks.base import (
     some_of,
     split_name,
 )
+from medvl.benchmarks.registry import register_benchmark
 
 MEDICAL_SUBJECTS = (
     "Basic_Medical_Science",
@@ -43,6 +44,7 @@ IMAGE_COLUMNS = tuple(f"image_{i}" for i in range(1, 8))
 _IMAGE_TAG = re.compile(r"<image (\d+)>")
 
 
+@register_benchmark("mmmu_med")
 def load(root: Path, split: str = "validation", subjects: str | Sequence[str] = MEDICAL_SUBJECTS,
          image_dir: str | None = None) -> BenchmarkData:
     split = split_name(split, SPLITS)

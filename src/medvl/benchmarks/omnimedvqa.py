@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medvl.eval.benchmarks.base import (
+from medvl.benchmarks.base import (
     BenchmarkData,
     BenchmarkError,
     VQAItem,
@@ -21,12 +21,14 @@ from medvl.eval.benchmarks.base import (
     read_json_rows,
     split_name,
 )
+from medvl.benchmarks.registry import register_benchmark
 
 OPTION_KEYS = ("option_A", "option_B", "option_C", "option_D", "option_E")
 ACCESS_DIRS = {"open": ("Open-access",), "restricted": ("Restricted-access",),
                "all": ("Open-access", "Restricted-access")}
 
 
+@register_benchmark("omnimedvqa")
 def load(root: Path, split: str = "test", access: str = "open") -> BenchmarkData:
     split_name(split, {"test": ("all",)})
     access = one_of("omnimedvqa", "access", access, list(ACCESS_DIRS))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medvl.eval.benchmarks.base import (
+from medvl.benchmarks.base import (
     BenchmarkData,
     VQAItem,
     find_path,
@@ -22,11 +22,13 @@ from medvl.eval.benchmarks.base import (
     split_name,
     yes_no_answer,
 )
+from medvl.benchmarks.registry import register_benchmark
 
 SPLITS = {"train": (), "validate": ("val", "validation", "dev"), "test": ()}
 LANGUAGES = ("en", "zh", "all")
 
 
+@register_benchmark("slake")
 def load(root: Path, split: str = "test", lang: str = "en") -> BenchmarkData:
     lang = one_of("slake", "lang", lang, LANGUAGES)
     split = split_name(split, SPLITS)

@@ -19,7 +19,7 @@ import io
 import pickle
 from pathlib import Path
 
-from medvl.eval.benchmarks.base import (
+from medvl.benchmarks.base import (
     BenchmarkData,
     BenchmarkError,
     VQAItem,
@@ -31,6 +31,7 @@ from medvl.eval.benchmarks.base import (
     split_name,
     yes_no_answer,
 )
+from medvl.benchmarks.registry import register_benchmark
 
 PICKLE_SPLITS = {"train": (), "val": ("validation", "validate", "dev"), "test": ()}
 PARQUET_SPLITS = {"train": (), "validation": ("val", "validate", "dev"), "test": ()}
@@ -56,6 +57,7 @@ def _plain(value: object) -> object:
     return item() if callable(item) and type(value).__module__ == "numpy" else value
 
 
+@register_benchmark("pathvqa")
 def load(root: Path, split: str = "test", image_dir: str | None = None) -> BenchmarkData:
     if (root / "qas").is_dir():
         return _load_pickle(root, split_name(split, PICKLE_SPLITS))

@@ -16,7 +16,8 @@ import csv
 import re
 from pathlib import Path
 
-from medvl.eval.benchmarks.base import LETTERS, BenchmarkData, BenchmarkError, VQAItem, find_path, finish
+from medvl.benchmarks.base import LETTERS, BenchmarkData, BenchmarkError, VQAItem, find_path, finish
+from medvl.benchmarks.registry import register_benchmark
 
 CHOICE_COLUMNS = ("Choice A", "Choice B", "Choice C", "Choice D")
 REQUIRED_COLUMNS = ("Figure_path", "Question", *CHOICE_COLUMNS)
@@ -25,6 +26,7 @@ IMAGE_DIRS = ("images", "figures", "images_2")
 _LABEL_PREFIX = re.compile(r"^\s*([A-D])\s*[:：.]\s*")
 
 
+@register_benchmark("pmc_vqa")
 def load(root: Path, split: str = "test", csv_file: str | None = None) -> BenchmarkData:
     names = [csv_file] if csv_file else (["test_clean.csv", "test.csv"] if split == "test" else [f"{split}.csv"])
     path = root if root.is_file() else find_path(root, names, f"PMC-VQA {split} CSV")

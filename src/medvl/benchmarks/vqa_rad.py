@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medvl.eval.benchmarks.base import (
+from medvl.benchmarks.base import (
     BenchmarkData,
     VQAItem,
     BenchmarkError,
@@ -22,12 +22,14 @@ from medvl.eval.benchmarks.base import (
     split_name,
     yes_no_answer,
 )
+from medvl.benchmarks.registry import register_benchmark
 
 FILE = "VQA_RAD Dataset Public.json"
 TEST_PHRASES = {"test_freeform", "test_para"}
 IMAGE_DIRS = ("images", "VQA_RAD Image Folder")
 
 
+@register_benchmark("vqa_rad")
 def load(root: Path, split: str = "test") -> BenchmarkData:
     split = split_name(split, {"test": (), "train": (), "all": ()})
     path = root if root.is_file() else find_path(root, [FILE], "VQA-RAD question file")

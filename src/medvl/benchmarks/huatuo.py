@@ -15,7 +15,7 @@ import ast
 from collections.abc import Sequence
 from pathlib import Path
 
-from medvl.eval.benchmarks.base import (
+from medvl.benchmarks.base import (
     BenchmarkData,
     VQAItem,
     find_path,
@@ -25,10 +25,12 @@ from medvl.eval.benchmarks.base import (
     some_of,
     split_name,
 )
+from medvl.benchmarks.registry import register_benchmark
 
 FILE = "medical_multimodel_evaluation_data.json"
 
 
+@register_benchmark("huatuo_eval")
 def load(root: Path, split: str = "test", datasets: str | Sequence[str] | None = None) -> BenchmarkData:
     split_name(split, {"test": ()})
     path = root if root.is_file() else find_path(root, [FILE], "HuatuoGPT-Vision evaluation file")
