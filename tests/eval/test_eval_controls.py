@@ -10,13 +10,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from medvl.eval import runner
-from medvl.eval.backends import Reply
-from medvl.eval.baselines import image_derangement
 from medvl.benchmarks import load_benchmark
 from medvl.benchmarks.base import VQAItem
-from medvl.eval.report import NothingScored
+from medvl.engine import Reply
+from medvl.eval import runner
+from medvl.eval.baselines import image_derangement
 from medvl.eval.config import EvalConfig
+from medvl.eval.report import NothingScored
 from medvl.eval.runner import run_eval
 from medvl.io.jsonl import read_records
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medvl.errors import UserError
 from medvl.benchmarks import BenchmarkError, load_benchmark
+from medvl.errors import UserError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

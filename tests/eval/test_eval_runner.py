@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from medvl.config import ConfigError
+from medvl.engine import Reply
 from medvl.eval import backends, runner
-from medvl.eval.backends import Reply
 from medvl.eval.config import EvalConfig
 from medvl.eval.runner import read_predictions, run_eval
 from medvl.io.jsonl import read_records

@@ -21,8 +21,8 @@ import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 
-from medvl.eval.backends import Reply, Request
 from medvl.benchmarks.base import LETTERS, VQAItem
+from medvl.engine import Engine, Reply, Request
 from medvl.eval.metrics import normalize_answer
 
 __all__ = ["MajorityBackend", "image_derangement", "majority_table"]
@@ -39,13 +39,14 @@ def majority_table(items: Iterable[VQAItem]) -> dict[str, str]:
     return {kind: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for kind, c in counts.items()}
 
 
-class MajorityBackend:
-    """Answers every request from the majority table, ignoring the image and the question."""
+class MajorityBackend(Engine):
+    """Answers every request from the majority table, ignoring the image and the question (reads the
+    request's `item` for its answer type)."""
 
     def __init__(self, table: dict[str, str]):
         self.table = table
 
-    def generate(self, requests: Sequence[Request]) -> list[Reply]:
+    def run(self, requests: Sequence[Request]) -> list[Reply]:
         replies = []
         for request in requests:
             item = request.item

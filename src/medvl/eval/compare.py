@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from medvl.errors import UserError
 from medvl.benchmarks.base import yes_no_answer
+from medvl.errors import UserError
 from medvl.eval.render import percent, percent_interval, with_interval
 from medvl.eval.stats import CONFIDENCE, METHODS, mcnemar_exact, paired_bootstrap_difference
 

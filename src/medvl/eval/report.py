@@ -26,8 +26,8 @@ from pathlib import Path
 from statistics import fmean
 from typing import TYPE_CHECKING, Any
 
-from medvl.errors import UserError
 from medvl.benchmarks.base import yes_no_answer
+from medvl.errors import UserError
 from medvl.eval.metrics import leading_yes_no
 from medvl.eval.render import headline, render_report
 from medvl.eval.scorers import NEEDS_CANDIDATES, ScoreResult, score_records

@@ -36,7 +36,8 @@ from pydantic import ValidationError
 from medvl.benchmarks import BenchmarkError, get_benchmark
 from medvl.benchmarks.base import BenchmarkData, VQAItem
 from medvl.config import ConfigError, dump_config
-from medvl.eval.backends import Request, make_backend
+from medvl.engine import Engine, Request
+from medvl.eval.backends import make_backend
 from medvl.eval.config import EvalConfig
 from medvl.eval.prompts import build_messages
 from medvl.eval.scorers import SCORERS
@@ -218,7 +219,7 @@ def _item_keys(items: list[VQAItem]) -> set[tuple[str, str, str]]:
     return {(item.id, item.question, item.answer) for item in items}
 
 
-def _answer(backend: Any, items: list[VQAItem], shown: _Shown, config: EvalConfig, part: Path,
+def _answer(backend: Engine, items: list[VQAItem], shown: _Shown, config: EvalConfig, part: Path,
             show_progress: bool) -> int:
     """Answer `items` in batches, appending each batch's records to `part`; returns the count answered."""
     from tqdm.auto import tqdm
@@ -239,8 +240,8 @@ def _answer(backend: Any, items: list[VQAItem], shown: _Shown, config: EvalConfi
                     bad.reject(item.id, "images", "image_load_error", str(exc))
                     continue
                 prompts[item.id] = ask(item, config.prompt.style)
-                requests.append(Request(item, build_messages(prompts[item.id], len(images), config.prompt.system),
-                                        images))
+                requests.append(Request(build_messages(prompts[item.id], len(images), config.prompt.system),
+                                        images, item))
             for request, reply in zip(requests, backend.generate(requests) if requests else []):
                 item = request.item
                 paths, donor = shown.images_of(item)

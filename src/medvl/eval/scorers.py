@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from statistics import fmean
 from typing import Any
 
-from medvl.errors import UserError
 from medvl.benchmarks.base import LETTERS, option_letter, yes_no_answer
+from medvl.errors import UserError
 from medvl.eval.choice import extract_choice
 from medvl.eval.compat import (
     BLEU_WEIGHTS,

@@ -1,0 +1,129 @@
+"""The engine interface: `Request` in, `Reply` out, batched, one failure never sinking a batch.
+
+A `Request` is one conversation in medvl's content parts (`{"type": "image"}` where each image
+goes, as `medvl.records.to_messages` makes them) plus the decoded images in that order, and the
+caller's own `item`, which engines pass by (baselines may read it). `Engine.generate` answers a batch
+with one `Reply` per request, in order: an engine implements `run` for a whole batch, and when `run`
+raises, `generate` retries the batch one request at a time, so only the request that fails gets a
+reply with `error` set (a `UserError` — a setting to fix — is raised as it is).
+
+Engines are registered by name (`@register_engine("local")` on a class taking `(EngineConfig,
+GenerationSettings)`); `make_engine(config, settings)` builds the one `config.kind` names.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import Field, field_validator
+
+from medvl.config import Config
+from medvl.errors import UserError
+from medvl.llm.config import LLMConfig
+from medvl.registry import Registry
+
+if TYPE_CHECKING:
+    from medvl.model.generate import GenerationSettings
+
+__all__ = ["ENGINES", "Engine", "EngineConfig", "Reply", "Request", "make_engine", "register_engine",
+           "to_openai_messages"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Request:
+    messages: list[dict[str, Any]]
+    images: list[Any] = field(default_factory=list)  # decoded PIL images, in the order of the image parts
+    item: Any = None  # the caller's own (evaluation: the benchmark item); engines pass it by
+
+
+@dataclass
+class Reply:
+    text: str | None
+    prompt_tokens: int | None = None
+    new_tokens: int | None = None
+    finish_reason: str = "stop"  # "stop", "length", or "error"
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, exc: BaseException) -> "Reply":
+        return cls(None, finish_reason="error", error=f"{type(exc).__name__}: {exc}")
+
+
+class Engine(ABC):
+    """Answers batches of requests; subclasses implement `run`."""
+
+    def generate(self, requests: Sequence[Request]) -> list[Reply]:
+        """One reply per request, in order; a batch `run` cannot answer is retried one request at a time."""
+        try:
+            return self.run(requests)
+        except UserError:
+            raise
+        except Exception as exc:
+            if len(requests) == 1:
+                return [Reply.failed(exc)]
+            log.warning("batch of %d failed (%s); retrying one at a time", len(requests), exc)
+            return [reply for request in requests for reply in self.generate([request])]
+
+    @abstractmethod
+    def run(self, requests: Sequence[Request]) -> list[Reply]:
+        """Answer a whole batch, one reply per request in order (may raise: `generate` then retries)."""
+
+
+ENGINES: Registry[Callable[["EngineConfig", "GenerationSettings"], Engine]] = Registry("engine", package="medvl.engine")
+
+
+def register_engine(name: str) -> Callable[[type[Engine]], type[Engine]]:
+    """Decorate an `Engine` class whose constructor takes `(EngineConfig, GenerationSettings)`."""
+    return ENGINES.register(name)
+
+
+class EngineConfig(Config):
+    """Which engine answers, and what it needs (`medvl.engine.base` lists the kinds)."""
+
+    kind: str = Field("local", description="a registered engine: local, openai, vllm")
+    model: str | None = Field(None, description="local: a saved model folder; vllm: a folder or hub id")
+    dtype: str = "auto"
+    device: str | None = None
+    llm: LLMConfig | None = Field(None, description="openai: the endpoint (base_url, model, api_key_env, ...)")
+    max_image_side: int | None = Field(1024, ge=16, description="openai/vllm: longest image side sent")
+    vllm_args: dict[str, Any] = Field(default_factory=dict, description="vllm: extra vllm.LLM(...) arguments")
+
+    # kinds a caller handles itself besides the registered engines (eval: its majority baseline)
+    other_kinds: ClassVar[tuple[str, ...]] = ()
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        if kind not in ENGINES and kind not in cls.other_kinds:
+            raise ValueError(f"unknown engine {kind!r}; known: {', '.join([*ENGINES.names(), *cls.other_kinds])}")
+        return kind
+
+    def label(self) -> str:
+        if self.kind == "openai" and self.llm is not None:
+            return f"openai:{self.llm.model}"
+        return f"{self.kind}:{self.model}" if self.model else self.kind
+
+
+def make_engine(config: EngineConfig, settings: "GenerationSettings") -> Engine:
+    """The engine `config.kind` names, built from its settings."""
+    return ENGINES.get(config.kind)(config, settings)
+
+
+def to_openai_messages(messages: list[dict[str, Any]], images: Sequence[Any], max_side: int | None) -> list[dict]:
+    """medvl content parts → OpenAI parts, each `{"type": "image"}` replaced by a data-URL image part."""
+    from medvl.llm.messages import image_part
+
+    queue = iter(images)
+    converted = []
+    for message in messages:
+        content = message["content"]
+        if not isinstance(content, str):
+            content = [image_part(next(queue), max_side) if p["type"] == "image" else p for p in content]
+        converted.append({"role": message["role"], "content": content})
+    return converted

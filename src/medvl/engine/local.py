@@ -1,0 +1,27 @@
+"""`local`: a saved native model answering in batches through `medvl.model.generate.Generator`
+(left-padded, grouped by length, greedy unless the generation settings sample)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from medvl.config import ConfigError
+from medvl.engine.base import Engine, EngineConfig, Reply, Request, register_engine
+
+__all__ = ["LocalEngine"]
+
+
+@register_engine("local")
+class LocalEngine(Engine):
+    def __init__(self, config: EngineConfig, settings: Any):
+        from medvl.model.generate import Generator
+
+        if not config.model:
+            raise ConfigError("backend.model must name a saved model folder for the local engine")
+        self.generator = Generator.from_pretrained(config.model, dtype=config.dtype, device=config.device,
+                                                   settings=settings)
+
+    def run(self, requests: Sequence[Request]) -> list[Reply]:
+        results = self.generator.generate([r.messages for r in requests], [r.images for r in requests])
+        return [Reply(r.text, r.prompt_tokens, r.new_tokens, r.finish_reason) for r in results]

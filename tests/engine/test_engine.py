@@ -1,0 +1,98 @@
+"""The generation-engine interface: one batched `generate`, its one-by-one retry, the registry, and
+the local and vLLM engines (vLLM through a stand-in module: it is not installed here)."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from medvl.config import ConfigError
+from medvl.engine import ENGINES, Engine, EngineConfig, Reply, Request, make_engine, register_engine
+from medvl.errors import UserError
+from medvl.model.generate import GenerationSettings
+
+
+def ask(text: str, images: list | None = None) -> Request:
+    parts = [{"type": "image"} for _ in images or []] + [{"type": "text", "text": text}]
+    return Request([{"role": "user", "content": parts}], list(images or []), item=text)
+
+
+class Picky(Engine):
+    """Answers a batch by echoing each question, unless one of them says "boom" (the whole batch fails)."""
+
+    def __init__(self, config: EngineConfig | None = None, settings: GenerationSettings | None = None):
+        self.batches: list[int] = []
+
+    def run(self, requests):
+        self.batches.append(len(requests))
+        if any(r.item == "boom" for r in requests):
+            raise RuntimeError("cannot answer boom")
+        if any(r.item == "misconfigured" for r in requests):
+            raise ConfigError("set engine.model")
+        return [Reply(r.item.upper(), 1, 1) for r in requests]
+
+
+def test_a_failed_batch_is_retried_one_by_one_and_only_the_bad_request_fails():
+    engine = Picky()
+    replies = engine.generate([ask("a"), ask("boom"), ask("c")])
+    assert [r.text for r in replies] == ["A", None, "C"]
+    assert replies[1].finish_reason == "error" and replies[1].error == "RuntimeError: cannot answer boom"
+    assert engine.batches == [3, 1, 1, 1]
+    with pytest.raises(UserError, match="engine.model"):  # a setting to fix is not a per-request failure
+        engine.generate([ask("a"), ask("misconfigured")])
+
+
+def test_a_registered_engine_is_made_by_name():
+    register_engine("picky")(Picky)
+    try:
+        engine = make_engine(EngineConfig(kind="picky"), GenerationSettings())
+        assert isinstance(engine, Picky) and engine.generate([ask("x")])[0].text == "X"
+        assert "picky" in ENGINES.names() and EngineConfig(kind="picky").label() == "picky"
+    finally:
+        ENGINES.unregister("picky")
+    with pytest.raises(ValueError, match="unknown engine 'picky'; known: local, openai, vllm"):
+        EngineConfig(kind="picky")
+
+
+def test_local_engine_answers_a_batch_around_a_request_it_cannot_run(tiny_model_dir, rgb_image):
+    engine = make_engine(EngineConfig(kind="local", model=str(tiny_model_dir)),
+                         GenerationSettings(max_new_tokens=3, batch_size=8))
+    broken = Request([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}], [])
+    replies = engine.generate([ask("What is it?", [rgb_image]), broken, ask("And now?")])
+    assert replies[1].error and replies[1].text is None
+    assert all(r.error is None and isinstance(r.text, str) and r.new_tokens >= 1 for r in (replies[0], replies[2]))
+    assert replies[0].prompt_tokens > replies[2].prompt_tokens  # the image's tokens
+
+
+def test_vllm_engine_sends_openai_messages_and_reads_vllm_outputs(monkeypatch, rgb_image):
+    calls = {}
+
+    class LLM:
+        def __init__(self, model, **kwargs):
+            calls["init"] = (model, kwargs)
+
+        def chat(self, conversations, params, use_tqdm):
+            calls["chat"] = (conversations, params)
+            out = types.SimpleNamespace(text=" yes \n", token_ids=[5, 6], finish_reason="stop")
+            return [types.SimpleNamespace(prompt_token_ids=[1, 2, 3], outputs=[out]) for _ in conversations]
+
+    def sampling_params(**kwargs):
+        return kwargs
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=sampling_params))
+    config = EngineConfig(kind="vllm", model="runs/m", vllm_args={"max_model_len": 2048}, max_image_side=32)
+    replies = make_engine(config, GenerationSettings(max_new_tokens=7, seed=3)).generate([ask("Normal?", [rgb_image])])
+    assert replies == [Reply("yes", 3, 2, "stop")]
+    assert calls["init"] == ("runs/m", {"max_model_len": 2048})
+    conversation, params = calls["chat"][0][0], calls["chat"][1]
+    assert params == {"temperature": 0.0, "max_tokens": 7, "repetition_penalty": 1.0, "seed": 3}
+    image, text = conversation[0]["content"]
+    assert image["image_url"]["url"].startswith("data:image/jpeg;base64,") and text["text"] == "Normal?"
+
+
+def test_vllm_engine_without_vllm_is_one_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
+    with pytest.raises(UserError, match=r"pip install 'medvl\[vllm\]'"):
+        make_engine(EngineConfig(kind="vllm", model="m"), GenerationSettings())
