@@ -61,6 +61,10 @@ class Registry(Generic[T]):
         self._discover()
         return list(self._entries)
 
+    def values(self) -> list[T]:
+        self._discover()
+        return list(self._entries.values())
+
     def __contains__(self, name: object) -> bool:
         self._discover()
         return name in self._entries

@@ -9,14 +9,15 @@ import pytest
 
 from medvl.model.build import build_model
 from medvl.model.checkpoint import save_model
+from medvl.model.families import vllm_text_architectures
 from medvl.model.spec import tiny_spec
-from medvl.serve.vllm_compat import VLLM_TEXT_ARCHITECTURES, VLLM_VISION_MODEL_TYPES, vllm_problems
+from medvl.serve.vllm_compat import VLLM_VISION_MODEL_TYPES, vllm_problems
 
 
 def test_saved_checkpoint_is_loadable_by_vllm(tiny_model_dir):
     config = json.loads((tiny_model_dir / "config.json").read_text())
     assert config["architectures"] == ["LlavaForConditionalGeneration"] and config["model_type"] == "llava"
-    assert config["text_config"]["architectures"][0] in VLLM_TEXT_ARCHITECTURES
+    assert config["text_config"]["architectures"][0] in vllm_text_architectures()
     assert config["vision_config"]["model_type"] in VLLM_VISION_MODEL_TYPES
     assert vllm_problems(tiny_model_dir) == []
 

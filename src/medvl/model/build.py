@@ -2,7 +2,7 @@
 
 vision tower (CLIP/SigLIP, pretrained from a local folder or random from a config)
 → projector (`mlp2x_gelu` as LLaVA-1.5 / HuatuoGPT-Vision, `linear` as LLaVA-Med v1)
-→ causal LLM (Llama / Qwen2 / Mistral family, local folder, GGUF file or config).
+→ causal LLM (a family of `medvl.model.families`, from a local folder, GGUF file or config).
 
 The `linear` projector is stored in the native two-layer projector as `linear_1` = W,
 activation = identity, `linear_2` = I, which computes exactly W·x + b, so the checkpoint stays
@@ -22,28 +22,25 @@ from transformers import (
     AutoTokenizer,
     CLIPVisionConfig,
     GenerationConfig,
-    LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaImageProcessor,
     LlavaProcessor,
-    MistralConfig,
-    Qwen2Config,
     SiglipVisionConfig,
 )
 
+from medvl.model.dtypes import torch_dtype
+from medvl.model.families import text_config
 from medvl.model.offline import resolve_asset
 from medvl.model.spec import ModelSpec, TextSpec, VisionSpec
 from medvl.model.templates import STOP_STRINGS, guess_format, resolve_chat_template, single_bos
 
-__all__ = ["build_model", "build_processor", "generation_config_for", "identity_linear_state", "load_tokenizer", "DTYPES"]
+__all__ = ["build_model", "build_processor", "generation_config_for", "identity_linear_state", "load_tokenizer"]
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 SIGLIP_MEAN, SIGLIP_STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
-_TEXT_CONFIGS = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}
 
 
 def load_tokenizer(text: TextSpec, image_token: str = "<image>") -> Any:
@@ -130,7 +127,7 @@ def build_model(spec: ModelSpec) -> tuple[LlavaForConditionalGeneration, LlavaPr
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     model.tie_weights()
-    model = model.to(DTYPES[spec.dtype])
+    model = model.to(torch_dtype(spec.dtype))
     processor = build_processor(
         spec, tokenizer,
         image_mean=vision_preproc.get("image_mean"), image_std=vision_preproc.get("image_std"),
@@ -190,8 +187,8 @@ def _text_part(text: TextSpec, vocab_size: int) -> tuple[Any, Any]:
         if text.keep_layers is not None:
             _keep_layers(llm, text.keep_layers)
         return llm.config, llm
-    config_class = _TEXT_CONFIGS[text.family]
-    config = config_class(
+    config = text_config(
+        text.family,
         vocab_size=vocab_size, hidden_size=text.hidden_size, num_hidden_layers=text.num_layers,
         num_attention_heads=text.num_heads, num_key_value_heads=text.num_kv_heads or text.num_heads,
         intermediate_size=text.intermediate_size, max_position_embeddings=text.max_position_embeddings,

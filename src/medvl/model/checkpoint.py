@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from medvl.io.files import atomic_write_text
+from medvl.model.dtypes import resolve_dtype
 
-__all__ = ["save_model", "load_model", "resolve_dtype", "DISCLAIMER"]
+__all__ = ["save_model", "load_model", "DISCLAIMER"]
 
 DISCLAIMER = (
     "Research use only: outputs of this model are not medical advice and must not be used for "
@@ -65,16 +66,6 @@ def _name_text_architecture(config: Any) -> None:
         name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(text.model_type)
         if name:
             text.architectures = [name]
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
-    """`auto` keeps the saved dtype; names map to torch dtypes."""
-    if dtype is None or dtype == "auto":
-        return "auto"
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-            "float16": torch.float16, "fp16": torch.float16}[dtype]
 
 
 def load_model(path: str | Path, dtype: str | torch.dtype | None = "auto", device: str | None = None) -> tuple[Any, Any]:

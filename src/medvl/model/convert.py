@@ -29,9 +29,10 @@ from typing import Any
 
 import torch
 
-from medvl.model.build import DTYPES, generation_config_for, identity_linear_state, load_tokenizer
+from medvl.model.build import generation_config_for, identity_linear_state, load_tokenizer
+from medvl.model.dtypes import DTYPE_NAMES, torch_dtype
+from medvl.model.families import legacy_types
 from medvl.model.legacy_layout import (
-    LEGACY_TYPES,
     ConversionError,
     find_tower,
     legacy_config,
@@ -42,7 +43,7 @@ from medvl.model.legacy_layout import (
 from medvl.model.spec import ModelSpec, TextSpec, VisionSpec
 from medvl.model.templates import TEMPLATE_NAMES
 
-__all__ = ["LEGACY_TYPES", "ConversionError", "ConversionPlan", "NativeParts", "plan_conversion", "convert_legacy",
+__all__ = ["ConversionError", "ConversionPlan", "NativeParts", "plan_conversion", "convert_legacy",
            "read_legacy_weights", "tower_key_names"]
 
 _LEGACY_ONLY_KEYS = ("mm_", "tune_mm", "freeze_mm", "image_aspect_ratio", "image_grid", "tokenizer_model_max_length",
@@ -161,10 +162,10 @@ def plan_conversion(source: str | Path, vision_tower: str | None = None, chat_te
     """Read the legacy checkpoint in `source` and map it onto the native model (no tensors loaded)."""
     source = Path(source)
     legacy = legacy_config(source)
-    llm_type = LEGACY_TYPES[legacy["model_type"]][0]
+    llm_type = legacy_types()[legacy["model_type"]].name
     projector = legacy.get("mm_projector_type", "linear")
-    if dtype and dtype not in DTYPES:
-        raise ConversionError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if dtype and dtype not in DTYPE_NAMES:
+        raise ConversionError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPE_NAMES)}")
     template, template_why = _template_choice(legacy["model_type"], source, chat_template)
     files = weight_files(source)
     keys = [key for file in files for key, _ in read_weight_file(file, keys_only=True)]
@@ -194,12 +195,12 @@ def plan_conversion(source: str | Path, vision_tower: str | None = None, chat_te
         raise ConversionError(f"{source}: {exc}") from exc
     notes = [] if "image_mean" in stats else [f"{tower_dir} has no preprocessor_config.json: {spec.vision.family}'s "
                                               "default mean/std used"]
-    torch_dtype = str(legacy.get("torch_dtype") or "float32").replace("torch.", "")
+    saved_dtype = str(legacy.get("torch_dtype") or "float32").replace("torch.", "")
     return ConversionPlan(
         source=source, model=model, processor=processor, files=files, renames=renames, dropped=dropped,
         tower_dir=tower_dir, tower_dir_from=tower_dir_from, tower_weights_from=tower_weights_from,
         projector=projector, template=template, template_why=template_why,
-        dtype=DTYPES[dtype] if dtype else DTYPES.get(torch_dtype, torch.float32), notes=notes,
+        dtype=torch_dtype(dtype or (saved_dtype if saved_dtype in DTYPE_NAMES else "float32")), notes=notes,
     )
 
 
@@ -242,7 +243,7 @@ def _template_choice(model_type: str, source: Path, override: str | None) -> tup
         return override, "--chat-template"
     if "huatuogpt" in source.resolve().name.lower():
         return "huatuo", "the folder is named HuatuoGPT…, which is how HuatuoGPT-Vision's cli.py picks its format"
-    return LEGACY_TYPES[model_type][1], f"the conversation format of {model_type} checkpoints"
+    return legacy_types()[model_type].legacy_format, f"the conversation format of {model_type} checkpoints"
 
 
 def _tokenizer(source: Path) -> Any:

@@ -16,17 +16,10 @@ from typing import Any, Iterator
 import torch
 
 from medvl.errors import UserError
+from medvl.model.families import legacy_types
 
-__all__ = ["LEGACY_TYPES", "ConversionError", "legacy_config", "weight_files", "read_weight_file",
-           "read_legacy_weights", "find_tower"]
+__all__ = ["ConversionError", "legacy_config", "weight_files", "read_weight_file", "read_legacy_weights", "find_tower"]
 
-# legacy model_type → (native LLM model_type, default chat template)
-LEGACY_TYPES = {
-    "llava_llama": ("llama", "vicuna"),
-    "llava": ("llama", "vicuna"),
-    "llava_mistral": ("mistral", "mistral_instruct"),
-    "llava_qwen2": ("qwen2", "huatuo"),
-}
 _SUPPORTED = {"mm_projector_type": ("linear", "mlp2x_gelu"), "mm_vision_select_feature": ("patch", "cls_patch"),
               "image_aspect_ratio": ("square", "pad"), "mm_patch_merge_type": ("flat",)}
 _INDEXES = (("*.safetensors", "model.safetensors.index.json"), ("pytorch_model*.bin", "pytorch_model.bin.index.json"))
@@ -86,9 +79,10 @@ def legacy_config(source: Path) -> dict[str, Any]:
     except ValueError as exc:
         raise ConversionError(f"{path}: not valid JSON ({exc})") from exc
     model_type = legacy.get("model_type")
-    if model_type not in LEGACY_TYPES or "text_config" in legacy:  # native llava configs nest text_config
+    known = legacy_types()
+    if model_type not in known or "text_config" in legacy:  # native llava configs nest text_config
         raise ConversionError(f"{source}: model_type {model_type!r} with this layout is not a legacy LLaVA type "
-                              f"({', '.join(LEGACY_TYPES)} with mm_* keys)")
+                              f"({', '.join(known)} with mm_* keys)")
     for key, allowed in _SUPPORTED.items():  # the first value is LLaVA's default
         if legacy.get(key, allowed[0]) not in allowed:
             raise ConversionError(f"{path}: {key} {legacy[key]!r} is not supported ({', '.join(allowed)}); "

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from medvl.config import Config
+from medvl.model.dtypes import DtypeName
+from medvl.model.families import FAMILIES
 
 __all__ = ["VisionSpec", "TextSpec", "ModelSpec", "tiny_spec"]
 
@@ -43,7 +45,7 @@ class TextSpec(Config):
     keep_layers: int | list[int] | None = Field(
         None, description="keep only some decoder layers of the pretrained LLM (less compute per token): the "
         "first N, or a list of layer indices such as [0, 1, 28, 29] (first and last layers)")
-    family: Literal["llama", "qwen2", "mistral"] = "llama"
+    family: str = Field("llama", description="the LLM family of a config-built LLM (medvl.model.families)")
     hidden_size: int = 4096
     num_layers: int = Field(32, ge=1)
     num_heads: int = Field(32, ge=1)
@@ -51,6 +53,13 @@ class TextSpec(Config):
     intermediate_size: int = 11008
     max_position_embeddings: int = 4096
     tie_word_embeddings: bool = False
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, family: str) -> str:
+        if family not in FAMILIES:
+            raise ValueError(f"unknown model family {family!r}; known: {', '.join(FAMILIES.names())}")
+        return family
 
     @model_validator(mode="after")
     def _has_tokenizer(self) -> "TextSpec":
@@ -72,7 +81,7 @@ class ModelSpec(Config):
     pad_to_square: bool = Field(True, description="LLaVA's expand2square: pad with the mean colour before resizing")
     chat_template: str = Field("auto", description="'auto' (the tokenizer's own) or a shipped template name")
     image_token: str = "<image>"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: DtypeName = "float32"
     seed: int = 0
 
     def select_strategy(self) -> str:
@@ -81,7 +90,7 @@ class ModelSpec(Config):
         return "default" if self.vision.family == "clip" else "full"
 
 
-def tiny_spec(tokenizer: str, family: Literal["llama", "qwen2", "mistral"] = "llama", **overrides: object) -> ModelSpec:
+def tiny_spec(tokenizer: str, family: str = "llama", **overrides: object) -> ModelSpec:
     """A model of a few hundred thousand parameters (plus embeddings) for tests and benchmarks."""
     data: dict = {
         "vision": {"family": "clip", "image_size": 32, "patch_size": 8, "hidden_size": 32, "num_layers": 2,

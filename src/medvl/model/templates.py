@@ -7,11 +7,13 @@ with several images per turn and several turns. Shipped formats:
 
 | name               | used by                                               |
 |--------------------|-------------------------------------------------------|
-| `chatml`           | Qwen2 / Qwen2.5 (HuatuoGPT-Vision-7B's LLM), SmolLM2  |
+| `chatml`           | Qwen2 / Qwen2.5 / Qwen3, SmolLM2                      |
 | `llama3`           | Llama-3 instruct (LLaVA-v1.5-LLaMA3-8B)               |
-| `vicuna`           | LLaVA-1.5 and LLaVA-Med v1 (`conv_vicuna_v1`)         |
 | `mistral_instruct` | LLaVA-Med v1.5 (`conv_mistral_instruct`)              |
 | `huatuo`           | HuatuoGPT-Vision (`<|user|>` / `<|assistant|>`)       |
+| `vicuna`           | LLaVA-1.5 and LLaVA-Med v1 (`conv_vicuna_v1`)         |
+
+Each format's marker and stop strings are in `medvl.model.families.CHAT_FORMATS`.
 
 Shipped templates mark assistant text with `{% generation %}` so transformers can return an
 assistant-token mask.
@@ -33,20 +35,16 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from medvl.model.families import CHAT_FORMATS
+
 __all__ = [
     "TEMPLATE_NAMES", "STOP_STRINGS", "shipped_template", "image_aware", "resolve_chat_template", "guess_format",
     "text_start", "single_bos",
 ]
 
-TEMPLATE_NAMES = ("chatml", "llama3", "vicuna", "mistral_instruct", "huatuo")
+TEMPLATE_NAMES = tuple(CHAT_FORMATS)
 # End-of-turn markers that end generation besides the tokenizer's EOS.
-STOP_STRINGS = {
-    "chatml": ["<|im_end|>"],
-    "llama3": ["<|eot_id|>"],
-    "vicuna": [],
-    "mistral_instruct": [],
-    "huatuo": ["<|user|>"],
-}
+STOP_STRINGS = {name: list(chat.stop_strings) for name, chat in CHAT_FORMATS.items()}
 _PLACEHOLDER = "@IMAGE@"
 _TEXT_START = "@TEXT_START@"
 
@@ -75,14 +73,7 @@ def guess_format(template: str | None) -> str | None:
     """Which shipped format a template text resembles (for its stop strings), or None."""
     if not template:
         return None
-    markers = [
-        ("<|im_start|>", "chatml"),
-        ("<|start_header_id|>", "llama3"),
-        ("[INST]", "mistral_instruct"),
-        ("<|assistant|>", "huatuo"),
-        ("ASSISTANT:", "vicuna"),
-    ]
-    return next((name for marker, name in markers if marker in template), None)
+    return next((chat.name for chat in CHAT_FORMATS.values() if chat.marker in template), None)
 
 
 def resolve_chat_template(name: str, tokenizer: Any, image_token: str = "<image>",

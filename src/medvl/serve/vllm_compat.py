@@ -7,7 +7,9 @@ environment, so the check reads `config.json` against what vLLM's source accepts
 - `llava.py` builds the vision tower from a CLIP, SigLIP or Pixtral vision config only
   (`init_vision_tower_for_llava`), and the language model from `text_config.architectures`
   through the text registry (`init_vllm_registered_model`); only a Mistral text config without
-  architectures gets a default, any other raises "No model architectures are specified".
+  architectures gets a default, any other raises "No model architectures are specified". The
+  accepted language models are those of medvl's families (`medvl.model.families`), each in vLLM's
+  `_TEXT_GENERATION_MODELS`.
 - features are selected with strategy `default` (drop CLS) or `full`.
 When vllm is importable, its live registry is asked as well.
 """
@@ -18,13 +20,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["VLLM_TEXT_ARCHITECTURES", "VLLM_VISION_MODEL_TYPES", "vllm_problems"]
+from medvl.model.families import vllm_text_architectures
+
+__all__ = ["VLLM_VISION_MODEL_TYPES", "vllm_problems"]
 
 ARCHITECTURE = "LlavaForConditionalGeneration"
 MODEL_TYPE = "llava"
-# The language models medvl builds, each present in vLLM's `_TEXT_GENERATION_MODELS`.
-VLLM_TEXT_ARCHITECTURES = frozenset({"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
-                                     "Qwen3ForCausalLM"})
 # Vision configs `init_vision_tower_for_llava` accepts (CLIPVisionConfig, SiglipVisionConfig,
 # PixtralVisionConfig), by their transformers model_type.
 VLLM_VISION_MODEL_TYPES = frozenset({"clip_vision_model", "siglip_vision_model", "pixtral"})
@@ -48,8 +49,8 @@ def vllm_problems(model_dir: str | Path) -> list[str]:
     text_archs = text.get("architectures")
     if not text_archs and text.get("model_type") != "mistral":
         problems.append("text_config.architectures is missing; vLLM resolves the language model from it")
-    elif text_archs and not set(text_archs) <= VLLM_TEXT_ARCHITECTURES:
-        problems.append(f"text_config.architectures {text_archs} not among {sorted(VLLM_TEXT_ARCHITECTURES)}")
+    elif text_archs and not set(text_archs) <= (known := vllm_text_architectures()):
+        problems.append(f"text_config.architectures {text_archs} not among {sorted(known)}")
     vision_type = (config.get("vision_config") or {}).get("model_type")
     if vision_type not in VLLM_VISION_MODEL_TYPES:
         problems.append(f"vision_config.model_type {vision_type!r} not among {sorted(VLLM_VISION_MODEL_TYPES)}")

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from medvl.config import Config
+from medvl.model.dtypes import DtypeName
 from medvl.model.spec import ModelSpec
 
 __all__ = [
@@ -44,7 +45,7 @@ class ModelSource(Config):
 
     path: str | None = Field(None, description="folder of a saved medvl / transformers LLaVA model")
     spec: ModelSpec | None = Field(None, description="build a fresh model from this spec (stage 1)")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+    dtype: DtypeName = Field(
         "float32", description="dtype the weights are loaded in (mixed precision is `precision`)"
     )
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from medvl.model.build import DTYPES
+from medvl.model.dtypes import torch_dtype
 from medvl.train.config import LoraSettings, ModelSource, TrainConfig
 
 __all__ = ["COMPONENTS", "load_start_model", "load_processor", "apply_policy", "add_lora", "merge_lora",
@@ -74,7 +74,7 @@ def load_start_model(config: TrainConfig) -> tuple[Any, Any]:
         from medvl.model.build import build_model
 
         model, processor = build_model(source.spec)
-        model = model.to(DTYPES[source.dtype])
+        model = model.to(torch_dtype(source.dtype))
     processor.tokenizer.padding_side = "right"
     return model, processor
 

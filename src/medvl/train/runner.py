@@ -30,9 +30,9 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from medvl.config import dump_config
-from medvl.io.process import RunLock, die_with_launcher
-from medvl.model.build import DTYPES
 from medvl.io.files import atomic_write_json
+from medvl.io.process import RunLock, die_with_launcher
+from medvl.model.dtypes import torch_dtype
 from medvl.train.config import TrainConfig
 from medvl.train.dataset import STAT_KEYS, Collator, TrainDataset, epoch_sampler
 from medvl.train.encode import IGNORE_INDEX, ChatEncoder
@@ -174,7 +174,8 @@ def resolved_precision(config: TrainConfig) -> str:
 
 def compute_dtype(config: TrainConfig) -> torch.dtype:
     """The dtype the matmuls run in: the autocast dtype, else the weights' dtype."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolved_precision(config), DTYPES[config.model.dtype])
+    precision = resolved_precision(config)
+    return torch_dtype(precision if precision in ("bf16", "fp16") else config.model.dtype)
 
 
 def training_arguments(config: TrainConfig) -> TrainingArguments:
