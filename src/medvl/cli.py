@@ -1,7 +1,8 @@
 """The `medvl` command: one entry point whose sub-commands live with the code they drive.
 
 Each sub-package exposes `register(app)` in a light `cli.py` (typer only at import; torch and
-friends load inside the command functions), so `medvl --help` starts fast.
+friends load inside the command functions), so `medvl --help` starts fast. Every module listed here
+must import: a typo or a broken import fails the command loudly rather than hiding its commands.
 """
 
 from __future__ import annotations
@@ -32,14 +33,8 @@ def build_app() -> typer.Typer:
         pretty_exceptions_show_locals=False,
         add_completion=False,
     )
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:  # a real missing dependency, not a sub-package still to come
-                raise
-            continue
-        module.register(app)
+    for name in COMMAND_MODULES:  # a module that does not import is an error, never a missing command
+        importlib.import_module(name).register(app)
     return app
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
+from medvl import cli
 from medvl.cli import build_app
 
 
@@ -41,3 +43,9 @@ def test_user_errors_print_without_traceback(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "error: config file not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_command_module_that_does_not_import_is_an_error(monkeypatch):
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "medvl.eval.clii"))
+    with pytest.raises(ModuleNotFoundError, match="medvl.eval.clii"):
+        build_app()

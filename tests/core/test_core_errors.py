@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from medvl.errors import Rejection
@@ -23,3 +25,34 @@ def test_stage_rejections_share_reason_and_detail_and_keep_their_messages(tmp_pa
         "tokens", "too_long", "9 > 8")
     assert str(rejected) == "tokens/too_long: 9 > 8"
     assert str(Rejection("empty_answer")) == "empty_answer"
+
+
+@pytest.fixture
+def medvl(monkeypatch, capsys):
+    """`medvl ARGS...` through `medvl.cli.main`: (exit status, stderr)."""
+    import sys
+
+    from medvl.cli import main
+
+    def run(*args: str) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["medvl", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        return exit_info.value.code, capsys.readouterr().err
+
+    return run
+
+
+def test_user_mistakes_are_one_line_and_exit_2(medvl, tmp_path):
+    rad = Path(__file__).parents[1] / "eval" / "fixtures" / "vqa_rad"
+    config = tmp_path / "eval.yaml"
+    config.write_text(f"benchmark: {{name: vqa_rad, root: '{rad}'}}\noutput_dir: '{tmp_path / 'run'}'\n")
+    cases = [
+        (["data", "check", tmp_path / "absent.jsonl"], "absent.jsonl not found"),
+        (["eval", "run", config, f"backend.model={tmp_path}"], "is not a saved model folder"),
+        (["eval", "run", config, "backend.kind=vlm"], "unknown engine 'vlm'; known: local, openai, vllm, majority"),
+        (["eval", "run", config, "benchmark.name=vqarad"], "unknown benchmark 'vqarad'"),
+    ]
+    for args, message in cases:
+        code, err = medvl(*args)
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from medvl.errors import UserError
 from medvl.io.files import atomic_write_text
 
 __all__ = [
@@ -29,8 +30,11 @@ __all__ = [
 ]
 
 
-class JsonlLineError(ValueError):
-    """A line that is not a JSON object; carries the file, line number and reason."""
+class JsonlLineError(UserError, ValueError):
+    """A line that is not a JSON object; carries the file, line number and reason.
+
+    Readers that go on past bad lines get it as a value (`iter_jsonl`); `read_records` raises it, a
+    `UserError` naming the file and line."""
 
     def __init__(self, path: str | Path, line_number: int, reason: str):
         self.path, self.line_number, self.reason = str(path), line_number, reason

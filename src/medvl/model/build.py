@@ -29,6 +29,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
+from medvl.config import ConfigError
 from medvl.model.dtypes import torch_dtype
 from medvl.model.families import text_config
 from medvl.model.offline import resolve_asset
@@ -160,7 +161,7 @@ def _vision_part(vision: VisionSpec) -> tuple[Any, dict | None, dict]:
     config = getattr(full, "vision_config", full)
     family = "clip" if config.model_type.startswith("clip") else "siglip"
     if family != vision.family:
-        raise ValueError(f"vision.path {path} holds a {config.model_type} model but vision.family={vision.family!r}")
+        raise ConfigError(f"vision.path {path} holds a {config.model_type} model but vision.family={vision.family!r}")
     tower_class = CLIPVisionModel if family == "clip" else SiglipVisionModel
     tower = tower_class.from_pretrained(path)
     return tower.config, tower.state_dict(), _preprocessor_stats(Path(path))

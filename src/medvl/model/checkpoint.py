@@ -14,15 +14,20 @@ from typing import Any
 
 import torch
 
+from medvl.errors import UserError
 from medvl.io.files import atomic_write_text
 from medvl.model.dtypes import resolve_dtype
 
-__all__ = ["save_model", "load_model", "DISCLAIMER"]
+__all__ = ["save_model", "load_model", "NotAModelFolder", "DISCLAIMER"]
 
 DISCLAIMER = (
     "Research use only: outputs of this model are not medical advice and must not be used for "
     "diagnosis or treatment decisions."
 )
+
+class NotAModelFolder(UserError, FileNotFoundError):
+    """A path given as a saved model that holds none."""
+
 
 _CARD = """---
 library_name: transformers
@@ -74,7 +79,7 @@ def load_model(path: str | Path, dtype: str | torch.dtype | None = "auto", devic
 
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a saved model folder (no config.json)")
+        raise NotAModelFolder(f"{path} is not a saved model folder (no config.json)")
     processor = AutoProcessor.from_pretrained(path)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=resolve_dtype(dtype))
     if device:

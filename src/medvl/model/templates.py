@@ -35,16 +35,21 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from medvl.errors import UserError
 from medvl.model.families import CHAT_FORMATS
 
 __all__ = [
-    "TEMPLATE_NAMES", "STOP_STRINGS", "shipped_template", "image_aware", "resolve_chat_template", "guess_format",
+    "TEMPLATE_NAMES", "STOP_STRINGS", "TemplateError", "shipped_template", "image_aware", "resolve_chat_template", "guess_format",
     "text_start", "single_bos",
 ]
 
 TEMPLATE_NAMES = tuple(CHAT_FORMATS)
 # End-of-turn markers that end generation besides the tokenizer's EOS.
 STOP_STRINGS = {name: list(chat.stop_strings) for name, chat in CHAT_FORMATS.items()}
+
+
+class TemplateError(UserError, ValueError):
+    """A chat template that cannot be chosen: an unknown name, or a tokenizer without a usable one."""
 _PLACEHOLDER = "@IMAGE@"
 _TEXT_START = "@TEXT_START@"
 
@@ -65,7 +70,7 @@ def image_aware(template: str, image_placeholder: str = "<image>", text_start_wi
 def shipped_template(name: str, image_placeholder: str = "<image>", text_start_with: str = "") -> str:
     """One of medvl's templates, image-aware."""
     if name not in TEMPLATE_NAMES:
-        raise ValueError(f"unknown chat template {name!r}; choose one of {', '.join(TEMPLATE_NAMES)} or 'auto'")
+        raise TemplateError(f"unknown chat template {name!r}; choose one of {', '.join(TEMPLATE_NAMES)} or 'auto'")
     return image_aware(_read(name), image_placeholder, text_start_with)
 
 
@@ -89,11 +94,11 @@ def resolve_chat_template(name: str, tokenizer: Any, image_token: str = "<image>
     if name == "auto":
         own = getattr(tokenizer, "chat_template", None)
         if not own:
-            raise ValueError(
+            raise TemplateError(
                 "the tokenizer has no chat template; set chat_template to one of " + ", ".join(TEMPLATE_NAMES)
             )
         if not isinstance(own, str):
-            raise ValueError("the tokenizer has several named chat templates; pick one by name")
+            raise TemplateError("the tokenizer has several named chat templates; pick one by name")
         return image_aware(own, placeholder, start)
     return shipped_template(name, placeholder, start)
 

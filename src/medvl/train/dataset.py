@@ -30,7 +30,7 @@ from medvl.io.images import ImageLoadError
 from medvl.io.jsonl import RejectLog
 from medvl.records import to_messages
 from medvl.train.encode import IGNORE_INDEX, ChatEncoder
-from medvl.train.sources import LoadedSource, open_image
+from medvl.train.sources import DataError, LoadedSource, open_image
 
 __all__ = ["TrainDataset", "Collator", "STAT_KEYS", "epoch_sampler"]
 
@@ -43,7 +43,7 @@ class TrainDataset(Dataset):
     def __init__(self, sources: list[LoadedSource], entries: list[tuple[int, int]], encoder: ChatEncoder,
                  image_processor: Any, runtime_rejects: str | Path | None = None):
         if not entries:
-            raise ValueError("no usable training records (see the data check report)")
+            raise DataError("no usable training records (see the data check report)")
         self.sources, self.entries, self.encoder = sources, entries, encoder
         self.image_processor = image_processor
         self.runtime_rejects = Path(runtime_rejects) if runtime_rejects else None
@@ -58,7 +58,8 @@ class TrainDataset(Dataset):
                 return self.example(position)
             except ImageLoadError as exc:
                 self._record_failure(position, exc)
-        raise RuntimeError(f"{_MAX_SUBSTITUTIONS} consecutive samples from {index} failed to load their images")
+        raise DataError(f"{_MAX_SUBSTITUTIONS} consecutive samples from {index} failed to load their images "
+                        "(see rejects.runtime.jsonl)")
 
     def example(self, position: int) -> dict[str, torch.Tensor]:
         source_index, row_index = self.entries[position]

@@ -20,10 +20,10 @@ from typing import Any
 
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from medvl.errors import Rejection
+from medvl.errors import Rejection, UserError
 from medvl.records import message_image_count
 
-__all__ = ["EncodeError", "Encoded", "ChatEncoder", "IGNORE_INDEX"]
+__all__ = ["EncodeError", "EncoderUnusable", "Encoded", "ChatEncoder", "IGNORE_INDEX"]
 
 IGNORE_INDEX = -100
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -31,6 +31,10 @@ _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 class EncodeError(Rejection):
     """A conversation that cannot become a training example; `.reason` is a short code."""
+
+
+class EncoderUnusable(UserError, ValueError):
+    """A processor that cannot encode training data at all (slow tokenizer, no chat template)."""
 
 
 @dataclass
@@ -52,10 +56,10 @@ class ChatEncoder:
                  overlong: str = "truncate", chat_template: str | None = None):
         self.tokenizer = processor.tokenizer
         if not getattr(self.tokenizer, "is_fast", False):
-            raise ValueError("training needs a fast tokenizer (character offsets locate the assistant spans)")
+            raise EncoderUnusable("training needs a fast tokenizer (character offsets locate the assistant spans)")
         self.template = chat_template or processor.chat_template
         if not self.template:
-            raise ValueError("the processor has no chat template")
+            raise EncoderUnusable("the processor has no chat template")
         self.image_token_id = processor.image_token_id
         self.tokens_per_image = image_token_count(processor)
         self.max_length = max_length

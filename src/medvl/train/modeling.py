@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from medvl.config import ConfigError
+from medvl.errors import UserError
 from medvl.model.dtypes import torch_dtype
 from medvl.train.config import LoraSettings, ModelSource, TrainConfig
 
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 COMPONENTS = ("vision", "projector", "llm")
 
 
-class LoraUnavailable(RuntimeError):
+class LoraUnavailable(UserError, RuntimeError):
     """QLoRA asked for where it cannot run (no CUDA GPU or no bitsandbytes)."""
 
 
@@ -120,7 +122,7 @@ def add_lora(model: Any, lora: LoraSettings, policy: dict[str, bool]) -> Any:
     from peft import LoraConfig, get_peft_model
 
     if not policy["llm"]:
-        raise ValueError("lora.enabled needs a stage that trains the LLM (instruct / finetune, or trainable.llm)")
+        raise ConfigError("lora.enabled needs a stage that trains the LLM (instruct / finetune, or trainable.llm)")
     targets = "|".join(lora.target_modules)
     config = LoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from medvl.config import dump_config
+from medvl.config import ConfigError, dump_config
 from medvl.io.files import atomic_write_json
 from medvl.io.process import RunLock, die_with_launcher
 from medvl.model.dtypes import torch_dtype
@@ -221,7 +221,7 @@ def prepare_data(config: TrainConfig, processor: Any, out_dir: Path, progress: b
                  ) -> tuple[CheckReport, list, ChatEncoder, list[tuple[int, int]]]:
     """Load and validate the sources (reusing a matching data check) and build the epoch's mix."""
     if not config.data.sources:
-        raise ValueError("data.sources is empty: add at least one LLaVA JSON/JSONL file or HF dataset")
+        raise ConfigError("data.sources is empty: add at least one LLaVA JSON/JSONL file or HF dataset")
     data = config.data
     encoder = ChatEncoder(processor, data.max_length, last_turn_only=data.last_turn_only, overlong=data.overlong)
     sources = [load_source(s) for s in data.sources]
@@ -260,7 +260,7 @@ def _train(config: TrainConfig, args: TrainingArguments, callbacks: Sequence[Tra
         model = add_lora(model, config.lora, policy)
     params = component_params(model)
     if not any(p["trainable"] for p in params.values()):
-        raise ValueError(f"nothing to train: the policy {policy} freezes every component")
+        raise ConfigError(f"nothing to train: the policy {policy} freezes every component")
     log.info("stage %s, trainable: %s", config.stage,
              {name: f"{p['trainable']:,}/{p['total']:,}" for name, p in params.items()})
     vision = model.config.vision_config
@@ -320,7 +320,7 @@ def _resume_from(config: TrainConfig, out: Path) -> str | None:
             log.info("resuming from %s", last)
         return last
     if not Path(config.save.resume).is_dir():
-        raise FileNotFoundError(f"save.resume: checkpoint folder {config.save.resume} not found")
+        raise ConfigError(f"save.resume: checkpoint folder {config.save.resume} not found")
     return config.save.resume
 
 
@@ -355,7 +355,7 @@ def _is_sharded(trainer: Trainer) -> bool:
 
 def _check_lora_sharding(trainer: Trainer, config: TrainConfig) -> None:
     if config.lora.enabled and _is_sharded(trainer):
-        raise ValueError("LoRA with ZeRO-3 / FSDP is not supported: use the ZeRO-2 or DDP accelerate config "
+        raise ConfigError("LoRA with ZeRO-3 / FSDP is not supported: use the ZeRO-2 or DDP accelerate config "
                          "(adapters are small; the frozen base fits per device)")
 
 

@@ -17,15 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medvl.errors import UserError
 from medvl.io.images import load_image, to_rgb
 from medvl.io.jsonl import JsonlLineError, iter_jsonl
 from medvl.records import record_id, record_images
 from medvl.train.config import SourceConfig
 
-__all__ = ["LoadedSource", "load_source", "ImageRef", "open_image", "mix_entries"]
+__all__ = ["DataError", "LoadedSource", "load_source", "ImageRef", "open_image", "mix_entries"]
 
 # An image as a row holds it: a resolved path, raw bytes, or an already decoded PIL image.
 ImageRef = Any
+
+
+class DataError(UserError, ValueError):
+    """Training data that cannot be used: a source file that is not there, no usable record, images that
+    stopped loading mid-run. The message names the source or the report to read."""
 
 
 @dataclass
@@ -70,7 +76,7 @@ def load_source(config: SourceConfig) -> LoadedSource:
     if config.path is not None:
         path = Path(config.path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"data source {config.label()!r}: {path} not found")
+            raise DataError(f"data source {config.label()!r}: {path} not found")
         rows = [item for _, item in iter_jsonl(path)]
         stat = path.stat()
         fingerprint = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
