@@ -138,3 +138,19 @@ def test_estimate_sends_nothing_and_counts_cached_requests(mock_server, tmp_path
     assert estimate.max_completion_tokens == 300
     assert estimate.cost_usd == pytest.approx(estimate.prompt_tokens + 2 * 300)
     assert "1 cached, 3 to send" in estimate.summary()
+
+
+def test_rate_limiter_serves_waiters_in_arrival_order():
+    async def run() -> list[str]:
+        limiter = RateLimiter(per_minute=600)  # 10 per second, bucket of 10
+        await limiter.acquire(10)  # the bucket is empty now
+        done: list[str] = []
+
+        async def take(name: str, amount: float) -> None:
+            await limiter.acquire(amount)
+            done.append(name)
+
+        await asyncio.gather(take("long prompt", 8), take("short", 1), take("short again", 1))
+        return done
+
+    assert asyncio.run(run()) == ["long prompt", "short", "short again"]  # the small ones do not overtake

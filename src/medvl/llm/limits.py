@@ -1,17 +1,20 @@
-"""`RateLimiter`: an async token bucket for requests-per-minute and tokens-per-minute quotas.
+"""`RateLimiter`: the pacer of requests-per-minute and tokens-per-minute quotas, on aiolimiter.
 
-The bucket refills continuously at `per_minute / 60` units per second and holds at most one
-second's worth (at least one request's worth), so the quota is spread evenly over the minute rather
-than spent in a burst at its start: providers enforce their per-minute limits at sub-minute
-granularity, and an even pace is what avoids 429s. Waiters are served first come, first served.
-A request larger than the bucket waits for a full bucket and then drives it negative (it is not
-refused), so the average rate still holds.
+aiolimiter's leaky bucket (`AsyncLimiter`) does the timing. medvl sizes the bucket to one second's
+worth (at least one request's worth), so the quota is spread evenly over the minute rather than
+spent in a burst at its start: providers enforce their per-minute limits at sub-minute granularity,
+and an even pace is what avoids 429s. Two things are added around it:
+- waiters are served first come, first served (aiolimiter alone lets smaller amounts overtake,
+  which could hold a long prompt back indefinitely);
+- an amount larger than the bucket is not refused: it is taken in bucket-sized parts, each waiting
+  its turn, so the average rate still holds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+
+from aiolimiter import AsyncLimiter
 
 __all__ = ["RateLimiter"]
 
@@ -22,23 +25,15 @@ class RateLimiter:
     def __init__(self, per_minute: float):
         if per_minute <= 0:
             raise ValueError(f"per_minute must be positive, got {per_minute}")
-        self.rate = per_minute / 60.0
-        self.capacity = max(self.rate, 1.0)
-        self._level = self.capacity
-        self._stamp = time.monotonic()
-        self._lock = asyncio.Lock()
-
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self._level = min(self.capacity, self._level + (now - self._stamp) * self.rate)
-        self._stamp = now
+        rate = per_minute / 60.0
+        capacity = max(rate, 1.0)
+        self._bucket = AsyncLimiter(capacity, time_period=capacity / rate)
+        self._turn = asyncio.Lock()
 
     async def acquire(self, amount: float = 1.0) -> None:
-        """Wait until `amount` units fit in the bucket, then take them."""
-        async with self._lock:
-            needed = min(amount, self.capacity)
-            self._refill()
-            while self._level < needed:
-                await asyncio.sleep((needed - self._level) / self.rate)
-                self._refill()
-            self._level -= amount
+        """Wait until `amount` units have been let through the bucket, in arrival order."""
+        async with self._turn:
+            while amount > 0:
+                part = min(amount, self._bucket.max_rate)
+                await self._bucket.acquire(part)
+                amount -= part
