@@ -140,6 +140,16 @@ def test_estimate_sends_nothing_and_counts_cached_requests(mock_server, tmp_path
     assert "1 cached, 3 to send" in estimate.summary()
 
 
+def test_runtime_fields_are_declared_on_the_config():
+    from medvl.llm.config import LLMConfig
+
+    assert LLMConfig.runtime_fields() == {
+        "api_key_env", "max_concurrency", "requests_per_minute", "tokens_per_minute", "timeout_s", "max_retries",
+        "backoff_initial_s", "backoff_max_s", "bad_response_retries", "cache_dir", "price_input_per_mtok",
+        "price_output_per_mtok", "image_token_estimate"}
+    assert not LLMConfig.runtime_fields() & {"base_url", "model", "temperature", "max_tokens", "extra_body"}
+
+
 def test_rate_limiter_serves_waiters_in_arrival_order():
     async def run() -> list[str]:
         limiter = RateLimiter(per_minute=600)  # 10 per second, bucket of 10
