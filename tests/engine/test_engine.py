@@ -1,5 +1,6 @@
-"""The generation-engine interface: one batched `generate`, its one-by-one retry, the registry, and
-the local and vLLM engines (vLLM through a stand-in module: it is not installed here)."""
+"""The generation-engine interface: one batched `generate`, its one-by-one retry, per-request seeds and
+stop checks, the registry, and the local and vLLM engines (vLLM through a stand-in module: it is not
+installed here)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,14 @@ def test_a_failed_batch_is_retried_one_by_one_and_only_the_bad_request_fails():
         engine.generate([ask("a"), ask("misconfigured")])
 
 
+def test_a_request_no_longer_wanted_is_not_started():
+    engine = Picky()
+    gone = Request(ask("b").messages, item="b", should_stop=lambda: True)
+    replies = engine.generate([ask("a"), gone, ask("boom")])
+    assert [(r.text, r.finish_reason) for r in replies] == [("A", "stop"), (None, "cancelled"), (None, "error")]
+    assert engine.batches == [2, 1, 1]  # the stopped request is in no batch
+
+
 def test_a_registered_engine_is_made_by_name():
     register_engine("picky")(Picky)
     try:
@@ -66,6 +75,22 @@ def test_local_engine_answers_a_batch_around_a_request_it_cannot_run(tiny_model_
     assert replies[0].prompt_tokens > replies[2].prompt_tokens  # the image's tokens
 
 
+def test_local_engine_seeds_each_request_and_stops_it_when_asked(tiny_model_dir):
+    settings = GenerationSettings(max_new_tokens=6, do_sample=True, temperature=1.5, batch_size=8)
+    engine = make_engine(EngineConfig(kind="local", model=str(tiny_model_dir)), settings)
+
+    def seeded(text: str, seed: int) -> Request:
+        return Request(ask(text).messages, seed=seed)
+
+    alone = engine.generate([seeded("Describe it.", 5)])[0]
+    crowded = engine.generate([seeded("Other?", 1), seeded("Describe it.", 5), seeded("More?", 2)])[1]
+    assert (alone.text, alone.new_tokens) == (crowded.text, crowded.new_tokens)  # its seed, not its neighbours
+    asked = []
+    stop_after_two = Request(ask("Describe it.").messages, should_stop=lambda: asked.append(1) or len(asked) > 2)
+    cancelled = engine.generate([stop_after_two])[0]
+    assert cancelled.finish_reason == "cancelled" and cancelled.new_tokens < 6
+
+
 def test_vllm_engine_sends_openai_messages_and_reads_vllm_outputs(monkeypatch, rgb_image):
     calls = {}
 
@@ -83,11 +108,13 @@ def test_vllm_engine_sends_openai_messages_and_reads_vllm_outputs(monkeypatch, r
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=sampling_params))
     config = EngineConfig(kind="vllm", model="runs/m", vllm_args={"max_model_len": 2048}, max_image_side=32)
-    replies = make_engine(config, GenerationSettings(max_new_tokens=7, seed=3)).generate([ask("Normal?", [rgb_image])])
-    assert replies == [Reply("yes", 3, 2, "stop")]
+    own_seed = Request(ask("Sure?").messages, seed=11)
+    replies = make_engine(config, GenerationSettings(max_new_tokens=7, seed=3)).generate(
+        [ask("Normal?", [rgb_image]), own_seed])
+    assert replies == [Reply("yes", 3, 2, "stop")] * 2
     assert calls["init"] == ("runs/m", {"max_model_len": 2048})
     conversation, params = calls["chat"][0][0], calls["chat"][1]
-    assert params == {"temperature": 0.0, "max_tokens": 7, "repetition_penalty": 1.0, "seed": 3}
+    assert params == [{"temperature": 0.0, "max_tokens": 7, "repetition_penalty": 1.0, "seed": seed} for seed in (3, 11)]
     image, text = conversation[0]["content"]
     assert image["image_url"]["url"].startswith("data:image/jpeg;base64,") and text["text"] == "Normal?"
 

@@ -2,10 +2,15 @@
 
 A `Request` is one conversation in medvl's content parts (`{"type": "image"}` where each image
 goes, as `medvl.records.to_messages` makes them) plus the decoded images in that order, and the
-caller's own `item`, which engines pass by (baselines may read it). `Engine.generate` answers a batch
-with one `Reply` per request, in order: an engine implements `run` for a whole batch, and when `run`
-raises, `generate` retries the batch one request at a time, so only the request that fails gets a
-reply with `error` set (a `UserError` — a setting to fix — is raised as it is).
+caller's own `item`, which engines pass by (baselines may read it). Two optional hooks serve callers
+that share an engine between clients (a server): `seed`, the request's own sampling seed (default:
+the generation settings' seed), and `should_stop`, asked while the request waits and runs; once it
+answers True the request ends with finish reason "cancelled".
+
+`Engine.generate` answers a batch with one `Reply` per request, in order. An engine implements
+`run` for a whole batch; `generate` does the rest, in this one place: requests already stopped are
+not started, and when `run` raises, the batch is retried one request at a time, so only the request
+that fails gets a reply with `error` set (a `UserError` — a setting to fix — is raised as it is).
 
 Engines are registered by name (`@register_engine("local")` on a class taking `(EngineConfig,
 GenerationSettings)`); `make_engine(config, settings)` builds the one `config.kind` names.
@@ -40,6 +45,11 @@ class Request:
     messages: list[dict[str, Any]]
     images: list[Any] = field(default_factory=list)  # decoded PIL images, in the order of the image parts
     item: Any = None  # the caller's own (evaluation: the benchmark item); engines pass it by
+    seed: int | None = None  # this request's sampling seed (None: the generation settings' seed)
+    should_stop: Callable[[], bool] | None = None  # True once the request is no longer wanted
+
+    def stopped(self) -> bool:
+        return self.should_stop is not None and self.should_stop()
 
 
 @dataclass
@@ -47,7 +57,7 @@ class Reply:
     text: str | None
     prompt_tokens: int | None = None
     new_tokens: int | None = None
-    finish_reason: str = "stop"  # "stop", "length", or "error"
+    finish_reason: str = "stop"  # "stop", "length", "cancelled" (its should_stop said so), or "error"
     error: str | None = None
 
     @classmethod
@@ -59,7 +69,15 @@ class Engine(ABC):
     """Answers batches of requests; subclasses implement `run`."""
 
     def generate(self, requests: Sequence[Request]) -> list[Reply]:
-        """One reply per request, in order; a batch `run` cannot answer is retried one request at a time."""
+        """One reply per request, in order (see the module notes: stopped requests, the one-by-one retry)."""
+        replies: list[Reply | None] = [Reply(None, finish_reason="cancelled") if r.stopped() else None
+                                       for r in requests]
+        todo = [index for index, reply in enumerate(replies) if reply is None]
+        for index, reply in zip(todo, self._answer([requests[i] for i in todo]) if todo else []):
+            replies[index] = reply
+        return replies  # type: ignore[return-value]
+
+    def _answer(self, requests: list[Request]) -> list[Reply]:
         try:
             return self.run(requests)
         except UserError:

@@ -1,5 +1,6 @@
 """`local`: a saved native model answering in batches through `medvl.model.generate.Generator`
-(left-padded, grouped by length, greedy unless the generation settings sample)."""
+(left-padded, grouped by length, greedy unless the generation settings sample). Each request's
+`seed` seeds its own sampling, and its `should_stop` ends its row at the next token."""
 
 from __future__ import annotations
 
@@ -23,5 +24,8 @@ class LocalEngine(Engine):
                                                    settings=settings)
 
     def run(self, requests: Sequence[Request]) -> list[Reply]:
-        results = self.generator.generate([r.messages for r in requests], [r.images for r in requests])
+        default = self.generator.settings.seed
+        results = self.generator.generate([r.messages for r in requests], [r.images for r in requests],
+                                          seeds=[default if r.seed is None else r.seed for r in requests],
+                                          should_stop=[r.should_stop for r in requests])
         return [Reply(r.text, r.prompt_tokens, r.new_tokens, r.finish_reason) for r in results]

@@ -1,8 +1,9 @@
 """`openai`: any OpenAI-compatible server (vLLM's, GPT-4o, `medvl serve`) through `medvl.llm.client`.
 
 Images go as JPEG data URLs (longest side `max_image_side`); temperature comes from the `llm`
-section (0 by default) and `max_tokens` from the generation settings. A request the endpoint fails
-(after the client's retries) gets a reply with `error`; the others are answered.
+section (0 by default), `max_tokens` from the generation settings, and a request's `seed` goes as
+the API's `seed`. A request the endpoint fails (after the client's retries) gets a reply with
+`error`; the others are answered.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class OpenAIEngine(Engine):
     def run(self, requests: Sequence[Request]) -> list[Reply]:
         from medvl.llm.messages import ChatRequest, LLMError
 
-        chat = [ChatRequest(to_openai_messages(r.messages, r.images, self.max_side), self.params) for r in requests]
+        chat = [ChatRequest(to_openai_messages(r.messages, r.images, self.max_side),
+                            self.params if r.seed is None else {**self.params, "seed": r.seed}) for r in requests]
         replies = []
         for result in self.client.run_many(chat, progress=False):
             if isinstance(result, LLMError):

@@ -1,7 +1,8 @@
 """`vllm`: vLLM's offline engine (`vllm.LLM.chat`), used only where vllm is installed.
 
-Thin on purpose and not exercised by the CPU test suite: it sends the same OpenAI-style messages as
-`openai`, with greedy `SamplingParams` (the generation settings' token limit, repetition penalty, seed).
+Thin on purpose: it sends the same OpenAI-style messages as `openai`, with greedy `SamplingParams`
+per request (the generation settings' token limit and repetition penalty; the request's seed, else
+the settings'). The CPU test suite runs it against a stand-in `vllm` module.
 """
 
 from __future__ import annotations
@@ -27,12 +28,16 @@ class VLLMEngine(Engine):
         except ImportError as exc:
             raise VLLMMissing("the vllm engine needs vllm installed (pip install 'medvl[vllm]')") from exc
         self.engine = LLM(model=config.model, **config.vllm_args)
-        self.params = SamplingParams(temperature=0.0, max_tokens=settings.max_new_tokens,
-                                     repetition_penalty=settings.repetition_penalty, seed=settings.seed)
+        self.sampling = SamplingParams
+        self.settings = settings
         self.max_side = config.max_image_side
 
     def run(self, requests: Sequence[Request]) -> list[Reply]:
         conversations = [to_openai_messages(r.messages, r.images, self.max_side) for r in requests]
-        outputs = self.engine.chat(conversations, self.params, use_tqdm=False)
+        settings = self.settings
+        params = [self.sampling(temperature=0.0, max_tokens=settings.max_new_tokens,
+                                repetition_penalty=settings.repetition_penalty,
+                                seed=settings.seed if r.seed is None else r.seed) for r in requests]
+        outputs = self.engine.chat(conversations, params, use_tqdm=False)
         return [Reply(o.outputs[0].text.strip(), len(o.prompt_token_ids), len(o.outputs[0].token_ids),
                       o.outputs[0].finish_reason or "stop") for o in outputs]
