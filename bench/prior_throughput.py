@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _images(count: int) -> list[str]:
-    from medvl.eval.benchmarks import load_benchmark
+    from medvl.benchmarks import load_benchmark
 
     items = load_benchmark("vqa_rad", ROOT / "data" / "vqa-rad", split="train").items
     return sorted({path for item in items for path in item.images})[:count]

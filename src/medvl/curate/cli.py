@@ -28,9 +28,9 @@ STAGE_HELP = "stop after this stage: prepare, dedup, decontaminate, sample, gene
 
 
 def benchmark_reference(benchmarks: list[tuple[str, str, str, dict]]) -> list:
-    """(name, root, split, options) → the benchmark items as `ReferenceItem`s (via medvl eval's loaders)."""
+    """(name, root, split, options) → the benchmark items as `ReferenceItem`s (via `medvl.benchmarks`)."""
     from medvl.curate.decontaminate import ReferenceItem
-    from medvl.eval.benchmarks import load_benchmark
+    from medvl.benchmarks import load_benchmark
 
     items = []
     for name, root, split, options in benchmarks:

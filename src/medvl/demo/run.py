@@ -160,14 +160,12 @@ def curate(config: DemoConfig, out: Path) -> dict[str, Any]:
 def finetune_data(vqa_rad: Path, data_dir: Path) -> dict[str, Any]:
     """VQA-RAD train split as conversations, phrased as the evaluation asks: short-answer prompts for
     every question, plus the lettered multiple-choice form of each yes/no question."""
-    from medvl.eval.benchmarks import load_benchmark
-    from medvl.eval.benchmarks.base import closed_as_choice
-    from medvl.eval.prompts import build_prompt
+    from medvl.benchmarks import closed_as_choice, default_prompt, load_benchmark
 
     train = load_benchmark("vqa_rad", vqa_rad, split="train")
-    records = [_record(item, build_prompt(item, "short"), item.answer.strip()) for item in train.items]
+    records = [_record(item, default_prompt(item, "short"), item.answer.strip()) for item in train.items]
     choice_items, _ = closed_as_choice(train.items)
-    records += [_record(item, build_prompt(item), item.answer_letter, suffix="-choice") for item in choice_items]
+    records += [_record(item, default_prompt(item), item.answer_letter, suffix="-choice") for item in choice_items]
     write_jsonl(data_dir / "vqa_rad_train.jsonl", records)
     return {"train_questions": len(train.items), "records": len(records), "choice_records": len(choice_items),
             "missing_images": len(train.missing_images), "test_overlap": split_overlap(train, vqa_rad)}
@@ -176,7 +174,7 @@ def finetune_data(vqa_rad: Path, data_dir: Path) -> dict[str, Any]:
 def split_overlap(train: Any, vqa_rad: Path) -> dict[str, int]:
     """How much of VQA-RAD test the train split shows: the test images that are train images too (the same
     files: the splits share images by design) and the test questions asked on them."""
-    from medvl.eval.benchmarks import load_benchmark
+    from medvl.benchmarks import load_benchmark
 
     test = load_benchmark("vqa_rad", vqa_rad, split="test")
     train_images = {path for item in train.items for path in item.images}
@@ -187,9 +185,8 @@ def split_overlap(train: Any, vqa_rad: Path) -> dict[str, int]:
 
 
 def _record(item: Any, prompt: str, answer: str, suffix: str = "") -> dict[str, Any]:
-    record = item.to_record(prompt)
+    record = item.to_record(prompt, answer)
     record["id"] += suffix
-    record["conversations"][1]["value"] = answer
     return record
 
 
@@ -199,7 +196,7 @@ def visual_prior(config: DemoConfig, vqa_rad: Path) -> dict[str, Any]:
         return {"skipped": f"model.vision.path is set: the pretrained tower {config.model.vision.path} is used"}
     if not config.prior.enabled:
         return {"skipped": "prior.enabled=false: the tower starts from random weights"}
-    from medvl.eval.benchmarks import load_benchmark
+    from medvl.benchmarks import load_benchmark
     from medvl.model.prior import PriorConfig, cached_prior
 
     if not isinstance(config.model.vision_feature_layer, int):
@@ -281,7 +278,8 @@ def train_stage(config: DemoConfig, stage: str, start: Path, sources: list[dict[
 
 
 def evaluate(config: DemoConfig, vqa_rad: Path, out: Path, protocol: str, system: str) -> dict[str, Any]:
-    from medvl.eval.runner import EvalConfig, run_eval
+    from medvl.eval.config import EvalConfig
+    from medvl.eval.runner import run_eval
 
     run_dir = out / "eval" / f"{protocol}-{system}"
     eval_config = EvalConfig.model_validate({

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medvl.benchmarks.prompts import default_prompt as build_prompt  # temporary alias: demo imports it here
-
-__all__ = ["build_messages", "build_prompt"]
+__all__ = ["build_messages"]
 
 
 def build_messages(prompt: str, n_images: int, system: str | None = None) -> list[dict[str, Any]]:

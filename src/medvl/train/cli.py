@@ -115,7 +115,7 @@ def _run_check(target: Path, overrides: list[str], image_root: Optional[Path], m
 
 @data_app.command("convert")
 def convert(
-    benchmark: str = typer.Argument(..., help="vqa_rad | slake | pathvqa | pmc_vqa | ... (medvl eval's loaders)"),
+    benchmark: str = typer.Argument(..., help="vqa_rad | slake | pathvqa | pmc_vqa | ... (medvl.benchmarks)"),
     root: Path = typer.Argument(..., help="the benchmark's release folder"),
     out: Path = typer.Option(..., help="output LLaVA JSONL"),
     split: str = typer.Option("train", help="split to convert"),
