@@ -11,10 +11,12 @@ import base64
 import html
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from medvl.curate.decontaminate import Contamination, ReferenceItem
 from medvl.io.files import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from medvl.curate.decontaminate import Contamination, ReferenceItem
 
 __all__ = ["write_decontamination_report"]
 

@@ -40,16 +40,18 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from datatrove.data import Document, DocumentsPipeline, Media, MediaType
 from datatrove.pipeline.base import PipelineStep
 from tqdm.auto import tqdm
 
-from medvl.curate.config import SourceConfig
 from medvl.curate.licences import normalise_licence
 from medvl.curate.vocab import infer_modality
 from medvl.io.jsonl import decode_problem
+
+if TYPE_CHECKING:
+    from medvl.curate.config import SourceConfig
 
 __all__ = ["IngestError", "SourceReader", "make_document", "doc_images", "doc_meta", "IMAGE_SUFFIXES"]
 
