@@ -26,7 +26,7 @@ class Picky(Engine):
     def __init__(self, config: EngineConfig | None = None, settings: GenerationSettings | None = None):
         self.batches: list[int] = []
 
-    def run(self, requests):
+    def run(self, requests, settings=None):
         self.batches.append(len(requests))
         if any(r.item == "boom" for r in requests):
             raise RuntimeError("cannot answer boom")

@@ -1,4 +1,5 @@
-"""Fixtures for serving tests: one Generator over the tiny model, real servers on 127.0.0.1."""
+"""Fixtures for serving tests: one Generator over the tiny model, real servers on 127.0.0.1 serving it
+through the local engine (or any engine a test gives)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from medvl.engine.local import LocalEngine
 from medvl.model.generate import Generator
 from medvl.serve.config import ServeConfig
 from medvl.serve.server import ServerThread
@@ -19,13 +21,14 @@ def generator(tiny_model) -> Generator:
 
 @pytest.fixture
 def serve(generator):
-    """`with serve(**config) as url:` a real uvicorn server in a thread (port chosen by the OS)."""
+    """`with serve(**config) as url:` a real uvicorn server in a thread (port chosen by the OS), serving
+    `gen` (a generator) through the local engine, or `engine`."""
 
     @contextmanager
-    def start(gen: Any = None, **fields: Any) -> Iterator[str]:
+    def start(gen: Any = None, engine: Any = None, **fields: Any) -> Iterator[str]:
         fields.setdefault("api_key_env", None)
         config = ServeConfig(port=0, model_name="tiny", **fields)
-        with ServerThread(gen or generator, config) as url:
+        with ServerThread(engine or LocalEngine(gen or generator), config) as url:
             yield url
 
     return start

@@ -90,12 +90,13 @@ def test_the_deadline_answers_504_and_frees_the_model(serve, slow):
 
 
 def test_shutdown_drains_with_json_503_and_a_final_stream_event(serve, slow, generator):
+    from medvl.engine.local import LocalEngine
     from medvl.serve.config import ServeConfig
     from medvl.serve.server import ServerThread
 
     config = ServeConfig(port=0, model_name="tiny", api_key_env=None, max_batch_size=1,
                          limits={"drain_timeout_s": 0.5})
-    server = ServerThread(generator, config)
+    server = ServerThread(LocalEngine(generator), config)
     url = server.__enter__()
     events: list[str] = []
     queued: list[httpx.Response] = []

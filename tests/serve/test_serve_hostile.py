@@ -123,7 +123,7 @@ def test_host_header_allow_list(serve):
 
 @pytest.fixture(scope="module")
 def admission(generator):
-    return Admission(generator, Limits(max_messages=8, max_text_chars=1000))
+    return Admission(generator.processor, Limits(max_messages=8, max_text_chars=1000))
 
 
 def _refusal(call, *args) -> APIError:

@@ -7,20 +7,27 @@ that share an engine between clients (a server): `seed`, the request's own sampl
 the generation settings' seed), and `should_stop`, asked while the request waits and runs; once it
 answers True the request ends with finish reason "cancelled".
 
-`Engine.generate` answers a batch with one `Reply` per request, in order. An engine implements
-`run` for a whole batch; `generate` does the rest, in this one place: requests already stopped are
-not started, and when `run` raises, the batch is retried one request at a time, so only the request
-that fails gets a reply with `error` set (a `UserError` — a setting to fix — is raised as it is).
+`Engine.generate(requests, settings)` answers a batch with one `Reply` per request, in order, all
+with the same generation settings (None: the engine's own). An engine implements `run` for a whole
+batch; `generate` does the rest, in this one place: requests already stopped are not started, and
+when `run` raises, the batch is retried one request at a time, so only the request that fails gets
+a reply with `error` set (a `UserError` — a setting to fix — is raised as it is).
 
-Engines are registered by name (`@register_engine("local")` on a class taking `(EngineConfig,
-GenerationSettings)`); `make_engine(config, settings)` builds the one `config.kind` names.
+`Engine.stream(request, settings)` gives one answer's text as it is made (a `ReplyStream`); an
+engine that cannot stream answers whole, as one delta. An engine that can be served (`medvl serve`)
+also sets `processor` (the model's processor: the server measures prompts with it before they are
+queued) and `context_length`.
+
+Engines are registered by name (`@register_engine("local")` on a class, or a function, taking
+`(EngineConfig, GenerationSettings)`); `make_engine(config, settings)` builds the one `config.kind`
+names.
 """
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -34,8 +41,8 @@ from medvl.registry import Registry
 if TYPE_CHECKING:
     from medvl.model.generate import GenerationSettings
 
-__all__ = ["ENGINES", "Engine", "EngineConfig", "Reply", "Request", "make_engine", "register_engine",
-           "to_openai_messages"]
+__all__ = ["ENGINES", "Engine", "EngineConfig", "EngineFailed", "Reply", "ReplyStream", "Request",
+           "make_engine", "register_engine", "to_openai_messages"]
 
 log = logging.getLogger(__name__)
 
@@ -65,39 +72,76 @@ class Reply:
         return cls(None, finish_reason="error", error=f"{type(exc).__name__}: {exc}")
 
 
-class Engine(ABC):
-    """Answers batches of requests; subclasses implement `run`."""
+class ReplyStream:
+    """The text deltas of one answer (iterate once); `reply` is its `Reply` once the loop has ended."""
 
-    def generate(self, requests: Sequence[Request]) -> list[Reply]:
+    def __init__(self, deltas: Iterator[str], reply: Callable[[], Reply | None]):
+        self._deltas, self._reply = deltas, reply
+
+    def __iter__(self) -> Iterator[str]:
+        return self._deltas
+
+    @property
+    def reply(self) -> Reply | None:
+        return self._reply()
+
+
+class Engine(ABC):
+    """Answers batches of requests; subclasses implement `run` (and may implement `stream`)."""
+
+    processor: Any = None  # set by engines that can be served (see the module notes)
+    context_length: int | None = None
+
+    def generate(self, requests: Sequence[Request], settings: GenerationSettings | None = None) -> list[Reply]:
         """One reply per request, in order (see the module notes: stopped requests, the one-by-one retry)."""
         replies: list[Reply | None] = [Reply(None, finish_reason="cancelled") if r.stopped() else None
                                        for r in requests]
         todo = [index for index, reply in enumerate(replies) if reply is None]
-        for index, reply in zip(todo, self._answer([requests[i] for i in todo]) if todo else []):
+        for index, reply in zip(todo, self._answer([requests[i] for i in todo], settings) if todo else []):
             replies[index] = reply
         return replies  # type: ignore[return-value]
 
-    def _answer(self, requests: list[Request]) -> list[Reply]:
+    def stream(self, request: Request, settings: GenerationSettings | None = None) -> ReplyStream:
+        """One answer's text as it is made; this default answers whole (one delta) through `generate`.
+        A failed answer raises `EngineFailed` from the loop."""
+        answered: list[Reply] = []
+
+        def deltas() -> Iterator[str]:
+            reply = self.generate([request], settings)[0]
+            if reply.error is not None:
+                raise EngineFailed(reply.error)
+            answered.append(reply)
+            if reply.text:
+                yield reply.text
+
+        return ReplyStream(deltas(), lambda: answered[0] if answered else None)
+
+    def _answer(self, requests: list[Request], settings: GenerationSettings | None) -> list[Reply]:
         try:
-            return self.run(requests)
+            return self.run(requests, settings)
         except UserError:
             raise
         except Exception as exc:
             if len(requests) == 1:
                 return [Reply.failed(exc)]
             log.warning("batch of %d failed (%s); retrying one at a time", len(requests), exc)
-            return [reply for request in requests for reply in self.generate([request])]
+            return [reply for request in requests for reply in self.generate([request], settings)]
 
     @abstractmethod
-    def run(self, requests: Sequence[Request]) -> list[Reply]:
+    def run(self, requests: Sequence[Request], settings: GenerationSettings | None = None) -> list[Reply]:
         """Answer a whole batch, one reply per request in order (may raise: `generate` then retries)."""
 
 
-ENGINES: Registry[Callable[["EngineConfig", "GenerationSettings"], Engine]] = Registry("engine", package="medvl.engine")
+class EngineFailed(RuntimeError):
+    """A streamed answer failed (its `Reply.error`)."""
 
 
-def register_engine(name: str) -> Callable[[type[Engine]], type[Engine]]:
-    """Decorate an `Engine` class whose constructor takes `(EngineConfig, GenerationSettings)`."""
+EngineFactory = Callable[["EngineConfig", "GenerationSettings"], Engine]
+ENGINES: Registry[EngineFactory] = Registry("engine", package="medvl.engine")
+
+
+def register_engine(name: str) -> Callable[[EngineFactory], EngineFactory]:
+    """Decorate an `Engine` class (or a function) that takes `(EngineConfig, GenerationSettings)`."""
     return ENGINES.register(name)
 
 

@@ -1,6 +1,8 @@
 """`local`: a saved native model answering in batches through `medvl.model.generate.Generator`
 (left-padded, grouped by length, greedy unless the generation settings sample). Each request's
-`seed` seeds its own sampling, and its `should_stop` ends its row at the next token."""
+`seed` seeds its own sampling, and its `should_stop` ends its row at the next token. It streams
+token by token (`Generator.stream`) and can be served: `processor` and `context_length` are the
+model's."""
 
 from __future__ import annotations
 
@@ -8,24 +10,45 @@ from collections.abc import Sequence
 from typing import Any
 
 from medvl.config import ConfigError
-from medvl.engine.base import Engine, EngineConfig, Reply, Request, register_engine
+from medvl.engine.base import Engine, EngineConfig, Reply, ReplyStream, Request, register_engine
 
 __all__ = ["LocalEngine"]
 
 
-@register_engine("local")
+def _reply(result: Any) -> Reply:
+    return Reply(result.text, result.prompt_tokens, result.new_tokens, result.finish_reason)
+
+
 class LocalEngine(Engine):
-    def __init__(self, config: EngineConfig, settings: Any):
-        from medvl.model.generate import Generator
+    """An engine around a loaded `Generator` (`medvl chat`, tests) or, by name, a model folder."""
 
-        if not config.model:
-            raise ConfigError("backend.model must name a saved model folder for the local engine")
-        self.generator = Generator.from_pretrained(config.model, dtype=config.dtype, device=config.device,
-                                                   settings=settings)
+    def __init__(self, generator: Any):
+        from medvl.model.generate import context_length
 
-    def run(self, requests: Sequence[Request]) -> list[Reply]:
-        default = self.generator.settings.seed
-        results = self.generator.generate([r.messages for r in requests], [r.images for r in requests],
-                                          seeds=[default if r.seed is None else r.seed for r in requests],
-                                          should_stop=[r.should_stop for r in requests])
-        return [Reply(r.text, r.prompt_tokens, r.new_tokens, r.finish_reason) for r in results]
+        self.generator = generator
+        self.processor = generator.processor
+        self.context_length = context_length(generator.model.config)
+
+    def run(self, requests: Sequence[Request], settings: Any = None) -> list[Reply]:
+        settings = settings or self.generator.settings
+        results = self.generator.generate(
+            [r.messages for r in requests], [r.images for r in requests], settings,
+            seeds=[settings.seed if r.seed is None else r.seed for r in requests],
+            should_stop=[r.should_stop for r in requests])
+        return [_reply(result) for result in results]
+
+    def stream(self, request: Request, settings: Any = None) -> ReplyStream:
+        stream = self.generator.stream(request.messages, request.images, settings, seed=request.seed,
+                                       should_stop=request.should_stop)
+        return ReplyStream(iter(stream), lambda: None if stream.result is None else _reply(stream.result))
+
+
+@register_engine("local")
+def local_engine(config: EngineConfig, settings: Any) -> LocalEngine:
+    """The saved model folder `config.model`, loaded (a folder that is not one: `ModelLoadError`)."""
+    from medvl.model.generate import load_generator
+
+    if not config.model:
+        raise ConfigError("backend.model must name a saved model folder for the local engine")
+    generator = load_generator(config.model, dtype=config.dtype, device=config.device, settings=settings)
+    return LocalEngine(generator)

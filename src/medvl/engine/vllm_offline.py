@@ -1,19 +1,23 @@
 """`vllm`: vLLM's offline engine (`vllm.LLM.chat`), used only where vllm is installed.
 
-Thin on purpose: it sends the same OpenAI-style messages as `openai`, with greedy `SamplingParams`
-per request (the generation settings' token limit and repetition penalty; the request's seed, else
-the settings'). The CPU test suite runs it against a stand-in `vllm` module.
+Thin on purpose: it sends the same OpenAI-style messages as `openai`, with one `SamplingParams` per
+request (the generation settings' token limit, repetition penalty and, when they sample,
+temperature and top-p — greedy otherwise; the request's seed, else the settings'). It answers a
+stream whole (vLLM's offline engine does not stream) and cannot cut a running batch short. Given a
+local model folder it can be served (`medvl serve --engine vllm`): the server measures prompts with
+that folder's processor. The CPU test suite runs it against a stand-in `vllm` module.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from medvl.engine.base import Engine, EngineConfig, Reply, Request, register_engine, to_openai_messages
 from medvl.errors import UserError
 
-__all__ = ["VLLMEngine"]
+__all__ = ["VLLMEngine", "VLLMMissing"]
 
 
 class VLLMMissing(UserError, RuntimeError):
@@ -26,16 +30,27 @@ class VLLMEngine(Engine):
         try:
             from vllm import LLM, SamplingParams
         except ImportError as exc:
-            raise VLLMMissing("the vllm engine needs vllm installed (pip install 'medvl[vllm]')") from exc
+            raise VLLMMissing("the vllm engine needs vllm installed (pip install 'medvl[vllm]'); "
+                              "use the local engine here") from exc
         self.engine = LLM(model=config.model, **config.vllm_args)
         self.sampling = SamplingParams
         self.settings = settings
         self.max_side = config.max_image_side
+        if config.model and Path(config.model).is_dir():
+            from transformers import AutoConfig, AutoProcessor
 
-    def run(self, requests: Sequence[Request]) -> list[Reply]:
+            from medvl.model.generate import context_length
+
+            self.processor = AutoProcessor.from_pretrained(config.model)
+            self.context_length = (config.vllm_args.get("max_model_len")
+                                   or context_length(AutoConfig.from_pretrained(config.model)))
+
+    def run(self, requests: Sequence[Request], settings: Any = None) -> list[Reply]:
+        settings = settings or self.settings
         conversations = [to_openai_messages(r.messages, r.images, self.max_side) for r in requests]
-        settings = self.settings
-        params = [self.sampling(temperature=0.0, max_tokens=settings.max_new_tokens,
+        sampling = ({"temperature": settings.temperature, "top_p": settings.top_p} if settings.do_sample
+                    else {"temperature": 0.0})
+        params = [self.sampling(**sampling, max_tokens=settings.max_new_tokens,
                                 repetition_penalty=settings.repetition_penalty,
                                 seed=settings.seed if r.seed is None else r.seed) for r in requests]
         outputs = self.engine.chat(conversations, params, use_tqdm=False)

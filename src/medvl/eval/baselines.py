@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from medvl.benchmarks.base import LETTERS, VQAItem
 from medvl.engine import Engine, Reply, Request
@@ -46,7 +47,7 @@ class MajorityBackend(Engine):
     def __init__(self, table: dict[str, str]):
         self.table = table
 
-    def run(self, requests: Sequence[Request]) -> list[Reply]:
+    def run(self, requests: Sequence[Request], settings: Any = None) -> list[Reply]:
         replies = []
         for request in requests:
             item = request.item

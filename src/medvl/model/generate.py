@@ -13,6 +13,10 @@ Two per-conversation hooks serve callers that share the model (the API server):
 - `should_stop`: a callable per row, checked after every token; when it answers True that row
   ends (finish reason "cancelled") and the call returns as soon as every row has ended. Closing
   a `Stream` early stops its model run the same way.
+
+`load_generator` opens a saved model folder for every caller (a folder that is not one is one
+`ModelLoadError` line); `encode_prompts` is the processor step alone (the API server measures
+prompts with it); `context_length` reads a model config's positions.
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ from transformers import (
 )
 
 from medvl.config import Config
+from medvl.errors import UserError
 from medvl.model.templates import STOP_STRINGS, guess_format
 from medvl.records import message_image_count
 
-__all__ = ["GenerationSettings", "GenerationResult", "Generator", "Stream", "StopCheck"]
+__all__ = ["GenerationSettings", "GenerationResult", "Generator", "ModelLoadError", "Stream", "StopCheck",
+           "context_length", "encode_prompts", "load_generator"]
 
 StopCheck = Callable[[], bool]
 
@@ -61,6 +67,45 @@ class GenerationResult:
     prompt_tokens: int
     new_tokens: int
     finish_reason: str  # "stop" (EOS / end of turn), "length", or "cancelled" (its should_stop said so)
+
+
+class ModelLoadError(UserError, ValueError):
+    """A folder that cannot be loaded as a saved medvl model."""
+
+
+def load_generator(path: str | Path, dtype: str = "auto", device: str | None = None,
+                   settings: GenerationSettings | None = None) -> "Generator":
+    """A `Generator` over the saved model folder `path`."""
+    try:
+        return Generator.from_pretrained(path, dtype=dtype, device=device, settings=settings)
+    except (OSError, ValueError) as exc:  # what transformers raises for a missing, broken or foreign folder
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{path} is not a loadable medvl model ({reason}); give the folder that "
+                             "`medvl train`, `medvl build` or `medvl convert` wrote") from None
+
+
+def context_length(config: Any) -> int:
+    """Positions the language model of a (LLaVA or plain) model config can attend to (prompt + answer)."""
+    text_config = getattr(config, "text_config", config)
+    return int(getattr(text_config, "max_position_embeddings", 0) or 1 << 30)
+
+
+def render_prompt(processor: Any, messages: list[dict]) -> str:
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def encode_prompts(processor: Any, conversations: Sequence[list[dict]], images: Sequence[Sequence[Any]]) -> Any:
+    """Processor inputs for a batch: rendered prompts, padded, images flattened in order."""
+    if len(conversations) != len(images):
+        raise ValueError(f"{len(conversations)} conversations but {len(images)} image lists")
+    for index, (messages, imgs) in enumerate(zip(conversations, images)):
+        expected = message_image_count(messages)
+        if expected != len(imgs):
+            raise ValueError(f"conversation {index} has {expected} image parts but {len(imgs)} images")
+    flat = [image for imgs in images for image in imgs]
+    prompts = [render_prompt(processor, messages) for messages in conversations]
+    return processor(text=prompts, images=flat or None, padding=True, return_tensors="pt",
+                     add_special_tokens=False)
 
 
 class Generator:
@@ -89,21 +134,11 @@ class Generator:
         return self.model.device
 
     def render(self, messages: list[dict]) -> str:
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return render_prompt(self.processor, messages)
 
     def encode(self, conversations: Sequence[list[dict]], images: Sequence[Sequence[Any]]) -> Any:
-        """Processor inputs for a batch: rendered prompts, left padding, images flattened in order."""
-        if len(conversations) != len(images):
-            raise ValueError(f"{len(conversations)} conversations but {len(images)} image lists")
-        for index, (messages, imgs) in enumerate(zip(conversations, images)):
-            expected = message_image_count(messages)
-            if expected != len(imgs):
-                raise ValueError(f"conversation {index} has {expected} image parts but {len(imgs)} images")
-        flat = [image for imgs in images for image in imgs]
-        prompts = [self.render(messages) for messages in conversations]
-        return self.processor(
-            text=prompts, images=flat or None, padding=True, return_tensors="pt", add_special_tokens=False
-        ).to(self.device)
+        """Processor inputs for a batch on the model's device (see `encode_prompts`)."""
+        return encode_prompts(self.processor, conversations, images).to(self.device)
 
     def generate(self, conversations: Sequence[list[dict]], images: Sequence[Sequence[Any]] | None = None,
                  settings: GenerationSettings | None = None, *, seeds: Sequence[int] | None = None,

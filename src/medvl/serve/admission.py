@@ -9,8 +9,8 @@
    the longest token's characters) tokens. A request whose bound exceeds its prompt limit could
    never fit and is refused before anything is rendered.
 4. The exact prompt length, images expanded: the chat template rendered and tokenised by a
-   private copy of the processor (one request at a time, in a worker thread), so neither the
-   event loop nor the model thread spends time on a prompt that will be refused.
+   private copy of the engine's processor (one request at a time, in a worker thread), so neither
+   the event loop nor the model thread spends time on a prompt that will be refused.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 from PIL import Image
 from pydantic import ValidationError
 
-from medvl.model.generate import Generator
+from medvl.model.generate import encode_prompts
 from medvl.serve.config import Limits
 from medvl.serve.protocol import APIError, ChatCompletionRequest
 
@@ -55,11 +55,11 @@ def _too_long(tokens: str, limit: int) -> APIError:
 class Admission:
     """The admission checks of one server (one private processor copy, used one request at a time)."""
 
-    def __init__(self, generator: Generator, limits: Limits):
+    def __init__(self, processor: Any, limits: Limits):
         self.limits = limits
-        self.counter = Generator(generator.model, copy.deepcopy(generator.processor))
+        self.processor = copy.deepcopy(processor)
         self._lock = threading.Lock()
-        self.longest_token = max(len(token) for token in self.counter.tokenizer.get_vocab())
+        self.longest_token = max(len(token) for token in self.processor.tokenizer.get_vocab())
         text_only = [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
         with_image = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}]
         # less one: the text around an image part may tokenise differently next to its neighbours
@@ -106,4 +106,4 @@ class Admission:
 
     def prompt_tokens(self, messages: list[dict[str, Any]], images: list[Any]) -> int:
         with self._lock:
-            return int(self.counter.encode([messages], [images])["input_ids"].shape[1])
+            return int(encode_prompts(self.processor, [messages], [images])["input_ids"].shape[1])

@@ -1,4 +1,7 @@
-"""The OpenAI-compatible HTTP API: `create_app(generator, config)` → a FastAPI app.
+"""The OpenAI-compatible HTTP API: `create_app(engine, config)` → a FastAPI app.
+
+The answers come from a generation engine (`medvl.engine`: `local`, or `vllm` where installed) that
+can be served: it carries the model's processor, with which admission measures prompts.
 
 Routes: `POST /v1/chat/completions` (streaming and not), `GET /v1/models`, `GET /health`.
 Before a handler runs, `middleware.RequestGuard` has checked the Host header, draining, the API
@@ -31,8 +34,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
+from medvl.engine import Engine, Reply
+from medvl.errors import UserError
 from medvl.model.checkpoint import DISCLAIMER
-from medvl.model.generate import GenerationResult, Generator
 from medvl.serve.admission import Admission
 from medvl.serve.batcher import Batcher, Job
 from medvl.serve.config import ServeConfig
@@ -49,9 +53,9 @@ from medvl.serve.protocol import (
     new_id,
     usage_body,
 )
-from medvl.serve.session import context_length, sampling_settings
+from medvl.serve.session import sampling_settings
 
-__all__ = ["create_app", "drain", "resolve_api_key"]
+__all__ = ["EngineNotServable", "create_app", "drain", "resolve_api_key"]
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +67,24 @@ def resolve_api_key(config: ServeConfig) -> str | None:
     return os.environ.get(config.api_key_env) or None
 
 
-def create_app(generator: Generator, config: ServeConfig, resolver: ImageResolver | None = None) -> FastAPI:
+class EngineNotServable(UserError, ValueError):
+    """An engine without the model's processor (one that answers through a remote API)."""
+
+
+def create_app(engine: Engine, config: ServeConfig, resolver: ImageResolver | None = None) -> FastAPI:
     """The API app; the batching worker starts with the app's lifespan and stops with it."""
+    if engine.processor is None or engine.context_length is None:
+        raise EngineNotServable(f"{type(engine).__name__} cannot be served: it has no model processor to "
+                                "measure prompts with (serve a local model folder)")
     model_name = config.model_name or (config.model_dir.name if config.model_dir else "medvl")
     resolver = resolver or ImageResolver(config.images)
     limits = config.limits
-    context = context_length(generator)
-    admission = Admission(generator, limits)
+    context = engine.context_length
+    admission = Admission(engine.processor, limits)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.batcher = Batcher(generator, config.max_batch_size, config.batch_wait_ms, limits.max_queue)
+        app.state.batcher = Batcher(engine, config.max_batch_size, config.batch_wait_ms, limits.max_queue)
         try:
             yield
         finally:
@@ -165,7 +176,7 @@ async def drain(app: FastAPI, grace_s: float) -> None:
     batcher.stop_running(shutting_down())
 
 
-async def _outcome(job: Job, request: Request) -> GenerationResult:
+async def _outcome(job: Job, request: Request) -> Reply:
     """The job's result. Its deadline passing or its client leaving stops the job (raising 504 or 499);
     an error it ends with is raised."""
     result = asyncio.ensure_future(job.events.get())

@@ -1,22 +1,22 @@
-"""Dynamic batching: concurrent requests answered by one `Generator.generate` call.
+"""Dynamic batching: concurrent requests answered by one `Engine.generate` call (`medvl.engine`).
 
 All model work happens in one worker thread, so the event loop stays free to accept and stream
 while the model runs, and the model is never used from two threads at once. The worker takes
 the oldest waiting job, then collects more for up to `batch_wait_ms` (or until
 `max_batch_size`), splits them into groups with identical generation settings and makes one
 `generate` call per group, each row sampled with its job's own seed. Streaming jobs run alone
-through `Generator.stream` (its deltas go to the client as they come). The waiting queue is
+through `Engine.stream` (its deltas go to the client as they come). The waiting queue is
 bounded: `submit` raises a 429 `APIError` when it is full.
 
 Jobs arrive admitted (their prompts were measured off this thread, see `admission`). Each
 carries a `RequestControl`: a job stopped while waiting (client gone, deadline passed) no
 longer counts against the queue bound and is dropped when reached; a running one leaves its
-batch at the next token while its neighbours go on. If a batched call raises, its jobs are
-retried one by one so one bad request cannot fail its neighbours. `drain()` (SIGTERM) refuses
-new jobs and fails the waiting ones with 503.
+batch at the next token while its neighbours go on. One bad request cannot fail its neighbours:
+the engine retries a failed batch one by one, and only the job whose reply failed gets a 500.
+`drain()` (SIGTERM) refuses new jobs and fails the waiting ones with 503.
 
 Results reach the asyncio side as events on the job's `events` queue: ("delta", text)..., then
-("done", GenerationResult) or ("error", APIError).
+("done", Reply) or ("error", APIError).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from medvl.model.generate import GenerationResult, GenerationSettings, Generator
+from medvl.engine import Engine, Reply, Request
+from medvl.model.generate import GenerationSettings
 from medvl.serve.control import RequestControl, shutting_down
 from medvl.serve.protocol import APIError
 
@@ -48,6 +49,10 @@ class Job:
     stream: bool = False
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     loop: asyncio.AbstractEventLoop | None = None
+
+    def request(self) -> Request:
+        """What the engine is asked: the conversation, its images, this job's seed and stop check."""
+        return Request(self.messages, self.images, seed=self.seed, should_stop=self.control.should_stop)
 
     def post(self, kind: str, value: Any) -> None:
         """Hand an event to the job's event loop (safe from any thread)."""
@@ -130,9 +135,9 @@ class BatcherStats:
 class Batcher:
     """Owns the worker thread and the bounded queue in front of it."""
 
-    def __init__(self, generator: Generator, max_batch_size: int = 8, batch_wait_ms: float = 10.0,
+    def __init__(self, engine: Engine, max_batch_size: int = 8, batch_wait_ms: float = 10.0,
                  max_queue: int = 64):
-        self.generator = generator
+        self.engine = engine
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000
         self.stats = BatcherStats()
@@ -206,25 +211,19 @@ class Batcher:
         self.running = jobs
         try:
             self.stats.generate_calls += 1
-            results = self.generator.generate([j.messages for j in jobs], [j.images for j in jobs], settings,
-                                              seeds=[j.seed for j in jobs],
-                                              should_stop=[j.control.should_stop for j in jobs])
-        except Exception as exc:
-            if len(jobs) > 1:
-                log.warning("a batch of %d failed (%s); retrying one by one", len(jobs), exc)
-                for job in jobs:
-                    self._generate([job])
-                return
+            replies = self.engine.generate([job.request() for job in jobs], settings)
+        except Exception:  # not one request's failure (those are replies): a setting or the engine itself
             log.exception("generation failed")
-            jobs[0].post("error", APIError(500, f"generation failed: {type(exc).__name__}", "generation_failed"))
+            for job in jobs:
+                job.post("error", _failed())
             return
         finally:
             self.running = []
         if len(jobs) > 1:
             self.stats.batched_requests += len(jobs)
         self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
-        for job, result in zip(jobs, results, strict=True):
-            self._finish(job, result)
+        for job, reply in zip(jobs, replies, strict=True):
+            self._finish(job, reply)
 
     def _run_stream(self, job: Job) -> None:
         if self._stopped(job):
@@ -232,17 +231,16 @@ class Batcher:
         self.stats.stream_calls += 1
         self.running = [job]
         try:
-            stream = self.generator.stream(job.messages, job.images, job.settings, seed=job.seed,
-                                           should_stop=job.control.should_stop)
+            stream = self.engine.stream(job.request(), job.settings)
             for delta in stream:
                 job.post("delta", delta)
-        except Exception as exc:
+        except Exception:
             log.exception("streaming generation failed")
-            job.post("error", APIError(500, f"generation failed: {type(exc).__name__}", "generation_failed"))
+            job.post("error", _failed())
             return
         finally:
             self.running = []
-        self._finish(job, stream.result)
+        self._finish(job, stream.reply)
 
     def _count_stopped(self) -> None:
         self.stats.stopped += 1
@@ -254,9 +252,16 @@ class Batcher:
         job.post("error", job.control.reason)
         return True
 
-    def _finish(self, job: Job, result: GenerationResult | None) -> None:
-        if result is None or result.finish_reason == "cancelled":
+    def _finish(self, job: Job, reply: Reply | None) -> None:
+        if reply is not None and reply.error is not None:
+            log.error("generation failed: %s", reply.error)
+            job.post("error", _failed())
+        elif reply is None or reply.finish_reason == "cancelled":
             self._count_stopped()
             job.post("error", job.control.reason)
         else:
-            job.post("done", result)
+            job.post("done", reply)
+
+
+def _failed() -> APIError:
+    return APIError(500, "generation failed (the server log has the cause)", "generation_failed")

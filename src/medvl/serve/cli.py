@@ -32,7 +32,8 @@ def chat(
     from medvl.io.images import ImageLoadError
     from medvl.model.checkpoint import DISCLAIMER
     from medvl.serve.chat import one_shot, repl
-    from medvl.serve.session import ChatSession, ContextOverflow, load_generator, sampling_settings
+    from medvl.model.generate import load_generator
+    from medvl.serve.session import ChatSession, ContextOverflow, sampling_settings
 
     generator = load_generator(model_dir, dtype=dtype, device=device)
     session = ChatSession(generator, sampling_settings(max_new_tokens, temperature, top_p), system)
@@ -60,6 +61,8 @@ def serve(
         None, help="a name clients may use in the Host header besides loopback ones ('*': any); repeatable"),
     max_batch_size: Optional[int] = typer.Option(None, min=1, help="requests per generate call (1 = no batching)"),
     batch_wait_ms: Optional[float] = typer.Option(None, min=0.0, help="how long a batch waits to fill"),
+    engine: Optional[str] = typer.Option(
+        None, help="generation engine: local (default), or vllm where installed"),
     overrides: Optional[List[str]] = typer.Option(None, "--set", help="key=value config override; repeatable"),
 ) -> None:
     """Serve the OpenAI chat-completions API (FastAPI + uvicorn) with dynamic batching."""
@@ -73,7 +76,7 @@ def serve(
         settings = load_config(ServeConfig, config, overrides or [])
         settings.model_dir = model_dir
         given = {"host": host, "port": port, "api_key_env": api_key_env, "max_batch_size": max_batch_size,
-                 "batch_wait_ms": batch_wait_ms}
+                 "batch_wait_ms": batch_wait_ms, "engine": engine}
         for name, value in given.items():
             if value is not None:
                 setattr(settings, name, value)

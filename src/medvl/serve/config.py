@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from medvl.config import Config
+from medvl.engine import ENGINES
 from medvl.errors import UserError
 
 __all__ = ["ImagePolicy", "Limits", "ServeConfig", "UnsafeExposureError", "is_loopback", "is_wildcard",
@@ -88,6 +90,9 @@ class ServeConfig(Config):
     api_key_env: str | None = Field(
         "MEDVL_API_KEY", description="environment variable holding the API key; when it is set and "
         f"non-empty, every /v1 call needs `Authorization: Bearer <key>`; at least {MIN_API_KEY_CHARS} characters")
+    engine: str = Field("local", description="the generation engine (medvl.engine) that answers: local, "
+                        "or vllm where vllm is installed")
+    vllm_args: dict[str, Any] = Field(default_factory=dict, description="vllm: extra vllm.LLM(...) arguments")
     dtype: str = "auto"
     device: str | None = None
     max_batch_size: int = Field(8, ge=1, description="requests answered by one generate call")
@@ -100,6 +105,13 @@ class ServeConfig(Config):
         "response's `medvl.disclaimer` field)")
     images: ImagePolicy = Field(default_factory=ImagePolicy)
     limits: Limits = Field(default_factory=Limits)
+
+    @field_validator("engine")
+    @classmethod
+    def _registered(cls, engine: str) -> str:
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES.names())}")
+        return engine
 
     def host_names(self) -> list[str] | None:
         """Host names requests may use besides loopback ones; None when any is allowed."""

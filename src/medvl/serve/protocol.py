@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from medvl.model.checkpoint import DISCLAIMER
-from medvl.model.generate import GenerationResult
+from medvl.engine import Reply
 
 __all__ = [
     "APIError",
@@ -208,7 +208,7 @@ def usage_body(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def completion_body(completion_id: str, model: str, result: GenerationResult, text: str, finish_reason: str
+def completion_body(completion_id: str, model: str, result: Reply, text: str, finish_reason: str
                     ) -> dict[str, Any]:
     """A non-streaming `chat.completion` object."""
     return {

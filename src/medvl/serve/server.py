@@ -22,11 +22,12 @@ from types import TracebackType
 
 import uvicorn
 
-from medvl.model.generate import Generator
+from medvl.config import ConfigError
+from medvl.engine import Engine, EngineConfig, make_engine
+from medvl.model.generate import GenerationSettings
 from medvl.serve.app import create_app, drain, resolve_api_key
 from medvl.serve.config import MIN_API_KEY_CHARS, ServeConfig, UnsafeExposureError, is_loopback
 from medvl.serve.connections import guarded_protocol, raise_open_file_limit
-from medvl.serve.session import load_generator
 
 __all__ = ["UnsafeExposureError", "check_exposure", "build_server", "serve", "ServerThread"]
 
@@ -66,11 +67,11 @@ class _DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def build_server(generator: Generator, config: ServeConfig, log_level: str = "info") -> uvicorn.Server:
+def build_server(engine: Engine, config: ServeConfig, log_level: str = "info") -> uvicorn.Server:
     check_exposure(config)
     limits = config.limits
     server = _DrainingServer(uvicorn.Config(
-        create_app(generator, config), host=config.host, port=config.port, log_level=log_level,
+        create_app(engine, config), host=config.host, port=config.port, log_level=log_level,
         access_log=log_level == "debug", http=guarded_protocol(limits), limit_concurrency=None,
         timeout_keep_alive=limits.keep_alive_s, h11_max_incomplete_event_size=HEADER_BYTES,
         timeout_graceful_shutdown=5,
@@ -80,10 +81,11 @@ def build_server(generator: Generator, config: ServeConfig, log_level: str = "in
 
 
 def serve(config: ServeConfig) -> None:
-    """Load the model named by `config.model_dir` and serve until interrupted (SIGTERM drains)."""
+    """Load the model named by `config.model_dir` into `config.engine` and serve until interrupted
+    (SIGTERM drains)."""
     check_exposure(config)
     if config.model_dir is None:
-        raise ValueError("ServeConfig.model_dir is required")
+        raise ConfigError("ServeConfig.model_dir is required")
     limits = config.limits
     open_files = raise_open_file_limit(limits.max_connections + FILES_BESIDES_CONNECTIONS)
     if open_files < limits.max_connections + FILES_BESIDES_CONNECTIONS:
@@ -91,18 +93,20 @@ def serve(config: ServeConfig) -> None:
         log.warning("the open-file limit is %d: serving at most %d connections, not %d (raise `ulimit -n`)",
                     open_files, fitting, limits.max_connections)
         limits.max_connections = fitting
-    generator = load_generator(config.model_dir, dtype=config.dtype, device=config.device)
+    engine = make_engine(EngineConfig(kind=config.engine, model=str(config.model_dir), dtype=config.dtype,
+                                      device=config.device, vllm_args=config.vllm_args), GenerationSettings())
     key = "on" if resolve_api_key(config) else "off"
-    log.info("serving %s on http://%s:%d (API key %s, batch ≤ %d, wait %.0f ms)", config.model_dir,
-             config.host, config.port, key, config.max_batch_size, config.batch_wait_ms)
-    build_server(generator, config).run()
+    log.info("serving %s with the %s engine on http://%s:%d (API key %s, batch ≤ %d, wait %.0f ms)",
+             config.model_dir, config.engine, config.host, config.port, key, config.max_batch_size,
+             config.batch_wait_ms)
+    build_server(engine, config).run()
 
 
 class ServerThread:
-    """`with ServerThread(generator, config) as url:` serves in a background thread (port 0 = any free)."""
+    """`with ServerThread(engine, config) as url:` serves in a background thread (port 0 = any free)."""
 
-    def __init__(self, generator: Generator, config: ServeConfig, log_level: str = "warning"):
-        self.server = build_server(generator, config, log_level)
+    def __init__(self, engine: Engine, config: ServeConfig, log_level: str = "warning"):
+        self.server = build_server(engine, config, log_level)
         self.thread = threading.Thread(target=self.server.run, name="medvl-server", daemon=True)
         self.url = ""
 

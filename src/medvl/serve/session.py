@@ -1,7 +1,4 @@
-"""Multi-turn chat state shared by `medvl chat` and `medvl webui`, and the model loading of all three.
-
-`load_generator` opens a model folder for chat, serve and webui alike, turning a folder that is
-not a saved model into one `ModelLoadError` line (exit 2) instead of a traceback.
+"""Multi-turn chat state shared by `medvl chat` and `medvl webui`, and the API's sampling settings.
 
 A conversation is medvl's chat messages (user turns hold `{"type": "image"}` parts) plus the
 images in the order their parts appear. `fit_context` drops the oldest exchanges, images
@@ -13,40 +10,18 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 from PIL import Image
 
-from medvl.errors import UserError
-from medvl.model.generate import GenerationSettings, Generator
+from medvl.model.generate import GenerationSettings, Generator, context_length
 from medvl.records import message_image_count
 
-__all__ = ["ChatSession", "ContextOverflow", "ModelLoadError", "fit_context", "load_generator", "sampling_settings",
-           "user_turn", "context_length"]
-
-
-class ModelLoadError(UserError, ValueError):
-    """A folder that cannot be loaded as a saved medvl model."""
-
-
-def load_generator(model_dir: str | Path, dtype: str = "auto", device: str | None = None) -> Generator:
-    try:
-        return Generator.from_pretrained(model_dir, dtype=dtype, device=device)
-    except (OSError, ValueError) as exc:  # what transformers raises for a missing, broken or foreign folder
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{model_dir} is not a loadable medvl model ({reason}); give the folder that "
-                             "`medvl train`, `medvl build` or `medvl convert` wrote") from None
+__all__ = ["ChatSession", "ContextOverflow", "fit_context", "sampling_settings", "user_turn"]
 
 
 class ContextOverflow(ValueError):
     """The newest question with its images alone does not fit the model's context."""
-
-
-def context_length(generator: Generator) -> int:
-    """Positions the language model can attend to (prompt + answer)."""
-    text_config = getattr(generator.model.config, "text_config", generator.model.config)
-    return int(getattr(text_config, "max_position_embeddings", 0) or 1 << 30)
 
 
 def sampling_settings(max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
@@ -71,7 +46,7 @@ def fit_context(generator: Generator, messages: list[dict[str, Any]], images: li
 
     A leading system message is kept; whole user/assistant exchanges go, oldest first.
     """
-    limit = context_length(generator) - max_new_tokens
+    limit = context_length(generator.model.config) - max_new_tokens
     system = [m for m in messages[:1] if m["role"] == "system"]
     turns, dropped = messages[len(system):], 0
     while True:

@@ -18,10 +18,10 @@ from typing import Any, Iterator
 
 from medvl.io.images import ImageLoadError, load_image
 from medvl.model.checkpoint import DISCLAIMER
-from medvl.model.generate import Generator
+from medvl.model.generate import Generator, load_generator
 from medvl.serve.config import ImagePolicy, UnsafeExposureError, is_loopback
 from medvl.serve.image_urls import shrink
-from medvl.serve.session import ContextOverflow, fit_context, load_generator, sampling_settings, user_turn
+from medvl.serve.session import ContextOverflow, fit_context, sampling_settings, user_turn
 
 __all__ = ["answer", "build_demo", "conversation_of_history", "launch"]
 
