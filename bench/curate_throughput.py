@@ -262,7 +262,8 @@ def _generation_seconds(config: Any, n: int, folder: Path, name: str, part: int)
     """One timed pass: `GenerateStep` over `n` fresh records, or bare `complete_many` on their requests."""
     from medvl.curate.generate import FigureInput, self_instruct_request
     from medvl.curate.generate_step import GenerateStep, image_refs
-    from medvl.curate.store import RunDirs, iter_jsonl_lines
+    from medvl.curate.store import RunDirs
+    from medvl.io.jsonl import iter_appended
     from medvl.llm.client import LLMClient
 
     dirs = RunDirs(folder / f"{name}-{part}")  # its own LLM cache: nothing is answered from an earlier pass
@@ -275,7 +276,7 @@ def _generation_seconds(config: Any, n: int, folder: Path, name: str, part: int)
         return time.perf_counter() - started
     requests = [
         self_instruct_request(FigureInput.from_prepared(r, image_refs(r)), config.self_instruct)
-        for r in iter_jsonl_lines(dirs.prepared_shard(0))
+        for r in iter_appended(dirs.prepared_shard(0))
     ]
     llm = config.self_instruct.llm.model_copy(update={"cache_dir": str(dirs.llm_cache)})
     started = time.perf_counter()

@@ -45,7 +45,7 @@ def main() -> None:
         build_app()()
     except UserError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-        raise SystemExit(2) from None
+        raise SystemExit(exc.exit_code) from None
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """The two kinds of failure every stage shares: `UserError` and `Rejection`.
 
-- `UserError`: a mistake the user can fix (bad config, missing file or asset). The `medvl` command
-  prints its message without a traceback and exits with status 2; library callers catch them like
-  any other exception (most also derive from ValueError or RuntimeError).
+- `UserError`: a mistake the user can fix (bad config, missing file or asset), or a run to repeat.
+  The `medvl` command prints its message without a traceback and exits with its `exit_code` (2;
+  3 for "incomplete, run the same command again"); library callers catch them like any other
+  exception (most also derive from ValueError or RuntimeError).
 - `Rejection`: one record, item or image turned away while the run goes on, with a short `reason`
   (the code counted in reports and `rejects.jsonl`) and a human `detail`. Each stage raises its own
   subclass (`medvl.io.images.ImageLoadError`, `medvl.train.encode.EncodeError`,
-  `medvl.train.validate.Rejected`) and catches them all as `Rejection`.
+  `medvl.train.validate.Rejected`, `medvl.curate.postprocess.Rejected`) and catches them all as
+  `Rejection`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ __all__ = ["Rejection", "UserError"]
 
 
 class UserError(Exception):
-    """An error whose message tells the user what to change."""
+    """An error whose message tells the user what to change (or to run again)."""
+
+    exit_code = 2  # the `medvl` command's exit status
 
 
 class Rejection(ValueError):

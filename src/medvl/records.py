@@ -43,13 +43,16 @@ class RecordError(ValueError):
 
 
 def make_record(record_id: str, images: Sequence[str], exchanges: Sequence[tuple[str, str]],
-                **meta: Any) -> dict[str, Any]:
+                images_after: bool = False, **meta: Any) -> dict[str, Any]:
     """A record of question/answer `exchanges` about `images`: one `<image>` line per image opens the
-    first human turn; `meta` keys follow the conversation."""
+    first human turn (with `images_after`, closes it, as LLaVA-Med places them half the time);
+    `meta` keys follow the conversation."""
     turns = []
     for index, (question, answer) in enumerate(exchanges):
-        tags = (IMAGE_TAG + "\n") * len(images) if index == 0 else ""
-        turns += [{"from": "human", "value": tags + question}, {"from": "gpt", "value": answer}]
+        if index == 0 and images:
+            question = (f"{question}\n" + "\n".join([IMAGE_TAG] * len(images)) if images_after
+                        else (IMAGE_TAG + "\n") * len(images) + question)
+        turns += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
     return {"id": record_id, "image": list(images), "conversations": turns, **meta}
 
 

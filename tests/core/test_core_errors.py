@@ -56,3 +56,18 @@ def test_user_mistakes_are_one_line_and_exit_2(medvl, tmp_path):
     for args, message in cases:
         code, err = medvl(*args)
         assert code == 2 and message in err and "Traceback" not in err, (args, err)
+
+
+def test_an_incomplete_curation_is_one_line_and_exit_3(medvl, tmp_path, monkeypatch):
+    """The user error that asks for a rerun keeps its own status (docs/curation.md: 3 = run again)."""
+    import medvl.curate.pipeline as pipeline
+    from medvl.curate.store import CurateIncomplete
+
+    def incomplete(*args, **kwargs):
+        raise CurateIncomplete("stage generate: tasks [1] did not finish; run again to resume")
+
+    monkeypatch.setattr(pipeline, "run_curation", incomplete)
+    config = tmp_path / "curate.yaml"
+    config.write_text(f"sources: [{{format: pairs, path: '{tmp_path / 'pairs.jsonl'}'}}]\n")
+    code, err = medvl("curate", "run", config, "--out", tmp_path / "out")
+    assert code == 3 and "did not finish; run again to resume" in err and len(err.strip().splitlines()) == 1

@@ -80,3 +80,5 @@ def test_make_record_tags_the_first_question_once_per_image():
         {"from": "human", "value": "Sure?"}, {"from": "gpt", "value": "Yes."}]}
     assert list(record)[:3] == ["id", "image", "conversations"] and record_problems(record) == []
     assert make_record("t", [], [("Hi?", "Hello.")])["conversations"][0]["value"] == "Hi?"
+    after = make_record("q2", ["a.png", "b.png"], [("Compare.", "Same.")], images_after=True)
+    assert after["conversations"][0]["value"] == "Compare.\n<image>\n<image>" and record_problems(after) == []

@@ -78,7 +78,6 @@ def run(
 
     from medvl.curate.pipeline import run_curation
     from medvl.curate.report import render_markdown
-    from medvl.curate.store import CurateIncomplete
 
     console = Console(stderr=True)
     cfg, target = _load(config, overrides, out)
@@ -97,13 +96,9 @@ def run(
         if not benchmarks:
             raise typer.BadParameter("decontaminate.enabled needs decontaminate.benchmarks", param_hint="CONFIG")
         reference = benchmark_reference(benchmarks)
-    try:
-        report = run_curation(
-            cfg, target, until=until, on_stage=on_stage, allow_empty=allow_empty, reference=reference
-        )
-    except CurateIncomplete as exc:
-        console.print(f"[yellow]incomplete[/]: {exc}")
-        raise typer.Exit(3) from None
+    report = run_curation(  # an incomplete run: CurateIncomplete, exit 3 (run the same command again)
+        cfg, target, until=until, on_stage=on_stage, allow_empty=allow_empty, reference=reference
+    )
     if report is None:
         typer.echo(f"stages run up to {until or 'submission'}; outputs in {target}")
         return

@@ -19,9 +19,9 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from medvl.curate.config import DecontaminateConfig
-from medvl.curate.store import RunDirs, iter_jsonl_lines, iter_prepared, pack_order
+from medvl.curate.store import RunDirs, iter_prepared, pack_order
 from medvl.io.files import atomic_write_json, atomic_write_text
-from medvl.io.jsonl import RejectLog
+from medvl.io.jsonl import RejectLog, iter_appended
 
 __all__ = ["DecontaminateStep", "write_reference", "read_reference"]
 
@@ -35,7 +35,7 @@ def write_reference(path: Path, items: list[Any]) -> None:
 def read_reference(path: Path) -> list[Any]:
     from medvl.curate.decontaminate import ReferenceItem
 
-    return [ReferenceItem(**{**row, "images": tuple(row["images"])}) for row in iter_jsonl_lines(path)]
+    return [ReferenceItem(**{**row, "images": tuple(row["images"])}) for row in iter_appended(path)]
 
 
 class DecontaminateStep(PipelineStep):

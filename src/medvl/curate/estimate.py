@@ -17,7 +17,8 @@ from medvl.curate.config import CurateConfig
 from medvl.curate.generate import FigureInput, build_reformat_request, self_instruct_request
 from medvl.curate.generate_step import image_refs
 from medvl.curate.pipeline import run_curation
-from medvl.curate.store import RunDirs, iter_jsonl_lines
+from medvl.curate.store import RunDirs
+from medvl.io.jsonl import iter_appended
 
 __all__ = ["estimate_generation"]
 
@@ -27,7 +28,7 @@ CHUNK = 256
 def _selected_figures(dirs: RunDirs, n_shards: int) -> Iterator[FigureInput]:
     for rank in range(n_shards):
         chosen = set(json.loads(dirs.selected_shard(rank).read_text(encoding="utf-8")))
-        for row, record in enumerate(iter_jsonl_lines(dirs.prepared_shard(rank))):
+        for row, record in enumerate(iter_appended(dirs.prepared_shard(rank))):
             if row in chosen:
                 yield FigureInput.from_prepared(record, image_refs(record))
 

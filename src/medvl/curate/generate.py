@@ -25,7 +25,7 @@ from medvl.curate.config import ConceptConfig, ReformatConfig, SelfInstructConfi
 from medvl.curate.postprocess import Rejected, clean_turns, find_refusal, parse_conversation, parse_reformat
 from medvl.curate.prompts import pick, read_pool, read_roles, read_text, render, self_instruct_examples
 from medvl.llm.messages import ChatRequest
-from medvl.records import IMAGE_TAG
+from medvl.records import make_record
 
 __all__ = [
     "FigureInput",
@@ -69,28 +69,16 @@ class FigureInput:
             meta={k: meta.get(k) for k in ("source", "licence", "pmcid", "figure_id", "modality", "domain")},
         )
 
-    def base(self, conversations: list[dict[str, str]], **extra: Any) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "image": list(self.image_refs),
-            "conversations": conversations,
-            "source": self.meta.get("source"),
-            "licence": self.meta.get("licence"),
-            "pmcid": self.meta.get("pmcid"),
-            "figure_id": self.meta.get("figure_id"),
-            "modality": self.meta.get("modality"),
-            **extra,
-        }
+    def record(self, exchanges: list[tuple[str, str]], images_after: bool = False, **extra: Any) -> dict[str, Any]:
+        """This figure's record of `exchanges` (`medvl.records.make_record`) with its provenance."""
+        provenance = {key: self.meta.get(key) for key in ("source", "licence", "pmcid", "figure_id", "modality")}
+        return make_record(self.id, self.image_refs, exchanges, images_after, **provenance, **extra)
 
 
 def strip_figure_label(caption: str) -> str:
     """'Figure 4. Nuclear magnetic ...' → 'Nuclear magnetic ...' (unchanged when no label leads)."""
     stripped = _LABEL.sub("", caption, count=1)
     return stripped[:1].upper() + stripped[1:] if stripped else caption
-
-
-def _tags(n: int) -> str:
-    return (IMAGE_TAG + "\n") * n
 
 
 # ------------------------------------------------------------------------ concept alignment
@@ -101,11 +89,7 @@ def concept_record(figure: FigureInput, config: ConceptConfig) -> dict[str, Any]
     concise = len(answer.split()) < config.cutoff_words
     pool = read_pool("concise_instructions.txt" if concise else "detailed_instructions.txt")
     instruction = pick(pool, config.seed, figure.id, "concept")
-    conversations = [
-        {"from": "human", "value": _tags(len(figure.image_refs)) + instruction},
-        {"from": "gpt", "value": answer},
-    ]
-    return figure.base(conversations, kind="concise" if concise else "detailed")
+    return figure.record([(instruction, answer)], kind="concise" if concise else "detailed")
 
 
 # ------------------------------------------------------------------------ unblinded reformatting
@@ -153,15 +137,9 @@ def reformat_records(figure: FigureInput, reply_text: str, config: ReformatConfi
     """(Alignment record, Instruction record); raises `Rejected`."""
     reply = parse_reformat(reply_text)
     question, role = _reformat_choices(figure, config)
-    tags = _tags(len(figure.image_refs))
     labels = {"modality": reply.modality, "body_part": reply.body_part}
-    alignment = figure.base(
-        [{"from": "human", "value": tags + question}, {"from": "gpt", "value": reply.description}]
-    )
-    instruction = figure.base(
-        [{"from": "human", "value": tags + reply.question}, {"from": "gpt", "value": reply.answer}],
-        role=role.name,
-    )
+    alignment = figure.record([(question, reply.description)])
+    instruction = figure.record([(reply.question, reply.answer)], role=role.name)
     return alignment | labels, instruction | labels
 
 
@@ -219,11 +197,5 @@ def self_instruct_record(
     kept, dropped = clean_turns(pairs)
     if not kept:
         raise Rejected("no_turns", "every turn was dropped: " + "; ".join(dropped[:3]))
-    conversations = []
-    for question, answer in kept:
-        conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
-    tags = IMAGE_TAG * len(figure.image_refs)
-    first = conversations[0]["value"]
-    before = pick((True, False), config.seed, figure.id, "image-position")
-    conversations[0]["value"] = f"{tags}\n{first}" if before else f"{first}\n{tags}"
-    return figure.base(conversations, domain=figure.meta.get("domain")), dropped
+    after = pick((False, True), config.seed, figure.id, "image-position")
+    return figure.record(kept, images_after=after, domain=figure.meta.get("domain")), dropped

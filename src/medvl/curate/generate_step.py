@@ -44,8 +44,8 @@ from medvl.curate.generate import (
     self_instruct_request,
 )
 from medvl.curate.postprocess import Rejected
-from medvl.curate.store import CurateIncomplete, RunDirs, iter_jsonl_lines
-from medvl.io.jsonl import JsonlAppender
+from medvl.curate.store import CurateIncomplete, RunDirs
+from medvl.io.jsonl import JsonlAppender, iter_appended
 
 __all__ = ["GenerateStep", "image_refs", "TRANSIENT_KINDS"]
 
@@ -94,11 +94,11 @@ class GenerateStep(PipelineStep):
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         selected = set(json.loads(self.dirs.selected_shard(rank).read_text(encoding="utf-8")))
         out_path = self.dirs.generated_shard(rank)
-        done = {line["row"] for line in iter_jsonl_lines(out_path)}
+        done = {line["row"] for line in iter_appended(out_path)}
         self.stat_update("resumed_done", value=len(done))
         todo = (
             (row, record)
-            for row, record in enumerate(iter_jsonl_lines(self.dirs.prepared_shard(rank)))
+            for row, record in enumerate(iter_appended(self.dirs.prepared_shard(rank)))
             if row in selected and row not in done
         )
         total = len(selected - done)

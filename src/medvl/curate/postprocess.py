@@ -22,6 +22,7 @@ from functools import lru_cache
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medvl.curate.prompts import postprocess_rules
+from medvl.errors import Rejection
 
 __all__ = [
     "Rejected",
@@ -37,10 +38,8 @@ _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL | re.IGNORECASE)
 _TURN = re.compile(r"^\s*(User|Assistant)\s*:\s*", re.IGNORECASE | re.MULTILINE)
 
 
-class Rejected(ValueError):
-    def __init__(self, reason: str, detail: str = ""):
-        self.reason, self.detail = reason, detail
-        super().__init__(f"{reason}: {detail}")
+class Rejected(Rejection):
+    """A generated reply turned away (`reason`, `detail`: see the module notes)."""
 
 
 class ReformatReply(BaseModel):

@@ -19,7 +19,8 @@ from typing import Any
 
 from medvl.curate.config import CurateConfig
 from medvl.curate.filters import FILTERS, filter_class
-from medvl.curate.store import RunDirs, iter_jsonl_lines, pack_order
+from medvl.curate.store import RunDirs, pack_order
+from medvl.io.jsonl import iter_appended
 from medvl.io.files import atomic_write_json, atomic_write_text
 
 __all__ = ["write_report", "stage_stats", "load_report", "text_filter_quality", "render_markdown"]
@@ -55,7 +56,7 @@ def _field_counts(dirs: RunDirs, n_shards: int, field: str, missing: str) -> dic
     dropped: set[int] = set()
     rejected_input: Counter[str] = Counter()
     for path in dirs.rejects.glob("*.jsonl"):
-        for item in iter_jsonl_lines(path):
+        for item in iter_appended(path):
             if path in gathered:
                 dropped.add(pack_order(item["order"]))
             else:
@@ -64,7 +65,7 @@ def _field_counts(dirs: RunDirs, n_shards: int, field: str, missing: str) -> dic
     for rank in range(n_shards):
         path = dirs.selected_shard(rank)
         chosen = set(json.loads(path.read_text(encoding="utf-8"))) if path.exists() else set()
-        for row, record in enumerate(iter_jsonl_lines(dirs.prepared_shard(rank))):
+        for row, record in enumerate(iter_appended(dirs.prepared_shard(rank))):
             value = str(record["metadata"].get(field) or missing)
             prepared[value] += 1
             if pack_order(record["metadata"]["order"]) not in dropped:
@@ -117,7 +118,7 @@ def _llm_section(dirs: RunDirs, config: CurateConfig, tokens: dict[str, dict[str
         runs = [
             e
             for p in sorted(dirs.llm_usage.glob("*.jsonl"))
-            for e in iter_jsonl_lines(p)
+            for e in iter_appended(p)
             if e["kind"] == kind
         ]
         spent = Counter()

@@ -33,10 +33,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from medvl.errors import UserError
+from medvl.io.jsonl import iter_appended
+
 __all__ = [
     "CurateIncomplete",
     "RunDirs",
-    "iter_jsonl_lines",
     "iter_prepared",
     "EmbeddingShards",
     "OUTPUT_FILES",
@@ -44,8 +46,11 @@ __all__ = [
 ]
 
 
-class CurateIncomplete(RuntimeError):
-    """Some tasks or records did not finish this time; running the same command again resumes."""
+class CurateIncomplete(UserError, RuntimeError):
+    """Some tasks or records did not finish this time; running the same command again resumes
+    (`medvl curate run` exits 3)."""
+
+    exit_code = 3
 
 
 OUTPUT_FILES = {
@@ -118,23 +123,11 @@ def pack_order(order: list[int]) -> int:
     return (source << 52) | (file << 32) | item
 
 
-def iter_jsonl_lines(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of a JSONL file we wrote ourselves (a torn last line from a kill is skipped)."""
-    import orjson
-
-    if not path.exists():
-        return
-    with path.open("rb") as handle:
-        for line in handle:
-            if line.endswith(b"\n"):
-                yield orjson.loads(line)
-
-
 def iter_prepared(dirs: RunDirs, n_shards: int) -> Iterator[tuple[int, int, dict[str, Any]]]:
     """(shard, row, record) over every prepared shard, merged into the global input order."""
 
     def shard(rank: int) -> Iterator[tuple[list[int], int, int, dict[str, Any]]]:
-        for row, record in enumerate(iter_jsonl_lines(dirs.prepared_shard(rank))):
+        for row, record in enumerate(iter_appended(dirs.prepared_shard(rank))):
             yield record["metadata"]["order"], rank, row, record
 
     for _, rank, row, record in heapq.merge(*(shard(r) for r in range(n_shards)), key=lambda t: t[0]):

@@ -5,6 +5,8 @@
   PubMedVision release) is read too.
 - `JsonlAppender` appends one record per line, flushing each line, so a killed job keeps every
   finished record; a torn final line left by a kill is cut off when the file is reopened.
+  `iter_appended` reads such a file back while it may still be written (fast, no checks: medvl
+  wrote it): a torn last line is skipped, a missing file is empty.
 - `RejectLog` is the one format for "this input was dropped, and why" across all stages.
 """
 
@@ -22,6 +24,7 @@ from medvl.io.files import atomic_write_text
 __all__ = [
     "JsonlLineError",
     "iter_jsonl",
+    "iter_appended",
     "decode_problem",
     "read_records",
     "write_jsonl",
@@ -75,6 +78,19 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | JsonlLi
                 yield number, JsonlLineError(path, number, f"line is {type(record).__name__}, not an object")
                 continue
             yield number, record
+
+
+def iter_appended(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The records of a file a `JsonlAppender` wrote (see the module notes)."""
+    import orjson
+
+    path = Path(path)
+    if not path.exists():
+        return
+    with path.open("rb") as handle:
+        for line in handle:
+            if line.endswith(b"\n"):
+                yield orjson.loads(line)
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
