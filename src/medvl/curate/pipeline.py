@@ -44,6 +44,7 @@ from medvl.curate.config import CurateConfig
 from medvl.curate.store import CurateIncomplete, RunDirs
 from medvl.errors import UserError
 from medvl.io.files import atomic_write_text
+from medvl.llm.config import LLMConfig
 
 __all__ = ["STAGES", "run_curation", "build_stages", "stage_fingerprints", "CurateIncomplete", "CurateEmpty"]
 
@@ -54,22 +55,6 @@ STAGES = ("prepare", "dedup", "decontaminate", "sample", "generate", "finalize")
 
 class CurateEmpty(UserError, RuntimeError):
     """A stage left no record; the message names the stage, its rejects and `--allow-empty`."""
-# LLM settings that change speed or cost accounting, never a reply: not part of the fingerprint.
-_LLM_RUNTIME_KEYS = {
-    "max_concurrency",
-    "requests_per_minute",
-    "tokens_per_minute",
-    "timeout_s",
-    "max_retries",
-    "backoff_initial_s",
-    "backoff_max_s",
-    "bad_response_retries",
-    "cache_dir",
-    "price_input_per_mtok",
-    "price_output_per_mtok",
-    "image_token_estimate",
-    "api_key_env",
-}
 
 
 @dataclass
@@ -87,7 +72,8 @@ def stage_fingerprints(config: CurateConfig, reference_digest: str = "") -> dict
         data = config.generate.model_dump(mode="json", exclude={"window"})
         for kind in ("reformat", "self_instruct"):
             if data[kind].get("llm"):
-                data[kind]["llm"] = {k: v for k, v in data[kind]["llm"].items() if k not in _LLM_RUNTIME_KEYS}
+                runtime = LLMConfig.runtime_fields()  # speed, retries, cache, cost: never a reply
+                data[kind]["llm"] = {k: v for k, v in data[kind]["llm"].items() if k not in runtime}
         return data | {"image_mode": config.image_mode}
 
     semantic = config.dedup.semantic
