@@ -170,7 +170,7 @@ def embedder_speed(texts: list[str]) -> tuple[np.ndarray, list[dict[str, Any]]]:
     import torch
 
     from medvl.curate.embed import _sentence_transformer, make_text_embedder
-    from medvl.model.offline import minilm_path
+    from medvl.io.offline import minilm_path
 
     _, embed = make_text_embedder(None)
     started = time.perf_counter()

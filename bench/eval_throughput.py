@@ -38,7 +38,7 @@ def _tiny_model(folder: Path) -> Path:
 
     from medvl.model.build import build_model
     from medvl.model.checkpoint import save_model
-    from medvl.model.offline import smollm2_tokenizer
+    from medvl.io.offline import smollm2_tokenizer
     from medvl.model.spec import tiny_spec
 
     torch.manual_seed(0)

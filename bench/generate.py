@@ -20,7 +20,7 @@ from PIL import Image
 
 from medvl.model.build import build_model
 from medvl.model.generate import GenerationSettings, Generator
-from medvl.model.offline import smollm2_tokenizer
+from medvl.io.offline import smollm2_tokenizer
 from medvl.model.spec import tiny_spec
 
 

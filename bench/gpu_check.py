@@ -271,7 +271,7 @@ def _tokenizer(args: argparse.Namespace) -> Path:
         return args.tokenizer
     if (ROOT / ".gpu" / "tokenizer").is_dir():
         return ROOT / ".gpu" / "tokenizer"
-    from medvl.model.offline import smollm2_tokenizer
+    from medvl.io.offline import smollm2_tokenizer
 
     return smollm2_tokenizer()
 

@@ -207,7 +207,7 @@ def travelling_bytes(root: Path, carried: Path) -> int:
 
 
 def copy_tokenizer(dest: Path) -> None:
-    from medvl.model.offline import smollm2_tokenizer
+    from medvl.io.offline import smollm2_tokenizer
 
     shutil.rmtree(dest / "tokenizer", ignore_errors=True)
     shutil.copytree(smollm2_tokenizer(), dest / "tokenizer", ignore=shutil.ignore_patterns(".complete"))

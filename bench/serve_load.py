@@ -39,7 +39,7 @@ def bench_model(folder: Path) -> Path:
     """The tests' tiny random LLaVA (CLIP 32px → 2-layer 64-wide Llama), saved natively."""
     from medvl.model.build import build_model
     from medvl.model.checkpoint import save_model
-    from medvl.model.offline import smollm2_tokenizer
+    from medvl.io.offline import smollm2_tokenizer
     from medvl.model.spec import tiny_spec
 
     return save_model(*build_model(tiny_spec(str(smollm2_tokenizer()))), folder, card=False)

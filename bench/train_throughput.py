@@ -65,7 +65,7 @@ def write_data(folder: Path, samples: int, answer_words: int, context_words: int
 
 def bench_config(data: Path, out: Path, steps: int, window: int, hidden: int, layers: int, batch: int,
                  checkpointing: bool = False) -> Any:
-    from medvl.model.offline import smollm2_tokenizer
+    from medvl.io.offline import smollm2_tokenizer
     from medvl.train.config import TrainConfig
 
     return TrainConfig.model_validate({

@@ -30,7 +30,7 @@ def shared_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def smol_tokenizer() -> Path:
-    from medvl.model.offline import OfflineAssetMissing, smollm2_tokenizer
+    from medvl.io.offline import OfflineAssetMissing, smollm2_tokenizer
 
     try:
         return smollm2_tokenizer()

@@ -58,7 +58,7 @@ def make_text_embedder(
         raw = _hashing_embedder()
         name = "hashing"
     else:
-        from medvl.model.offline import minilm_path
+        from medvl.io.offline import minilm_path
 
         folder = spec or str(minilm_path())
         model = _sentence_transformer(folder)

@@ -1,2 +1,3 @@
 """Input/output shared by every stage: images (`images`, `dicom`), JSONL shards and rejects
-(`jsonl`), and atomic file writes (`files`)."""
+(`jsonl`), atomic file writes (`files`), and the offline assets — packaged weights materialised
+into medvl's cache (`offline`)."""

@@ -32,7 +32,7 @@ from transformers import (
 from medvl.config import ConfigError
 from medvl.model.dtypes import torch_dtype
 from medvl.model.families import text_config
-from medvl.model.offline import resolve_asset
+from medvl.io.offline import resolve_asset
 from medvl.model.spec import ModelSpec, TextSpec, VisionSpec
 from medvl.model.templates import STOP_STRINGS, guess_format, resolve_chat_template, single_bos
 

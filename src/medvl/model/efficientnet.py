@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from medvl.model.offline import efficientnet_lite0_weights
+from medvl.io.offline import efficientnet_lite0_weights
 
 __all__ = ["EfficientNetLite0", "load_efficientnet_lite0", "LITE_MEAN", "LITE_STD"]
 

@@ -286,7 +286,7 @@ def cached_prior(config: PriorConfig, progress: Callable[[str], None] | None = N
     The cache key covers the whole config and the images' names and sizes (`prior_key`), so a
     second run with the same settings reuses the tower and a changed setting trains a new one.
     """
-    from medvl.model.offline import cache_dir, materialise
+    from medvl.io.offline import cache_dir, materialise
 
     target = cache_dir() / "priors" / prior_key(config, image_files(config.images))
     if (target / ".complete").exists():

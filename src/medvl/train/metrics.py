@@ -138,7 +138,7 @@ def _best_matmul_rate(dtype: torch.dtype, device: str, size: int, clock: Any, se
 
 
 def _cached_peak(device: str, dtype: torch.dtype) -> float:
-    from medvl.model.offline import cache_dir
+    from medvl.io.offline import cache_dir
 
     path = cache_dir() / PEAK_CACHE_NAME
     key = "|".join([socket.gethostname(), _device_name(device), str(dtype), f"{torch.get_num_threads()} threads",
