@@ -46,6 +46,7 @@ from typing import Any, Self
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from medvl.io.server_thread import start_in_thread
 from medvl.llm.messages import body_key, estimate_prompt_tokens, estimate_text_tokens
 
 __all__ = ["MockServer", "MockServerProcess", "default_responder", "main", "start_mock_server_process"]
@@ -246,15 +247,7 @@ class MockServer:
             backlog=4096,
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="medvl-mock-openai", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("mock OpenAI server did not start")
-            time.sleep(0.01)
+        self._thread = start_in_thread(self._server, "medvl-mock-openai", sockets=[sock])
         return self
 
     def stop(self) -> None:

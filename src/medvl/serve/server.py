@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from socket import socket
 from types import TracebackType
 
@@ -24,6 +23,7 @@ import uvicorn
 
 from medvl.config import ConfigError
 from medvl.engine import Engine, EngineConfig, make_engine
+from medvl.io.server_thread import start_in_thread
 from medvl.model.generate import GenerationSettings
 from medvl.serve.app import create_app, drain, resolve_api_key
 from medvl.serve.config import MIN_API_KEY_CHARS, ServeConfig, UnsafeExposureError, is_loopback
@@ -107,7 +107,7 @@ class ServerThread:
 
     def __init__(self, engine: Engine, config: ServeConfig, log_level: str = "warning"):
         self.server = build_server(engine, config, log_level)
-        self.thread = threading.Thread(target=self.server.run, name="medvl-server", daemon=True)
+        self.thread: threading.Thread | None = None
         self.url = ""
 
     @property
@@ -115,16 +115,12 @@ class ServerThread:
         return self.server.config.app
 
     def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the API server did not start")
-            time.sleep(0.02)
+        self.thread = start_in_thread(self.server, "medvl-server")
         host, port = self.server.servers[0].sockets[0].getsockname()[:2]
         self.url = f"http://{host}:{port}"
         return self.url
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.server.should_exit = True
-        self.thread.join(30)
+        if self.thread is not None:
+            self.thread.join(30)
