@@ -139,7 +139,7 @@ def run(quick: bool = False, model_dir: Path | None = None) -> list[dict]:
                 server.close()
                 running.clear()
                 running[mode], _ = server.enter_context(
-                    serve_process(folder, *MODES[mode], "--set", "limits.max_queue=1024"))
+                    serve_process(folder, *MODES[mode], "limits.max_queue=1024"))
             url = running[mode]
             calls = _generate_calls(url)
             latencies, statuses, wall = asyncio.run(_load(url, clients, per_client, max_tokens))

@@ -165,3 +165,7 @@ def test_serve_command_merges_yaml_set_and_flags(tiny_model_dir, tmp_path, monke
     assert settings.allowed_hosts == ["api.example.org"]
     bad = CliRunner().invoke(build_app(), ["serve", str(tiny_model_dir), "--set", "limits.max_tokenz=1"])
     assert bad.exit_code == 2 and "max_tokenz: unknown key" in bad.stderr
+    # overrides are positional `key=value`, as every other command takes them (`--set` still works)
+    positional = ["serve", str(tiny_model_dir), "limits.max_tokens=32", "port=9002", "--config", str(config)]
+    assert CliRunner().invoke(build_app(), positional).exit_code == 0
+    assert (seen[-1].limits.max_tokens, seen[-1].port, seen[-1].max_batch_size) == (32, 9002, 4)

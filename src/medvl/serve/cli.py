@@ -50,6 +50,8 @@ def chat(
 
 def serve(
     model_dir: Path = ModelDir,
+    overrides: Optional[List[str]] = typer.Argument(
+        None, help="key=value config overrides, as every command takes them (e.g. limits.max_tokens=512)"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="ServeConfig YAML", exists=True, dir_okay=False),
     host: Optional[str] = typer.Option(None, help="listen address (default 127.0.0.1; others need an API key)"),
     port: Optional[int] = typer.Option(None, help="listen port (default 8000)"),
@@ -63,7 +65,8 @@ def serve(
     batch_wait_ms: Optional[float] = typer.Option(None, min=0.0, help="how long a batch waits to fill"),
     engine: Optional[str] = typer.Option(
         None, help="generation engine: local (default), or vllm where installed"),
-    overrides: Optional[List[str]] = typer.Option(None, "--set", help="key=value config override; repeatable"),
+    set_overrides: Optional[List[str]] = typer.Option(
+        None, "--set", hidden=True, help="a key=value override (the older spelling of a positional one)"),
 ) -> None:
     """Serve the OpenAI chat-completions API (FastAPI + uvicorn) with dynamic batching."""
     from medvl.config import load_config
@@ -73,7 +76,7 @@ def serve(
     from medvl.serve.server import serve as run
 
     try:
-        settings = load_config(ServeConfig, config, overrides or [])
+        settings = load_config(ServeConfig, config, [*(set_overrides or []), *(overrides or [])])
         settings.model_dir = model_dir
         given = {"host": host, "port": port, "api_key_env": api_key_env, "max_batch_size": max_batch_size,
                  "batch_wait_ms": batch_wait_ms, "engine": engine}
