@@ -45,13 +45,17 @@ from medvl.serve.image_urls import ImageResolver
 from medvl.serve.middleware import DISCLAIMER_HEADERS, RequestGuard, error_response
 from medvl.serve.protocol import (
     APIError,
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
     ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Notice,
+    Usage,
     apply_stop,
-    chunk_body,
-    completion_body,
     conversation_of,
     new_id,
-    usage_body,
 )
 from medvl.serve.session import sampling_settings
 
@@ -159,7 +163,9 @@ def create_app(engine: Engine, config: ServeConfig, resolver: ImageResolver | No
         finish = "stop" if stopped else result.finish_reason
         if config.disclaimer_note:
             text = _with_note(text)
-        return JSONResponse(completion_body(new_id(), model_name, result, text, finish), headers=DISCLAIMER_HEADERS)
+        completion = ChatCompletion(model=model_name, usage=Usage.of(result),
+                                    choices=[Choice(message=AssistantMessage(content=text), finish_reason=finish)])
+        return JSONResponse(completion.model_dump(), headers=DISCLAIMER_HEADERS)
 
     return app
 
@@ -235,7 +241,13 @@ async def _sse(job: Job, model: str, stops: list[str], include_usage: bool, note
     def event(body: dict[str, Any]) -> str:
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
-    yield event(chunk_body(completion_id, model, {"role": "assistant", "content": ""}, disclaimer=True))
+    def chunk(delta: dict[str, str] | None, finish: str | None = None, usage: Usage | None = None,
+              disclaimer: bool = False) -> str:
+        choices = [] if delta is None else [ChunkChoice(delta=delta, finish_reason=finish)]
+        return event(ChatCompletionChunk(id=completion_id, model=model, choices=choices, usage=usage,
+                                         medvl=Notice() if disclaimer else None).body())
+
+    yield chunk({"role": "assistant", "content": ""}, disclaimer=True)
     hold = max((len(s) for s in stops), default=1) - 1
     pending, stopped = "", False
     while True:
@@ -252,16 +264,15 @@ async def _sse(job: Job, model: str, stops: list[str], include_usage: bool, note
             cut, stopped = apply_stop(pending, stops)
             ready = cut if stopped else cut[: max(len(cut) - hold, 0)]
             if ready:
-                yield event(chunk_body(completion_id, model, {"content": ready}))
+                yield chunk({"content": ready})
             pending = "" if stopped else pending[len(ready):]
         elif kind == "done":
             tail = _with_note(pending) if note else pending
             if tail:
-                yield event(chunk_body(completion_id, model, {"content": tail}))
+                yield chunk({"content": tail})
             finish = "stop" if stopped else value.finish_reason
-            yield event(chunk_body(completion_id, model, {}, finish, disclaimer=True))
+            yield chunk({}, finish, disclaimer=True)
             if include_usage:
-                yield event(chunk_body(completion_id, model, None,
-                                       usage=usage_body(value.prompt_tokens, value.new_tokens)))
+                yield chunk(None, usage=Usage.of(value))
             break
     yield "data: [DONE]\n\n"

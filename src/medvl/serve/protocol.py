@@ -4,8 +4,9 @@ Request models accept what the official clients send (unknown fields are ignored
 does) and reject what medvl cannot honour (`n` > 1, logprobs, penalties, logit_bias,
 response_format other than text, tools, audio) with a 400 naming the field instead of silently
 doing something else. A seed must lie in 0..2^63-1. `APIError` is every failure, rendered in OpenAI's error shape
-`{"error": {"message", "type", "param", "code"}}`. Response builders add the research-only
-disclaimer as an extra `medvl` field, which OpenAI clients keep in `model_extra`.
+`{"error": {"message", "type", "param", "code"}}`. Responses are typed models too
+(`ChatCompletion`, `ChatCompletionChunk`), as vLLM's OpenAI server has them; they carry the
+research-only disclaimer as an extra `medvl` field, which OpenAI clients keep in `model_extra`.
 """
 
 from __future__ import annotations
@@ -17,17 +18,21 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medvl.model.checkpoint import DISCLAIMER
 from medvl.engine import Reply
+from medvl.model.checkpoint import DISCLAIMER
 
 __all__ = [
     "APIError",
     "MAX_SEED",
     "ChatCompletionRequest",
     "conversation_of",
-    "completion_body",
-    "chunk_body",
-    "usage_body",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "Choice",
+    "ChunkChoice",
+    "AssistantMessage",
+    "Notice",
+    "Usage",
     "apply_stop",
 ]
 
@@ -203,39 +208,70 @@ def new_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
 
-def usage_body(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+def _now() -> int:
+    return int(time.time())
 
 
-def completion_body(completion_id: str, model: str, result: Reply, text: str, finish_reason: str
-                    ) -> dict[str, Any]:
-    """A non-streaming `chat.completion` object."""
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": finish_reason, "logprobs": None}],
-        "usage": usage_body(result.prompt_tokens, result.new_tokens),
-        "medvl": {"disclaimer": DISCLAIMER},
-    }
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, reply: Reply) -> "Usage":
+        """The tokens of an engine's reply (the prompt's, and those it generated)."""
+        return cls(prompt_tokens=reply.prompt_tokens, completion_tokens=reply.new_tokens,
+                   total_tokens=reply.prompt_tokens + reply.new_tokens)
 
 
-def chunk_body(completion_id: str, model: str, delta: dict[str, Any] | None, finish_reason: str | None = None,
-               usage: dict[str, int] | None = None, disclaimer: bool = False) -> dict[str, Any]:
-    """One `chat.completion.chunk`; `delta=None` gives the usage-only chunk (empty `choices`)."""
-    body: dict[str, Any] = {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason,
-                                              "logprobs": None}],
-    }
-    if usage is not None:
-        body["usage"] = usage
-    if disclaimer:
-        body["medvl"] = {"disclaimer": DISCLAIMER}
-    return body
+class Notice(BaseModel):
+    """medvl's extra field on answers (OpenAI clients keep it in `model_extra`)."""
+
+    disclaimer: str = DISCLAIMER
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: str
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    """A non-streaming `chat.completion` (the disclaimer always in `medvl`)."""
+
+    id: str = Field(default_factory=new_id)
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=_now)
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    medvl: Notice = Field(default_factory=Notice)
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: dict[str, str]
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One `chat.completion.chunk`; without choices and with `usage`, the usage-only chunk. `usage` and
+    `medvl` appear only when set."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int = Field(default_factory=_now)
+    model: str
+    choices: list[ChunkChoice] = Field(default_factory=list)
+    usage: Usage | None = None
+    medvl: Notice | None = None
+
+    def body(self) -> dict[str, Any]:
+        return self.model_dump(exclude={name for name in ("usage", "medvl") if getattr(self, name) is None})
