@@ -52,10 +52,15 @@ class Registry(Generic[T]):
         return self._entries.pop(name)
 
     def get(self, name: str) -> T:
+        return self._entries[self.check(name)]
+
+    def check(self, name: str, *others: str) -> str:
+        """`name`, when it is registered or one of `others`; else the unknown-name error listing both
+        (`UnknownName` is a ValueError, so a pydantic validator can return `REGISTRY.check(value)`)."""
         self._discover()
-        if name not in self._entries:
-            raise self.error(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
-        return self._entries[name]
+        if name not in self._entries and name not in others:
+            raise self.error(f"unknown {self.kind} {name!r}; known: {', '.join([*self.names(), *others])}")
+        return name
 
     def names(self) -> list[str]:
         self._discover()

@@ -162,9 +162,7 @@ class EngineConfig(Config):
     @field_validator("kind")
     @classmethod
     def _registered(cls, kind: str) -> str:
-        if kind not in ENGINES and kind not in cls.other_kinds:
-            raise ValueError(f"unknown engine {kind!r}; known: {', '.join([*ENGINES.names(), *cls.other_kinds])}")
-        return kind
+        return ENGINES.check(kind, *cls.other_kinds)
 
     def label(self) -> str:
         if self.kind == "openai" and self.llm is not None:

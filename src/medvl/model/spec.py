@@ -57,9 +57,7 @@ class TextSpec(Config):
     @field_validator("family")
     @classmethod
     def _known_family(cls, family: str) -> str:
-        if family not in FAMILIES:
-            raise ValueError(f"unknown model family {family!r}; known: {', '.join(FAMILIES.names())}")
-        return family
+        return FAMILIES.check(family)
 
     @model_validator(mode="after")
     def _has_tokenizer(self) -> "TextSpec":

@@ -109,9 +109,7 @@ class ServeConfig(Config):
     @field_validator("engine")
     @classmethod
     def _registered(cls, engine: str) -> str:
-        if engine not in ENGINES:
-            raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES.names())}")
-        return engine
+        return ENGINES.check(engine)
 
     def host_names(self) -> list[str] | None:
         """Host names requests may use besides loopback ones; None when any is allowed."""
