@@ -98,8 +98,8 @@ class DecontaminateStep(PipelineStep):
                 )
         summary = summarise(reference, [found for _, found in matches], seen)
         summary["benchmark_images_unreadable"] = checker.missing_images[:50]
-        write_decontamination_report(self.dirs.out / "decontamination", summary, matches, reference)
-        atomic_write_json(self.dirs.work / "decontaminate.json", {"seen": seen, "kept": seen - len(matches), **summary})
+        write_decontamination_report(self.dirs.decontamination, summary, matches, reference)
+        atomic_write_json(self.dirs.summary("decontaminate"), {"seen": seen, "kept": seen - len(matches), **summary})
         self.stat_update("total", value=seen)
         self.stat_update("forwarded", value=seen - len(matches))
         for kind in ("image", "text"):

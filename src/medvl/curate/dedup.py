@@ -285,7 +285,7 @@ class DedupStep(PipelineStep):
         self.stat_update("total", value=stats.seen)
         self.stat_update("forwarded", value=stats.kept)
         atomic_write_json(
-            self.dirs.work / "dedup.json",
+            self.dirs.summary("dedup"),
             {
                 "seen": stats.seen,
                 "kept": stats.kept,

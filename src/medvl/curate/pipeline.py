@@ -152,22 +152,7 @@ def _clear(dirs: RunDirs, stage: str) -> None:
     shutil.rmtree(dirs.logs(stage), ignore_errors=True)
     from medvl.curate.filters import FILTERS
 
-    targets: dict[str, list[Path]] = {
-        "prepare": [
-            dirs.prepared,
-            *(p for stage in ("ingest", *FILTERS) for p in dirs.rejects.glob(f"{stage}-*")),
-        ],
-        "dedup": [*dirs.rejects.glob("dedup-*"), dirs.work / "dedup.json"],
-        "decontaminate": [
-            *dirs.rejects.glob("decontaminate-*"),
-            dirs.work / "decontaminate.json",
-            dirs.out / "decontamination",
-        ],
-        "sample": [dirs.selected, dirs.work / "sample.json"],
-        "generate": [dirs.generated, dirs.images],
-        "finalize": [],
-    }
-    for path in targets[stage]:
+    for path in dirs.stage_outputs(stage, FILTERS):
         if path.is_dir():
             shutil.rmtree(path)
         else:

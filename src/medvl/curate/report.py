@@ -161,13 +161,13 @@ def write_report(
         step = filter_class(name).name
         if step in prepare:
             funnel.append((step, prepare[step].get("forwarded", 0)))
-    dedup = _read_json(dirs.work / "dedup.json")
+    dedup = _read_json(dirs.summary("dedup"))
     if dedup is not None:
         funnel.append(("dedup", dedup["kept"]))
-    decontamination = _read_json(dirs.work / "decontaminate.json")
+    decontamination = _read_json(dirs.summary("decontaminate"))
     if decontamination is not None:
         funnel.append(("decontaminate", decontamination["kept"]))
-    sample = _read_json(dirs.work / "sample.json") or {}
+    sample = _read_json(dirs.summary("sample")) or {}
     funnel.append(("selected", sum(sample.get("selected", {}).values())))
     for kind, n in counts["generated"].items():
         if n or _enabled(config, kind):

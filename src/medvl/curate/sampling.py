@@ -110,7 +110,7 @@ class SampleStep(PipelineStep):
         chosen, counts = select(survivors, self.config)
         for shard in range(self.n_shards):
             atomic_write_json(self.dirs.selected_shard(shard), chosen.get(shard, []), indent=None)
-        atomic_write_json(self.dirs.work / "sample.json", counts)
+        atomic_write_json(self.dirs.summary("sample"), counts)
         self.stat_update("total", value=sum(counts["available"].values()))
         self.stat_update("forwarded", value=sum(counts["selected"].values()))
         self.stat_update("dropped_not_selected", value=counts["not_selected"])

@@ -29,7 +29,7 @@ import heapq
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -95,6 +95,27 @@ class RunDirs:
     @property
     def generated(self) -> Path:
         return self.work / "generate"
+
+    @property
+    def decontamination(self) -> Path:
+        return self.out / "decontamination"
+
+    def summary(self, stage: str) -> Path:
+        """The counts a gathering stage (dedup, decontaminate, sample) leaves for the report."""
+        return self.work / f"{stage}.json"
+
+    def stage_outputs(self, stage: str, filters: Iterable[str] = ()) -> list[Path]:
+        """What `stage` writes, removed before it runs again from scratch (`filters`: the names of the
+        prepare stage's filters, whose rejects it writes)."""
+        gathered = [*self.rejects.glob(f"{stage}-*"), self.summary(stage)]
+        prepare_rejects = [path for name in ("ingest", *filters) for path in self.rejects.glob(f"{name}-*")]
+        return {
+            "prepare": [self.prepared, *prepare_rejects],
+            "dedup": gathered,
+            "decontaminate": [*gathered, self.decontamination],
+            "sample": [self.selected, self.summary(stage)],
+            "generate": [self.generated, self.images],
+        }.get(stage, [])
 
     @property
     def llm_usage(self) -> Path:
