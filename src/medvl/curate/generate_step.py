@@ -45,7 +45,7 @@ from medvl.curate.generate import (
 )
 from medvl.curate.postprocess import Rejected
 from medvl.curate.store import CurateIncomplete, RunDirs
-from medvl.io.jsonl import JsonlAppender, iter_appended
+from medvl.io.jsonl import JsonlAppender, iter_appended, reject_line
 
 __all__ = ["GenerateStep", "image_refs", "TRANSIENT_KINDS"]
 
@@ -231,17 +231,8 @@ class GenerateStep(PipelineStep):
 
     def _reject(self, outcome: _Outcome, kind: str, reason: str, detail: str) -> None:
         meta = outcome.record["metadata"]
-        outcome.rejects.append(
-            {
-                "id": outcome.record["id"],
-                "stage": f"generate:{kind}",
-                "reason": reason,
-                "detail": detail,
-                "modality": meta.get("modality"),
-                "source": meta.get("source"),
-                "order": meta.get("order"),
-            }
-        )
+        outcome.rejects.append(reject_line(outcome.record["id"], f"generate:{kind}", reason, detail,
+                                           **{key: meta.get(key) for key in ("modality", "source", "order")}))
 
     # ---------------------------------------------------------------- writing
 

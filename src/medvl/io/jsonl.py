@@ -30,6 +30,7 @@ __all__ = [
     "write_jsonl",
     "JsonlAppender",
     "RejectLog",
+    "reject_line",
 ]
 
 
@@ -147,7 +148,12 @@ class RejectLog(JsonlAppender):
 
     def reject(self, record_id: str, stage: str, reason: str, detail: str = "", **extra: Any) -> None:
         self.counts[(stage, reason)] += 1
-        self.write({"id": record_id, "stage": stage, "reason": reason, "detail": detail, **extra})
+        self.write(reject_line(record_id, stage, reason, detail, **extra))
+
+
+def reject_line(record_id: str, stage: str, reason: str, detail: str = "", **extra: Any) -> dict[str, Any]:
+    """One reject, in the one shape every stage writes: `{"id", "stage", "reason", "detail", ...extra}`."""
+    return {"id": record_id, "stage": stage, "reason": reason, "detail": detail, **extra}
 
 
 def decode_problem(exc: json.JSONDecodeError, length: int) -> str:

@@ -15,6 +15,7 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 
 from medvl.config import Config
+from medvl.io.jsonl import reject_line
 
 if TYPE_CHECKING:
     from medvl.curate.config import CurateConfig
@@ -77,16 +78,8 @@ class RejectWriter(JsonlWriter):
 def _reject_adapter(stage: str):
     def adapt(_self: Any, doc: Document) -> dict[str, Any]:
         meta = doc.metadata
-        return {
-            "id": doc.id,
-            "stage": stage,
-            "reason": meta.get("filter_reason", "rejected"),
-            "detail": meta.get("reject_detail", ""),
-            "modality": meta.get("modality"),
-            "source": meta.get("source"),
-            "licence": meta.get("licence"),
-            "order": meta.get("order"),
-        }
+        return reject_line(doc.id, stage, meta.get("filter_reason", "rejected"), meta.get("reject_detail", ""),
+                           **{key: meta.get(key) for key in ("modality", "source", "licence", "order")})
 
     return adapt
 
