@@ -65,3 +65,29 @@ def rgb_image():
 
     rng = np.random.default_rng(0)
     return Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+
+
+@pytest.fixture
+def stand_in_vllm(monkeypatch) -> dict:
+    """A stand-in `vllm` module (vllm is not installed here): `LLM.chat` answers "yes" to every
+    conversation (3 prompt tokens, 2 generated) and `SamplingParams` returns its arguments. The
+    returned dict records the `LLM(...)` call ("init") and the last chat ("chat": conversations, params)."""
+    import sys
+    import types
+
+    calls: dict = {}
+
+    class LLM:
+        def __init__(self, model, **kwargs):
+            calls["init"] = (model, kwargs)
+
+        def chat(self, conversations, params, use_tqdm):
+            calls["chat"] = (conversations, params)
+            out = types.SimpleNamespace(text=" yes \n", token_ids=[5, 6], finish_reason="stop")
+            return [types.SimpleNamespace(prompt_token_ids=[1, 2, 3], outputs=[out]) for _ in conversations]
+
+    def sampling_params(**kwargs):
+        return kwargs
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=sampling_params))
+    return calls

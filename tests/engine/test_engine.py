@@ -5,7 +5,6 @@ installed here)."""
 from __future__ import annotations
 
 import sys
-import types
 
 import pytest
 
@@ -91,22 +90,8 @@ def test_local_engine_seeds_each_request_and_stops_it_when_asked(tiny_model_dir)
     assert cancelled.finish_reason == "cancelled" and cancelled.new_tokens < 6
 
 
-def test_vllm_engine_sends_openai_messages_and_reads_vllm_outputs(monkeypatch, rgb_image):
-    calls = {}
-
-    class LLM:
-        def __init__(self, model, **kwargs):
-            calls["init"] = (model, kwargs)
-
-        def chat(self, conversations, params, use_tqdm):
-            calls["chat"] = (conversations, params)
-            out = types.SimpleNamespace(text=" yes \n", token_ids=[5, 6], finish_reason="stop")
-            return [types.SimpleNamespace(prompt_token_ids=[1, 2, 3], outputs=[out]) for _ in conversations]
-
-    def sampling_params(**kwargs):
-        return kwargs
-
-    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=sampling_params))
+def test_vllm_engine_sends_openai_messages_and_reads_vllm_outputs(stand_in_vllm, rgb_image):
+    calls = stand_in_vllm
     config = EngineConfig(kind="vllm", model="runs/m", vllm_args={"max_model_len": 2048}, max_image_side=32)
     own_seed = Request(ask("Sure?").messages, seed=11)
     replies = make_engine(config, GenerationSettings(max_new_tokens=7, seed=3)).generate(

@@ -1,5 +1,6 @@
 """`medvl serve` on the engine interface: a stub engine served over HTTP (batched, streamed, one failing
-request among good ones), engines that cannot be served, and `--engine vllm` where vllm is missing."""
+request among good ones), the vLLM engine (a stand-in vllm module) with its folder's processor and the
+request's sampling settings, engines that cannot be served, and `--engine vllm` where vllm is missing."""
 
 from __future__ import annotations
 
@@ -64,6 +65,18 @@ def test_a_stub_engine_is_served_batched_and_streamed(serve, generator):
         events = [json.loads(e[len("data: "):]) for e in streamed.split("\n\n") if e and e != "data: [DONE]"]
         assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == "canned: two"
         assert events[-1]["choices"][0]["finish_reason"] == "stop" and streamed.endswith("data: [DONE]\n\n")
+
+
+def test_the_vllm_engine_is_served_with_its_folder_s_processor(serve, stand_in_vllm, tiny_model_dir):
+    from medvl.engine import EngineConfig, make_engine
+    from medvl.model.generate import GenerationSettings
+
+    engine = make_engine(EngineConfig(kind="vllm", model=str(tiny_model_dir)), GenerationSettings())
+    with serve(engine=engine) as url:
+        body = httpx.post(url + CHAT, json=_ask("Normal?", temperature=0.7, top_p=0.9, seed=5), timeout=60).json()
+    assert body["choices"][0]["message"]["content"] == "yes" and body["usage"]["completion_tokens"] == 2
+    (params,) = stand_in_vllm["chat"][1]  # the request's sampling settings reach vLLM
+    assert params == {"temperature": 0.7, "top_p": 0.9, "max_tokens": 5, "repetition_penalty": 1.0, "seed": 5}
 
 
 def test_an_engine_without_a_processor_cannot_be_served(serve):
