@@ -65,6 +65,18 @@ def test_align_trains_only_the_projector_and_the_next_stage_starts_from_it(train
         assert not same(params_of(second.model, part), params_of(first.model, part)), part
 
 
+def test_fixed_embeddings_stay_while_the_decoder_trains(train_config, initial, tmp_path):
+    result = run_training(train_config(tmp_path / "run", trainable__embeddings=False, optim__max_steps=3))
+    trained = params_of(result.model, "language_model")
+    embedding = [name for name in trained if "embed_tokens" in name]
+    assert embedding and same({n: trained[n] for n in embedding}, {n: initial["language_model"][n] for n in embedding})
+    decoder = [name for name in trained if "layers." in name]
+    assert not same({n: trained[n] for n in decoder}, {n: initial["language_model"][n] for n in decoder})
+    assert not result.model.get_output_embeddings().weight.requires_grad
+    summary = json.loads((result.output_dir / "train_summary.json").read_text())
+    assert summary["trainable"]["head"]["trainable"] == 0 < summary["trainable"]["llm"]["trainable"]
+
+
 def test_saved_model_reloads_with_transformers_and_gives_equal_logits(train_config, tiny_model, tmp_path):
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor

@@ -62,6 +62,9 @@ class Trainable(Config):
     vision: bool | None = None
     projector: bool | None = None
     llm: bool | None = None
+    embeddings: bool | None = Field(
+        None, description="the LLM's token embeddings and (tied) lm_head; null: as the LLM. false keeps them fixed "
+        "while the LLM trains: a small model's embedding table is most of its parameters and optimizer time")
 
 
 class LoraSettings(Config):
@@ -177,4 +180,6 @@ class TrainConfig(Config):
     def policy(self) -> dict[str, bool]:
         """The effective freeze policy: the stage's defaults with `trainable` overrides applied."""
         overrides = {k: v for k, v in self.trainable.model_dump().items() if v is not None}
-        return {**STAGE_POLICIES[self.stage], **overrides}
+        policy = {**STAGE_POLICIES[self.stage], **overrides}
+        policy.setdefault("embeddings", policy["llm"])
+        return policy
