@@ -4,7 +4,7 @@
     accelerate launch --config_file configs/accelerate/zero3.yaml -m medvl.cli train CONFIG [key=value ...]
     medvl data check CONFIG.yaml [key=value ...]          # the config's sources, as training sees them
     medvl data check DATA.jsonl --image-root IMAGES --model MODEL_DIR [--max-length 2048]
-    medvl data convert vqa_rad ../shared/data/vqa-rad --split train --out vqa_rad_train.jsonl
+    medvl data convert vqa_rad ../shared/data/vqa-rad --split train --out vqa_rad_train.jsonl [--concepts]
 """
 
 from __future__ import annotations
@@ -120,10 +120,13 @@ def convert(
     out: Path = typer.Option(..., help="output LLaVA JSONL"),
     split: str = typer.Option("train", help="split to convert"),
     options: bool = typer.Option(True, "--options/--no-options", help="candidate answers in closed prompts"),
+    concepts: bool = typer.Option(False, help="add balanced questions about each image's organ, modality and "
+                                              "plane, derived from the same split's labels (medvl.train.concepts)"),
+    seed: int = typer.Option(0, help="seed of the concept questions' wording and contrasts"),
 ) -> None:
     """Turn a benchmark split into conversations for downstream fine-tuning (LLaVA-Med style prompts)."""
     from medvl.train.convert import convert_benchmark
 
-    result = convert_benchmark(benchmark, root, out, split=split, with_options=options)
+    result = convert_benchmark(benchmark, root, out, split=split, with_options=options, concepts=concepts, seed=seed)
     typer.echo(f"{result.written} conversations written to {result.out}; {result.rejected} rejected "
                f"(missing images) in {result.out.with_suffix('.rejects.jsonl')}")

@@ -71,7 +71,15 @@ def convert_items(items: Iterable[VQAItem], out: str | Path, missing: Iterable[s
 
 
 def convert_benchmark(name: str, root: str | Path, out: str | Path, split: str = "train",
-                      with_options: bool = True, **options: Any) -> ConvertResult:
-    """Load a benchmark split with the evaluation's loaders and write it as training conversations."""
+                      with_options: bool = True, concepts: bool = False, seed: int = 0,
+                      **options: Any) -> ConvertResult:
+    """Load a benchmark split with the evaluation's loaders and write it as training conversations;
+    `concepts` adds the image-grounded questions `medvl.train.concepts` derives from the same split."""
     data = load_benchmark(name, root, split=split, **options)
-    return convert_items(data.items, out, missing=data.missing_images, with_options=with_options)
+    items = list(data.items)
+    if concepts:
+        from medvl.train.concepts import concept_items
+
+        missing = set(data.missing_images)
+        items += concept_items([item for item in items if item.id not in missing], name, seed=seed)[0]
+    return convert_items(items, out, missing=data.missing_images, with_options=with_options)
