@@ -14,7 +14,7 @@ import yaml
 
 from medvl.config import load_config
 from medvl.demo.config import DEMO_MODEL, DemoConfig
-from medvl.demo.run import EVAL_RUNS, run_demo, train_stage
+from medvl.demo.run import EVAL_RUNS, finetune_data, run_demo, train_stage
 from medvl.model.spec import ModelSpec, tiny_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,6 +76,25 @@ def test_a_stage_budget_gives_the_same_steps_and_weights_every_time(tmp_path, ti
     assert runs[0]["final_loss"] == runs[1]["final_loss"]
     first, second = (load_file(tmp_path / f"run{k}" / "model.safetensors") for k in range(2))
     assert all(torch.equal(first[key], second[key]) for key in first)
+    # the demo's finetune keeps the token embeddings (tied lm_head) fixed while the decoder trains
+    start = load_file(tiny_model_dir / "model.safetensors")
+    embeddings = [key for key in start if "embed_tokens" in key]
+    decoder = [key for key in start if "layers.0.mlp" in key]
+    assert embeddings and decoder
+    assert all(torch.equal(start[key], first[key]) for key in embeddings)
+    assert not all(torch.equal(start[key], first[key]) for key in decoder)
+
+
+def test_concept_questions_join_the_finetune_data_in_both_prompt_forms(tmp_path):
+    plain = finetune_data(ROOT / "data" / "vqa-rad", tmp_path / "plain")
+    summary = finetune_data(ROOT / "data" / "vqa-rad", tmp_path / "concepts", concepts=True)
+    records = [json.loads(line) for line in (tmp_path / "concepts" / "vqa_rad_train.jsonl").read_text().splitlines()]
+    concept = [r for r in records if "-concept-" in r["id"]]
+    assert summary["records"] == plain["records"] + len(concept) and summary["concept_questions"] > 500
+    answers = [r["conversations"][1]["value"] for r in concept]
+    assert answers.count("yes") == answers.count("no") > 0  # balanced: the question alone cannot tell
+    assert answers.count("A") + answers.count("B") == 2 * answers.count("yes")  # each yes/no also as a choice
+    assert {r["image"][0] for r in concept} <= {r["image"][0] for r in records if "-concept-" not in r["id"]}
 
 
 def test_the_verdict_says_not_significant_when_it_is_not():
@@ -87,3 +106,18 @@ def test_the_verdict_says_not_significant_when_it_is_not():
     assert "not significant" in _verdict("closed accuracy", "question-only", noise)
     assert "image helps" not in _verdict("closed accuracy", "question-only", noise)
     assert "image helps" in _verdict("closed accuracy", "question-only", real)
+
+
+def test_the_acceptance_bar_needs_the_gap_and_the_significance():
+    from medvl.demo.report import _bar_line
+    from medvl.eval.compare import PairedDifference
+
+    def closed(gap: float, p: float) -> PairedDifference:
+        return PairedDifference("closed accuracy", "accuracy", 272, 0.6 + gap, 0.6, gap, (gap - 0.05, gap + 0.05), p)
+
+    assert _bar_line("closed accuracy", closed(0.12, 1e-5)).startswith("met")
+    assert _bar_line("closed accuracy", closed(0.06, 1e-5)).startswith("NOT met")  # significant but too small
+    assert _bar_line("closed accuracy", closed(0.09, 0.02)).startswith("NOT met")  # large enough but p ≥ 0.01
+    assert _bar_line("choice accuracy", closed(0.06, 0.005)).startswith("met")
+    recall = PairedDifference("open token_recall", "mean", 179, 0.2, 0.15, 0.05, (0.01, 0.09))
+    assert _bar_line("open token_recall", recall).startswith("met")

@@ -37,6 +37,9 @@ class StageBudget(Config):
     batch_size: int = Field(8, ge=1)
     max_minutes: float | None = Field(None, gt=0, description="stop early after this much wall time (not reproducible)")
     train_vision: bool = Field(True, description="train the vision tower too (align keeps the distilled tower fixed)")
+    train_embeddings: bool | None = Field(
+        None, description="the LLM's token embeddings and tied lm_head; null: as the stage trains the LLM. false "
+        "keeps them fixed: no dense gradient and AdamW update of the 49k x 576 table, most of a step's time on CPUs")
 
 
 class PriorSettings(Config):
@@ -61,7 +64,10 @@ class DemoConfig(Config):
     prior: PriorSettings = PriorSettings()
     align: StageBudget = StageBudget(epochs=4, lr=1e-3, train_vision=False)
     instruct: StageBudget = StageBudget(epochs=3, lr=1e-4)
-    finetune: StageBudget = StageBudget(epochs=3, lr=3e-4, batch_size=16)
+    finetune: StageBudget = StageBudget(epochs=3, lr=3e-4, batch_size=16, train_embeddings=False)
+    concepts: bool = Field(
+        False, description="add to the finetune data balanced questions about each train image's organ, modality and "
+        "plane, derived from the train split's own labels (medvl.train.concepts): their answer only the image gives")
     max_length: int = Field(256, ge=64)
     eval_max_new_tokens: int = Field(10, ge=1)
     eval_batch_size: int = Field(32, ge=1)

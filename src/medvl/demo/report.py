@@ -31,6 +31,9 @@ HEADLINES = {"open_closed": ("closed accuracy", "open token_recall"), "choice": 
 OPEN_CLOSED_COLUMNS = [("closed accuracy", ("closed", "accuracy")), ("yes/no accuracy", ("closed", "yes_no_accuracy")),
                        ("open exact match", ("open", "exact_match")), ("open token recall", ("open", "token_recall")),
                        ("open token F1", ("open", "token_f1"))]
+# the acceptance bar of the demo model (issue #11): metric → (least gap over each control, largest McNemar p);
+# a p of None asks only for a positive gap whose interval excludes 0 (token recall is a mean: no McNemar)
+BAR = {"closed accuracy": (0.08, 0.01), "choice accuracy": (0.05, 0.01), "open token_recall": (0.0, None)}
 CHOICE_COLUMNS = [("choice accuracy", ("choice", "accuracy")), ("parse failures", ("choice", "parse_failure_rate"))]
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1050px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
@@ -152,12 +155,14 @@ def _training(config: DemoConfig, steps: dict[str, dict[str, Any]], out: Path) -
     plot = _png(figure)
     plt.close(figure)
     def parts(stage: str, budget: Any) -> str:
-        trained = ["projector", *(["LLM"] if stage != "align" else []), *(["ViT"] if budget.train_vision else [])]
+        llm = "LLM" if budget.train_embeddings is not False else "LLM decoder (embeddings fixed)"
+        trained = ["projector", *([llm] if stage != "align" else []), *(["ViT"] if budget.train_vision else [])]
         return f"{stage} ({' + '.join(trained)})"
 
     flow = " → ".join(parts(stage, getattr(config, stage)) for stage in ("align", "instruct", "finetune"))
     return (f"<h2>3. Training</h2><p>{flow}; align and instruct on the curated figures, finetune on the VQA-RAD "
-            "train split. Each stage runs a fixed number of epochs, so the same seed gives the same steps and "
+            "train split" + (" plus balanced organ/modality/plane questions derived from its own labels"
+                             if config.concepts else "") + ". Each stage runs a fixed number of epochs, so the same seed gives the same steps and "
             f"scores on any machine; only the minutes depend on the machine. Precision: {config.precision}.</p>"
             + _table(["stage", "steps", "epochs", "final loss", "samples/epoch", "rejected", "minutes"], rows) + plot)
 
@@ -212,7 +217,7 @@ def _paired(steps: dict[str, dict[str, Any]], protocol: str) -> str:
     if not all(d and (Path(d) / "predictions.jsonl").is_file() for d in dirs.values()):
         return ""
     model = load_run(Path(dirs["model"])).records
-    rows, verdicts = [], []
+    rows, verdicts, bar = [], [], []
     for control in CONTROLS:
         found = {d.metric: d for d in compare_records(model, load_run(Path(dirs[control])).records).differences}
         for metric in HEADLINES[protocol]:
@@ -224,8 +229,22 @@ def _paired(steps: dict[str, dict[str, Any]], protocol: str) -> str:
                          f"{100 * d.difference:+.1f}", percent_interval(d.interval), p,
                          "significant" if d.significant else "not significant"])
             verdicts.append(_verdict(metric, SYSTEMS[control], d))
+            bar.append([html.escape(metric), html.escape(SYSTEMS[control]), html.escape(_bar_line(metric, d))])
     return (_table(["metric", "control", "n", "model", "control", "model − control", "95% CI", "McNemar p",
-                    "verdict"], rows) + "<p>" + " ".join(verdicts) + "</p>")
+                    "verdict"], rows) + "<p>" + " ".join(verdicts) + "</p><p>The acceptance bar (issue #11), "
+            "line by line:</p>" + _table(["metric", "control", "bar"], bar))
+
+
+def _bar_line(metric: str, d: Any) -> str:
+    """Whether one comparison meets its line of the acceptance bar (`BAR`), saying the line and the figures."""
+    gap, p_max = BAR[metric]
+    if p_max is None:
+        met, line = d.difference > gap and d.significant, "above the control, interval excluding 0"
+    else:
+        met = d.difference >= gap and d.p_value is not None and d.p_value < p_max
+        line = f"≥ control + {100 * gap:.0f} points with McNemar p < {p_max:g}"
+    p = "" if d.p_value is None else f", p = {d.p_value:.2g}"
+    return f"{'met' if met else 'NOT met'}: {line} (measured {100 * d.difference:+.1f}{p})"
 
 
 def _verdict(metric: str, control: str, d: Any) -> str:

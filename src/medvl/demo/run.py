@@ -82,7 +82,7 @@ def run_demo(config: DemoConfig, fresh: bool = False) -> Path:
     summaries: dict[str, dict[str, Any]] = {}
     steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("curate", lambda: curate(config, out)),
-        ("data", lambda: finetune_data(vqa_rad, out / "data")),
+        ("data", lambda: finetune_data(vqa_rad, out / "data", concepts=config.concepts, seed=config.seed)),
         ("prior", lambda: visual_prior(config, vqa_rad)),
         ("build", lambda: build(config, out / "model-init", summaries["prior"].get("folder"))),
         ("align", lambda: train_stage(config, "align", out / "model-init", [_curated(out, "concept_alignment")],
@@ -157,18 +157,23 @@ def curate(config: DemoConfig, out: Path) -> dict[str, Any]:
     return {"figures": str(figures), "report": report}
 
 
-def finetune_data(vqa_rad: Path, data_dir: Path) -> dict[str, Any]:
+def finetune_data(vqa_rad: Path, data_dir: Path, concepts: bool = False, seed: int = 0) -> dict[str, Any]:
     """VQA-RAD train split as conversations, phrased as the evaluation asks: short-answer prompts for
-    every question, plus the lettered multiple-choice form of each yes/no question."""
+    every question, plus the lettered multiple-choice form of each yes/no question; `concepts` adds
+    the balanced organ/modality/plane questions derived from the same split (medvl.train.concepts)."""
     from medvl.benchmarks import closed_as_choice, default_prompt, load_benchmark
+    from medvl.train.concepts import concept_items
 
     train = load_benchmark("vqa_rad", vqa_rad, split="train")
-    records = [_record(item, default_prompt(item, "short"), item.answer.strip()) for item in train.items]
-    choice_items, _ = closed_as_choice(train.items)
+    extra, stats = concept_items(train.items, "vqa_rad", seed=seed) if concepts else ([], None)
+    items = [*train.items, *extra]
+    records = [_record(item, default_prompt(item, "short"), item.answer.strip()) for item in items]
+    choice_items, _ = closed_as_choice(items)
     records += [_record(item, default_prompt(item), item.answer_letter, suffix="-choice") for item in choice_items]
     write_jsonl(data_dir / "vqa_rad_train.jsonl", records)
-    return {"train_questions": len(train.items), "records": len(records), "choice_records": len(choice_items),
-            "missing_images": len(train.missing_images), "test_overlap": split_overlap(train, vqa_rad)}
+    return {"train_questions": len(train.items), "concept_questions": len(extra), "records": len(records),
+            "choice_records": len(choice_items), "missing_images": len(train.missing_images),
+            "test_overlap": split_overlap(train, vqa_rad), **({"concepts": stats.to_json()} if stats else {})}
 
 
 def split_overlap(train: Any, vqa_rad: Path) -> dict[str, int]:
@@ -258,7 +263,7 @@ def train_stage(config: DemoConfig, stage: str, start: Path, sources: list[dict[
     train_config = TrainConfig.model_validate({
         "stage": stage,
         "model": {"path": str(start)},
-        "trainable": {"vision": budget.train_vision},
+        "trainable": {"vision": budget.train_vision, "embeddings": budget.train_embeddings},
         "data": {"sources": sources, "max_length": config.max_length, "seed": config.seed},
         "optim": {"lr": budget.lr, "epochs": budget.epochs, "batch_size": budget.batch_size,
                   "scheduler": "constant_with_warmup", "warmup_ratio": 0.05},
