@@ -69,20 +69,24 @@ def test_a_stage_budget_gives_the_same_steps_and_weights_every_time(tmp_path, ti
         for i in range(12)]
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     config = load_config(DemoConfig, None, ["finetune.epochs=2", "finetune.batch_size=4"])
-    runs = [train_stage(config, "finetune", tiny_model_dir, [{"path": str(tmp_path / "data.jsonl"),
-                                                                "image_root": str(tmp_path)}],
-                        config.finetune, tmp_path / f"run{k}") for k in range(2)]
+    sources = [{"path": str(tmp_path / "data.jsonl"), "image_root": str(tmp_path)}]
+    runs = [train_stage(config, "finetune", tiny_model_dir, sources, config.finetune, tmp_path / f"run{k}")
+            for k in range(2)]
     assert runs[0]["steps"] == runs[1]["steps"] == 6  # 12 samples / batch 4 x 2 epochs
     assert runs[0]["final_loss"] == runs[1]["final_loss"]
     first, second = (load_file(tmp_path / f"run{k}" / "model.safetensors") for k in range(2))
     assert all(torch.equal(first[key], second[key]) for key in first)
-    # the demo's finetune keeps the token embeddings (tied lm_head) fixed while the decoder trains
-    start = load_file(tiny_model_dir / "model.safetensors")
+    # the default finetune trains the token embeddings; finetune.train_embeddings=false keeps them (and the
+    # tied lm_head) fixed while the decoder trains
+    fixed = config.finetune.model_copy(update={"train_embeddings": False})
+    train_stage(config, "finetune", tiny_model_dir, sources, fixed, tmp_path / "fixed")
+    start, frozen = (load_file(folder / "model.safetensors") for folder in (tiny_model_dir, tmp_path / "fixed"))
     embeddings = [key for key in start if "embed_tokens" in key]
     decoder = [key for key in start if "layers.0.mlp" in key]
     assert embeddings and decoder
-    assert all(torch.equal(start[key], first[key]) for key in embeddings)
-    assert not all(torch.equal(start[key], first[key]) for key in decoder)
+    assert not all(torch.equal(start[key], first[key]) for key in embeddings)
+    assert all(torch.equal(start[key], frozen[key]) for key in embeddings)
+    assert not all(torch.equal(start[key], frozen[key]) for key in decoder)
 
 
 def test_concept_questions_join_the_finetune_data_in_both_prompt_forms(tmp_path):

@@ -39,7 +39,8 @@ class StageBudget(Config):
     train_vision: bool = Field(True, description="train the vision tower too (align keeps the distilled tower fixed)")
     train_embeddings: bool | None = Field(
         None, description="the LLM's token embeddings and tied lm_head; null: as the stage trains the LLM. false "
-        "keeps them fixed: no dense gradient and AdamW update of the 49k x 576 table, most of a step's time on CPUs")
+        "keeps them fixed: no dense gradient and AdamW update of the 49k x 576 table (about 2x faster finetune steps "
+        "on 2 CPU cores) but, measured on the demo model, a worse fit and no image use: see docs/model.md")
 
 
 class PriorSettings(Config):
@@ -64,7 +65,7 @@ class DemoConfig(Config):
     prior: PriorSettings = PriorSettings()
     align: StageBudget = StageBudget(epochs=4, lr=1e-3, train_vision=False)
     instruct: StageBudget = StageBudget(epochs=3, lr=1e-4)
-    finetune: StageBudget = StageBudget(epochs=3, lr=3e-4, batch_size=16, train_embeddings=False)
+    finetune: StageBudget = StageBudget(epochs=3, lr=3e-4, batch_size=16)
     concepts: bool = Field(
         False, description="add to the finetune data balanced questions about each train image's organ, modality and "
         "plane, derived from the train split's own labels (medvl.train.concepts): their answer only the image gives")
