@@ -37,11 +37,11 @@ def test_recipes_carry_the_published_hyperparameters():
     assert (rad.stage, rad.model.path, rad.optim.epochs) == ("finetune", stage2.output_dir, 3)
     pre, ft = get("llava15_pretrain"), get("llava15_finetune")
     assert (pre.policy(), pre.optim.lr, pre.optim.batch_size * 8) == (
-        {"vision": False, "projector": True, "llm": False}, 1e-3, 256)
+        {"vision": False, "projector": True, "llm": False, "embeddings": False}, 1e-3, 256)
     assert (ft.optim.lr, ft.optim.batch_size * 8, ft.model.path) == (2e-5, 128, pre.output_dir)
     align, sft = get("huatuo_vision_align"), get("huatuo_vision_sft")
     for config in (align, sft):
-        assert config.policy() == {"vision": True, "projector": True, "llm": True}
+        assert config.policy() == {"vision": True, "projector": True, "llm": True, "embeddings": True}
         assert (config.optim.lr, config.optim.warmup_ratio, config.optim.weight_decay, config.optim.min_lr_ratio) == (
             5e-6, 0.05, 0.1, 0.15)
         assert (config.data.last_turn_only, config.data.max_images, config.data.max_length) == (True, 8, 4096)
