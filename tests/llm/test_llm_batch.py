@@ -74,7 +74,9 @@ def test_requests_per_minute_paces_requests(mock_server):
     assert 0.95 <= elapsed < 4.0
     arrivals = server.arrival_times
     assert arrivals[19] - arrivals[0] < 0.5  # the first second's quota goes at once
-    assert arrivals[-1] - arrivals[20] >= 0.85  # the rest at 20 per second
+    # the rest at 20 per second: request k (k >= 20) cannot leave before (k - 19) / 20 s; load only delays
+    # arrivals, so this bound holds on a busy machine where gaps between arrivals do not
+    assert all(arrivals[k] - start >= (k - 19) / 20 - 0.02 for k in range(20, 40))
 
 
 def test_rate_limiter_paces_and_admits_oversized_requests():
