@@ -92,3 +92,20 @@ def test_pipeline_stage_drops_records_showing_benchmark_images(corpus: Path, cur
     assert dropped["id"] == "p4_fig4.png" and dropped["matched"][0]["item_ids"] == ["q1"]
     assert (tmp_path / "out" / "decontamination" / "report.html").is_file()
     assert "## Decontamination" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_rerun_decontaminate_task_ignores_its_own_earlier_rejects(corpus: Path, curate_config, tmp_path: Path):
+    """A decontaminate task run again (as after a kill) finds the same records, not only those its earlier
+    attempt had not reached yet: its own reject file is not a list of records dropped before it."""
+    from medvl.curate.decontaminate_step import DecontaminateStep
+    from medvl.curate.store import RunDirs
+
+    reference = [ReferenceItem("toy", "test", "q1", (str(corpus / "figures" / "p4_fig4.png"),), "Organ?", "thyroid")]
+    config = curate_config(corpus, "decontaminate.enabled=true")
+    run_curation(config, tmp_path / "out", reference=reference)
+    dirs = RunDirs((tmp_path / "out").resolve())
+    rejects = dirs.rejects / "decontaminate-00000.jsonl"
+    before = rejects.read_text()
+    assert '"p4_fig4.png"' in before
+    DecontaminateStep(dirs, config.engine.tasks, config.decontaminate).run()
+    assert rejects.read_text() == before

@@ -63,7 +63,7 @@ class DecontaminateStep(PipelineStep):
             min_text_overlap=self.config.min_text_overlap,
             image_matcher=near_image_matcher(self.config.image),
         )
-        dropped = dedup_dropped(self.dirs)
+        dropped = dedup_dropped(self.dirs, stages=("dedup",))  # not this task's own file from a killed attempt
         path = self.dirs.rejects / "decontaminate-00000.jsonl"
         path.unlink(missing_ok=True)
         seen, matches = 0, []

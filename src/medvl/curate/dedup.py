@@ -297,11 +297,12 @@ class DedupStep(PipelineStep):
         return iter(())
 
 
-def dedup_dropped(dirs: RunDirs) -> set[int]:
-    """Packed input positions (`pack_order`) of the records the dedup and decontaminate tasks dropped."""
+def dedup_dropped(dirs: RunDirs, stages: tuple[str, ...] = ("dedup", "decontaminate")) -> set[int]:
+    """Packed input positions (`pack_order`) of the records the given gather tasks (by default dedup and
+    decontaminate) dropped. A task asks only for the stages before it: its own file is a previous attempt's."""
     dropped: set[int] = set()
-    for name in ("dedup-00000.jsonl", "decontaminate-00000.jsonl"):
-        path = dirs.rejects / name
+    for stage in stages:
+        path = dirs.rejects / f"{stage}-00000.jsonl"
         if path.exists():
             with path.open("r", encoding="utf-8") as handle:
                 dropped |= {pack_order(json.loads(line)["order"]) for line in handle if line.strip()}
