@@ -23,7 +23,6 @@ main process merges all parts in benchmark order once every process is done, the
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ import yaml
 from pydantic import ValidationError
 
 from medvl.benchmarks import BenchmarkError, get_benchmark
-from medvl.benchmarks.base import BenchmarkData, VQAItem
+from medvl.benchmarks.base import BenchmarkData, VQAItem, read_json
 from medvl.config import ConfigError, dump_config
 from medvl.engine import Engine, Request
 from medvl.eval.backends import make_backend
@@ -109,7 +108,7 @@ def _unseen(items: list[VQAItem], data: BenchmarkData, path: Path) -> tuple[list
     """The items a decontamination's seen_items.json (a plain file) does not list for this split."""
     if not path.is_file():
         raise ConfigError(f"exclude_seen: {path} not found; `medvl curate decontaminate` writes seen_items.json")
-    seen = set(json.loads(path.read_text(encoding="utf-8")).get(f"{data.name}/{data.split}", []))
+    seen = set(read_json(path).get(f"{data.name}/{data.split}", []))
     kept = [item for item in items if item.id not in seen]
     return kept, [f"{len(items) - len(kept)} items seen in training excluded ({path.name}): "
                   f"scores are on the {len(kept)} unseen items"]
