@@ -35,6 +35,7 @@ from torch.nn import functional as F
 
 from medvl.config import Config
 from medvl.errors import UserError
+from medvl.model.build import CLIP_MEAN, CLIP_STD
 from medvl.model.spec import VisionSpec
 
 __all__ = ["PriorConfig", "distil_tower", "cached_prior", "prior_key", "image_files", "student_tower", "Teacher",
@@ -43,7 +44,6 @@ __all__ = ["PriorConfig", "distil_tower", "cached_prior", "prior_key", "image_fi
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".dcm", ".dicom"}
-CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 
 
 class PriorConfig(Config):
