@@ -35,7 +35,7 @@ __all__ = [
     "image_cache_dir",
     "missing_field",
     "one_of",
-    "open_closed_row",
+    "open_closed_item",
     "option_letter",
     "read_json",
     "read_json_rows",
@@ -253,10 +253,11 @@ def missing_field(row: dict[str, Any], keys: Sequence[str]) -> str | None:
     return next((f"no_{key}" for key in keys if text_field(row, key) is None), None)
 
 
-def open_closed_row(row: dict[str, Any], index: int, image_key: str,
-                    rejects: list[dict[str, str]]) -> tuple[str, AnswerType] | None:
-    """(id, "closed"/"open") of a VQA-RAD/SLAKE-style row (`qid`, `question`, `answer`, `answer_type`
-    CLOSED/OPEN, an image field); None after recording the reject when a field is missing or unknown."""
+def open_closed_item(row: dict[str, Any], index: int, rejects: list[dict[str, str]], *, benchmark: str, split: str,
+                     image_dir: Path, image_key: str, meta: dict[str, Any]) -> VQAItem | None:
+    """The item of a VQA-RAD/SLAKE-style row (`qid`, `question`, `answer`, `answer_type` CLOSED/OPEN, an
+    image file name under `image_key`), its `meta` completed with `yes_no`; None after recording the
+    reject when a field is missing or the answer type unknown."""
     qid = str(row.get("qid", index))
     kind = str(row.get("answer_type", "")).strip().upper()
     problem = missing_field(row, ("question", "answer", image_key))
@@ -264,7 +265,17 @@ def open_closed_row(row: dict[str, Any], index: int, image_key: str,
     if problem:
         rejects.append({"id": qid, "reason": problem, "detail": f"answer_type={kind!r}"})
         return None
-    return qid, "closed" if kind == "CLOSED" else "open"
+    answer = str(row["answer"]).strip()
+    return VQAItem(
+        id=qid,
+        benchmark=benchmark,
+        split=split,
+        question=str(row["question"]).strip(),
+        answer=answer,
+        answer_type="closed" if kind == "CLOSED" else "open",
+        images=[str((image_dir / row[image_key]).resolve())],
+        meta={**meta, "yes_no": yes_no_answer(answer) is not None},
+    )
 
 
 def one_of(benchmark: str, option: str, value: Any, known: Sequence[str]) -> str:

@@ -13,14 +13,12 @@ from pathlib import Path
 
 from medvl.benchmarks.base import (
     BenchmarkData,
-    VQAItem,
     find_path,
     finish,
     one_of,
-    open_closed_row,
+    open_closed_item,
     read_json_rows,
     split_name,
-    yes_no_answer,
 )
 from medvl.benchmarks.registry import register_benchmark
 
@@ -40,27 +38,15 @@ def load(root: Path, split: str = "test", lang: str = "en") -> BenchmarkData:
         row_lang = row.get("q_lang", "en")
         if lang != "all" and row_lang != lang:
             continue
-        checked = open_closed_row(row, index, "img_name", rejects)
-        if checked is None:
-            continue
-        qid, kind = checked
-        answer = str(row["answer"]).strip()
-        items.append(VQAItem(
-            id=qid,
-            benchmark="slake",
-            split=split,
-            question=str(row["question"]).strip(),
-            answer=answer,
-            answer_type=kind,
-            images=[str((image_dir / row["img_name"]).resolve())],
-            meta={
-                "question_type": row.get("content_type", ""),
-                "organ": row.get("location", ""),
-                "modality": row.get("modality", ""),
-                "lang": row_lang,
-                "base_type": row.get("base_type", ""),
-                "yes_no": yes_no_answer(answer) is not None,
-            },
-        ))
+        item = open_closed_item(row, index, rejects, benchmark="slake", split=split, image_dir=image_dir,
+                                image_key="img_name", meta={
+                                    "question_type": row.get("content_type", ""),
+                                    "organ": row.get("location", ""),
+                                    "modality": row.get("modality", ""),
+                                    "lang": row_lang,
+                                    "base_type": row.get("base_type", ""),
+                                })
+        if item is not None:
+            items.append(item)
     notes = [] if image_dir.is_dir() else [f"image folder {image_dir} is absent"]
     return finish("slake", split, root, items, notes=notes, rejects=rejects)

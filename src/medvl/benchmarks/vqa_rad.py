@@ -13,14 +13,12 @@ from pathlib import Path
 
 from medvl.benchmarks.base import (
     BenchmarkData,
-    VQAItem,
     BenchmarkError,
     find_path,
     finish,
-    open_closed_row,
+    open_closed_item,
     read_json_rows,
     split_name,
-    yes_no_answer,
 )
 from medvl.benchmarks.registry import register_benchmark
 
@@ -44,24 +42,12 @@ def load(root: Path, split: str = "test") -> BenchmarkData:
         is_test = row.get("phrase_type") in TEST_PHRASES
         if split != "all" and is_test != (split == "test"):
             continue
-        checked = open_closed_row(row, index, "image_name", rejects)
-        if checked is None:
-            continue
-        qid, kind = checked
-        answer = str(row["answer"]).strip()
-        items.append(VQAItem(
-            id=qid,
-            benchmark="vqa_rad",
-            split="test" if is_test else "train",
-            question=str(row["question"]).strip(),
-            answer=answer,
-            answer_type=kind,
-            images=[str((image_dir / row["image_name"]).resolve())],
-            meta={
-                "question_type": str(row.get("question_type", "")).strip().upper(),
-                "organ": str(row.get("image_organ", "")).strip().upper(),
-                "phrase_type": row.get("phrase_type"),
-                "yes_no": yes_no_answer(answer) is not None,
-            },
-        ))
+        item = open_closed_item(row, index, rejects, benchmark="vqa_rad", split="test" if is_test else "train",
+                                image_dir=image_dir, image_key="image_name", meta={
+                                    "question_type": str(row.get("question_type", "")).strip().upper(),
+                                    "organ": str(row.get("image_organ", "")).strip().upper(),
+                                    "phrase_type": row.get("phrase_type"),
+                                })
+        if item is not None:
+            items.append(item)
     return finish("vqa_rad", split, folder, items, rejects=rejects)
