@@ -50,34 +50,34 @@ def stage_stats(dirs: RunDirs, stage: str) -> dict[str, dict[str, int]]:
     return {name: dict(counter) for name, counter in totals.items()}
 
 
-def _field_counts(dirs: RunDirs, n_shards: int, field: str, missing: str) -> dict[str, Counter[str]]:
-    """Records per value of a metadata field: at input, after the filters, after dedup, selected."""
+def _field_counts(dirs: RunDirs, n_shards: int, fields: dict[str, str]) -> dict[str, dict[str, Counter[str]]]:
+    """Records per value of each metadata field (field -> the label of a missing value), read in one pass:
+    at input, after the filters, after dedup, selected."""
     gathered = {dirs.rejects / "dedup-00000.jsonl", dirs.rejects / "decontaminate-00000.jsonl"}
     dropped: set[int] = set()
-    rejected_input: Counter[str] = Counter()
+    rejected_input = {field: Counter() for field in fields}
     for path in dirs.rejects.glob("*.jsonl"):
         for item in iter_appended(path):
             if path in gathered:
                 dropped.add(pack_order(item["order"]))
-            else:
-                rejected_input[str(item.get(field) or missing)] += 1
-    prepared, deduped, selected = Counter(), Counter(), Counter()
+                continue
+            for field, missing in fields.items():
+                rejected_input[field][str(item.get(field) or missing)] += 1
+    stages = {field: {"after_filters": Counter(), "after_dedup": Counter(), "selected": Counter()} for field in fields}
     for rank in range(n_shards):
         path = dirs.selected_shard(rank)
         chosen = set(json.loads(path.read_text(encoding="utf-8"))) if path.exists() else set()
         for row, record in enumerate(iter_appended(dirs.prepared_shard(rank))):
-            value = str(record["metadata"].get(field) or missing)
-            prepared[value] += 1
-            if pack_order(record["metadata"]["order"]) not in dropped:
-                deduped[value] += 1
-            if row in chosen:
-                selected[value] += 1
-    return {
-        "input": rejected_input + prepared,
-        "after_filters": prepared,
-        "after_dedup": deduped,
-        "selected": selected,
-    }
+            kept = pack_order(record["metadata"]["order"]) not in dropped
+            for field, missing in fields.items():
+                value = str(record["metadata"].get(field) or missing)
+                stages[field]["after_filters"][value] += 1
+                if kept:
+                    stages[field]["after_dedup"][value] += 1
+                if row in chosen:
+                    stages[field]["selected"][value] += 1
+    return {field: {"input": rejected_input[field] + stages[field]["after_filters"], **stages[field]}
+            for field in fields}
 
 
 def text_filter_quality(config: CurateConfig) -> dict[str, Any]:
@@ -184,13 +184,13 @@ def write_report(
     for kind, hint in ENABLE_HINTS.items():
         if not _enabled(config, kind):
             skipped.append({"step": f"generate {kind}", "enable": hint})
-    modality = _field_counts(dirs, n_shards, "modality", "other")
+    by_field = _field_counts(dirs, n_shards, {"modality": "other", "licence": "unknown"})
+    modality, licences = by_field["modality"], by_field["licence"]
     del modality["after_filters"]
     generated_any = Counter()
     for per_kind in counts["modality_generated"].values():
         generated_any |= Counter(per_kind)
     modality["generated"] = generated_any
-    licences = _field_counts(dirs, n_shards, "licence", "unknown")
     licences["generated"] = Counter(counts["licence_generated"])
     report = {
         "output_dir": str(dirs.out),
