@@ -111,15 +111,14 @@ def _load_quantized(source: ModelSource, lora: LoraSettings) -> tuple[Any, Any]:
 
 
 def apply_policy(model: Any, policy: dict[str, bool]) -> None:
-    """Freeze or unfreeze each component as the policy says; `embeddings` (input embeddings and
-    lm_head, one tensor when tied) defaults to the LLM's setting."""
+    """Freeze or unfreeze each component as `TrainConfig.policy()` says, then `embeddings` (input
+    embeddings and lm_head, one tensor when tied; the policy defaults it to the LLM's setting)."""
     for name, modules in components(model).items():
         for module in modules:
             module.requires_grad_(policy[name])
-    embeddings = policy.get("embeddings", policy["llm"])
     for module in (model.get_input_embeddings(), model.get_output_embeddings()):
         if module is not None:
-            module.requires_grad_(embeddings)
+            module.requires_grad_(policy["embeddings"])
 
 
 def add_lora(model: Any, lora: LoraSettings, policy: dict[str, bool]) -> Any:
