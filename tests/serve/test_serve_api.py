@@ -158,8 +158,8 @@ def test_serve_command_merges_yaml_set_and_flags(tiny_model_dir, tmp_path, monke
     result = CliRunner().invoke(build_app(), args)
     assert result.exit_code == 0, result.output
     (settings,) = seen
-    assert (settings.model_dir, settings.port, settings.max_batch_size, settings.batch_wait_ms) == (
-        tiny_model_dir, 9001, 4, 25.0)
+    assert (settings.engine.model, settings.port, settings.max_batch_size, settings.batch_wait_ms) == (
+        str(tiny_model_dir), 9001, 4, 25.0)
     assert settings.limits.max_tokens == 64 and settings.images.max_images == 3
     assert settings.images.local_root == tmp_path and settings.images.allowed_hosts == ["images.example.org"]
     assert settings.allowed_hosts == ["api.example.org"]

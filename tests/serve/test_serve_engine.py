@@ -96,5 +96,24 @@ def test_serve_engine_vllm_without_vllm_is_one_line(tmp_path, monkeypatch):
     result = CliRunner().invoke(build_app(), ["serve", str(tmp_path), "--engine", "vllm"])
     assert result.exit_code == 2 and "needs vllm installed" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    unknown = CliRunner().invoke(build_app(), ["serve", str(tmp_path), "--engine", "tensorrt"])
-    assert unknown.exit_code == 2 and "unknown engine 'tensorrt'" in unknown.stderr
+
+
+@pytest.mark.parametrize("kind,why", [("openai", "cannot be served (it has no model processor)"), ("tensorrt", "is not a known engine")])
+def test_serve_refuses_an_engine_it_cannot_run_in_one_line(tmp_path, kind, why):
+    from typer.testing import CliRunner
+
+    from medvl.cli import build_app
+
+    result = CliRunner().invoke(build_app(), ["serve", str(tmp_path), "--engine", kind])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: engine {kind!r} {why}; medvl serve runs: local, vllm"
+
+
+def test_serve_config_refuses_an_engine_it_cannot_run(tmp_path):
+    from medvl.config import ConfigError, load_config
+    from medvl.serve.config import ServeConfig
+
+    with pytest.raises(ConfigError, match=r"engine .openai. cannot be served \(it has no model processor\); medvl serve runs: local, vllm"):
+        load_config(ServeConfig, overrides=["engine.kind=openai"])
+    served = load_config(ServeConfig, overrides=["engine.kind=vllm", "engine.vllm_args.max_model_len=4096"])
+    assert served.engine.vllm_args == {"max_model_len": 4096}

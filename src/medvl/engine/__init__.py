@@ -13,6 +13,17 @@ Evaluation asks its questions through an engine (`medvl.eval.backends`; its majo
 an engine too). How to add one: docs/architecture.md.
 """
 
-from medvl.engine.base import ENGINES, Engine, EngineConfig, Reply, Request, make_engine, register_engine
+from medvl.engine.base import (
+    ENGINES,
+    Engine,
+    EngineConfig,
+    EngineNotServable,
+    Reply,
+    Request,
+    check_servable,
+    make_engine,
+    register_engine,
+)
 
-__all__ = ["ENGINES", "Engine", "EngineConfig", "Reply", "Request", "make_engine", "register_engine"]
+__all__ = ["ENGINES", "Engine", "EngineConfig", "EngineNotServable", "Reply", "Request", "check_servable",
+           "make_engine", "register_engine"]

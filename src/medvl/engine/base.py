@@ -19,8 +19,9 @@ also sets `processor` (the model's processor: the server measures prompts with i
 queued) and `context_length`.
 
 Engines are registered by name (`@register_engine("local")` on a class, or a function, taking
-`(EngineConfig, GenerationSettings)`); `make_engine(config, settings)` builds the one `config.kind`
-names.
+`(EngineConfig, GenerationSettings)`; `servable=True` for one `medvl serve` may run);
+`make_engine(config, settings)` builds the one `config.kind` names, `check_servable(kind)` refuses
+a kind the server cannot run, naming those it can.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ from medvl.registry import Registry
 if TYPE_CHECKING:
     from medvl.model.generate import GenerationSettings
 
-__all__ = ["ENGINES", "Engine", "EngineConfig", "EngineFailed", "Reply", "ReplyStream", "Request",
-           "make_engine", "register_engine", "to_openai_messages"]
+__all__ = ["ENGINES", "Engine", "EngineConfig", "EngineFailed", "EngineNotServable", "Reply", "ReplyStream",
+           "Request", "check_servable", "make_engine", "register_engine", "servable_engines", "to_openai_messages"]
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +137,35 @@ class EngineFailed(RuntimeError):
     """A streamed answer failed (its `Reply.error`)."""
 
 
+class EngineNotServable(UserError, ValueError):
+    """`medvl serve` was given an engine it cannot run (one without the model's processor)."""
+
+
 EngineFactory = Callable[["EngineConfig", "GenerationSettings"], Engine]
 ENGINES: Registry[EngineFactory] = Registry("engine", package="medvl.engine")
+_SERVABLE: set[str] = set()
 
 
-def register_engine(name: str) -> Callable[[EngineFactory], EngineFactory]:
-    """Decorate an `Engine` class (or a function) that takes `(EngineConfig, GenerationSettings)`."""
+def register_engine(name: str, servable: bool = False) -> Callable[[EngineFactory], EngineFactory]:
+    """Decorate an `Engine` class (or a function) that takes `(EngineConfig, GenerationSettings)`;
+    `servable`: its engines set `processor` and `context_length`, so `medvl serve` may run it."""
+    if servable:
+        _SERVABLE.add(name)
     return ENGINES.register(name)
+
+
+def servable_engines() -> list[str]:
+    """The registered engines `medvl serve` can run."""
+    return [name for name in ENGINES.names() if name in _SERVABLE]
+
+
+def check_servable(kind: str) -> str:
+    """`kind`, when `medvl serve` can run it; else one line naming the engines it can."""
+    served = servable_engines()
+    if kind not in served:
+        what = "cannot be served (it has no model processor)" if kind in ENGINES else "is not a known engine"
+        raise EngineNotServable(f"engine {kind!r} {what}; medvl serve runs: {', '.join(served)}")
+    return kind
 
 
 class EngineConfig(Config):

@@ -43,7 +43,7 @@ class LocalEngine(Engine):
         return ReplyStream(iter(stream), lambda: None if stream.result is None else _reply(stream.result))
 
 
-@register_engine("local")
+@register_engine("local", servable=True)
 def local_engine(config: EngineConfig, settings: Any) -> LocalEngine:
     """The saved model folder `config.model`, loaded (a folder that is not one: `ModelLoadError`)."""
     from medvl.model.generate import load_generator

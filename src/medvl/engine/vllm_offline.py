@@ -24,7 +24,7 @@ class VLLMMissing(UserError, RuntimeError):
     """The vllm engine was asked for where vllm is not installed."""
 
 
-@register_engine("vllm")
+@register_engine("vllm", servable=True)
 class VLLMEngine(Engine):
     def __init__(self, config: EngineConfig, settings: Any):
         try:

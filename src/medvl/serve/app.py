@@ -26,6 +26,7 @@ import os
 import secrets
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -34,8 +35,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from medvl.engine import Engine, Reply
-from medvl.errors import UserError
+from medvl.engine import Engine, EngineNotServable, Reply
 from medvl.model.checkpoint import DISCLAIMER
 from medvl.serve.admission import Admission
 from medvl.serve.batcher import Batcher, Job
@@ -71,16 +71,12 @@ def resolve_api_key(config: ServeConfig) -> str | None:
     return os.environ.get(config.api_key_env) or None
 
 
-class EngineNotServable(UserError, ValueError):
-    """An engine without the model's processor (one that answers through a remote API)."""
-
-
 def create_app(engine: Engine, config: ServeConfig, resolver: ImageResolver | None = None) -> FastAPI:
     """The API app; the batching worker starts with the app's lifespan and stops with it."""
     if engine.processor is None or engine.context_length is None:
         raise EngineNotServable(f"{type(engine).__name__} cannot be served: it has no model processor to "
                                 "measure prompts with (serve a local model folder)")
-    model_name = config.model_name or (config.model_dir.name if config.model_dir else "medvl")
+    model_name = config.model_name or (Path(config.engine.model).name if config.engine.model else "medvl")
     resolver = resolver or ImageResolver(config.images)
     limits = config.limits
     context = engine.context_length

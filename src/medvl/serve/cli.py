@@ -64,12 +64,13 @@ def serve(
     max_batch_size: Optional[int] = typer.Option(None, min=1, help="requests per generate call (1 = no batching)"),
     batch_wait_ms: Optional[float] = typer.Option(None, min=0.0, help="how long a batch waits to fill"),
     engine: Optional[str] = typer.Option(
-        None, help="generation engine: local (default), or vllm where installed"),
+        None, help="generation engine (engine.kind): local (default), or vllm where installed"),
     set_overrides: Optional[List[str]] = typer.Option(
         None, "--set", hidden=True, help="a key=value override (the older spelling of a positional one)"),
 ) -> None:
     """Serve the OpenAI chat-completions API (FastAPI + uvicorn) with dynamic batching."""
     from medvl.config import load_config
+    from medvl.engine import check_servable
     from medvl.errors import UserError
     from medvl.serve.config import ServeConfig
     from medvl.serve.server import check_exposure
@@ -77,9 +78,11 @@ def serve(
 
     try:
         settings = load_config(ServeConfig, config, [*(set_overrides or []), *(overrides or [])])
-        settings.model_dir = model_dir
+        settings.engine.model = str(model_dir)
+        if engine is not None:
+            settings.engine.kind = check_servable(engine)
         given = {"host": host, "port": port, "api_key_env": api_key_env, "max_batch_size": max_batch_size,
-                 "batch_wait_ms": batch_wait_ms, "engine": engine}
+                 "batch_wait_ms": batch_wait_ms}
         for name, value in given.items():
             if value is not None:
                 setattr(settings, name, value)

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any
-
 from pydantic import Field, field_validator
 
 from medvl.config import Config
-from medvl.engine import ENGINES
+from medvl.engine import EngineConfig, check_servable
 from medvl.errors import UserError
 
-__all__ = ["ImagePolicy", "Limits", "ServeConfig", "UnsafeExposureError", "is_loopback", "is_wildcard",
-           "MIN_API_KEY_CHARS"]
+__all__ = ["ImagePolicy", "Limits", "ServeConfig", "ServedEngineConfig", "UnsafeExposureError", "is_loopback",
+           "is_wildcard", "MIN_API_KEY_CHARS"]
 
 MiB = 1024 * 1024
 MIN_API_KEY_CHARS = 16
@@ -77,10 +75,20 @@ class Limits(Config):
         "requests get 503 at once, the rest 503 (or a final stream event) when it runs out")
 
 
-class ServeConfig(Config):
-    """`medvl serve`: where to listen, who may call, how requests are batched."""
+class ServedEngineConfig(EngineConfig):
+    """The engine that answers (`medvl.engine.EngineConfig`): `model` is the served folder (the command's
+    argument), `kind` one that can be served (local, or vllm where vllm is installed)."""
 
-    model_dir: Path | None = None
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:  # replaces EngineConfig's check: only servable kinds
+        return check_servable(kind)
+
+
+class ServeConfig(Config):
+    """`medvl serve`: which engine answers, where to listen, who may call, how requests are batched."""
+
+    engine: ServedEngineConfig = Field(default_factory=ServedEngineConfig)
     model_name: str | None = Field(None, description="the id clients pass as `model`; default: the folder name")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -90,11 +98,6 @@ class ServeConfig(Config):
     api_key_env: str | None = Field(
         "MEDVL_API_KEY", description="environment variable holding the API key; when it is set and "
         f"non-empty, every /v1 call needs `Authorization: Bearer <key>`; at least {MIN_API_KEY_CHARS} characters")
-    engine: str = Field("local", description="the generation engine (medvl.engine) that answers: local, "
-                        "or vllm where vllm is installed")
-    vllm_args: dict[str, Any] = Field(default_factory=dict, description="vllm: extra vllm.LLM(...) arguments")
-    dtype: str = "auto"
-    device: str | None = None
     max_batch_size: int = Field(8, ge=1, description="requests answered by one generate call")
     batch_wait_ms: float = Field(10.0, ge=0, description="how long the first request of a batch waits for more")
     default_temperature: float = Field(
@@ -105,11 +108,6 @@ class ServeConfig(Config):
         "response's `medvl.disclaimer` field)")
     images: ImagePolicy = Field(default_factory=ImagePolicy)
     limits: Limits = Field(default_factory=Limits)
-
-    @field_validator("engine")
-    @classmethod
-    def _registered(cls, engine: str) -> str:
-        return ENGINES.check(engine)
 
     def host_names(self) -> list[str] | None:
         """Host names requests may use besides loopback ones; None when any is allowed."""

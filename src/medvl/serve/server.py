@@ -22,7 +22,7 @@ from types import TracebackType
 import uvicorn
 
 from medvl.config import ConfigError
-from medvl.engine import Engine, EngineConfig, make_engine
+from medvl.engine import Engine, make_engine
 from medvl.io.server_thread import start_in_thread
 from medvl.model.generate import GenerationSettings
 from medvl.serve.app import create_app, drain, resolve_api_key
@@ -81,11 +81,11 @@ def build_server(engine: Engine, config: ServeConfig, log_level: str = "info") -
 
 
 def serve(config: ServeConfig) -> None:
-    """Load the model named by `config.model_dir` into `config.engine` and serve until interrupted
+    """Load the model `config.engine.model` names into its engine and serve until interrupted
     (SIGTERM drains)."""
     check_exposure(config)
-    if config.model_dir is None:
-        raise ConfigError("ServeConfig.model_dir is required")
+    if config.engine.model is None:
+        raise ConfigError("ServeConfig.engine.model (the model folder) is required")
     limits = config.limits
     open_files = raise_open_file_limit(limits.max_connections + FILES_BESIDES_CONNECTIONS)
     if open_files < limits.max_connections + FILES_BESIDES_CONNECTIONS:
@@ -93,11 +93,10 @@ def serve(config: ServeConfig) -> None:
         log.warning("the open-file limit is %d: serving at most %d connections, not %d (raise `ulimit -n`)",
                     open_files, fitting, limits.max_connections)
         limits.max_connections = fitting
-    engine = make_engine(EngineConfig(kind=config.engine, model=str(config.model_dir), dtype=config.dtype,
-                                      device=config.device, vllm_args=config.vllm_args), GenerationSettings())
+    engine = make_engine(config.engine, GenerationSettings())
     key = "on" if resolve_api_key(config) else "off"
     log.info("serving %s with the %s engine on http://%s:%d (API key %s, batch ≤ %d, wait %.0f ms)",
-             config.model_dir, config.engine, config.host, config.port, key, config.max_batch_size,
+             config.engine.model, config.engine.kind, config.host, config.port, key, config.max_batch_size,
              config.batch_wait_ms)
     build_server(engine, config).run()
 
