@@ -70,16 +70,20 @@ def rgb_image():
 @pytest.fixture
 def stand_in_vllm(monkeypatch) -> dict:
     """A stand-in `vllm` module (vllm is not installed here): `LLM.chat` answers "yes" to every
-    conversation (3 prompt tokens, 2 generated) and `SamplingParams` returns its arguments. The
-    returned dict records the `LLM(...)` call ("init") and the last chat ("chat": conversations, params)."""
+    conversation (3 prompt tokens, 2 generated), `SamplingParams` returns its arguments, and the
+    engine enforces a context of `max_model_len` tokens (`llm.llm_engine.model_config.max_model_len`,
+    whatever was asked). The returned dict holds that length ("max_model_len") and records the
+    `LLM(...)` call ("init") and the last chat ("chat": conversations, params)."""
     import sys
     import types
 
-    calls: dict = {}
+    calls: dict = {"max_model_len": 1536}
 
     class LLM:
         def __init__(self, model, **kwargs):
             calls["init"] = (model, kwargs)
+            enforced = types.SimpleNamespace(max_model_len=calls["max_model_len"])
+            self.llm_engine = types.SimpleNamespace(model_config=enforced)
 
         def chat(self, conversations, params, use_tqdm):
             calls["chat"] = (conversations, params)

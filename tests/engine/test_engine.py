@@ -104,6 +104,16 @@ def test_vllm_engine_sends_openai_messages_and_reads_vllm_outputs(stand_in_vllm,
     assert image["image_url"]["url"].startswith("data:image/jpeg;base64,") and text["text"] == "Normal?"
 
 
+def test_vllm_engine_s_context_is_the_one_vllm_enforces(stand_in_vllm, tiny_model_dir):
+    asked = EngineConfig(kind="vllm", model=str(tiny_model_dir), vllm_args={"max_model_len": 100_000})
+    engine = make_engine(asked, GenerationSettings())
+    assert engine.processor is not None  # a folder: servable, measuring prompts with its processor
+    assert engine.context_length == stand_in_vllm["max_model_len"]  # not vllm_args, not the model's config
+    stand_in_vllm["max_model_len"] = 700
+    hub_model = make_engine(EngineConfig(kind="vllm", model="hub/model"), GenerationSettings())
+    assert hub_model.context_length == 700
+
+
 def test_vllm_engine_without_vllm_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
     with pytest.raises(UserError, match=r"pip install 'medvl\[vllm\]'"):

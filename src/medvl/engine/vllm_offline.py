@@ -5,7 +5,8 @@ request (the generation settings' token limit, repetition penalty and, when they
 temperature and top-p — greedy otherwise; the request's seed, else the settings'). It answers a
 stream whole (vLLM's offline engine does not stream) and cannot cut a running batch short. Given a
 local model folder it can be served (`medvl serve --engine vllm`): the server measures prompts with
-that folder's processor. The CPU test suite runs it against a stand-in `vllm` module.
+that folder's processor against the context length vLLM enforces (its `max_model_len`, whatever
+`vllm_args` or the model's config say). The CPU test suite runs it against a stand-in `vllm` module.
 """
 
 from __future__ import annotations
@@ -36,14 +37,11 @@ class VLLMEngine(Engine):
         self.sampling = SamplingParams
         self.settings = settings
         self.max_side = config.max_image_side
+        self.context_length = self.engine.llm_engine.model_config.max_model_len  # what vLLM enforces
         if config.model and Path(config.model).is_dir():
-            from transformers import AutoConfig, AutoProcessor
-
-            from medvl.model.generate import context_length
+            from transformers import AutoProcessor
 
             self.processor = AutoProcessor.from_pretrained(config.model)
-            self.context_length = (config.vllm_args.get("max_model_len")
-                                   or context_length(AutoConfig.from_pretrained(config.model)))
 
     def run(self, requests: Sequence[Request], settings: Any = None) -> list[Reply]:
         settings = settings or self.settings
