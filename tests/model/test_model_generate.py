@@ -44,6 +44,22 @@ def test_batched_equals_one_at_a_time(generator, batch):
     assert all(r.text for r in batched)
 
 
+def test_given_encodings_are_used_as_encoding_here_would_be(generator, batch):
+    """A caller's own one-conversation encodings (the API server's admission makes them) give the
+    same batch and the same answers as encoding here: the prompt is processed once, not twice."""
+    from medvl.model.generate import encode_prompts, join_prompts
+
+    conversations, images = batch
+    encoded = [encode_prompts(generator.processor, [c], [i]) for c, i in zip(conversations, images)]
+    joined, together = join_prompts(encoded, generator.tokenizer.pad_token_id), generator.encode(conversations, images)
+    assert joined.keys() == together.keys() and all((joined[k] == together[k]).all() for k in together)
+    here = generator.generate(conversations, images)
+    assert generator.generate(conversations, images, inputs=encoded) == here
+    some = [e if k % 2 else None for k, e in enumerate(encoded)]  # the others are encoded here
+    assert generator.generate(conversations, images, inputs=some) == here
+    assert "".join(generator.stream(conversations[4], images[4], inputs=encoded[4])) == here[4].text
+
+
 def test_generation_is_deterministic(generator, batch):
     conversations, images = batch
     first = [r.text for r in generator.generate(conversations, images)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+from collections import Counter
 
 import httpx
 import openai
@@ -105,6 +106,27 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(serve, gen
     assert [answers[i] for i in range(len(questions))] == expected
     assert stats["requests"] == len(questions)
     assert stats["generate_calls"] < len(questions) and stats["largest_batch"] > 1
+
+
+def test_each_request_is_rendered_and_tokenised_once(serve, generator, monkeypatch):
+    """Admission encodes the prompt to measure it; the engine answers from that encoding."""
+    processor_class, calls = type(generator.processor), Counter()
+    for name in ("apply_chat_template", "__call__"):
+        def counted(self, *args, _name=name, _original=getattr(processor_class, name), **kwargs):
+            calls[_name] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(processor_class, name, counted)
+    urls, _ = _images(3)
+    with serve() as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        calls.clear()  # admission measured its image tokens at start-up
+        client.chat.completions.create(model="tiny", messages=image_message("What is shown?", urls), max_tokens=4)
+        assert calls == {"apply_chat_template": 1, "__call__": 1}
+        calls.clear()
+        chunks = client.chat.completions.create(model="tiny", messages=image_message("Which organ?", urls),
+                                                max_tokens=4, stream=True)
+        assert list(chunks) and calls == {"apply_chat_template": 1, "__call__": 1}
 
 
 def test_system_prompt_and_disclaimer_note(serve, generator):

@@ -2,10 +2,12 @@
 
 A `Request` is one conversation in medvl's content parts (`{"type": "image"}` where each image
 goes, as `medvl.records.to_messages` makes them) plus the decoded images in that order, and the
-caller's own `item`, which engines pass by (baselines may read it). Two optional hooks serve callers
-that share an engine between clients (a server): `seed`, the request's own sampling seed (default:
-the generation settings' seed), and `should_stop`, asked while the request waits and runs; once it
-answers True the request ends with finish reason "cancelled".
+caller's own `item`, which engines pass by (baselines may read it). Three optional hooks serve
+callers that share an engine between clients (a server): `seed`, the request's own sampling seed
+(default: the generation settings' seed); `should_stop`, asked while the request waits and runs;
+once it answers True the request ends with finish reason "cancelled"; and `inputs`, the prompt as
+the engine's `processor` encoded it already (`medvl.model.generate.encode_prompts` of this one
+conversation), which an engine that encodes with that processor uses instead of encoding again.
 
 `Engine.generate(requests, settings)` answers a batch with one `Reply` per request, in order, all
 with the same generation settings (None: the engine's own). An engine implements `run` for a whole
@@ -55,6 +57,7 @@ class Request:
     item: Any = None  # the caller's own (evaluation: the benchmark item); engines pass it by
     seed: int | None = None  # this request's sampling seed (None: the generation settings' seed)
     should_stop: Callable[[], bool] | None = None  # True once the request is no longer wanted
+    inputs: Any = None  # the prompt already encoded by the engine's processor (None: the engine encodes it)
 
     def stopped(self) -> bool:
         return self.should_stop is not None and self.should_stop()

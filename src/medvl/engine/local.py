@@ -1,6 +1,7 @@
 """`local`: a saved native model answering in batches through `medvl.model.generate.Generator`
 (left-padded, grouped by length, greedy unless the generation settings sample). Each request's
-`seed` seeds its own sampling, and its `should_stop` ends its row at the next token. It streams
+`seed` seeds its own sampling, its `should_stop` ends its row at the next token, and its `inputs`
+(the server's admission encoded it) are used as they are. It streams
 token by token (`Generator.stream`) and can be served: `processor` and `context_length` are the
 model's."""
 
@@ -34,12 +35,12 @@ class LocalEngine(Engine):
         results = self.generator.generate(
             [r.messages for r in requests], [r.images for r in requests], settings,
             seeds=[settings.seed if r.seed is None else r.seed for r in requests],
-            should_stop=[r.should_stop for r in requests])
+            should_stop=[r.should_stop for r in requests], inputs=[r.inputs for r in requests])
         return [_reply(result) for result in results]
 
     def stream(self, request: Request, settings: Any = None) -> ReplyStream:
         stream = self.generator.stream(request.messages, request.images, settings, seed=request.seed,
-                                       should_stop=request.should_stop)
+                                       should_stop=request.should_stop, inputs=request.inputs)
         return ReplyStream(iter(stream), lambda: None if stream.result is None else _reply(stream.result))
 
 

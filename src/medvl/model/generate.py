@@ -14,9 +14,11 @@ Two per-conversation hooks serve callers that share the model (the API server):
   ends (finish reason "cancelled") and the call returns as soon as every row has ended. Closing
   a `Stream` early stops its model run the same way.
 
-`load_generator` opens a saved model folder for every caller (a folder that is not one is one
-`ModelLoadError` line); `encode_prompts` is the processor step alone (the API server measures
-prompts with it); `context_length` reads a model config's positions.
+A caller that has encoded a conversation already (the API server measures each prompt with
+`encode_prompts` before queueing it) passes that encoding as `inputs`, so the prompt is rendered and
+tokenised once: `join_prompts` pads such one-conversation encodings into a batch as the processor
+would have. `load_generator` opens a saved model folder for every caller (a folder that is not one
+is one `ModelLoadError` line); `context_length` reads a model config's positions.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from pydantic import Field
 from transformers import (
+    BatchFeature,
     LogitsProcessor,
     LogitsProcessorList,
     StoppingCriteria,
@@ -44,7 +47,7 @@ from medvl.model.templates import STOP_STRINGS, guess_format
 from medvl.records import message_image_count
 
 __all__ = ["GenerationSettings", "GenerationResult", "Generator", "ModelLoadError", "Stream", "StopCheck",
-           "context_length", "encode_prompts", "load_generator"]
+           "context_length", "encode_prompts", "join_prompts", "load_generator"]
 
 StopCheck = Callable[[], bool]
 
@@ -108,6 +111,24 @@ def encode_prompts(processor: Any, conversations: Sequence[list[dict]], images: 
                      add_special_tokens=False)
 
 
+_TOKEN_KEYS = {"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"}  # one entry per position
+
+
+def join_prompts(encoded: Sequence[Any], pad_token_id: int) -> BatchFeature:
+    """One batch from one-conversation encodings (`encode_prompts` of a single conversation each), as
+    `encode_prompts` of them all would give: token rows left-padded (`pad_token_id`, attention 0),
+    image tensors concatenated in order."""
+    longest = max(int(e["input_ids"].shape[1]) for e in encoded)
+    joined: dict[str, torch.Tensor] = {}
+    for key in dict.fromkeys(key for e in encoded for key in e.keys()):
+        rows = [e[key] for e in encoded if key in e]
+        if key in _TOKEN_KEYS:
+            value = pad_token_id if key == "input_ids" else 0
+            rows = [torch.nn.functional.pad(r, (longest - r.shape[1], 0), value=value) for r in rows]
+        joined[key] = torch.cat(rows)
+    return BatchFeature(joined)
+
+
 class Generator:
     """Wraps (model, processor) for batched chat generation."""
 
@@ -142,34 +163,50 @@ class Generator:
 
     def generate(self, conversations: Sequence[list[dict]], images: Sequence[Sequence[Any]] | None = None,
                  settings: GenerationSettings | None = None, *, seeds: Sequence[int] | None = None,
-                 should_stop: Sequence[StopCheck | None] | None = None) -> list[GenerationResult]:
-        """Answer every conversation; results are in input order (see the module notes for the hooks)."""
+                 should_stop: Sequence[StopCheck | None] | None = None,
+                 inputs: Sequence[Any | None] | None = None) -> list[GenerationResult]:
+        """Answer every conversation; results are in input order (see the module notes for the hooks
+        and `inputs`: a conversation's own encoding, or None to encode it here)."""
         settings = settings or self.settings
         images = images if images is not None else [[] for _ in conversations]
         seeds = list(seeds) if seeds is not None else [settings.seed] * len(conversations)
         checks = list(should_stop) if should_stop is not None else [None] * len(conversations)
-        if not len(seeds) == len(checks) == len(conversations):
-            raise ValueError(f"{len(conversations)} conversations but {len(seeds)} seeds, {len(checks)} stop checks")
-        lengths = [len(self.render(m)) + 1000 * len(i) for m, i in zip(conversations, images)]
+        given = list(inputs) if inputs is not None else [None] * len(conversations)
+        if not len(seeds) == len(checks) == len(given) == len(conversations):
+            raise ValueError(f"{len(conversations)} conversations but {len(seeds)} seeds, {len(checks)} stop "
+                             f"checks, {len(given)} inputs")
+        lengths = [len(self.render(m)) + 1000 * len(i) if g is None else int(g["input_ids"].shape[1])
+                   for m, i, g in zip(conversations, images, given)]
         order = sorted(range(len(conversations)), key=lambda i: lengths[i])
         results: list[GenerationResult | None] = [None] * len(conversations)
         for start in range(0, len(order), settings.batch_size):
             chunk = order[start:start + settings.batch_size]
             outputs = self._generate_batch([conversations[i] for i in chunk], [images[i] for i in chunk], settings,
-                                           [seeds[i] for i in chunk], [checks[i] for i in chunk])
+                                           [seeds[i] for i in chunk], [checks[i] for i in chunk],
+                                           [given[i] for i in chunk])
             for index, result in zip(chunk, outputs):
                 results[index] = result
         return results  # type: ignore[return-value]
 
     def stream(self, messages: list[dict], images: Sequence[Any] = (), settings: GenerationSettings | None = None,
-               *, seed: int | None = None, should_stop: StopCheck | None = None) -> "Stream":
-        """The text deltas of one answer as they are generated (a `Stream`: iterate it once)."""
-        return Stream(self, messages, list(images), settings or self.settings, seed, should_stop)
+               *, seed: int | None = None, should_stop: StopCheck | None = None, inputs: Any = None) -> "Stream":
+        """The text deltas of one answer as they are generated (a `Stream`: iterate it once); `inputs`:
+        the conversation's own encoding, when the caller has one."""
+        return Stream(self, messages, list(images), settings or self.settings, seed, should_stop, inputs)
+
+    def _inputs(self, conversations: list[list[dict]], images: list[Sequence[Any]], given: list[Any | None]) -> Any:
+        """The batch's processor inputs on the model's device: encoded here, or joined from `given` (a
+        conversation without one is encoded alone)."""
+        if all(g is None for g in given):
+            return self.encode(conversations, images)
+        rows = [encode_prompts(self.processor, [m], [i]) if g is None else g
+                for m, i, g in zip(conversations, images, given)]
+        return join_prompts(rows, self.tokenizer.pad_token_id).to(self.device)
 
     def _generate_batch(self, conversations: list[list[dict]], images: list[Sequence[Any]],
-                        settings: GenerationSettings, seeds: list[int], checks: list[StopCheck | None]
-                        ) -> list[GenerationResult]:
-        inputs = self.encode(conversations, images)
+                        settings: GenerationSettings, seeds: list[int], checks: list[StopCheck | None],
+                        given: list[Any | None]) -> list[GenerationResult]:
+        inputs = self._inputs(conversations, images, given)
         prompt_length = inputs["input_ids"].shape[1]
         stops = _RowsStopped(checks)
         with torch.inference_mode():
@@ -224,9 +261,9 @@ class Stream:
     """
 
     def __init__(self, generator: Generator, messages: list[dict], images: list[Any], settings: GenerationSettings,
-                 seed: int | None, should_stop: StopCheck | None):
+                 seed: int | None, should_stop: StopCheck | None, inputs: Any = None):
         self.generator, self.settings = generator, settings
-        self.inputs = generator.encode([messages], [images])
+        self.inputs = generator._inputs([messages], [images], [inputs])
         self.seed = settings.seed if seed is None else seed
         self.closed = threading.Event()
         self.stops = _RowsStopped([(lambda: self.closed.is_set() or should_stop()) if should_stop

@@ -10,7 +10,8 @@
    never fit and is refused before anything is rendered.
 4. The exact prompt length, images expanded: the chat template rendered and tokenised by a
    private copy of the engine's processor (one request at a time, in a worker thread), so neither
-   the event loop nor the model thread spends time on a prompt that will be refused.
+   the event loop nor the model thread spends time on a prompt that will be refused. The encoding
+   goes with the admitted request to the engine (`Request.inputs`), which does not encode it again.
 """
 
 from __future__ import annotations
@@ -94,16 +95,21 @@ class Admission:
         if bound > prompt_limit:
             raise _too_long(f"at least {bound}", prompt_limit)
 
-    def check_prompt(self, messages: list[dict[str, Any]], images: list[Any], prompt_limit: int) -> int:
-        """Step 4 (blocking): the prompt's exact token count, refused over `prompt_limit`."""
+    def encode(self, messages: list[dict[str, Any]], images: list[Any], prompt_limit: int) -> Any:
+        """Step 4 (blocking): the prompt encoded (`encode_prompts` of this one conversation), refused when
+        its exact token count is over `prompt_limit`."""
         try:
-            tokens = self.prompt_tokens(messages, images)
+            inputs = self._encode(messages, images)
         except Exception as exc:  # a template/processor failure belongs to this request only
             raise APIError(400, f"the request could not be encoded: {exc}", "invalid_request") from exc
+        tokens = int(inputs["input_ids"].shape[1])
         if tokens > prompt_limit:
             raise _too_long(str(tokens), prompt_limit)
-        return tokens
+        return inputs
 
     def prompt_tokens(self, messages: list[dict[str, Any]], images: list[Any]) -> int:
+        return int(self._encode(messages, images)["input_ids"].shape[1])
+
+    def _encode(self, messages: list[dict[str, Any]], images: list[Any]) -> Any:
         with self._lock:
-            return int(encode_prompts(self.processor, [messages], [images])["input_ids"].shape[1])
+            return encode_prompts(self.processor, [messages], [images])

@@ -138,11 +138,11 @@ def create_app(engine: Engine, config: ServeConfig, resolver: ImageResolver | No
         admission.check_estimate(body, prompt_limit)
         messages, urls = conversation_of(body, config.system_prompt)
         images = [await run_in_threadpool(resolver.load, url) for url in urls]
-        await run_in_threadpool(admission.check_prompt, messages, images, prompt_limit)
+        inputs = await run_in_threadpool(admission.encode, messages, images, prompt_limit)
         temperature = config.default_temperature if body.temperature is None else body.temperature
         settings = sampling_settings(max_tokens, temperature, body.top_p or 1.0, seed=0)  # seeds go per row
         seed = secrets.randbits(63) if body.seed is None else body.seed  # no seed: fresh randomness
-        return Job(messages, images, settings, seed, control, stream=body.stream)
+        return Job(messages, images, settings, seed, control, stream=body.stream, inputs=inputs)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:

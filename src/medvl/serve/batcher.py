@@ -47,12 +47,14 @@ class Job:
     seed: int
     control: RequestControl
     stream: bool = False
+    inputs: Any = None  # the prompt as admission encoded it (the engine does not encode it again)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     loop: asyncio.AbstractEventLoop | None = None
 
     def request(self) -> Request:
-        """What the engine is asked: the conversation, its images, this job's seed and stop check."""
-        return Request(self.messages, self.images, seed=self.seed, should_stop=self.control.should_stop)
+        """What the engine is asked: the conversation, its images, this job's seed, stop check and encoding."""
+        return Request(self.messages, self.images, seed=self.seed, should_stop=self.control.should_stop,
+                       inputs=self.inputs)
 
     def post(self, kind: str, value: Any) -> None:
         """Hand an event to the job's event loop (safe from any thread)."""
