@@ -106,8 +106,28 @@ def test_a_stage_that_leaves_nothing_fails_loudly_unless_allowed(corpus, curate_
     report = run_curation(config, tmp_path / "out", allow_empty=True)
     assert report["funnel"]["selected"] == 0
     nothing = curate_config(corpus, "filter.text.min_medical_terms=50")
-    with pytest.raises(CurateEmpty, match=r"stage prepare left 0 records .*text/too_few_medical_terms"):
+    with pytest.raises(CurateEmpty, match=r"stage prepare left 0 records .*text filter/too_few_medical_terms"):
         run_curation(nothing, tmp_path / "out2")
+
+
+def test_what_prepare_left_comes_from_its_stats_not_from_re_reading_the_records(
+        corpus, curate_config, tmp_path, monkeypatch):
+    from medvl.curate.pipeline import _left_after
+    from medvl.curate.store import RunDirs
+
+    run_curation(curate_config(corpus), tmp_path / "out")
+    dirs = RunDirs((tmp_path / "out").resolve())
+    prepared = sum(len(path.read_text().splitlines()) for path in dirs.prepared.glob("*.jsonl"))
+    read: list[Path] = []
+    for name in ("read_bytes", "read_text", "open"):
+        def recorded(self, *args, _original=getattr(Path, name), **kwargs):
+            read.append(self)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, name, recorded)
+    left, why = _left_after(dirs, "prepare")
+    assert left == prepared > 0 and "text filter/too_few_medical_terms" in why
+    assert not [path for path in read if dirs.prepared in path.parents or dirs.rejects in path.parents]
 
 
 def test_changing_eps_reruns_dedup_without_re_embedding(corpus, curate_config, tmp_path):

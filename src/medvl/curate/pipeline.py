@@ -213,13 +213,15 @@ def _left_after(dirs: RunDirs, stage: str) -> tuple[int | None, str]:
         path = dirs.work / name
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
-    if stage == "prepare":
-        left = sum(p.read_bytes().count(b"\n") for p in dirs.prepared.glob("*.jsonl"))
-        reasons: dict[str, int] = {}
-        for path in dirs.rejects.glob("*.jsonl"):
-            for line in path.read_text(encoding="utf-8").splitlines():
-                key = f"{path.name.rsplit('-', 1)[0]}/{json.loads(line)['reason']}"
-                reasons[key] = reasons.get(key, 0) + 1
+    if stage == "prepare":  # its tasks' stats: what each step dropped and why, what the writer (last) wrote
+        from medvl.curate.report import stage_stats
+
+        steps = stage_stats(dirs, "prepare")
+        if not steps:
+            return None, ""
+        reasons = {f"{step}/{metric.removeprefix('dropped_')}": n for step, metrics in steps.items()
+                   for metric, n in metrics.items() if metric.startswith("dropped_")}
+        left = list(steps.values())[-1].get("total", 0)
         return left, f"rejects: {dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:6]) or 'none (no input read)'}"
     if stage in ("dedup", "decontaminate"):
         counts = read(f"{stage}.json")
