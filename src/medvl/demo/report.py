@@ -43,6 +43,9 @@ th:first-child,td:first-child{text-align:left}.note{color:#666;font-size:.92em}.
 
 
 def write_report(config: DemoConfig, out: Path, steps: dict[str, dict[str, Any]], minutes: float) -> Path:
+    from medvl.eval.compare import render_runs
+
+    compared = {protocol: _compare(steps, protocol) for protocol in HEADLINES}
     parts = [
         f"<h1>medvl demo report</h1><p class='warn'>{html.escape(DISCLAIMER)}</p>",
         f"<p>All steps together: {sum(step.get('seconds', 0) for step in steps.values()) / 60:.1f} min (this "
@@ -51,23 +54,29 @@ def write_report(config: DemoConfig, out: Path, steps: dict[str, dict[str, Any]]
         _curation(steps["curate"], out),
         _model(config, steps["build"], steps.get("prior", {})),
         _training(config, steps, out),
-        _scores(steps),
+        _scores(steps, compared),
         _examples(out),
         _next(out, config),
     ]
     page = f"<!doctype html><meta charset='utf-8'><title>medvl demo</title><style>{STYLE}</style>" + "\n".join(parts)
-    _write_comparisons(steps, out)
+    for protocol, (runs, pairings) in compared.items():
+        if len(runs) == len(SYSTEMS):  # `eval/compare-<protocol>.md`, as `medvl eval compare` writes it
+            atomic_write_text(out / "eval" / f"compare-{protocol}.md", render_runs(runs, list(pairings.values())))
     return atomic_write_text(out / "report.html", page)
 
 
-def _write_comparisons(steps: dict[str, dict[str, Any]], out: Path) -> None:
-    """`eval/compare-<protocol>.md`: every system side by side, each paired against the model (medvl eval compare)."""
-    from medvl.eval.compare import compare_runs
+def _compare(steps: dict[str, dict[str, Any]], protocol: str) -> tuple[list[Any], dict[str, Any]]:
+    """The protocol's finished runs (the model's first) and each other system paired against the model
+    (`medvl.eval.compare.Pairing`, by system): computed once for the page and for compare-<protocol>.md."""
+    from medvl.eval.compare import load_run, pair_runs
 
-    for protocol in HEADLINES:
-        dirs = [steps.get(f"eval-{protocol}-{s}", {}).get("run_dir") for s in SYSTEMS]
-        if all(d and Path(d, "scores.json").is_file() for d in dirs):
-            atomic_write_text(out / "eval" / f"compare-{protocol}.md", compare_runs(dirs))
+    dirs = {s: steps.get(f"eval-{protocol}-{s}", {}).get("run_dir") for s in SYSTEMS}
+    finished = [s for s, d in dirs.items() if d and Path(d, "scores.json").is_file()
+                and Path(d, "predictions.jsonl").is_file()]
+    if "model" not in finished:
+        return [], {}
+    runs = [load_run(Path(dirs[s])) for s in finished]
+    return runs, dict(zip(finished[1:], pair_runs(runs)))
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -171,7 +180,7 @@ def _fmt(value: Any) -> str:
     return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def _scores(steps: dict[str, dict[str, Any]]) -> str:
+def _scores(steps: dict[str, dict[str, Any]], compared: dict[str, tuple[list[Any], dict[str, Any]]]) -> str:
     from medvl.eval.render import with_interval
 
     sections = []
@@ -184,7 +193,7 @@ def _scores(steps: dict[str, dict[str, Any]]) -> str:
             rows.append([label, step.get("answered", "–"),
                          *(html.escape(with_interval(scores.get(group) or {}, key)) for _, (group, key) in columns)])
         sections.append(f"<h3>{title}</h3>" + _table(["system", "answered", *(f"{c} (%)" for c, _ in columns)], rows))
-        sections.append(_paired(steps, protocol))
+        sections.append(_paired(compared[protocol][1], protocol))
     return ("<h2>4. Evaluation: VQA-RAD official test split (451 questions)</h2><p>Greedy decoding. Closed accuracy "
             "is strict (the answer's leading yes/no must match: <i>normal</i> is not <i>no</i>); open metrics are exact "
             "match and token recall/F1. The multiple-choice protocol asks each yes/no question as A. yes / B. no "
@@ -208,18 +217,19 @@ def _overlap(data: dict[str, Any]) -> str:
             "<code>exclude_seen</code> in <code>medvl eval run</code> scores the rest).</p>")
 
 
-def _paired(steps: dict[str, dict[str, Any]], protocol: str) -> str:
+def _paired(pairings: dict[str, Any], protocol: str) -> str:
     """The model against each control, item by item: difference, 95% CI, exact McNemar p, and a verdict."""
-    from medvl.eval.compare import compare_records, load_run
+    from medvl.eval.compare import ItemSetMismatch
     from medvl.eval.render import percent, percent_interval
 
-    dirs = {s: steps.get(f"eval-{protocol}-{s}", {}).get("run_dir") for s in ("model", *CONTROLS)}
-    if not all(d and (Path(d) / "predictions.jsonl").is_file() for d in dirs.values()):
+    if not all(control in pairings for control in CONTROLS):
         return ""
-    model = load_run(Path(dirs["model"])).records
     rows, verdicts, bar = [], [], []
     for control in CONTROLS:
-        found = {d.metric: d for d in compare_records(model, load_run(Path(dirs[control])).records).differences}
+        comparison = pairings[control].comparison
+        if comparison is None:
+            raise ItemSetMismatch(f"the model and the {control} control: {pairings[control].not_paired}")
+        found = {d.metric: d for d in comparison.differences}
         for metric in HEADLINES[protocol]:
             d = found.get(metric)
             if d is None:

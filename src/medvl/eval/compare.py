@@ -8,7 +8,9 @@
 - `compare_runs(folders)`: `medvl eval compare` — a table of the runs' headline numbers with their
   intervals, then the paired differences of every other run against the first. When one run of a
   pair shows real images and the other shuffled ones (`use_images: shuffled`), the difference is
-  reported as image reliance = real − shuffled.
+  reported as image reliance = real − shuffled. Its two halves serve callers that also use the
+  comparisons themselves (the demo report), so each is computed once: `pair_runs(runs)` pairs
+  every other run with the first, `render_runs(runs, pairings)` writes the markdown.
 
 Scores come from the records as the run's scorer left them (`correct`, `metrics`); both runs must
 have been scored by the same scorer (rescore one with `medvl eval score` otherwise).
@@ -27,8 +29,8 @@ from medvl.errors import UserError
 from medvl.eval.render import percent, percent_interval, with_interval
 from medvl.eval.stats import CONFIDENCE, METHODS, mcnemar_exact, paired_bootstrap_difference
 
-__all__ = ["ItemSetMismatch", "PairedDifference", "RecordComparison", "Run", "compare_records", "compare_runs",
-           "load_run"]
+__all__ = ["ItemSetMismatch", "PairedDifference", "Pairing", "RecordComparison", "Run", "compare_records",
+           "compare_runs", "load_run", "pair_runs", "render_runs"]
 
 Record = dict[str, Any]
 MEAN_METRICS = ("token_recall", "token_f1", "recall", "f1")  # per-item means compared by paired bootstrap
@@ -164,9 +166,30 @@ def load_run(folder: Path) -> Run:
     return Run(folder, json.loads(scores_file.read_text(encoding="utf-8")), read_records(predictions))
 
 
+@dataclass
+class Pairing:
+    """Two runs paired item by item (`a` shows real images where the other shows shuffled ones), or why not."""
+
+    title: str
+    a: Run
+    b: Run
+    comparison: RecordComparison | None
+    not_paired: str = ""
+
+
 def compare_runs(run_dirs: Sequence[str | Path], common_items: bool = False) -> str:
     """Markdown: the runs' headline numbers with intervals, then each run paired against the first."""
     runs = [load_run(Path(folder)) for folder in run_dirs]
+    return render_runs(runs, pair_runs(runs, common_items))
+
+
+def pair_runs(runs: Sequence[Run], common_items: bool = False) -> list[Pairing]:
+    """Every run after the first paired with the first, in order."""
+    return [_pair(runs[0], other, common_items) for other in runs[1:]]
+
+
+def render_runs(runs: Sequence[Run], pairings: Sequence[Pairing]) -> str:
+    """The markdown of `compare_runs` from its runs and their `pair_runs`."""
     header = ["run", "benchmark", "backend", "images", "answered", *(name for name, _ in TABLE)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in runs:
@@ -175,25 +198,31 @@ def compare_runs(run_dirs: Sequence[str | Path], common_items: bool = False) -> 
                  run.images, str(run.scores["answered"]),
                  *(with_interval(main.get(group, {}) if group else main, key) for _, (group, key) in TABLE)]
         lines.append("| " + " | ".join(cells) + " |")
-    for other in runs[1:]:
-        lines += ["", *_paired_section(runs[0], other, common_items)]
+    for pairing in pairings:
+        lines += ["", *_paired_section(pairing)]
     lines += ["", f"Intervals are {CONFIDENCE:.0%}: accuracies {METHODS['accuracy']}, means {METHODS['mean']}; "
               f"paired accuracies: {METHODS['paired accuracy']}; paired means: {METHODS['paired mean']}."]
     return "\n".join(lines) + "\n"
 
 
-def _paired_section(first: Run, second: Run, common_items: bool) -> list[str]:
+def _pair(first: Run, second: Run, common_items: bool) -> Pairing:
     a, b = first, second
     title = f"{a.folder.name} − {b.folder.name}"
     if {a.images, b.images} == {"yes", "shuffled"}:
         a, b = (first, second) if first.images == "yes" else (second, first)
         title = f"image reliance = real − shuffled ({a.folder.name} − {b.folder.name})"
     if (a.scores["benchmark"], a.scores["split"]) != (b.scores["benchmark"], b.scores["split"]):
-        return [f"### {title}", "", "NOT PAIRED: the runs are on different benchmarks or splits."]
+        return Pairing(title, a, b, None, "the runs are on different benchmarks or splits")
     try:
-        comparison = compare_records(a.records, b.records, common_items)
+        return Pairing(title, a, b, compare_records(a.records, b.records, common_items))
     except ItemSetMismatch as exc:
-        return [f"### {title}", "", f"NOT PAIRED: {exc}."]
+        return Pairing(title, a, b, None, str(exc))
+
+
+def _paired_section(pairing: Pairing) -> list[str]:
+    title, comparison = pairing.title, pairing.comparison
+    if comparison is None:
+        return [f"### {title}", "", f"NOT PAIRED: {pairing.not_paired}."]
     left_out = len(comparison.only_a) + len(comparison.only_b)
     note = f" ({left_out} items answered by only one run left out)" if left_out else ""
     lines = [f"### {title}", "", f"{comparison.paired} paired items{note}.", "",
