@@ -12,7 +12,7 @@ import pytest
 
 from medvl.curate.mock import prompt_kind, responder
 from medvl.curate.pipeline import run_curation
-from medvl.curate.store import CurateIncomplete
+from medvl.curate.store import REJECT_PROVENANCE, CurateIncomplete
 from medvl.llm.messages import body_key
 from medvl.llm.mock_server import MockServer
 from medvl.records import record_problems
@@ -112,6 +112,11 @@ def test_generation_outcomes_and_resume_after_transient_failures(corpus, curate_
     assert rejects[("p2_fig2.png", "generate:reformat")] == "refusal"
     assert rejects[("p7_fig7.png", "generate:reformat")] == "context_leak"
     assert report["rejects"]["generate:reformat/invalid_json"] == 1
+    lines = read(out / "rejects.jsonl")  # every stage's lines carry the same provenance, licence included
+    assert {line["stage"].split(":")[0] for line in lines} >= {"ingest", "text", "image", "dedup", "generate"}
+    assert all(set(REJECT_PROVENANCE) <= set(line) for line in lines)
+    generated = [line for line in lines if line["stage"].startswith("generate:")]
+    assert generated and all(line["licence"] == "LicenseRef-CC-BY" and line["figure_id"] for line in generated)
     # the re-run sent only the request that had failed: every reply received before is cached
     resent = {
         key: n - first_counts.get(key, 0) for key, n in second_counts.items() if n != first_counts.get(key, 0)

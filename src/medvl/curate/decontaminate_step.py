@@ -19,7 +19,7 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from medvl.curate.config import DecontaminateConfig
-from medvl.curate.store import RunDirs, iter_prepared, pack_order
+from medvl.curate.store import RunDirs, iter_prepared, pack_order, reject_provenance
 from medvl.io.files import atomic_write_json, atomic_write_text
 from medvl.io.jsonl import RejectLog, iter_appended
 
@@ -91,10 +91,7 @@ class DecontaminateStep(PipelineStep):
                     f"benchmark_{first.kind}",
                     f"{first.benchmark}/{first.split} item {first.item_ids[0]} ({first.distance()})",
                     matched=[c.to_dict() for c in found],
-                    modality=meta.get("modality"),
-                    source=meta.get("source"),
-                    licence=meta.get("licence"),
-                    order=meta.get("order"),
+                    **reject_provenance(meta),
                 )
         summary = summarise(reference, [found for _, found in matches], seen)
         summary["benchmark_images_unreadable"] = checker.missing_images[:50]

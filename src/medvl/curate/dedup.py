@@ -36,7 +36,14 @@ from datatrove.pipeline.base import PipelineStep
 
 from medvl.curate.clinical import fact_signature, signature_difference
 from medvl.curate.config import DedupConfig, NearImageConfig, SemanticConfig
-from medvl.curate.store import EmbeddingShards, RunDirs, iter_prepared, pack_order
+from medvl.curate.store import (
+    REJECT_PROVENANCE,
+    EmbeddingShards,
+    RunDirs,
+    iter_prepared,
+    pack_order,
+    reject_provenance,
+)
 from medvl.curate.vocab import tokenize
 from medvl.io.files import atomic_write_json
 from medvl.io.jsonl import RejectLog
@@ -108,7 +115,7 @@ class _Kept:
     """What the semantic pass needs of each record kept by the exact and near-image passes."""
 
     ids: list[str] = field(default_factory=list)
-    meta: list[tuple[Any, Any, Any, Any]] = field(default_factory=list)  # modality, source, licence, order
+    meta: list[tuple[Any, ...]] = field(default_factory=list)  # reject provenance values (REJECT_PROVENANCE)
     shard: list[int] = field(default_factory=list)
     row: list[int] = field(default_factory=list)
     facts: list[np.ndarray] = field(default_factory=list)
@@ -132,7 +139,7 @@ def dedup_corpus(dirs: RunDirs, n_shards: int, config: DedupConfig, rejects: Rej
     for rank, row, record in iter_prepared(dirs, n_shards):
         stats.seen += 1
         record_id, meta = record["id"], record["metadata"]
-        summary = (meta.get("modality"), meta.get("source"), meta.get("licence"), meta.get("order"))
+        summary = tuple(reject_provenance(meta).values())  # a tuple: one is kept per record
         infos = meta.get("images_info", [])
         if record_id in seen_ids:
             dropped_meta[record_id] = summary
@@ -182,11 +189,11 @@ def dedup_corpus(dirs: RunDirs, n_shards: int, config: DedupConfig, rejects: Rej
 
     for dropped, reason, kept_at, detail in drops:
         record_id = dropped if isinstance(dropped, str) else kept.ids[dropped]
-        modality, source, licence, order = dropped_meta[dropped] if isinstance(dropped, str) else kept.meta[dropped]
+        provenance = dropped_meta[dropped] if isinstance(dropped, str) else kept.meta[dropped]
         kept_id = final(kept_at)
         stats.dropped[reason] = stats.dropped.get(reason, 0) + 1
-        rejects.reject(record_id, "dedup", reason, detail.format(kept=kept_id), kept=kept_id, modality=modality,
-                       source=source, licence=licence, order=order)
+        rejects.reject(record_id, "dedup", reason, detail.format(kept=kept_id), kept=kept_id,
+                       **dict(zip(REJECT_PROVENANCE, provenance)))
     stats.kept = len(kept.ids) - len(root)
     return stats
 

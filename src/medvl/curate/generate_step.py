@@ -44,7 +44,7 @@ from medvl.curate.generate import (
     self_instruct_request,
 )
 from medvl.curate.postprocess import Rejected
-from medvl.curate.store import CurateIncomplete, RunDirs
+from medvl.curate.store import CurateIncomplete, RunDirs, reject_provenance
 from medvl.io.jsonl import JsonlAppender, iter_appended, reject_line
 
 __all__ = ["GenerateStep", "image_refs", "TRANSIENT_KINDS"]
@@ -230,9 +230,8 @@ class GenerateStep(PipelineStep):
         return None
 
     def _reject(self, outcome: _Outcome, kind: str, reason: str, detail: str) -> None:
-        meta = outcome.record["metadata"]
         outcome.rejects.append(reject_line(outcome.record["id"], f"generate:{kind}", reason, detail,
-                                           **{key: meta.get(key) for key in ("modality", "source", "order")}))
+                                           **reject_provenance(outcome.record["metadata"])))
 
     # ---------------------------------------------------------------- writing
 

@@ -20,7 +20,8 @@
         llm-cache/                            the LLM client's response cache (default location)
 
 Shard files are each in input order; `iter_prepared` merges them into the global order (the
-`order` key of every record), so outputs do not depend on the number of tasks.
+`order` key of every record), so outputs do not depend on the number of tasks. Every stage's reject
+lines carry the same provenance of the dropped record, `reject_provenance(metadata)`.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ __all__ = [
     "iter_prepared",
     "EmbeddingShards",
     "OUTPUT_FILES",
+    "REJECT_PROVENANCE",
     "pack_order",
+    "reject_provenance",
 ]
 
 
@@ -51,6 +54,16 @@ class CurateIncomplete(UserError, RuntimeError):
     (`medvl curate run` exits 3)."""
 
     exit_code = 3
+
+
+# what a curation reject line keeps of its record's metadata (None where unknown): where the record came
+# from, its licence and modality (counted in the report), and its input `order` (the merge key)
+REJECT_PROVENANCE = ("source", "pmcid", "figure_id", "licence", "modality", "order")
+
+
+def reject_provenance(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The provenance fields of a reject line (`REJECT_PROVENANCE`) from a record's metadata."""
+    return {key: metadata.get(key) for key in REJECT_PROVENANCE}
 
 
 OUTPUT_FILES = {

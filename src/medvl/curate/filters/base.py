@@ -2,8 +2,8 @@
 
 A filter is a datatrove `BaseFilter`: `filter(doc)` returns True or `reject(doc, reason, detail)`.
 A dropped record goes to the filter's `exclusion_writer` (a `RejectWriter`) as one reject line
-`{"id", "stage", "reason", "detail", "modality", "source", "order"}`; datatrove counts
-`dropped_<reason>` in its per-task stats, which the report reads.
+`{"id", "stage", "reason", "detail", ...}` carrying the record's `curate.store.reject_provenance`;
+datatrove counts `dropped_<reason>` in its per-task stats, which the report reads.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 
 from medvl.config import Config
+from medvl.curate.store import reject_provenance
 from medvl.io.jsonl import reject_line
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def _reject_adapter(stage: str):
     def adapt(_self: Any, doc: Document) -> dict[str, Any]:
         meta = doc.metadata
         return reject_line(doc.id, stage, meta.get("filter_reason", "rejected"), meta.get("reject_detail", ""),
-                           **{key: meta.get(key) for key in ("modality", "source", "licence", "order")})
+                           **reject_provenance(meta))
 
     return adapt
 
