@@ -1,4 +1,4 @@
-"""`Registry`: entries found by name — benchmarks, generation engines, model families.
+"""`Registry`: entries found by name — benchmarks, generation engines, curation filters, model families.
 
 The module that defines an entry adds it (`@BENCHMARKS.register("vqa_rad")` on a function, or
 `FAMILIES.register("llama", Family(...))`), so adding one is one file, or one line of a table. A

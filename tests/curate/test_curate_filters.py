@@ -8,12 +8,21 @@ from pathlib import Path
 import pytest
 
 from medvl.curate.config import CurateConfig, SourceConfig
-from medvl.curate.filters import FILTERS, CurateFilter, FilterConfig, build_filters, reject
+from medvl.curate.filters import (
+    FILTERS,
+    CurateFilter,
+    FilterConfig,
+    build_filters,
+    filter_class,
+    filter_names,
+    reject,
+)
 from medvl.curate.filters.image import ImageFilter, ImageFilterConfig
 from medvl.curate.filters.licence import LicenceFilter, LicenceFilterConfig
 from medvl.curate.filters.text import TextFilter, TextFilterConfig
 from medvl.curate.ingest import SourceReader, make_document
 from medvl.curate.vocab import Vocabulary, infer_modality, load_vocabulary
+from medvl.registry import Registry
 
 
 def test_vocabulary_counts_distinct_terms_with_phrases_and_plurals(tmp_path: Path):
@@ -96,7 +105,8 @@ class ShortCaptionConfig(FilterConfig):
 
 
 class ShortCaptionFilter(CurateFilter):
-    """A throwaway filter registered by the test below: one class, one config section, one line."""
+    """A throwaway filter registered by the test below: one class, one config section, one registry line
+    (runs after the built-in filters: the default `cost`)."""
 
     name = "short caption filter"
     config_class = ShortCaptionConfig
@@ -105,8 +115,20 @@ class ShortCaptionFilter(CurateFilter):
         return True if len(doc.text) <= self.config.max_characters else reject(doc, "caption_too_long_for_test")
 
 
-def test_a_registered_filter_gets_its_section_and_runs_in_the_pipeline(monkeypatch, corpus: Path, tmp_path: Path):
-    monkeypatch.setitem(FILTERS, "short", f"{__name__}:ShortCaptionFilter")
+@pytest.fixture
+def short_filter():
+    FILTERS.register("short", ShortCaptionFilter)
+    yield
+    FILTERS.unregister("short")
+
+
+def test_filters_are_registered_by_their_modules_and_run_cheapest_first():
+    assert isinstance(FILTERS, Registry) and filter_names() == ["licence", "text", "medical_text", "image"]
+    with pytest.raises(ValueError, match="unknown filter 'nope'; registered: licence, text, medical_text, image"):
+        filter_class("nope")
+
+
+def test_a_registered_filter_gets_its_section_and_runs_in_the_pipeline(short_filter, corpus: Path, tmp_path: Path):
     config = CurateConfig.model_validate(
         {"sources": [{"format": "pmc_jsonl", "path": str(corpus / "figures.jsonl")}], "filter": {"short": {"max_characters": 90}}}
     )

@@ -2,9 +2,9 @@
 
 Every threshold is an option here with the PubMedVision / LLaVA-Med default (see
 `docs/curation.md` for the table). The filters' sections (`filter.<name>`) are declared by the
-filters themselves (`medvl.curate.filters.FILTERS`). Relative paths in a config file are resolved
-against the folder of that file (`resolve_paths`), so a shipped config runs from any working
-directory.
+filters themselves (the `medvl.curate.filters.FILTERS` registry). Relative paths in a config file
+are resolved against the folder of that file (`resolve_paths`), so a shipped config runs from any
+working directory.
 """
 
 from __future__ import annotations

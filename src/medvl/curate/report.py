@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medvl.curate.config import CurateConfig
-from medvl.curate.filters import FILTERS, filter_class
+from medvl.curate.filters import filter_class, filter_names
 from medvl.curate.store import RunDirs, pack_order
 from medvl.io.jsonl import iter_appended
 from medvl.io.files import atomic_write_json, atomic_write_text
@@ -157,7 +157,7 @@ def write_report(
     funnel = [("read", read)]
     if "ingest check" in prepare:
         funnel.append(("ingested", prepare["ingest check"].get("forwarded", 0)))
-    for name in FILTERS:
+    for name in filter_names():
         step = filter_class(name).name
         if step in prepare:
             funnel.append((step, prepare[step].get("forwarded", 0)))

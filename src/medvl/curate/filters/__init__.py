@@ -1,19 +1,27 @@
 """The prepare-stage filters, found by name: a filter is its class plus its config section.
 
-`FILTERS` maps a name to `module:Class`; the pipeline adds the active ones in this order (cheapest
-first), each configured by the section `filter.<name>` of the curate config (validated by the
-class's `config_class`) and writing its rejects under the stage `<name>`.
+`FILTERS` (a `medvl.registry.Registry`) finds each filter by the name its module registers it
+under (`@register_filter("text")`); the pipeline adds the active ones in `filter_names()` order
+(cheapest first: each class's `cost`), each configured by the section `filter.<name>` of the curate
+config (validated by the class's `config_class`) and writing its rejects under the stage `<name>`.
 
-Adding a filter: one new module with a `CurateFilter` subclass (its `config_class` and `filter(doc)`)
-and one line here — see docs/curation.md, "Adding a filter".
+Adding a filter: one new module here with a registered `CurateFilter` subclass (its `config_class`,
+`cost` and `filter(doc)`) — see docs/curation.md, "Adding a filter".
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
-from medvl.curate.filters.base import CurateFilter, FilterConfig, IngestCheck, RejectWriter, reject
+from medvl.curate.filters.base import (
+    FILTERS,
+    CurateFilter,
+    FilterConfig,
+    IngestCheck,
+    RejectWriter,
+    register_filter,
+    reject,
+)
 
 if TYPE_CHECKING:
     from medvl.curate.config import CurateConfig
@@ -24,36 +32,34 @@ __all__ = [
     "FilterConfig",
     "IngestCheck",
     "RejectWriter",
+    "register_filter",
     "reject",
     "filter_class",
+    "filter_names",
     "filter_sections",
     "build_filters",
 ]
 
-FILTERS: dict[str, str] = {
-    "licence": "medvl.curate.filters.licence:LicenceFilter",
-    "text": "medvl.curate.filters.text:TextFilter",
-    "medical_text": "medvl.curate.filters.medical_text:MedicalTextFilter",
-    "image": "medvl.curate.filters.image:ImageFilter",
-}
+def filter_names() -> list[str]:
+    """The registered filters in pipeline order: cheapest first (`CurateFilter.cost`), then by name."""
+    return sorted(FILTERS.names(), key=lambda name: (FILTERS.get(name).cost, name))
 
 
 def filter_class(name: str) -> type[CurateFilter]:
     """The registered filter class called `name`."""
     if name not in FILTERS:
-        raise ValueError(f"unknown filter {name!r}; registered: {', '.join(FILTERS)}")
-    module, _, attr = FILTERS[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+        raise ValueError(f"unknown filter {name!r}; registered: {', '.join(filter_names())}")
+    return FILTERS.get(name)
 
 
 def filter_sections(data: dict[str, Any] | None) -> dict[str, FilterConfig]:
     """Every registered filter's section, validated by its config class (missing ones: defaults)."""
-    data = dict(data or {})
-    unknown = sorted(set(data) - set(FILTERS))
+    data, names = dict(data or {}), filter_names()
+    unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ValueError(f"unknown filter section(s) {unknown}; registered filters: {', '.join(FILTERS)}")
+        raise ValueError(f"unknown filter section(s) {unknown}; registered filters: {', '.join(names)}")
     sections = {}
-    for name in FILTERS:
+    for name in names:
         config_class = filter_class(name).config_class
         value = data.get(name)
         sections[name] = value if isinstance(value, config_class) else config_class.model_validate(value or {})

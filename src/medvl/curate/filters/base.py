@@ -1,4 +1,8 @@
-"""What every prepare-stage filter shares: its config base, the step base, and the reject writer.
+"""What every prepare-stage filter shares: its config base, the step base, the registry, the reject writer.
+
+A filter is registered by name in its own module (`@register_filter("text")` on the class; the
+`FILTERS` registry imports every module of `medvl.curate.filters` when first read) and runs in
+the pipeline cheapest first (its `cost`).
 
 A filter is a datatrove `BaseFilter`: `filter(doc)` returns True or `reject(doc, reason, detail)`.
 A dropped record goes to the filter's `exclusion_writer` (a `RejectWriter`) as one reject line
@@ -17,11 +21,13 @@ from datatrove.pipeline.writers.jsonl import JsonlWriter
 from medvl.config import Config
 from medvl.curate.store import reject_provenance
 from medvl.io.jsonl import reject_line
+from medvl.registry import Registry
 
 if TYPE_CHECKING:
     from medvl.curate.config import CurateConfig
 
-__all__ = ["FilterConfig", "CurateFilter", "RejectWriter", "IngestCheck", "reject"]
+__all__ = ["FILTERS", "FilterConfig", "CurateFilter", "RejectWriter", "IngestCheck", "register_filter",
+           "reject"]
 
 
 class FilterConfig(Config):
@@ -41,10 +47,12 @@ class CurateFilter(BaseFilter):
     """A filter of the prepare stage, configured by its section `filter.<name>` (`config_class`).
 
     `run` is the whole curate config (None in unit tests); `active(section, run)` says whether the
-    pipeline adds the filter (default: `section.enabled`).
+    pipeline adds the filter (default: `section.enabled`). The pipeline runs filters by rising `cost`
+    (cheapest first; ties by name).
     """
 
     config_class: ClassVar[type[FilterConfig]] = FilterConfig
+    cost: ClassVar[int] = 100  # the built-in filters run at 10 (licence) to 40 (image)
 
     def __init__(
         self, config: FilterConfig, run: "CurateConfig | None" = None, exclusion_writer: JsonlWriter | None = None
@@ -55,6 +63,15 @@ class CurateFilter(BaseFilter):
     @classmethod
     def active(cls, config: FilterConfig, run: "CurateConfig") -> bool:
         return config.enabled
+
+
+FILTERS: Registry[type[CurateFilter]] = Registry("filter", package="medvl.curate.filters")
+
+
+def register_filter(name: str) -> Callable[[type[CurateFilter]], type[CurateFilter]]:
+    """Decorate a `CurateFilter` subclass: its config section is `filter.<name>`, its rejects'
+    stage `<name>`."""
+    return FILTERS.register(name)
 
 
 def reject(doc: Document, reason: str, detail: str = "") -> tuple[bool, str]:

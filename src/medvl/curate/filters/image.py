@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from datatrove.data import Document
 from pydantic import Field
 
-from medvl.curate.filters.base import CurateFilter, FilterConfig, reject
+from medvl.curate.filters.base import CurateFilter, FilterConfig, register_filter, reject
 from medvl.curate.ingest import doc_images
 
 if TYPE_CHECKING:
@@ -44,10 +44,12 @@ class ImageFilterConfig(FilterConfig):
     classifier_threshold: float | None = Field(None, ge=0, le=1, description="default: the one saved with it")
 
 
+@register_filter("image")
 class ImageFilter(CurateFilter):
     """Decodable, size/shape bounds, optional medical-image classifier; records image signatures."""
 
     name = "image filter"
+    cost = 40
     config_class = ImageFilterConfig
 
     def __init__(self, config: ImageFilterConfig, run: "CurateConfig | None" = None, exclusion_writer: Any = None):

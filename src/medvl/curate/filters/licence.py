@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from datatrove.data import Document
 from pydantic import Field
 
-from medvl.curate.filters.base import CurateFilter, FilterConfig, reject
+from medvl.curate.filters.base import CurateFilter, FilterConfig, register_filter, reject
 from medvl.curate.licences import licence_allowed
 
 if TYPE_CHECKING:
@@ -24,10 +24,12 @@ class LicenceFilterConfig(FilterConfig):
     )
 
 
+@register_filter("licence")
 class LicenceFilter(CurateFilter):
     """Drops records whose licence (normalised at ingest) is not allowed (`licence_not_allowed`)."""
 
     name = "licence filter"
+    cost = 10
     config_class = LicenceFilterConfig
 
     @classmethod

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 from datatrove.data import Document
 from pydantic import Field
 
-from medvl.curate.filters.base import CurateFilter, FilterConfig, reject
+from medvl.curate.filters.base import CurateFilter, FilterConfig, register_filter, reject
 
 if TYPE_CHECKING:
     from medvl.curate.config import CurateConfig
@@ -34,10 +34,12 @@ class MedicalTextConfig(FilterConfig):
         return self if self.model == "builtin" else self.model_copy(update={"model": absolute(self.model)})
 
 
+@register_filter("medical_text")
 class MedicalTextFilter(CurateFilter):
     """Drops captions the probe scores below the threshold (`not_medical_text`, with p(medical))."""
 
     name = "medical text filter"
+    cost = 30
     config_class = MedicalTextConfig
 
     def __init__(self, config: MedicalTextConfig, run: "CurateConfig | None" = None, exclusion_writer: Any = None):

@@ -7,7 +7,7 @@ from typing import Literal
 from datatrove.data import Document
 from pydantic import Field
 
-from medvl.curate.filters.base import CurateFilter, FilterConfig, reject
+from medvl.curate.filters.base import CurateFilter, FilterConfig, register_filter, reject
 from medvl.curate.vocab import load_vocabulary
 
 __all__ = ["TextFilterConfig", "TextFilter"]
@@ -27,10 +27,12 @@ class TextFilterConfig(FilterConfig):
     count_terms_in: Literal["caption", "caption_and_mentions"] = "caption_and_mentions"
 
 
+@register_filter("text")
 class TextFilter(CurateFilter):
     """Caption length bounds and a minimum number of distinct medical-vocabulary terms."""
 
     name = "text filter"
+    cost = 20
     config_class = TextFilterConfig
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
