@@ -212,7 +212,7 @@ def image_copies(image: Any, rng: np.random.Generator) -> dict[str, Any]:
 def near_images() -> list[dict[str, Any]]:
     from PIL import Image
 
-    from medvl.curate.near_images import NearImageMatcher, describe
+    from medvl.benchmarks.near_images import NearImageMatcher, describe
 
     paths = sorted(VQA_RAD.glob("*.jpg"))
     matcher = NearImageMatcher()
@@ -247,7 +247,7 @@ def near_images() -> list[dict[str, Any]]:
 def search_at_scale(quick: bool) -> list[dict[str, Any]]:
     import faiss
 
-    from medvl.curate.near_images import DIM, ROWS, NearImageIndex
+    from medvl.benchmarks.near_images import DIM, ROWS, NearImageIndex
 
     n_bench, n_queries = SCALE["quick" if quick else "full"]
     rng = np.random.default_rng(0)

@@ -109,7 +109,7 @@ def write_prepared(dirs: Any, n: int, shards: int = 4, dim: int = 384) -> None:
     """Prepared shards + caption embeddings with ~5% planted duplicates of each kind."""
     rng = np.random.default_rng(1)
     dirs.prepared.mkdir(parents=True, exist_ok=True)
-    from medvl.curate.near_images import DIM, ROWS, encode_descriptor
+    from medvl.benchmarks.near_images import DIM, ROWS, encode_descriptor
 
     descriptors = rng.standard_normal((n, ROWS, DIM)).astype(np.float32)
     vectors = rng.standard_normal((n, dim)).astype(np.float32)
@@ -198,7 +198,7 @@ def measure(stage: str, n: int, work: Path, part: int = 1) -> dict[str, Any]:
     )
     if stage in ("dedup", "sample", "concept"):
         shutil.copytree(work / f"prepared-{n}" / "_work" / "prepared", dirs.prepared)
-    from medvl.curate.near_images import describe  # imports and first-call set-up are not timed
+    from medvl.benchmarks.near_images import describe  # imports and first-call set-up are not timed
     from medvl.io.images import load_image
 
     describe(load_image(next((work / "inputs-10" / "figures").glob("*.png"))))

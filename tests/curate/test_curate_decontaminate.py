@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medvl.cli import build_app
-from medvl.curate.decontaminate import Decontaminator, ReferenceItem, TrainingSample, ngrams
+from medvl.benchmarks.contamination import Decontaminator, ReferenceItem, TrainingSample, ngrams
 from medvl.curate.pipeline import run_curation
 
 VQA_RAD = Path(__file__).resolve().parents[2] / "data" / "vqa-rad"

@@ -180,7 +180,7 @@ def test_image_filter_reasons_and_signatures(corpus: Path):
     assert image_filter.filter(docs["p0_fig0.png"]) is True
     info = docs["p0_fig0.png"].metadata["images_info"][0]
     assert (info["width"], info["height"]) == (400, 360) and len(info["sha256"]) == 64
-    from medvl.curate.near_images import ROWS, decode_descriptor
+    from medvl.benchmarks.near_images import ROWS, decode_descriptor
 
     assert decode_descriptor(info["signature"]).shape == (ROWS, 63)
     assert image_filter.filter(docs["small_fig.png"]) == (False, "image_too_small")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from medvl.curate.near_images import NearImageMatcher, decode_descriptor, describe, encode_descriptor, flipped
+from medvl.benchmarks.near_images import NearImageMatcher, decode_descriptor, describe, encode_descriptor, flipped
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = sorted((ROOT / "data" / "vqa-rad" / "images").glob("*.jpg"))[::8]

@@ -8,8 +8,8 @@ medvl curate train-classifier LABELS... --out DIR [--encoder builtin|hf:DIR|medv
 medvl curate train-text-filter [LABELS...] --out DIR [--target-recall 0.98]
 medvl curate decontaminate TRAIN.jsonl... --against NAME[@SPLIT]=ROOT ... --out DIR
 
-This module is the one place curation meets `medvl eval`'s benchmark loaders (`benchmark_reference`):
-the decontamination core takes plain items, the loaders stay in eval.
+Benchmark items for decontamination come through `medvl.benchmarks.contamination.benchmark_reference`
+(the registry's loaders), the matcher `medvl data check --against` shares.
 """
 
 from __future__ import annotations
@@ -25,32 +25,6 @@ curate_app = typer.Typer(
 )
 
 STAGE_HELP = "stop after this stage: prepare, dedup, decontaminate, sample, generate, finalize"
-
-
-def benchmark_reference(benchmarks: list[tuple[str, str, str, dict]]) -> list:
-    """(name, root, split, options) → the benchmark items as `ReferenceItem`s (via `medvl.benchmarks`)."""
-    from medvl.curate.decontaminate import ReferenceItem
-    from medvl.benchmarks import load_benchmark
-
-    items = []
-    for name, root, split, options in benchmarks:
-        data = load_benchmark(name, root, split, **options)
-        items += [
-            ReferenceItem(name, split, str(item.id), tuple(item.images), item.question, item.answer)
-            for item in data.items
-        ]
-    return items
-
-
-def _against(specs: list[str]) -> list[tuple[str, str, str, dict]]:
-    parsed = []
-    for spec in specs:
-        name, sep, root = spec.partition("=")
-        if not sep or not name or not root:
-            raise typer.BadParameter(f"{spec!r}: expected NAME[@SPLIT]=ROOT, e.g. vqa_rad=data/vqa-rad", param_hint="--against")
-        name, _, split = name.partition("@")
-        parsed.append((name, root, split or "test", {}))
-    return parsed
 
 
 def _load(config: Path, overrides: Optional[List[str]], out: Optional[Path]):
@@ -76,6 +50,7 @@ def run(
     """Run (or resume) the curation: filters, dedup, sampling, generation, release files and report."""
     from rich.console import Console
 
+    from medvl.benchmarks.contamination import benchmark_reference
     from medvl.curate.pipeline import run_curation
     from medvl.curate.report import render_markdown
 
@@ -223,20 +198,20 @@ def decontaminate_command(
     min_text_overlap: float = typer.Option(0.5, help="share of a benchmark item's n-grams that counts as seen"),
 ) -> None:
     """Remove training records that show benchmark images or repeat benchmark questions; report per benchmark."""
-    from medvl.curate.config import NearImageConfig
-    from medvl.curate.decontaminate import Decontaminator, decontaminate_files
-    from medvl.curate.dedup import near_image_matcher
+    from medvl.benchmarks.contamination import Decontaminator, benchmark_reference, parse_against
+    from medvl.benchmarks.near_images import NearImageConfig
+    from medvl.curate.decontaminate import decontaminate_files
     from medvl.errors import UserError
 
     missing = [str(p) for p in train if not p.is_file()]
     if missing:
         raise UserError(f"training file(s) not found: {', '.join(missing)}")
-    reference = benchmark_reference(_against(against))
+    reference = benchmark_reference(parse_against(against))
     checker = Decontaminator(
         reference,
         ngram=ngram,
         min_text_overlap=min_text_overlap,
-        image_matcher=near_image_matcher(NearImageConfig(min_inliers=min_inliers)),
+        image_matcher=NearImageConfig(min_inliers=min_inliers).matcher(),
     )
     summary = decontaminate_files(list(train), image_root, checker, out)
     if summary["training_records"] == 0:

@@ -14,13 +14,13 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
+from medvl.benchmarks.near_images import NearImageConfig
 from medvl.config import Config, load_config
 from medvl.curate.filters import FilterConfig, filter_sections
 from medvl.llm.config import LLMConfig
 
 __all__ = [
     "SourceConfig",
-    "NearImageConfig",
     "SemanticConfig",
     "DedupConfig",
     "BenchmarkRef",
@@ -62,18 +62,6 @@ class SourceConfig(Config):
         "", description="pairs: appended to the image column (ROCO CSVs hold ids: '.jpg')"
     )
     csv_delimiter: str | None = Field(None, description="pairs CSV delimiter (default ',' or tab for .tsv)")
-
-
-class NearImageConfig(Config):
-    """Near-duplicate images: descriptor candidates confirmed by keypoints (`medvl.curate.near_images`)."""
-
-    enabled: bool = True
-    candidates: int = Field(5, ge=1, description="best images by descriptor checked per query")
-    min_similarity: float = Field(0.5, ge=-1, le=1, description="candidates below are not checked")
-    exact_similarity: float = Field(
-        0.998, ge=-1, le=1, description="at or above: the same picture without keypoints (resize, re-encode, flip)"
-    )
-    min_inliers: int = Field(50, ge=4, description="agreeing ORB keypoint matches that confirm a candidate")
 
 
 class SemanticConfig(Config):

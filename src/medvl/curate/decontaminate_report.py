@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from medvl.io.files import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
-    from medvl.curate.decontaminate import Contamination, ReferenceItem
+    from medvl.benchmarks.contamination import Contamination, ReferenceItem
 
 __all__ = ["write_decontamination_report"]
 

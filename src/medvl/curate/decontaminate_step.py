@@ -2,7 +2,7 @@
 
 It checks every record that survived dedup against the benchmark items of
 `_work/decontaminate/reference.jsonl` (written by `run_curation` from the items its caller loaded)
-with `medvl.curate.decontaminate`, using the image descriptors the image filter already computed,
+with `medvl.benchmarks.contamination`, using the image descriptors the image filter already computed,
 and the caption and mentions as the record's text. A contaminated record is a reject
 (`decontaminate/benchmark_image` or `benchmark_text`, the matched items in `matched`), so sampling
 skips it; `OUT/decontamination/` holds the report (counts and % per benchmark, pairs side by side).
@@ -33,7 +33,7 @@ def write_reference(path: Path, items: list[Any]) -> None:
 
 
 def read_reference(path: Path) -> list[Any]:
-    from medvl.curate.decontaminate import ReferenceItem
+    from medvl.benchmarks.contamination import ReferenceItem
 
     return [ReferenceItem(**{**row, "images": tuple(row["images"])}) for row in iter_appended(path)]
 
@@ -51,17 +51,17 @@ class DecontaminateStep(PipelineStep):
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         if not self.config.enabled:
             return iter(())
-        from medvl.curate.decontaminate import Decontaminator, TrainingSample, summarise
+        from medvl.benchmarks.contamination import Decontaminator, TrainingSample, summarise
+        from medvl.benchmarks.near_images import decode_descriptor
         from medvl.curate.decontaminate_report import write_decontamination_report
-        from medvl.curate.dedup import dedup_dropped, near_image_matcher
-        from medvl.curate.near_images import decode_descriptor
+        from medvl.curate.dedup import dedup_dropped
 
         reference = read_reference(self.dirs.decontaminate_reference)
         checker = Decontaminator(
             reference,
             ngram=self.config.ngram,
             min_text_overlap=self.config.min_text_overlap,
-            image_matcher=near_image_matcher(self.config.image),
+            image_matcher=self.config.image.matcher(),
         )
         dropped = dedup_dropped(self.dirs, stages=("dedup",))  # not this task's own file from a killed attempt
         path = self.dirs.rejects / "decontaminate-00000.jsonl"

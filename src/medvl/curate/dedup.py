@@ -5,7 +5,7 @@ duplicate group is kept and each dropped one is a reject whose `kept` field and 
 kept one.
 
 - Exact: sha256 of each image file's bytes; sha1 of the caption lower-cased to word tokens.
-- Near image (`medvl.curate.near_images`): each image's descriptor (computed by the image filter)
+- Near image (`medvl.benchmarks.near_images`): each image's descriptor (computed by the image filter)
   is searched among the kept images; a candidate is confirmed on the descriptor alone when nearly
   identical, else by ORB keypoints on the two image files. Robust to resizing, re-encoding,
   brightness, crops up to 10%, rotations up to 5 degrees and horizontal flips.
@@ -35,7 +35,8 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from medvl.curate.clinical import fact_signature, signature_difference
-from medvl.curate.config import DedupConfig, NearImageConfig, SemanticConfig
+from medvl.benchmarks.near_images import NearImageConfig
+from medvl.curate.config import DedupConfig, SemanticConfig
 from medvl.curate.store import (
     REJECT_PROVENANCE,
     EmbeddingShards,
@@ -50,7 +51,6 @@ from medvl.io.jsonl import RejectLog
 
 __all__ = [
     "caption_key",
-    "near_image_matcher",
     "semantic_candidates",
     "DedupStep",
     "dedup_corpus",
@@ -66,17 +66,6 @@ def caption_key(caption: str) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
-def near_image_matcher(config: NearImageConfig) -> Any:
-    from medvl.curate.near_images import NearImageMatcher
-
-    return NearImageMatcher(
-        candidates=config.candidates,
-        min_similarity=config.min_similarity,
-        exact_similarity=config.exact_similarity,
-        min_inliers=config.min_inliers,
-    )
-
-
 def semantic_candidates(vectors: np.ndarray, eps: float, k: int) -> list[list[tuple[int, float]]]:
     """Per row i, its earlier rows j < i with cosine >= 1 - eps, best first (at most k).
 
@@ -84,7 +73,7 @@ def semantic_candidates(vectors: np.ndarray, eps: float, k: int) -> list[list[tu
     """
     import faiss
 
-    from medvl.curate.near_images import ivf_index
+    from medvl.benchmarks.near_images import ivf_index
 
     n = len(vectors)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -207,7 +196,7 @@ class _Signed:
     descriptors: list[np.ndarray] = field(default_factory=list)
 
     def extend(self, index: int, record: dict[str, Any], infos: list[dict[str, Any]]) -> None:
-        from medvl.curate.near_images import decode_descriptor
+        from medvl.benchmarks.near_images import decode_descriptor
 
         paths = [m.get("path") or m.get("url") for m in record.get("media", [])]
         for info, path in zip(infos, paths):
@@ -221,7 +210,7 @@ def _near_image_pass(signed: _Signed, config: NearImageConfig, stats: DedupStats
     """Kept-record index -> (the earlier kept record it repeats, detail), in input order."""
     if len(signed.owner) < 2:
         return {}
-    matcher = near_image_matcher(config)
+    matcher = config.matcher()
     descriptors = np.stack(signed.descriptors).astype(np.float32)
     matcher.add_many(descriptors, list(range(len(signed.owner))), signed.paths)
     neighbours = matcher.index.search_many(descriptors, config.candidates + 1)

@@ -256,7 +256,7 @@ def run_curation(
 ) -> dict[str, Any] | None:
     """Run (or resume) every stage up to `until`; return the report (None when submitted to Slurm).
 
-    `reference`: the benchmark items (`medvl.curate.decontaminate.ReferenceItem`) the decontaminate
+    `reference`: the benchmark items (`medvl.benchmarks.contamination.ReferenceItem`) the decontaminate
     stage checks against; required when `decontaminate.enabled`. The output folder is locked for the
     whole run (`medvl.io.process.RunLock`): a second run on it is refused while this one lives.
     """

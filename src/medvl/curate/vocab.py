@@ -28,6 +28,8 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+from medvl.benchmarks.contamination import tokenize  # one word rule for vocabulary and benchmark n-grams
+
 __all__ = [
     "Vocabulary",
     "load_vocabulary",
@@ -40,8 +42,6 @@ __all__ = [
     "modalities_of",
     "MODALITIES",
 ]
-
-_TOKEN = re.compile(r"[a-z0-9]+(?:&[a-z0-9]+)*")
 
 # (modality, pattern) in priority order: the first that matches the caption wins.
 MODALITY_PATTERNS: tuple[tuple[str, str], ...] = (
@@ -111,10 +111,6 @@ _FOLDS = (
     ("al", "e"),
     ("ar", "a"),
 )
-
-
-def tokenize(text: str) -> list[str]:
-    return _TOKEN.findall(text.lower())
 
 
 def fold(token: str, known: frozenset[str] | set[str]) -> str:

@@ -2,7 +2,7 @@
 
 Per record: each image is read (bytes → sha256), decoded with the shared loader
 (`medvl.io.images.load_image`), checked (min side, aspect ratio, pixel bounds), given its
-near-duplicate signature (`medvl.curate.near_images`, when near-image dedup or decontamination needs
+near-duplicate signature (`medvl.benchmarks.near_images`, when near-image dedup or decontamination needs
 it) and, when a classifier is configured, scored medical / non-medical. What dedup needs later is
 kept in `metadata["images_info"]`; images are not kept.
 """
@@ -91,7 +91,7 @@ class ImageFilter(CurateFilter):
                 return reject(doc, problem[0], f"{where}: {problem[1]}")
             info = {"width": image.width, "height": image.height, "sha256": hashlib.sha256(data).hexdigest()}
             if self.signatures:
-                from medvl.curate.near_images import describe, encode_descriptor
+                from medvl.benchmarks.near_images import describe, encode_descriptor
 
                 info["signature"] = encode_descriptor(describe(image))
             infos.append(info)

@@ -17,6 +17,10 @@ is the same picture when at least `min_inliers` matches agree. Candidates whose 
 similarity reaches `exact_similarity` (resizes, re-encodes, flips) are accepted without keypoints.
 `bench/curate_quality.py` measures recall per transformation and false matches on VQA-RAD's 315
 distinct images.
+
+`NearImageConfig` holds the thresholds (curation's `dedup.near_image` and `decontaminate.image`
+sections) and builds the matcher. It lives below the stages because curation's dedup and
+decontamination and `medvl data check`'s benchmark-overlap warning all match images with it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
+from pydantic import Field
+
+from medvl.config import Config
 
 __all__ = [
     "ROWS",
@@ -42,6 +49,7 @@ __all__ = [
     "OrbVerifier",
     "NearImageMatcher",
     "Match",
+    "NearImageConfig",
 ]
 
 DIM = 63
@@ -295,3 +303,19 @@ class NearImageMatcher:
             if inliers >= self.min_inliers:
                 return Match(payload, similarity, inliers)
         return None
+
+
+class NearImageConfig(Config):
+    """Near-duplicate images: descriptor candidates confirmed by keypoints."""
+
+    enabled: bool = True
+    candidates: int = Field(5, ge=1, description="best images by descriptor checked per query")
+    min_similarity: float = Field(0.5, ge=-1, le=1, description="candidates below are not checked")
+    exact_similarity: float = Field(
+        0.998, ge=-1, le=1, description="at or above: the same picture without keypoints (resize, re-encode, flip)"
+    )
+    min_inliers: int = Field(50, ge=4, description="agreeing ORB keypoint matches that confirm a candidate")
+
+    def matcher(self) -> NearImageMatcher:
+        return NearImageMatcher(candidates=self.candidates, min_similarity=self.min_similarity,
+                                exact_similarity=self.exact_similarity, min_inliers=self.min_inliers)
