@@ -4,6 +4,7 @@
     accelerate launch --config_file configs/accelerate/zero3.yaml -m medvl.cli train CONFIG [key=value ...]
     medvl data check CONFIG.yaml [key=value ...]          # the config's sources, as training sees them
     medvl data check DATA.jsonl --image-root IMAGES --model MODEL_DIR [--max-length 2048]
+    medvl data check DATA.jsonl --against vqa_rad=../shared/data/vqa-rad [--against slake@test=ROOT]
     medvl data convert vqa_rad ../shared/data/vqa-rad --split train --out vqa_rad_train.jsonl [--concepts]
 """
 
@@ -58,14 +59,19 @@ def check(
                                                      "for the token-length checks"),
     max_length: int = typer.Option(2048, help="data file form: tokens per sample incl. image tokens"),
     out: Optional[Path] = typer.Option(None, help="report folder (default: the config's output_dir/data_check)"),
+    against: Optional[list[str]] = typer.Option(
+        None, "--against", help="NAME[@SPLIT]=ROOT, repeatable (split: test): warn about records that show this "
+                                "benchmark's images or repeat its questions (as medvl curate decontaminate finds them)"),
 ) -> None:
     """Validate every record (structure, images, token length); write data_check.json and rejects.jsonl."""
     from rich.console import Console
     from rich.table import Table
 
+    from medvl.benchmarks.contamination import benchmark_reference, parse_against
     from medvl.train.validate import REJECTS_NAME, count_text
 
-    report, folder, note = _run_check(target, overrides or [], image_root, model, max_length, out)
+    reference = benchmark_reference(parse_against(against)) if against else None  # a bad root fails first
+    report, folder, note, sources = _run_check(target, overrides or [], image_root, model, max_length, out)
     table = Table(title=f"data check: {target}")
     for column in ("source", "rows", "usable", "rejected", "reasons", "warnings", "tokens mean/p95/max"):
         table.add_column(column)
@@ -79,7 +85,24 @@ def check(
     console.print(table)
     if note:
         console.print(note)
+    if reference is not None:
+        _warn_overlap(console, sources, report, reference, against or [])
     console.print(f"report: {folder / 'data_check.json'}; rejects: {folder / REJECTS_NAME}")
+
+
+def _warn_overlap(console, sources, report, reference, against: list[str]) -> None:
+    """Count the usable records that overlap the benchmarks, print the warning, add the counts to the report."""
+    from medvl.train.overlap import benchmark_overlap, overlap_warnings, removal_commands
+
+    report.benchmark_overlap = benchmark_overlap(sources, report, reference)
+    report.write(report.path)
+    lines = overlap_warnings(report.benchmark_overlap)
+    if not lines:
+        console.print(f"no overlap with {', '.join(report.benchmark_overlap['benchmarks'])}")
+        return
+    console.print("[bold yellow]warning:[/] the training data overlaps benchmark data", highlight=False)
+    for line in [*lines, "remove those records with:", *removal_commands(sources, against)]:
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
 
 
 def _run_check(target: Path, overrides: list[str], image_root: Optional[Path], model: Optional[Path],
@@ -109,8 +132,9 @@ def _run_check(target: Path, overrides: list[str], image_root: Optional[Path], m
     if source is not None:
         encoder = ChatEncoder(load_processor(source), data.max_length, last_turn_only=data.last_turn_only,
                               overlong=data.overlong)
-    report = check_sources([load_source(s) for s in data.sources], encoder, data, folder, reuse=False)
-    return report, folder, note
+    sources = [load_source(s) for s in data.sources]
+    report = check_sources(sources, encoder, data, folder, reuse=False)
+    return report, folder, note, sources
 
 
 @data_app.command("convert")

@@ -128,6 +128,7 @@ class CheckReport:
     fingerprint: str
     sources: list[SourceReport]
     path: Path | None = None
+    benchmark_overlap: dict[str, Any] | None = None  # `medvl data check --against` (medvl.train.overlap)
 
     @property
     def rejected(self) -> int:
@@ -142,7 +143,12 @@ class CheckReport:
             "version": _VERSION, "fingerprint": self.fingerprint,
             "totals": {"rows": sum(s.rows for s in self.sources), "valid": self.valid, "rejected": self.rejected},
             "sources": [{**s.summary(), "valid_rows": s.valid, "lengths": s.lengths} for s in self.sources],
+            **({"benchmark_overlap": self.benchmark_overlap} if self.benchmark_overlap is not None else {}),
         }
+
+    def write(self, path: Path) -> None:
+        self.path = path
+        atomic_write_json(path, self.to_json(), indent=None)
 
     @classmethod
     def from_json(cls, data: dict[str, Any], path: Path) -> "CheckReport":
@@ -200,8 +206,8 @@ def check_sources(sources: list[LoadedSource], encoder: ChatEncoder | None, data
                 report.lengths.append(usable.length)
                 report.warnings.update(usable.warnings)
             reports.append(report)
-    result = CheckReport(fingerprint=key, sources=reports, path=report_path)
-    atomic_write_json(report_path, result.to_json(), indent=None)
+    result = CheckReport(fingerprint=key, sources=reports)
+    result.write(report_path)
     return result
 
 
