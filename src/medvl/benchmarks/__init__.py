@@ -7,6 +7,8 @@ published into `VQAItem`s, the prompts they are asked with, and the registry tha
   `VQAItem.to_record` makes the LLaVA conversation record (`medvl.records.make_record`).
 - `prompts`: HuatuoGPT-Vision's multiple-choice prompt (`choice_prompt`) and the default prompt.
 - `registry`: `register_benchmark`, `get_benchmark`, `load_benchmark`, `BENCHMARKS`.
+- `contamination`: which training records show a benchmark's images or repeat its questions (curation's
+  decontamination and `medvl data check --against`), with `near_images` (near-duplicate image search).
 - one module per release, each registering its loader:
 
 | name          | release and layout                                                              |

@@ -11,9 +11,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from medvl.benchmarks.contamination import ReferenceItem
+    from medvl.train.sources import LoadedSource
+    from medvl.train.validate import CheckReport
 
 data_app = typer.Typer(name="data", help="Validate and convert training data.", no_args_is_help=True)
 
@@ -86,23 +93,25 @@ def check(
     if note:
         console.print(note)
     if reference is not None:
-        _warn_overlap(console, sources, report, reference, against or [])
+        _warn_overlap(console, sources, report, folder, reference, against or [])
     console.print(f"report: {folder / 'data_check.json'}; rejects: {folder / REJECTS_NAME}")
 
 
-def _warn_overlap(console, sources, report, reference, against: list[str]) -> None:
+def _warn_overlap(console: Console, sources: list[LoadedSource], report: CheckReport, folder: Path,
+                  reference: list[ReferenceItem], against: list[str]) -> None:
     """Count the usable records that overlap the benchmarks, print the warning, add the counts to the report."""
     from medvl.train.overlap import benchmark_overlap, overlap_warnings, removal_commands
+    from medvl.train.validate import REPORT_NAME
 
     report.benchmark_overlap = benchmark_overlap(sources, report, reference)
-    report.write(report.path)
+    report.write(folder / REPORT_NAME)
     lines = overlap_warnings(report.benchmark_overlap)
     if not lines:
         console.print(f"no overlap with {', '.join(report.benchmark_overlap['benchmarks'])}")
         return
     console.print("[bold yellow]warning:[/] the training data overlaps benchmark data", highlight=False)
     for line in [*lines, "remove those records with:", *removal_commands(sources, against)]:
-        console.print(f"  {line}", highlight=False, soft_wrap=True)
+        console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _run_check(target: Path, overrides: list[str], image_root: Optional[Path], model: Optional[Path],
