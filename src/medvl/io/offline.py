@@ -42,18 +42,41 @@ def _package_folder(package: str, pip_name: str) -> Path:
 
 
 def materialise(target: Path, save) -> Path:
-    """Run `save(tmp)` into a temporary sibling and rename it into place (safe under concurrency)."""
+    """The folder `target`, built once: `save(tmp)` into a sibling `<name>.tmp-<pid>`, then renamed
+    into place with a `.complete` marker.
+
+    Safe under concurrency (the first rename wins; a later one's copy is deleted). Nothing half-built
+    stays: a failed `save` deletes its copy, and copies left by killed runs (their process is gone)
+    are deleted before building.
+    """
     if (target / ".complete").exists():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(target)
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    save(tmp)
-    (tmp / ".complete").touch()
     try:
-        tmp.rename(target)
-    except OSError:  # another process finished first
+        save(tmp)
+        (tmp / ".complete").touch()
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first
+            pass
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _remove_orphans(target: Path) -> None:
+    """Delete the `<name>.tmp-<pid>` copies of `target` whose process is gone (killed runs)."""
+    for tmp in target.parent.glob(f"{target.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        try:
+            os.kill(int(pid), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            continue
 
 
 def smollm2_tokenizer() -> Path:

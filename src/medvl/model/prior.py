@@ -20,9 +20,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,20 +287,5 @@ def cached_prior(config: PriorConfig, progress: Callable[[str], None] | None = N
     from medvl.io.offline import cache_dir, materialise
 
     target = cache_dir() / "priors" / prior_key(config, image_files(config.images))
-    if (target / ".complete").exists():
-        return target, True
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(target)
-    return materialise(target, lambda tmp: distil_tower(config, tmp, progress)), False
-
-
-def _remove_orphans(target: Path) -> None:
-    """Delete half-written `<key>.tmp-<pid>` folders left by killed runs (their process is gone)."""
-    for tmp in target.parent.glob(f"{target.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        try:
-            os.kill(int(pid), 0)
-        except (ValueError, ProcessLookupError):
-            shutil.rmtree(tmp, ignore_errors=True)
-        except PermissionError:  # alive, another user's
-            continue
+    cached = (target / ".complete").exists()
+    return materialise(target, lambda tmp: distil_tower(config, tmp, progress)), cached
