@@ -52,6 +52,8 @@ def test_user_mistakes_are_one_line_and_exit_2(medvl, tmp_path):
         (["eval", "run", config, f"backend.model={tmp_path}"], "is not a saved model folder"),
         (["eval", "run", config, "backend.kind=vlm"], "unknown engine 'vlm'; known: local, openai, vllm, majority"),
         (["eval", "run", config, "benchmark.name=vqarad"], "unknown benchmark 'vqarad'"),
+        (["curate", "label", tmp_path / "nowhere", "--out", tmp_path / "labels.jsonl", "--model", "mock",
+          "--base-url", "http://127.0.0.1:9"], "nowhere: no such image file or folder"),
     ]
     for args, message in cases:
         code, err = medvl(*args)

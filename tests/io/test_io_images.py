@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
+from medvl.errors import UserError
+
 from medvl.io.images import (
     REASONS,
     ImageLoadError,
     decode_data_url,
     encode_data_url,
+    image_files,
     image_size,
     load_image,
     rescale_to_uint8,
@@ -245,3 +248,15 @@ def test_malformed_data_urls(rgb_image):
     with pytest.raises(ImageLoadError) as caught:
         decode_data_url(good, max_pixels=100)
     assert caught.value.reason == "too_large"
+
+
+def test_image_files_walks_folders_by_suffix_and_keeps_named_files(tmp_path, rgb_image):
+    folder = tmp_path / "figures"
+    (folder / "nested").mkdir(parents=True)
+    walked = [saved(rgb_image, folder / "a.png"), saved(rgb_image, folder / "nested" / "b.GIF", "GIF"),
+              saved(rgb_image, folder / "nested" / "c.dicom", "PNG")]  # found by suffix; decoding is load_image's
+    (folder / "a.txt").write_text("a caption")
+    named = saved(rgb_image, tmp_path / "scan.raw", "PNG")  # named explicitly: kept whatever its suffix
+    assert image_files([folder, named, folder / "a.png"]) == sorted([*walked, named])
+    with pytest.raises(UserError, match="nowhere: no such image file or folder"):
+        image_files([folder, tmp_path / "nowhere"])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from medvl.io.images import image_files
 from medvl.model.spec import VisionSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,7 +127,7 @@ def test_prior_is_seeded_native_and_cached(organ_images, tmp_path, monkeypatch, 
     assert saved.keys() <= tower.keys() and all(torch.equal(tower[key], value) for key, value in saved.items())
     assert vllm_problems(tmp_path / "llava") == []
 
-    files = prior.image_files(config.images)
+    files = image_files(config.images)
     orphan = tmp_path / "cache" / "priors" / f"{prior.prior_key(config, files)}.tmp-999999999"  # a killed run's
     orphan.mkdir(parents=True)
     folder, cached = prior.cached_prior(config)

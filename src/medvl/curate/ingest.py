@@ -48,14 +48,14 @@ from tqdm.auto import tqdm
 
 from medvl.curate.licences import normalise_licence
 from medvl.curate.vocab import infer_modality
+from medvl.io.images import image_files
 from medvl.io.jsonl import decode_problem
 
 if TYPE_CHECKING:
     from medvl.curate.config import SourceConfig
 
-__all__ = ["IngestError", "SourceReader", "make_document", "doc_images", "doc_meta", "IMAGE_SUFFIXES"]
+__all__ = ["IngestError", "SourceReader", "make_document", "doc_images", "doc_meta"]
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".dcm"}
 LLAVA_MED_DOMAINS = ("chest_xray", "ct_scan", "gross", "histology", "mri")
 
 
@@ -206,7 +206,7 @@ def _file_items(source: SourceConfig, path: Path, rank: int, world_size: int) ->
     if source.format == "roco":
         return _roco_items(path, rank, world_size)
     if source.format == "folder":
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        files = image_files([path])
         return (_Item(path, 0, i, p) for i, p in enumerate(files) if i % world_size == rank)
     if source.format == "llava_med" or path.suffix.lower() == ".json":
         return _json_document_items(path, rank, world_size)

@@ -21,8 +21,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
-from medvl.curate.ingest import IMAGE_SUFFIXES
 from medvl.curate.prompts import read_text
+from medvl.io.images import image_files
 from medvl.io.jsonl import JsonlAppender, RejectLog, iter_jsonl
 from medvl.llm.config import LLMConfig
 
@@ -33,13 +33,8 @@ _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL | re.IGNORECASE)
 
 
 def collect_images(paths: Iterable[str | Path], n: int | None = None, seed: int = 0) -> list[Path]:
-    """Image files under the given files/folders (recursively), a seeded sample of `n` when set."""
-    found: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        else:
-            found.append(path)
+    """Image files under the given files/folders (`medvl.io.images.image_files`), a seeded sample of `n` when set."""
+    found = image_files(paths)
     if n is not None and n < len(found):
         found = sorted(random.Random(seed).sample(found, n))
     return found

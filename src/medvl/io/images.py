@@ -3,6 +3,8 @@
 `load_image(source)` takes a path or raw bytes and returns a fully decoded RGB `PIL.Image`, or
 raises `ImageLoadError` with a machine-readable `.reason` from `REASONS`, so a caller records
 the reject and goes on. `image_size(source)` reads (width, height) from the header only.
+`image_files(sources)` lists the image files named or found (by suffix, `IMAGE_SUFFIXES`) under
+files and folders: the one walk every stage that takes "images or folders of images" uses.
 
 Choices made here, applied the same way everywhere:
 - Formats: JPEG (camera MPO too), PNG, TIFF (first page), WebP, BMP, GIF (first frame), PPM,
@@ -26,7 +28,7 @@ import binascii
 import io
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -34,6 +36,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from medvl.errors import UserError
 from medvl.io.pixels import REASONS, ImageLoadError, check_pixel_count, rescale_to_uint8
 
 __all__ = [
@@ -43,6 +46,8 @@ __all__ = [
     "ImageLoadError",
     "load_image",
     "image_size",
+    "image_files",
+    "IMAGE_SUFFIXES",
     "to_rgb",
     "rescale_to_uint8",
     "encode_data_url",
@@ -57,6 +62,9 @@ _MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"II*\x00", b"MM\x00*", b"GIF8", b"BM", b
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _BYTES_NAME = "<bytes>"
+# The file suffixes of the formats above, matched case-insensitively when a folder is walked.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".ppm",
+                            ".jp2", ".j2k", ".dcm", ".dicom"})
 
 Source = str | Path | bytes
 
@@ -84,6 +92,21 @@ def image_size(source: Source) -> tuple[int, int]:
             image = Image.open(fp, formats=PIL_FORMATS)
         width, height = image.size
         return (height, width) if _orientation(image) in (5, 6, 7, 8) else (width, height)
+
+
+def image_files(sources: Iterable[str | Path]) -> list[Path]:
+    """Every image file named or found (recursively, by `IMAGE_SUFFIXES`) under the given files and
+    folders, sorted, each once. A named file is kept whatever its suffix; a source that does not
+    exist is a `UserError`."""
+    found: set[Path] = set()
+    for source in map(Path, sources):
+        if source.is_dir():
+            found.update(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif source.is_file():
+            found.add(source)
+        else:
+            raise UserError(f"{source}: no such image file or folder")
+    return sorted(found)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -33,16 +33,14 @@ from torch.nn import functional as F
 
 from medvl.config import Config
 from medvl.errors import UserError
+from medvl.io.images import image_files
 from medvl.model.build import CLIP_MEAN, CLIP_STD
 from medvl.model.spec import VisionSpec
 
-__all__ = ["PriorConfig", "distil_tower", "cached_prior", "prior_key", "image_files", "student_tower", "Teacher",
+__all__ = ["PriorConfig", "distil_tower", "cached_prior", "prior_key", "student_tower", "Teacher",
            "load_teacher", "PriorResult"]
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".dcm", ".dicom"}
-
 
 class PriorConfig(Config):
     """What `medvl prior distil` trains: the student tower, its teacher, the images and the budget."""
@@ -115,20 +113,6 @@ def load_teacher(name: str) -> Teacher:
         return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
 
     return Teacher(str(folder), network, mean, std, features)
-
-
-def image_files(sources: Sequence[str | Path]) -> list[Path]:
-    """Every image file named or found (recursively, sorted) under the given files/folders."""
-    found: list[Path] = []
-    for source in sources:
-        path = Path(source)
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise UserError(f"prior image source {path} does not exist")
-    return sorted(set(found), key=str)
 
 
 def prior_key(config: PriorConfig, files: Sequence[Path]) -> str:
