@@ -108,9 +108,8 @@ def clinical_variant(text: str, kind: str) -> str | None:
 
 
 def semantic_dedup(quick: bool) -> list[dict[str, Any]]:
-    from medvl.curate.clinical import KINDS, fact_signature, signature_difference
-    from medvl.curate.dedup import semantic_candidates
-    from medvl.curate.embed import make_text_embedder
+    from medvl.curate.clinical import KINDS, fact_signature
+    from medvl.curate.dedup import semantic_candidates, semantic_merges
     from medvl.curate.text_probe import shipped_labels_path
 
     rows = [json.loads(line) for line in shipped_labels_path().read_text().splitlines()]
@@ -134,13 +133,7 @@ def semantic_dedup(quick: bool) -> list[dict[str, Any]]:
     for eps in (0.05, 0.08, 0.12, 0.15):
         candidates = semantic_candidates(vectors, eps, 10)
         for verify in (False, True):
-            merged: dict[int, int] = {}
-            for i, pairs in enumerate(candidates):
-                for j, _ in pairs:
-                    if j in merged or (verify and signature_difference(facts[i], facts[j])):
-                        continue
-                    merged[i] = j
-                    break
+            merged = {i: j for i, j, _ in semantic_merges(candidates, facts if verify else None)}
 
             def root(i: int) -> int:
                 while i in merged:
@@ -212,10 +205,10 @@ def image_copies(image: Any, rng: np.random.Generator) -> dict[str, Any]:
 def near_images() -> list[dict[str, Any]]:
     from PIL import Image
 
-    from medvl.benchmarks.near_images import NearImageMatcher, describe
+    from medvl.benchmarks.near_images import NearImageConfig, describe
 
     paths = sorted(VQA_RAD.glob("*.jpg"))
-    matcher = NearImageMatcher()
+    matcher = NearImageConfig().matcher()  # the defaults `medvl curate` runs with
     started = time.perf_counter()
     for position, path in enumerate(paths):
         matcher.add(describe(Image.open(path)), position, str(path))
@@ -229,14 +222,11 @@ def near_images() -> list[dict[str, Any]]:
             match = matcher.find(describe(copy), copy)
             timings.append(time.perf_counter() - started)
             found[kind] = found.get(kind, 0) + int(match is not None and match.payload == position)
-    false_matches = 0
+    false_matches = 0  # originals confirmed as the same picture as another original
     for position, path in enumerate(paths):
         image = Image.open(path)
-        for payload, similarity in matcher.index.search(describe(image), matcher.candidates + 1):
-            if payload == position or similarity < matcher.min_similarity:
-                continue
-            if similarity >= matcher.exact_similarity or matcher.verifier.inliers(image, str(paths[payload])) >= matcher.min_inliers:
-                false_matches += 1
+        candidates = matcher.index.search(describe(image), matcher.candidates + 1)
+        false_matches += matcher.confirm(candidates, image, lambda payload, own=position: payload != own) is not None
     rows = [{"case": f"near image: {kind}", "recall": round(n / len(paths), 4), "images": len(paths)} for kind, n in found.items()]
     rows.append({"case": "near image: distinct VQA-RAD images", "false_matches": false_matches, "images": len(paths),
                  "index_ms_per_image": round(1000 * index_s / len(paths), 2),

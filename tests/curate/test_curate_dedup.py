@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from medvl.curate.clinical import KINDS, clinical_difference, fact_signature, signature_difference
-from medvl.curate.dedup import caption_key, semantic_candidates
+from medvl.curate.dedup import caption_key, semantic_candidates, semantic_merges
 from medvl.curate.embed import make_text_embedder
 from medvl.curate.pipeline import run_curation
 
@@ -71,10 +72,23 @@ def test_clinical_pairs_merge_without_the_check_and_not_with_it(tmp_path: Path):
     captions = [c for pair in CLINICAL_PAIRS.values() for c in pair]
     vectors = embed(captions)
     candidates = semantic_candidates(vectors, eps=0.12, k=5)
-    merged_without_check = {i for i, pairs in enumerate(candidates) if pairs}
+    merged_without_check = {i for i, _, _ in semantic_merges(candidates)}
     assert merged_without_check <= set(range(1, len(captions), 2)) and len(merged_without_check) >= 6
+    refused: Counter[str] = Counter()
+    assert semantic_merges(candidates, [fact_signature(c) for c in captions], refused) == []
+    assert refused.total() == sum(map(len, candidates))
+
+
+def test_semantic_merges_skip_merged_rows_and_refused_pairs():
+    """Row 2's best candidate (row 1) is itself merged, so row 2 merges into row 0; with facts, row 3
+    (another side) is refused against row 0 and merges into nothing."""
+    captions = ["CT of the left kidney.", "CT of the left kidney!", "A CT of the left kidney.", "CT of the right kidney."]
+    candidates = [[], [(0, 0.99)], [(1, 0.98), (0, 0.97)], [(0, 0.95)]]
+    assert semantic_merges(candidates) == [(1, 0, 0.99), (2, 0, 0.97), (3, 0, 0.95)]
+    refused: Counter[str] = Counter()
     facts = [fact_signature(c) for c in captions]
-    assert all(signature_difference(facts[i], facts[j]) for i, pairs in enumerate(candidates) for j, _ in pairs)
+    assert semantic_merges(candidates, facts, refused) == [(1, 0, 0.99), (2, 0, 0.97)]
+    assert refused == Counter({"laterality": 1})
 
 
 def test_caption_key_normalises_case_and_punctuation():

@@ -52,6 +52,7 @@ from medvl.io.jsonl import RejectLog
 __all__ = [
     "caption_key",
     "semantic_candidates",
+    "semantic_merges",
     "DedupStep",
     "dedup_corpus",
     "dedup_dropped",
@@ -88,6 +89,32 @@ def semantic_candidates(vectors: np.ndarray, eps: float, k: int) -> list[list[tu
             found = [(int(j), float(s)) for j, s in zip(row_ids, row_sims) if 0 <= j < i and s >= threshold]
             out.append(found[:k])
     return out
+
+
+def semantic_merges(
+    candidates: list[list[tuple[int, float]]], facts: list[np.ndarray] | None = None, refused: Counter[str] | None = None
+) -> list[tuple[int, int, float]]:
+    """(row, earlier row it merges into, cosine) per semantic duplicate, in row order.
+
+    A row merges into its first candidate (`semantic_candidates`) that is not itself merged; with
+    `facts` (`fact_signature` per row), only into one stating the same clinical facts, each refusal
+    counted by kind in `refused`.
+    """
+    refused = Counter() if refused is None else refused
+    merged: set[int] = set()
+    found = []
+    for i, pairs in enumerate(candidates):
+        for j, sim in pairs:
+            if j in merged:
+                continue
+            difference = None if facts is None else signature_difference(facts[i], facts[j])
+            if difference is not None:
+                refused[difference] += 1
+                continue
+            merged.add(i)
+            found.append((i, j, sim))
+            break
+    return found
 
 
 @dataclass
@@ -242,23 +269,8 @@ def _semantic_pass(
     emb = EmbeddingShards(dirs, n_shards)
     vectors = emb.rows(np.asarray(kept.shard, dtype=np.int32)[alive], np.asarray(kept.row, dtype=np.int64)[alive])
     candidates = semantic_candidates(vectors, config.eps, config.candidates)
-    dropped: set[int] = set()
-    found = []
-    for position, pairs in enumerate(candidates):
-        i = int(alive[position])
-        for j_position, sim in pairs:
-            j = int(alive[j_position])
-            if j in dropped:
-                continue
-            if config.verify:
-                difference = signature_difference(kept.facts[i], kept.facts[j])
-                if difference is not None:
-                    stats.refused[difference] += 1
-                    continue
-            dropped.add(i)
-            found.append((i, j, sim))
-            break
-    return found
+    facts = [kept.facts[i] for i in alive] if config.verify else None
+    return [(int(alive[i]), int(alive[j]), sim) for i, j, sim in semantic_merges(candidates, facts, stats.refused)]
 
 
 class DedupStep(PipelineStep):
