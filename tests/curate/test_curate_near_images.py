@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from medvl.benchmarks.near_images import NearImageMatcher, decode_descriptor, describe, encode_descriptor, flipped
+from medvl.benchmarks.near_images import NearImageConfig, NearImageMatcher, decode_descriptor, describe, encode_descriptor, flipped
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = sorted((ROOT / "data" / "vqa-rad" / "images").glob("*.jpg"))[::8]
@@ -21,7 +21,7 @@ from curate_quality import image_copies  # noqa: E402  (the copies the benchmark
 
 @pytest.fixture(scope="module")
 def matcher() -> NearImageMatcher:
-    index = NearImageMatcher()
+    index = NearImageConfig().matcher()
     for position, path in enumerate(IMAGES):
         index.add(describe(Image.open(path)), position, str(path))
     return index
@@ -57,7 +57,7 @@ def test_distinct_radiology_images_never_match(matcher: NearImageMatcher):
 
 def test_a_candidate_whose_file_is_gone_stays_unconfirmed_and_is_counted(tmp_path: Path):
     image = Image.open(IMAGES[0]).convert("RGB")
-    matcher = NearImageMatcher()
+    matcher = NearImageConfig().matcher()
     matcher.add(describe(image), 0, str(tmp_path / "gone.jpg"))
     rotated = image.rotate(4, resample=Image.Resampling.BICUBIC)  # a candidate, not an exact one
     assert matcher.find(describe(rotated), rotated) is None and matcher.unreadable == 1

@@ -249,15 +249,16 @@ class Match:
 
 
 class NearImageMatcher:
-    """Index + verifier: `add` images, then `find` the first confirmed near-duplicate of a query."""
+    """Index + verifier: `add` images, then `find` the first confirmed near-duplicate of a query.
+    Its settings have one home and one set of defaults, `NearImageConfig` (build it with `.matcher()`)."""
 
     def __init__(
         self,
         *,
-        candidates: int = 5,
-        min_similarity: float = 0.5,
-        exact_similarity: float = 0.998,
-        min_inliers: int = 40,
+        candidates: int,
+        min_similarity: float,
+        exact_similarity: float,
+        min_inliers: int,
         exact_rows: int = 60_000,
     ):
         self.candidates, self.min_similarity = candidates, min_similarity
