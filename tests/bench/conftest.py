@@ -32,3 +32,8 @@ def floors():
 @pytest.fixture(scope="session")
 def interleave():
     return _bench_module("interleave")
+
+
+@pytest.fixture(scope="session")
+def image_grounding():
+    return _bench_module("image_grounding")
