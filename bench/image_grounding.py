@@ -16,7 +16,8 @@ the image pathway (tower → projector → LLM) from that data problem:
 
     python bench/image_grounding.py OUT [demo overrides ...]    # e.g. precision=bf16 prior.enabled=false
 
-Writes OUT/grounding.json and prints one table. Reruns reuse the trained model in OUT.
+Writes OUT/grounding.json (the table, and whether each question was answered right under each
+condition, to pair two runs) and prints the table. Reruns reuse the trained model in OUT.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def main() -> None:
              for name, shown in (("image", images), ("shuffled", shuffled), ("no_image", [None] * len(probe)))}
     result = {"overrides": args.overrides, "train_questions": len(questions), "steps": trained["steps"],
               "final_loss": trained["final_loss"], "yes_share": sum(q.answer == "yes" for q in probe) / len(probe),
-              **score(right)}
+              **score(right), "right": right, "questions": [q.id for q in probe]}
     (args.out / "grounding.json").write_text(json.dumps(result, indent=1))
     print(f"held-out concept probe ({' '.join(args.overrides) or 'demo defaults'}): n={result['n']}, "
           f"{result['train_questions']} training questions, {result['steps']} steps")

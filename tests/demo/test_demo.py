@@ -76,11 +76,18 @@ def test_a_stage_budget_gives_the_same_steps_and_weights_every_time(tmp_path, ti
     assert runs[0]["final_loss"] == runs[1]["final_loss"]
     first, second = (load_file(tmp_path / f"run{k}" / "model.safetensors") for k in range(2))
     assert all(torch.equal(first[key], second[key]) for key in first)
+    # the default stage keeps the vision tower (the visual prior) as it is; the projector trains
+    start = load_file(tiny_model_dir / "model.safetensors")
+    tower = [key for key in start if "vision_tower" in key]
+    projector = [key for key in start if "multi_modal_projector" in key]
+    assert tower and projector
+    assert all(torch.equal(start[key], first[key]) for key in tower)
+    assert not all(torch.equal(start[key], first[key]) for key in projector)
     # the default finetune trains the token embeddings; finetune.train_embeddings=false keeps them (and the
     # tied lm_head) fixed while the decoder trains
     fixed = config.finetune.model_copy(update={"train_embeddings": False})
     train_stage(config, "finetune", tiny_model_dir, sources, fixed, tmp_path / "fixed")
-    start, frozen = (load_file(folder / "model.safetensors") for folder in (tiny_model_dir, tmp_path / "fixed"))
+    frozen = load_file(tmp_path / "fixed" / "model.safetensors")
     embeddings = [key for key in start if "embed_tokens" in key]
     decoder = [key for key in start if "layers.0.mlp" in key]
     assert embeddings and decoder

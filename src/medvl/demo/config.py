@@ -36,7 +36,10 @@ class StageBudget(Config):
     lr: float = Field(gt=0)
     batch_size: int = Field(8, ge=1)
     max_minutes: float | None = Field(None, gt=0, description="stop early after this much wall time (not reproducible)")
-    train_vision: bool = Field(True, description="train the vision tower too (align keeps the distilled tower fixed)")
+    train_vision: bool = Field(
+        False, description="train the vision tower too. Off by default: at the LLM's learning rate it erases the "
+        "visual prior (held-out concept probe, bench/image_grounding.py: 94.0% frozen against 64.7% trained, fp32; "
+        "see docs/model.md)")
     train_embeddings: bool | None = Field(
         None, description="the LLM's token embeddings and tied lm_head; null: as the stage trains the LLM. false "
         "keeps them fixed: no dense gradient and AdamW update of the 49k x 576 table (about 2x faster finetune steps "
@@ -63,7 +66,7 @@ class DemoConfig(Config):
     vqa_rad: str | None = Field(None, description="VQA-RAD release folder; default: the vendored data/vqa-rad")
     model: ModelSpec = DEMO_MODEL
     prior: PriorSettings = PriorSettings()
-    align: StageBudget = StageBudget(epochs=4, lr=1e-3, train_vision=False)
+    align: StageBudget = StageBudget(epochs=4, lr=1e-3)
     instruct: StageBudget = StageBudget(epochs=3, lr=1e-4)
     finetune: StageBudget = StageBudget(epochs=3, lr=3e-4, batch_size=16)
     concepts: bool = Field(

