@@ -70,21 +70,22 @@ def train(out: Path, overrides: list[str], questions: list[Any]) -> dict[str, An
     return summary
 
 
-def answers(model: Path, probe: list[Any], images: list[str | None]) -> list[bool]:
-    """Whether the model's greedy answer to each probe question, shown `images[i]`, is right."""
+def answers(generator: Any, probe: list[Any], images: list[str | None]) -> list[bool]:
+    """Whether the model's greedy answer to each probe question, shown `images[i]`, is right under
+    medvl's strict closed scorer (`eval.metrics.closed_correct`, as the demo scores VQA-RAD)."""
     from PIL import Image
 
     from medvl.benchmarks import default_prompt
-    from medvl.model.generate import GenerationSettings, Generator
+    from medvl.eval.metrics import closed_correct
+    from medvl.model.generate import GenerationSettings
 
-    generator = Generator.from_pretrained(model)
     conversations, shown = [], []
     for item, image in zip(probe, images):
         text = {"type": "text", "text": default_prompt(item, "short")}
         conversations.append([{"role": "user", "content": [{"type": "image"}, text] if image else [text]}])
         shown.append([Image.open(image).convert("RGB")] if image else [])
     results = generator.generate(conversations, shown, GenerationSettings(max_new_tokens=4, batch_size=32))
-    return [r.text.strip().lower().startswith(item.answer) for r, item in zip(results, probe)]
+    return [closed_correct(r.text, item.answer) for r, item in zip(results, probe)]
 
 
 def score(right: dict[str, list[bool]]) -> dict[str, Any]:
@@ -114,7 +115,10 @@ def main() -> None:
     images = [item.images[0] for item in probe]
     shuffled = images[:]
     random.Random(0).shuffle(shuffled)
-    right = {name: answers(args.out / "model", probe, shown)
+    from medvl.model.generate import Generator
+
+    generator = Generator.from_pretrained(args.out / "model")  # once for the three conditions
+    right = {name: answers(generator, probe, shown)
              for name, shown in (("image", images), ("shuffled", shuffled), ("no_image", [None] * len(probe)))}
     result = {"overrides": args.overrides, "train_questions": len(questions), "steps": trained["steps"],
               "final_loss": trained["final_loss"], "yes_share": sum(q.answer == "yes" for q in probe) / len(probe),
