@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -13,7 +14,18 @@ from medvl.cli import build_app
 from medvl.curate.filters.medical_text import MedicalTextConfig, MedicalTextFilter
 from medvl.curate.ingest import make_document
 from medvl.curate.report import text_filter_quality
-from medvl.curate.text_probe import TextProbe, TextProbeError, load_labelled, precision_recall, shipped_labels_path
+from medvl.curate.embed import make_text_embedder
+from medvl.curate.text_probe import (
+    TextProbe,
+    TextProbeError,
+    cross_validation_folds,
+    load_labelled,
+    precision_recall,
+    shipped_labels_path,
+    train_text_probe,
+    vocabulary_features,
+)
+from medvl.curate.vocab import load_vocabulary
 
 MEDICAL = ["Axial CT of the {} showing a hypodense lesion", "MRI of the {} with contrast enhancement",
            "Histology of the {} biopsy stained with H&E", "Ultrasound of the {} showing a cyst"]
@@ -80,6 +92,52 @@ def test_train_text_filter_command_and_the_filter(tmp_path: Path):
     results = medical_filter.filter_batch(docs)
     assert results[0] is True and results[1] == (False, "not_medical_text")
     assert docs[1].metadata["reject_detail"].startswith("p(medical)=")
+
+
+def test_every_choice_comes_from_the_training_captions_only(tmp_path: Path):
+    examples = load_labelled([write_labels(tmp_path / "labels.jsonl")])
+    flipped = [e if not e.held_out else type(e)(e.text, not e.medical, True, e.group) for e in examples]
+    first = train_text_probe(examples, tmp_path / "a", encoder="hashing")
+    second = train_text_probe(flipped, tmp_path / "b", encoder="hashing")  # held-out labels inverted
+    for key in ("threshold", "C", "coef", "intercept", "searched", "cross_validated"):
+        assert first[key] == second[key], key
+    assert first["held_out"]["tp"] != second["held_out"]["tp"]  # the held-out captions were scored, not used
+    assert first["cross_validated"]["recall"] >= first["target_recall"]
+
+
+def test_cross_validation_folds_keep_an_article_together():
+    labels = np.asarray([i % 3 != 0 for i in range(60)])
+    groups = [f"PMC{i // 2}" for i in range(60)]  # two captions an article
+    for repeat in range(2):
+        for _, scored in cross_validation_folds(labels, groups, repeat, seed=0):
+            articles = {groups[i] for i in scored}
+            assert sum(groups.count(a) for a in articles) == len(scored)
+
+
+def test_hybrid_features_are_used_when_configured(tmp_path: Path):
+    labels = write_labels(tmp_path / "labels.jsonl")
+    terms = tmp_path / "terms.txt"
+    terms.write_text("ct\nmri\nhistology\nultrasound\nbiopsy\ncyst\nlesion\n")
+    out = tmp_path / "hybrid"
+    result = CliRunner().invoke(build_app(), ["curate", "train-text-filter", str(labels), "--out", str(out), "--encoder",
+                                              "hashing", "--features", "embedding+vocabulary", "--vocabulary", str(terms)])
+    assert result.exit_code == 0, result.output
+    probe = TextProbe.load(out)
+    assert probe.meta["features"] == "embedding+vocabulary" and probe.meta["vocabulary"]["path"] == str(terms.resolve())
+    assert "vocabulary_weight=" in next(iter(probe.meta["searched"]))
+    texts = ["MRI of the spleen with contrast enhancement", "Map of gold sampling sites in the river basin"]
+    _, embed = make_text_embedder("hashing")
+    vocabulary = vocabulary_features(texts, load_vocabulary(str(terms)))
+    assert vocabulary[0, 0] == pytest.approx(np.log1p(1)) and vocabulary[1, 0] == 0
+    coef = np.asarray([probe.meta["vocabulary_coef"][name] for name in ("log1p_medical_terms", "log1p_words")])
+    assert coef[0] != 0
+    logits = embed(texts) @ probe.coef + vocabulary @ coef + probe.intercept
+    assert probe.predict_proba(texts) == pytest.approx(1 / (1 + np.exp(-logits)), rel=1e-5)
+    terms.write_text("ct\n")  # the probe's vocabulary changed: it refuses to load rather than drift
+    with pytest.raises(TextProbeError, match="changed since the probe was trained"):
+        TextProbe.load(out)
+    with pytest.raises(TextProbeError, match="features 'words' is not one of"):
+        train_text_probe(load_labelled([labels]), tmp_path / "x", encoder="hashing", features="words")
 
 
 def test_builtin_probe_and_the_report_quality_table(corpus: Path, curate_config):

@@ -98,6 +98,7 @@ def text_filter_quality(config: CurateConfig) -> dict[str, Any]:
         meta = TextProbe.load(learned.model).meta
         quality["learned"] = {
             "model": learned.model,
+            "features": meta.get("features", "embedding"),
             "threshold": meta["threshold"],
             "threshold_used": learned.threshold if learned.threshold is not None else meta["threshold"],
             **(meta.get("held_out") or {"note": "trained without held-out captions: no figures"}),
@@ -322,7 +323,7 @@ def _quality_lines(quality: dict[str, Any]) -> list[str]:
         "|---|---|---|---:|---:|---:|",
     ]
     for name, q in rows:
-        label = f"vocabulary (>= {q['min_medical_terms']} terms)" if name == "vocabulary" else f"learned ({q['model']})"
+        label = f"vocabulary (>= {q['min_medical_terms']} terms)" if name == "vocabulary" else f"learned ({q['model']}, {q['features']})"
         if "precision" not in q:
             lines.append(f"| {label} | {q.get('note', 'n/a')} | | | | |")
             continue

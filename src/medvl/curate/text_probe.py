@@ -1,22 +1,32 @@
-"""The learned medical-text filter: a linear probe on all-MiniLM-L6-v2 caption embeddings.
+"""The learned medical-text filter: a linear probe on all-MiniLM-L6-v2 caption embeddings, optionally
+with two vocabulary features beside them.
 
 - `load_labelled(paths)` reads labelled captions: JSONL with `text` and `label` (`medical`,
-  `non_medical`; `ambiguous` lines are skipped) and an optional `split` (`test` lines are held out).
+  `non_medical`; `ambiguous` lines are skipped), an optional `split` (`test` lines are held out) and
+  an optional `pmcid` (the article: its captions stay in one cross-validation fold).
   The shipped set is `assets/medical_captions.jsonl` (real PMC captions from ROCO, hand labelled,
   CC BY / CC0 only; `assets/README.md` has the provenance, the labelling rules and the split).
+- Features (`features=`): `embedding` (the default: the caption embedding alone) or
+  `embedding+vocabulary`: the embedding and `VOCABULARY_FEATURES`, log(1 + distinct terms of the
+  medical vocabulary, `medvl.curate.vocab`) and log(1 + words), scaled by a weight chosen with `C`
+  (better in cross-validation on the shipped set, worse on its held-out split: docs/curation.md).
 - `train_text_probe(examples, out_dir)` fits a scikit-learn logistic regression (balanced classes)
-  on the training captions; 5-fold cross-validation on them alone picks the regularisation `C`
-  (of `C_GRID`: the best cross-validated precision at the target recall) and the operating point
-  (the highest threshold whose cross-validated recall reaches `target_recall`). The held-out
-  captions are scored once, at the end, with that threshold. It saves `text_filter.json` — encoder, weights,
-  threshold, cross-validated and held-out precision/recall — plain JSON, no pickle.
+  on the training captions. Every choice is made by cross-validation on them alone (5 folds grouped
+  by article, repeated `CV_REPEATS` times, out-of-fold logits averaged): the regularisation `C` (of
+  `C_GRID`) and the vocabulary weight (of `VOCABULARY_WEIGHTS`) with the best cross-validated
+  precision at the target recall, and the operating point, the highest threshold whose
+  cross-validated recall reaches `target_recall`. The held-out captions are scored once, at the end,
+  with that threshold. It saves `text_filter.json` — encoder, weights, the vocabulary's path and
+  sha256, threshold, cross-validated and held-out precision/recall — plain JSON, no pickle.
 - `TextProbe.load(folder or "builtin")` → `predict_proba(texts)`; "builtin" is the probe shipped in
-  `assets/medical_text_probe.json`, trained on the shipped set's train split.
+  `assets/medical_text_probe.json`, trained on the shipped set's train split. A probe whose
+  vocabulary file changed since training refuses to load (retrain it).
 - `precision_recall(predicted, labels)` → counts, precision and recall with Wilson 95% intervals.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,22 +34,31 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from medvl.curate.vocab import Vocabulary, default_vocabulary_path, load_vocabulary, tokenize
 from medvl.errors import UserError
 from medvl.io.files import atomic_write_json
 
 __all__ = [
     "PROBE_FILE",
+    "FEATURE_SETS",
+    "VOCABULARY_FEATURES",
     "LabelledCaption",
     "shipped_labels_path",
     "load_labelled",
     "precision_recall",
+    "vocabulary_features",
+    "cross_validation_folds",
     "TextProbe",
     "train_text_probe",
 ]
 
 PROBE_FILE = "text_filter.json"
 LABELS = {"medical": True, "non_medical": False}
-C_GRID = (0.3, 1.0, 3.0, 10.0)
+FEATURE_SETS = ("embedding", "embedding+vocabulary")
+VOCABULARY_FEATURES = ("log1p_medical_terms", "log1p_words")
+C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0)
+VOCABULARY_WEIGHTS = (0.25, 0.5, 1.0)
+CV_FOLDS, CV_REPEATS = 5, 3
 
 
 class TextProbeError(UserError, ValueError):
@@ -51,6 +70,7 @@ class LabelledCaption:
     text: str
     medical: bool
     held_out: bool
+    group: str  # the article (`pmcid`), else the text: captions of one group share a fold
 
 
 def _assets() -> Path:
@@ -80,8 +100,31 @@ def load_labelled(paths: Sequence[str | Path] = ()) -> list[LabelledCaption]:
                 continue
             if label not in LABELS:
                 raise TextProbeError(f"{path}:{number}: label {label!r} is not medical, non_medical or ambiguous")
-            examples.append(LabelledCaption(str(text), LABELS[label], row.get("split") == "test"))
+            group = str(row.get("pmcid") or text)
+            examples.append(LabelledCaption(str(text), LABELS[label], row.get("split") == "test", group))
     return examples
+
+
+def vocabulary_features(texts: Sequence[str], vocabulary: Vocabulary) -> np.ndarray:
+    """`VOCABULARY_FEATURES` of each text: log(1 + distinct medical terms), log(1 + words)."""
+    return np.asarray([[np.log1p(vocabulary.count(t)), np.log1p(len(tokenize(t)))] for t in texts], np.float32)
+
+
+def _vocabulary(path: str | None) -> tuple[Vocabulary, dict[str, Any]]:
+    """The vocabulary (None: the shipped list) and what the probe records of it: path and sha256."""
+    file = Path(path) if path else default_vocabulary_path()
+    if not file.is_file():
+        raise TextProbeError(f"{file}: no such vocabulary file")
+    sha256 = hashlib.sha256(file.read_bytes()).hexdigest()
+    return load_vocabulary(path), {"path": str(file.resolve()) if path else None, "sha256": sha256}
+
+
+def cross_validation_folds(labels: np.ndarray, groups: Sequence[str], repeat: int, seed: int) -> list[Any]:
+    """Stratified 5-fold splits (train, test indices) that never split a group (an article)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    splitter = StratifiedGroupKFold(CV_FOLDS, shuffle=True, random_state=seed + repeat)
+    return list(splitter.split(np.zeros(len(labels)), labels, list(groups)))
 
 
 def precision_recall(predicted: Sequence[bool], labels: Sequence[bool]) -> dict[str, Any]:
@@ -111,15 +154,21 @@ def precision_recall(predicted: Sequence[bool], labels: Sequence[bool]) -> dict[
     }
 
 
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
 @dataclass
 class TextProbe:
-    """A fitted probe: p(medical) = sigmoid(embedding · coef + intercept)."""
+    """A fitted probe: p(medical) = sigmoid(embedding · coef + vocabulary features · vocabulary_coef + intercept)."""
 
     encoder: str | None
     coef: np.ndarray
     intercept: float
     threshold: float
     meta: dict[str, Any]
+    vocabulary: Vocabulary | None = None  # set when the probe uses the vocabulary features
+    vocabulary_coef: np.ndarray | None = None
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         from medvl.curate.embed import make_text_embedder
@@ -127,7 +176,24 @@ class TextProbe:
         if not texts:
             return np.zeros(0, np.float32)
         _, embed = make_text_embedder(self.encoder)
-        return 1.0 / (1.0 + np.exp(-(embed(texts) @ self.coef + self.intercept)))
+        logits = embed(texts) @ self.coef + self.intercept
+        if self.vocabulary is not None and self.vocabulary_coef is not None:
+            logits = logits + vocabulary_features(texts, self.vocabulary) @ self.vocabulary_coef
+        return _sigmoid(logits)
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], where: str | Path = "the probe") -> "TextProbe":
+        vocabulary = vocabulary_coef = None
+        if meta.get("features", "embedding") == "embedding+vocabulary":
+            vocabulary, identity = _vocabulary(meta["vocabulary"]["path"])
+            if identity["sha256"] != meta["vocabulary"]["sha256"]:
+                raise TextProbeError(
+                    f"{where}: the vocabulary {identity['path'] or 'shipped with medvl'} changed since the probe was "
+                    "trained; retrain it with `medvl curate train-text-filter`"
+                )
+            vocabulary_coef = np.asarray([meta["vocabulary_coef"][name] for name in VOCABULARY_FEATURES], np.float32)
+        return cls(meta["encoder"], np.asarray(meta["coef"], np.float32), float(meta["intercept"]),
+                   float(meta["threshold"]), meta, vocabulary, vocabulary_coef)
 
     @classmethod
     def load(cls, where: str | Path) -> "TextProbe":
@@ -137,9 +203,13 @@ class TextProbe:
                 f"{where} is not a text-filter folder (no {PROBE_FILE}); make one with "
                 "`medvl curate train-text-filter`, or use 'builtin'"
             )
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        return cls(meta["encoder"], np.asarray(meta["coef"], np.float32), float(meta["intercept"]),
-                   float(meta["threshold"]), meta)
+        return cls.from_meta(json.loads(path.read_text(encoding="utf-8")), path)
+
+
+def _threshold_at_recall(probabilities: np.ndarray, labels: np.ndarray, target_recall: float) -> float:
+    """The highest threshold (rounded down to 6 digits) that keeps `target_recall` of the medical captions."""
+    medical = np.sort(probabilities[labels])
+    return float(np.floor(medical[int(np.floor((1 - target_recall) * len(medical)))] * 1e6) / 1e6)
 
 
 def train_text_probe(
@@ -147,52 +217,80 @@ def train_text_probe(
     out_dir: str | Path,
     *,
     encoder: str | None = None,
+    features: str = "embedding",
+    vocabulary: str | None = None,
     target_recall: float = 0.98,
     c: float | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Fit, pick the operating point on the training captions, score the held-out ones, save; see module doc."""
+    """Fit, pick every setting and the operating point on the training captions by cross-validation,
+    score the held-out ones once, save; see the module doc."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     from medvl.curate.embed import make_text_embedder
 
+    if features not in FEATURE_SETS:
+        raise TextProbeError(f"features {features!r} is not one of {', '.join(FEATURE_SETS)}")
     train = [e for e in examples if not e.held_out]
     held_out = [e for e in examples if e.held_out]
     labels = np.asarray([e.medical for e in train])
-    if labels.all() or not labels.any() or min(labels.sum(), (~labels).sum()) < 5:
-        raise TextProbeError("train-text-filter needs at least 5 medical and 5 non_medical training captions")
+    if labels.all() or not labels.any() or min(labels.sum(), (~labels).sum()) < CV_FOLDS:
+        raise TextProbeError(
+            f"train-text-filter needs at least {CV_FOLDS} medical and {CV_FOLDS} non_medical training captions"
+        )
     name, embed = make_text_embedder(encoder)
-    features = embed([e.text for e in train])
-    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
+    texts = [e.text for e in train]
+    embeddings = embed(texts)
+    hybrid = features == "embedding+vocabulary"
+    vocab, identity = _vocabulary(vocabulary) if hybrid else (None, None)
+    extra = vocabulary_features(texts, vocab) if vocab is not None else np.zeros((len(train), 0), np.float32)
+    folds = [cross_validation_folds(labels, [e.group for e in train], r, seed) for r in range(CV_REPEATS)]
 
-    def operating_point(strength: float) -> tuple[float, float, np.ndarray]:
-        """(cross-validated precision at the target recall, threshold, cross-validated scores)."""
-        probe = LogisticRegression(C=strength, max_iter=5000, class_weight="balanced")
-        scores = cross_val_predict(probe, features, labels, cv=folds, method="predict_proba")[:, 1]
-        medical_scores = np.sort(scores[labels])
-        threshold = float(medical_scores[int(np.floor((1 - target_recall) * len(medical_scores)))])
-        return precision_recall(scores >= threshold, labels)["precision"] or 0.0, threshold, scores
+    def model(strength: float) -> LogisticRegression:
+        return LogisticRegression(C=strength, max_iter=5000, class_weight="balanced")
 
-    searched = {strength: operating_point(strength) for strength in ([c] if c is not None else C_GRID)}
-    c = max(searched, key=lambda strength: searched[strength][0])
-    _, threshold, cv_scores = searched[c]
-    probe = LogisticRegression(C=c, max_iter=5000, class_weight="balanced").fit(features, labels)
+    def cross_validated(strength: float, weight: float) -> tuple[float, float, np.ndarray]:
+        """(cross-validated precision at the target recall, threshold, out-of-fold p(medical))."""
+        matrix = np.hstack([embeddings, weight * extra])
+        logits = np.zeros(len(labels))
+        for splits in folds:
+            for fit, score in splits:
+                logits[score] += model(strength).fit(matrix[fit], labels[fit]).decision_function(matrix[score])
+        probabilities = _sigmoid(logits / CV_REPEATS)
+        threshold = _threshold_at_recall(probabilities, labels, target_recall)
+        return precision_recall(probabilities >= threshold, labels)["precision"] or 0.0, threshold, probabilities
+
+    grid = [(s, w) for s in ([c] if c is not None else C_GRID) for w in (VOCABULARY_WEIGHTS if hybrid else (1.0,))]
+    searched = {setting: cross_validated(*setting) for setting in grid}
+    c, weight = max(searched, key=lambda setting: searched[setting][0])
+    _, threshold, cv_probabilities = searched[(c, weight)]
+    fitted = model(c).fit(np.hstack([embeddings, weight * extra]), labels)
+    coef = fitted.coef_[0]
     result: dict[str, Any] = {
         "encoder": encoder,
         "encoder_name": name,
-        "coef": [round(float(w), 6) for w in probe.coef_[0]],
-        "intercept": float(probe.intercept_[0]),
-        "threshold": round(threshold, 6),
+        "features": features,
+        "coef": [round(float(w), 6) for w in coef[: embeddings.shape[1]]],
+        "intercept": float(fitted.intercept_[0]),
+        "threshold": threshold,
         "target_recall": target_recall,
         "C": c,
-        "C_searched": {str(k): round(v[0], 4) for k, v in searched.items()},
+        "cv": f"{CV_FOLDS}-fold grouped by article, {CV_REPEATS} repeats, training captions only",
+        "searched": {
+            f"C={s}" + (f" vocabulary_weight={w}" if hybrid else ""): round(v[0], 4) for (s, w), v in searched.items()
+        },
         "n_train": len(train),
         "n_held_out": len(held_out),
-        "cross_validated": precision_recall(cv_scores >= threshold, labels),
+        "cross_validated": precision_recall(cv_probabilities >= threshold, labels),
     }
-    if held_out:
-        scores = 1.0 / (1.0 + np.exp(-(embed([e.text for e in held_out]) @ probe.coef_[0] + probe.intercept_[0])))
+    if hybrid:
+        result["vocabulary_weight"] = weight
+        result["vocabulary"] = identity
+        vocabulary_coef = coef[embeddings.shape[1]:] * weight  # in the features' own units
+        result["vocabulary_coef"] = {n: round(float(w), 6) for n, w in zip(VOCABULARY_FEATURES, vocabulary_coef)}
+    if held_out:  # scored once, with the saved probe and the threshold chosen above
+        probe = TextProbe.from_meta(result)
+        scores = probe.predict_proba([e.text for e in held_out])
         result["held_out"] = precision_recall(scores >= threshold, [e.medical for e in held_out])
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
