@@ -143,6 +143,7 @@ def test_hybrid_features_are_used_when_configured(tmp_path: Path):
 def test_builtin_probe_and_the_report_quality_table(corpus: Path, curate_config):
     meta = TextProbe.load("builtin").meta
     assert meta["n_held_out"] == 166 and meta["held_out"]["recall"] >= 0.9 and meta["held_out"]["precision"] >= 0.9
+    assert meta["n_train"] == sum(not e.held_out for e in load_labelled())  # fitted on the set as shipped
     config = curate_config(corpus, "filter.medical_text.enabled=true")
     quality = text_filter_quality(config)
     assert quality["vocabulary"]["n"] == 166 and quality["vocabulary"]["precision"] >= 0.9

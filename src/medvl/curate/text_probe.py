@@ -9,7 +9,8 @@ with two vocabulary features beside them.
 - Features (`features=`): `embedding` (the default: the caption embedding alone) or
   `embedding+vocabulary`: the embedding and `VOCABULARY_FEATURES`, log(1 + distinct terms of the
   medical vocabulary, `medvl.curate.vocab`) and log(1 + words), scaled by a weight chosen with `C`
-  (better in cross-validation on the shipped set, worse on its held-out split: docs/curation.md).
+  (better in cross-validation on the shipped set; on its held-out split not significantly different
+  from the embedding alone: docs/curation.md).
 - `train_text_probe(examples, out_dir)` fits a scikit-learn logistic regression (balanced classes)
   on the training captions. Every choice is made by cross-validation on them alone (5 folds grouped
   by article, repeated `CV_REPEATS` times, out-of-fold logits averaged): the regularisation `C` (of
