@@ -60,6 +60,29 @@ def test_given_encodings_are_used_as_encoding_here_would_be(generator, batch):
     assert "".join(generator.stream(conversations[4], images[4], inputs=encoded[4])) == here[4].text
 
 
+def test_a_mixed_call_groups_by_tokens_and_renders_each_prompt_once(generator, batch, monkeypatch):
+    """When some conversations come encoded and some not, all are sorted by their token counts (not
+    tokens against characters), and each is rendered once: the encoded ones not at all."""
+    from medvl.model import generate as module
+
+    conversations, images = batch
+    encoded = [module.encode_prompts(generator.processor, [c], [i]) for c, i in zip(conversations, images)]
+    tokens = [int(e["input_ids"].shape[1]) for e in encoded]
+    some = [e if k % 2 else None for k, e in enumerate(encoded)]
+    rendered, batches = [], []
+    real_render, real_batch = module.render_prompt, generator._generate_batch
+    monkeypatch.setattr(module, "render_prompt", lambda p, m: rendered.append(m) or real_render(p, m))
+    monkeypatch.setattr(generator, "_generate_batch",
+                        lambda convs, *rest: batches.append([conversations.index(c) for c in convs])
+                        or real_batch(convs, *rest))
+    here = generator.generate(conversations, images)
+    rendered.clear(), batches.clear()
+    assert generator.generate(conversations, images, inputs=some) == here
+    assert sorted(conversations.index(m) for m in rendered) == [k for k, e in enumerate(some) if e is None]
+    order = [index for chunk in batches for index in chunk]
+    assert [tokens[i] for i in order] == sorted(tokens)
+
+
 def test_generation_is_deterministic(generator, batch):
     conversations, images = batch
     first = [r.text for r in generator.generate(conversations, images)]

@@ -17,8 +17,10 @@ Two per-conversation hooks serve callers that share the model (the API server):
 A caller that has encoded a conversation already (the API server measures each prompt with
 `encode_prompts` before queueing it) passes that encoding as `inputs`, so the prompt is rendered and
 tokenised once: `join_prompts` pads such one-conversation encodings into a batch as the processor
-would have. `load_generator` opens a saved model folder for every caller (a folder that is not one
-is one `ModelLoadError` line); `context_length` reads a model config's positions.
+would have. A call in which some conversations come encoded and some not encodes the rest one by one
+(once each), so all are grouped by token counts. `load_generator` opens a saved model folder for every
+caller (a folder that is not one is one `ModelLoadError` line); `context_length` reads a model
+config's positions.
 """
 
 from __future__ import annotations
@@ -175,8 +177,12 @@ class Generator:
         if not len(seeds) == len(checks) == len(given) == len(conversations):
             raise ValueError(f"{len(conversations)} conversations but {len(seeds)} seeds, {len(checks)} stop "
                              f"checks, {len(given)} inputs")
-        lengths = [len(self.render(m)) + 1000 * len(i) if g is None else int(g["input_ids"].shape[1])
-                   for m, i, g in zip(conversations, images, given)]
+        if any(g is not None for g in given):  # sorted by tokens: the rest are encoded now, once, for their batch
+            given = [encode_prompts(self.processor, [m], [i]) if g is None else g
+                     for m, i, g in zip(conversations, images, given)]
+            lengths = [int(g["input_ids"].shape[1]) for g in given]
+        else:  # none encoded yet: an estimate in one unit (characters, an image as 1000)
+            lengths = [len(self.render(m)) + 1000 * len(i) for m, i in zip(conversations, images)]
         order = sorted(range(len(conversations)), key=lambda i: lengths[i])
         results: list[GenerationResult | None] = [None] * len(conversations)
         for start in range(0, len(order), settings.batch_size):
@@ -195,13 +201,11 @@ class Generator:
         return Stream(self, messages, list(images), settings or self.settings, seed, should_stop, inputs)
 
     def _inputs(self, conversations: list[list[dict]], images: list[Sequence[Any]], given: list[Any | None]) -> Any:
-        """The batch's processor inputs on the model's device: encoded here, or joined from `given` (a
-        conversation without one is encoded alone)."""
+        """The batch's processor inputs on the model's device: encoded here when no row has its encoding,
+        else joined from `given` (`generate` gives either none or all)."""
         if all(g is None for g in given):
             return self.encode(conversations, images)
-        rows = [encode_prompts(self.processor, [m], [i]) if g is None else g
-                for m, i, g in zip(conversations, images, given)]
-        return join_prompts(rows, self.tokenizer.pad_token_id).to(self.device)
+        return join_prompts(given, self.tokenizer.pad_token_id).to(self.device)
 
     def _generate_batch(self, conversations: list[list[dict]], images: list[Sequence[Any]],
                         settings: GenerationSettings, seeds: list[int], checks: list[StopCheck | None],
