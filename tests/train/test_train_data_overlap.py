@@ -53,7 +53,13 @@ def test_data_check_counts_the_overlap_decontaminate_removes(tmp_path: Path):
     assert f"medvl curate decontaminate {train} --against {against}" in checked.output
 
 
-def test_records_on_train_only_images_give_no_warning(tmp_path: Path):
+def test_records_on_train_only_images_give_no_warning(tmp_path: Path, monkeypatch):
+    from medvl.train import validate
+
+    written = []  # the report is written once, with the overlap in it
+    real_write = validate.atomic_write_json
+    monkeypatch.setattr(validate, "atomic_write_json",
+                        lambda path, obj, **kw: written.append(sorted(obj)) or real_write(path, obj, **kw))
     rows = json.loads((VQA_RAD / "VQA_RAD Dataset Public.json").read_text())
     test_images = {r["image_name"] for r in rows if r["phrase_type"] in ("test_freeform", "test_para")}
     records = [r for r in _demo_records(tmp_path) if Path(r["image"][0]).name not in test_images]
@@ -63,6 +69,7 @@ def test_records_on_train_only_images_give_no_warning(tmp_path: Path):
     assert "overlaps benchmark data" not in result.output and "no overlap with vqa_rad/test" in result.output
     overlap = json.loads((tmp_path / "check" / "data_check.json").read_text())["benchmark_overlap"]
     assert overlap["removed"] == 0 and overlap["training_records"] == len(records[::25]) > 10
+    assert written == [["benchmark_overlap", "fingerprint", "sources", "totals", "version"]]
 
 
 def test_a_bad_benchmark_is_one_line_before_any_checking(color_data: Path, tmp_path: Path, monkeypatch, capsys):

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
@@ -78,7 +78,8 @@ def check(
     from medvl.train.validate import REJECTS_NAME, count_text
 
     reference = benchmark_reference(parse_against(against)) if against else None  # a bad root fails first
-    report, folder, note, sources = _run_check(target, overrides or [], image_root, model, max_length, out)
+    report, folder, note, sources = _run_check(target, overrides or [], image_root, model, max_length, out,
+                                               reference)
     table = Table(title=f"data check: {target}")
     for column in ("source", "rows", "usable", "rejected", "reasons", "warnings", "tokens mean/p95/max"):
         table.add_column(column)
@@ -92,22 +93,18 @@ def check(
     console.print(table)
     if note:
         console.print(note)
-    if reference is not None:
-        _warn_overlap(console, sources, report, folder, reference, against or [])
+    if report.benchmark_overlap is not None:
+        _warn_overlap(console, sources, report.benchmark_overlap, against or [])
     console.print(f"report: {folder / 'data_check.json'}; rejects: {folder / REJECTS_NAME}")
 
 
-def _warn_overlap(console: Console, sources: list[LoadedSource], report: CheckReport, folder: Path,
-                  reference: list[ReferenceItem], against: list[str]) -> None:
-    """Count the usable records that overlap the benchmarks, print the warning, add the counts to the report."""
-    from medvl.train.overlap import benchmark_overlap, overlap_warnings, removal_commands
-    from medvl.train.validate import REPORT_NAME
+def _warn_overlap(console: Console, sources: list[LoadedSource], overlap: dict[str, Any], against: list[str]) -> None:
+    """Print the overlap warning (or that there is none) for the counts the report holds."""
+    from medvl.train.overlap import overlap_warnings, removal_commands
 
-    report.benchmark_overlap = benchmark_overlap(sources, report, reference)
-    report.write(folder / REPORT_NAME)
-    lines = overlap_warnings(report.benchmark_overlap)
+    lines = overlap_warnings(overlap)
     if not lines:
-        console.print(f"no overlap with {', '.join(report.benchmark_overlap['benchmarks'])}")
+        console.print(f"no overlap with {', '.join(overlap['benchmarks'])}")
         return
     console.print("[bold yellow]warning:[/] the training data overlaps benchmark data", highlight=False)
     for line in [*lines, "remove those records with:", *removal_commands(sources, against)]:
@@ -115,7 +112,8 @@ def _warn_overlap(console: Console, sources: list[LoadedSource], report: CheckRe
 
 
 def _run_check(target: Path, overrides: list[str], image_root: Optional[Path], model: Optional[Path],
-               max_length: int, out: Optional[Path]):
+               max_length: int, out: Optional[Path], reference: Optional[list[ReferenceItem]]):
+    """Check the records; with `reference`, the report (written once) counts the usable ones that overlap it."""
     from medvl.train.config import DataConfig, ModelSource, SourceConfig
     from medvl.train.encode import ChatEncoder
     from medvl.train.modeling import load_processor
@@ -142,7 +140,14 @@ def _run_check(target: Path, overrides: list[str], image_root: Optional[Path], m
         encoder = ChatEncoder(load_processor(source), data.max_length, last_turn_only=data.last_turn_only,
                               overlong=data.overlong)
     sources = [load_source(s) for s in data.sources]
-    report = check_sources(sources, encoder, data, folder, reuse=False)
+
+    def add_overlap(report: CheckReport) -> None:
+        from medvl.train.overlap import benchmark_overlap
+
+        report.benchmark_overlap = benchmark_overlap(sources, report, reference or [])
+
+    report = check_sources(sources, encoder, data, folder, reuse=False,
+                           annotate=add_overlap if reference is not None else None)
     return report, folder, note, sources
 
 

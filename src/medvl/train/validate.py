@@ -28,7 +28,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from medvl.errors import Rejection
 from medvl.io.files import atomic_write_json
@@ -177,12 +177,14 @@ def fingerprint(sources: list[LoadedSource], encoder: ChatEncoder | None, data: 
 
 
 def check_sources(sources: list[LoadedSource], encoder: ChatEncoder | None, data: DataConfig,
-                  out_dir: str | Path, reuse: bool = True, progress: bool = True) -> CheckReport:
-    """Validate every row; write `rejects.jsonl` and `data_check.json` under `out_dir`."""
+                  out_dir: str | Path, reuse: bool = True, progress: bool = True,
+                  annotate: Callable[[CheckReport], None] | None = None) -> CheckReport:
+    """Validate every row; write `rejects.jsonl` and `data_check.json` under `out_dir`. `annotate` adds
+    to the report before it is written, once (a check with it is never reused)."""
     out = Path(out_dir)
     report_path = out / REPORT_NAME
     key = fingerprint(sources, encoder, data)
-    if reuse and report_path.is_file():
+    if reuse and annotate is None and report_path.is_file():
         saved = json.loads(report_path.read_text(encoding="utf-8"))
         if saved.get("fingerprint") == key:
             log.info("reusing the data check in %s (inputs and settings unchanged)", report_path)
@@ -207,6 +209,8 @@ def check_sources(sources: list[LoadedSource], encoder: ChatEncoder | None, data
                 report.warnings.update(usable.warnings)
             reports.append(report)
     result = CheckReport(fingerprint=key, sources=reports)
+    if annotate is not None:
+        annotate(result)
     result.write(report_path)
     return result
 
