@@ -171,7 +171,7 @@ def embedder_speed(texts: list[str]) -> tuple[np.ndarray, list[dict[str, Any]]]:
     `encode` (its default batch size) on the same texts as the same-run baseline."""
     import torch
 
-    from medvl.curate.embed import _sentence_transformer, make_text_embedder
+    from medvl.curate.embed import sentence_transformer, make_text_embedder
     from medvl.io.offline import minilm_path
 
     _, embed = make_text_embedder(None)
@@ -179,7 +179,7 @@ def embedder_speed(texts: list[str]) -> tuple[np.ndarray, list[dict[str, Any]]]:
     vectors = embed(texts)
     medvl_s = time.perf_counter() - started
     started = time.perf_counter()
-    _sentence_transformer(str(minilm_path())).encode(texts, show_progress_bar=False)
+    sentence_transformer(str(minilm_path())).encode(texts, show_progress_bar=False)
     bare_s = time.perf_counter() - started
     return vectors, [{
         "case": f"caption embedder: all-MiniLM-L6-v2, {len(texts)} captions, batch 128",

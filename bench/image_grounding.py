@@ -53,17 +53,17 @@ def train(out: Path, overrides: list[str], questions: list[Any]) -> dict[str, An
     from medvl.benchmarks import default_prompt
     from medvl.config import load_config
     from medvl.demo.config import DemoConfig
-    from medvl.demo.run import _record, _source, build, train_stage, visual_prior
+    from medvl.demo.run import build, data_source, train_stage, visual_prior
     from medvl.io.jsonl import write_jsonl
 
     config = load_config(DemoConfig, None, [f"output_dir={out}", *overrides])
     vqa_rad = Path(config.vqa_rad) if config.vqa_rad else ROOT / "data" / "vqa-rad"
     if (out / "model" / "model.safetensors").is_file():
         return json.loads((out / "train.json").read_text())
-    write_jsonl(out / "train.jsonl", [_record(q, default_prompt(q, "short"), q.answer) for q in questions])
+    write_jsonl(out / "train.jsonl", [q.to_record(default_prompt(q, "short"), q.answer) for q in questions])
     prior = visual_prior(config, vqa_rad)
     build(config, out / "init", prior.get("folder"))
-    summary = train_stage(config, "finetune", out / "init", [_source(out / "train.jsonl")], config.finetune,
+    summary = train_stage(config, "finetune", out / "init", [data_source(out / "train.jsonl")], config.finetune,
                           out / "model")
     summary["prior"] = prior
     (out / "train.json").write_text(json.dumps(summary, indent=1))

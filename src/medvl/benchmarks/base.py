@@ -93,11 +93,12 @@ class VQAItem:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def to_record(self, prompt: str | None = None, answer: str | None = None) -> dict[str, Any]:
+    def to_record(self, prompt: str | None = None, answer: str | None = None, id_suffix: str = "") -> dict[str, Any]:
         """A LLaVA conversation record: one human turn (images, then `prompt` or the question) and one
-        gpt turn (`answer` or the reference answer)."""
+        gpt turn (`answer` or the reference answer); its id is "benchmark-split-id" plus `id_suffix`
+        (records that ask one item twice, in two forms, keep distinct ids)."""
         return make_record(
-            f"{self.benchmark}-{self.split}-{self.id}", self.images,
+            f"{self.benchmark}-{self.split}-{self.id}{id_suffix}", self.images,
             [(prompt if prompt is not None else self.question, answer if answer is not None else self.answer)],
             answer_type=self.answer_type, benchmark=self.benchmark,
             **({"options": list(self.options)} if self.options else {}),

@@ -30,7 +30,7 @@ from medvl.curate.store import RunDirs
 from medvl.curate.vocab import tokenize
 from medvl.io.files import atomic_write_json
 
-__all__ = ["make_text_embedder", "CaptionEmbedder"]
+__all__ = ["make_text_embedder", "sentence_transformer", "CaptionEmbedder"]
 
 _REMEMBERED = 4096
 
@@ -61,7 +61,7 @@ def make_text_embedder(
         from medvl.io.offline import minilm_path
 
         folder = spec or str(minilm_path())
-        model = _sentence_transformer(folder)
+        model = sentence_transformer(folder)
         name = Path(folder).name if spec else "all-MiniLM-L6-v2"
 
         def raw(texts: list[str]) -> np.ndarray:
@@ -89,8 +89,9 @@ def _memory(name: str) -> OrderedDict[str, np.ndarray]:
 
 
 @lru_cache(maxsize=2)
-def _sentence_transformer(folder: str) -> Any:
-    """One loaded model per process (the tasks a local executor runs in turn share it)."""
+def sentence_transformer(folder: str) -> Any:
+    """The sentence-transformers model in `folder`, on CPU, loaded once per process (the tasks a local
+    executor runs in turn, and a benchmark timing bare `encode` against the embedder, share it)."""
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(folder, device="cpu")

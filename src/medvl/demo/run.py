@@ -25,7 +25,8 @@ from medvl.errors import UserError
 from medvl.io.files import atomic_write_json
 from medvl.io.jsonl import write_jsonl
 
-__all__ = ["run_demo", "EVAL_RUNS", "TRAIN_STAGES"]
+__all__ = ["run_demo", "EVAL_RUNS", "TRAIN_STAGES", "build", "data_source", "finetune_data", "train_stage",
+           "visual_prior"]
 
 log = logging.getLogger("medvl.demo")
 console = Console(stderr=True)
@@ -89,7 +90,8 @@ def run_demo(config: DemoConfig, fresh: bool = False) -> Path:
                                       config.align, out / "align")),
         ("instruct", lambda: train_stage(config, "instruct", out / "align", _instruct_sources(out),
                                          config.instruct, out / "instruct")),
-        ("finetune", lambda: train_stage(config, "finetune", out / "instruct", [_source(out / "data" / "vqa_rad_train.jsonl")],
+        ("finetune", lambda: train_stage(config, "finetune", out / "instruct",
+                                         [data_source(out / "data" / "vqa_rad_train.jsonl")],
                                          config.finetune, out / "finetune")),
         *[(f"eval-{p}-{s}", lambda p=p, s=s: evaluate(config, vqa_rad, out, p, s)) for p, s in EVAL_RUNS],
     ]
@@ -167,9 +169,9 @@ def finetune_data(vqa_rad: Path, data_dir: Path, concepts: bool = False, seed: i
     train = load_benchmark("vqa_rad", vqa_rad, split="train")
     extra, stats = concept_items(train.items, "vqa_rad", seed=seed) if concepts else ([], None)
     items = [*train.items, *extra]
-    records = [_record(item, default_prompt(item, "short"), item.answer.strip()) for item in items]
+    records = [item.to_record(default_prompt(item, "short"), item.answer.strip()) for item in items]
     choice_items, _ = closed_as_choice(items)
-    records += [_record(item, default_prompt(item), item.answer_letter, suffix="-choice") for item in choice_items]
+    records += [item.to_record(default_prompt(item), item.answer_letter, id_suffix="-choice") for item in choice_items]
     write_jsonl(data_dir / "vqa_rad_train.jsonl", records)
     return {"train_questions": len(train.items), "concept_questions": len(extra), "records": len(records),
             "choice_records": len(choice_items), "missing_images": len(train.missing_images),
@@ -187,12 +189,6 @@ def split_overlap(train: Any, vqa_rad: Path) -> dict[str, int]:
     return {"test_images": len(test_images), "shared_images": len(test_images & train_images),
             "test_questions": len(test.items),
             "questions_on_shared_images": sum(1 for item in test.items if set(item.images) & train_images)}
-
-
-def _record(item: Any, prompt: str, answer: str, suffix: str = "") -> dict[str, Any]:
-    record = item.to_record(prompt, answer)
-    record["id"] += suffix
-    return record
 
 
 def visual_prior(config: DemoConfig, vqa_rad: Path) -> dict[str, Any]:
@@ -239,12 +235,14 @@ def build(config: DemoConfig, folder: Path, tower: str | None) -> dict[str, Any]
     return {"parameters": counts, "image_tokens": model.config.image_seq_length}
 
 
-def _source(path: Path, image_root: Path | None = None) -> dict[str, Any]:
+def data_source(path: Path, image_root: Path | None = None) -> dict[str, Any]:
+    """A training data source (`medvl.train.config.SourceConfig` fields) for `train_stage`: a LLaVA
+    JSON/JSONL file and the folder its relative image paths are resolved against."""
     return {"path": str(path), **({"image_root": str(image_root)} if image_root else {})}
 
 
 def _curated(out: Path, name: str) -> dict[str, Any]:
-    return _source(out / "curate" / f"{name}.jsonl", out / "curate" / "images")
+    return data_source(out / "curate" / f"{name}.jsonl", out / "curate" / "images")
 
 
 def _instruct_sources(out: Path) -> list[dict[str, Any]]:
