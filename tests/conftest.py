@@ -1,4 +1,5 @@
-"""Shared test fixtures: offline tokenizer/weights, a tiny saved model, the shared data folder.
+"""Shared test fixtures: offline tokenizer/weights, a tiny saved model, the shared data folder, and
+`medvl` (the entry point run as a user runs it: exit status, stdout, stderr).
 
 Tiny models are built in-process from configs (random weights) around SmolLM2's real tokenizer,
 so nothing is downloaded. `MEDVL_CACHE` defaults to a folder under the pytest cache so runs reuse
@@ -8,6 +9,8 @@ the materialised tokenizer.
 from __future__ import annotations
 
 import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,29 @@ SHARED = Path(os.environ.get("MEDVL_SHARED", ROOT.parent / "shared"))
 os.environ.setdefault("MEDVL_CACHE", str(ROOT / ".pytest_cache" / "medvl-cache"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@dataclass
+class Outcome:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def medvl(monkeypatch, capsys):
+    """Call `medvl ARGS...` through `medvl.cli.main` (which turns a UserError into one line and exit 2)."""
+    from medvl.cli import main
+
+    def run(*args: str) -> Outcome:
+        monkeypatch.setattr(sys, "argv", ["medvl", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        captured = capsys.readouterr()
+        code = exit_info.value.code
+        return Outcome(code if isinstance(code, int) else 1, captured.out, captured.err)
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ YAML scalars (`lr=2e-5`, `freeze.vision=true`, `sizes=[1,8]`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -31,29 +31,39 @@ class Config(BaseModel):
 C = TypeVar("C", bound=Config)
 
 
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Return a copy of `data` with each `dotted.key=value` override set (value parsed as YAML)."""
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str], values: Mapping[str, Any] | None = None
+                    ) -> dict[str, Any]:
+    """Return a copy of `data` with each `dotted.key=value` override set (value parsed as YAML), then
+    each `values` entry (`{"dotted.key": value}`, a value already parsed, e.g. a command-line flag)."""
     result = _deep_copy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
-        node = result
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"override {key!r}: {part!r} is a value, not a section")
-            node = child
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        _set(result, key, yaml.safe_load(raw) if raw.strip() else None)
+    for key, value in (values or {}).items():
+        _set(result, key, value)
     return result
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequence[str] = ()) -> C:
-    """Load `cls` from a YAML file (or defaults when `path` is None) plus overrides."""
+def _set(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequence[str] = (),
+                values: Mapping[str, Any] | None = None) -> C:
+    """Load `cls` from a YAML file (or defaults when `path` is None) plus overrides, then `values`
+    (`{"dotted.key": value}`: settings a command takes as flags), all checked as one config."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -66,7 +76,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequenc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping, got {type(loaded).__name__}")
         data = loaded or {}
-    data = _with_defaults(cls, apply_overrides(data, overrides))
+    data = _with_defaults(cls, apply_overrides(data, overrides, values))
     try:
         return cls.model_validate(data)
     except ValidationError as exc:

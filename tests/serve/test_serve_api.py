@@ -164,7 +164,7 @@ def test_openai_client_raises_typed_errors(serve):
     assert caught.value.body["code"] == "unsupported_parameter"
 
 
-def test_serve_command_merges_yaml_set_and_flags(tiny_model_dir, tmp_path, monkeypatch):
+def test_serve_command_merges_yaml_set_and_flags(tiny_model_dir, tmp_path, monkeypatch, medvl):
     from typer.testing import CliRunner
 
     import medvl.serve.server as server
@@ -185,8 +185,10 @@ def test_serve_command_merges_yaml_set_and_flags(tiny_model_dir, tmp_path, monke
     assert settings.limits.max_tokens == 64 and settings.images.max_images == 3
     assert settings.images.local_root == tmp_path and settings.images.allowed_hosts == ["images.example.org"]
     assert settings.allowed_hosts == ["api.example.org"]
-    bad = CliRunner().invoke(build_app(), ["serve", str(tiny_model_dir), "--set", "limits.max_tokenz=1"])
-    assert bad.exit_code == 2 and "max_tokenz: unknown key" in bad.stderr
+    bad = medvl("serve", tiny_model_dir, "--set", "limits.max_tokenz=1")
+    assert bad.code == 2 and "max_tokenz: unknown key" in bad.err
+    bad = medvl("serve", tiny_model_dir, "--port", "70000")  # a flag's value is checked as an override's is
+    assert bad.code == 2 and "port: Input should be less than or equal to 65535 (got 70000)" in bad.err
     # overrides are positional `key=value`, as every other command takes them (`--set` still works)
     positional = ["serve", str(tiny_model_dir), "limits.max_tokens=32", "port=9002", "--config", str(config)]
     assert CliRunner().invoke(build_app(), positional).exit_code == 0

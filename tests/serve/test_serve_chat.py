@@ -39,11 +39,28 @@ def test_one_shot_prints_the_greedy_answer(tiny_model_dir, generator, two_images
     assert DISCLAIMER in result.stderr
 
 
-def test_one_shot_reports_an_unreadable_image(tiny_model_dir, tmp_path):
+def test_one_shot_reports_an_unreadable_image(tiny_model_dir, tmp_path, medvl):
+    """The command raises a UserError and the CLI's one handler prints it: one line, exit 2."""
+    from medvl.errors import UserError
+
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
-    result = CliRunner().invoke(build_app(), ["chat", str(tiny_model_dir), "-i", str(bad), "-q", "What?"])
-    assert result.exit_code == 2 and "not_image" in result.stderr
+    args = ["chat", str(tiny_model_dir), "-i", str(bad), "-q", "What?"]
+    assert isinstance(CliRunner().invoke(build_app(), args).exception, UserError)
+    result = medvl(*args)
+    errors = [line for line in result.err.splitlines() if "error" in line]  # stderr also has a loading bar
+    assert result.code == 2 and errors == [f"error: {bad}: not_image: not one of JPEG, PNG, TIFF, WEBP, BMP, GIF, "
+                                           "PPM, JPEG2000 or DICOM"]
+
+
+def test_one_shot_reports_a_question_too_long_for_the_context(tiny_model_dir, medvl):
+    from medvl.model.generate import context_length
+    from transformers import AutoConfig
+
+    positions = context_length(AutoConfig.from_pretrained(tiny_model_dir))
+    result = medvl("chat", str(tiny_model_dir), "-q", "why " * positions)
+    errors = [line for line in result.err.splitlines() if "error" in line]  # stderr also has a loading bar
+    assert result.code == 2 and len(errors) == 1 and errors[0].startswith("error: the question and its images take ")
 
 
 def test_repl_streams_keeps_history_and_obeys_commands(tiny_model_dir, generator, two_images):

@@ -87,26 +87,18 @@ def test_an_engine_without_a_processor_cannot_be_served(serve):
             pass
 
 
-def test_serve_engine_vllm_without_vllm_is_one_line(tmp_path, monkeypatch):
-    from typer.testing import CliRunner
-
-    from medvl.cli import build_app
-
+def test_serve_engine_vllm_without_vllm_is_one_line(tmp_path, monkeypatch, medvl):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError, installed or not
-    result = CliRunner().invoke(build_app(), ["serve", str(tmp_path), "--engine", "vllm"])
-    assert result.exit_code == 2 and "needs vllm installed" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    result = medvl("serve", tmp_path, "--engine", "vllm")
+    assert result.code == 2 and "needs vllm installed" in result.err
+    assert len(result.err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("kind,why", [("openai", "cannot be served (it has no model processor)"), ("tensorrt", "is not a known engine")])
-def test_serve_refuses_an_engine_it_cannot_run_in_one_line(tmp_path, kind, why):
-    from typer.testing import CliRunner
-
-    from medvl.cli import build_app
-
-    result = CliRunner().invoke(build_app(), ["serve", str(tmp_path), "--engine", kind])
-    assert result.exit_code == 2
-    assert result.stderr.strip() == f"error: engine {kind!r} {why}; medvl serve runs: local, vllm"
+def test_serve_refuses_an_engine_it_cannot_run_in_one_line(tmp_path, kind, why, medvl):
+    result = medvl("serve", tmp_path, "--engine", kind)
+    assert result.code == 2
+    assert result.err.strip() == f"error: engine {kind!r} {why}; medvl serve runs: local, vllm"
 
 
 def test_serve_config_refuses_an_engine_it_cannot_run(tmp_path):

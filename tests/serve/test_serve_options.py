@@ -95,12 +95,8 @@ def test_usage_is_the_same_streamed_or_not(serve, tiny_model):
     assert plain == streamed and plain["completion_tokens"] == 1
 
 
-def test_serve_on_a_folder_that_is_not_a_model_says_so(tmp_path):
-    from typer.testing import CliRunner
-
-    from medvl.cli import build_app
-
+def test_serve_on_a_folder_that_is_not_a_model_says_so(tmp_path, medvl):
     (tmp_path / "notes.txt").write_text("not a model")
-    result = CliRunner().invoke(build_app(), ["serve", str(tmp_path)])
-    assert result.exit_code == 2 and "is not a loadable medvl model" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    result = medvl("serve", tmp_path)
+    assert result.code == 2 and "is not a loadable medvl model" in result.err
+    assert len(result.err.strip().splitlines()) == 1

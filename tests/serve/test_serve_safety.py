@@ -61,14 +61,10 @@ def test_short_api_keys_are_refused(monkeypatch):
             check_exposure(ServeConfig(host=host))
 
 
-def test_cli_serve_refuses_public_host_without_key(tiny_model_dir, monkeypatch):
-    from typer.testing import CliRunner
-
-    from medvl.cli import build_app
-
+def test_cli_serve_refuses_public_host_without_key(tiny_model_dir, monkeypatch, medvl):
     monkeypatch.delenv("MEDVL_API_KEY", raising=False)
-    result = CliRunner().invoke(build_app(), ["serve", str(tiny_model_dir), "--host", "0.0.0.0"])
-    assert result.exit_code == 2 and "without an API key" in result.output
+    result = medvl("serve", str(tiny_model_dir), "--host", "0.0.0.0")
+    assert result.code == 2 and "without an API key" in result.err and len(result.err.strip().splitlines()) == 1
 
 
 @pytest.fixture

@@ -17,11 +17,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 
+from medvl.errors import UserError
 from medvl.io.images import ImageLoadError, load_image
 from medvl.model.checkpoint import DISCLAIMER
 from medvl.serve.session import ChatSession, ContextOverflow
 
-__all__ = ["HELP", "one_shot", "repl"]
+__all__ = ["HELP", "UnreadableImage", "one_shot", "repl"]
 
 HELP = """Commands:
   /image PATH [PATH...]  attach image(s) to your next question
@@ -31,10 +32,18 @@ HELP = """Commands:
 Anything else is a question."""
 
 
+class UnreadableImage(UserError, ValueError):
+    """An image given to a one-shot question that cannot be read (the message names it and why)."""
+
+
 def one_shot(session: ChatSession, question: str, images: Sequence[Path]) -> str:
-    """Answer one question about `images` (raises ImageLoadError for an unreadable image)."""
+    """Answer one question about `images` (`UnreadableImage` for an image that cannot be read,
+    `ContextOverflow` for a question too long for the model)."""
     for path in images:
-        session.attach(load_image(path))
+        try:
+            session.attach(load_image(path))
+        except ImageLoadError as exc:
+            raise UnreadableImage(str(exc)) from None
     return session.ask(question)
 
 

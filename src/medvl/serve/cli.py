@@ -1,19 +1,17 @@
-"""`medvl chat`, `medvl serve` and `medvl webui` (heavy imports happen inside the commands)."""
+"""`medvl chat`, `medvl serve` and `medvl webui` (heavy imports happen inside the commands).
+
+A command that cannot go on raises a `medvl.errors.UserError`; the `medvl` entry point prints it
+as one line and exits 2, as for every other command."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, NoReturn, Optional
+from typing import List, Optional
 
 import typer
 
 ModelDir = typer.Argument(..., help="a saved native medvl model folder", exists=True, file_okay=False)
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def chat(
@@ -29,21 +27,17 @@ def chat(
     device: Optional[str] = typer.Option(None, help="e.g. cuda:0 (default: cpu)"),
 ) -> None:
     """Chat with a model in the terminal; with --question, print one answer (for scripts)."""
-    from medvl.io.images import ImageLoadError
     from medvl.model.checkpoint import DISCLAIMER
-    from medvl.serve.chat import one_shot, repl
     from medvl.model.generate import load_generator
-    from medvl.serve.session import ChatSession, ContextOverflow, sampling_settings
+    from medvl.serve.chat import one_shot, repl
+    from medvl.serve.session import ChatSession, sampling_settings
 
     generator = load_generator(model_dir, dtype=dtype, device=device)
     session = ChatSession(generator, sampling_settings(max_new_tokens, temperature, top_p), system)
     if question is None:
         repl(session, image or [])
         return
-    try:
-        answer = one_shot(session, question, image or [])
-    except (ImageLoadError, ContextOverflow) as exc:
-        _fail(str(exc))
+    answer = one_shot(session, question, image or [])
     typer.echo(DISCLAIMER, err=True)
     typer.echo(answer)
 
@@ -71,34 +65,20 @@ def serve(
     """Serve the OpenAI chat-completions API (FastAPI + uvicorn) with dynamic batching."""
     from medvl.config import load_config
     from medvl.engine import check_servable
-    from medvl.errors import UserError
     from medvl.serve.config import ServeConfig
     from medvl.serve.server import check_exposure
     from medvl.serve.server import serve as run
 
-    try:
-        settings = load_config(ServeConfig, config, [*(set_overrides or []), *(overrides or [])])
-        settings.engine.model = str(model_dir)
-        if engine is not None:
-            settings.engine.kind = check_servable(engine)
-        given = {"host": host, "port": port, "api_key_env": api_key_env, "max_batch_size": max_batch_size,
-                 "batch_wait_ms": batch_wait_ms}
-        for name, value in given.items():
-            if value is not None:
-                setattr(settings, name, value)
-        if image_root is not None:
-            settings.images.local_root = image_root
-        if allow_image_host:
-            settings.images.allowed_hosts = list(allow_image_host)
-        if allow_host:
-            settings.allowed_hosts = list(allow_host)
-        check_exposure(settings)
-    except (UserError, ValueError) as exc:  # ValueError: pydantic's check of a flag's value
-        _fail(str(exc))
-    try:
-        run(settings)
-    except UserError as exc:  # e.g. a folder that is not a model
-        _fail(str(exc))
+    if engine is not None:
+        check_servable(engine)  # one line naming the engines it can run, before any other check
+    flags = {"engine.model": str(model_dir), "engine.kind": engine, "host": host, "port": port,
+             "api_key_env": api_key_env, "max_batch_size": max_batch_size, "batch_wait_ms": batch_wait_ms,
+             "images.local_root": image_root, "images.allowed_hosts": allow_image_host or None,
+             "allowed_hosts": allow_host or None}  # checked with the file and overrides, as one config
+    settings = load_config(ServeConfig, config, [*(set_overrides or []), *(overrides or [])],
+                           {key: value for key, value in flags.items() if value is not None})
+    check_exposure(settings)
+    run(settings)
 
 
 def webui(
@@ -111,16 +91,11 @@ def webui(
     device: Optional[str] = typer.Option(None),
 ) -> None:
     """Serve a Gradio chat page (image uploads, multi-turn, generation settings)."""
-    from medvl.errors import UserError
     from medvl.serve.webui import launch
 
     user, sep, password = os.environ.get(auth_env, "").partition(":")
     auth = (user, password) if sep and user and password else None
-    try:
-        launch(model_dir, host=host, port=port, dtype=dtype, device=device, max_new_tokens=max_new_tokens,
-               auth=auth)
-    except UserError as exc:
-        _fail(str(exc))
+    launch(model_dir, host=host, port=port, dtype=dtype, device=device, max_new_tokens=max_new_tokens, auth=auth)
 
 
 def register(app: typer.Typer) -> None:

@@ -14,13 +14,14 @@ from typing import Any, Iterator
 
 from PIL import Image
 
+from medvl.errors import UserError
 from medvl.model.generate import GenerationSettings, Generator, context_length
 from medvl.records import message_image_count
 
 __all__ = ["ChatSession", "ContextOverflow", "fit_context", "sampling_settings", "user_turn"]
 
 
-class ContextOverflow(ValueError):
+class ContextOverflow(UserError, ValueError):
     """The newest question with its images alone does not fit the model's context."""
 
 
