@@ -114,7 +114,8 @@ class BareLoop:
         from medvl.train.dataset import Collator, TrainDataset
         from medvl.train.metrics import FlopsModel, peak_flops
         from medvl.train.modeling import apply_policy, component_params, load_start_model
-        from medvl.train.runner import compute_dtype, prepare_data
+        from medvl.train.runner import prepare_data
+        from medvl.train.trainer import compute_dtype
 
         self.ctx = ctx
         config = train_config(ctx, "loop", ctx.sizes.steps)
@@ -149,7 +150,7 @@ class BareLoop:
         import torch
 
         from medvl.train.dataset import STAT_KEYS
-        from medvl.train.runner import next_token_loss
+        from medvl.train.trainer import next_token_loss
 
         counts, waited, start = Counter(), 0.0, time.perf_counter()
         for _ in range(steps):

@@ -100,7 +100,8 @@ def hand_loop_tokens_per_s(config: Any, same_math: bool) -> float:
 
     from medvl.model.build import build_model
     from medvl.train.dataset import Collator, TrainDataset
-    from medvl.train.runner import next_token_loss, prepare_data
+    from medvl.train.runner import prepare_data
+    from medvl.train.trainer import next_token_loss
 
     torch.manual_seed(config.seed)
     model, processor = build_model(config.model.spec)

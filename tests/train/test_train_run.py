@@ -32,7 +32,7 @@ def a_batch(config, model_processor, n: int = 4):
 
 
 def test_supervised_only_loss_equals_the_models_loss(train_config, tiny_model):
-    from medvl.train.runner import next_token_loss
+    from medvl.train.trainer import next_token_loss
 
     model, _ = tiny_model
     batch = a_batch(train_config(), tiny_model)

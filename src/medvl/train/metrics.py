@@ -15,7 +15,7 @@ FLOPs of one step (matmul FLOPs; attention score FLOPs and embedding lookups are
     MFU = FLOPs per second / (peak FLOPs per device x devices), over each logging window (data
     loading, optimizer and logging included), so it is a lower bound of the matmul utilisation.
 
-Peak FLOPs per device, for the dtype the matmuls run in (`runner.compute_dtype`):
+Peak FLOPs per device, for the dtype the matmuls run in (`trainer.compute_dtype`):
 - `logging.peak_tflops` when set;
 - a known GPU: its dense tensor-core peak from the datasheet (`GPU_PEAK_TFLOPS`: bf16/fp16, and
   TF32 for fp32 runs, an upper bound whether or not TF32 is enabled);
