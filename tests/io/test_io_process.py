@@ -94,6 +94,43 @@ def test_a_worker_in_its_own_session_dies_with_its_launcher(mechanism, kill):
             os.kill(worker, signal.SIGKILL)
 
 
+SLOW_WORKER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    time.sleep(1.0)  # a worker's imports, before its first line arms the guard
+    from medvl.io.process import die_with_launcher
+    die_with_launcher()
+    Path(sys.argv[1], "armed").touch()
+    time.sleep(600)
+""")
+
+
+def test_a_worker_whose_launcher_died_before_it_armed_its_guard_dies_as_it_arms(tmp_path):
+    # `medvl launch` records its pid and becomes the launcher, which starts the worker in a new session
+    # and is killed at once: the worker arms its guard a second later, when its parent is already
+    # someone else, and must still die rather than train on as an orphan.
+    command = [sys.executable, "-m", "medvl.cli", "launch", "--", sys.executable, "-c", LAUNCHER, SLOW_WORKER,
+               str(tmp_path)]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True,
+                                env={**os.environ, "LOCAL_RANK": "0"})
+    worker = int(launcher.stdout.readline())
+    try:
+        os.kill(launcher.pid, signal.SIGKILL)  # the pid `medvl launch` recorded: exec kept it
+        launcher.wait()
+        assert wait_gone(worker, 10), f"worker {worker} outlived a launcher that died before it armed its guard"
+        assert not (tmp_path / "armed").exists()
+    finally:
+        if running(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+def test_launching_a_program_that_is_not_there_is_one_line(medvl):
+    result = medvl("launch", "no-such-launcher", "launch", "-m", "medvl.cli", "train", "x.yaml")
+    assert result.code == 2 and result.err.strip().splitlines() == [
+        "error: no-such-launcher: not found on PATH; give the launcher and its arguments, e.g. medvl launch "
+        "accelerate launch -m medvl.cli train CONFIG"]
+
+
 def test_a_process_is_running_until_every_thread_has_exited():
     # The main thread exits first and shows as a zombie while another thread still runs (as in a
     # SIGKILLed multi-threaded worker whose threads have not all exited): still running.

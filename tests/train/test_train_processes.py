@@ -96,14 +96,18 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(train_config, tmp_pat
     assert got == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize("kill", ["process group", "launcher alone"])
+@pytest.mark.parametrize("kill,through", [("process group", "accelerate"), ("launcher alone", "accelerate"),
+                                          ("launcher alone", "medvl launch")])
 def test_killing_an_accelerate_launch_run_leaves_no_worker_and_a_run_folder_takes_one_writer(
-        kill, train_config, tmp_path):
+        kill, through, train_config, tmp_path):
+    # through `medvl launch` the workers know their launcher's pid (MEDVL_LAUNCHER_PID) and train as usual
     out = tmp_path / "run"
     dump_config(train_config(out, optim__max_steps=100_000, save__every_steps=2), tmp_path / "run.yaml")
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
               str(ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(free_port()),
               "-m", "medvl.cli", "train", str(tmp_path / "run.yaml")]
+    if through == "medvl launch":
+        launch = [sys.executable, "-m", "medvl.cli", "launch", "--", *launch]  # exec: the launcher keeps this pid
     with (tmp_path / "launch.log").open("w") as log:
         launcher = subprocess.Popen(launch, env=env(), stdout=log, stderr=log, start_new_session=True)
     workers: list[psutil.Process] = []
@@ -114,6 +118,8 @@ def test_killing_an_accelerate_launch_run_leaves_no_worker_and_a_run_folder_take
             time.sleep(0.1)
         workers = [p for p in psutil.Process(launcher.pid).children(recursive=True) if "medvl.cli" in p.cmdline()]
         assert len(workers) == 2 and all(os.getpgid(p.pid) != launcher.pid for p in workers)  # own sessions
+        recorded = {p.environ().get("MEDVL_LAUNCHER_PID") for p in workers}
+        assert recorded == ({str(launcher.pid)} if through == "medvl launch" else {None})
 
         # A second run on the folder in use is refused in one line naming the owner (the main worker).
         owner = json.loads((out / ".medvl.lock").read_text())["pid"]

@@ -14,9 +14,14 @@
   reaches the workers and a killed launcher leaves them training and writing; a worker that calls
   `die_with_parent()` (or `die_with_launcher()`, which does so only when a launcher's `LOCAL_RANK`
   is set) cannot outlive it. Call it first thing in the worker: a parent that died before the call
-  goes unnoticed unless its pid is passed as `parent`. Linux ties the signal to the parent *thread*
-  that started the worker, so the launcher must start workers from a thread that lives as long as
-  it does (the main thread, as torch's launcher and `multiprocessing` do).
+  goes unnoticed unless its pid is passed as `parent`. A launched worker learns its launcher's pid
+  from `MEDVL_LAUNCHER_PID` when the launcher was started through `exec_launcher` (`medvl launch`,
+  which records its own pid and then becomes the launcher): `die_with_launcher` then kills the
+  worker at once if that launcher died before the guard was armed (a worker is some imports away
+  from its first line; without the record, a launcher killed in that window leaves it orphaned).
+  Linux ties the signal to the parent *thread* that started the worker, so the launcher must start
+  workers from a thread that lives as long as it does (the main thread, as torch's launcher and
+  `multiprocessing` do).
 - `running(pid)` says whether any thread of a process is still running. A SIGKILLed multi-threaded
   process can show its main thread as a zombie while other threads are still exiting, holding its
   files and locks; "gone" means every thread is.
@@ -35,15 +40,21 @@ from typing import Any
 
 from medvl.errors import UserError
 
-__all__ = ["RunLock", "FolderInUse", "LOCK_NAME", "die_with_parent", "die_with_launcher", "running"]
+__all__ = ["RunLock", "FolderInUse", "LOCK_NAME", "LAUNCHER_PID_ENV", "LauncherNotFound", "die_with_parent",
+           "die_with_launcher", "exec_launcher", "running"]
 
 LOCK_NAME = ".medvl.lock"
+LAUNCHER_PID_ENV = "MEDVL_LAUNCHER_PID"  # set by `exec_launcher`: the pid of the launcher of this process
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _guarded: set[tuple[int, int]] = set()  # (parent pid, signal) already armed in this process
 
 
 class FolderInUse(UserError, RuntimeError):
     """Another live process holds the folder's `RunLock`; the message names it."""
+
+
+class LauncherNotFound(UserError, FileNotFoundError):
+    """`exec_launcher` was given a program that is not on PATH."""
 
 
 class RunLock:
@@ -116,11 +127,29 @@ def die_with_parent(sig: int = signal.SIGKILL, parent: int | None = None, poll_s
 def die_with_launcher(sig: int = signal.SIGKILL) -> bool:
     """`die_with_parent()` when a launcher (torchrun, `accelerate launch`, deepspeed) started this
     process, i.e. `LOCAL_RANK` is set; True if so. A plain command is left alone: `nohup medvl
-    train ... &` must outlive its shell."""
+    train ... &` must outlive its shell. Where the launcher recorded its pid (`exec_launcher`) and
+    it is gone already, `sig` comes now."""
     if "LOCAL_RANK" not in os.environ:
         return False
     die_with_parent(sig)
+    launcher = os.environ.get(LAUNCHER_PID_ENV, "")
+    if launcher.isdigit() and not running(int(launcher)):  # it died before the guard above was armed
+        os.kill(os.getpid(), sig)
     return True
+
+
+def exec_launcher(argv: list[str]) -> None:
+    """Become the launcher `argv` (e.g. `accelerate launch ...`; this process's pid is kept), with
+    `MEDVL_LAUNCHER_PID` set to that pid so its workers can tell if it died before they armed
+    `die_with_launcher`. Returns only by raising (`LauncherNotFound`)."""
+    import shutil
+
+    program = shutil.which(argv[0]) if argv else None
+    if program is None:
+        raise LauncherNotFound(f"{argv[0] if argv else 'no program'}: not found on PATH; give the launcher "
+                               "and its arguments, e.g. medvl launch accelerate launch -m medvl.cli train CONFIG")
+    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
+    os.execv(program, argv)
 
 
 def running(pid: int) -> bool:

@@ -1,7 +1,8 @@
-"""`medvl train` and `medvl data ...`: train a stage, validate a dataset, convert a benchmark split.
+"""`medvl train`, `medvl launch` and `medvl data ...`: train a stage, start a multi-process run,
+validate a dataset, convert a benchmark split.
 
     medvl train configs/train/llava_med_stage2.yaml [key=value ...]
-    accelerate launch --config_file configs/accelerate/zero3.yaml -m medvl.cli train CONFIG [key=value ...]
+    medvl launch accelerate launch --config_file configs/accelerate/zero3.yaml -m medvl.cli train CONFIG [key=value ...]
     medvl data check CONFIG.yaml [key=value ...]          # the config's sources, as training sees them
     medvl data check DATA.jsonl --image-root IMAGES --model MODEL_DIR [--max-length 2048]
     medvl data check DATA.jsonl --against vqa_rad=../shared/data/vqa-rad [--against slake@test=ROOT]
@@ -27,6 +28,7 @@ data_app = typer.Typer(name="data", help="Validate and convert training data.", 
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
+    app.command("launch", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(launch)
     app.add_typer(data_app, name="data")
 
 
@@ -55,6 +57,17 @@ def train(
         typer.echo(f"trained {result.global_step} steps (last logged loss {loss}); "
                    f"{result.data.valid} usable records, {result.data.rejected} rejected")
         typer.echo(f"model: {result.output_dir} (metrics.jsonl, loss.png, data_check/)")
+
+
+def launch(
+    launcher: list[str] = typer.Argument(..., help="the launcher and its arguments, e.g. accelerate launch "
+                                                   "--config_file CONFIG -m medvl.cli train TRAIN.yaml"),
+) -> None:
+    """Run a launcher (accelerate launch, torchrun) as this process, telling its workers its pid, so a
+    worker whose launcher dies before the worker's parent-death guard is armed stops at once."""
+    from medvl.io.process import exec_launcher
+
+    exec_launcher(list(launcher))
 
 
 @data_app.command("check")
