@@ -11,7 +11,8 @@ the image pathway (tower → projector → LLM) from that data problem:
   (the demo config plus any overrides given, e.g. `prior.enabled=false` for a random tower); the
   prior itself is distilled label-free on all train-split images, the held-out ones included;
 - score: the held-out images' yes/no questions, answered with the real image, with another
-  held-out image (shuffled, seeded) and with no image; yes is the answer of exactly half of them.
+  held-out image (shuffled: the seeded derangement of the evaluation's control,
+  `eval.baselines.image_derangement`, so no question sees its own image) and with no image; yes is the answer of exactly half of them.
   Differences are paired by question (exact McNemar p) with Wilson 95% intervals.
 
     python bench/image_grounding.py OUT [demo overrides ...]    # e.g. precision=bf16 prior.enabled=false
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -73,17 +73,16 @@ def train(out: Path, overrides: list[str], questions: list[Any]) -> dict[str, An
 def answers(generator: Any, probe: list[Any], images: list[str | None]) -> list[bool]:
     """Whether the model's greedy answer to each probe question, shown `images[i]`, is right under
     medvl's strict closed scorer (`eval.metrics.closed_correct`, as the demo scores VQA-RAD)."""
-    from PIL import Image
-
     from medvl.benchmarks import default_prompt
     from medvl.eval.metrics import closed_correct
+    from medvl.io.images import load_image
     from medvl.model.generate import GenerationSettings
 
     conversations, shown = [], []
     for item, image in zip(probe, images):
         text = {"type": "text", "text": default_prompt(item, "short")}
         conversations.append([{"role": "user", "content": [{"type": "image"}, text] if image else [text]}])
-        shown.append([Image.open(image).convert("RGB")] if image else [])
+        shown.append([load_image(image)] if image else [])
     results = generator.generate(conversations, shown, GenerationSettings(max_new_tokens=4, batch_size=32))
     return [closed_correct(r.text, item.answer) for r, item in zip(results, probe)]
 
@@ -112,10 +111,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     questions, probe = split(ROOT / "data" / "vqa-rad")
     trained = train(args.out, args.overrides, questions)
-    images = [item.images[0] for item in probe]
-    shuffled = images[:]
-    random.Random(0).shuffle(shuffled)
+    from medvl.eval.baselines import image_derangement
     from medvl.model.generate import Generator
+
+    images = [item.images[0] for item in probe]
+    donors, _ = image_derangement(probe, seed=0)  # 68 distinct images: every question gets a donor
+    shuffled = [donors[item.id].images[0] for item in probe]
 
     generator = Generator.from_pretrained(args.out / "model")  # once for the three conditions
     right = {name: answers(generator, probe, shown)
