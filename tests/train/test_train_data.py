@@ -117,6 +117,24 @@ def test_data_check_cli_on_a_file_and_on_a_config(messy_data, tiny_model_dir, tr
     assert (tmp_path / "run" / "data_check" / "data_check.json").is_file()
 
 
+def test_data_check_of_a_config_is_refused_while_its_run_trains(train_config, tmp_path, medvl):
+    """A training run of the config writes the same data_check folder: the check is refused, not interleaved."""
+    from medvl.config import dump_config
+    from medvl.io.process import RunLock
+
+    config = train_config()
+    config_path = tmp_path / "train.yaml"
+    dump_config(config, config_path)
+    with RunLock(config.output_dir, what="training run"):
+        refused = medvl("data", "check", config_path)
+        assert refused.code == 2, refused
+        assert "in use by another training run" in refused.err and len(refused.err.splitlines()) == 1
+        assert not (Path(config.output_dir) / "data_check").exists()
+    allowed = medvl("data", "check", config_path)
+    assert allowed.code == 0, allowed
+    assert (Path(config.output_dir) / "data_check" / "data_check.json").is_file()
+
+
 def test_blank_answers_are_rejected_or_counted_as_warnings(color_data, encoder, tmp_path):
     from typer.testing import CliRunner
 

@@ -126,7 +126,11 @@ def _warn_overlap(console: Console, sources: list[LoadedSource], overlap: dict[s
 
 def _run_check(target: Path, overrides: list[str], image_root: Optional[Path], model: Optional[Path],
                max_length: int, out: Optional[Path], reference: Optional[list[ReferenceItem]]):
-    """Check the records; with `reference`, the report (written once) counts the usable ones that overlap it."""
+    """Check the records; with `reference`, the report (written once) counts the usable ones that overlap it.
+
+    The check holds the `RunLock` of the folder it writes into: with a config and no `--out`, the run's
+    `output_dir` (a training run of that config writes the same `data_check` folder and holds that lock)."""
+    from medvl.io.process import RunLock
     from medvl.train.config import DataConfig, ModelSource, SourceConfig
     from medvl.train.encode import ChatEncoder
     from medvl.train.modeling import load_processor
@@ -141,11 +145,13 @@ def _run_check(target: Path, overrides: list[str], image_root: Optional[Path], m
         config = load_config(TrainConfig, target, overrides)
         data, source = config.data, config.model
         folder = out or Path(config.output_dir) / "data_check"
+        owner = Path(config.output_dir) if out is None else folder
     else:
         data = DataConfig(sources=[SourceConfig(path=str(target), image_root=str(image_root) if image_root else None)],
                           max_length=max_length)
         source = ModelSource(path=str(model)) if model else None
         folder = out or target.with_name(target.stem + ".check")
+        owner = folder
         if source is None:
             note = "no --model given: structure and images checked, token lengths not"
     encoder = None
@@ -154,13 +160,14 @@ def _run_check(target: Path, overrides: list[str], image_root: Optional[Path], m
                               overlong=data.overlong)
     sources = [load_source(s) for s in data.sources]
 
-    def add_overlap(report: CheckReport) -> None:
+    def add_overlap(report: CheckReport) -> None:  # only passed on when there is a reference
         from medvl.train.overlap import benchmark_overlap
 
-        report.benchmark_overlap = benchmark_overlap(sources, report, reference or [])
+        report.benchmark_overlap = benchmark_overlap(sources, report, reference)
 
-    report = check_sources(sources, encoder, data, folder, reuse=False,
-                           annotate=add_overlap if reference is not None else None)
+    with RunLock(owner, what="training run or data check"):  # a run of the config writes the same folder
+        report = check_sources(sources, encoder, data, folder, reuse=False,
+                               annotate=add_overlap if reference is not None else None)
     return report, folder, note, sources
 
 
