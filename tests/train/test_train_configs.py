@@ -57,3 +57,15 @@ def test_accelerate_configs_load(name):
     assert config.num_processes == (2 if name == "cpu_2proc" else 8)
     if name.startswith("zero"):
         assert (CONFIGS.parent / config.deepspeed_config["deepspeed_config_file"]).is_file()
+
+
+def test_projector_lr_is_positive_and_needs_a_trained_projector():
+    from medvl.config import ConfigError
+
+    assert load_config(TrainConfig, None, ["model.path=m"]).optim.projector_lr is None
+    assert load_config(TrainConfig, None, ["model.path=m", "optim.projector_lr=2e-3"]).optim.projector_lr == 2e-3
+    with pytest.raises(ConfigError, match="projector_lr"):
+        load_config(TrainConfig, None, ["model.path=m", "optim.projector_lr=0"])
+    with pytest.raises(ConfigError, match="projector_lr is set but the align stage's projector is frozen"):
+        load_config(TrainConfig, None, ["model.path=m", "stage=align", "trainable.projector=false",
+                                        "optim.projector_lr=2e-3"])

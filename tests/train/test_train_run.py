@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from medvl.train.metrics import read_metrics
 from medvl.train.runner import run_training
 
 
@@ -253,3 +254,78 @@ def test_a_finished_run_stays_finished_and_a_kill_in_the_final_save_resumes_to_t
     assert (tmp_path / "b" / "train_summary.json").read_bytes() == before["train_summary.json"]
     expected, got = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+class GroupsAtStep(TrainerCallback):
+    """The optimizer's groups after optimizer step `step`, as (parameter names, settings) pairs."""
+
+    def __init__(self, step: int):
+        self.step, self.groups, self.trainable = step, [], set()
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if state.global_step == self.step:
+            names = {id(p): n for n, p in model.named_parameters()}
+            self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+            self.groups = [({names[id(p)] for p in g["params"]}, {k: v for k, v in g.items() if k != "params"})
+                           for g in optimizer.param_groups]
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_projector_lr_puts_the_projector_in_its_own_groups_and_the_schedule_keeps_the_ratio(
+        train_config, tmp_path, lora):
+    # LoRA: LLaVA's LoRA recipes are where mm_projector_lr is used (2e-5 beside 2e-4)
+    config = train_config(tmp_path / "run", optim__projector_lr=3e-3, optim__weight_decay=0.1, optim__max_steps=4,
+                          optim__warmup_ratio=0.25, lora__enabled=lora, lora__r=4)
+    seen = GroupsAtStep(2)
+    run_training(config, callbacks=[seen])
+    grouped = [name for names, _ in seen.groups for name in names]
+    assert len(grouped) == len(set(grouped)) and set(grouped) == seen.trainable  # each trained parameter once
+    assert not any("vision_tower" in name for name in grouped)  # the instruct stage keeps the tower frozen
+    assert any("lora_A" in name for name in grouped) == lora
+    for names, settings in seen.groups:
+        projector = {"multi_modal_projector" in name for name in names}
+        assert len(projector) == 1  # a group is all projector or all the rest
+        assert settings["initial_lr"] == (3e-3 if projector == {True} else 1e-3)
+        assert settings["lr"] / settings["initial_lr"] == pytest.approx(0.75)  # the cosine's next step, for all
+        decays = {"bias" not in name and "norm" not in name for name in names}
+        assert decays == {settings["weight_decay"] > 0}  # no decay on biases and norms, in every group
+    assert {settings["weight_decay"] for names, settings in seen.groups if settings["initial_lr"] == 3e-3} == {0.0, 0.1}
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len({r["learning_rate"] for r in rows}) == 4  # cosine decay: the rates change every step
+    assert all(r["projector_learning_rate"] == pytest.approx(3 * r["learning_rate"]) for r in rows)
+
+
+def test_a_run_with_projector_lr_resumes_to_the_same_curve_and_a_changed_setting_is_a_clear_error(
+        train_config, tmp_path):
+    from medvl.config import ConfigError
+
+    settings = {"optim__projector_lr": 3e-3, "optim__max_steps": 6}
+    run_training(train_config(tmp_path / "a", **settings))
+    with pytest.raises(RuntimeError, match="injected failure at step 5"):
+        run_training(train_config(tmp_path / "b", **settings), callbacks=[FailAt(5)])
+    assert run_training(train_config(tmp_path / "b", **settings)).global_step == 6  # from checkpoint-4
+    assert curve(tmp_path / "b") == pytest.approx(curve(tmp_path / "a"), rel=1e-5)
+    rates = [[r["projector_learning_rate"] for r in read_metrics(tmp_path / run / "metrics.jsonl")] for run in "ab"]
+    assert len(rates[1]) == 6 and rates[1] == pytest.approx(rates[0], rel=1e-6)
+    # a checkpoint of the same run without projector_lr has one pair of optimizer groups, not two
+    with pytest.raises(RuntimeError, match="injected failure at step 3"):
+        run_training(train_config(tmp_path / "c", optim__max_steps=6), callbacks=[FailAt(3)])
+    with pytest.raises(ConfigError, match="checkpoint-2: its optimizer state does not fit this run"):
+        run_training(train_config(tmp_path / "c", **settings))
+
+
+def test_projector_lr_with_deepspeeds_own_optimizer_is_refused(train_config):
+    from types import SimpleNamespace
+
+    from medvl.config import ConfigError
+    from medvl.train.runner import _check_projector_lr
+
+    def trainer(deepspeed_config):  # what _check_projector_lr reads of a DeepSpeed-enabled Trainer
+        return SimpleNamespace(is_deepspeed_enabled=True, args=SimpleNamespace(
+            hf_deepspeed_config=SimpleNamespace(config=deepspeed_config)))
+
+    config = train_config(optim__projector_lr=3e-3)
+    _check_projector_lr(trainer({"zero_optimization": {"stage": 2}}), config)  # medvl's configs: the Trainer's optimizer
+    _check_projector_lr(trainer({"optimizer": {"type": "AdamW"}}), train_config())  # no projector_lr: nothing to lose
+    with pytest.raises(ConfigError, match="the DeepSpeed config has an `optimizer` section"):
+        _check_projector_lr(trainer({"optimizer": {"type": "AdamW"}}), config)

@@ -127,6 +127,9 @@ class OptimConfig(Config):
     """AdamW with a warmup + decay schedule (weight decay skips biases and norms)."""
 
     lr: float = Field(2e-5, gt=0)
+    projector_lr: float | None = Field(
+        None, gt=0, description="peak learning rate of the multimodal projector (LLaVA's `mm_projector_lr`); "
+        "null: `lr`. The schedule scales both alike")
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: run all epochs)")
     batch_size: int = Field(16, ge=1, description="samples per device per micro-batch")
@@ -176,6 +179,13 @@ class TrainConfig(Config):
     save: SaveConfig = SaveConfig()
     logging: LogConfig = LogConfig()
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _projector_lr_needs_a_trained_projector(self) -> "TrainConfig":
+        if self.optim.projector_lr is not None and not self.policy()["projector"]:
+            raise ValueError(f"optim.projector_lr is set but the {self.stage} stage's projector is frozen "
+                             "(trainable.projector): train it or leave projector_lr null")
+        return self
 
     def policy(self) -> dict[str, bool]:
         """The effective freeze policy: the stage's defaults with `trainable` overrides applied."""

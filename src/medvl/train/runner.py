@@ -100,8 +100,10 @@ def _train(config: TrainConfig, args: TrainingArguments, callbacks: Sequence[Tra
     params = component_params(model)
     if not any(p["trainable"] for p in params.values()):
         raise ConfigError(f"nothing to train: the policy {policy} freezes every component")
-    log.info("stage %s, trainable: %s", config.stage,
-             {name: f"{p['trainable']:,}/{p['total']:,}" for name, p in params.items()})
+    optim = config.optim
+    log.info("stage %s, trainable: %s, lr %g%s", config.stage,
+             {name: f"{p['trainable']:,}/{p['total']:,}" for name, p in params.items()}, optim.lr,
+             "" if optim.projector_lr is None else f" (projector {optim.projector_lr:g})")
     vision = model.config.vision_config
     flops = FlopsModel(
         params=params,
@@ -114,9 +116,10 @@ def _train(config: TrainConfig, args: TrainingArguments, callbacks: Sequence[Tra
         model=model, args=args, train_dataset=dataset,
         data_collator=Collator(processor.tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
         processing_class=processor, callbacks=[MetricsFile(out / "metrics.jsonl"), *callbacks],
-        flops=flops, peak=peak,
+        flops=flops, peak=peak, projector_lr=optim.projector_lr,
     )
     _check_lora_sharding(trainer, config)
+    _check_projector_lr(trainer, config)
     trainer.train(resume_from_checkpoint=_resume_from(config, out))
     # Resumed from the final checkpoint: a run killed before its summary (written last) still
     # needs the final save; one whose summary is there is finished and stays untouched.
@@ -188,6 +191,15 @@ def _check_lora_sharding(trainer: Trainer, config: TrainConfig) -> None:
     if config.lora.enabled and is_sharded(trainer):
         raise ConfigError("LoRA with ZeRO-3 / FSDP is not supported: use the ZeRO-2 or DDP accelerate config "
                          "(adapters are small; the frozen base fits per device)")
+
+
+def _check_projector_lr(trainer: Trainer, config: TrainConfig) -> None:
+    """A DeepSpeed config with an `optimizer` section makes DeepSpeed build the optimizer, without the
+    projector's groups (`MedvlTrainer.create_optimizer` is never called): refused, not ignored."""
+    deepspeed = getattr(trainer.args, "hf_deepspeed_config", None) if trainer.is_deepspeed_enabled else None
+    if config.optim.projector_lr is not None and deepspeed is not None and "optimizer" in deepspeed.config:
+        raise ConfigError("optim.projector_lr needs the Trainer's optimizer, but the DeepSpeed config has an "
+                          "`optimizer` section: remove it (as in configs/accelerate/ds_zero*.json)")
 
 
 def _save_final(trainer: Trainer, processor: Any, config: TrainConfig, out: Path) -> Any:

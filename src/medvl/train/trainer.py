@@ -2,7 +2,8 @@
 
 - `MedvlTrainer`: transformers' `Trainer` plus throughput metrics (tokens/s, images/s, MFU at every
   logging step), epochs padded to whole global batches, no step past `max_steps`, a resume that maps
-  LLaVA's saved key names, and the loss computed on supervised positions only (`next_token_loss`).
+  LLaVA's saved key names, the loss computed on supervised positions only (`next_token_loss`), and
+  the projector optionally at a learning rate of its own (`split_projector_groups`).
 - `training_arguments(config)`: the `TrainingArguments` of a `TrainConfig` (precision resolved by
   `resolved_precision`; `compute_dtype` is the dtype its matmuls run in); `is_sharded(trainer)`: are
   the weights partitioned across processes (ZeRO-3 / FSDP).
@@ -21,25 +22,31 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainingArguments
 
+from medvl.config import ConfigError
 from medvl.model.dtypes import torch_dtype
 from medvl.train.config import TrainConfig
 from medvl.train.dataset import STAT_KEYS, epoch_sampler
 from medvl.train.encode import IGNORE_INDEX
 from medvl.train.metrics import PEAK_CACHE_NAME, FlopsModel, utilisation
 
-__all__ = ["MedvlTrainer", "next_token_loss", "training_arguments", "resolved_precision", "compute_dtype",
-           "is_sharded"]
+__all__ = ["MedvlTrainer", "next_token_loss", "split_projector_groups", "training_arguments", "resolved_precision",
+           "compute_dtype", "is_sharded", "PROJECTOR_MODULE"]
 
 log = logging.getLogger(__name__)
+PROJECTOR_MODULE = "multi_modal_projector"  # LlavaForConditionalGeneration's projector: a part of its parameters' names
 
 
 class MedvlTrainer(Trainer):
     """`Trainer` plus throughput metrics (tokens/s, images/s, MFU at every logging step), epochs
-    padded to whole global batches, no step past `max_steps`, and a resume that maps key names."""
+    padded to whole global batches, no step past `max_steps`, a resume that maps key names, and
+    the projector at `projector_lr` (None: the base learning rate)."""
 
-    def __init__(self, *args: Any, flops: FlopsModel, peak: float, **kwargs: Any):
+    def __init__(self, *args: Any, flops: FlopsModel, peak: float, projector_lr: float | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.flops, self.peak = flops, peak
+        self.projector_lr = projector_lr
+        self.projector_groups: list[int] = []  # indexes of the optimizer's projector groups (with projector_lr)
+        self._projector_step_lr: float | None = None  # the projector's rate in the current step
         self._warned_mfu = False
         self.resumed_at_end = False  # resumed from a checkpoint at (or past) max_steps: no step was taken
         self._window = [0] * len(STAT_KEYS)  # tokens, images, supervised since the last log (this process)
@@ -50,7 +57,34 @@ class MedvlTrainer(Trainer):
             self._window_start = time.perf_counter()
         for index, key in enumerate(STAT_KEYS):
             self._window[index] += inputs.pop(key, 0)
+        if self.projector_groups:
+            self._projector_step_lr = self.optimizer.param_groups[self.projector_groups[0]]["lr"]
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        """The Trainer's optimizer (its class and settings, no weight decay on biases and norms) with,
+        when `projector_lr` is set, the projector's parameters in groups of their own at that rate.
+
+        Every path builds its optimizer here before wrapping it: plain and DDP, DeepSpeed without an
+        `optimizer` section in its config (medvl's), and FSDP (given the wrapped model, whose names
+        keep the projector's with `use_orig_params`).
+        """
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if fresh and self.projector_lr is not None:
+            self.projector_groups = split_projector_groups(optimizer, self.model if model is None else model,
+                                                           self.projector_lr)
+        return optimizer
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """The Trainer's load, with a checkpoint whose optimizer groups do not fit this run a clear error."""
+        try:
+            super()._load_optimizer_and_scheduler(checkpoint)
+        except ValueError as error:  # torch: a different number or size of parameter groups
+            raise ConfigError(
+                f"{checkpoint}: its optimizer state does not fit this run ({error}); optim.projector_lr or the "
+                "trainable parts changed since it was saved: restore them, or set save.resume=never to start over"
+            ) from error
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         """Epochs padded to whole global batches (`dataset.epoch_sampler`): N processes == 1 x N accumulation."""
@@ -123,7 +157,35 @@ class MedvlTrainer(Trainer):
                             "logging.peak_tflops, or the measured peak in $MEDVL_CACHE/%s)",
                             rate / self.accelerator.num_processes / 1e12, self.peak / 1e12, PEAK_CACHE_NAME)
             self._window, self._window_start = [0] * len(STAT_KEYS), time.perf_counter()
+        if "learning_rate" in logs and self._projector_step_lr is not None:
+            # beside the Trainer's learning_rate (the first group's), the rate the last step used too
+            logs["projector_learning_rate"] = self._projector_step_lr
         super().log(logs, start_time)
+
+
+def split_projector_groups(optimizer: torch.optim.Optimizer, model: Any, lr: float) -> list[int]:
+    """Move the projector's parameters out of each of `optimizer`'s groups into a copy of that group
+    at `lr` (LLaVA's `mm_projector_lr`); returns the indexes of the projector's groups.
+
+    Copies keep their group's settings, so the Trainer's weight-decay split holds for both parts.
+    The other groups stay first (the Trainer logs the first group's rate as `learning_rate`); groups
+    left empty are dropped (DeepSpeed has not always taken them).
+    """
+    projector = {id(p) for name, p in model.named_parameters() if PROJECTOR_MODULE in name.split(".")}
+    groups, optimizer.param_groups = optimizer.param_groups, []
+    indexes = []
+    for in_projector in (False, True):
+        for group in groups:
+            params = [p for p in group["params"] if (id(p) in projector) == in_projector]
+            if not params:
+                continue
+            if in_projector:
+                indexes.append(len(optimizer.param_groups))
+            optimizer.add_param_group({**group, "params": params, "lr": lr if in_projector else group["lr"]})
+    if not indexes:
+        raise ConfigError(f"optim.projector_lr is set but no trained parameter is under `{PROJECTOR_MODULE}` "
+                          "(FSDP needs fsdp_use_orig_params: true to keep parameter names)")
+    return indexes
 
 
 def next_token_loss(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, int, Any]:
