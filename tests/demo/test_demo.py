@@ -14,7 +14,7 @@ import yaml
 
 from medvl.config import load_config
 from medvl.demo.config import DEMO_MODEL, DemoConfig
-from medvl.demo.run import EVAL_RUNS, finetune_data, run_demo, train_stage
+from medvl.demo.run import EVAL_RUNS, data_source, finetune_data, run_demo, stage_config, train_stage
 from medvl.model.spec import ModelSpec, tiny_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,6 +95,19 @@ def test_a_stage_budget_gives_the_same_steps_and_weights_every_time(tmp_path, ti
     assert all(torch.equal(start[key], frozen[key]) for key in embeddings)
     assert not all(torch.equal(start[key], frozen[key]) for key in decoder)
 
+
+
+def test_a_stage_budget_passes_its_projector_lr_to_the_stage(tmp_path):
+    from medvl.config import ConfigError
+
+    config = load_config(DemoConfig, None, ["finetune.projector_lr=3e-3"])
+    sources = [data_source(tmp_path / "data.jsonl")]
+    finetune = stage_config(config, "finetune", tmp_path / "start", sources, config.finetune, tmp_path / "finetune")
+    assert (finetune.optim.lr, finetune.optim.projector_lr) == (config.finetune.lr, 3e-3)
+    instruct = stage_config(config, "instruct", tmp_path / "start", sources, config.instruct, tmp_path / "instruct")
+    assert instruct.optim.projector_lr is None  # the default: the stage's lr
+    with pytest.raises(ConfigError, match="finetune.projector_lr"):
+        load_config(DemoConfig, None, ["finetune.projector_lr=-1"])
 
 def test_concept_questions_join_the_finetune_data_in_both_prompt_forms(tmp_path):
     plain = finetune_data(ROOT / "data" / "vqa-rad", tmp_path / "plain")

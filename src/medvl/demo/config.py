@@ -34,6 +34,8 @@ class StageBudget(Config):
 
     epochs: float = Field(gt=0)
     lr: float = Field(gt=0)
+    projector_lr: float | None = Field(
+        None, gt=0, description="the projector's learning rate (LLaVA's mm_projector_lr); null: `lr`")
     batch_size: int = Field(8, ge=1)
     max_minutes: float | None = Field(None, gt=0, description="stop early after this much wall time (not reproducible)")
     train_vision: bool = Field(

@@ -15,7 +15,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from rich.console import Console
 from transformers import TrainerCallback
@@ -25,8 +25,11 @@ from medvl.errors import UserError
 from medvl.io.files import atomic_write_json
 from medvl.io.jsonl import write_jsonl
 
+if TYPE_CHECKING:
+    from medvl.train.config import TrainConfig
+
 __all__ = ["run_demo", "EVAL_RUNS", "TRAIN_STAGES", "build", "data_source", "finetune_data", "train_stage",
-           "visual_prior"]
+           "stage_config", "visual_prior"]
 
 log = logging.getLogger("medvl.demo")
 console = Console(stderr=True)
@@ -255,22 +258,9 @@ def _instruct_sources(out: Path) -> list[dict[str, Any]]:
 
 def train_stage(config: DemoConfig, stage: str, start: Path, sources: list[dict[str, Any]], budget: StageBudget,
                 folder: Path) -> dict[str, Any]:
-    from medvl.train.config import TrainConfig
     from medvl.train.runner import run_training
 
-    train_config = TrainConfig.model_validate({
-        "stage": stage,
-        "model": {"path": str(start)},
-        "trainable": {"vision": budget.train_vision, "embeddings": budget.train_embeddings},
-        "data": {"sources": sources, "max_length": config.max_length, "seed": config.seed},
-        "optim": {"lr": budget.lr, "epochs": budget.epochs, "batch_size": budget.batch_size,
-                  "scheduler": "constant_with_warmup", "warmup_ratio": 0.05},
-        "precision": config.precision,
-        "save": {"every_steps": 50, "keep": 1},
-        "logging": {"every_steps": 2, "report_to": ["tensorboard"]},
-        "output_dir": str(folder),
-        "seed": config.seed,
-    })
+    train_config = stage_config(config, stage, start, sources, budget, folder)
     callbacks: list[TrainerCallback] = [StepEstimate(stage)]
     if budget.max_minutes is not None:
         callbacks.append(WallClockCap(budget.max_minutes))
@@ -278,6 +268,26 @@ def train_stage(config: DemoConfig, stage: str, start: Path, sources: list[dict[
     return {"stage": stage, "steps": result.global_step, "final_loss": result.final_loss,
             "samples_per_epoch": result.samples_per_epoch, "epochs": budget.epochs,
             "max_minutes": budget.max_minutes, "data": result.data.to_json()["totals"]}
+
+
+def stage_config(config: DemoConfig, stage: str, start: Path, sources: list[dict[str, Any]], budget: StageBudget,
+                 folder: Path) -> TrainConfig:
+    """The `medvl train` config of one demo stage: `budget`'s settings on `sources`."""
+    from medvl.train.config import TrainConfig
+
+    return TrainConfig.model_validate({
+        "stage": stage,
+        "model": {"path": str(start)},
+        "trainable": {"vision": budget.train_vision, "embeddings": budget.train_embeddings},
+        "data": {"sources": sources, "max_length": config.max_length, "seed": config.seed},
+        "optim": {"lr": budget.lr, "projector_lr": budget.projector_lr, "epochs": budget.epochs,
+                  "batch_size": budget.batch_size, "scheduler": "constant_with_warmup", "warmup_ratio": 0.05},
+        "precision": config.precision,
+        "save": {"every_steps": 50, "keep": 1},
+        "logging": {"every_steps": 2, "report_to": ["tensorboard"]},
+        "output_dir": str(folder),
+        "seed": config.seed,
+    })
 
 
 def evaluate(config: DemoConfig, vqa_rad: Path, out: Path, protocol: str, system: str) -> dict[str, Any]:
