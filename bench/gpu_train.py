@@ -250,10 +250,12 @@ def distributed_smoke(ctx: Context) -> list[Row]:
 
 
 def launch(ctx: Context, name: str, accelerate_config: Path) -> Row:
-    """`accelerate launch --config_file ... -m medvl.cli train` of the small model on a few records."""
+    """`accelerate launch --config_file ... -m medvl.cli train` of the small model on a few records,
+    with the projector at 10x the rest's learning rate (`optim.projector_lr`: its own optimizer groups)."""
     from medvl.config import dump_config
     from medvl.model.build import build_model
     from medvl.model.checkpoint import save_model
+    from medvl.train.metrics import read_metrics
 
     small, data = ctx.work / "smoke-model", ctx.work / "smoke.jsonl"
     if not small.is_dir():
@@ -261,6 +263,7 @@ def launch(ctx: Context, name: str, accelerate_config: Path) -> Row:
         records = ctx.data.read_text(encoding="utf-8").splitlines(keepends=True)
         data.write_text("".join(records[: 2 * ctx.sizes.batch]), encoding="utf-8")
     config = train_config(ctx, f"smoke-{name}", 2, model_dir=small, data=data)
+    config.optim.projector_lr = 10 * config.optim.lr
     dump_config(config, ctx.work / f"smoke-{name}.yaml")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config),
                "--num_processes", "1", "-m", "medvl.cli", "train", str(ctx.work / f"smoke-{name}.yaml")]
@@ -273,5 +276,8 @@ def launch(ctx: Context, name: str, accelerate_config: Path) -> Row:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return {"status": f"failed (exit code {done.returncode}): {last[:200]}"}
     summary = json.loads((out / "train_summary.json").read_text(encoding="utf-8"))
+    last = read_metrics(out / "metrics.jsonl")[-1]
     return {"status": "ok", "detail": f"{summary['global_step']} steps in {summary['processes']} process, "
-                                      f"last logged loss {summary['final_loss']}; the model saved natively"}
+                                      f"last logged loss {summary['final_loss']}, projector lr "
+                                      f"{last['projector_learning_rate'] / last['learning_rate']:.3g}x the rest's; "
+                                      "the model saved natively"}

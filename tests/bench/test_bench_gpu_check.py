@@ -146,4 +146,5 @@ def test_smoke_launch_runs_medvl_train_under_accelerate(smol_tokenizer, tmp_path
     row = gpu_train.launch(ctx, "cpu", ROOT / "configs" / "accelerate" / "cpu_2proc.yaml")
     assert row["status"] == "ok", (tmp_path / "smoke-cpu.log").read_text()[-3000:]
     assert row["detail"].startswith(f"{TINY.window + 2} steps in 1 process")
+    assert "projector lr 10x the rest's" in row["detail"]  # optim.projector_lr through accelerate launch
     assert (tmp_path / "work" / "smoke-cpu" / "config.json").is_file()
