@@ -172,7 +172,8 @@ def train_text_filter_command(
     out: Path = typer.Option(..., "--out", help="folder for text_filter.json (set filter.medical_text.model to it)"),
     target_recall: float = typer.Option(0.98, help="operating point: recall reached in cross-validation"),
     features: str = typer.Option(
-        "embedding", help="'embedding', or 'embedding+vocabulary' to add the medical-term count and the length"
+        "embedding+vocabulary",
+        help="'embedding+vocabulary' (the embedding, the medical-term count and the length) or 'embedding' alone"
     ),
     vocabulary: Optional[Path] = typer.Option(None, help="term file for the vocabulary features (default: shipped)"),
     encoder: Optional[str] = typer.Option(None, help="sentence-transformers folder (default: all-MiniLM-L6-v2)"),

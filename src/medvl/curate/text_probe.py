@@ -6,11 +6,10 @@ with two vocabulary features beside them.
   an optional `pmcid` (the article: its captions stay in one cross-validation fold).
   The shipped set is `assets/medical_captions.jsonl` (real PMC captions from ROCO, hand labelled,
   CC BY / CC0 only; `assets/README.md` has the provenance, the labelling rules and the split).
-- Features (`features=`): `embedding` (the default: the caption embedding alone) or
-  `embedding+vocabulary`: the embedding and `VOCABULARY_FEATURES`, log(1 + distinct terms of the
-  medical vocabulary, `medvl.curate.vocab`) and log(1 + words), scaled by a weight chosen with `C`
-  (better in cross-validation on the shipped set; on its held-out split not significantly different
-  from the embedding alone: docs/curation.md).
+- Features (`features=`): `embedding+vocabulary` (the default): the caption embedding and
+  `VOCABULARY_FEATURES`, log(1 + distinct terms of the medical vocabulary, `medvl.curate.vocab`) and
+  log(1 + words), scaled by a weight chosen with `C` — chosen as the default by cross-validation on
+  the shipped set's train split (docs/curation.md); or `embedding`, the caption embedding alone.
 - `train_text_probe(examples, out_dir)` fits a scikit-learn logistic regression (balanced classes)
   on the training captions. Every choice is made by cross-validation on them alone (5 folds grouped
   by article, repeated `CV_REPEATS` times, out-of-fold logits averaged): the regularisation `C` (of
@@ -218,7 +217,7 @@ def train_text_probe(
     out_dir: str | Path,
     *,
     encoder: str | None = None,
-    features: str = "embedding",
+    features: str = "embedding+vocabulary",
     vocabulary: str | None = None,
     target_recall: float = 0.98,
     c: float | None = None,
