@@ -173,7 +173,7 @@ def train_text_filter_command(
     target_recall: float = typer.Option(0.98, help="operating point: recall reached in cross-validation"),
     features: str = typer.Option(
         "embedding+vocabulary",
-        help="'embedding+vocabulary' (the embedding, the medical-term count and the length) or 'embedding' alone"
+        help="'embedding+vocabulary' (the embedding, the medical-term count, the length) or 'embedding'"
     ),
     vocabulary: Optional[Path] = typer.Option(None, help="term file for the vocabulary features (default: shipped)"),
     encoder: Optional[str] = typer.Option(None, help="sentence-transformers folder (default: all-MiniLM-L6-v2)"),
