@@ -15,7 +15,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from medvl.io.process import LOCK_NAME, FolderInUse, RunLock, die_with_launcher, running
+from medvl.io.process import (
+    LOCK_NAME,
+    FolderInUse,
+    ProcessRef,
+    RunLock,
+    die_with_launcher,
+    die_with_process,
+    running,
+)
 
 HOLD = textwrap.dedent("""
     import sys, time
@@ -152,3 +160,55 @@ def test_a_process_is_running_until_every_thread_has_exited():
 def test_only_launched_workers_tie_themselves_to_their_parent(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert die_with_launcher() is False  # `nohup medvl train &` must outlive its shell
+
+
+WATCHER = textwrap.dedent("""
+    import sys, time
+    from medvl.io.process import ProcessRef, die_with_process
+    ref = ProcessRef.of(int(sys.argv[1]))
+    print(die_with_process(ref), flush=True)
+    time.sleep(60)
+""")
+
+
+def test_a_task_dies_once_the_process_it_watches_is_gone_but_not_while_it_lives():
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    task = subprocess.Popen([sys.executable, "-c", WATCHER, str(driver.pid)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert task.stdout.readline().strip() == "True"
+        assert not wait_gone(task.pid, 1.0)  # the driver lives: the task goes on
+        driver.kill()
+        driver.wait()
+        assert wait_gone(task.pid, 5.0)
+    finally:
+        for process in (driver, task):
+            process.kill()
+            process.wait()
+    here = ProcessRef.current()
+    elsewhere = ProcessRef(here.pid, here.started, "another-boot-id/1")
+    assert here.visible() and not elsewhere.visible()  # a pid names a process only on its own machine
+    assert die_with_process(elsewhere) is False
+
+
+REAPED = textwrap.dedent("""
+    import subprocess, sys, time
+    from medvl.io.process import reap_on_exit
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    reap_on_exit([helper.pid])
+    print(helper.pid, flush=True)
+    time.sleep(60)
+""")
+
+
+def test_helpers_handed_to_the_reaper_die_when_their_starter_is_sigkilled():
+    starter = subprocess.Popen([sys.executable, "-c", REAPED], stdout=subprocess.PIPE, text=True)
+    helper = int(starter.stdout.readline())
+    try:
+        assert not wait_gone(helper, 1.0)
+        starter.kill()  # the starter alone; the helper is in a session of its own
+        starter.wait()
+        assert wait_gone(helper, 5.0)
+    finally:
+        starter.kill()
+        if running(helper):
+            os.kill(helper, signal.SIGKILL)

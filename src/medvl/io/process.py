@@ -22,6 +22,14 @@
   Linux ties the signal to the parent *thread* that started the worker, so the launcher must start
   workers from a thread that lives as long as it does (the main thread, as torch's launcher and
   `multiprocessing` do).
+- `ProcessRef.current()` names this process so that another process, even one started by a
+  cluster rather than by it (a Ray task), can tell whether it still lives: pid plus start time
+  (pids are reused) plus the machine (boot id) and pid namespace it lives in — a pid means nothing
+  elsewhere. `die_with_process(ref)` is the guard for such a task: a daemon thread polls `ref`
+  (when it is on this machine) and SIGKILLs the listed pids (e.g. the task's own host process)
+  and then the caller once it is gone. `reap_on_exit(pids)` is the reverse: a small sidecar
+  process that SIGKILLs `pids` when the calling process dies, however it dies (its stdin pipe
+  from the caller reads EOF); for helper processes that would otherwise outlive it.
 - `running(pid)` says whether any thread of a process is still running. A SIGKILLed multi-threaded
   process can show its main thread as a zombie while other threads are still exiting, holding its
   files and locks; "gone" means every thread is.
@@ -29,19 +37,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medvl.errors import UserError
 
-__all__ = ["RunLock", "FolderInUse", "LOCK_NAME", "LAUNCHER_PID_ENV", "LauncherNotFound", "die_with_parent",
-           "die_with_launcher", "exec_launcher", "running"]
+__all__ = ["RunLock", "FolderInUse", "LOCK_NAME", "LAUNCHER_PID_ENV", "LauncherNotFound", "ProcessRef",
+           "die_with_parent", "die_with_launcher", "die_with_process", "descendants", "exec_launcher", "reap_on_exit", "running"]
 
 LOCK_NAME = ".medvl.lock"
 LAUNCHER_PID_ENV = "MEDVL_LAUNCHER_PID"  # set by `exec_launcher`: the pid of the launcher of this process
@@ -152,6 +162,95 @@ def exec_launcher(argv: list[str]) -> None:
     os.execv(program, argv)
 
 
+@dataclass(frozen=True)
+class ProcessRef:
+    """One process, across pid reuse and machines (module docstring)."""
+
+    pid: int
+    started: str  # /proc/<pid>/stat start time, in clock ticks since boot
+    machine: str  # boot id + pid namespace: where `pid` means this process
+
+    @classmethod
+    def of(cls, pid: int) -> "ProcessRef":
+        """Process `pid` of this machine (started "" when there is none)."""
+        return cls(pid, _start_time(pid), _machine())
+
+    @classmethod
+    def current(cls) -> "ProcessRef":
+        return cls.of(os.getpid())
+
+    def visible(self) -> bool:
+        """Whether this process's pids are the ones `self.pid` is in (same machine, same pid namespace)."""
+        return bool(self.machine) and self.machine == _machine()
+
+    def alive(self) -> bool:
+        return _start_time(self.pid) == self.started and running(self.pid)
+
+
+def die_with_process(ref: ProcessRef, kill_first: tuple[int, ...] = (), poll_s: float = 0.2) -> bool:
+    """SIGKILL `kill_first`, then this process, once `ref` is gone; False (nothing armed) where
+    `ref` lives on another machine or pid namespace."""
+    if not ref.visible():
+        return False
+
+    def watch() -> None:
+        while ref.alive():
+            time.sleep(poll_s)
+        for pid in kill_first:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-process", daemon=True).start()
+    return True
+
+
+_REAPER = """
+import os, signal, sys
+sys.stdin.buffer.read()  # EOF: the process that started us is gone
+for entry in sys.argv[1:]:
+    pid, started = entry.split(":", 1)
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            same = stat.read().rsplit(")", 1)[1].split()[19] == started
+        if same:
+            os.kill(int(pid), signal.SIGKILL)
+    except (OSError, IndexError):
+        pass
+"""
+_reapers: list[Any] = []  # the sidecars' Popen objects: their stdin pipes must stay open while we live
+
+
+def reap_on_exit(pids: list[int]) -> None:
+    """Start a sidecar that SIGKILLs `pids` (those still the same processes) when this process dies
+    (module docstring). Linux only (/proc); elsewhere a no-op."""
+    import subprocess
+    import sys
+
+    entries = [f"{pid}:{started}" for pid in pids if (started := _start_time(pid))]
+    if not entries:
+        return
+    _reapers.append(subprocess.Popen([sys.executable, "-c", _REAPER, *entries], stdin=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+
+def descendants(pid: int) -> list[int]:
+    """The live descendants of `pid` (Linux /proc; elsewhere none)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
 def running(pid: int) -> bool:
     """Whether any thread of process `pid` is still running (zombies are not; see the module docstring)."""
     if not Path("/proc/self/task").is_dir():  # no procfs: the process-level answer
@@ -167,6 +266,21 @@ def running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return any(state not in ("Z", "X", "") for state in states)
+
+
+def _start_time(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _machine() -> str:
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
 
 
 def _task_state(task: Path) -> str:
