@@ -1,14 +1,29 @@
 """The same pipeline on a local Ray cluster (datatrove's RayPipelineExecutor) gives the same output
-as the local executor."""
+as the local executor; and SIGKILL of the driver alone (the `medvl curate run` process that
+started that cluster) leaves no process of the run working, as with the local executor
+(test_curate_resume.py, whose helpers this uses)."""
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
+from test_curate_resume import (
+    CONCURRENCY,
+    _release,
+    cached_keys,
+    generated_lines,
+    kill_when,
+    start_run,
+    survivors,
+    write_config,
+)
 
 from medvl.curate.pipeline import run_curation
-from medvl.llm.mock_server import MockServer
+from medvl.llm.mock_server import MockServer, start_mock_server_process
 
 RELEASE = (
     "alignment.jsonl",
@@ -49,3 +64,44 @@ def test_ray_executor_matches_local_executor(corpus, curate_config, tmp_path: Pa
     for name in RELEASE:
         assert (tmp_path / "ray" / name).read_text() == (tmp_path / "local" / name).read_text(), name
     assert (tmp_path / "local" / "alignment.jsonl").read_text().count("\n") == 8
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the run's processes in /proc")
+def test_killing_the_ray_driver_leaves_no_process_working_and_re_pays_nothing_finished(tmp_path: Path,
+                                                                                       large_corpus):
+    pytest.importorskip("ray")
+    n_records, tasks, workers = 48, 4, 2
+    corpus = large_corpus(tmp_path / "corpus", n_records)
+    server = start_mock_server_process(responder="medvl.curate.mock:responder", latency_s=0.5,
+                                       log_path=tmp_path / "requests.jsonl")
+    with server:
+        local = write_config(tmp_path / "local.yaml", corpus, server.base_url, reformat=False, tasks=tasks)
+        assert start_run(local, tmp_path / "reference").wait(timeout=300) == 0
+        unique = server.count_by_key()
+        assert sum(unique.values()) == n_records and set(unique.values()) == {1}
+
+        on_ray = yaml.safe_load(local.read_text())
+        on_ray["engine"] |= {"executor": "ray", "workers": workers, "ray": {"mem_per_cpu_gb": 0.5}}
+        config = tmp_path / "ray.yaml"
+        config.write_text(yaml.safe_dump(on_ray))
+        out, sent_before = tmp_path / "killed", len(server.logged())
+        run = start_run(config, out)  # its own session: Ray's processes (GCS, raylet, agents, tasks) are in it
+        assert kill_when(run, lambda: generated_lines(out) >= 6, group=False), "the run ended before the kill"
+        killed_at, logged_at_kill = time.monotonic(), len(server.logged())
+        assert survivors(run.pid, grace_s=15) == []  # tasks, raylet, GCS, agents: all gone within 15 s
+        gone_after_s, logged_when_gone = time.monotonic() - killed_at, len(server.logged())
+        received = cached_keys(out)
+        time.sleep(2)
+        assert len(server.logged()) == logged_when_gone  # nothing of the killed run still sends
+        # the tasks stop within 0.2 s, less than one reply's latency: each LLM slot starts at most one more request
+        assert logged_when_gone - logged_at_kill <= CONCURRENCY * workers
+        assert start_run(config, out).wait(timeout=300) == 0
+        logged = server.logged()
+        sent = Counter(entry["key"] for entry in logged[sent_before:])
+
+    assert gone_after_s < 15
+    assert _release(out) == _release(tmp_path / "reference")
+    assert set(sent) == set(unique)
+    assert received and not received & {entry["key"] for entry in logged[logged_when_gone:]}
+    assert sum(sent.values()) <= len(unique) + CONCURRENCY * workers  # at most the requests in flight at the kill

@@ -1,5 +1,5 @@
-"""The local executor of `medvl curate run`: datatrove's `LocalPipelineExecutor`, whose task
-processes cannot outlive the process that runs the stage.
+"""The local and Ray executors of `medvl curate run`: datatrove's, with task processes that cannot
+outlive the process that runs the stage (the driver).
 
 datatrove's own `run()` starts a `multiprocess` manager process (for one worker too) and, for
 several workers, a forkserver pool whose workers are the forkserver's children. SIGKILL of the main
@@ -13,6 +13,15 @@ anything else, call `medvl.io.process.die_with_parent` — the kernel kills them
 however it dies. The resource tracker that the pool's locks start exits by itself once no process
 of the run holds its pipe. A spawned worker imports medvl afresh (about a second per worker and
 stage); tasks are long.
+
+On Ray (`RayExecutor`), a task runs in a process of the cluster: datatrove's `RankWorker` actor,
+which forks a `multiprocess` pool child that runs the pipeline. Ray ends a dead driver's actors
+on its own schedule: with the local cluster that `medvl curate run` starts, a SIGKILLed driver's
+tasks went on generating (and paying) for about 1.3 s, after the run's lock was free. Here the
+pool child dies with its actor (`die_with_parent`), and, where the driver is on the same machine,
+watches the driver (`die_with_process`): once it is gone, it SIGKILLs the actor and itself within
+0.2 s. A driver on another machine than the task's is left to Ray (its actors die with their
+owner); so is the cluster itself, which is never touched.
 """
 
 from __future__ import annotations
@@ -23,12 +32,13 @@ from copy import deepcopy
 from typing import Any
 
 from datatrove.executor import LocalPipelineExecutor
+from datatrove.executor.ray import RayPipelineExecutor
 from datatrove.utils.logging import logger
 from datatrove.utils.stats import PipelineStats
 
-from medvl.io.process import die_with_parent
+from medvl.io.process import ProcessRef, die_with_parent, die_with_process
 
-__all__ = ["LocalExecutor"]
+__all__ = ["LocalExecutor", "RayExecutor"]
 
 _worker_slot = 0  # in a pool worker: its index, so that only worker 0 logs to the console (as datatrove)
 
@@ -72,3 +82,17 @@ def _start_worker(main_pid: int, slots: Any) -> None:
     global _worker_slot
     die_with_parent(signal.SIGKILL, parent=main_pid)
     _worker_slot = slots.get()
+
+
+class RayExecutor(RayPipelineExecutor):
+    """`RayPipelineExecutor` whose task processes die with the driver that built it (module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.driver = ProcessRef.current()
+
+    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1) -> PipelineStats:
+        actor = os.getppid()  # datatrove runs each rank in a pool child of its RankWorker actor
+        die_with_parent(signal.SIGKILL, parent=actor)
+        die_with_process(self.driver, kill_first=(actor,))
+        return super()._run_for_rank(rank, local_rank, node_rank)

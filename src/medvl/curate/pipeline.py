@@ -23,7 +23,9 @@ dedup's, so changing eps re-runs dedup without re-embedding.
 
 Kills: the output folder takes one run at a time (a `RunLock` naming the owner's pid); the local
 executor's task processes die with the main process (`medvl.curate.executor`), so a SIGKILL of the
-main process alone leaves nothing running that the next run would duplicate.
+main process alone leaves nothing running that the next run would duplicate. On Ray, the tasks die
+with the driver where it runs on their machine (`RayExecutor`), and the local cluster that
+`_ensure_ray` starts dies with it; a cluster at `engine.ray.address` is never touched.
 
 A stage that leaves no record stops the run with `CurateEmpty` (a `UserError`: exit 2) naming the
 stage and its reject reasons, unless `allow_empty` (then a loud warning).
@@ -169,9 +171,9 @@ def _executor(config: CurateConfig, stage: Stage, dirs: RunDirs, depends: Any = 
 
         return LocalExecutor(stage.steps, workers=min(engine.workers, stage.tasks), **common)
     if engine.executor == "ray":
-        from datatrove.executor.ray import RayPipelineExecutor
+        from medvl.curate.executor import RayExecutor
 
-        return RayPipelineExecutor(
+        return RayExecutor(
             stage.steps,
             workers=min(engine.workers, stage.tasks),
             cpus_per_task=engine.ray.cpus_per_task,
@@ -199,10 +201,21 @@ def _executor(config: CurateConfig, stage: Stage, dirs: RunDirs, depends: Any = 
 
 
 def _ensure_ray(config: CurateConfig) -> None:
+    """Connect to `engine.ray.address`, or start a local cluster that dies with this process: Ray
+    kills its GCS and raylet with the driver, but its agents (children of the raylet) lingered
+    a minute or more after a SIGKILL of the driver alone; a sidecar (`reap_on_exit`) ends them."""
+    import os
+
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=config.engine.ray.address, include_dashboard=False, log_to_driver=False)
+    from medvl.io.process import descendants, reap_on_exit
+
+    if ray.is_initialized():
+        return
+    before = set(descendants(os.getpid()))
+    ray.init(address=config.engine.ray.address, include_dashboard=False, log_to_driver=False)
+    if config.engine.ray.address is None:
+        reap_on_exit([pid for pid in descendants(os.getpid()) if pid not in before])
 
 
 def _left_after(dirs: RunDirs, stage: str) -> tuple[int | None, str]:
