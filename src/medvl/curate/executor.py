@@ -92,7 +92,12 @@ class RayExecutor(RayPipelineExecutor):
         self.driver = ProcessRef.current()
 
     def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1) -> PipelineStats:
-        actor = os.getppid()  # datatrove runs each rank in a pool child of its RankWorker actor
-        die_with_parent(signal.SIGKILL, parent=actor)
-        die_with_process(self.driver, kill_first=(actor,))
+        import multiprocess
+
+        actor = multiprocess.parent_process()  # datatrove runs each rank in a pool child of its actor
+        if actor is None:  # run in the actor itself: it is the one to kill
+            die_with_process(self.driver)
+        else:
+            die_with_parent(signal.SIGKILL, parent=actor.pid)
+            die_with_process(self.driver, kill_first=(actor.pid,))
         return super()._run_for_rank(rank, local_rank, node_rank)
