@@ -105,3 +105,17 @@ def test_killing_the_ray_driver_leaves_no_process_working_and_re_pays_nothing_fi
     assert set(sent) == set(unique)
     assert received and not received & {entry["key"] for entry in logged[logged_when_gone:]}
     assert sum(sent.values()) <= len(unique) + CONCURRENCY * workers  # at most the requests in flight at the kill
+
+
+def test_a_ray_cluster_that_refuses_the_connection_is_one_line(corpus, curate_config, tmp_path: Path, monkeypatch):
+    """Ray's own ConnectionError (e.g. a token-auth cluster, Ray 2.60's `ray start` default) becomes a UserError."""
+    ray = pytest.importorskip("ray")
+    from medvl.errors import UserError
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("Authentication required: set RAY_AUTH_TOKEN")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    config = curate_config(corpus, "engine.executor=ray", "engine.ray.address=127.0.0.1:6379")
+    with pytest.raises(UserError, match=r"engine.ray.address=127.0.0.1:6379: Ray could not connect .*RAY_AUTH_TOKEN"):
+        run_curation(config, tmp_path / "run")

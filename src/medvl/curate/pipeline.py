@@ -213,8 +213,13 @@ def _ensure_ray(config: CurateConfig) -> None:
     if ray.is_initialized():
         return
     before = set(descendants(os.getpid()))
-    ray.init(address=config.engine.ray.address, include_dashboard=False, log_to_driver=False)
-    if config.engine.ray.address is None:
+    address = config.engine.ray.address
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    except ConnectionError as error:  # e.g. a cluster with token auth (Ray 2.60's `ray start` default)
+        raise UserError(f"engine.ray.address={address or 'local'}: Ray could not connect ({error}); check the "
+                        "address, the cluster's auth token (RAY_AUTH_TOKEN) and that it is running") from None
+    if address is None:
         reap_on_exit([pid for pid in descendants(os.getpid()) if pid not in before])
 
 
