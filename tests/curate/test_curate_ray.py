@@ -5,6 +5,7 @@ started that cluster) leaves no process of the run working, as with the local ex
 
 from __future__ import annotations
 
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -116,6 +117,31 @@ def test_a_ray_cluster_that_refuses_the_connection_is_one_line(corpus, curate_co
         raise ConnectionError("Authentication required: set RAY_AUTH_TOKEN")
 
     monkeypatch.setattr(ray, "init", refuse)
-    config = curate_config(corpus, "engine.executor=ray", "engine.ray.address=127.0.0.1:6379")
-    with pytest.raises(UserError, match=r"engine.ray.address=127.0.0.1:6379: Ray could not connect .*RAY_AUTH_TOKEN"):
+    with socket.create_server(("127.0.0.1", 0)) as listening:  # something answers: ray.init is tried
+        address = f"127.0.0.1:{listening.getsockname()[1]}"
+        config = curate_config(corpus, "engine.executor=ray", f"engine.ray.address={address}")
+        refused = rf"engine.ray.address={address}: Ray could not connect .*RAY_AUTH_TOKEN"
+        with pytest.raises(UserError, match=refused):
+            run_curation(config, tmp_path / "run")
+
+
+@pytest.mark.parametrize("address, says", [
+    ("closed", "nothing answers there"),
+    ("10.0.0.1", "expected HOST:PORT"),
+    ("127.0.0.1:port", "expected HOST:PORT"),
+])
+def test_a_ray_address_where_nothing_answers_is_one_line_not_a_wait(corpus, curate_config, tmp_path: Path,
+                                                                    monkeypatch, address, says):
+    ray = pytest.importorskip("ray")
+    from medvl.errors import UserError
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("ray.init would wait for minutes on this address")
+
+    monkeypatch.setattr(ray, "init", must_not_run)
+    if address == "closed":
+        with socket.create_server(("127.0.0.1", 0)) as once_open:
+            address = f"127.0.0.1:{once_open.getsockname()[1]}"  # closed again: nothing listens there now
+    config = curate_config(corpus, "engine.executor=ray", f"engine.ray.address={address}")
+    with pytest.raises(UserError, match=f"engine.ray.address={address}: {says}"):
         run_curation(config, tmp_path / "run")

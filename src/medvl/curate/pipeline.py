@@ -214,6 +214,7 @@ def _ensure_ray(config: CurateConfig) -> None:
         return
     before = set(descendants(os.getpid()))
     address = config.engine.ray.address
+    _check_reachable(address)
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     except ConnectionError as error:  # e.g. a cluster with token auth (Ray 2.60's `ray start` default)
@@ -221,6 +222,28 @@ def _ensure_ray(config: CurateConfig) -> None:
                         "address, the cluster's auth token (RAY_AUTH_TOKEN) and that it is running") from None
     if address is None:
         reap_on_exit([pid for pid in descendants(os.getpid()) if pid not in before])
+
+
+def _check_reachable(address: str | None, timeout_s: float = 10.0) -> None:
+    """A `host:port` (or `ray://host:port`) where nothing accepts a connection is one error line:
+    `ray.init` would wait there for minutes. `auto` and unset (a local cluster) are Ray's to resolve."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if address is None or address == "auto":
+        return
+    where = urlsplit(address if "://" in address else f"ray://{address}")
+    try:
+        host, port = where.hostname, where.port
+    except ValueError:  # a port that is not a number
+        host = port = None
+    if not host or not port:
+        raise UserError(f"engine.ray.address={address}: expected HOST:PORT (or ray://HOST:PORT, or auto)")
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as error:
+        raise UserError(f"engine.ray.address={address}: nothing answers there ({error}); start the cluster "
+                        "(ray start --head) or fix the address") from None
 
 
 def _left_after(dirs: RunDirs, stage: str) -> tuple[int | None, str]:
