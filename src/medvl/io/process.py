@@ -238,11 +238,9 @@ def descendants(pid: int) -> list[int]:
     """The live descendants of `pid` (Linux /proc; elsewhere none)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(stat.parent.name))
+        parent = _stat_field(stat, _PPID)
+        if parent.isdigit():
+            children.setdefault(int(parent), []).append(int(stat.parent.name))
     found, stack = [], [pid]
     while stack:
         for child in children.get(stack.pop(), []):
@@ -262,17 +260,25 @@ def running(pid: int) -> bool:
             pass
         return True
     try:
-        states = [_task_state(task) for task in Path(f"/proc/{pid}/task").iterdir()]
+        states = [_stat_field(task / "stat", _STATE) for task in Path(f"/proc/{pid}/task").iterdir()]
     except FileNotFoundError:
         return False
     return any(state not in ("Z", "X", "") for state in states)
 
 
-def _start_time(pid: int) -> str:
+_STATE, _PPID, _START_TIME = 0, 1, 19  # fields of /proc/<pid>/stat counted from the one after "(comm)"
+
+
+def _stat_field(stat: Path, index: int) -> str:
+    """One field of a /proc `stat` file ("" when the process exited meanwhile or there is no procfs)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return stat.read_text().rsplit(")", 1)[1].split()[index]  # comm may hold spaces and ")"
     except (OSError, IndexError):
         return ""
+
+
+def _start_time(pid: int) -> str:
+    return _stat_field(Path(f"/proc/{pid}/stat"), _START_TIME)
 
 
 def _machine() -> str:
@@ -281,13 +287,6 @@ def _machine() -> str:
         return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
     except OSError:
         return ""
-
-
-def _task_state(task: Path) -> str:
-    try:
-        return (task / "stat").read_text().rsplit(")", 1)[1].split()[0]  # the field after "(comm)"
-    except (OSError, IndexError):
-        return ""  # exited meanwhile
 
 
 def _set_parent_death_signal(sig: int) -> bool:
