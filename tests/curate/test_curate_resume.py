@@ -65,6 +65,13 @@ def start_run(config: Path, out: Path, stderr: Any = subprocess.DEVNULL) -> subp
     )
 
 
+def finish_uninterrupted(config: Path, out: Path) -> None:
+    """Run to the end, uninterrupted; a failure shows the run's own error lines."""
+    run = start_run(config, out, stderr=subprocess.PIPE)
+    _, errors = run.communicate(timeout=300)
+    assert run.returncode == 0, errors.decode(errors="replace")[-3000:]
+
+
 def kill_when(process: subprocess.Popen, ready, timeout: float = 240, group: bool = True) -> bool:
     """SIGKILL the run's process group (or, `group=False`, its main process alone) once `ready()`
     holds; False if the run ended first."""
@@ -123,8 +130,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path, large_
     server = start_mock_server_process(responder="medvl.curate.mock:responder", latency_s=0.15, log_path=log)
     with server:
         config = write_config(tmp_path / "curate.yaml", corpus, server.base_url)
-        reference = start_run(config, tmp_path / "reference")
-        assert reference.wait(timeout=300) == 0
+        finish_uninterrupted(config, tmp_path / "reference")
         reference_keys = server.count_by_key()
         assert sum(reference_keys.values()) == 2 * N_RECORDS and set(reference_keys.values()) == {1}
 
@@ -158,8 +164,7 @@ def test_killing_only_the_main_process_leaves_no_worker_and_re_pays_nothing_fini
     with server:
         config = write_config(tmp_path / "curate.yaml", corpus, server.base_url, reformat=False, tasks=tasks,
                               workers=workers)
-        reference = start_run(config, tmp_path / "reference")
-        assert reference.wait(timeout=300) == 0
+        finish_uninterrupted(config, tmp_path / "reference")
         unique = server.count_by_key()
         assert sum(unique.values()) == n_records and set(unique.values()) == {1}
 
