@@ -16,6 +16,7 @@ the folder lives), and the requests sent stay within one `max_concurrency` per r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -54,15 +55,16 @@ def write_config(path: Path, corpus: Path, base_url: str, reformat: bool = True,
     return path
 
 
-def start_run(config: Path, out: Path, stderr: Any = subprocess.DEVNULL) -> subprocess.Popen:
+def start_run(config: Path, out: Path, stderr: Any = None) -> subprocess.Popen:
+    """Start a run in its own session; its error lines go to `stderr` (default: appended to a file
+    beside `out`, which `errors_of` reads back when a run ended when it should not have)."""
     env = {**os.environ, "MEDVL_LOG": "WARNING"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "medvl.cli", "curate", "run", str(config), "--out", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=stderr,
-        env=env,
-        start_new_session=True,  # its session id is its pid: every process it starts can be found
-    )
+    command = [sys.executable, "-m", "medvl.cli", "curate", "run", str(config), "--out", str(out)]
+    with contextlib.ExitStack() as files:
+        if stderr is None:
+            stderr = files.enter_context(open(_stderr_log(out), "ab"))  # the child keeps its own copy
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env,
+                                start_new_session=True)  # its session id is its pid: all it starts can be found
 
 
 def finish_uninterrupted(config: Path, out: Path) -> None:
@@ -70,6 +72,16 @@ def finish_uninterrupted(config: Path, out: Path) -> None:
     run = start_run(config, out, stderr=subprocess.PIPE)
     _, errors = run.communicate(timeout=300)
     assert run.returncode == 0, errors.decode(errors="replace")[-3000:]
+
+
+def _stderr_log(out: Path) -> Path:
+    return out.with_name(out.name + ".stderr")
+
+
+def errors_of(out: Path) -> str:
+    """What the runs on `out` started by `start_run` printed to stderr (the last 3000 characters)."""
+    log = _stderr_log(out)
+    return log.read_text(errors="replace")[-3000:] if log.is_file() else ""
 
 
 def kill_when(process: subprocess.Popen, ready, timeout: float = 240, group: bool = True) -> bool:
@@ -136,15 +148,15 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path, large_
 
         out = tmp_path / "killed"
         sent_before = len(server.logged())
-        assert kill_when(start_run(config, out), lambda: (out / "_work" / "prepared").is_dir())
-        assert kill_when(start_run(config, out), lambda: generated_lines(out) >= 8)
+        assert kill_when(start_run(config, out), lambda: (out / "_work" / "prepared").is_dir()), errors_of(out)
+        assert kill_when(start_run(config, out), lambda: generated_lines(out) >= 8), errors_of(out)
         cached_at_kill = cached_keys(out)
         assert 0 < len(cached_at_kill) < 2 * N_RECORDS
         final = start_run(config, out)
-        assert final.wait(timeout=300) == 0
+        assert final.wait(timeout=300) == 0, errors_of(out)
         sent = Counter(entry["key"] for entry in server.logged()[sent_before:])
         sent_total = len(server.logged())
-        assert start_run(config, out).wait(timeout=300) == 0  # a finished run re-run sends nothing
+        assert start_run(config, out).wait(timeout=300) == 0, errors_of(out)  # a finished run re-run sends nothing
         assert len(server.logged()) == sent_total
 
     assert _release(out) == _release(tmp_path / "reference")
@@ -174,18 +186,23 @@ def test_killing_only_the_main_process_leaves_no_worker_and_re_pays_nothing_fini
             run, at = start_run(config, out), generated_lines(out) + rng.randint(1, 8)
             if kill == 0:  # while it generates (paused meanwhile), a second run on the folder is refused
                 _wait_for(lambda: generated_lines(out) >= 1 or run.poll() is not None)
+                assert run.poll() is None, f"the run ended early (exit {run.returncode}): {errors_of(out)}"
                 os.killpg(run.pid, signal.SIGSTOP)
                 second = start_run(config, out, stderr=subprocess.PIPE)
                 _, err = second.communicate(timeout=120)
-                os.killpg(run.pid, signal.SIGCONT)
+                try:
+                    os.killpg(run.pid, signal.SIGCONT)
+                except ProcessLookupError:  # only SIGKILL ends a stopped process: the OOM killer's way
+                    pytest.fail(f"the paused run died (exit {run.wait(timeout=10)}; the second run: exit "
+                                f"{second.returncode}, {err.decode(errors='replace')[-500:]!r}): {errors_of(out)}")
                 assert second.returncode == 2, err.decode()
                 assert f"in use by another curation run (pid {run.pid}" in err.decode()
                 assert len(err.decode().strip().splitlines()) == 1
-            assert kill_when(run, lambda: generated_lines(out) >= at, group=False), "the run ended before the kill"
+            assert kill_when(run, lambda: generated_lines(out) >= at, group=False), f"the run ended before the kill: {errors_of(out)}"
             assert survivors(run.pid) == []  # no task process, pool helper or manager outlives the main one
             at_kills.append((len(server.logged()), cached_keys(out)))
         final = start_run(config, out)
-        assert final.wait(timeout=300) == 0
+        assert final.wait(timeout=300) == 0, errors_of(out)
         logged = server.logged()
         sent = Counter(entry["key"] for entry in logged[sent_before:])
 
