@@ -121,6 +121,42 @@ def test_cache_takes_concurrent_writes_from_several_processes(tmp_path):
     assert len(cache) == 600 and cache.get("2-199").text == "text"
 
 
+_CACHE_OPENERS = """
+import multiprocessing, sys
+from medvl.llm.cache import ResponseCache
+
+def open_together(folder, barrier, errors):
+    barrier.wait()
+    try:
+        ResponseCache(folder).contains(["k"])
+    except Exception as error:
+        errors.put(repr(error))
+
+if __name__ == "__main__":
+    fork, failed = multiprocessing.get_context("fork"), []
+    for trial in range(int(sys.argv[2])):
+        barrier, errors = fork.Barrier(4), fork.Queue()
+        folder = f"{sys.argv[1]}/{trial}"  # a new database each time
+        openers = [fork.Process(target=open_together, args=(folder, barrier, errors)) for _ in range(4)]
+        for opener in openers:
+            opener.start()
+        for opener in openers:
+            opener.join()
+        while not errors.empty():
+            failed.append(errors.get())
+    print(len(failed), failed[:1])
+"""
+
+
+def test_processes_opening_a_new_cache_together_all_get_it(tmp_path):
+    # 4 processes open the same new database at once, 80 times: SQLite refused the switch to WAL
+    # ("database is locked", without waiting) in about 1 of 15 such starts before it was retried
+    result = subprocess.run([sys.executable, "-c", _CACHE_OPENERS, str(tmp_path), "80"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0] == "0", result.stdout
+
+
 def test_client_and_errors_pickle_for_worker_processes(tmp_path):
     client = LLMClient(LLMConfig(model="m", cache_dir=str(tmp_path)))
     clone = pickle.loads(pickle.dumps(client))

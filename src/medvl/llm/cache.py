@@ -1,7 +1,9 @@
 """`ResponseCache`: a persistent, process- and thread-safe store of chat replies keyed by request.
 
 One sqlite3 database (`replies.sqlite3` in the cache folder) in WAL mode, so several worker
-processes read and write it at once (writers wait up to `busy_timeout_s` for the lock). Each reply
+processes read and write it at once (writers wait up to `busy_timeout_s` for the lock; so does the
+switch to WAL, which SQLite refuses at once, without waiting, while another process opening the
+same new database holds its lock: the tasks of `engine.workers > 1` start together). Each reply
 is committed the moment it arrives: a run killed at any point (SIGKILL included) keeps every reply
 it received, and the re-run reads them instead of paying again. `synchronous=NORMAL` makes commits
 survive a killed process; only a power loss can drop the last few.
@@ -59,7 +61,7 @@ class ResponseCache:
             conn = sqlite3.connect(
                 self.path, timeout=self.busy_timeout_s, check_same_thread=False, isolation_level=None
             )
-            conn.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(conn, self.busy_timeout_s)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(_SCHEMA)
             self._conn, self._pid = conn, os.getpid()
@@ -120,3 +122,17 @@ class ResponseCache:
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["folder"], busy_timeout_s=state["busy_timeout_s"])
+
+
+def _switch_to_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
+    """`PRAGMA journal_mode=WAL`, retried for up to `timeout_s`: SQLite answers "database is locked"
+    at once, not after the busy timeout, when another connection holds the lock the switch needs."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
