@@ -12,14 +12,19 @@ The cache is `$MEDVL_CACHE`, else `~/.cache/medvl`. Nothing here touches the net
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from medvl.errors import UserError
 
 __all__ = ["cache_dir", "materialise", "smollm2_tokenizer", "smollm2_model", "minilm_path",
            "efficientnet_lite0_weights", "resolve_asset", "OfflineAssetMissing"]
+
+log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -45,38 +50,47 @@ def materialise(target: Path, save) -> Path:
     """The folder `target`, built once: `save(tmp)` into a sibling `<name>.tmp-<pid>`, then renamed
     into place with a `.complete` marker.
 
-    Safe under concurrency (the first rename wins; a later one's copy is deleted). Nothing half-built
-    stays: a failed `save` deletes its copy, and copies left by killed runs (their process is gone)
-    are deleted before building.
+    One builder at a time: it holds `<name>.lock` (a `filelock.FileLock`, an `flock` the kernel
+    drops when its holder dies, however it dies) while it builds; another process (on this machine,
+    in another container, or on another machine sharing the cache where its file system has locks)
+    waits for it and then reuses its folder instead of building a second copy. Nothing half-built stays: a failed `save` deletes its
+    copy, and copies left by killed builders are deleted by the next one (holding the lock, it
+    knows that no copy is still being written).
     """
     if (target / ".complete").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(target)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        save(tmp)
-        (tmp / ".complete").touch()
+    with _building(target):
+        if (target / ".complete").exists():  # built by the process we waited for
+            return target
+        # what killed builders left: their copies, and a target without its marker (never trusted)
+        for leftover in [target, *target.parent.glob(f"{target.name}.tmp-*")]:
+            shutil.rmtree(leftover, ignore_errors=True)
+        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
         try:
+            save(tmp)
+            (tmp / ".complete").touch()
             tmp.rename(target)
-        except OSError:  # another process finished first
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
-def _remove_orphans(target: Path) -> None:
-    """Delete the `<name>.tmp-<pid>` copies of `target` whose process is gone (killed runs)."""
-    for tmp in target.parent.glob(f"{target.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        try:
-            os.kill(int(pid), 0)
-        except (ValueError, ProcessLookupError):
-            shutil.rmtree(tmp, ignore_errors=True)
-        except PermissionError:  # alive, another user's
-            continue
+@contextmanager
+def _building(target: Path) -> Iterator[None]:
+    """Hold `target`'s build lock, saying so when another process holds it (a build takes seconds to minutes)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(target.with_name(f"{target.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for another process to finish building %s", target)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def smollm2_tokenizer() -> Path:
