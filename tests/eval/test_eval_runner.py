@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from medvl.eval import backends, runner
 from medvl.eval.config import EvalConfig
 from medvl.eval.runner import read_predictions, run_eval
 from medvl.io.jsonl import read_records
+from medvl.io.process import FolderInUse, RunLock
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -105,6 +107,20 @@ def test_interrupted_run_resumes_without_redoing_items(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "make_backend", lambda *a, **k: Echo(again))
     run_eval(cfg, OneProcess())
     assert again == []  # a finished run answers nothing more
+
+
+def test_a_folder_another_run_is_writing_is_refused(tmp_path, monkeypatch):
+    # two runs on one folder both answered every item, and one crashed merging the part files
+    # that the other had just merged and removed (1 of 13 pairs started together)
+    seen: list[str] = []
+    monkeypatch.setattr(runner, "make_backend", lambda *a, **k: Echo(seen))
+    cfg = config(tmp_path)
+    with RunLock(cfg.output_dir, what="evaluation run"):  # another run, still answering
+        with pytest.raises(FolderInUse, match=f"in use by another evaluation run \\(pid {os.getpid()}"):
+            run_eval(cfg, OneProcess())
+    assert seen == [] and not list(Path(cfg.output_dir).glob("predictions*"))
+    run_eval(cfg, OneProcess())  # once it is gone, the folder is free
+    assert seen == ["q1", "q2", "q3"]
 
 
 def test_changed_config_is_refused(tmp_path, monkeypatch):

@@ -14,7 +14,9 @@ Items with a missing image are skipped or asked without it (`missing_images`) th
 
 Resume: answers are appended to `predictions.part-<rank>.jsonl` after every batch; a rerun with the
 same config skips every id already answered (in those files or in `predictions.jsonl`). A folder
-made with a different config is refused rather than mixed.
+made with a different config is refused rather than mixed, and so is a folder another run is
+writing (the main process holds its `RunLock` for the whole run: two runs on one folder both
+answered every item and one crashed merging the part files the other had just removed).
 
 Data parallel: under `accelerate launch -m medvl.cli eval run CONFIG`, each process takes its slice
 of the remaining items (`PartialState.split_between_processes`), writes its own part file, and the
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,6 +44,7 @@ from medvl.eval.config import EvalConfig
 from medvl.eval.prompts import build_messages
 from medvl.eval.scorers import SCORERS
 from medvl.io.jsonl import JsonlAppender, JsonlLineError, RejectLog, iter_jsonl, write_jsonl
+from medvl.io.process import RunLock
 
 __all__ = ["merge_parts", "read_predictions", "run_eval"]
 
@@ -71,6 +75,11 @@ def run_eval(config: EvalConfig, state: ProcessState | None = None) -> Path:
 
         state = PartialState()
     out = Path(config.output_dir)
+    with RunLock(out, what="evaluation run") if state.is_main_process else nullcontext():
+        return _evaluate(config, state, out)
+
+
+def _evaluate(config: EvalConfig, state: ProcessState, out: Path) -> Path:
     data = config.benchmark.load()
     items = data.items[: config.benchmark.limit] if config.benchmark.limit else data.items
     seen_notes: list[str] = []
