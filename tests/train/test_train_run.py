@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -175,6 +177,47 @@ def test_qlora_on_cpu_is_a_clear_error(train_config, tmp_path):
         pytest.skip("this checks the CPU-only error")
     with pytest.raises(LoraUnavailable, match="needs a CUDA GPU and bitsandbytes"):
         run_training(train_config(tmp_path / "q", lora__enabled=True, lora__quantize="4bit"))
+
+
+_PEAK_PROBES = """
+import json, multiprocessing, os, sys, time
+from pathlib import Path
+import torch
+from medvl.train import metrics
+
+def measure(dtype, device="cpu", seconds=0.5):
+    time.sleep(0.05)  # a probe takes ~0.5 s
+    return 1e9
+
+def probe(dtype, barrier):
+    barrier.wait()
+    metrics._cached_peak("cpu", dtype)
+
+if __name__ == "__main__":
+    metrics.measure_matmul_peak = measure
+    fork, lost = multiprocessing.get_context("fork"), 0
+    dtypes = [torch.float32, torch.bfloat16, torch.float16]
+    for trial in range(int(sys.argv[2])):
+        os.environ["MEDVL_CACHE"] = f"{sys.argv[1]}/{trial}"  # a fresh cache each time
+        barrier = fork.Barrier(len(dtypes))
+        probes = [fork.Process(target=probe, args=(dtype, barrier)) for dtype in dtypes]
+        for process in probes:
+            process.start()
+        for process in probes:
+            process.join()
+            assert process.exitcode == 0
+        lost += len(dtypes) - len(json.loads((Path(os.environ["MEDVL_CACHE"]) / metrics.PEAK_CACHE_NAME).read_text()))
+    print(lost)
+"""
+
+
+def test_runs_probing_the_matmul_peak_together_keep_every_entry(tmp_path):
+    # 3 processes (one per dtype) probe at once on a fresh cache, 10 times: each wrote back the file
+    # as it had read it plus its own entry, losing the others' (5 of 9 entries lost in 3 such starts)
+    result = subprocess.run([sys.executable, "-c", _PEAK_PROBES, str(tmp_path), "10"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "0", result.stdout
 
 
 def test_mfu_is_never_above_one_on_any_path(train_config, tmp_path, monkeypatch):

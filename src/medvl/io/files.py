@@ -1,17 +1,27 @@
-"""Atomic file writes: write to a temporary file in the same folder, fsync, then rename.
+"""Atomic file writes, and the lock around a read-modify-write of a file several processes share.
 
-A reader (or a resumed run) sees either the old file or the complete new one, never a torn write.
+- `atomic_write_*`: write to a temporary file (a unique name) in the same folder, fsync, then
+  rename. A reader (or a resumed run) sees either the old file or the complete new one, never a
+  torn write.
+- `file_lock(path, doing)`: one process at a time (threads included) between reading a shared
+  file (a cache) and writing it back, so no process's entry is lost to another's write. It is a
+  `filelock.FileLock`, an `flock` that the kernel drops when its holder dies, however it dies;
+  a process that has to wait logs what the holder is doing.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "file_lock"]
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -36,3 +46,20 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+@contextmanager
+def file_lock(path: str | Path, doing: str) -> Iterator[None]:
+    """Hold the lock file `path` (see the module notes); `doing` says what its holder does, for the log."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for another process %s", doing)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()

@@ -12,19 +12,15 @@ The cache is `$MEDVL_CACHE`, else `~/.cache/medvl`. Nothing here touches the net
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from medvl.errors import UserError
+from medvl.io.files import file_lock
 
 __all__ = ["cache_dir", "materialise", "smollm2_tokenizer", "smollm2_model", "minilm_path",
            "efficientnet_lite0_weights", "resolve_asset", "OfflineAssetMissing"]
-
-log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -50,17 +46,17 @@ def materialise(target: Path, save) -> Path:
     """The folder `target`, built once: `save(tmp)` into a sibling `<name>.tmp-<pid>`, then renamed
     into place with a `.complete` marker.
 
-    One builder at a time: it holds `<name>.lock` (a `filelock.FileLock`, an `flock` the kernel
+    One builder at a time: it holds `<name>.lock` (`medvl.io.files.file_lock`, which the kernel
     drops when its holder dies, however it dies) while it builds; another process (on this machine,
     in another container, or on another machine sharing the cache where its file system has locks)
-    waits for it and then reuses its folder instead of building a second copy. Nothing half-built stays: a failed `save` deletes its
-    copy, and copies left by killed builders are deleted by the next one (holding the lock, it
-    knows that no copy is still being written).
+    waits for it and then reuses its folder instead of building a second copy. Nothing half-built
+    stays: a failed `save` deletes its copy, and copies left by killed builders are deleted by the
+    next one (holding the lock, it knows that no copy is still being written).
     """
     if (target / ".complete").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _building(target):
+    with file_lock(target.with_name(f"{target.name}.lock"), f"building {target}"):
         if (target / ".complete").exists():  # built by the process we waited for
             return target
         # what killed builders left: their copies, and a target without its marker (never trusted)
@@ -74,23 +70,6 @@ def materialise(target: Path, save) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-@contextmanager
-def _building(target: Path) -> Iterator[None]:
-    """Hold `target`'s build lock, saying so when another process holds it (a build takes seconds to minutes)."""
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(target.with_name(f"{target.name}.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.info("waiting for another process to finish building %s", target)
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def smollm2_tokenizer() -> Path:

@@ -22,8 +22,11 @@ Peak FLOPs per device, for the dtype the matmuls run in (`trainer.compute_dtype`
 - otherwise (CPUs, unknown GPUs) measured in that dtype (`measure_matmul_peak`: on a CPU, one
   thread's best 512 x 512 matmul rate on its CPU-time clock times the thread count; on a GPU, the
   best 4096 x 4096 rate), cached per machine, device, dtype, thread count and torch version in
-  `$MEDVL_CACHE/matmul_peak.json`. A fixed per-core guess cannot be right: the same AMD EPYC core
-  does ~90 GFLOPS in fp32 and ~210 in bf16 (avx512_bf16); a 0.1 TFLOPS/thread guess gave MFU 1.4.
+  `$MEDVL_CACHE/matmul_peak.json`. One process probes at a time (`matmul_peak.json.lock`): runs
+  started together each wrote back the file as they had read it plus their own entry, so only the
+  last writer's survived; and a GPU probe's wall clock would count another probe's matmuls. A
+  fixed per-core guess cannot be right: the same AMD EPYC core does ~90 GFLOPS in fp32 and ~210 in
+  bf16 (avx512_bf16); a 0.1 TFLOPS/thread guess gave MFU 1.4.
 A window whose MFU would exceed 1 logs none and warns once (a wrong `logging.peak_tflops`, or a
 FLOPs model that over-counts): MFU is never above 1.
 """
@@ -42,7 +45,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from medvl.io.files import atomic_write_json
+from medvl.io.files import atomic_write_json, file_lock
 from medvl.io.jsonl import JsonlAppender, iter_jsonl, write_jsonl
 
 __all__ = ["FlopsModel", "peak_flops", "utilisation", "measure_matmul_peak", "MetricsFile", "GPU_PEAK_TFLOPS",
@@ -143,14 +146,15 @@ def _cached_peak(device: str, dtype: torch.dtype) -> float:
     path = cache_dir() / PEAK_CACHE_NAME
     key = "|".join([socket.gethostname(), _device_name(device), str(dtype), f"{torch.get_num_threads()} threads",
                     f"torch {torch.__version__}"])
-    try:
-        cache = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        cache = {}
-    if key not in cache:
-        cache[key] = measure_matmul_peak(dtype, device)
-        atomic_write_json(path, cache)
-        log.info("measured the %s matmul peak: %.1f GFLOPS (%s)", dtype, cache[key] / 1e9, key)
+    with file_lock(path.with_name(f"{path.name}.lock"), f"measuring the matmul peak ({path})"):
+        try:
+            cache = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            cache = {}
+        if key not in cache:
+            cache[key] = measure_matmul_peak(dtype, device)
+            atomic_write_json(path, cache)
+            log.info("measured the %s matmul peak: %.1f GFLOPS (%s)", dtype, cache[key] / 1e9, key)
     return float(cache[key])
 
 
