@@ -1,6 +1,7 @@
 """`medvl demo` end to end on a tiny model with tiny budgets: every step runs (the visual prior too),
 the report has every section, only the final model's weights are left, a second run resumes (skips)
-finished steps, and a training stage's step budget gives the same steps and weights every time."""
+finished steps, a folder another demo holds is refused, and a training stage's step budget gives
+the same steps and weights every time."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import torch
 import yaml
 
 from medvl.config import load_config
+from medvl.demo import run as demo_run
 from medvl.demo.config import DEMO_MODEL, DemoConfig
 from medvl.demo.run import EVAL_RUNS, data_source, finetune_data, run_demo, stage_config, train_stage
+from medvl.io.process import FolderInUse, RunLock
 from medvl.model.spec import ModelSpec, tiny_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +56,28 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, smol_tokenizer):
     before = {p.name: p.stat().st_mtime_ns for p in (out / ".steps").glob("*.json")}
     run_demo(config)  # resumes: nothing is redone
     assert {p.name: p.stat().st_mtime_ns for p in (out / ".steps").glob("*.json")} == before
+
+
+class FirstStepReached(Exception):
+    pass
+
+
+def test_a_folder_another_demo_is_using_is_refused_and_kept(tmp_path, monkeypatch):
+    def first_step(config, out):
+        raise FirstStepReached
+
+    monkeypatch.setattr(demo_run, "curate", first_step)
+    config = load_config(DemoConfig, None, [f"output_dir={tmp_path / 'demo'}"])
+    earlier = tmp_path / "demo" / "model-init" / "config.json"  # what the other demo has written so far
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("{}")
+    with RunLock(tmp_path / "demo", what="demo"):  # the other demo, still running
+        with pytest.raises(FolderInUse, match="in use by another demo"):
+            run_demo(config, fresh=True)  # --fresh deleted the folder under it
+    assert earlier.is_file()
+    with pytest.raises(FirstStepReached):  # once it is gone, --fresh starts over
+        run_demo(config, fresh=True)
+    assert not earlier.exists()
 
 
 def test_demo_model_matches_the_shipped_config():

@@ -1,7 +1,8 @@
 """The demo's steps, each resumable: a finished step leaves `.steps/<name>.json` and is skipped.
 
-Everything is written under `output_dir`: `curate/`, `data/`, `model-init/`, `align/`, `instruct/`,
-`finetune/` (the final model), `eval/<protocol>-<system>/`, and `report.html`. The visual prior (a
+Everything is written under `output_dir` (one demo at a time: `run_demo` holds its `RunLock`):
+`curate/`, `data/`, `model-init/`, `align/`, `instruct/`, `finetune/` (the final model),
+`eval/<protocol>-<system>/`, and `report.html`. The visual prior (a
 distilled ViT tower) lives in medvl's cache, keyed by its settings, so a second demo reuses it.
 Training stages run a fixed number of epochs; once a stage is done, its resume checkpoints and the
 weights of the stage before it are deleted (only the next step needs them), which keeps a finished
@@ -24,6 +25,7 @@ from medvl.demo.config import DemoConfig, StageBudget, repo_data
 from medvl.errors import UserError
 from medvl.io.files import atomic_write_json
 from medvl.io.jsonl import write_jsonl
+from medvl.io.process import LOCK_NAME, RunLock
 
 if TYPE_CHECKING:
     from medvl.train.config import TrainConfig
@@ -78,10 +80,29 @@ class StepEstimate(TrainerCallback):
 
 
 def run_demo(config: DemoConfig, fresh: bool = False) -> Path:
+    """Run (or resume; `fresh`: start over) the demo in `config.output_dir`, holding its `RunLock`:
+    a second demo on the folder is refused while this one lives. Curation, training and evaluation
+    lock their own folders, but a second demo would write `model-init/` and prune weights under
+    this one, and `fresh` would delete its folder."""
     out = Path(config.output_dir)
-    if fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out, what="demo"):
+        if fresh:
+            _empty(out)
+        return _run_steps(config, out)
+
+
+def _empty(out: Path) -> None:
+    """Delete everything in `out` but its lock file (deleting that would let a second demo in)."""
+    for path in out.iterdir():
+        if path.name == LOCK_NAME:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _run_steps(config: DemoConfig, out: Path) -> Path:
     vqa_rad = Path(config.vqa_rad) if config.vqa_rad else repo_data("vqa-rad")
     summaries: dict[str, dict[str, Any]] = {}
     steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
