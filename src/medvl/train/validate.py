@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from medvl.errors import Rejection
-from medvl.io.files import atomic_write_json
+from medvl.io.files import atomic_write_json, file_lock
 from medvl.io.images import ImageLoadError
 from medvl.io.jsonl import JsonlLineError, RejectLog
 from medvl.records import ROLE_OF, record_problems, to_messages
@@ -45,6 +45,7 @@ __all__ = ["Rejected", "Usable", "check_record", "check_sources", "SourceReport"
 log = logging.getLogger(__name__)
 REPORT_NAME = "data_check.json"
 REJECTS_NAME = "rejects.jsonl"
+CHECK_LOCK = "check.lock"
 _VERSION = 2  # 2: empty assistant turns are checked
 
 
@@ -180,8 +181,20 @@ def check_sources(sources: list[LoadedSource], encoder: ChatEncoder | None, data
                   out_dir: str | Path, reuse: bool = True, progress: bool = True,
                   annotate: Callable[[CheckReport], None] | None = None) -> CheckReport:
     """Validate every row; write `rejects.jsonl` and `data_check.json` under `out_dir`. `annotate` adds
-    to the report before it is written, once (a check with it is never reused)."""
+    to the report before it is written, once (a check with it is never reused).
+
+    One process checks into a folder at a time, holding `check.lock` in it; one that waited reuses
+    the report the other wrote. The main process of each node of a multi-node run checks at once
+    (`main_process_first` is per node), and two checks into one shared folder listed every reject
+    twice in rejects.jsonl."""
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with file_lock(out / CHECK_LOCK, f"checking the training data into {out}"):
+        return _check_sources(sources, encoder, data, out, reuse, progress, annotate)
+
+
+def _check_sources(sources: list[LoadedSource], encoder: ChatEncoder | None, data: DataConfig, out: Path,
+                   reuse: bool, progress: bool, annotate: Callable[[CheckReport], None] | None) -> CheckReport:
     report_path = out / REPORT_NAME
     key = fingerprint(sources, encoder, data)
     if reuse and annotate is None and report_path.is_file():
@@ -189,7 +202,6 @@ def check_sources(sources: list[LoadedSource], encoder: ChatEncoder | None, data
         if saved.get("fingerprint") == key:
             log.info("reusing the data check in %s (inputs and settings unchanged)", report_path)
             return CheckReport.from_json(saved, report_path)
-    out.mkdir(parents=True, exist_ok=True)
     (out / REJECTS_NAME).unlink(missing_ok=True)
     reports = []
     with RejectLog(out / REJECTS_NAME) as rejects:
