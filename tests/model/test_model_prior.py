@@ -5,12 +5,15 @@ a linear probe (VQA-RAD organ: head / chest / abdomen), deterministically, cache
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from medvl.io.files import file_lock
 from medvl.io.images import image_files
 from medvl.model.spec import VisionSpec
 
@@ -135,6 +138,23 @@ def test_prior_is_seeded_native_and_cached(organ_images, tmp_path, monkeypatch, 
     monkeypatch.setattr(prior, "distil_tower", lambda *a, **k: pytest.fail("a cached prior was distilled again"))
     assert prior.cached_prior(config) == (folder, True)
     assert prior.prior_key(config.model_copy(update={"seed": 1}), files) != prior.prior_key(config, files)
+
+    # a run that waited while another process distilled the same prior reuses it: cached, not distilled
+    aside = folder.with_name("aside")
+    folder.rename(aside)
+    holding = threading.Event()
+
+    def distil_elsewhere() -> None:
+        with file_lock(f"{folder}.lock", "distilling"):
+            holding.set()
+            time.sleep(0.5)
+            aside.rename(folder)
+
+    other = threading.Thread(target=distil_elsewhere)
+    other.start()
+    holding.wait(10)
+    assert prior.cached_prior(config) == (folder, True)
+    other.join()
 
 
 def test_any_transformers_vision_folder_can_teach(organ_images, tmp_path):

@@ -263,7 +263,8 @@ def distil_tower(config: PriorConfig, out: str | Path, progress: Callable[[str],
 
 
 def cached_prior(config: PriorConfig, progress: Callable[[str], None] | None = None) -> tuple[Path, bool]:
-    """The distilled tower for `config` from medvl's cache, distilled first if missing: (folder, was cached).
+    """The distilled tower for `config` from medvl's cache, distilled first if missing: (folder, was
+    cached), i.e. not distilled by this call (another process may have, while this one waited).
 
     The cache key covers the whole config and the images' names and sizes (`prior_key`), so a
     second run with the same settings reuses the tower and a changed setting trains a new one.
@@ -271,5 +272,6 @@ def cached_prior(config: PriorConfig, progress: Callable[[str], None] | None = N
     from medvl.io.offline import cache_dir, materialise
 
     target = cache_dir() / "priors" / prior_key(config, image_files(config.images))
-    cached = (target / ".complete").exists()
-    return materialise(target, lambda tmp: distil_tower(config, tmp, progress)), cached
+    distilled = []
+    folder = materialise(target, lambda tmp: distilled.append(distil_tower(config, tmp, progress)))
+    return folder, not distilled
