@@ -109,3 +109,44 @@ def test_a_rerun_decontaminate_task_ignores_its_own_earlier_rejects(corpus: Path
     assert '"p4_fig4.png"' in before
     DecontaminateStep(dirs, config.engine.tasks, config.decontaminate).run()
     assert rejects.read_text() == before
+
+
+_REPORTS_TOGETHER = """
+import multiprocessing, sys
+import matplotlib.pyplot  # loaded once, before forking
+from medvl.curate.decontaminate_report import write_decontamination_report
+
+row = {"items": 10, "items_seen": 1, "items_seen_pct": 10.0, "items_seen_by_image": 1, "items_seen_by_text": 0,
+       "benchmark_images_matched": 1, "training_records_removed": 1}
+SUMMARY = {"training_records": 5, "removed": 1, "benchmarks": {"vqa_rad/test": row, "slake/test": row}}
+
+def write(out, barrier):
+    barrier.wait()
+    write_decontamination_report(out, SUMMARY, [], [])
+
+if __name__ == "__main__":
+    fork = multiprocessing.get_context("fork")
+    for trial in range(int(sys.argv[2])):
+        barrier = fork.Barrier(2)
+        writers = [fork.Process(target=write, args=(f"{sys.argv[1]}/{trial}", barrier)) for _ in range(2)]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join()
+            assert writer.exitcode == 0, f"start {trial}: a writer failed"
+"""
+
+
+def test_two_processes_writing_one_report_folder_both_finish(tmp_path: Path):
+    # the figure went through a fixed temporary name (.report.png.tmp.png): one process renamed the
+    # other's half-written file into place and that one crashed renaming its own (36 of 80 writers)
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _REPORTS_TOGETHER, str(tmp_path), "10"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for trial in range(10):
+        folder = tmp_path / str(trial)
+        assert sorted(p.name for p in folder.iterdir()) == ["report.html", "report.json", "report.png"]
+        assert (folder / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

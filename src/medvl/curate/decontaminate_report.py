@@ -13,7 +13,7 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medvl.io.files import atomic_write_json, atomic_write_text
+from medvl.io.files import atomic_write_json, atomic_write_text, atomic_write_with
 
 if TYPE_CHECKING:
     from medvl.benchmarks.contamination import Contamination, ReferenceItem
@@ -103,7 +103,5 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("% of benchmark items seen in training (image or text)")
     ax.set_xlim(0, max(100, max(values)))
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
-    tmp.replace(path)

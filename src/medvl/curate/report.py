@@ -21,7 +21,7 @@ from medvl.curate.config import CurateConfig
 from medvl.curate.filters import filter_class, filter_names
 from medvl.curate.store import RunDirs, pack_order
 from medvl.io.jsonl import iter_appended
-from medvl.io.files import atomic_write_json, atomic_write_text
+from medvl.io.files import atomic_write_json, atomic_write_text, atomic_write_with
 
 __all__ = ["write_report", "stage_stats", "load_report", "text_filter_quality", "render_markdown"]
 
@@ -376,7 +376,5 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     right.set_title("records per modality")
     right.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
-    tmp.replace(path)

@@ -1,8 +1,9 @@
 """Atomic file writes, and the lock around a read-modify-write of a file several processes share.
 
-- `atomic_write_*`: write to a temporary file (a unique name) in the same folder, fsync, then
-  rename. A reader (or a resumed run) sees either the old file or the complete new one, never a
-  torn write.
+- `atomic_write_*`: write to a temporary file in the same folder, fsync, then rename. A reader (or
+  a resumed run) sees either the old file or the complete new one, never a torn write. Each
+  temporary name is new (`mkstemp`): two processes writing one file never share one (a fixed
+  `.tmp` name made one rename the other's half-written file, and crash renaming its own).
 - `file_lock(path, doing)`: one process at a time (threads included) between reading a shared
   file (a cache) and writing it back, so no process's entry is lost to another's write. It is a
   `filelock.FileLock`, an `flock` that the kernel drops when its holder dies, however it dies;
@@ -17,27 +18,34 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "file_lock"]
+__all__ = ["atomic_write_with", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "file_lock"]
 
 log = logging.getLogger(__name__)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """`write(tmp)` (e.g. a figure's `savefig`), then fsync and rename onto `path`; `tmp` is a new
+    file beside `path` with a name of its own and the same extension."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        write(tmp)
+        with tmp.open("rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write_with(path, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
