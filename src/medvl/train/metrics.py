@@ -146,16 +146,22 @@ def _cached_peak(device: str, dtype: torch.dtype) -> float:
     path = cache_dir() / PEAK_CACHE_NAME
     key = "|".join([socket.gethostname(), _device_name(device), str(dtype), f"{torch.get_num_threads()} threads",
                     f"torch {torch.__version__}"])
-    with file_lock(path.with_name(f"{path.name}.lock"), f"measuring the matmul peak ({path})"):
-        try:
-            cache = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            cache = {}
-        if key not in cache:
-            cache[key] = measure_matmul_peak(dtype, device)
-            atomic_write_json(path, cache)
-            log.info("measured the %s matmul peak: %.1f GFLOPS (%s)", dtype, cache[key] / 1e9, key)
+    cache = _read_peaks(path)
+    if key not in cache:
+        with file_lock(path.with_name(f"{path.name}.lock"), f"measuring the matmul peak ({path})"):
+            cache = _read_peaks(path)  # as the process we may have waited for left it
+            if key not in cache:
+                cache[key] = measure_matmul_peak(dtype, device)
+                atomic_write_json(path, cache)
+                log.info("measured the %s matmul peak: %.1f GFLOPS (%s)", dtype, cache[key] / 1e9, key)
     return float(cache[key])
+
+
+def _read_peaks(path: Path) -> dict[str, float]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def _device_name(device: str) -> str:
