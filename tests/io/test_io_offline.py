@@ -113,5 +113,5 @@ def test_a_failed_build_leaves_nothing(tmp_path: Path):
 
     with pytest.raises(RuntimeError, match="disk full"):
         materialise(target, broken)
-    assert [p.name for p in tmp_path.iterdir()] == ["asset.lock"]  # the (empty, released) build lock
+    assert [p.name for p in tmp_path.iterdir() if p.name != "asset.lock"] == []  # the build lock may stay
     assert materialise(target, save_weights) == target and (target / "weights.bin").exists()
