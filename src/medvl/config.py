@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from medvl.errors import UserError
 
-__all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "dump_config"]
+__all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "dump_config", "parse_value"]
 
 
 class ConfigError(UserError, ValueError):
@@ -41,10 +41,22 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], values: Mapp
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
-        _set(result, key, yaml.safe_load(raw) if raw.strip() else None)
+        _set(result, key, parse_value(raw, f"override {item!r}"))
     for key, value in (values or {}).items():
         _set(result, key, value)
     return result
+
+
+def parse_value(raw: str, where: str) -> Any:
+    """A command-line value parsed as a YAML scalar or flow collection (empty: None); `where` names it
+    in the ConfigError a malformed value raises."""
+    if not raw.strip():
+        return None
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: the value is not valid YAML ({problem}); quote it, or close its brackets") from None
 
 
 def _set(data: dict[str, Any], key: str, value: Any) -> None:
@@ -67,10 +79,8 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequenc
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            loaded = yaml.safe_load(_read_config_text(path))
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):
@@ -81,6 +91,20 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequenc
         return cls.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source=str(path) if path else cls.__name__)) from None
+
+
+def _read_config_text(path: Path) -> str:
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; give the config file (.yaml) itself")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+                          "save the file as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
 
 
 def dump_config(config: Config, path: str | Path) -> None:

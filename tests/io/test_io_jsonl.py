@@ -6,8 +6,17 @@ import json
 
 import pytest
 
-from medvl.io.files import atomic_write_json
-from medvl.io.jsonl import JsonlAppender, JsonlLineError, RejectLog, iter_jsonl, read_records, write_jsonl
+from medvl.errors import UserError
+from medvl.io.files import OutputPathError, atomic_write_json, atomic_write_text, ensure_folder
+from medvl.io.jsonl import (
+    JsonlAppender,
+    JsonlFileError,
+    JsonlLineError,
+    RejectLog,
+    iter_jsonl,
+    read_records,
+    write_jsonl,
+)
 
 
 def test_bad_lines_are_reported_with_line_numbers(tmp_path):
@@ -75,3 +84,34 @@ def test_a_cut_off_line_points_at_where_the_json_stops(tmp_path):
         "invalid JSON at column 19 of 18 (end of line: cut off?): Expecting ',' delimiter",
         "invalid JSON at column 18 of 21: Expecting value",
     ]
+
+
+def test_a_leading_utf8_bom_is_skipped_in_lines_and_arrays(tmp_path):
+    """Windows tools write a BOM; it must not turn the first record into a bad line."""
+    lines, array = tmp_path / "bom.jsonl", tmp_path / "bom.json"
+    lines.write_bytes(b"\xef\xbb\xbf" + b'{"id": "a"}\n{"id": "b"}\n')
+    array.write_bytes(b"\xef\xbb\xbf" + b'[{"id": "a"}]')
+    assert read_records(lines) == [{"id": "a"}, {"id": "b"}]
+    assert read_records(array) == [{"id": "a"}]
+
+
+def test_an_input_that_cannot_be_opened_is_a_user_error_naming_it(tmp_path):
+    with pytest.raises(JsonlFileError, match="absent.jsonl: no such file") as missing:
+        read_records(tmp_path / "absent.jsonl")
+    assert isinstance(missing.value, UserError) and isinstance(missing.value, OSError)
+    with pytest.raises(JsonlFileError, match="is a folder; give the JSONL/JSON file itself"):
+        list(iter_jsonl(tmp_path))
+
+
+def test_an_output_path_blocked_by_a_file_or_a_folder_is_a_user_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(OutputPathError, match=f"^{blocker} is a file, not a folder"):
+        ensure_folder(blocker)
+    with pytest.raises(OutputPathError, match=f"^{blocker / 'sub'}: {blocker} is a file, not a folder"):
+        ensure_folder(blocker / "sub")
+    with pytest.raises(OutputPathError, match="is a folder; give a file path"):
+        atomic_write_text(tmp_path, "x")
+    with pytest.raises(OutputPathError, match="is a file, not a folder"):
+        JsonlAppender(blocker / "rows.jsonl")
+    assert blocker.read_text() == "x"

@@ -209,7 +209,7 @@ def split_name(split: str, aliases: dict[str, tuple[str, ...]]) -> str:
 def read_json(path: Path) -> Any:
     """A whole JSON file; a clear error naming the file when it is not JSON."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BenchmarkError(f"{path}: not valid JSON: {exc}") from exc
     except IsADirectoryError as exc:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from medvl.benchmarks.contamination import Contamination, Decontaminator, summarise, training_sample
-from medvl.io.files import atomic_write_json
+from medvl.io.files import atomic_write_json, ensure_folder
 
 __all__ = ["decontaminate_files"]
 
@@ -35,7 +35,7 @@ def decontaminate_files(
     from medvl.io.jsonl import JsonlLineError, iter_jsonl
     from medvl.records import RecordError, record_images
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out_dir)
     matches: list[tuple[str, list[Contamination]]] = []
     seen, unreadable, images_missing = 0, 0, 0
     with (out_dir / "removed.jsonl").open("w", encoding="utf-8") as removed:

@@ -36,7 +36,7 @@ import numpy as np
 
 from medvl.curate.vocab import Vocabulary, default_vocabulary_path, load_vocabulary, tokenize
 from medvl.errors import UserError
-from medvl.io.files import atomic_write_json
+from medvl.io.files import atomic_write_json, ensure_folder
 
 __all__ = [
     "PROBE_FILE",
@@ -88,7 +88,7 @@ def load_labelled(paths: Sequence[str | Path] = ()) -> list[LabelledCaption]:
         path = Path(path)
         if not path.is_file():
             raise TextProbeError(f"{path}: no such labels file")
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -292,7 +292,6 @@ def train_text_probe(
         probe = TextProbe.from_meta(result)
         scores = probe.predict_proba([e.text for e in held_out])
         result["held_out"] = precision_recall(scores >= threshold, [e.medical for e in held_out])
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = ensure_folder(out_dir)
     atomic_write_json(folder / PROBE_FILE, result)
     return result

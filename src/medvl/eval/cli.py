@@ -86,11 +86,10 @@ def inspect_benchmark(
     option: list[str] | None = typer.Option(None, help="loader option key=value (YAML value), repeatable"),
 ) -> None:
     """Load a benchmark and report its size, answer types, missing images and unreadable rows."""
-    import yaml
-
     from medvl.benchmarks import load_benchmark
+    from medvl.config import parse_value
 
-    options = {k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in option or [])}
+    options = {k: parse_value(v, f"--option {k}={v}") for k, _, v in (o.partition("=") for o in option or [])}
     typer.echo(load_benchmark(name, root, split, **options).summary())
 
 

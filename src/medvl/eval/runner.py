@@ -43,6 +43,7 @@ from medvl.eval.backends import make_backend
 from medvl.eval.config import EvalConfig
 from medvl.eval.prompts import build_messages
 from medvl.eval.scorers import SCORERS
+from medvl.io.files import ensure_folder
 from medvl.io.jsonl import JsonlAppender, JsonlLineError, RejectLog, iter_jsonl, write_jsonl
 from medvl.io.process import RunLock
 
@@ -140,7 +141,7 @@ def _claim_folder(out: Path, config: EvalConfig) -> None:
         if changed:
             raise ConfigError(f"{out} holds a run with a different config (changed: {', '.join(changed)}); "
                               "use another output_dir")
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out)
     dump_config(config, saved)
 
 

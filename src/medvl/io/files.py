@@ -1,4 +1,5 @@
-"""Atomic file writes, and the lock around a read-modify-write of a file several processes share.
+"""Output paths (atomic writes, the folders they go into), and the lock around a read-modify-write of
+a file several processes share.
 
 - `atomic_write_*`: write to a temporary file in the same folder, fsync, then rename. A reader (or
   a resumed run) sees either the old file or the complete new one, never a torn write. Each
@@ -8,6 +9,8 @@
   file (a cache) and writing it back, so no process's entry is lost to another's write. It is a
   `filelock.FileLock`, an `flock` that the kernel drops when its holder dies, however it dies;
   a process that has to wait logs what the holder is doing.
+- `ensure_folder` / `check_file_target`: an output path that cannot be one (a file where a folder is
+  needed, a folder where a file is) is an `OutputPathError` naming the path, not an OSError.
 """
 
 from __future__ import annotations
@@ -20,16 +23,46 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-__all__ = ["atomic_write_with", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "file_lock"]
+from medvl.errors import UserError
+
+__all__ = ["OutputPathError", "atomic_write_with", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
+           "check_file_target", "ensure_folder", "file_lock"]
 
 log = logging.getLogger(__name__)
+
+
+class OutputPathError(UserError, OSError):
+    """An output path medvl cannot write: the message names it and what is in the way."""
+
+
+def ensure_folder(path: str | Path) -> Path:
+    """Create the folder `path` (and its parents) unless it exists; a file in the way is an OutputPathError."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        where = f"{path} is a file" if blocker == path else f"{path}: {blocker} is a file"
+        raise OutputPathError(f"{where}, not a folder; choose another output path or move that file") from None
+    except PermissionError:
+        raise OutputPathError(f"{path}: permission denied creating this folder; choose a folder you "
+                              "can write to") from None
+    return path
+
+
+def check_file_target(path: str | Path) -> Path:
+    """The folder of the output file `path`, created; `path` itself a folder is an OutputPathError."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{path} is a folder; give a file path for this output")
+    ensure_folder(path.parent)
+    return path
 
 
 def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> Path:
     """`write(tmp)` (e.g. a figure's `savefig`), then fsync and rename onto `path`; `tmp` is a new
     file beside `path` with a name of its own and the same extension."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_file_target(path)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     tmp = Path(name)

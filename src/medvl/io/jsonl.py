@@ -2,7 +2,8 @@
 
 - `iter_jsonl` yields `(line_number, record)` or `(line_number, JsonlLineError)` so a caller can
   record a malformed line and go on. A whole-file JSON array (`[...]`, as LLaVA-Med and
-  PubMedVision release) is read too.
+  PubMedVision release) is read too, and a leading UTF-8 BOM is skipped. A path that cannot be
+  read at all (missing, a folder, no permission) is a `JsonlFileError`.
 - `JsonlAppender` appends one record per line, flushing each line, so a killed job keeps every
   finished record; a torn final line left by a kill is cut off when the file is reopened.
   `iter_appended` reads such a file back while it may still be written (fast, no checks: medvl
@@ -19,9 +20,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from medvl.errors import UserError
-from medvl.io.files import atomic_write_text
+from medvl.io.files import atomic_write_text, check_file_target
 
 __all__ = [
+    "JsonlFileError",
     "JsonlLineError",
     "iter_jsonl",
     "iter_appended",
@@ -45,6 +47,21 @@ class JsonlLineError(UserError, ValueError):
         super().__init__(f"{path}:{line_number}: {reason}")
 
 
+class JsonlFileError(UserError, OSError):
+    """A JSONL/JSON input that cannot be opened; the message names the path and what is wrong."""
+
+
+def _open_input(path: Path) -> Any:
+    try:
+        return path.open("r", encoding="utf-8-sig", errors="replace")
+    except (FileNotFoundError, NotADirectoryError):
+        raise JsonlFileError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise JsonlFileError(f"{path} is a folder; give the JSONL/JSON file itself") from None
+    except PermissionError:
+        raise JsonlFileError(f"{path}: permission denied reading this file") from None
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | JsonlLineError]]:
     """Yield (line_number, record) for each non-blank line; bad lines yield a JsonlLineError.
 
@@ -52,7 +69,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | JsonlLi
     then the "line number").
     """
     path = Path(path)
-    with path.open("r", encoding="utf-8", errors="replace") as handle:
+    with _open_input(path) as handle:
         first = _first_non_space(handle)
         handle.seek(0)
         if first == "[":
@@ -114,8 +131,7 @@ class JsonlAppender:
     """Append records durably; reopening after a kill drops a torn last line first."""
 
     def __init__(self, path: str | Path, fsync: bool = False):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = check_file_target(path)
         _truncate_torn_tail(self.path)
         self._handle = self.path.open("a", encoding="utf-8")
         self._fsync = fsync

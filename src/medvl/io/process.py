@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from medvl.errors import UserError
+from medvl.io.files import ensure_folder
 
 __all__ = ["RunLock", "FolderInUse", "LOCK_NAME", "LAUNCHER_PID_ENV", "LauncherNotFound", "ProcessRef",
            "die_with_parent", "die_with_launcher", "die_with_process", "descendants", "exec_launcher", "reap_on_exit", "running"]
@@ -79,7 +80,7 @@ class RunLock:
     def acquire(self) -> "RunLock":
         import fcntl
 
-        self.folder.mkdir(parents=True, exist_ok=True)
+        ensure_folder(self.folder)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:

@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from medvl.config import Config
 from medvl.errors import UserError
+from medvl.io.files import ensure_folder
 from medvl.io.images import image_files
 from medvl.model.build import CLIP_MEAN, CLIP_STD
 from medvl.model.spec import VisionSpec
@@ -246,8 +247,7 @@ def distil_tower(config: PriorConfig, out: str | Path, progress: Callable[[str],
             progress(f"prior epoch {epoch + 1}/{config.epochs}: loss {np.mean(losses[-steps_per_epoch:]):.4f}")
     student_seconds = time.perf_counter() - started
 
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = ensure_folder(out)
     student.eval().save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": config.tower.image_size},
                        crop_size={"height": config.tower.image_size, "width": config.tower.image_size},
