@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from medvl.cli import build_app
+from medvl.curate.label import LabelsError
 from medvl.curate.mock import responder
 from medvl.llm.mock_server import MockServer
 
@@ -60,17 +62,10 @@ def test_label_train_classifier_and_run_with_it(corpus: Path, tmp_path: Path, te
     with MockServer(lambda body: "It looks medical to me.") as garbled:
         (tmp_path / "more").mkdir()
         texture(300).save(tmp_path / "more" / "x.png")
-        output = invoke(
-            "label",
-            str(tmp_path / "more"),
-            "--out",
-            str(tmp_path / "l2.jsonl"),
-            "--model",
-            "mock",
-            "--base-url",
-            garbled.base_url,
-        )
-        assert "rejected:invalid_json: 1" in output
+        args = ["curate", "label", str(tmp_path / "more"), "--out", str(tmp_path / "l2.jsonl"), "--model", "mock",
+                "--base-url", garbled.base_url]
+        with pytest.raises(LabelsError, match=r"no image was labelled \(.*rejected:invalid_json: 1\)"):
+            runner.invoke(build_app(), args, catch_exceptions=False)  # nothing labelled: an error, not exit 0
     classifier = tmp_path / "classifier"
     output = invoke("train-classifier", str(labels), "--out", str(classifier), "--val-fraction", "0.25")
     assert "validation accuracy" in output

@@ -200,3 +200,15 @@ def test_a_cut_off_line_is_reported_where_it_stops(tmp_path: Path):
     detail = docs[1].metadata["ingest_error"][1]
     assert detail.startswith("figures.jsonl:2: invalid JSON at column ")
     assert "of 40 (end of line: cut off?)" in detail  # where the line stops, not "column 1" of the next
+
+
+def test_a_utf8_bom_does_not_cost_the_first_record_or_the_header(tmp_path: Path):
+    """Excel and Notepad save CSV/JSONL with a BOM: the first line and the CSV header must still parse."""
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "pairs.csv").write_bytes(bom + b"image,caption\nPMC1_Fig1.jpg,CT of the chest.\n")
+    (tmp_path / "pairs.jsonl").write_bytes(bom + json.dumps({"image": "PMC1_Fig1.jpg", "caption": "CT."}).encode())
+    (tmp_path / "pairs.json").write_bytes(bom + json.dumps([{"image": "PMC1_Fig1.jpg", "caption": "CT."}]).encode())
+    for name in ("pairs.csv", "pairs.jsonl", "pairs.json"):
+        docs = read_all([SourceConfig(format="pairs", path=str(tmp_path / name))])
+        assert [d.metadata.get("ingest_error") for d in docs] == [None], name
+        assert docs[0].id == "PMC1_Fig1", name

@@ -25,7 +25,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from medvl.io.files import atomic_write_json
+from medvl.errors import UserError
+from medvl.io.files import atomic_write_json, ensure_folder
 
 __all__ = [
     "Embedder",
@@ -34,10 +35,15 @@ __all__ = [
     "MedicalImageClassifier",
     "train_classifier",
     "TrainResult",
+    "ClassifierError",
 ]
 
 PROBE_FILE = "probe.joblib"
 META_FILE = "classifier.json"
+
+
+class ClassifierError(UserError, ValueError):
+    """Training data or an encoder the classifier cannot use; the message says what to change."""
 
 
 def builtin_embedding(image: Image.Image) -> np.ndarray:
@@ -98,7 +104,7 @@ def make_embedder(spec: str, batch_size: int = 16) -> Embedder:
             return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
         return Embedder(spec, embed)
-    raise ValueError(f"unknown encoder {spec!r}: use builtin, hf:<folder> or medvl:<folder>")
+    raise ClassifierError(f"unknown encoder {spec!r}: use builtin, hf:<folder> or medvl:<folder>")
 
 
 def _hf_encoder(folder: str) -> Callable[[list[Image.Image]], np.ndarray]:
@@ -220,7 +226,9 @@ def train_classifier(
         features.append(embedder([image])[0])
         labels.append(int(bool(label)))
     if len(set(labels)) < 2:
-        raise ValueError("train-classifier needs both medical and non-medical examples")
+        medical = sum(labels)
+        raise ClassifierError(f"train-classifier needs both medical and non-medical examples: got {medical} medical "
+                              f"and {len(labels) - medical} non-medical readable images ({len(skipped)} unreadable)")
     order = list(range(len(labels)))
     random.Random(seed).shuffle(order)
     n_val = max(1, int(round(len(order) * val_fraction))) if val_fraction > 0 else 0
@@ -230,8 +238,7 @@ def train_classifier(
     probe.fit(x[train], y[train])
     val_accuracy = float((probe.predict(x[val]) == y[val]).mean()) if val else None
     train_accuracy = float((probe.predict(x[train]) == y[train]).mean())
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = ensure_folder(out_dir)
     joblib.dump(probe, folder / PROBE_FILE)
     meta = {
         "encoder": embedder.spec,

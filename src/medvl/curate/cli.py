@@ -131,14 +131,17 @@ def label(
 ) -> None:
     """Label images medical / non-medical with an MLLM (the labels train the image classifier)."""
     from medvl.config import load_config
-    from medvl.curate.label import collect_images, label_images
+    from medvl.curate.label import LABELS, LabelsError, collect_images, label_images, rejects_path
     from medvl.llm.config import LLMConfig
 
     overrides = [f"{k}={v}" for k, v in (("model", model), ("base_url", base_url)) if v is not None]
     llm_config = load_config(LLMConfig, llm, overrides)
     chosen = collect_images(images, n, seed)
     counts = label_images(chosen, llm_config, out, max_side=max_side)
-    typer.echo(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + f" -> {out}")
+    summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    if not counts["already_done"] and not any(counts[label] for label in LABELS):
+        raise LabelsError(f"no image was labelled ({summary}); the reasons are in {rejects_path(out)}")
+    typer.echo(f"{summary} -> {out}")
 
 
 @curate_app.command("train-classifier")

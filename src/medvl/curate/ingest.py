@@ -48,13 +48,14 @@ from tqdm.auto import tqdm
 
 from medvl.curate.licences import normalise_licence
 from medvl.curate.vocab import infer_modality
+from medvl.errors import UserError
 from medvl.io.images import image_files
 from medvl.io.jsonl import decode_problem
 
 if TYPE_CHECKING:
     from medvl.curate.config import SourceConfig
 
-__all__ = ["IngestError", "SourceReader", "make_document", "doc_images", "doc_meta"]
+__all__ = ["IngestError", "SourceMissing", "SourceReader", "check_sources", "make_document", "doc_images", "doc_meta"]
 
 LLAVA_MED_DOMAINS = ("chest_xray", "ct_scan", "gross", "histology", "mri")
 
@@ -65,6 +66,26 @@ class IngestError(ValueError):
     def __init__(self, reason: str, detail: str = ""):
         self.reason, self.detail = reason, detail
         super().__init__(f"{reason}: {detail}")
+
+
+class SourceMissing(UserError, FileNotFoundError):
+    """A configured source path that names no input of its format (checked before a run starts)."""
+
+
+def check_sources(sources: list[SourceConfig]) -> None:
+    """Raise `SourceMissing` for a source path that does not exist, or that is a folder where its format
+    reads a file (only `roco` and `folder` read folders); glob patterns match what they match."""
+    for index, source in enumerate(sources):
+        path = Path(source.path)
+        if _is_pattern(source.path):
+            continue
+        where = f"sources[{index}].path (format {source.format})"
+        if not path.exists():
+            raise SourceMissing(f"{where}: {path} does not exist; fix the path (a relative one is taken from "
+                                "the config file's folder)")
+        if path.is_dir() and source.format not in ("roco", "folder"):
+            raise SourceMissing(f"{where}: {path} is a folder; give the file in it (this format reads a "
+                                ".jsonl, .json, .csv or .tsv file)")
 
 
 @dataclass
@@ -182,8 +203,12 @@ def _normalise(source: SourceConfig, label: str, order: list[int], item: _Item) 
 # ---------------------------------------------------------------- items per format
 
 
+def _is_pattern(path: str) -> bool:
+    return any(ch in path for ch in "*?[")
+
+
 def _source_files(source: SourceConfig) -> list[Path]:
-    if any(ch in source.path for ch in "*?["):
+    if _is_pattern(source.path):
         return sorted(Path(p) for p in glob.glob(source.path))
     return [Path(source.path)]
 
@@ -216,7 +241,7 @@ def _file_items(source: SourceConfig, path: Path, rank: int, world_size: int) ->
 
 
 def _jsonl_items(path: Path, rank: int, world_size: int) -> Iterator[_Item]:
-    with path.open("r", encoding="utf-8", errors="replace") as handle:
+    with path.open("r", encoding="utf-8-sig", errors="replace") as handle:
         for index, line in enumerate(handle):
             if index % world_size != rank or not line.strip():
                 continue
@@ -235,7 +260,7 @@ def _roco_licences(folder: Path) -> dict[str, tuple[str, str]]:
     files = [folder / "licences.txt", *sorted(folder.glob("cc_*.csv"))]
     found: dict[str, tuple[str, str]] = {}
     for file in (f for f in files if f.is_file()):
-        with file.open("r", encoding="utf-8", errors="replace", newline="") as handle:
+        with file.open("r", encoding="utf-8-sig", errors="replace", newline="") as handle:
             for row in csv.DictReader(handle):
                 if row.get("ROCO_ID") and row.get("PMC_ID"):
                     found[row["ROCO_ID"].strip()] = (row["PMC_ID"].strip(), (row.get("CC") or "").strip())
@@ -251,7 +276,7 @@ def _roco_items(path: Path, rank: int, world_size: int) -> Iterator[_Item]:
             yield _Item(path, 0, 0, IngestError("missing_file", f"{path}: no ROCO captions.txt"))
         return
     licences = _roco_licences(path.parent)
-    with path.open("r", encoding="utf-8", errors="replace") as handle:
+    with path.open("r", encoding="utf-8-sig", errors="replace") as handle:
         for index, line in enumerate(handle):
             if index % world_size != rank or not line.strip():
                 continue
@@ -266,7 +291,7 @@ def _roco_items(path: Path, rank: int, world_size: int) -> Iterator[_Item]:
 
 def _json_document_items(path: Path, rank: int, world_size: int) -> Iterator[_Item]:
     """A whole-file JSON array, or LLaVA-Med's dict domain → list (flattened in key order)."""
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
     if not text.lstrip().startswith(("[", "{")):
         yield from _jsonl_items(path, rank, world_size)
         return
@@ -305,7 +330,7 @@ def _json_document_items(path: Path, rank: int, world_size: int) -> Iterator[_It
 
 def _csv_items(path: Path, source: SourceConfig, rank: int, world_size: int) -> Iterator[_Item]:
     delimiter = source.csv_delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
-    with path.open("r", encoding="utf-8", errors="replace", newline="") as handle:
+    with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as handle:
         for index, row in enumerate(csv.DictReader(handle, delimiter=delimiter)):
             if index % world_size == rank:
                 if None in row:  # more fields than the header names
@@ -442,13 +467,13 @@ def _parse_folder(source: SourceConfig, label: str, order: list[int], image: Pat
     info: dict[str, Any] = {}
     if meta.is_file():
         try:
-            info = json.loads(meta.read_text(encoding="utf-8"))
+            info = json.loads(meta.read_text(encoding="utf-8-sig"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise IngestError("malformed_sidecar", f"{meta.name}: {exc}") from None
         if not isinstance(info, dict):
             raise IngestError("malformed_sidecar", f"{meta.name}: not a JSON object")
     elif txt.is_file():
-        info = {"caption": txt.read_text(encoding="utf-8", errors="replace")}
+        info = {"caption": txt.read_text(encoding="utf-8-sig", errors="replace")}
     else:
         raise IngestError("missing_caption", f"{image.relative_to(root)}: no .txt or .json sidecar")
     return make_document(

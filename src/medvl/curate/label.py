@@ -22,19 +22,28 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from medvl.curate.prompts import read_text
+from medvl.errors import UserError
 from medvl.io.images import image_files
 from medvl.io.jsonl import JsonlAppender, RejectLog, iter_jsonl
 from medvl.llm.config import LLMConfig
 
-__all__ = ["label_images", "parse_label", "read_labels", "collect_images", "LABELS"]
+__all__ = ["label_images", "parse_label", "read_labels", "collect_images", "rejects_path", "LabelsError", "LABELS"]
 
 LABELS = ("medical", "non_medical")
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL | re.IGNORECASE)
 
 
+class LabelsError(UserError, ValueError):
+    """Nothing to label, or a labels file line that cannot be used; the message names the path."""
+
+
 def collect_images(paths: Iterable[str | Path], n: int | None = None, seed: int = 0) -> list[Path]:
-    """Image files under the given files/folders (`medvl.io.images.image_files`), a seeded sample of `n` when set."""
+    """Image files under the given files/folders (`medvl.io.images.image_files`), a seeded sample of `n` when set;
+    none at all is a LabelsError."""
+    paths = list(paths)
     found = image_files(paths)
+    if not found:
+        raise LabelsError(f"no image files under {', '.join(map(str, paths))}")
     if n is not None and n < len(found):
         found = sorted(random.Random(seed).sample(found, n))
     return found
@@ -75,6 +84,11 @@ def _done(paths: Iterable[Path]) -> set[str]:
     return done
 
 
+def rejects_path(out: Path) -> Path:
+    """Where `label_images` logs the images it could not label, beside the labels file `out`."""
+    return out.with_name(out.stem + ".rejects.jsonl")
+
+
 def label_images(
     images: list[Path],
     llm: LLMConfig,
@@ -94,7 +108,7 @@ def label_images(
     from medvl.llm.messages import LLMError
 
     out = Path(out)
-    rejects = Path(rejects) if rejects else out.with_name(out.stem + ".rejects.jsonl")
+    rejects = Path(rejects) if rejects else rejects_path(out)
     done = _done([out, rejects])
     todo = [p for p in images if str(p) not in done]
     counts: Counter[str] = Counter(already_done=len(images) - len(todo))
@@ -151,12 +165,12 @@ def read_labels(paths: Iterable[str | Path]) -> list[tuple[str, bool]]:
     for path in map(Path, paths):
         for line_no, item in iter_jsonl(path):
             if not isinstance(item, dict):
-                raise ValueError(f"{path}:{line_no}: {item}")
+                raise LabelsError(f"{path}:{line_no}: {item.reason}")
             label = item.get("label")
             if isinstance(item.get("medical"), bool):
                 label = "medical" if item["medical"] else "non_medical"
             if label not in LABELS or not item.get("image"):
-                raise ValueError(f"{path}:{line_no}: needs 'image' and 'label' in {LABELS}")
+                raise LabelsError(f"{path}:{line_no}: needs 'image' and 'label' in {LABELS}")
             image = Path(item["image"])
             examples.append((str(image if image.is_absolute() else path.parent / image), label == "medical"))
     return examples

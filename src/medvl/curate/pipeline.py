@@ -316,6 +316,11 @@ def _run_stages(
     allow_empty: bool,
     reference: list[Any] | None,
 ) -> dict[str, Any] | None:
+    from medvl.curate.ingest import check_sources
+
+    if until is not None and until not in STAGES:
+        raise UserError(f"--until {until}: not a stage; choose one of {', '.join(STAGES)}")
+    check_sources(config.sources)
     dirs.work.mkdir(parents=True, exist_ok=True)
     dump_config(config, dirs.out / "config.yaml")
     digest = ""
@@ -331,8 +336,6 @@ def _run_stages(
         digest = hashlib.sha256(dirs.decontaminate_reference.read_bytes()).hexdigest()[:16]
     fingerprints = stage_fingerprints(config, digest)
     stages = build_stages(config, dirs)
-    if until is not None and until not in STAGES:
-        raise ValueError(f"until must be one of {STAGES}, got {until!r}")
     stale = False
     for stage in STAGES:
         marker = dirs.logs(stage) / "fingerprint.txt"

@@ -194,6 +194,11 @@ def rescore(predictions: str | Path, scorer: str = "medvl", candidates: str | Pa
         records = read_records(path)
     except JsonlLineError as exc:
         raise UserError(f"{exc}; fix or remove that line") from exc
+    for number, record in enumerate(records, start=1):
+        absent = [key for key in ("id", "answer", "answer_type") if key not in record]
+        if absent:
+            raise UserError(f"{path}: record {number} has no {', '.join(map(repr, absent))}: not a predictions file "
+                            "(give the predictions.jsonl that `medvl eval run` wrote)")
     result = score_records(records, scorer, load_candidates(candidates or path.with_name("candidates.json")))
     summary = {**result.summary, "source": str(path), "interval_methods": METHODS}
     if out is not None:

@@ -36,7 +36,8 @@ from medvl.io.offline import resolve_asset
 from medvl.model.spec import ModelSpec, TextSpec, VisionSpec
 from medvl.model.templates import STOP_STRINGS, guess_format, resolve_chat_template, single_bos
 
-__all__ = ["build_model", "build_processor", "generation_config_for", "identity_linear_state", "load_tokenizer"]
+__all__ = ["build_model", "build_processor", "generation_config_for", "identity_linear_state", "load_tokenizer",
+           "pretrained_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,28 @@ CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.261302
 SIGLIP_MEAN, SIGLIP_STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
 
 
+def pretrained_folder(value: str, key: str, marker: str | None = "config.json") -> str:
+    """The local folder a spec path names (`offline:NAME` resolved), checked before transformers sees it:
+    not a folder, or a folder without `marker`, is a ConfigError naming `key` (spec paths are local
+    folders; transformers would read a missing one as a hub id and fail offline with a traceback)."""
+    path = resolve_asset(value)
+    if not Path(path).is_dir():
+        raise ConfigError(f"{key}: {path} is not a folder; give the local folder of a saved Hugging Face model")
+    if marker and not (Path(path) / marker).is_file():
+        raise ConfigError(f"{key}: {path} has no {marker}; give the folder of a saved Hugging Face model")
+    return path
+
+
 def load_tokenizer(text: TextSpec, image_token: str = "<image>") -> Any:
     """The LLM's tokenizer with the image token added and a pad token set."""
-    source = resolve_asset(text.tokenizer or text.path)
+    key = "text.tokenizer" if text.tokenizer else "text.path"
+    source = pretrained_folder(text.tokenizer or text.path, key, marker=None)  # a tokenizer needs no config.json
     kwargs = {"gguf_file": text.gguf_file} if text.gguf_file and not text.tokenizer else {}
-    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:  # transformers' words for a folder without a tokenizer it can read
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{key}: no tokenizer could be loaded from {source} ({reason})") from None
     if hasattr(tokenizer, "legacy"):  # transformers 5 drops it on save, and Llama's reload then defaults to False
         tokenizer.init_kwargs["legacy"] = tokenizer.legacy
     if image_token not in tokenizer.get_vocab():
@@ -156,7 +174,7 @@ def _vision_part(vision: VisionSpec) -> tuple[Any, dict | None, dict]:
         return config, None, {}
     from transformers import CLIPVisionModel, SiglipVisionModel
 
-    path = resolve_asset(vision.path)
+    path = pretrained_folder(vision.path, "vision.path")
     full = AutoConfig.from_pretrained(path)
     config = getattr(full, "vision_config", full)
     family = "clip" if config.model_type.startswith("clip") else "siglip"
@@ -180,7 +198,8 @@ def _preprocessor_stats(folder: Path) -> dict:
 def _text_part(text: TextSpec, vocab_size: int) -> tuple[Any, Any]:
     if text.path is not None:
         kwargs = {"gguf_file": text.gguf_file} if text.gguf_file else {}
-        llm = AutoModelForCausalLM.from_pretrained(resolve_asset(text.path), dtype=torch.float32, **kwargs)
+        folder = pretrained_folder(text.path, "text.path", text.gguf_file or "config.json")
+        llm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
         if getattr(llm, "hf_quantizer", None) is not None:  # GGUF: weights are already dequantised
             llm.hf_quantizer = None
         if hasattr(llm.config, "quantization_config"):

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 
 from medvl.errors import UserError
-from medvl.io.files import atomic_write_text
+from medvl.io.files import atomic_write_text, ensure_folder
 from medvl.model.dtypes import resolve_dtype
 
-__all__ = ["save_model", "load_model", "NotAModelFolder", "DISCLAIMER"]
+__all__ = ["save_model", "load_model", "model_folder", "NotAModelFolder", "DISCLAIMER"]
 
 DISCLAIMER = (
     "Research use only: outputs of this model are not medical advice and must not be used for "
@@ -52,8 +52,7 @@ Serve with vLLM: `vllm serve {name}`.
 
 def save_model(model: Any, processor: Any, out_dir: str | Path, card: bool = True) -> Path:
     """Write model, processor, generation config (and a model card) to `out_dir`."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_folder(out_dir)
     _name_text_architecture(model.config)
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -73,13 +72,19 @@ def _name_text_architecture(config: Any) -> None:
             text.architectures = [name]
 
 
+def model_folder(path: str | Path) -> Path:
+    """`path` as a saved model folder; one without config.json is a NotAModelFolder."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise NotAModelFolder(f"{path} is not a saved model folder (no config.json)")
+    return path
+
+
 def load_model(path: str | Path, dtype: str | torch.dtype | None = "auto", device: str | None = None) -> tuple[Any, Any]:
     """(model, processor) from a native folder, in eval mode, tokenizer padding on the left."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise NotAModelFolder(f"{path} is not a saved model folder (no config.json)")
+    path = model_folder(path)
     processor = AutoProcessor.from_pretrained(path)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=resolve_dtype(dtype))
     if device:

@@ -45,6 +45,7 @@ from transformers import (
 
 from medvl.config import Config
 from medvl.errors import UserError
+from medvl.model.dtypes import UnknownDtype
 from medvl.model.templates import STOP_STRINGS, guess_format
 from medvl.records import message_image_count
 
@@ -83,6 +84,8 @@ def load_generator(path: str | Path, dtype: str = "auto", device: str | None = N
     """A `Generator` over the saved model folder `path`."""
     try:
         return Generator.from_pretrained(path, dtype=dtype, device=device, settings=settings)
+    except UnknownDtype:  # a --dtype mistake, not the folder's
+        raise
     except (OSError, ValueError) as exc:  # what transformers raises for a missing, broken or foreign folder
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"{path} is not a loadable medvl model ({reason}); give the folder that "

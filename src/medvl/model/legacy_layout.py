@@ -74,7 +74,7 @@ def legacy_config(source: Path) -> dict[str, Any]:
     path = source / "config.json"
     try:
         legacy = json.loads(path.read_text())
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, NotADirectoryError) as exc:
         raise ConversionError(f"{source}: no config.json; point at the checkpoint folder") from exc
     except ValueError as exc:
         raise ConversionError(f"{path}: not valid JSON ({exc})") from exc

@@ -9,8 +9,7 @@ Load from YAML with overrides: `load_config(ServeConfig, "serve.yaml", ["port=90
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
-from pydantic import Field, field_validator
+from pydantic import DirectoryPath, Field, field_validator
 
 from medvl.config import Config
 from medvl.engine import EngineConfig, check_servable
@@ -26,9 +25,9 @@ MIN_API_KEY_CHARS = 16
 class ImagePolicy(Config):
     """Where request images may come from, and how big they may be."""
 
-    local_root: Path | None = Field(
-        None, description="local files (file:// or plain paths) are served only from under this folder; "
-        "None refuses every local path")
+    local_root: DirectoryPath | None = Field(
+        None, description="local files (file:// or plain paths) are served only from under this existing "
+        "folder; None refuses every local path")
     allowed_hosts: list[str] = Field(
         default_factory=list, description="hosts whose http(s) image URLs may be fetched; empty refuses all "
         "remote URLs. Even listed hosts are refused when they resolve to a loopback, private, link-local "

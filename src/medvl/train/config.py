@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from medvl.config import Config
 from medvl.model.dtypes import DtypeName
@@ -131,7 +131,14 @@ class OptimConfig(Config):
         None, gt=0, description="peak learning rate of the multimodal projector (LLaVA's `mm_projector_lr`); "
         "null: `lr`. The schedule scales both alike")
     epochs: float = Field(1.0, gt=0)
-    max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: run all epochs)")
+    max_steps: int = Field(-1, ge=-1, description="stop after this many optimizer steps (-1: run all epochs)")
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_epochs(cls, value: int) -> int:
+        if value == 0:  # transformers reads 0 as "run all epochs", which nobody writing 0 means
+            raise ValueError("give a positive step count, or -1 to run all epochs")
+        return value
     batch_size: int = Field(16, ge=1, description="samples per device per micro-batch")
     grad_accum: int = Field(1, ge=1)
     weight_decay: float = Field(0.0, ge=0)

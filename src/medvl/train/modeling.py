@@ -49,15 +49,17 @@ def load_processor(source: ModelSource) -> Any:
     if source.path is not None:
         from transformers import AutoProcessor
 
-        return AutoProcessor.from_pretrained(source.path)
+        from medvl.model.checkpoint import model_folder
+
+        return AutoProcessor.from_pretrained(model_folder(source.path))
     from transformers import AutoConfig
 
-    from medvl.model.build import build_processor, load_tokenizer
+    from medvl.model.build import build_processor, load_tokenizer, pretrained_folder
 
     spec = source.spec
     sizes: dict[str, int] = {}
     if spec.vision.path is not None:
-        vision = AutoConfig.from_pretrained(spec.vision.path)
+        vision = AutoConfig.from_pretrained(pretrained_folder(spec.vision.path, "model.spec.vision.path"))
         vision = getattr(vision, "vision_config", vision)
         sizes = {"image_size": vision.image_size, "patch_size": vision.patch_size}
     return build_processor(spec, load_tokenizer(spec.text, spec.image_token), **sizes)

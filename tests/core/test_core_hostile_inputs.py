@@ -1,0 +1,167 @@
+"""Hostile input on the command line: each case is a mistake a new user makes (a missing or misplaced
+path, a file that is not UTF-8, an override that is not YAML, an output path blocked by a file, an input
+that yields nothing), and each must end in exit 2 with an `error:` line naming the path or key, never a
+traceback or a silent exit 0. Every case here failed that way before it was fixed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+RAD = Path(__file__).parents[1] / "eval" / "fixtures" / "vqa_rad"
+RECORD = {"id": "a", "image": "img.png",
+          "conversations": [{"from": "human", "value": "<image>\nq?"}, {"from": "gpt", "value": "yes"}]}
+
+
+def _expect_user_error(outcome, *fragments: str) -> None:
+    last = outcome.err.strip().splitlines()[-1] if outcome.err.strip() else ""
+    assert outcome.code == 2 and "Traceback" not in outcome.err, (outcome.code, outcome.err)
+    assert all(fragment in outcome.err for fragment in fragments), outcome.err
+    assert last.startswith("error:") or last.startswith("  "), last  # one line, or a config's list of keys
+
+
+@pytest.fixture
+def hostile(tmp_path: Path) -> dict[str, Path]:
+    """A file where a folder belongs, an empty folder, a text file named .png, a non-UTF-8 YAML."""
+    from PIL import Image
+
+    paths = {"file": tmp_path / "a-file", "folder": tmp_path / "a-folder", "text_png": tmp_path / "text.png",
+             "latin1": tmp_path / "latin1.yaml", "image": tmp_path / "img.png", "records": tmp_path / "records.jsonl"}
+    paths["file"].write_text("x")
+    paths["folder"].mkdir()
+    paths["text_png"].write_text("this is not an image")
+    paths["latin1"].write_bytes(b"output_dir: caf\xe9\n")
+    Image.new("RGB", (40, 40), (200, 0, 0)).save(paths["image"])
+    paths["records"].write_text(json.dumps(RECORD) + "\n")
+    return paths
+
+
+def _curate_config(tmp_path: Path, source: Path) -> Path:
+    config = tmp_path / "curate.yaml"
+    config.write_text(f"sources: [{{format: pmc_jsonl, path: '{source}'}}]\n")
+    return config
+
+
+def test_a_config_that_is_not_utf8_is_named(medvl, hostile):
+    _expect_user_error(medvl("build", hostile["latin1"], hostile["folder"] / "m"), "latin1.yaml: not UTF-8 text")
+
+
+def test_a_folder_given_as_config_is_named(medvl, hostile):
+    _expect_user_error(medvl("eval", "run", hostile["folder"]), "a-folder is a folder; give the config file")
+
+
+def test_an_override_that_is_not_yaml_is_named(medvl, hostile, tmp_path):
+    (tmp_path / "empty.yaml").write_text("")
+    _expect_user_error(medvl("build", tmp_path / "empty.yaml", tmp_path / "m", "vision.num_layers=[1"),
+                       "override 'vision.num_layers=[1': the value is not valid YAML")
+    _expect_user_error(medvl("eval", "inspect", "vqa_rad", RAD, "--option", "x=[1"),
+                       "--option x=[1: the value is not valid YAML")
+
+
+def test_an_output_folder_blocked_by_a_file_is_named(medvl, hostile):
+    blocked = hostile["file"]
+    _expect_user_error(medvl("data", "convert", "vqa_rad", RAD, "--out", blocked / "out.jsonl"),
+                       f"{blocked} is a file, not a folder")
+    _expect_user_error(medvl("data", "check", hostile["records"], "--out", blocked), f"{blocked} is a file")
+    _expect_user_error(medvl("curate", "decontaminate", hostile["records"], "--against", f"vqa_rad={RAD}",
+                             "--out", blocked), f"{blocked} is a file")
+
+
+def test_a_folder_given_as_an_output_file_is_named(medvl, hostile):
+    _expect_user_error(medvl("data", "convert", "vqa_rad", RAD, "--out", hostile["folder"]),
+                       "a-folder is a folder; give a file path")
+
+
+def test_an_eval_output_dir_that_is_a_file_is_named(medvl, hostile, tmp_path):
+    config = tmp_path / "eval.yaml"
+    config.write_text(f"benchmark: {{name: vqa_rad, root: '{RAD}', limit: 2}}\nbackend: {{kind: majority}}\n"
+                      f"output_dir: '{hostile['file']}'\n")
+    _expect_user_error(medvl("eval", "run", config), "a-file is a file, not a folder")
+
+
+def test_save_model_into_a_file_is_an_output_path_error(tiny_model, hostile):
+    from medvl.io.files import OutputPathError
+    from medvl.model.checkpoint import save_model
+
+    with pytest.raises(OutputPathError, match="is a file, not a folder"):
+        save_model(*tiny_model, hostile["file"])
+
+
+def test_a_curate_source_that_is_missing_or_a_folder_stops_before_the_run(medvl, hostile, tmp_path):
+    missing = tmp_path / "figures.jsonl"
+    _expect_user_error(medvl("curate", "run", _curate_config(tmp_path, missing), "--out", tmp_path / "out"),
+                       f"sources[0].path (format pmc_jsonl): {missing} does not exist")
+    _expect_user_error(medvl("curate", "estimate", _curate_config(tmp_path, hostile["folder"]), "--out",
+                             tmp_path / "out"), "a-folder is a folder; give the file in it")
+    assert not (tmp_path / "out" / "config.yaml").exists()
+
+
+def test_an_unknown_until_stage_is_named(medvl, hostile, tmp_path):
+    _expect_user_error(medvl("curate", "run", _curate_config(tmp_path, hostile["records"]), "--out",
+                             tmp_path / "out", "--until", "dedupe"), "--until dedupe: not a stage; choose one of")
+
+
+def test_labelling_nothing_is_an_error(medvl, hostile, tmp_path):
+    llm = ["--model", "mock", "--base-url", "http://127.0.0.1:9"]
+    _expect_user_error(medvl("curate", "label", hostile["folder"], "--out", tmp_path / "l.jsonl", *llm),
+                       "no image files under")
+    _expect_user_error(medvl("curate", "label", hostile["text_png"], "--out", tmp_path / "l.jsonl", *llm),
+                       "no image was labelled (already_done: 0, rejected:image_not_image: 1)", "l.rejects.jsonl")
+
+
+def test_classifier_labels_that_are_missing_a_folder_or_one_class_are_named(medvl, hostile, tmp_path):
+    out = ["--out", tmp_path / "classifier"]
+    _expect_user_error(medvl("curate", "train-classifier", tmp_path / "labels.jsonl", *out), "labels.jsonl: no such file")
+    _expect_user_error(medvl("curate", "train-classifier", hostile["folder"], *out), "a-folder is a folder")
+    _expect_user_error(medvl("curate", "train-classifier", hostile["records"], *out),
+                       "records.jsonl:1: needs 'image' and 'label'")
+    one_class = tmp_path / "medical.jsonl"
+    one_class.write_text(json.dumps({"image": str(hostile["image"]), "label": "medical"}) + "\n")
+    _expect_user_error(medvl("curate", "train-classifier", one_class, *out),
+                       "needs both medical and non-medical examples: got 1 medical and 0 non-medical")
+
+
+def test_judge_inputs_that_are_missing_are_named(medvl, tmp_path):
+    judge = Path(__file__).parents[2] / "configs" / "eval" / "judge.yaml"
+    _expect_user_error(medvl("eval", "judge-open", tmp_path / "predictions.jsonl", "--config", judge),
+                       "predictions.jsonl: no such file")
+    _expect_user_error(medvl("eval", "judge-chat", tmp_path / "q.jsonl", tmp_path / "a.jsonl", "--config", judge,
+                             "--out", tmp_path / "judged"), "a.jsonl: no such file")
+
+
+def test_scoring_a_file_that_is_not_predictions_is_named(medvl, hostile):
+    _expect_user_error(medvl("eval", "score", hostile["records"]),
+                       "records.jsonl: record 1 has no 'answer', 'answer_type': not a predictions file")
+
+
+@pytest.mark.parametrize("steps", ["-3", "0"])
+def test_max_steps_is_minus_one_or_positive(medvl, tmp_path, steps):
+    config = tmp_path / "train.yaml"
+    config.write_text(f"model: {{path: '{tmp_path}'}}\noutput_dir: '{tmp_path / 'run'}'\n")
+    _expect_user_error(medvl("data", "check", config, f"optim.max_steps={steps}"), "optim.max_steps")
+
+
+def test_a_model_folder_that_holds_no_model_is_named(medvl, hostile, tmp_path, smol_tokenizer):
+    _expect_user_error(medvl("data", "check", hostile["records"], "--model", hostile["folder"]),
+                       "a-folder is not a saved model folder (no config.json)")
+    (tmp_path / "empty.yaml").write_text("")
+    _expect_user_error(medvl("build", tmp_path / "empty.yaml", tmp_path / "m", f"text.path={tmp_path / 'llm'}"),
+                       f"text.path: {tmp_path / 'llm'} is not a folder")
+    _expect_user_error(medvl("build", tmp_path / "empty.yaml", tmp_path / "m", f"text.path={hostile['folder']}"),
+                       f"text.path: no tokenizer could be loaded from {hostile['folder']}")
+    _expect_user_error(medvl("build", tmp_path / "empty.yaml", tmp_path / "m", f"text.path={smol_tokenizer}"),
+                       f"text.path: {smol_tokenizer} has no config.json")  # a tokenizer, but no LLM to load
+    _expect_user_error(medvl("convert", hostile["file"], tmp_path / "out"), "a-file: no config.json")
+
+
+def test_an_unknown_dtype_is_not_blamed_on_the_model(medvl, tiny_model_dir):
+    outcome = medvl("chat", tiny_model_dir, "-q", "hi", "--dtype", "float99")
+    _expect_user_error(outcome, "unknown dtype 'float99'")
+    assert "not a loadable medvl model" not in outcome.err
+
+
+def test_serve_refuses_an_image_root_that_is_not_a_folder(medvl, hostile, tmp_path):
+    _expect_user_error(medvl("serve", tmp_path, "--image-root", tmp_path / "images"), "images.local_root")
+    _expect_user_error(medvl("serve", tmp_path, "--image-root", hostile["file"]), "images.local_root")
