@@ -165,3 +165,14 @@ def test_an_unknown_dtype_is_not_blamed_on_the_model(medvl, tiny_model_dir):
 def test_serve_refuses_an_image_root_that_is_not_a_folder(medvl, hostile, tmp_path):
     _expect_user_error(medvl("serve", tmp_path, "--image-root", tmp_path / "images"), "images.local_root")
     _expect_user_error(medvl("serve", tmp_path, "--image-root", hostile["file"]), "images.local_root")
+
+
+def test_a_data_check_that_finds_no_usable_record_fails_after_writing_its_report(medvl, hostile, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    outcome = medvl("data", "check", tmp_path / "empty.jsonl")
+    _expect_user_error(outcome, "empty.jsonl: no usable record (no rows at all)")
+    assert (tmp_path / "empty.check" / "data_check.json").is_file()
+    not_images = tmp_path / "not-images.jsonl"
+    not_images.write_text(json.dumps({**RECORD, "image": str(hostile["text_png"])}) + "\n")
+    _expect_user_error(medvl("data", "check", not_images), "no usable record (all 1 rows rejected; the reasons are in",
+                       "rejects.jsonl")

@@ -83,11 +83,13 @@ def check(
         None, "--against", help="NAME[@SPLIT]=ROOT, repeatable (split: test): warn about records that show this "
                                 "benchmark's images or repeat its questions (as medvl curate decontaminate finds them)"),
 ) -> None:
-    """Validate every record (structure, images, token length); write data_check.json and rejects.jsonl."""
+    """Validate every record (structure, images, token length); write data_check.json and rejects.jsonl.
+    No usable record at all is an error (exit 2) after the report is written."""
     from rich.console import Console
     from rich.table import Table
 
     from medvl.benchmarks.contamination import benchmark_reference, parse_against
+    from medvl.train.sources import DataError
     from medvl.train.validate import REJECTS_NAME, count_text
 
     reference = benchmark_reference(parse_against(against)) if against else None  # a bad root fails first
@@ -109,6 +111,10 @@ def check(
     if report.benchmark_overlap is not None:
         _warn_overlap(console, sources, report.benchmark_overlap, against or [])
     console.print(f"report: {folder / 'data_check.json'}; rejects: {folder / REJECTS_NAME}")
+    if not report.valid:
+        rows = sum(source.rows for source in report.sources)
+        why = f"all {rows} rows rejected; the reasons are in {folder / REJECTS_NAME}" if rows else "no rows at all"
+        raise DataError(f"{target}: no usable record ({why})")
 
 
 def _warn_overlap(console: Console, sources: list[LoadedSource], overlap: dict[str, Any], against: list[str]) -> None:
