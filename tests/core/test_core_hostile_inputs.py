@@ -176,3 +176,10 @@ def test_a_data_check_that_finds_no_usable_record_fails_after_writing_its_report
     not_images.write_text(json.dumps({**RECORD, "image": str(hostile["text_png"])}) + "\n")
     _expect_user_error(medvl("data", "check", not_images), "no usable record (all 1 rows rejected; the reasons are in",
                        "rejects.jsonl")
+
+
+def test_text_filter_labels_that_are_not_utf8_are_named(medvl, tmp_path):
+    labels = tmp_path / "captions.jsonl"
+    labels.write_bytes(b'{"text": "caf\xe9", "label": "medical"}\n')
+    _expect_user_error(medvl("curate", "train-text-filter", labels, "--out", tmp_path / "filter"),
+                       "captions.jsonl: not UTF-8 text (byte 13)")

@@ -88,7 +88,11 @@ def load_labelled(paths: Sequence[str | Path] = ()) -> list[LabelledCaption]:
         path = Path(path)
         if not path.is_file():
             raise TextProbeError(f"{path}: no such labels file")
-        for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise TextProbeError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+        for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
