@@ -183,3 +183,10 @@ def test_text_filter_labels_that_are_not_utf8_are_named(medvl, tmp_path):
     labels.write_bytes(b'{"text": "caf\xe9", "label": "medical"}\n')
     _expect_user_error(medvl("curate", "train-text-filter", labels, "--out", tmp_path / "filter"),
                        "captions.jsonl: not UTF-8 text (byte 13)")
+
+
+def test_decontaminate_refuses_an_image_root_that_is_not_a_folder(medvl, hostile, tmp_path):
+    """Before, every training image counted as missing and the command exited 0."""
+    outcome = medvl("curate", "decontaminate", hostile["records"], "--against", f"vqa_rad={RAD}", "--out",
+                    tmp_path / "clean", "--image-root", tmp_path / "images")
+    assert outcome.code == 2 and "Invalid value for '--image-root'" in outcome.err and not (tmp_path / "clean").exists()
