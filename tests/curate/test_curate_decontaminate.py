@@ -150,3 +150,59 @@ def test_two_processes_writing_one_report_folder_both_finish(tmp_path: Path):
         folder = tmp_path / str(trial)
         assert sorted(p.name for p in folder.iterdir()) == ["report.html", "report.json", "report.png"]
         assert (folder / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _text_checker() -> Decontaminator:
+    item = ReferenceItem("b", "test", "1", (), "What is the abnormality seen in the left lower lobe of the lung", "pneumonia")
+    return Decontaminator([item], ngram=8, min_text_overlap=0.5, check_images=False)
+
+
+def _training_file(path: Path, questions: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records = [{"id": str(i), "image": [], "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": "a"}]}
+               for i, q in enumerate(questions)]
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+def test_decontaminate_never_writes_over_a_training_file_or_two_inputs_into_one(tmp_path: Path):
+    from medvl.curate.decontaminate import decontaminate_files
+    from medvl.errors import UserError
+
+    train = _training_file(tmp_path / "data" / "train.jsonl", ["What is in the left lower lobe of the lung?"])
+    original = train.read_text()
+    with pytest.raises(UserError, match="would overwrite the training file"):
+        decontaminate_files([train], None, _text_checker(), train.parent)  # --out: the input's own folder
+    assert train.read_text() == original
+    other = _training_file(tmp_path / "more" / "train.json", ["Is this an MRI?"])
+    with pytest.raises(UserError, match="would both be cleaned into"):
+        decontaminate_files([train, other], None, _text_checker(), tmp_path / "out")
+    removed_named = _training_file(tmp_path / "x" / "removed.jsonl", ["Is this an MRI?"])
+    with pytest.raises(UserError, match="the removed records' file"):
+        decontaminate_files([removed_named], None, _text_checker(), tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_run_that_fails_midway_leaves_the_previous_outputs_whole(tmp_path: Path, monkeypatch):
+    from medvl.curate.decontaminate import decontaminate_files
+
+    questions = ["What is the abnormality seen in the left lower lobe of the lung? pneumonia",
+                 *[f"Question {i} about the image?" for i in range(5)]]
+    train, out = _training_file(tmp_path / "train.jsonl", questions), tmp_path / "out"
+    decontaminate_files([train], None, _text_checker(), out)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert before["train.jsonl"].count(b"\n") == 5 and before["removed.jsonl"].count(b"\n") == 1
+
+    checker, calls = _text_checker(), []
+    real_check = checker.check
+
+    def check_then_die(sample):  # the run dies on the fourth record (a kill, an OOM, a bad image)
+        calls.append(sample)
+        if len(calls) == 4:
+            raise RuntimeError("killed")
+        return real_check(sample)
+
+    monkeypatch.setattr(checker, "check", check_then_die)
+    with pytest.raises(RuntimeError, match="killed"):
+        decontaminate_files([train], None, checker, out)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before  # no half file, no leftovers

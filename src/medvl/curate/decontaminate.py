@@ -1,20 +1,27 @@
 """`medvl curate decontaminate`'s file side: check LLaVA-format training files against benchmark items
 with the shared matcher (`medvl.benchmarks.contamination`, which `medvl data check --against` uses
 too) and write the cleaned files, `removed.jsonl`, `seen_items.json` (benchmark/split → item ids, a
-plain file an evaluation can exclude) and the report (`decontaminate_report`).
+plain file an evaluation can exclude) and the report (`decontaminate_report`). The cleaned files
+and `removed.jsonl` are renamed into place together once every input has been read (a killed run
+leaves the previous ones whole); an output that would overwrite an input or another output is
+refused before anything is read.
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from medvl.benchmarks.contamination import Contamination, Decontaminator, summarise, training_sample
-from medvl.io.files import atomic_write_json, ensure_folder
+from medvl.errors import UserError
+from medvl.io.files import atomic_output, atomic_write_json, ensure_folder
 
 __all__ = ["decontaminate_files"]
+
+REMOVED = "removed.jsonl"
 
 
 def decontaminate_files(
@@ -35,31 +42,35 @@ def decontaminate_files(
     from medvl.io.jsonl import JsonlLineError, iter_jsonl
     from medvl.records import RecordError, record_images
 
-    ensure_folder(out_dir)
+    kept_paths = _kept_paths(paths, ensure_folder(out_dir))
     matches: list[tuple[str, list[Contamination]]] = []
     seen, unreadable, images_missing = 0, 0, 0
-    with (out_dir / "removed.jsonl").open("w", encoding="utf-8") as removed:
+    with ExitStack() as outputs:  # every output is renamed into place only once all inputs are read
+        def output(path: Path) -> TextIO:
+            return outputs.enter_context(outputs.enter_context(atomic_output(path)).open("w", encoding="utf-8"))
+
+        removed = output(out_dir / REMOVED)
         for path in paths:
             root = image_root or path.parent
-            with (out_dir / f"{path.stem}.jsonl").open("w", encoding="utf-8") as kept:
-                for number, record in iter_jsonl(path):
-                    try:
-                        if isinstance(record, JsonlLineError):
-                            raise record
-                        images = [str(root / image) for image in record_images(record)]
-                    except (JsonlLineError, RecordError) as exc:
-                        unreadable += 1
-                        removed.write(json.dumps({"file": str(path), "line": number, "error": str(exc)}) + "\n")
-                        continue
-                    seen += 1
-                    present = [image for image in images if Path(image).is_file()]
-                    images_missing += len(images) - len(present)
-                    found = checker.check(training_sample(str(record.get("id", number)), record, present))
-                    if found:
-                        matches.append((str(record.get("id", number)), found))
-                        removed.write(json.dumps({**record, "decontamination": [c.to_dict() for c in found]}) + "\n")
-                    else:
-                        kept.write(json.dumps(record) + "\n")
+            kept = output(kept_paths[path])
+            for number, record in iter_jsonl(path):
+                try:
+                    if isinstance(record, JsonlLineError):
+                        raise record
+                    images = [str(root / image) for image in record_images(record)]
+                except (JsonlLineError, RecordError) as exc:
+                    unreadable += 1
+                    removed.write(json.dumps({"file": str(path), "line": number, "error": str(exc)}) + "\n")
+                    continue
+                seen += 1
+                present = [image for image in images if Path(image).is_file()]
+                images_missing += len(images) - len(present)
+                found = checker.check(training_sample(str(record.get("id", number)), record, present))
+                if found:
+                    matches.append((str(record.get("id", number)), found))
+                    removed.write(json.dumps({**record, "decontamination": [c.to_dict() for c in found]}) + "\n")
+                else:
+                    kept.write(json.dumps(record) + "\n")
     summary = summarise(checker.reference, [found for _, found in matches], seen)
     summary.update(unreadable_lines=unreadable, training_images_missing=images_missing,
                    benchmark_images_unreadable=checker.missing_images[:50])
@@ -70,3 +81,23 @@ def decontaminate_files(
     atomic_write_json(out_dir / "seen_items.json", {k: sorted(v) for k, v in sorted(seen_items.items())})
     write_decontamination_report(out_dir, summary, matches, checker.reference)
     return summary
+
+
+def _kept_paths(paths: list[Path], out_dir: Path) -> dict[Path, Path]:
+    """Where each input's kept records go (`out_dir/<stem>.jsonl`); refused before anything is read
+    when that would overwrite an input, `removed.jsonl`, or another input's output."""
+    kept: dict[Path, Path] = {}
+    inputs = {path.resolve() for path in paths}
+    for path in paths:
+        target = out_dir / f"{path.stem}.jsonl"
+        if target.resolve() in inputs:
+            raise UserError(f"{path}: --out {out_dir} would overwrite the training file {target} with its cleaned "
+                            "copy; choose another --out folder")
+        if target.name == REMOVED:
+            raise UserError(f"{path}: its cleaned copy would be {target}, the removed records' file; rename the "
+                            "training file")
+        if clash := next((other for other, taken in kept.items() if taken == target), None):
+            raise UserError(f"{clash} and {path} would both be cleaned into {target}; rename one, or "
+                            "decontaminate them with separate --out folders")
+        kept[path] = target
+    return kept

@@ -1,8 +1,9 @@
 """Output paths (atomic writes, the folders they go into), and the lock around a read-modify-write of
 a file several processes share.
 
-- `atomic_write_*`: write to a temporary file in the same folder, fsync, then rename. A reader (or
-  a resumed run) sees either the old file or the complete new one, never a torn write. Each
+- `atomic_write_*`, `atomic_output`: write to a temporary file in the same folder, fsync, then
+  rename. A reader (or a resumed run) sees either the old file or the complete new one, never a
+  torn write, and a killed writer leaves the old one (or none) under the name. Each
   temporary name is new (`mkstemp`): two processes writing one file never share one (a fixed
   `.tmp` name made one rename the other's half-written file, and crash renaming its own).
 - `file_lock(path, doing)`: one process at a time (threads included) between reading a shared
@@ -25,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 from medvl.errors import UserError
 
-__all__ = ["OutputPathError", "atomic_write_with", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
+__all__ = ["OutputPathError", "atomic_output", "atomic_write_with", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
            "check_file_target", "ensure_folder", "file_lock"]
 
 log = logging.getLogger(__name__)
@@ -59,22 +60,30 @@ def check_file_target(path: str | Path) -> Path:
     return path
 
 
-def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """`write(tmp)` (e.g. a figure's `savefig`), then fsync and rename onto `path`; `tmp` is a new
-    file beside `path` with a name of its own and the same extension."""
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """A new temporary file beside `path` (same extension) for the block to write, e.g. a large JSONL
+    streamed line by line; fsynced and renamed onto `path` when the block ends, deleted if it raises.
+    A run killed meanwhile leaves `path` as it was."""
     path = check_file_target(path)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     tmp = Path(name)
     try:
-        write(tmp)
+        yield tmp
         with tmp.open("rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """`write(tmp)` (e.g. a figure's `savefig`) into `atomic_output(path)`."""
+    with atomic_output(path) as tmp:
+        write(tmp)
+    return Path(path)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
