@@ -58,6 +58,8 @@ def test_an_override_that_is_not_yaml_is_named(medvl, hostile, tmp_path):
                        "override 'vision.num_layers=[1': the value is not valid YAML")
     _expect_user_error(medvl("eval", "inspect", "vqa_rad", RAD, "--option", "x=[1"),
                        "--option x=[1: the value is not valid YAML")
+    _expect_user_error(medvl("eval", "inspect", "vqa_rad", RAD, "--option", "lang"),  # was passed as lang=None
+                       "--option 'lang': give key=value")
 
 
 def test_an_output_folder_blocked_by_a_file_is_named(medvl, hostile):
@@ -190,3 +192,26 @@ def test_decontaminate_refuses_an_image_root_that_is_not_a_folder(medvl, hostile
     outcome = medvl("curate", "decontaminate", hostile["records"], "--against", f"vqa_rad={RAD}", "--out",
                     tmp_path / "clean", "--image-root", tmp_path / "images")
     assert outcome.code == 2 and "Invalid value for '--image-root'" in outcome.err and not (tmp_path / "clean").exists()
+
+
+def test_a_blocked_output_folder_is_refused_before_the_training_it_would_lose(hostile, monkeypatch):
+    """`medvl prior`, `curate train-classifier` and `curate train-text-filter` found a file in the way
+    of their output folder only when saving, after the teacher, the embedding and the fit had run."""
+    from medvl.curate import classifier, text_probe
+    from medvl.io.files import OutputPathError
+    from medvl.model import prior
+
+    def expensive(*args, **kwargs):
+        raise AssertionError("the expensive part ran before the output path was checked")
+
+    monkeypatch.setattr("medvl.curate.embed.make_text_embedder", expensive)
+    monkeypatch.setattr(classifier, "make_embedder", expensive)
+    monkeypatch.setattr(prior, "load_teacher", expensive)
+    captions = [text_probe.LabelledCaption(text, medical, False, text)
+                for text, medical in (("CT of the chest", True), ("A solar map", False))]
+    with pytest.raises(OutputPathError, match="is a file, not a folder"):
+        text_probe.train_text_probe(captions, hostile["file"])
+    with pytest.raises(OutputPathError, match="is a file, not a folder"):
+        classifier.train_classifier([(hostile["image"], True), (hostile["image"], False)], hostile["file"])
+    with pytest.raises(OutputPathError, match="is a file, not a folder"):
+        prior.distil_tower(prior.PriorConfig(images=[str(hostile["image"])]), hostile["file"])

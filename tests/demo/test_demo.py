@@ -170,3 +170,15 @@ def test_the_acceptance_bar_needs_the_gap_and_the_significance():
     assert _bar_line("choice accuracy", closed(0.06, 0.005)).startswith("met")
     recall = PairedDifference("open token_recall", "mean", 179, 0.2, 0.15, 0.05, (0.01, 0.09))
     assert _bar_line("open token_recall", recall).startswith("met")
+
+
+def test_a_wrong_vqa_rad_folder_stops_the_demo_before_its_first_step(tmp_path, monkeypatch):
+    from medvl.errors import UserError
+
+    def first_step(config, out):
+        raise FirstStepReached  # the curate step ran first and the wrong folder surfaced only after it
+
+    monkeypatch.setattr(demo_run, "curate", first_step)
+    config = load_config(DemoConfig, None, [f"output_dir={tmp_path / 'demo'}", f"vqa_rad={tmp_path / 'nowhere'}"])
+    with pytest.raises(UserError, match="nowhere"):
+        run_demo(config)

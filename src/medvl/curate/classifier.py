@@ -213,6 +213,8 @@ def train_classifier(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    folder = ensure_folder(out_dir)  # first: a blocked output path must not cost the embedding and the fit
+
     from medvl.io.images import ImageLoadError, load_image
 
     embedder = make_embedder(encoder)
@@ -238,7 +240,6 @@ def train_classifier(
     probe.fit(x[train], y[train])
     val_accuracy = float((probe.predict(x[val]) == y[val]).mean()) if val else None
     train_accuracy = float((probe.predict(x[train]) == y[train]).mean())
-    folder = ensure_folder(out_dir)
     joblib.dump(probe, folder / PROBE_FILE)
     meta = {
         "encoder": embedder.spec,

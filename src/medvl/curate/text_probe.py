@@ -235,6 +235,7 @@ def train_text_probe(
 
     if features not in FEATURE_SETS:
         raise TextProbeError(f"features {features!r} is not one of {', '.join(FEATURE_SETS)}")
+    folder = ensure_folder(out_dir)  # before the embedding and the cross-validation, not after
     train = [e for e in examples if not e.held_out]
     held_out = [e for e in examples if e.held_out]
     labels = np.asarray([e.medical for e in train])
@@ -296,6 +297,5 @@ def train_text_probe(
         probe = TextProbe.from_meta(result)
         scores = probe.predict_proba([e.text for e in held_out])
         result["held_out"] = precision_recall(scores >= threshold, [e.medical for e in held_out])
-    folder = ensure_folder(out_dir)
     atomic_write_json(folder / PROBE_FILE, result)
     return result

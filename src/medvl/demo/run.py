@@ -103,7 +103,10 @@ def _empty(out: Path) -> None:
 
 
 def _run_steps(config: DemoConfig, out: Path) -> Path:
+    from medvl.benchmarks import load_benchmark
+
     vqa_rad = Path(config.vqa_rad) if config.vqa_rad else repo_data("vqa-rad")
+    load_benchmark("vqa_rad", vqa_rad, split="test")  # a wrong --vqa-rad fails now, not after the curate step
     summaries: dict[str, dict[str, Any]] = {}
     steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("curate", lambda: curate(config, out)),

@@ -87,9 +87,14 @@ def inspect_benchmark(
 ) -> None:
     """Load a benchmark and report its size, answer types, missing images and unreadable rows."""
     from medvl.benchmarks import load_benchmark
-    from medvl.config import parse_value
+    from medvl.config import ConfigError, parse_value
 
-    options = {k: parse_value(v, f"--option {k}={v}") for k, _, v in (o.partition("=") for o in option or [])}
+    options = {}
+    for item in option or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option {item!r}: give key=value (e.g. --option lang=en)")
+        options[key.strip()] = parse_value(raw, f"--option {item}")
     typer.echo(load_benchmark(name, root, split, **options).summary())
 
 

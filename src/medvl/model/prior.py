@@ -207,6 +207,7 @@ def distil_tower(config: PriorConfig, out: str | Path, progress: Callable[[str],
     files = image_files(config.images)
     if not files:
         raise UserError("prior: no images given (prior.images: files or folders of images)")
+    folder = ensure_folder(out)  # before the teacher and the student's epochs, not after
     started = time.perf_counter()
     teacher = load_teacher(config.teacher)
     views = _views(files, config)
@@ -247,7 +248,6 @@ def distil_tower(config: PriorConfig, out: str | Path, progress: Callable[[str],
             progress(f"prior epoch {epoch + 1}/{config.epochs}: loss {np.mean(losses[-steps_per_epoch:]):.4f}")
     student_seconds = time.perf_counter() - started
 
-    folder = ensure_folder(out)
     student.eval().save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": config.tower.image_size},
                        crop_size={"height": config.tower.image_size, "width": config.tower.image_size},
