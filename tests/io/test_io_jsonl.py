@@ -95,6 +95,19 @@ def test_a_leading_utf8_bom_is_skipped_in_lines_and_arrays(tmp_path):
     assert read_records(array) == [{"id": "a"}]
 
 
+def test_a_line_with_bytes_that_are_not_utf8_is_a_bad_line_not_a_changed_record(tmp_path):
+    lines = tmp_path / "latin1.jsonl"  # "café" saved as Latin-1: it was read as "caf\ufffd", counted nowhere
+    lines.write_bytes(b'{"id": "a", "q": "caf\xe9"}\n{"id": "b", "q": "\xef\xbf\xbd is U+FFFD, valid"}\n')
+    items = list(iter_jsonl(lines))
+    assert isinstance(items[0][1], JsonlLineError)
+    assert items[0][1].reason == "not UTF-8 text (byte 0xe9 at column 22); save the file as UTF-8"
+    assert items[1] == (2, {"id": "b", "q": "\ufffd is U+FFFD, valid"})
+    array = tmp_path / "latin1.json"
+    array.write_bytes(b'[{"id": "a", "q": "caf\xe9"}]')
+    [(number, problem)] = list(iter_jsonl(array))
+    assert number == 1 and "not UTF-8 text (byte 0xe9" in problem.reason
+
+
 def test_an_input_that_cannot_be_opened_is_a_user_error_naming_it(tmp_path):
     with pytest.raises(JsonlFileError, match="absent.jsonl: no such file") as missing:
         read_records(tmp_path / "absent.jsonl")

@@ -2,8 +2,10 @@
 
 - `iter_jsonl` yields `(line_number, record)` or `(line_number, JsonlLineError)` so a caller can
   record a malformed line and go on. A whole-file JSON array (`[...]`, as LLaVA-Med and
-  PubMedVision release) is read too, and a leading UTF-8 BOM is skipped. A path that cannot be
-  read at all (missing, a folder, no permission) is a `JsonlFileError`.
+  PubMedVision release) is read too, and a leading UTF-8 BOM is skipped. A line holding bytes that
+  are not UTF-8 is a bad line ("not UTF-8 text (byte 0xe9 at column 12)"), not a record with its
+  text silently changed. A path that cannot be read at all (missing, a folder, no permission) is a
+  `JsonlFileError`.
 - `JsonlAppender` appends one record per line, flushing each line, so a killed job keeps every
   finished record; a torn final line left by a kill is cut off when the file is reopened.
   `iter_appended` reads such a file back while it may still be written (fast, no checks: medvl
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -53,7 +56,7 @@ class JsonlFileError(UserError, OSError):
 
 def _open_input(path: Path) -> Any:
     try:
-        return path.open("r", encoding="utf-8-sig", errors="replace")
+        return path.open("r", encoding="utf-8-sig", errors="surrogateescape")  # bad bytes: see _not_utf8
     except (FileNotFoundError, NotADirectoryError):
         raise JsonlFileError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -73,9 +76,12 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | JsonlLi
         first = _first_non_space(handle)
         handle.seek(0)
         if first == "[":
+            text = handle.read()
             try:
-                items = json.load(handle)
-            except json.JSONDecodeError as exc:
+                if problem := _not_utf8(text):
+                    raise ValueError(problem)
+                items = json.loads(text)
+            except ValueError as exc:  # JSONDecodeError is one
                 yield 1, JsonlLineError(path, 1, f"invalid JSON array: {exc}")
                 return
             for index, item in enumerate(items, start=1):
@@ -86,6 +92,9 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | JsonlLi
         for number, line in enumerate(handle, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():
+                continue
+            if problem := _not_utf8(line):
+                yield number, JsonlLineError(path, number, problem)
                 continue
             try:
                 record = json.loads(line)
@@ -182,6 +191,19 @@ def decode_problem(exc: json.JSONDecodeError, length: int) -> str:
     if exc.pos >= length or exc.msg.startswith("Unterminated string"):
         where += " (end of line: cut off?)"
     return f"invalid JSON at {where}: {exc.msg}"
+
+
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
+
+
+def _not_utf8(text: str) -> str | None:
+    """The problem with `text` read with errors="surrogateescape", if it held bytes that are not UTF-8
+    (they were replaced by U+FFFD, silently, before: a record with its text changed, counted nowhere)."""
+    bad = _UNDECODABLE.search(text)
+    if bad is None:
+        return None
+    byte = ord(bad.group()) - 0xDC00
+    return f"not UTF-8 text (byte 0x{byte:02x} at column {bad.start() + 1}); save the file as UTF-8"
 
 
 def _first_non_space(handle: Any) -> str:
