@@ -49,3 +49,20 @@ def test_a_command_module_that_does_not_import_is_an_error(monkeypatch):
     monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "medvl.eval.clii"))
     with pytest.raises(ModuleNotFoundError, match="medvl.eval.clii"):
         build_app()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["chat", "/nonexistent-model"], "error: Invalid value for 'model_dir': dir '/nonexistent-model' does not exist. "
+                                     "(see medvl chat --help)"),
+    (["eval", "run", "--bogus", "x"], "error: No such option: --bogus (see medvl eval run --help)"),
+    (["curate", "run"], "error: Missing argument 'config'. (see medvl curate run --help)"),
+])
+def test_a_usage_mistake_is_one_error_line_exit_2(medvl, args, message):
+    outcome = medvl(*args)  # it was click's boxed panel: a usage line, a hint, and the error in a frame
+    assert (outcome.code, outcome.err.strip()) == (2, message)
+
+
+def test_exit_codes_pass_through_the_entry_point(medvl):
+    assert medvl("eval", "list").code == 0
+    bare = medvl("curate")  # no sub-command: the help, exit 2 as click's
+    assert bare.code == 2 and "Usage: medvl curate" in bare.out + bare.err
