@@ -215,3 +215,11 @@ def test_a_blocked_output_folder_is_refused_before_the_training_it_would_lose(ho
         classifier.train_classifier([(hostile["image"], True), (hostile["image"], False)], hostile["file"])
     with pytest.raises(OutputPathError, match="is a file, not a folder"):
         prior.distil_tower(prior.PriorConfig(images=[str(hostile["image"])]), hostile["file"])
+
+
+def test_a_folder_where_an_input_file_belongs_is_named_as_a_folder(medvl, hostile, tmp_path):
+    folder = hostile["folder"]  # each said "not found" / "no such file" / "no images given" of a folder that exists
+    _expect_user_error(medvl("data", "check", folder), f"{folder} is a folder; give the JSONL/JSON file itself")
+    _expect_user_error(medvl("curate", "train-text-filter", folder, "--out", tmp_path / "tf"),
+                       f"{folder} is a folder; give the labelled captions JSONL itself")
+    _expect_user_error(medvl("prior", tmp_path / "tower", "-i", folder), f"prior: no image files in {folder}")

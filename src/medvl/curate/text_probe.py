@@ -86,6 +86,8 @@ def load_labelled(paths: Sequence[str | Path] = ()) -> list[LabelledCaption]:
     examples = []
     for path in paths or [shipped_labels_path()]:
         path = Path(path)
+        if path.is_dir():
+            raise TextProbeError(f"{path} is a folder; give the labelled captions JSONL itself")
         if not path.is_file():
             raise TextProbeError(f"{path}: no such labels file")
         try:

@@ -206,7 +206,8 @@ def distil_tower(config: PriorConfig, out: str | Path, progress: Callable[[str],
     torch.manual_seed(config.seed)
     files = image_files(config.images)
     if not files:
-        raise UserError("prior: no images given (prior.images: files or folders of images)")
+        given = ", ".join(map(str, config.images)) or "nothing"
+        raise UserError(f"prior: no image files in {given} (prior.images / -i: image files or folders holding them)")
     folder = ensure_folder(out)  # before the teacher and the student's epochs, not after
     started = time.perf_counter()
     teacher = load_teacher(config.teacher)

@@ -76,7 +76,8 @@ def load_source(config: SourceConfig) -> LoadedSource:
     if config.path is not None:
         path = Path(config.path).expanduser()
         if not path.is_file():
-            raise DataError(f"data source {config.label()!r}: {path} not found")
+            problem = "is a folder; give the JSONL/JSON file itself" if path.is_dir() else "not found"
+            raise DataError(f"data source {config.label()!r}: {path} {problem}")
         rows = [item for _, item in iter_jsonl(path)]
         stat = path.stat()
         fingerprint = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
