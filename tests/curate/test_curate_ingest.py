@@ -212,3 +212,25 @@ def test_a_utf8_bom_does_not_cost_the_first_record_or_the_header(tmp_path: Path)
         docs = read_all([SourceConfig(format="pairs", path=str(tmp_path / name))])
         assert [d.metadata.get("ingest_error") for d in docs] == [None], name
         assert docs[0].id == "PMC1_Fig1", name
+
+
+def test_a_caption_with_bytes_that_are_not_utf8_is_rejected_with_its_reason(tmp_path: Path):
+    """A Latin-1 "é" was read as U+FFFD and the caption kept, changed and counted nowhere."""
+    good, bad = b"PMC1_Fig1.jpg,CT of the chest.\n", b"PMC2_Fig1.jpg,Radiograph of the caf\xe9 owner's hand.\n"
+    (tmp_path / "pairs.csv").write_bytes(b"image,caption\n" + good + bad)
+    line = json.dumps({"image": "PMC2_Fig1.jpg", "caption": "Radiograph of the cafX owner."}).encode()
+    (tmp_path / "pairs.jsonl").write_bytes(json.dumps({"image": "PMC1_Fig1.jpg", "caption": "CT."}).encode() + b"\n"
+                                           + line.replace(b"cafX", b"caf\xe9") + b"\n")
+    roco = tmp_path / "roco"
+    roco.mkdir()
+    (roco / "captions.txt").write_bytes(b"ROCO_00001\tCT of the chest.\nROCO_00002\tThe caf\xe9 owner's hand.\n")
+    for source in (SourceConfig(format="pairs", path=str(tmp_path / "pairs.csv")),
+                   SourceConfig(format="pairs", path=str(tmp_path / "pairs.jsonl")),
+                   SourceConfig(format="roco", path=str(roco))):
+        errors = [d.metadata.get("ingest_error") for d in read_all([source])]
+        assert errors[0] is None and errors[1][0] == "malformed_line", (source.path, errors)
+        assert "not UTF-8 text (byte 0xe9 at column" in errors[1][1], errors[1]
+    whole = tmp_path / "array.json"
+    whole.write_bytes(b'[{"image": "PMC1_Fig1.jpg", "caption": "The caf\xe9."}]')
+    [doc] = read_all([SourceConfig(format="pairs", path=str(whole))])
+    assert doc.metadata["ingest_error"][0] == "malformed_file" and "not UTF-8" in doc.metadata["ingest_error"][1]

@@ -27,7 +27,8 @@ Formats (`SourceConfig.format`):
   optional `mentions`, `licence`).
 
 A malformed input never stops the run: it becomes a Document flagged with `ingest_error`, which the
-`IngestCheck` filter turns into a reject with its reason. `path` may be a glob (`shards/*.jsonl`).
+`IngestCheck` filter turns into a reject with its reason; a caption holding bytes that are not UTF-8
+is one (`malformed_line`, "not UTF-8 text (byte 0xe9 at column 31)"), not a caption silently changed. `path` may be a glob (`shards/*.jsonl`).
 Sharding: with at least as many files as tasks a task reads whole files (`index % world_size ==
 rank`), otherwise every task reads its own items of each file, parsing only those.
 """
@@ -50,7 +51,7 @@ from medvl.curate.licences import normalise_licence
 from medvl.curate.vocab import infer_modality
 from medvl.errors import UserError
 from medvl.io.images import image_files
-from medvl.io.jsonl import decode_problem
+from medvl.io.jsonl import READ_TEXT, decode_problem, not_utf8
 
 if TYPE_CHECKING:
     from medvl.curate.config import SourceConfig
@@ -241,13 +242,17 @@ def _file_items(source: SourceConfig, path: Path, rank: int, world_size: int) ->
 
 
 def _jsonl_items(path: Path, rank: int, world_size: int) -> Iterator[_Item]:
-    with path.open("r", encoding="utf-8-sig", errors="replace") as handle:
+    with path.open("r", **READ_TEXT) as handle:
         for index, line in enumerate(handle):
             if index % world_size != rank or not line.strip():
                 continue
             line = line.rstrip("\r\n")
             try:
+                if problem := not_utf8(line):
+                    raise IngestError("malformed_line", f"{path.name}:{index + 1}: {problem}")
                 raw = json.loads(line)
+            except IngestError as error:
+                raw = error
             except json.JSONDecodeError as exc:
                 raw = IngestError("malformed_line", f"{path.name}:{index + 1}: {decode_problem(exc, len(line))}")
             if not isinstance(raw, (dict, IngestError)):
@@ -276,13 +281,15 @@ def _roco_items(path: Path, rank: int, world_size: int) -> Iterator[_Item]:
             yield _Item(path, 0, 0, IngestError("missing_file", f"{path}: no ROCO captions.txt"))
         return
     licences = _roco_licences(path.parent)
-    with path.open("r", encoding="utf-8-sig", errors="replace") as handle:
+    with path.open("r", **READ_TEXT) as handle:
         for index, line in enumerate(handle):
             if index % world_size != rank or not line.strip():
                 continue
             roco_id, tab, caption = line.rstrip("\n").partition("\t")
-            if not tab or not roco_id.strip():
-                raw: Any = IngestError("malformed_line", f"{path.name}:{index + 1}: expected ROCO_ID<TAB>caption")
+            if problem := not_utf8(line):
+                raw: Any = IngestError("malformed_line", f"{path.name}:{index + 1}: {problem}")
+            elif not tab or not roco_id.strip():
+                raw = IngestError("malformed_line", f"{path.name}:{index + 1}: expected ROCO_ID<TAB>caption")
             else:
                 figure, licence = licences.get(roco_id.strip(), (None, None))
                 raw = {"id": roco_id.strip(), "caption": caption, "figure": figure, "licence": licence}
@@ -291,7 +298,11 @@ def _roco_items(path: Path, rank: int, world_size: int) -> Iterator[_Item]:
 
 def _json_document_items(path: Path, rank: int, world_size: int) -> Iterator[_Item]:
     """A whole-file JSON array, or LLaVA-Med's dict domain → list (flattened in key order)."""
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    text = path.read_text(**READ_TEXT)
+    if problem := not_utf8(text):
+        if rank == 0:
+            yield _Item(path, 0, 0, IngestError("malformed_file", f"{path.name}: {problem}"))
+        return
     if not text.lstrip().startswith(("[", "{")):
         yield from _jsonl_items(path, rank, world_size)
         return
@@ -330,11 +341,13 @@ def _json_document_items(path: Path, rank: int, world_size: int) -> Iterator[_It
 
 def _csv_items(path: Path, source: SourceConfig, rank: int, world_size: int) -> Iterator[_Item]:
     delimiter = source.csv_delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
-    with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as handle:
+    with path.open("r", newline="", **READ_TEXT) as handle:
         for index, row in enumerate(csv.DictReader(handle, delimiter=delimiter)):
             if index % world_size == rank:
                 if None in row:  # more fields than the header names
                     row = IngestError("malformed_line", f"{path.name}: row {index + 2} has extra fields")
+                elif problem := not_utf8(" ".join(value or "" for value in row.values())):
+                    row = IngestError("malformed_line", f"{path.name}: row {index + 2}: {problem}")
                 yield _Item(path, 0, index, row)
 
 
@@ -473,7 +486,10 @@ def _parse_folder(source: SourceConfig, label: str, order: list[int], image: Pat
         if not isinstance(info, dict):
             raise IngestError("malformed_sidecar", f"{meta.name}: not a JSON object")
     elif txt.is_file():
-        info = {"caption": txt.read_text(encoding="utf-8-sig", errors="replace")}
+        caption = txt.read_text(**READ_TEXT)
+        if problem := not_utf8(caption):
+            raise IngestError("malformed_sidecar", f"{txt.name}: {problem}")
+        info = {"caption": caption}
     else:
         raise IngestError("missing_caption", f"{image.relative_to(root)}: no .txt or .json sidecar")
     return make_document(

@@ -26,10 +26,12 @@ from medvl.errors import UserError
 from medvl.io.files import atomic_write_text, check_file_target
 
 __all__ = [
+    "READ_TEXT",
     "JsonlFileError",
     "JsonlLineError",
     "iter_jsonl",
     "iter_appended",
+    "not_utf8",
     "decode_problem",
     "read_records",
     "write_jsonl",
@@ -37,6 +39,21 @@ __all__ = [
     "RejectLog",
     "reject_line",
 ]
+
+
+READ_TEXT = {"encoding": "utf-8-sig", "errors": "surrogateescape"}  # a BOM skipped; bad bytes: see not_utf8
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
+
+
+def not_utf8(text: str) -> str | None:
+    """The problem with `text` read with `errors="surrogateescape"` (`READ_TEXT`), if it held bytes that
+    are not UTF-8 (they were replaced by U+FFFD, silently, before: a record with its text changed,
+    counted nowhere)."""
+    bad = _UNDECODABLE.search(text)
+    if bad is None:
+        return None
+    byte = ord(bad.group()) - 0xDC00
+    return f"not UTF-8 text (byte 0x{byte:02x} at column {bad.start() + 1}); save the file as UTF-8"
 
 
 class JsonlLineError(UserError, ValueError):
@@ -56,7 +73,7 @@ class JsonlFileError(UserError, OSError):
 
 def _open_input(path: Path) -> Any:
     try:
-        return path.open("r", encoding="utf-8-sig", errors="surrogateescape")  # bad bytes: see _not_utf8
+        return path.open("r", **READ_TEXT)
     except (FileNotFoundError, NotADirectoryError):
         raise JsonlFileError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -78,7 +95,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | JsonlLi
         if first == "[":
             text = handle.read()
             try:
-                if problem := _not_utf8(text):
+                if problem := not_utf8(text):
                     raise ValueError(problem)
                 items = json.loads(text)
             except ValueError as exc:  # JSONDecodeError is one
@@ -93,7 +110,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | JsonlLi
             line = line.rstrip("\r\n")
             if not line.strip():
                 continue
-            if problem := _not_utf8(line):
+            if problem := not_utf8(line):
                 yield number, JsonlLineError(path, number, problem)
                 continue
             try:
@@ -191,19 +208,6 @@ def decode_problem(exc: json.JSONDecodeError, length: int) -> str:
     if exc.pos >= length or exc.msg.startswith("Unterminated string"):
         where += " (end of line: cut off?)"
     return f"invalid JSON at {where}: {exc.msg}"
-
-
-_UNDECODABLE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
-
-
-def _not_utf8(text: str) -> str | None:
-    """The problem with `text` read with errors="surrogateescape", if it held bytes that are not UTF-8
-    (they were replaced by U+FFFD, silently, before: a record with its text changed, counted nowhere)."""
-    bad = _UNDECODABLE.search(text)
-    if bad is None:
-        return None
-    byte = ord(bad.group()) - 0xDC00
-    return f"not UTF-8 text (byte 0x{byte:02x} at column {bad.start() + 1}); save the file as UTF-8"
 
 
 def _first_non_space(handle: Any) -> str:
