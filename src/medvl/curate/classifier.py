@@ -213,10 +213,9 @@ def train_classifier(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    folder = ensure_folder(out_dir)  # first: a blocked output path must not cost the embedding and the fit
-
     from medvl.io.images import ImageLoadError, load_image
 
+    folder = ensure_folder(out_dir)  # first: a blocked output path must not cost the embedding and the fit
     embedder = make_embedder(encoder)
     features, labels, skipped = [], [], []
     for source, label in examples:

@@ -28,7 +28,8 @@ Formats (`SourceConfig.format`):
 
 A malformed input never stops the run: it becomes a Document flagged with `ingest_error`, which the
 `IngestCheck` filter turns into a reject with its reason; a caption holding bytes that are not UTF-8
-is one (`malformed_line`, "not UTF-8 text (byte 0xe9 at column 31)"), not a caption silently changed. `path` may be a glob (`shards/*.jsonl`).
+is one (`malformed_line`, "not UTF-8 text (byte 0xe9 at column 31)"), not a caption silently
+changed. `path` may be a glob (`shards/*.jsonl`).
 Sharding: with at least as many files as tasks a task reads whole files (`index % world_size ==
 rank`), otherwise every task reads its own items of each file, parsing only those.
 """
@@ -247,14 +248,14 @@ def _jsonl_items(path: Path, rank: int, world_size: int) -> Iterator[_Item]:
             if index % world_size != rank or not line.strip():
                 continue
             line = line.rstrip("\r\n")
-            try:
-                if problem := not_utf8(line):
-                    raise IngestError("malformed_line", f"{path.name}:{index + 1}: {problem}")
-                raw = json.loads(line)
-            except IngestError as error:
-                raw = error
-            except json.JSONDecodeError as exc:
-                raw = IngestError("malformed_line", f"{path.name}:{index + 1}: {decode_problem(exc, len(line))}")
+            problem = not_utf8(line)
+            if problem is None:
+                try:
+                    raw = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    problem = decode_problem(exc, len(line))
+            if problem is not None:
+                raw = IngestError("malformed_line", f"{path.name}:{index + 1}: {problem}")
             if not isinstance(raw, (dict, IngestError)):
                 raw = IngestError("malformed_line", f"{path.name}:{index + 1}: not a JSON object")
             yield _Item(path, 0, index, raw)

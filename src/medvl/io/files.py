@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterator
 
 from medvl.errors import UserError
 
-__all__ = ["OutputPathError", "atomic_output", "atomic_write_with", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
-           "check_file_target", "ensure_folder", "file_lock"]
+__all__ = ["OutputPathError", "atomic_output", "atomic_write_with", "atomic_write_bytes", "atomic_write_text",
+           "atomic_write_json", "check_file_target", "ensure_folder", "file_lock"]
 
 log = logging.getLogger(__name__)
 

@@ -94,12 +94,14 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | JsonlLi
         handle.seek(0)
         if first == "[":
             text = handle.read()
-            try:
-                if problem := not_utf8(text):
-                    raise ValueError(problem)
-                items = json.loads(text)
-            except ValueError as exc:  # JSONDecodeError is one
-                yield 1, JsonlLineError(path, 1, f"invalid JSON array: {exc}")
+            problem = not_utf8(text)
+            if problem is None:
+                try:
+                    items = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    problem = f"invalid JSON array: {exc}"
+            if problem is not None:
+                yield 1, JsonlLineError(path, 1, problem)
                 return
             for index, item in enumerate(items, start=1):
                 yield index, item if isinstance(item, dict) else JsonlLineError(

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from medvl.errors import Rejection
-from medvl.io.files import atomic_write_json, file_lock
+from medvl.io.files import atomic_write_json, ensure_folder, file_lock
 from medvl.io.images import ImageLoadError
 from medvl.io.jsonl import JsonlLineError, RejectLog
 from medvl.records import ROLE_OF, record_problems, to_messages
@@ -187,8 +187,7 @@ def check_sources(sources: list[LoadedSource], encoder: ChatEncoder | None, data
     the report the other wrote. The main process of each node of a multi-node run checks at once
     (`main_process_first` is per node), and two checks into one shared folder listed every reject
     twice in rejects.jsonl."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_folder(out_dir)
     with file_lock(out / CHECK_LOCK, f"checking the training data into {out}"):
         return _check_sources(sources, encoder, data, out, reuse, progress, annotate)
 
