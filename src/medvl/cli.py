@@ -58,7 +58,7 @@ def main() -> None:
         _fail(f"{exc.format_message()} (see {where} --help)", exc.exit_code)
     except errors.ClickException as exc:
         _fail(exc.format_message(), exc.exit_code)
-    except errors.Abort:  # end of input at a prompt
+    except typer.Abort:  # end of input or Ctrl-C at a prompt (typer's own class: its click copy has none)
         _fail("aborted", 1)
     raise SystemExit(code if isinstance(code, int) else 0)  # typer.Exit(n) comes back as n; a command returns None
 

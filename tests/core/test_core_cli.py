@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from medvl import cli
@@ -66,3 +67,25 @@ def test_exit_codes_pass_through_the_entry_point(medvl):
     assert medvl("eval", "list").code == 0
     bare = medvl("curate")  # no sub-command: the help, exit 2 as click's
     assert bare.code == 2 and "Usage: medvl curate" in bare.out + bare.err
+
+
+def test_end_of_input_at_a_prompt_is_one_line(monkeypatch, capsys):
+    def prompting_app():
+        def app(**kwargs):
+            raise typer.Abort()  # what click raises on EOF or Ctrl-C at a prompt
+        return app
+    monkeypatch.setattr(cli, "build_app", prompting_app)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 1 and capsys.readouterr().err.strip() == "error: aborted"
+
+
+def test_an_unexpected_exception_keeps_its_own_traceback_alone(monkeypatch):
+    def broken_app():
+        def app(**kwargs):
+            raise RuntimeError("a bug")
+        return app
+    monkeypatch.setattr(cli, "build_app", broken_app)
+    with pytest.raises(RuntimeError, match="a bug") as raised:
+        cli.main()
+    assert raised.value.__context__ is None  # no second exception raised while matching the except clauses
