@@ -1,5 +1,6 @@
-"""Shared test fixtures: offline tokenizer/weights, a tiny saved model, the shared data folder, and
-`medvl` (the entry point run as a user runs it: exit status, stdout, stderr).
+"""Shared test fixtures: offline tokenizer/weights, a tiny saved model, the shared data folder,
+`medvl` (the entry point run as a user runs it: exit status, stdout, stderr) and `unreachable_url`
+(an LLM base_url where connections are refused).
 
 Tiny models are built in-process from configs (random weights) around SmolLM2's real tokenizer,
 so nothing is downloaded. `MEDVL_CACHE` defaults to a folder under the pytest cache so runs reuse
@@ -44,6 +45,17 @@ def medvl(monkeypatch, capsys):
         return Outcome(code if isinstance(code, int) else 1, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture
+def unreachable_url() -> str:
+    """An OpenAI-style base_url on a loopback port that was bound and closed: connections are refused."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
 
 
 @pytest.fixture(scope="session")

@@ -59,14 +59,15 @@ def test_timeout_is_retried(mock_server):
 
 
 def test_connection_refused_is_retried_then_exhausted(mock_server):
+    """A server that answered, then went away (one never reached stops the run: test_llm_unreachable)."""
     server = mock_server()
-    config = fast_config(server, max_retries=2)
+    client = LLMClient(fast_config(server, max_retries=2))
+    complete(client, ask("first"))
     server.stop()
-    client = LLMClient(config)
     with pytest.raises(LLMError) as caught:
         complete(client, ask("q"))
     assert caught.value.kind == "retries_exhausted" and caught.value.cause_kind == "connection"
-    assert client.usage.requests_sent == 3
+    assert client.usage.requests_sent == 1 + 3
 
 
 def test_retries_exhausted_is_an_error_and_never_cached(mock_server, tmp_path):

@@ -18,6 +18,18 @@ as its text: detecting refusals and validating JSON belong to the caller.
 
 Errors are never cached. Each attempt takes one concurrency slot; backoff sleeps hold none (but in
 `complete_many` a worker waiting out a backoff does not start another request meanwhile).
+
+An endpoint that was never reached stops the run instead (`EndpointUnreachable`, a `UserError`):
+when a request has spent all its retries failing to connect (connection refused, host name not
+found, no connection within `timeout_s / 2`) and no attempt of this client has ever reached the
+server, the base_url is wrong or the server is down, and every further item would pay the same
+retries for nothing. The first request keeps its full retry schedule (a vLLM server still loading
+its weights gets that long to come up). The first request to give up decides for all: requests in
+flight stop at their next attempt (they do not finish their own schedules) and later ones fail at
+once, sending nothing. Once any attempt has reached the server (any reply, any HTTP status, even a
+reply that timed out), later connection failures are per-request errors as above: a server that
+restarts mid-run does not stop a long job. Cache hits never touch the endpoint, so a rerun whose
+replies are all cached needs no server.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -40,6 +53,7 @@ from medvl.llm.limits import RateLimiter
 from medvl.llm.messages import (
     ChatReply,
     ChatRequest,
+    EndpointUnreachable,
     LLMError,
     Usage,
     estimate_prompt_tokens,
@@ -51,6 +65,7 @@ __all__ = [
     "ChatReply",
     "ChatRequest",
     "CostEstimate",
+    "EndpointUnreachable",
     "LLMClient",
     "LLMConfig",
     "LLMError",
@@ -142,6 +157,8 @@ class LLMClient:
         self.cache = cache if cache is not None else (ResponseCache(config.cache_dir) if config.cache_dir else None)
         self.usage = UsageTotals()
         self._runtime: _Runtime | None = None
+        self._reached = False  # an attempt got past connecting (module notes: unreachable endpoints)
+        self._unreachable: str | None = None  # why the endpoint was given up, once it was
 
     # ----------------------------------------------------------------------------- requests
     def resolve(self, request: ChatRequest) -> ChatRequest:
@@ -183,7 +200,7 @@ class LLMClient:
 
     # ------------------------------------------------------------------------------ sending
     async def complete(self, request: ChatRequest) -> ChatReply:
-        """One reply (from the cache when present); raises `LLMError`."""
+        """One reply (from the cache when present); raises `LLMError`, or `EndpointUnreachable`."""
         resolved = self.resolve(request)
         key = resolved.key
         hit = self.cache.get(key) if self.cache is not None else None
@@ -195,7 +212,7 @@ class LLMClient:
         if shared is not None:  # an identical request is on its way: wait for its reply
             try:
                 reply = await asyncio.shield(shared)
-            except LLMError:
+            except (LLMError, EndpointUnreachable):
                 self.usage.failures += 1
                 raise
             self.usage.cache_hits += 1
@@ -205,7 +222,7 @@ class LLMClient:
         outcome = runtime.inflight[key] = runtime.loop.create_future()
         try:
             reply = await self._fetch(resolved, runtime)
-        except LLMError as error:
+        except (LLMError, EndpointUnreachable) as error:
             self.usage.failures += 1
             outcome.set_exception(error)
             outcome.exception()  # retrieved: no "never retrieved" warning when nobody shared it
@@ -226,7 +243,8 @@ class LLMClient:
         progress: bool = True,
         on_result: Callable[[int, Result], None] | None = None,
     ) -> list[Result]:
-        """Replies in request order, an `LLMError` in place of each failed one.
+        """Replies in request order, an `LLMError` in place of each failed one; raises
+        `EndpointUnreachable` (the requests in flight are cancelled).
 
         `on_result(index, result)` is called as each finishes, so callers can persist at once.
         `max_concurrency` workers pull requests from `requests` (any iterable: it streams) and
@@ -288,7 +306,9 @@ class LLMClient:
                 base_url=config.base_url,
                 api_key=os.environ.get(config.api_key_env) or "EMPTY",
                 max_retries=0,
-                timeout=config.timeout_s,
+                # connecting gets half the time, so a connect timeout is told from a slow reply
+                # (the whole attempt is bounded by `timeout_s` in `_attempt`)
+                timeout=openai.Timeout(config.timeout_s, connect=config.timeout_s / 2),
             )
             self._runtime = _Runtime(
                 loop=loop,
@@ -304,10 +324,13 @@ class LLMClient:
         """Send with retries; cache and account the reply."""
         config = self.config
         bad_responses = 0
+        connect_s = config.timeout_s / 2
 
         def should_retry(state: RetryCallState) -> bool:
             nonlocal bad_responses
             error = state.outcome.exception() if state.outcome else None
+            if error is None or (isinstance(error, LLMError) and _connect_failure(error, connect_s) is None):
+                self._reached = True  # a reply, an HTTP status, or at least a connection
             if not isinstance(error, LLMError):
                 return False
             if error.kind == "bad_response":
@@ -349,6 +372,14 @@ class LLMClient:
         try:
             reply = await retrying(self._attempt, request, runtime)
         except LLMError as error:
+            cause = None if self._reached else _connect_failure(error, connect_s)
+            if cause is not None:  # retries spent on connecting, and nothing ever reached the server
+                self._unreachable = self._unreachable or (
+                    f"LLM endpoint {config.base_url} is unreachable: {cause} ({config.max_retries + 1} "
+                    "attempts, no connection ever made); check llm.base_url and that the server is up; "
+                    "finished items are kept: rerun to resume"
+                )
+                raise EndpointUnreachable(self._unreachable) from error
             if error.retryable:
                 raise LLMError(
                     "retries_exhausted",
@@ -370,6 +401,8 @@ class LLMClient:
         """One HTTP attempt, mapped to a reply or an `LLMError`."""
         key = request.key
         async with runtime.slots:
+            if self._unreachable is not None:  # another request gave the endpoint up: send nothing more
+                raise EndpointUnreachable(self._unreachable)
             if runtime.request_limiter is not None:
                 await runtime.request_limiter.acquire(1)
             if runtime.token_limiter is not None:
@@ -429,6 +462,27 @@ class LLMClient:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["config"], state["cache"])
+
+
+def _connect_failure(error: BaseException | None, connect_timeout_s: float) -> str | None:
+    """Why an attempt made no connection ("connection refused", ...), from the transport's
+    ConnectError / ConnectTimeout among its causes; None when it connected or is no transport error.
+    The classes are matched by name: openai 3 runs on httpx2 and httpcore2, older ones on httpx."""
+    chain: list[BaseException] = []
+    while error is not None and len(chain) < 32:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    names = {type(link).__name__ for link in chain}
+    if "ConnectTimeout" in names:
+        return f"no connection within {connect_timeout_s:g} s"
+    if "ConnectError" not in names:
+        return None
+    root = chain[-1]
+    if isinstance(root, socket.gaierror):
+        return f"host name not found: {root.strerror}"
+    if isinstance(root, OSError) and root.errno:
+        return os.strerror(root.errno).lower()
+    return str(root) or type(root).__name__
 
 
 def _retry_after(headers: Any) -> float | None:

@@ -32,7 +32,7 @@ class LLMConfig(Config):
     requests_per_minute: float | None = _runtime(None, gt=0)
     # Estimated prompt tokens + max_tokens per request (see `medvl.llm.messages.estimate_prompt_tokens`).
     tokens_per_minute: float | None = _runtime(None, gt=0)
-    timeout_s: float = _runtime(120, gt=0)
+    timeout_s: float = _runtime(120, gt=0)  # per attempt; connecting gets half of it
     max_retries: int = _runtime(6, ge=0)
     backoff_initial_s: float = _runtime(1.0, ge=0)
     backoff_max_s: float = _runtime(60.0, ge=0)

@@ -4,6 +4,8 @@
   `LLMClient.resolve` fills in the model and every effective parameter, so the resolved request is
   exactly the JSON body that goes on the wire; its `.key` (sha256 of the canonical JSON) is the cache
   key. The server (or the mock server) can recompute it from the body it received (`body_key`).
+- `LLMError`: one request that got no reply (per item: callers record it and go on);
+  `EndpointUnreachable`: the endpoint was never reached at all (a `UserError` that stops the run).
 - `estimate_prompt_tokens`: a deliberate approximation (no tokenizer download): 4 characters per
   token for text, a fixed figure per image, 4 tokens of overhead per message. Real tokenizers give
   3-5 characters per English token; medical text with long terms sits at the low end.
@@ -18,9 +20,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from medvl.errors import UserError
+
 __all__ = [
     "ChatReply",
     "ChatRequest",
+    "EndpointUnreachable",
     "LLMError",
     "Usage",
     "body_key",
@@ -106,6 +111,13 @@ class LLMError(Exception):
 
 def _rebuild_error(kind, message, status, key, retry_after, cause_kind) -> LLMError:
     return LLMError(kind, message, status=status, key=key, retry_after=retry_after, cause_kind=cause_kind)
+
+
+class EndpointUnreachable(UserError, ConnectionError):
+    """No connection to the endpoint was ever made: the first request spent its retries failing to
+    connect (refused, host not found, connect timeout) and nothing has reached the server since the
+    client was made. Not an `LLMError`: it passes through the callers' per-item handling and stops
+    the run (the `medvl` command prints it as one line, exit 2)."""
 
 
 def estimate_text_tokens(text: str) -> int:
