@@ -22,6 +22,10 @@ pool child dies with its actor (`die_with_parent`), and, where the driver is on 
 watches the driver (`die_with_process`): once it is gone, it SIGKILLs the actor and itself within
 0.2 s. A driver on another machine than the task's is left to Ray (its actors die with their
 owner); so is the cluster itself, which is never touched.
+
+datatrove logs a failed task with its traceback. A task that stops on a `UserError` (the LLM
+endpoint cannot be reached, records left to retry) logs its message alone: the `medvl` command
+prints that message as its one error line, whichever process the task ran in.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from datatrove.executor.ray import RayPipelineExecutor
 from datatrove.utils.logging import logger
 from datatrove.utils.stats import PipelineStats
 
+from medvl.errors import UserError
 from medvl.io.process import ProcessRef, die_with_parent, die_with_process
 
 __all__ = ["LocalExecutor", "RayExecutor"]
@@ -43,7 +48,21 @@ __all__ = ["LocalExecutor", "RayExecutor"]
 _worker_slot = 0  # in a pool worker: its index, so that only worker 0 logs to the console (as datatrove)
 
 
-class LocalExecutor(LocalPipelineExecutor):
+class _UserErrorsWithoutTraceback:
+    """Runs a task with datatrove's logger leaving out the traceback of a `UserError` (module notes)."""
+
+    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1) -> PipelineStats:
+        logger.configure(patcher=_drop_user_error_traceback)  # survives datatrove's own handler setup
+        return super()._run_for_rank(rank, local_rank, node_rank)
+
+
+def _drop_user_error_traceback(record: Any) -> None:
+    exception = record["exception"]
+    if exception is not None and isinstance(exception.value, UserError):
+        record["exception"] = None
+
+
+class LocalExecutor(_UserErrorsWithoutTraceback, LocalPipelineExecutor):
     """`LocalPipelineExecutor` whose workers die with the process that runs it (module docstring)."""
 
     def run(self) -> PipelineStats | None:
@@ -84,7 +103,7 @@ def _start_worker(main_pid: int, slots: Any) -> None:
     _worker_slot = slots.get()
 
 
-class RayExecutor(RayPipelineExecutor):
+class RayExecutor(_UserErrorsWithoutTraceback, RayPipelineExecutor):
     """`RayPipelineExecutor` whose task processes die with the driver that built it (module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any):

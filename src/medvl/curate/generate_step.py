@@ -10,6 +10,8 @@ An LLM failure is handled by kind: `auth` stops the run; a transient one that ou
 retries (`retries_exhausted`, `timeout`, `connection`) leaves the record undone — the task finishes
 the rest, then fails, so the next run retries exactly those records; any other (`http_error`,
 `bad_response`, `content_filter`) and every post-processing failure is a reject with its reason.
+An endpoint the client never reached (`medvl.llm.messages.EndpointUnreachable`, a `UserError`)
+stops the task at once: the records in flight are dropped unwritten, the lines already written stay.
 
 Images of a record that produced output are linked (or copied) into the image root under
 `<source>/<id>[_i]<ext>`, the relative path the records carry.
@@ -143,6 +145,7 @@ class GenerateStep(PipelineStep):
         finally:
             for task in pending:
                 task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)  # each one's end is retrieved
             for kind, client in clients.items():
                 await client.aclose()
                 self._log_usage(rank, kind, client)
