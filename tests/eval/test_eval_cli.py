@@ -83,3 +83,27 @@ def test_judge_commands_against_the_mock_server(tmp_path):
     assert opened["judge_accuracy"] == 1.0 and (tmp_path / "judge_open.jsonl").is_file()
     assert chat["reference_first"]["relative_score"] == pytest.approx(75.0)
     assert chat["model_first"]["relative_score"] == pytest.approx(100 * 8 / 6)
+
+
+def test_an_llm_endpoint_that_cannot_be_reached_is_one_line(medvl, tmp_path, unreachable_url):
+    """`eval run` with the openai backend and both judges stop after the first request's retries."""
+    llm = {"base_url": unreachable_url, "model": "mock", "max_retries": 1, "backoff_initial_s": 0.01,
+           "api_key_env": "MEDVL_NO_KEY"}
+    config, judge = tmp_path / "eval.yaml", tmp_path / "judge.yaml"
+    config.write_text(yaml.safe_dump({"benchmark": {"name": "vqa_rad", "root": str(FIXTURES / "vqa_rad")},
+                                      "backend": {"kind": "openai", "llm": llm},
+                                      "output_dir": str(tmp_path / "run")}))
+    judge.write_text(yaml.safe_dump({"llm": llm}))
+    predictions, questions, answers = (tmp_path / f for f in ("predictions.jsonl", "q.jsonl", "a.jsonl"))
+    predictions.write_text(json.dumps({"id": "a", "answer_type": "open", "question": "Where?",
+                                       "answer": "liver", "output": "the liver"}) + "\n")
+    questions.write_text(json.dumps({"question_id": 7, "text": "What?", "gpt4_answer": "a mass"}) + "\n")
+    answers.write_text(json.dumps({"question_id": 7, "text": "a large mass"}) + "\n")
+    for args in (["eval", "run", config],
+                 ["eval", "judge-open", predictions, "--config", judge],
+                 ["eval", "judge-chat", questions, answers, "--config", judge, "--out", tmp_path / "chat"]):
+        outcome = medvl(*args)
+        last = outcome.err.strip().splitlines()[-1]
+        assert outcome.code == 2 and "Traceback" not in outcome.err, (args, outcome.err[-3000:])
+        assert last.startswith(f"error: LLM endpoint {unreachable_url} is unreachable: connection refused"), \
+            args
