@@ -1,6 +1,7 @@
 """Shared test fixtures: offline tokenizer/weights, a tiny saved model, the shared data folder,
-`medvl` (the entry point run as a user runs it: exit status, stdout, stderr) and `unreachable_url`
-(an LLM base_url where connections are refused).
+`medvl` (the entry point run as a user runs it: exit status, stdout, stderr), `unreachable_url`
+(an LLM base_url where connections are refused) and `wrong_key_endpoint` (an LLM server that
+rejects the key it is sent).
 
 Tiny models are built in-process from configs (random weights) around SmolLM2's real tokenizer,
 so nothing is downloaded. `MEDVL_CACHE` defaults to a folder under the pytest cache so runs reuse
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +58,35 @@ def unreachable_url() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"http://127.0.0.1:{port}/v1"
+
+
+@dataclass
+class WrongKeyEndpoint:
+    """A mock LLM server that accepts only `key`, while `$api_key_env` holds `sent`, another key."""
+
+    base_url: str
+    api_key_env: str
+    sent: str
+    key: str
+
+
+@pytest.fixture
+def wrong_key_endpoint(monkeypatch) -> Iterator[Callable[..., WrongKeyEndpoint]]:
+    """Start a `MockServer(responder)` that answers 401, echoing the key it got (as a careless proxy
+    might), until the test sets `$api_key_env` to `key`; it is stopped at the end of the test."""
+    from medvl.llm.mock_server import MockServer
+
+    env, sent, key = "MEDVL_TEST_LLM_KEY", "sk-medvl-test-wrong-5f1c9a", "sk-medvl-test-right-08d2e7"
+    monkeypatch.setenv(env, sent)
+    servers: list[MockServer] = []
+
+    def start(responder: Callable[[dict], str] | None = None) -> WrongKeyEndpoint:
+        servers.append(MockServer(responder, api_key=key).start())
+        return WrongKeyEndpoint(servers[-1].base_url, env, sent, key)
+
+    yield start
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,8 @@
 - `config.LLMConfig`: endpoint, model, concurrency, rate limits, retries, cache folder, prices.
 - `client.LLMClient`: async chat client (bounded, paced, retried, cached, accounted) with
   `complete`, `complete_many`, `run_many` and the dry-run `estimate`.
-- `messages`: `ChatRequest`, `ChatReply`, `LLMError`, `EndpointUnreachable`, token estimates, `image_part`.
+- `messages`: `ChatRequest`, `ChatReply`, `LLMError`, `EndpointUnusable` (`EndpointUnreachable`,
+  `KeyRejected`), token estimates, `image_part`.
 - `cache.ResponseCache`: the persistent sqlite reply cache; `limits.RateLimiter`: the pacer.
 - `mock_server`: a scriptable OpenAI-compatible server for tests and `bench/`.
 

@@ -9,27 +9,36 @@ and accounted (`usage`).
 Retry policy (tenacity): 429, 5xx, timeouts and connection errors are retried up to `max_retries`
 times with exponential backoff and jitter (`backoff_initial_s * 2**n + U(0, backoff_initial_s)`,
 at most `backoff_max_s`); a `retry-after-ms` / `Retry-After` header on the error replaces the
-backoff (capped at `backoff_max_s`). 400/401/403/404/422 are not retried. A 200 whose body is not a
-usable chat completion (not JSON, no choices, null content) is re-sent `bad_response_retries` times
-(default once: a garbled body is usually a proxy hiccup, but paying repeatedly for a server that
-always garbles is worse), then fails with kind "bad_response". finish_reason "content_filter" fails
-at once (kind "content_filter"). A message with null content but a `refusal` returns the refusal
-as its text: detecting refusals and validating JSON belong to the caller.
+backoff (capped at `backoff_max_s`). 400/404/422 are not retried (401/403: below). A 200 whose body
+is not a usable chat completion (not JSON, no choices, null content) is re-sent
+`bad_response_retries` times (default once: a garbled body is usually a proxy hiccup, but paying
+repeatedly for a server that always garbles is worse), then fails with kind "bad_response".
+finish_reason "content_filter" fails at once (kind "content_filter"). A message with null content
+but a `refusal` returns the refusal as its text: detecting refusals and validating JSON belong to
+the caller.
 
 Errors are never cached. Each attempt takes one concurrency slot; backoff sleeps hold none (but in
 `complete_many` a worker waiting out a backoff does not start another request meanwhile).
 
-An endpoint that was never reached stops the run instead (`EndpointUnreachable`, a `UserError`):
-when a request has spent all its retries failing to connect (connection refused, host name not
-found, no connection within `timeout_s / 2`) and no attempt of this client has ever reached the
-server, the base_url is wrong or the server is down, and every further item would pay the same
-retries for nothing. The first request keeps its full retry schedule (a vLLM server still loading
-its weights gets that long to come up). The first request to give up decides for all: requests in
-flight stop at their next attempt (they do not finish their own schedules) and later ones fail at
-once, sending nothing. Once any attempt has reached the server (any reply, any HTTP status, even a
-reply that timed out), later connection failures are per-request errors as above: a server that
-restarts mid-run does not stop a long job. Cache hits never touch the endpoint, so a rerun whose
-replies are all cached needs no server.
+Two failures stop the run instead (`EndpointUnusable`, a `UserError`), as every further item would
+fail the same way. The first request to meet one decides for all: requests in flight stop at their
+next attempt (they do not finish their own retry schedules) and later ones fail at once, sending
+nothing. What was finished stays (cached replies, the caller's outputs): a rerun resumes.
+
+A rejected key (`KeyRejected`): a 401 or 403, not retried, whatever came before (a key revoked
+mid-run fails every later request too). Its one line names the endpoint, the status, the server's
+own message (with the key masked, should the server echo it; no traceback carries the reply) and
+the variable to set (`api_key_env`); it never holds the key.
+
+An endpoint never reached (`EndpointUnreachable`): a request has spent all its retries failing to
+connect (connection refused, host name not found, no connection within `timeout_s / 2`) and no
+attempt of this client has ever reached the server, so the base_url is wrong or the server is down,
+and every further item would pay the same retries for nothing. The first request keeps its full
+retry schedule (a vLLM server still loading its weights gets that long to come up). Once any
+attempt has reached the server (any reply, any HTTP status, even a reply that timed out), later
+connection failures are per-request errors as above: a server that restarts mid-run does not stop
+a long job. Cache hits never touch the endpoint, so a rerun whose replies are all cached needs no
+server.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import os
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
+from http import HTTPStatus
 from typing import Any
 
 import openai
@@ -54,6 +64,8 @@ from medvl.llm.messages import (
     ChatReply,
     ChatRequest,
     EndpointUnreachable,
+    EndpointUnusable,
+    KeyRejected,
     LLMError,
     Usage,
     estimate_prompt_tokens,
@@ -66,6 +78,8 @@ __all__ = [
     "ChatRequest",
     "CostEstimate",
     "EndpointUnreachable",
+    "EndpointUnusable",
+    "KeyRejected",
     "LLMClient",
     "LLMConfig",
     "LLMError",
@@ -78,6 +92,8 @@ __all__ = [
 log = logging.getLogger("medvl.llm")
 
 Result = ChatReply | LLMError
+RESUME = "finished items are kept: rerun to resume"
+NO_KEY = "EMPTY"  # sent when $api_key_env is not set (a vLLM server started without --api-key takes any)
 
 
 @dataclass
@@ -158,7 +174,7 @@ class LLMClient:
         self.usage = UsageTotals()
         self._runtime: _Runtime | None = None
         self._reached = False  # an attempt got past connecting (module notes: unreachable endpoints)
-        self._unreachable: str | None = None  # why the endpoint was given up, once it was
+        self._stopped: EndpointUnusable | None = None  # why the endpoint was given up, once it was
 
     # ----------------------------------------------------------------------------- requests
     def resolve(self, request: ChatRequest) -> ChatRequest:
@@ -200,7 +216,7 @@ class LLMClient:
 
     # ------------------------------------------------------------------------------ sending
     async def complete(self, request: ChatRequest) -> ChatReply:
-        """One reply (from the cache when present); raises `LLMError`, or `EndpointUnreachable`."""
+        """One reply (from the cache when present); raises `LLMError`, or `EndpointUnusable`."""
         resolved = self.resolve(request)
         key = resolved.key
         hit = self.cache.get(key) if self.cache is not None else None
@@ -212,7 +228,7 @@ class LLMClient:
         if shared is not None:  # an identical request is on its way: wait for its reply
             try:
                 reply = await asyncio.shield(shared)
-            except (LLMError, EndpointUnreachable):
+            except (LLMError, EndpointUnusable):
                 self.usage.failures += 1
                 raise
             self.usage.cache_hits += 1
@@ -222,7 +238,7 @@ class LLMClient:
         outcome = runtime.inflight[key] = runtime.loop.create_future()
         try:
             reply = await self._fetch(resolved, runtime)
-        except (LLMError, EndpointUnreachable) as error:
+        except (LLMError, EndpointUnusable) as error:
             self.usage.failures += 1
             outcome.set_exception(error)
             outcome.exception()  # retrieved: no "never retrieved" warning when nobody shared it
@@ -244,7 +260,7 @@ class LLMClient:
         on_result: Callable[[int, Result], None] | None = None,
     ) -> list[Result]:
         """Replies in request order, an `LLMError` in place of each failed one; raises
-        `EndpointUnreachable` (the requests in flight are cancelled).
+        `EndpointUnusable` (the requests in flight are cancelled).
 
         `on_result(index, result)` is called as each finishes, so callers can persist at once.
         `max_concurrency` workers pull requests from `requests` (any iterable: it streams) and
@@ -304,7 +320,7 @@ class LLMClient:
             config = self.config
             api = AsyncOpenAI(
                 base_url=config.base_url,
-                api_key=os.environ.get(config.api_key_env) or "EMPTY",
+                api_key=os.environ.get(config.api_key_env) or NO_KEY,
                 max_retries=0,
                 # connecting gets half the time, so a connect timeout is told from a slow reply
                 # (the whole attempt is bounded by `timeout_s` in `_attempt`)
@@ -374,12 +390,11 @@ class LLMClient:
         except LLMError as error:
             cause = None if self._reached else _connect_failure(error, connect_s)
             if cause is not None:  # retries spent on connecting, and nothing ever reached the server
-                self._unreachable = self._unreachable or (
+                raise self._stop(EndpointUnreachable(
                     f"LLM endpoint {config.base_url} is unreachable: {cause} ({config.max_retries + 1} "
                     "attempts, no connection ever made); check llm.base_url and that the server is up; "
-                    "finished items are kept: rerun to resume"
-                )
-                raise EndpointUnreachable(self._unreachable) from error
+                    + RESUME
+                )) from error
             if error.retryable:
                 raise LLMError(
                     "retries_exhausted",
@@ -401,8 +416,8 @@ class LLMClient:
         """One HTTP attempt, mapped to a reply or an `LLMError`."""
         key = request.key
         async with runtime.slots:
-            if self._unreachable is not None:  # another request gave the endpoint up: send nothing more
-                raise EndpointUnreachable(self._unreachable)
+            if self._stopped is not None:  # another request gave the endpoint up: send nothing more
+                raise type(self._stopped)(*self._stopped.args)
             if runtime.request_limiter is not None:
                 await runtime.request_limiter.acquire(1)
             if runtime.token_limiter is not None:
@@ -413,6 +428,8 @@ class LLMClient:
                 async with asyncio.timeout(self.config.timeout_s):
                     completion = await runtime.api.post("/chat/completions", cast_to=object, body=request.body)
             except openai.APIStatusError as exc:
+                if exc.status_code in (401, 403):  # no traceback: the reply may echo the key
+                    raise self._stop(self._key_rejected(exc, runtime.api.api_key)) from None
                 raise self._status_error(exc, key) from exc
             except (openai.APITimeoutError, TimeoutError) as exc:
                 raise LLMError("timeout", f"no reply within {self.config.timeout_s}s", key=key) from exc
@@ -424,14 +441,33 @@ class LLMClient:
 
     def _status_error(self, exc: openai.APIStatusError, key: str) -> LLMError:
         status = exc.status_code
-        if status in (401, 403):
-            kind = "auth"
-            detail = f"{exc.message} (the key is read from ${self.config.api_key_env}"
-            detail += ", which is set)" if os.environ.get(self.config.api_key_env) else ", which is not set)"
+        kind = "rate_limited" if status == 429 else "server_error" if status >= 500 else "http_error"
+        retry_after = _retry_after(exc.response.headers)
+        return LLMError(kind, exc.message, status=status, key=key, retry_after=retry_after)
+
+    def _key_rejected(self, exc: openai.APIStatusError, sent: str) -> KeyRejected:
+        """A 401/403 as one line: the endpoint, the status, the server's message (without `sent`, the
+        key), the variable to set."""
+        config, status = self.config, exc.status_code
+        phrase = HTTPStatus(status).phrase
+        said = " ".join(_error_message(exc.body).split())
+        said = said.replace(sent, "***")  # masked before it is cut: no piece of it shows
+        reply = f"{status} {phrase}"
+        if said and said.lower() != phrase.lower():
+            reply += f": {said if len(said) <= 200 else said[:199] + '…'}"
+        variable = f"${config.api_key_env}"
+        if sent == NO_KEY:
+            problem = f"rejected the API key ({reply}): {variable} is not set; set it to the endpoint's key"
         else:
-            kind = "rate_limited" if status == 429 else "server_error" if status >= 500 else "http_error"
-            detail = exc.message
-        return LLMError(kind, detail, status=status, key=key, retry_after=_retry_after(exc.response.headers))
+            which = f"a key with access to model {config.model}" if status == 403 else "a valid key"
+            problem = f"rejected the API key in {variable} ({reply}); set {which} in {variable}"
+        return KeyRejected(f"LLM endpoint {config.base_url} {problem} (llm.api_key_env names the variable); "
+                           f"{RESUME}")
+
+    def _stop(self, error: EndpointUnusable) -> EndpointUnusable:
+        """Give the endpoint up: later attempts of every request raise the first such error (module notes)."""
+        self._stopped = self._stopped or error
+        return error
 
     def _reply(self, completion: Any, request: ChatRequest) -> ChatReply:
         """Read a chat.completion JSON body; anything else is a "bad_response"."""
@@ -462,6 +498,14 @@ class LLMClient:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["config"], state["cache"])
+
+
+def _error_message(body: object) -> str:
+    """The message of a JSON error body: OpenAI's `{"error": {"message": ...}}`, vLLM's
+    `{"error": "..."}`, or `{"message": ...}`; else ""."""
+    error = body.get("error", body) if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else error
+    return message if isinstance(message, str) else ""
 
 
 def _connect_failure(error: BaseException | None, connect_timeout_s: float) -> str | None:

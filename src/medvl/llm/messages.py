@@ -5,7 +5,8 @@
   exactly the JSON body that goes on the wire; its `.key` (sha256 of the canonical JSON) is the cache
   key. The server (or the mock server) can recompute it from the body it received (`body_key`).
 - `LLMError`: one request that got no reply (per item: callers record it and go on);
-  `EndpointUnreachable`: the endpoint was never reached at all (a `UserError` that stops the run).
+  `EndpointUnusable`: the endpoint cannot serve the run at all (a `UserError` that stops it), either
+  `EndpointUnreachable` (never reached) or `KeyRejected` (a 401 or 403: the API key).
 - `estimate_prompt_tokens`: a deliberate approximation (no tokenizer download): 4 characters per
   token for text, a fixed figure per image, 4 tokens of overhead per message. Real tokenizers give
   3-5 characters per English token; medical text with long terms sits at the low end.
@@ -26,6 +27,8 @@ __all__ = [
     "ChatReply",
     "ChatRequest",
     "EndpointUnreachable",
+    "EndpointUnusable",
+    "KeyRejected",
     "LLMError",
     "Usage",
     "body_key",
@@ -81,7 +84,7 @@ class ChatReply:
 class LLMError(Exception):
     """A request that did not produce a reply.
 
-    `kind`: "auth" (401/403), "http_error" (other 4xx: bad request, not found, context too long),
+    `kind`: "http_error" (4xx other than 401/403/429: bad request, not found, context too long),
     "rate_limited" (429), "server_error" (5xx), "timeout", "connection", "bad_response" (a 200 with
     a body that is not a chat completion), "content_filter" (finish_reason content_filter), and
     "retries_exhausted" (a retryable error that persisted; `cause_kind` says which).
@@ -113,11 +116,21 @@ def _rebuild_error(kind, message, status, key, retry_after, cause_kind) -> LLMEr
     return LLMError(kind, message, status=status, key=key, retry_after=retry_after, cause_kind=cause_kind)
 
 
-class EndpointUnreachable(UserError, ConnectionError):
+class EndpointUnusable(UserError):
+    """The endpoint cannot serve the run at all: every further item would fail the same way. Not an
+    `LLMError`: it passes through the callers' per-item handling and stops the run (the `medvl`
+    command prints it as one line, exit 2); the client that raised it sends nothing more."""
+
+
+class EndpointUnreachable(EndpointUnusable, ConnectionError):
     """No connection to the endpoint was ever made: the first request spent its retries failing to
     connect (refused, host not found, connect timeout) and nothing has reached the server since the
-    client was made. Not an `LLMError`: it passes through the callers' per-item handling and stops
-    the run (the `medvl` command prints it as one line, exit 2)."""
+    client was made."""
+
+
+class KeyRejected(EndpointUnusable):
+    """The endpoint answered 401 or 403: the API key in `$api_key_env` is missing, wrong, expired, or
+    not allowed this model. The message names the variable, never the key."""
 
 
 def estimate_text_tokens(text: str) -> int:

@@ -14,6 +14,11 @@
   optional `"finish_reason"` and `"usage": null` (omit usage) in the same dict.
 - any dict may add `"latency"` to override the server's latency for that request.
 
+With `MockServer(..., api_key=KEY)`, a request whose `Authorization` header is not `Bearer KEY` gets
+a 401 in OpenAI's shape (code `invalid_api_key`) before its body is read, and is neither recorded
+nor counted against the script. Its message echoes the key that was sent, as a careless proxy
+might: a client must not pass it on to its user.
+
 The script is a list (applied in arrival order) or a function of the request index. Each request
 sleeps `latency_s` asynchronously, so C concurrent clients are really served concurrently.
 
@@ -82,8 +87,9 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
 class _State:
     """What the server has seen, shared between its event-loop thread and the test thread."""
 
-    def __init__(self, responder: Responder, script: Script | None, latency_s: float, log_path: Path | None):
-        self.responder, self.script, self.latency_s = responder, script, latency_s
+    def __init__(self, responder: Responder, script: Script | None, latency_s: float, log_path: Path | None,
+                 api_key: str | None):
+        self.responder, self.script, self.latency_s, self.api_key = responder, script, latency_s, api_key
         self.requests: list[dict[str, Any]] = []
         self.arrival_times: list[float] = []  # time.monotonic() of each request
         self.in_flight = 0
@@ -129,6 +135,17 @@ def _create_app(state: _State) -> FastAPI:
         yield
 
     app = FastAPI(title="medvl mock OpenAI server", lifespan=lifespan)
+
+    async def check_key(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        sent = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if sent == state.api_key:
+            return await call_next(request)
+        error = {"message": f"Incorrect API key provided: {sent}", "type": "invalid_request_error",
+                 "code": "invalid_api_key"}
+        return JSONResponse({"error": error}, status_code=401)
+
+    if state.api_key is not None:  # only then: a middleware costs every request (bench/ measures them)
+        app.middleware("http")(check_key)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -205,8 +222,10 @@ class MockServer:
         port: int = 0,
         *,
         log_path: str | Path | None = None,
+        api_key: str | None = None,
     ):
-        self._state = _State(responder or default_responder, script, latency_s, Path(log_path) if log_path else None)
+        self._state = _State(responder or default_responder, script, latency_s,
+                             Path(log_path) if log_path else None, api_key)
         self._port = port
         self._server: Any = None
         self._thread: threading.Thread | None = None
