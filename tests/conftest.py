@@ -1,7 +1,7 @@
 """Shared test fixtures: offline tokenizer/weights, a tiny saved model, the shared data folder,
 `medvl` (the entry point run as a user runs it: exit status, stdout, stderr), `unreachable_url`
-(an LLM base_url where connections are refused) and `wrong_key_endpoint` (an LLM server that
-rejects the key it is sent).
+(an LLM base_url where connections are refused), `wrong_key_endpoint` (an LLM server that
+rejects the key it is sent) and `unusable_llm` (either, as `llm` settings).
 
 Tiny models are built in-process from configs (random weights) around SmolLM2's real tokenizer,
 so nothing is downloaded. `MEDVL_CACHE` defaults to a folder under the pytest cache so runs reuse
@@ -87,6 +87,19 @@ def wrong_key_endpoint(monkeypatch) -> Iterator[Callable[..., WrongKeyEndpoint]]
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(params=["unreachable", "wrong_key"])
+def unusable_llm(request, unreachable_url) -> tuple[dict[str, str], str]:
+    """An LLM endpoint that stops a run: one never reached, or one rejecting the key. Returns the
+    `llm` settings that point at it (base_url, api_key_env) and the start of the `medvl` error line."""
+    if request.param == "unreachable":
+        return ({"base_url": unreachable_url, "api_key_env": "MEDVL_NO_KEY"},
+                f"error: LLM endpoint {unreachable_url} is unreachable: connection refused")
+    endpoint = request.getfixturevalue("wrong_key_endpoint")()
+    return ({"base_url": endpoint.base_url, "api_key_env": endpoint.api_key_env},
+            f"error: LLM endpoint {endpoint.base_url} rejected the API key in ${endpoint.api_key_env} "
+            "(401 Unauthorized")
 
 
 @pytest.fixture(scope="session")

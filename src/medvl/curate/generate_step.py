@@ -6,12 +6,13 @@ finished record, to `_work/generate/<rank>.jsonl` (flushed at once: a SIGKILL ke
 written). A restarted task skips the rows already there; every reply it received before the kill
 is in the LLM response cache, so it is not requested again.
 
-An LLM failure is handled by kind: `auth` stops the run; a transient one that outlived the client's
-retries (`retries_exhausted`, `timeout`, `connection`) leaves the record undone — the task finishes
-the rest, then fails, so the next run retries exactly those records; any other (`http_error`,
+An LLM failure is handled by kind: a transient one that outlived the client's retries
+(`retries_exhausted`, `timeout`, `connection`) leaves the record undone — the task finishes the
+rest, then fails, so the next run retries exactly those records; any other (`http_error`,
 `bad_response`, `content_filter`) and every post-processing failure is a reject with its reason.
-An endpoint the client never reached (`medvl.llm.messages.EndpointUnreachable`, a `UserError`)
-stops the task at once: the records in flight are dropped unwritten, the lines already written stay.
+An endpoint that cannot be used at all (`medvl.llm.messages.EndpointUnusable`, a `UserError`: never
+reached, or the API key rejected) stops the task at once: the records in flight are dropped
+unwritten, the lines already written stay.
 
 Images of a record that produced output are linked (or copied) into the image root under
 `<source>/<id>[_i]<ext>`, the relative path the records carry.
@@ -211,8 +212,6 @@ class GenerateStep(PipelineStep):
         except ImageLoadError as exc:
             return self._reject(outcome, kind, f"image_{exc.reason}", exc.detail)
         except LLMError as exc:
-            if exc.kind == "auth":
-                raise
             if exc.kind in TRANSIENT_KINDS:
                 outcome.transient.append(f"{outcome.record['id']} ({kind}: {exc})")
                 return None

@@ -8,8 +8,9 @@ a JSONL file, one line per image:
 
 Hand labels use the same format (`"source": "hand"`), and `medvl curate train-classifier` reads
 any number of such files. A garbled or refused reply, an image that does not load and an LLM
-failure are reject lines (`{"id": image, "stage": "label", "reason", "detail"}`), never a label.
-Re-running skips images already labelled or rejected (and their replies are cached anyway).
+failure are reject lines (`{"id": image, "stage": "label", "reason", "detail"}`), never a label; an
+endpoint that cannot be used at all (never reached, the API key rejected: `EndpointUnusable`) stops
+the run. Re-running skips images already labelled or rejected (and their replies are cached anyway).
 """
 
 from __future__ import annotations
@@ -126,8 +127,6 @@ def label_images(
                 except ImageLoadError as exc:
                     outcome = ("image_" + exc.reason, exc.detail)
                 except LLMError as exc:
-                    if exc.kind == "auth":
-                        raise
                     outcome = ("llm_" + exc.kind, str(exc))
                 except ValueError as exc:
                     outcome = exc.args

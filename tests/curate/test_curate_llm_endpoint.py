@@ -1,7 +1,9 @@
-"""An LLM endpoint that cannot be reached stops `medvl curate run` (and `curate label`) with one line,
-exit 2, after the first request's retries — in the main process or a spawned worker — instead of
-every record paying them. A server that answered, then died, leaves its records to retry (exit 3) as
-before. Nothing finished is lost, and a rerun whose replies are all cached needs no server."""
+"""An LLM endpoint that cannot be used stops `medvl curate run` (and `curate label`) with one line,
+exit 2 — in the main process or a spawned worker — instead of every record paying for it: one that
+cannot be reached after the first request's retries, one that rejects the API key at its first 401
+(the key is never printed). A server that answered, then died, leaves its records to retry (exit 3)
+as before. Nothing finished is lost: a rerun (with the right key) resumes, and a rerun whose replies
+are all cached needs no server."""
 
 from __future__ import annotations
 
@@ -21,21 +23,25 @@ from medvl.llm.messages import EndpointUnreachable, body_key
 from medvl.llm.mock_server import MockServer
 
 N_RECORDS = 8  # the corpus's records that reach generation
-FIX = "check llm.base_url and that the server is up; finished items are kept: rerun to resume"
+RESUME = "finished items are kept: rerun to resume"
+FIX = f"check llm.base_url and that the server is up; {RESUME}"
 
 
-def llm(base_url: str) -> dict:
-    """One request at a time (with generate.window 1), so the attempts can be counted."""
-    return {"base_url": base_url, "model": "mock", "max_concurrency": 1, "max_retries": 2,
-            "backoff_initial_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 2}
+def llm(endpoint: str | dict) -> dict:
+    """One request at a time (with generate.window 1), so the attempts can be counted. `endpoint`:
+    the base_url, or settings holding it (`unusable_llm`: base_url, api_key_env)."""
+    if isinstance(endpoint, str):
+        endpoint = {"base_url": endpoint, "api_key_env": "MEDVL_NO_KEY"}
+    return {"model": "mock", "max_concurrency": 1, "max_retries": 2, "backoff_initial_s": 0.01,
+            "backoff_max_s": 0.05, "timeout_s": 2, **endpoint}
 
 
-def reformat_config(corpus: Path, base_url: str, workers: int = 1, **extra) -> dict:
+def reformat_config(corpus: Path, endpoint: str | dict, workers: int = 1, **extra) -> dict:
     return {
         "sources": [{"format": "pmc_jsonl", "path": str(corpus / "figures.jsonl"), "name": "synth"}],
         "dedup": {"semantic": {"model": "hashing", "eps": 0.25}},
         "engine": {"tasks": 2, "workers": workers},
-        "generate": {"window": 1, "reformat": {"enabled": True, "llm": llm(base_url), "image_max_side": 96}},
+        "generate": {"window": 1, "reformat": {"enabled": True, "llm": llm(endpoint), "image_max_side": 96}},
         **extra,
     }
 
@@ -61,16 +67,60 @@ def test_an_unreachable_endpoint_stops_the_run_in_one_line(medvl, corpus, tmp_pa
     assert requests_sent(out) == 3  # the first record's 3 attempts; before, 3 per record, then exit 3
 
 
-def test_an_unreachable_endpoint_stops_spawned_workers_in_one_line(corpus, tmp_path, unreachable_url):
+def test_a_rejected_key_stops_the_run_in_one_line_and_is_never_printed(medvl, corpus, tmp_path, monkeypatch,
+                                                                         wrong_key_endpoint):
+    endpoint = wrong_key_endpoint(responder)
+    config, out = tmp_path / "curate.yaml", tmp_path / "out"
+    config.write_text(yaml.safe_dump(reformat_config(corpus, {"base_url": endpoint.base_url,
+                                                               "api_key_env": endpoint.api_key_env})))
+    outcome = medvl("curate", "run", config, "--out", out)
+    last = outcome.err.strip().splitlines()[-1]
+    assert outcome.code == 2 and "Traceback" not in outcome.err, outcome.err[-3000:]
+    assert last == (f"error: LLM endpoint {endpoint.base_url} rejected the API key in "
+                    f"${endpoint.api_key_env} (401 Unauthorized: Incorrect API key provided: ***); set a "
+                    f"valid key in ${endpoint.api_key_env} (llm.api_key_env names the variable); {RESUME}")
+    # the server echoed it: not on the console, nor in any file of the run (logs, LLM cache, usage)
+    assert endpoint.sent not in outcome.err + outcome.out
+    files = [path for path in out.rglob("*") if path.is_file()]
+    assert files and not [path for path in files if endpoint.sent.encode() in path.read_bytes()]
+    assert requests_sent(out) == 1  # the first 401 stops the run: no other record sends anything
+
+    monkeypatch.setenv(endpoint.api_key_env, endpoint.key)
+    assert medvl("curate", "run", config, "--out", out).code == 0
+    assert len(released(out)) == N_RECORDS
+
+
+def test_a_key_revoked_mid_run_stops_it_and_the_rerun_loses_nothing(medvl, corpus, tmp_path):
+    """Two replies, then a 401: the two records stay written, and the rerun (the key valid again: the
+    script is spent) asks only for what was not answered."""
+    config, out = tmp_path / "curate.yaml", tmp_path / "out"
+    with MockServer(responder, script=["ok", "ok", {"status": 401}]) as server:
+        config.write_text(yaml.safe_dump(reformat_config(corpus, server.base_url)))
+        first = medvl("curate", "run", config, "--out", out)
+        assert first.code == 2 and "Traceback" not in first.err, first.err[-3000:]
+        assert first.err.strip().splitlines()[-1].startswith(
+            f"error: LLM endpoint {server.base_url} rejected the API key (401 Unauthorized: mock status "
+            "401): $MEDVL_NO_KEY is not set")
+        written = RunDirs(out).generated_shard(0).read_text().splitlines()
+        assert len(written) == 2
+        assert medvl("curate", "run", config, "--out", out).code == 0
+    assert RunDirs(out).generated_shard(0).read_text().splitlines()[:2] == written
+    assert len(released(out)) == N_RECORDS
+    answered = {body_key(body) for body in server.requests[:2]}
+    assert all(server.count_by_key()[key] == 1 for key in answered)  # no reply received was asked for again
+
+
+def test_an_unusable_endpoint_stops_spawned_workers_in_one_line(corpus, tmp_path, unusable_llm):
     """Two tasks in two spawned workers: the error crosses the process pool, and neither worker's own
     stderr (seen only from outside the process) carries a traceback."""
+    endpoint, error_line = unusable_llm
     config, out = tmp_path / "curate.yaml", tmp_path / "out"
-    config.write_text(yaml.safe_dump(reformat_config(corpus, unreachable_url, workers=2)))
+    config.write_text(yaml.safe_dump(reformat_config(corpus, endpoint, workers=2)))
     run = subprocess.run([sys.executable, "-m", "medvl.cli", "curate", "run", str(config), "--out", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
     last = run.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: LLM endpoint {unreachable_url} is unreachable") and last.endswith(FIX)
+    assert last.startswith(error_line) and last.endswith(RESUME)
     assert requests_sent(out) <= 2 * 3  # each task's first record's attempts at most
 
 
@@ -126,12 +176,13 @@ def test_a_rerun_whose_replies_are_cached_needs_no_server(curate_config, corpus,
     assert requests_sent(out) == N_RECORDS  # the first run's; the rerun sent nothing
 
 
-def test_labelling_against_an_unreachable_endpoint_is_one_line(medvl, tmp_path, texture, unreachable_url):
+def test_labelling_against_an_unusable_endpoint_is_one_line(medvl, tmp_path, texture, unusable_llm):
+    endpoint, error_line = unusable_llm
     texture(0).save(tmp_path / "figure.png")
     settings = tmp_path / "llm.yaml"
-    settings.write_text(yaml.safe_dump({**llm(unreachable_url), "max_retries": 1}))
+    settings.write_text(yaml.safe_dump({**llm(endpoint), "max_retries": 1}))
     outcome = medvl("curate", "label", tmp_path / "figure.png", "--out", tmp_path / "labels.jsonl",
                     "--llm", settings)
     last = outcome.err.strip().splitlines()[-1]
     assert outcome.code == 2 and "Traceback" not in outcome.err, outcome.err[-3000:]
-    assert last.startswith(f"error: LLM endpoint {unreachable_url} is unreachable") and last.endswith(FIX)
+    assert last.startswith(error_line) and last.endswith(RESUME)
