@@ -181,7 +181,9 @@ print("done", flush=True)
 def test_sigkill_then_resume_never_resends_a_received_reply(tmp_path):
     """Kill a client mid-run; on resume, only requests that were in flight at the kill go out again."""
     n, concurrency = 60, 4
-    with start_mock_server_process(latency_s=0.03, log_path=tmp_path / "requests.jsonl") as server:
+    # 0.15 s a reply: the rest of the run takes ~2 s, so even a loaded machine kills it mid-run (at 0.03 s the
+    # client once finished all 60 before the kill landed: nothing left to resume)
+    with start_mock_server_process(latency_s=0.15, log_path=tmp_path / "requests.jsonl") as server:
         config = LLMConfig(
             model="m", base_url=server.base_url, cache_dir=str(tmp_path / "cache"), max_concurrency=concurrency
         )
