@@ -37,3 +37,8 @@ def interleave():
 @pytest.fixture(scope="session")
 def image_grounding():
     return _bench_module("image_grounding")
+
+
+@pytest.fixture(scope="session")
+def vqa_rad_image_prior():
+    return _bench_module("vqa_rad_image_prior")
