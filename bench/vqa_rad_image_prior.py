@@ -13,7 +13,9 @@ are paired by question (exact McNemar p), with Wilson 95% intervals.
 
 With `--run` (a finished demo folder) it also prints how often the demo's model says "yes" on
 images whose train answers lean yes against those that lean no, with its own image, a shuffled
-one and none: how much of the images' answer prior the model picked up.
+one and none: how much of the images' answer prior the model picked up; and the rule laid over the
+run's question-only answers on all closed questions: what a perfect memory of each image's train
+answers would add to the question alone.
 """
 
 from __future__ import annotations
@@ -43,9 +45,9 @@ def image_leans(train: list[Any]) -> tuple[dict[str, str], str]:
     return leans, overall
 
 
-def rule_scores(vqa_rad: Path) -> tuple[dict[str, Any], dict[str, str], list[Any]]:
+def rule_scores(vqa_rad: Path) -> tuple[dict[str, Any], dict[str, str], list[Any], list[Any], dict[str, Any]]:
     """(whether the rule answers each yes/no test question right with its own image and with the shuffled
-    one, the train images' leans, those questions)."""
+    one, the train images' leans, those questions, the whole test split, each test item's shuffled donor)."""
     from medvl.benchmarks import load_benchmark
     from medvl.eval.baselines import image_derangement
 
@@ -60,7 +62,7 @@ def rule_scores(vqa_rad: Path) -> tuple[dict[str, Any], dict[str, str], list[Any
 
     hits = {"own": [right(item.images[0], item) for item in yes_no],
             "shuffled": [right(donors[item.id].images[0], item) for item in yes_no]}
-    return hits, leans, yes_no
+    return hits, leans, yes_no, test, donors
 
 
 def main() -> None:
@@ -71,7 +73,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a finished `medvl demo` folder: the model's yes-rate by image lean")
     args = parser.parse_args()
 
-    hits, leans, yes_no = rule_scores(args.vqa_rad)
+    hits, leans, yes_no, test, donors = rule_scores(args.vqa_rad)
     own, shuffled = hits["own"], hits["shuffled"]
     print(f"VQA-RAD test, {len(yes_no)} yes/no closed questions ({sum(normalised(i.answer) == 'yes' for i in yes_no)} "
           f"yes); {len(leans)} train images lean one way")
@@ -84,6 +86,7 @@ def main() -> None:
           f"{only_own} / {only_shuffled} discordant, exact McNemar p = {mcnemar_exact(only_own, only_shuffled):.2g}")
     if args.run:
         model_yes_rates(args.run, leans, yes_no)
+        on_question_only(args.run, leans, test, donors)
 
 
 def model_yes_rates(run: Path, leans: dict[str, str], yes_no: list[Any]) -> None:
@@ -102,6 +105,35 @@ def model_yes_rates(run: Path, leans: dict[str, str], yes_no: list[Any]) -> None
                 lean = leans.get(prediction["images"][0], "neither")
                 said[lean].append(normalised(prediction["output"] or "") == "yes")
         print(f"  {system:14s} " + ", ".join(f"{lean} {100 * sum(v) / len(v):.0f}%" for lean, v in sorted(said.items())))
+
+
+def on_question_only(run: Path, leans: dict[str, str], test: list[Any], donors: dict[str, Any]) -> None:
+    """The rule on top of the run's question-only answers, on all closed test questions: where the
+    question-only model says yes or no and the image leans, the lean; else its answer. With each
+    question's own image, with the shuffled control's, and the question-only answers alone."""
+    from medvl.eval.metrics import closed_correct
+    from medvl.eval.stats import mcnemar_exact
+
+    blind = {}
+    for line in (run / "eval" / "open_closed-question_only" / "predictions.jsonl").open():
+        prediction = json.loads(line)
+        blind[prediction["id"]] = prediction["output"] or ""
+    closed = [item for item in test if item.answer_type == "closed" and item.id in blind]
+
+    def answer(item: Any, image: str) -> str:
+        said = blind[item.id]
+        return leans.get(image, said) if normalised(said) in YES_NO else said
+
+    right = {"own image": [closed_correct(answer(item, item.images[0]), item.answer) for item in closed],
+             "shuffled": [closed_correct(answer(item, donors[item.id].images[0]), item.answer) for item in closed],
+             "question-only": [closed_correct(blind[item.id], item.answer) for item in closed]}
+    print(f"the rule on the question-only answers, {len(closed)} closed questions: " + ", ".join(
+        f"{name} {100 * sum(hits) / len(hits):.1f}" for name, hits in right.items()))
+    for control in ("shuffled", "question-only"):
+        only_own = sum(a and not b for a, b in zip(right["own image"], right[control]))
+        only_control = sum(b and not a for a, b in zip(right["own image"], right[control]))
+        print(f"  own image - {control}: {only_own} / {only_control} discordant, "
+              f"p = {mcnemar_exact(only_own, only_control):.2g}")
 
 
 if __name__ == "__main__":
