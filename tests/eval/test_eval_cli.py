@@ -86,6 +86,42 @@ def test_judge_commands_against_the_mock_server(tmp_path):
     assert chat["model_first"]["relative_score"] == pytest.approx(100 * 8 / 6)
 
 
+def test_a_judge_run_again_pays_for_nothing_it_already_received(medvl, tmp_path):
+    """Without llm.cache_dir the judges cache in their output folder: a rerun (after a kill, an outage)
+    re-asks nothing; an output folder that cannot be made fails before the first request."""
+    from medvl.llm.mock_server import MockServer
+
+    predictions = tmp_path / "run" / "predictions.jsonl"
+    predictions.parent.mkdir()
+    predictions.write_text("".join(json.dumps({"id": str(i), "answer_type": "open", "question": f"Where {i}?",
+                                               "answer": "liver", "output": "liver"}) + "\n" for i in range(3)))
+    questions, answers = tmp_path / "questions.jsonl", tmp_path / "answers.jsonl"
+    questions.write_text(json.dumps({"question_id": 7, "text": "What is shown?", "gpt4_answer": "a mass",
+                                     "type": "conversation", "domain": "ct_scan"}) + "\n")
+    answers.write_text(json.dumps({"question_id": 7, "text": "a large mass"}) + "\n")
+    judge, blocker = tmp_path / "judge.yaml", tmp_path / "a-file"
+    blocker.write_text("")
+
+    def responder(body):
+        return "correct" if "[Candidate answer]" in body["messages"][1]["content"] else "8 6\nfine"
+
+    with MockServer(responder=responder) as server:
+        judge.write_text(yaml.safe_dump({"llm": {"base_url": server.base_url, "model": "judge",
+                                                 "api_key_env": "MEDVL_NO_KEY"}}))
+        commands = (["eval", "judge-open", predictions.parent, "--config", judge],
+                    ["eval", "judge-chat", questions, answers, "--config", judge, "--out", tmp_path / "chat"])
+        for args in commands:
+            assert medvl(*args).code == 0
+        asked = len(server.requests)
+        assert asked == 3 + 2  # three open verdicts, one chat question in both orders
+        for args in commands:
+            assert medvl(*args).code == 0
+        assert len(server.requests) == asked
+        assert (predictions.parent / "llm-cache").is_dir() and (tmp_path / "chat" / "llm-cache").is_dir()
+        refused = medvl("eval", "judge-chat", questions, answers, "--config", judge, "--out", blocker / "chat")
+        assert refused.code == 2 and "a-file is a file" in refused.err and len(server.requests) == asked
+
+
 def test_an_llm_endpoint_that_cannot_be_used_is_one_line(medvl, tmp_path, unusable_llm):
     """`eval run` with the openai backend and both judges stop at the first request (after its retries, for
     an endpoint never reached) instead of recording every item as failed; a key is never printed."""

@@ -98,18 +98,27 @@ def inspect_benchmark(
     typer.echo(load_benchmark(name, root, split, **options).summary())
 
 
-def _judge_config(config: Path, overrides: list[str] | None):
+def _judge_config(config: Path, overrides: list[str] | None, folder: Path):
+    """The judge config, its replies cached in `folder`/llm-cache unless `llm.cache_dir` is set: a judge
+    stopped midway (killed, an endpoint gone) and run again pays only for the replies it had not got.
+    `folder` (the outputs' folder) is made first, so a bad output path fails before any request."""
     from medvl.config import load_config
     from medvl.eval.judge import JudgeConfig
+    from medvl.io.files import ensure_folder
 
-    return load_config(JudgeConfig, config, overrides or [])
+    judge = load_config(JudgeConfig, config, overrides or [])
+    ensure_folder(folder)
+    if judge.llm.cache_dir is None:
+        judge = judge.model_copy(update={"llm": judge.llm.model_copy(update={"cache_dir": str(folder / "llm-cache")})})
+    return judge
 
 
 @eval_app.command("judge-open")
 def judge_open_command(
     predictions: Path = typer.Argument(..., help="a predictions.jsonl (or its run folder)"),
     config: Path = typer.Option(..., help="judge config YAML (llm: base_url, model, ...)"),
-    out: Path | None = typer.Option(None, help="folder for judge_open.jsonl and judge_open.json (default: beside)"),
+    out: Path | None = typer.Option(
+        None, help="folder for judge_open.jsonl, judge_open.json and llm-cache/ (default: beside the predictions)"),
     overrides: list[str] | None = typer.Argument(None, help="key=value overrides of the judge config"),
 ) -> None:
     """Ask an LLM whether each open answer matches its reference."""
@@ -118,8 +127,8 @@ def judge_open_command(
     from medvl.io.jsonl import read_records, write_jsonl
 
     path = predictions / "predictions.jsonl" if predictions.is_dir() else predictions
-    rows, summary = judge_open(read_records(path), _judge_config(config, overrides))
     folder = out or path.parent
+    rows, summary = judge_open(read_records(path), _judge_config(config, overrides, folder))
     write_jsonl(folder / "judge_open.jsonl", rows)
     atomic_write_json(folder / "judge_open.json", summary)
     typer.echo(json.dumps(summary, indent=2))
@@ -130,7 +139,7 @@ def judge_chat_command(
     questions: Path = typer.Argument(..., help="LLaVA-Med chat questions (llava_med_eval_qa50_qa.jsonl format)"),
     answers: Path = typer.Argument(..., help="model answers JSONL: question_id, text"),
     config: Path = typer.Option(..., help="judge config YAML (llm: ..., both_orders: true)"),
-    out: Path = typer.Option(..., help="folder for judge_chat.jsonl and judge_chat.json"),
+    out: Path = typer.Option(..., help="folder for judge_chat.jsonl, judge_chat.json and llm-cache/"),
     overrides: list[str] | None = typer.Argument(None, help="key=value overrides of the judge config"),
 ) -> None:
     """LLaVA-Med's GPT-4 chat evaluation: relative scores, both answer orders."""
@@ -139,7 +148,7 @@ def judge_chat_command(
     from medvl.io.jsonl import read_records, write_jsonl
 
     answer_text = {str(r["question_id"]): r.get("text", "") for r in read_records(answers)}
-    rows, summary = judge_chat(read_records(questions), answer_text, _judge_config(config, overrides))
+    rows, summary = judge_chat(read_records(questions), answer_text, _judge_config(config, overrides, out))
     write_jsonl(out / "judge_chat.jsonl", rows)
     atomic_write_json(out / "judge_chat.json", summary)
     typer.echo(json.dumps(summary.get("overall", {}), indent=2))
