@@ -132,3 +132,25 @@ def test_run_needs_an_output_folder(corpus: Path, tmp_path: Path):
     )
     result = runner.invoke(build_app(), ["curate", "run", str(config)])
     assert result.exit_code != 0 and "--out" in result.output
+
+
+def test_labels_from_relative_paths_train_a_classifier_from_another_folder(tmp_path: Path, texture, medvl,
+                                                                          monkeypatch):
+    """`label images --out runs/labels.jsonl` run from the project folder: train-classifier finds every image
+    (before: the paths were written from the working folder and read from the labels file's folder)."""
+    monkeypatch.chdir(tmp_path)
+    Path("images").mkdir()
+    for i in range(3):
+        texture(200 + i, (300, 260)).save(f"images/scan{i}.png")
+        chart(Path(f"images/chart{i}.png"), i)
+    with MockServer(responder) as server:
+        args = ["curate", "label", "images", "--out", "runs/labels.jsonl", "--model", "mock", "--base-url",
+                server.base_url]
+        first, again = medvl(*args), medvl(*args)
+    assert first.code == 0 and "medical: 3" in first.out and "non_medical: 3" in first.out
+    assert again.code == 0 and "already_done: 6" in again.out and len(server.requests) == 6
+    trained = medvl("curate", "train-classifier", "runs/labels.jsonl", "--out", "runs/classifier",
+                    "--val-fraction", "0.34")
+    assert trained.code == 0, trained.err
+    meta = json.loads(Path("runs/classifier/classifier.json").read_text())
+    assert meta["n_train"] + meta["n_val"] == 6

@@ -6,7 +6,7 @@ a JSONL file, one line per image:
 
     {"image": "<path>", "label": "medical" | "non_medical", "category": "...", "source": "mllm:<model>"}
 
-Hand labels use the same format (`"source": "hand"`), and `medvl curate train-classifier` reads
+A relative image path is written relative to the labels file's folder, as `read_labels` reads it. Hand labels use the same format (`"source": "hand"`), and `medvl curate train-classifier` reads
 any number of such files. A garbled or refused reply, an image that does not load and an LLM
 failure are reject lines (`{"id": image, "stage": "label", "reason", "detail"}`), never a label; an
 endpoint that cannot be used at all (never reached, the API key rejected: `EndpointUnusable`) stops
@@ -16,6 +16,7 @@ the run. Re-running skips images already labelled or rejected (and their replies
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from collections import Counter
@@ -85,6 +86,11 @@ def _done(paths: Iterable[Path]) -> set[str]:
     return done
 
 
+def _recorded_path(image: Path, out: Path) -> str:
+    """`image` as the labels file `out` names it: absolute as given, relative from `out`'s folder."""
+    return str(image) if image.is_absolute() else os.path.relpath(image, out.parent)
+
+
 def rejects_path(out: Path) -> Path:
     """Where `label_images` logs the images it could not label, beside the labels file `out`."""
     return out.with_name(out.stem + ".rejects.jsonl")
@@ -111,7 +117,7 @@ def label_images(
     out = Path(out)
     rejects = Path(rejects) if rejects else rejects_path(out)
     done = _done([out, rejects])
-    todo = [p for p in images if str(p) not in done]
+    todo = [p for p in images if _recorded_path(p, out) not in done]
     counts: Counter[str] = Counter(already_done=len(images) - len(todo))
     client = LLMClient(llm)
 
@@ -134,7 +140,7 @@ def label_images(
                     outcome = None
                     labels.write(
                         {
-                            "image": str(image),
+                            "image": _recorded_path(image, out),
                             "label": label,
                             "category": category,
                             "source": f"mllm:{llm.model}",
@@ -142,7 +148,7 @@ def label_images(
                     )
                     counts[label] += 1
                 if outcome is not None:
-                    reject_log.reject(str(image), "label", *outcome)
+                    reject_log.reject(_recorded_path(image, out), "label", *outcome)
                     counts[f"rejected:{outcome[0]}"] += 1
                 bar.update(1)
 
