@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import TrainerCallback
 
 from medvl.train.metrics import read_metrics
@@ -183,6 +184,7 @@ _PEAK_PROBES = """
 import json, multiprocessing, os, sys, time
 from pathlib import Path
 import torch
+import yaml
 from medvl.train import metrics
 
 def measure(dtype, device="cpu", seconds=0.5):
@@ -265,6 +267,21 @@ def test_flops_model_counts_frozen_and_trained_parts():
     # vision frozen upstream: forward only; projector trained; llm and head frozen but backpropagated.
     expected = 2 * 100 * (2 * 5) + 6 * 10 * (2 * 4) + 4 * 1000 * 30 + 4 * 50 * 3
     assert flops.step_flops(tokens=30, images=2, supervised=3) == expected
+
+
+def test_a_finished_run_that_ends_an_epoch_stays_finished(train_config, tmp_path, medvl):
+    """`medvl train` run again after `optim.epochs` (the common case: the last checkpoint ends an epoch) takes
+    no step and rewrites nothing (before: the Trainer ran no epoch, so the run counted as unfinished and was
+    saved again, printing 'trained N steps')."""
+    config = train_config(tmp_path / "run", optim__max_steps=-1, optim__epochs=1, optim__batch_size=16)
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    first = medvl("train", tmp_path / "train.yaml")
+    assert first.code == 0 and "trained 3 steps" in first.out, first.err
+    names = ("model.safetensors", "train_summary.json", "metrics.jsonl")
+    before = {name: (tmp_path / "run" / name).read_bytes() for name in names}
+    again = medvl("train", tmp_path / "train.yaml")
+    assert again.code == 0 and f"nothing to do: {tmp_path / 'run'} already finished at step 3" in again.out
+    assert {name: (tmp_path / "run" / name).read_bytes() for name in names} == before
 
 
 def test_a_finished_run_stays_finished_and_a_kill_in_the_final_save_resumes_to_the_same_result(

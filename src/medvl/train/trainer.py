@@ -49,10 +49,20 @@ class MedvlTrainer(Trainer):
         self._projector_step_lr: float | None = None  # the projector's rate in the current step
         self._warned_mfu = False
         self.resumed_at_end = False  # resumed from a checkpoint at (or past) max_steps: no step was taken
+        self._took_a_step = False
         self._window = [0] * len(STAT_KEYS)  # tokens, images, supervised since the last log (this process)
         self._window_start: float | None = None
 
+    def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any) -> Any:
+        """The Trainer's `train`; `resumed_at_end` then says whether it resumed from a checkpoint and took no
+        step, whether that checkpoint ends an epoch (the Trainer runs no epoch) or not (`_run_epoch` stops)."""
+        self._took_a_step = False
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        self.resumed_at_end = resume_from_checkpoint is not None and not self._took_a_step
+        return output
+
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        self._took_a_step = True
         if self._window_start is None:
             self._window_start = time.perf_counter()
         for index, key in enumerate(STAT_KEYS):
@@ -100,7 +110,6 @@ class MedvlTrainer(Trainer):
         (and write `checkpoint-<max_steps + 1>`) on every re-run.
         """
         if self.state.global_step >= self.state.max_steps:
-            self.resumed_at_end = True
             self.control.should_training_stop = True
             return
         super()._run_epoch(*args, **kwargs)
