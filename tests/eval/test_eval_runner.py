@@ -16,6 +16,7 @@ from medvl.config import ConfigError
 from medvl.engine import Reply
 from medvl.eval import backends, runner
 from medvl.eval.config import EvalConfig
+from medvl.eval.render import headline
 from medvl.eval.runner import read_predictions, run_eval
 from medvl.io.jsonl import read_records
 from medvl.io.process import FolderInUse, RunLock
@@ -265,6 +266,11 @@ def test_exclude_seen_scores_only_the_items_not_seen_in_training(tmp_path):
     assert [r["id"] for r in read_records(out / "predictions.jsonl")] == ["3"]
     scores = json.loads((out / "scores.json").read_text())
     assert any("1 items seen in training excluded" in note for note in scores["notes"])
+    # counted as a skip with its reason on the console line (before: "skipped 2 (missing_image 1)")
+    assert scores["rejected"] == {"missing_image": 1, "seen_in_training": 1}
+    assert "skipped 2 (missing_image 1, seen_in_training 1)" in headline(scores)
+    assert {"id": "4", "stage": "exclude_seen", "reason": "seen_in_training", "detail": "seen_items.json"} in \
+        read_records(out / "rejects.jsonl")
     missing = config(tmp_path / "other", "vqa_rad", FIXTURES / "vqa_rad", exclude_seen=str(tmp_path / "nope.json"))
     with pytest.raises(ConfigError, match="exclude_seen"):
         run_eval(missing, OneProcess())

@@ -84,12 +84,14 @@ def _evaluate(config: EvalConfig, state: ProcessState, out: Path) -> Path:
     data = config.benchmark.load()
     items = data.items[: config.benchmark.limit] if config.benchmark.limit else data.items
     seen_notes: list[str] = []
+    excluded: list[dict[str, str]] = []
     if config.exclude_seen:
-        items, seen_notes = _unseen(items, data, Path(config.exclude_seen))
+        items, excluded, seen_notes = _unseen(items, data, Path(config.exclude_seen))
     if state.is_main_process:
         _claim_folder(out, config)
     state.wait_for_everyone()
     runnable, text_only, rejected = _runnable(items, data, config)
+    rejected += excluded
     donors = _shuffle(runnable, text_only, rejected, config)
     done = {r["id"] for r in read_predictions(out, include_parts=True)}
     todo = [item for item in runnable if item.id not in done]
@@ -114,14 +116,18 @@ def _evaluate(config: EvalConfig, state: ProcessState, out: Path) -> Path:
     return out
 
 
-def _unseen(items: list[VQAItem], data: BenchmarkData, path: Path) -> tuple[list[VQAItem], list[str]]:
-    """The items a decontamination's seen_items.json (a plain file) does not list for this split."""
+def _unseen(items: list[VQAItem], data: BenchmarkData,
+            path: Path) -> tuple[list[VQAItem], list[dict[str, str]], list[str]]:
+    """The items a decontamination's seen_items.json (a plain file) does not list for this split, the
+    others as rejects (reason `seen_in_training`), and the run's note."""
     if not path.is_file():
         raise ConfigError(f"exclude_seen: {path} not found; `medvl curate decontaminate` writes seen_items.json")
     seen = set(read_json(path).get(f"{data.name}/{data.split}", []))
     kept = [item for item in items if item.id not in seen]
-    return kept, [f"{len(items) - len(kept)} items seen in training excluded ({path.name}): "
-                  f"scores are on the {len(kept)} unseen items"]
+    excluded = [{"id": item.id, "stage": "exclude_seen", "reason": "seen_in_training", "detail": path.name}
+                for item in items if item.id in seen]
+    return kept, excluded, [f"{len(excluded)} items seen in training excluded ({path.name}): "
+                            f"scores are on the {len(kept)} unseen items"]
 
 
 def _claim_folder(out: Path, config: EvalConfig) -> None:
