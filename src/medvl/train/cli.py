@@ -78,7 +78,8 @@ def check(
     model: Optional[Path] = typer.Option(None, help="data file form: model folder (tokenizer, template) "
                                                      "for the token-length checks"),
     max_length: int = typer.Option(2048, help="data file form: tokens per sample incl. image tokens"),
-    out: Optional[Path] = typer.Option(None, help="report folder (default: the config's output_dir/data_check)"),
+    out: Optional[Path] = typer.Option(None, help="report folder (default: the config's output_dir/data_check; "
+                                                  "a data file's STEM.check beside it)"),
     against: Optional[list[str]] = typer.Option(
         None, "--against", help="NAME[@SPLIT]=ROOT, repeatable (split: test): warn about records that show this "
                                 "benchmark's images or repeat its questions (as medvl curate decontaminate finds them)"),
