@@ -104,7 +104,8 @@ def model_yes_rates(run: Path, leans: dict[str, str], yes_no: list[Any]) -> None
             if prediction["id"] in asked:
                 lean = leans.get(prediction["images"][0], "neither")
                 said[lean].append(normalised(prediction["output"] or "") == "yes")
-        print(f"  {system:14s} " + ", ".join(f"{lean} {100 * sum(v) / len(v):.0f}%" for lean, v in sorted(said.items())))
+        rates = ", ".join(f"{lean} {100 * sum(v) / len(v):.0f}%" for lean, v in sorted(said.items()))
+        print(f"  {system:14s} {rates}")
 
 
 def on_question_only(run: Path, leans: dict[str, str], test: list[Any], donors: dict[str, Any]) -> None:

@@ -6,7 +6,8 @@ a JSONL file, one line per image:
 
     {"image": "<path>", "label": "medical" | "non_medical", "category": "...", "source": "mllm:<model>"}
 
-A relative image path is written relative to the labels file's folder, as `read_labels` reads it. Hand labels use the same format (`"source": "hand"`), and `medvl curate train-classifier` reads
+A relative image path is written relative to the labels file's folder, as `read_labels` reads it.
+Hand labels use the same format (`"source": "hand"`), and `medvl curate train-classifier` reads
 any number of such files. A garbled or refused reply, an image that does not load and an LLM
 failure are reject lines (`{"id": image, "stage": "label", "reason", "detail"}`), never a label; an
 endpoint that cannot be used at all (never reached, the API key rejected: `EndpointUnusable`) stops
