@@ -55,8 +55,8 @@ def parse_value(raw: str, where: str) -> Any:
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{where}: the value is not valid YAML ({problem}); quote it, or close its brackets") from None
+        raise ConfigError(f"{where}: the value is not valid YAML ({_yaml_problem(exc)}); quote it, or close its "
+                          "brackets") from None
 
 
 def _set(data: dict[str, Any], key: str, value: Any) -> None:
@@ -82,7 +82,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequenc
         try:
             loaded = yaml.safe_load(_read_config_text(path))
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+            raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)}); fix that line") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping, got {type(loaded).__name__}")
         data = loaded or {}
@@ -90,7 +90,15 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequenc
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source=str(path) if path else cls.__name__)) from None
+        given = {item.partition("=")[0].strip() for item in overrides} | set(values or {})
+        raise ConfigError(_describe(exc, str(path) if path else cls.__name__, given)) from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in a few words with its line and column (PyYAML's own text spans several lines)."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def _read_config_text(path: Path) -> str:
@@ -114,15 +122,17 @@ def dump_config(config: Config, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
 
-def _describe(exc: ValidationError, source: str) -> str:
-    lines = [f"invalid config ({source}):"]
+def _describe(exc: ValidationError, source: str, given: set[str]) -> str:
+    """Every problem on one line; a key set on the command line (`given`: override keys) says so, as
+    the file does not hold it."""
+    problems = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "<root>"
-        if err["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key")
-        else:
-            lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
-    return "\n".join(lines)
+        problem = "unknown key" if err["type"] == "extra_forbidden" else f"{err['msg']} (got {err.get('input')!r})"
+        if any(key == name or key.startswith(name + ".") for name in given):
+            problem += ", set on the command line"
+        problems.append(f"{key}: {problem}")
+    return f"invalid config ({source}): " + "; ".join(problems)
 
 
 def _with_defaults(cls: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:

@@ -33,8 +33,23 @@ def test_unknown_key_is_named(tmp_path):
     path.write_text("inner:\n  learning_rate: 0.1\n")
     with pytest.raises(ConfigError, match=r"inner\.learning_rate: unknown key"):
         load_config(Outer, path)
-    with pytest.raises(ConfigError, match=r"inner\.stepz: unknown key"):
+    with pytest.raises(ConfigError, match=r"inner\.stepz: unknown key, set on the command line"):
         load_config(Outer, None, ["inner.stepz=4"])
+
+
+def test_every_problem_is_on_one_line_naming_where_it_was_set(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("inner:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(Outer, path, ["inner.steps=many"])
+    assert str(raised.value) == (
+        f"invalid config ({path}): inner.steps: Input should be a valid integer, unable to parse string as an "
+        "integer (got 'many'), set on the command line; inner.learning_rate: unknown key")
+    (tmp_path / "broken.yaml").write_text("a: 1\nb: [1, 2\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(Outer, tmp_path / "broken.yaml")
+    assert "\n" not in str(raised.value) and "not valid YAML (expected ',' or ']'" in str(raised.value)
+    assert "at line 3, column 1" in str(raised.value)
 
 
 def test_wrong_type_is_named():
