@@ -147,7 +147,7 @@ def finalize_run(out: Path, records: list[dict[str, Any]], config: EvalConfig, d
     atomic_write_json(out / "scores.json", scores)
     if config.report:
         atomic_write_text(out / "report.md", render_report(scores, records, out))
-    log.info("%s: %s", out, headline(scores))
+    log.debug("%s: %s", out, headline(scores))  # `medvl eval run` prints it; the demo's report has it
     problem = nothing_scored(scores, records)
     if problem:
         raise NothingScored(f"{out}: {problem}")
