@@ -69,3 +69,11 @@ def test_projector_lr_is_positive_and_needs_a_trained_projector():
     with pytest.raises(ConfigError, match="projector_lr is set but the align stage's projector is frozen"):
         load_config(TrainConfig, None, ["model.path=m", "stage=align", "trainable.projector=false",
                                         "optim.projector_lr=2e-3"])
+
+
+@pytest.mark.parametrize("command", ["train", "data check"])
+def test_a_stage_whose_previous_stage_is_missing_names_model_path(medvl, tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)  # the recipe's runs/llava_med_stage1 does not exist here
+    outcome = medvl(*command.split(), CONFIGS / "train" / "llava_med_stage2.yaml")
+    assert (outcome.code, outcome.err.strip()) == (
+        2, "error: model.path: runs/llava_med_stage1 is not a saved model folder (no config.json)")

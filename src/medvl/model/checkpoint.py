@@ -72,19 +72,23 @@ def _name_text_architecture(config: Any) -> None:
             text.architectures = [name]
 
 
-def model_folder(path: str | Path) -> Path:
-    """`path` as a saved model folder; one without config.json is a NotAModelFolder."""
+def model_folder(path: str | Path, key: str | None = None) -> Path:
+    """`path` as a saved model folder; one without config.json is a NotAModelFolder, whose message
+    starts with the config `key` that gave the path, when there is one."""
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise NotAModelFolder(f"{path} is not a saved model folder (no config.json)")
+        where = f"{key}: " if key else ""
+        raise NotAModelFolder(f"{where}{path} is not a saved model folder (no config.json)")
     return path
 
 
-def load_model(path: str | Path, dtype: str | torch.dtype | None = "auto", device: str | None = None) -> tuple[Any, Any]:
-    """(model, processor) from a native folder, in eval mode, tokenizer padding on the left."""
+def load_model(path: str | Path, dtype: str | torch.dtype | None = "auto", device: str | None = None,
+               key: str | None = None) -> tuple[Any, Any]:
+    """(model, processor) from a native folder, in eval mode, tokenizer padding on the left; `key`
+    names the setting that gave `path` in the error when it is not a model folder."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    path = model_folder(path)
+    path = model_folder(path, key)
     processor = AutoProcessor.from_pretrained(path)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=resolve_dtype(dtype))
     if device:

@@ -51,7 +51,7 @@ def load_processor(source: ModelSource) -> Any:
 
         from medvl.model.checkpoint import model_folder
 
-        return AutoProcessor.from_pretrained(model_folder(source.path))
+        return AutoProcessor.from_pretrained(model_folder(source.path, "model.path"))
     from transformers import AutoConfig
 
     from medvl.model.build import build_processor, load_tokenizer, pretrained_folder
@@ -73,7 +73,7 @@ def load_start_model(config: TrainConfig) -> tuple[Any, Any]:
     if source.path is not None:
         from medvl.model.checkpoint import load_model
 
-        model, processor = load_model(source.path, dtype=source.dtype)
+        model, processor = load_model(source.path, dtype=source.dtype, key="model.path")
     else:
         from medvl.model.build import build_model
 
