@@ -194,6 +194,23 @@ def test_openai_backend_sends_images_and_records_failures(tmp_path):
     assert json.loads((out / "scores.json").read_text())["scores"]["errors"] == 1
 
 
+def test_an_llm_backend_caches_replies_in_the_run_folder(tmp_path):
+    """A run stopped after its replies came in but before its batch was written pays nothing twice."""
+    from medvl.llm.mock_server import MockServer
+
+    with MockServer(responder=lambda body: "no") as server:
+        cfg = config(tmp_path, backend={"kind": "openai", "llm": {"base_url": server.base_url, "model": "mock",
+                                                                   "api_key_env": "MEDVL_NO_KEY"}},
+                     generation={"batch_size": 8, "max_new_tokens": 8})
+        out = run_eval(cfg, OneProcess())
+        asked = len(server.requests)
+        for written in out.glob("predictions*.jsonl"):  # as if killed before the batch reached the disk
+            written.unlink()
+        run_eval(cfg, OneProcess())
+        assert len(server.requests) == asked == 3
+    assert (out / "llm-cache").is_dir() and len(read_records(out / "predictions.jsonl")) == 3
+
+
 def test_missing_backend_settings_are_clear_errors():
     with pytest.raises(ValueError, match="backend.model"):
         backends.make_backend(backends.BackendConfig(kind="local"), None)

@@ -13,7 +13,9 @@ Items with a missing image are skipped or asked without it (`missing_images`) th
 `true` and `shuffled`, so a real and a shuffled run pair item by item (`medvl eval compare`).
 
 Resume: answers are appended to `predictions.part-<rank>.jsonl` after every batch; a rerun with the
-same config skips every id already answered (in those files or in `predictions.jsonl`). A folder
+same config skips every id already answered (in those files or in `predictions.jsonl`). An LLM
+backend (`openai`) caches its replies in the run folder's `llm-cache/` unless `llm.cache_dir` is
+set, so the replies of the batch a run was stopped in are not paid for again either. A folder
 made with a different config is refused rather than mixed, and so is a folder another run is
 writing (the main process holds its `RunLock` for the whole run: two runs on one folder both
 answered every item and one crashed merging the part files the other had just removed).
@@ -39,7 +41,7 @@ from medvl.benchmarks import BenchmarkError, get_benchmark
 from medvl.benchmarks.base import BenchmarkData, VQAItem, read_json
 from medvl.config import ConfigError, dump_config
 from medvl.engine import Engine, Request
-from medvl.eval.backends import make_backend
+from medvl.eval.backends import BackendConfig, make_backend
 from medvl.eval.config import EvalConfig
 from medvl.eval.prompts import build_messages
 from medvl.eval.scorers import SCORERS
@@ -100,7 +102,7 @@ def _evaluate(config: EvalConfig, state: ProcessState, out: Path) -> Path:
     started, answered = time.perf_counter(), 0
     with state.split_between_processes(todo) as mine:
         if mine:
-            backend = make_backend(config.backend, config.generation, majority)
+            backend = make_backend(_with_reply_cache(config.backend, out), config.generation, majority)
             answered = _answer(backend, mine, _Shown(text_only, donors), config,
                                out / f"predictions.part-{state.process_index}.jsonl", show_progress=state.is_main_process)
     seconds = time.perf_counter() - started
@@ -114,6 +116,14 @@ def _evaluate(config: EvalConfig, state: ProcessState, out: Path) -> Path:
                                  "items_per_s": round(answered / seconds, 3) if seconds and answered else None})
     state.wait_for_everyone()
     return out
+
+
+def _with_reply_cache(backend: BackendConfig, out: Path) -> BackendConfig:
+    """An LLM backend without `llm.cache_dir` caches its replies in the run folder's `llm-cache/`: a run
+    stopped midway keeps the replies of the batch it was in, not only the batches already written."""
+    if backend.llm is None or backend.llm.cache_dir is not None:
+        return backend
+    return backend.model_copy(update={"llm": backend.llm.model_copy(update={"cache_dir": str(out / "llm-cache")})})
 
 
 def _unseen(items: list[VQAItem], data: BenchmarkData,
