@@ -19,6 +19,8 @@ import typer
 
 from medvl.errors import UserError
 
+# the HTTP clients under openai (httpx; httpx2 for openai 3) log every request at INFO
+QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2")
 COMMAND_MODULES = (
     "medvl.model.cli",  # build, convert, prior
     "medvl.curate.cli",  # curate ...
@@ -44,6 +46,8 @@ def build_app() -> typer.Typer:
 
 def main() -> None:
     logging.basicConfig(level=os.environ.get("MEDVL_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    for chatty in QUIET_LOGGERS:  # one INFO line per HTTP request: noise at medvl's default level
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     errors = _click_exceptions()
     try:

@@ -89,3 +89,11 @@ def test_an_unexpected_exception_keeps_its_own_traceback_alone(monkeypatch):
     with pytest.raises(RuntimeError, match="a bug") as raised:
         cli.main()
     assert raised.value.__context__ is None  # no second exception raised while matching the except clauses
+
+
+def test_http_clients_do_not_log_each_request(medvl):
+    import logging
+
+    assert medvl("eval", "list").code == 0
+    for name in ("httpx", "httpx2"):  # openai's transport: one INFO line per request (curate label: per image)
+        assert logging.getLogger(name).level >= logging.WARNING  # whatever level the root logger has
