@@ -23,7 +23,7 @@ def llm(base_url: str) -> dict:
         "base_url": base_url,
         "model": "mock",
         "max_concurrency": 4,
-        "timeout_s": 0.5,
+        "timeout_s": 1.0,
         "max_retries": 2,
         "backoff_initial_s": 0.01,
         "backoff_max_s": 0.05,
@@ -121,7 +121,8 @@ def test_generation_outcomes_and_resume_after_transient_failures(corpus, curate_
     resent = {
         key: n - first_counts.get(key, 0) for key, n in second_counts.items() if n != first_counts.get(key, 0)
     }
-    assert len(resent) == 1 and list(resent.values()) == [1]
+    assert len(resent) == 1  # one request: the one that had failed (sent again once; twice if its first
+    assert 1 <= next(iter(resent.values())) <= 2  # attempt outlived timeout_s on a loaded machine, as in one CI run)
     usage = report["llm"]["reformat"]
     assert usage["dataset"]["replies"] == 8
     assert usage["invocations"] == 3  # both tasks, then only the unfinished one
