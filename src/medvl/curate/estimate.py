@@ -50,9 +50,7 @@ def estimate_generation(config: CurateConfig, out_dir: str | Path) -> dict[str, 
     records = sum(len(json.loads(dirs.selected_shard(r).read_text())) for r in range(n_shards))
     result: dict[str, Any] = {"records": records, "llm": {}}
     for kind, llm, build in kinds:
-        if llm.cache_dir is None:
-            llm = llm.model_copy(update={"cache_dir": str(dirs.llm_cache)})
-        client = LLMClient(llm)
+        client = LLMClient(llm.cached_in(dirs.llm_cache))
         totals = {
             "n_requests": 0,
             "n_cached": 0,

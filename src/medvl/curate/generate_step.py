@@ -126,10 +126,7 @@ class GenerateStep(PipelineStep):
         clients: dict[str, Any] = {}
         for kind, section in (("reformat", config.reformat), ("self_instruct", config.self_instruct)):
             if section.enabled:
-                llm = section.llm
-                if llm.cache_dir is None:
-                    llm = llm.model_copy(update={"cache_dir": str(self.dirs.llm_cache)})
-                clients[kind] = LLMClient(llm)
+                clients[kind] = LLMClient(section.llm.cached_in(self.dirs.llm_cache))
         concurrency = max((c.config.max_concurrency for c in clients.values()), default=1)
         window = config.window * concurrency
         pending: deque[asyncio.Task] = deque()

@@ -108,9 +108,7 @@ def _judge_config(config: Path, overrides: list[str] | None, folder: Path):
 
     judge = load_config(JudgeConfig, config, overrides or [])
     ensure_folder(folder)
-    if judge.llm.cache_dir is None:
-        judge = judge.model_copy(update={"llm": judge.llm.model_copy(update={"cache_dir": str(folder / "llm-cache")})})
-    return judge
+    return judge.model_copy(update={"llm": judge.llm.cached_in(folder / "llm-cache")})
 
 
 @eval_app.command("judge-open")

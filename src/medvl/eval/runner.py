@@ -121,9 +121,9 @@ def _evaluate(config: EvalConfig, state: ProcessState, out: Path) -> Path:
 def _with_reply_cache(backend: BackendConfig, out: Path) -> BackendConfig:
     """An LLM backend without `llm.cache_dir` caches its replies in the run folder's `llm-cache/`: a run
     stopped midway keeps the replies of the batch it was in, not only the batches already written."""
-    if backend.llm is None or backend.llm.cache_dir is not None:
+    if backend.llm is None:
         return backend
-    return backend.model_copy(update={"llm": backend.llm.model_copy(update={"cache_dir": str(out / "llm-cache")})})
+    return backend.model_copy(update={"llm": backend.llm.cached_in(out / "llm-cache")})
 
 
 def _unseen(items: list[VQAItem], data: BenchmarkData,

@@ -322,9 +322,8 @@ class LLMClient:
                 base_url=config.base_url,
                 api_key=os.environ.get(config.api_key_env) or NO_KEY,
                 max_retries=0,
-                # connecting gets half the time, so a connect timeout is told from a slow reply
-                # (the whole attempt is bounded by `timeout_s` in `_attempt`)
-                timeout=openai.Timeout(config.timeout_s, connect=config.timeout_s / 2),
+                # the whole attempt is bounded by `timeout_s` in `_attempt`
+                timeout=openai.Timeout(config.timeout_s, connect=config.connect_timeout_s),
             )
             self._runtime = _Runtime(
                 loop=loop,
@@ -340,7 +339,7 @@ class LLMClient:
         """Send with retries; cache and account the reply."""
         config = self.config
         bad_responses = 0
-        connect_s = config.timeout_s / 2
+        connect_s = config.connect_timeout_s
 
         def should_retry(state: RetryCallState) -> bool:
             nonlocal bad_responses

@@ -8,6 +8,7 @@ changing them resumes the run instead of starting over.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
@@ -49,6 +50,16 @@ class LLMConfig(Config):
     # (765 = GPT-4o high detail for a 1024x1024 image; 85 for detail "low").
     image_token_estimate: int = _runtime(765, ge=0)
     extra_body: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def connect_timeout_s(self) -> float:
+        """Half of `timeout_s`: a connect timeout is told from a slow reply (unreachable endpoints, `llm.client`)."""
+        return self.timeout_s / 2
+
+    def cached_in(self, folder: str | Path) -> "LLMConfig":
+        """This config, its replies cached in `folder` unless `cache_dir` already says where: what a
+        job's own work folder gives, so that a rerun pays for nothing it already received."""
+        return self if self.cache_dir is not None else self.model_copy(update={"cache_dir": str(folder)})
 
     @classmethod
     def runtime_fields(cls) -> frozenset[str]:
