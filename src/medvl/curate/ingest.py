@@ -52,7 +52,7 @@ from medvl.curate.licences import normalise_licence
 from medvl.curate.vocab import infer_modality
 from medvl.errors import UserError
 from medvl.io.images import image_files
-from medvl.io.jsonl import READ_TEXT, decode_problem, not_utf8
+from medvl.io.jsonl import READ_TEXT, decode_line, not_utf8
 
 if TYPE_CHECKING:
     from medvl.curate.config import SourceConfig
@@ -248,12 +248,7 @@ def _jsonl_items(path: Path, rank: int, world_size: int) -> Iterator[_Item]:
             if index % world_size != rank or not line.strip():
                 continue
             line = line.rstrip("\r\n")
-            problem = not_utf8(line)
-            if problem is None:
-                try:
-                    raw = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    problem = decode_problem(exc, len(line))
+            raw, problem = decode_line(line)
             if problem is not None:
                 raw = IngestError("malformed_line", f"{path.name}:{index + 1}: {problem}")
             if not isinstance(raw, (dict, IngestError)):

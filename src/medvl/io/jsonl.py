@@ -32,7 +32,7 @@ __all__ = [
     "iter_jsonl",
     "iter_appended",
     "not_utf8",
-    "decode_problem",
+    "decode_line",
     "read_records",
     "write_jsonl",
     "JsonlAppender",
@@ -112,13 +112,9 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | JsonlLi
             line = line.rstrip("\r\n")
             if not line.strip():
                 continue
-            if problem := not_utf8(line):
+            record, problem = decode_line(line)
+            if problem is not None:
                 yield number, JsonlLineError(path, number, problem)
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield number, JsonlLineError(path, number, decode_problem(exc, len(line)))
                 continue
             if not isinstance(record, dict):
                 yield number, JsonlLineError(path, number, f"line is {type(record).__name__}, not an object")
@@ -200,7 +196,18 @@ def reject_line(record_id: str, stage: str, reason: str, detail: str = "", **ext
     return {"id": record_id, "stage": stage, "reason": reason, "detail": detail, **extra}
 
 
-def decode_problem(exc: json.JSONDecodeError, length: int) -> str:
+def decode_line(line: str) -> tuple[Any, str | None]:
+    """(the JSON value, None), or (None, why not) for one line read with `READ_TEXT` (newline
+    stripped): bytes that are not UTF-8 (`not_utf8`), or where its JSON stops parsing (`_decode_problem`)."""
+    if problem := not_utf8(line):
+        return None, problem
+    try:
+        return json.loads(line), None
+    except json.JSONDecodeError as exc:
+        return None, _decode_problem(exc, len(line))
+
+
+def _decode_problem(exc: json.JSONDecodeError, length: int) -> str:
     """Where a JSON line of `length` characters (newline excluded) stops parsing, as a reject detail.
 
     E.g. "invalid JSON at column 9 of 8 (end of line: cut off?): Expecting ',' delimiter"; a string
