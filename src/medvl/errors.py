@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-__all__ = ["Rejection", "UserError"]
+__all__ = ["Rejection", "UserError", "first_line"]
 
 
 class UserError(Exception):
@@ -31,3 +31,10 @@ class Rejection(ValueError):
     def __init__(self, reason: str, detail: str = "", message: str | None = None):
         self.reason, self.detail = reason, detail
         super().__init__(message if message is not None else f"{reason}: {detail}" if detail else reason)
+
+
+def first_line(exc: BaseException) -> str:
+    """A library exception in a few words for a one-line message: its first non-blank line, else its
+    class name (transformers' and torch's messages run to several lines, or are empty)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -30,6 +30,7 @@ from transformers import (
 )
 
 from medvl.config import ConfigError
+from medvl.errors import first_line
 from medvl.model.dtypes import torch_dtype
 from medvl.model.families import text_config
 from medvl.io.offline import resolve_asset
@@ -65,8 +66,7 @@ def load_tokenizer(text: TextSpec, image_token: str = "<image>") -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:  # transformers' words for a folder without a tokenizer it can read
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{key}: no tokenizer could be loaded from {source} ({reason})") from None
+        raise ConfigError(f"{key}: no tokenizer could be loaded from {source} ({first_line(exc)})") from None
     if hasattr(tokenizer, "legacy"):  # transformers 5 drops it on save, and Llama's reload then defaults to False
         tokenizer.init_kwargs["legacy"] = tokenizer.legacy
     if image_token not in tokenizer.get_vocab():

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from medvl.errors import first_line
 from medvl.model.build import generation_config_for, identity_linear_state, load_tokenizer
 from medvl.model.dtypes import DTYPE_NAMES, torch_dtype
 from medvl.model.families import legacy_types
@@ -251,7 +252,7 @@ def _tokenizer(source: Path) -> Any:
         return load_tokenizer(TextSpec(path=str(source)))
     except (OSError, ValueError, ImportError, TypeError) as exc:
         raise ConversionError(
-            f"{source}: its tokenizer does not load ({str(exc).splitlines()[0]}); the folder needs the tokenizer "
+            f"{source}: its tokenizer does not load ({first_line(exc)}); the folder needs the tokenizer "
             "files it was released with (tokenizer.model, or tokenizer.json / vocab.json + merges.txt)") from exc
 
 

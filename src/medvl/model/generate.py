@@ -44,7 +44,7 @@ from transformers import (
 )
 
 from medvl.config import Config
-from medvl.errors import UserError
+from medvl.errors import UserError, first_line
 from medvl.model.dtypes import UnknownDtype
 from medvl.model.templates import STOP_STRINGS, guess_format
 from medvl.records import message_image_count
@@ -87,8 +87,7 @@ def load_generator(path: str | Path, dtype: str = "auto", device: str | None = N
     except UnknownDtype:  # a --dtype mistake, not the folder's
         raise
     except (OSError, ValueError) as exc:  # what transformers raises for a missing, broken or foreign folder
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{path} is not a loadable medvl model ({reason}); give the folder that "
+        raise ModelLoadError(f"{path} is not a loadable medvl model ({first_line(exc)}); give the folder that "
                              "`medvl train`, `medvl build` or `medvl convert` wrote") from None
 
 

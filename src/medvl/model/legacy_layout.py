@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import torch
 
-from medvl.errors import UserError
+from medvl.errors import UserError, first_line
 from medvl.model.families import legacy_types
 
 __all__ = ["ConversionError", "legacy_config", "weight_files", "read_weight_file", "read_legacy_weights", "find_tower"]
@@ -60,7 +60,7 @@ def read_weight_file(file: Path, keys_only: bool = False) -> Iterator[tuple[str,
         else:
             yield from torch.load(file, map_location="cpu", weights_only=True, mmap=True).items()
     except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise ConversionError(f"{file}: unreadable weights ({str(exc).splitlines()[0]}); download it again") from exc
+        raise ConversionError(f"{file}: unreadable weights ({first_line(exc)}); download it again") from exc
 
 
 def read_legacy_weights(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
