@@ -75,6 +75,21 @@ def test_atomic_writes_leave_no_temporary_files(tmp_path):
     assert read_records(tmp_path / "x.jsonl")[1] == {"b": "é"}
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_atomic_writes_get_the_mode_of_a_plain_open_not_mkstemps_0600(tmp_path, umask):
+    """A curated dataset or report is for the team sharing the folder: mkstemp's 0600 hid it from them."""
+    import os
+
+    old = os.umask(umask)
+    try:
+        write_jsonl(tmp_path / "x.jsonl", [{"a": 1}])
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.jsonl").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "x.jsonl").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
+
+
 def test_a_cut_off_line_points_at_where_the_json_stops(tmp_path):
     path = tmp_path / "cut.jsonl"
     path.write_text('{"id": "a", "conversations": []}\n{"id": "b", "conv\n{"id": "c", "n": 1\n{"id": "d", "x": tru}\n')

@@ -5,7 +5,9 @@ a file several processes share.
   rename. A reader (or a resumed run) sees either the old file or the complete new one, never a
   torn write, and a killed writer leaves the old one (or none) under the name. Each
   temporary name is new (`mkstemp`): two processes writing one file never share one (a fixed
-  `.tmp` name made one rename the other's half-written file, and crash renaming its own).
+  `.tmp` name made one rename the other's half-written file, and crash renaming its own). The file
+  gets the mode a plain `open()` would give it (0666 less the umask), not `mkstemp`'s private 0600:
+  a curated dataset or a report is for the team that shares the folder.
 - `file_lock(path, doing)`: one process at a time (threads included) between reading a shared
   file (a cache) and writing it back, so no process's entry is lost to another's write. It is a
   `filelock.FileLock`, an `flock` that the kernel drops when its holder dies, however it dies;
@@ -67,6 +69,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     A run killed meanwhile leaves `path` as it was."""
     path = check_file_target(path)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp = Path(name)
     try:
@@ -77,6 +80,17 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask: read from /proc where Linux shows it, else set and restored at once."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> Path:
