@@ -153,3 +153,20 @@ def curate_config() -> Callable[..., Any]:
         return CurateConfig.model_validate(apply_overrides(data, list(overrides)))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(smol_tokenizer, tmp_path_factory) -> Path:
+    """A tiny random Llama (3 decoder layers, width 32) with SmolLM2's tokenizer, saved: the LM of the
+    learned text filter's `lm+` features in tests."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(smol_tokenizer)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id)
+    out = tmp_path_factory.mktemp("tiny-lm")
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

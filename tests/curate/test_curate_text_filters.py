@@ -72,15 +72,16 @@ def test_precision_recall_counts_and_intervals():
     assert result["precision_ci95"][0] < 2 / 3 < result["precision_ci95"][1]
 
 
-def test_train_text_filter_command_and_the_filter(tmp_path: Path):
+def test_train_text_filter_command_and_the_filter(tmp_path: Path, tiny_lm: Path):
     labels = write_labels(tmp_path / "labels.jsonl")
     out = tmp_path / "probe"
-    result = CliRunner().invoke(
-        build_app(), ["curate", "train-text-filter", str(labels), "--out", str(out), "--encoder", "hashing"]
-    )
+    result = CliRunner().invoke(build_app(), ["curate", "train-text-filter", str(labels), "--out", str(out),
+                                              "--encoder", "hashing", "--lm", str(tiny_lm), "--lm-layer", "2"])
     assert result.exit_code == 0, result.output
     assert "held_out: precision" in result.output
     meta = json.loads((out / "text_filter.json").read_text())
+    assert meta["features"] == "lm+embedding+vocabulary" and meta["lm"] == {"spec": str(tiny_lm), "layer": 2,
+                                                                           "max_tokens": 256}
     assert meta["n_train"] == 60 and meta["n_held_out"] == 20 and meta["held_out"]["recall"] >= 0.9
     assert meta["cross_validated"]["recall"] >= 0.9  # the operating point is the CV one
     probe = TextProbe.load(out)
@@ -94,11 +95,11 @@ def test_train_text_filter_command_and_the_filter(tmp_path: Path):
     assert docs[1].metadata["reject_detail"].startswith("p(medical)=")
 
 
-def test_every_choice_comes_from_the_training_captions_only(tmp_path: Path):
+def test_every_choice_comes_from_the_training_captions_only(tmp_path: Path, tiny_lm: Path):
     examples = load_labelled([write_labels(tmp_path / "labels.jsonl")])
     flipped = [e if not e.held_out else type(e)(e.text, not e.medical, True, e.group) for e in examples]
-    first = train_text_probe(examples, tmp_path / "a", encoder="hashing")
-    second = train_text_probe(flipped, tmp_path / "b", encoder="hashing")  # held-out labels inverted
+    first = train_text_probe(examples, tmp_path / "a", encoder="hashing", lm=str(tiny_lm), lm_layer=2)
+    second = train_text_probe(flipped, tmp_path / "b", encoder="hashing", lm=str(tiny_lm), lm_layer=2)
     for key in ("threshold", "C", "coef", "intercept", "searched", "cross_validated"):
         assert first[key] == second[key], key
     assert first["held_out"]["tp"] != second["held_out"]["tp"]  # the held-out captions were scored, not used
@@ -112,6 +113,49 @@ def test_cross_validation_folds_keep_an_article_together():
         for _, scored in cross_validation_folds(labels, groups, repeat, seed=0):
             articles = {groups[i] for i in scored}
             assert sum(groups.count(a) for a in articles) == len(scored)
+
+
+def test_lm_features_are_a_padding_free_mean_of_the_cut_models_output(tiny_lm: Path):
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from medvl.curate.embed import make_lm_embedder
+
+    texts = ["CT", "Axial contrast-enhanced CT of the abdomen showing a hypodense lesion in the right lobe"]
+    together = make_lm_embedder(str(tiny_lm), 2)(texts)
+    for text, row in zip(texts, together):  # padded beside a longer caption = alone
+        assert make_lm_embedder(str(tiny_lm), 2)([text])[0] == pytest.approx(row, abs=1e-5)
+    full, tokenizer = AutoModel.from_pretrained(tiny_lm), AutoTokenizer.from_pretrained(tiny_lm)
+    with torch.inference_mode():  # 2 of the 3 layers are loaded: the full model's layer 2, its final norm applied
+        hidden = full(**tokenizer([texts[1]], return_tensors="pt"), output_hidden_states=True).hidden_states[2]
+        hidden = full.norm(hidden)
+    assert together[1] == pytest.approx(hidden[0].mean(0).numpy(), abs=1e-5)
+    assert np.abs(together[0] - together[1]).max() > 1e-3
+
+
+def test_standardised_features_fold_into_one_linear_probe(tmp_path: Path, tiny_lm: Path):
+    """The saved probe is the fitted scaler + regression, as one linear function of the raw features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from medvl.curate.embed import make_lm_embedder
+    from medvl.curate.vocab import load_vocabulary as shipped
+
+    examples = load_labelled([write_labels(tmp_path / "labels.jsonl")])
+    meta = train_text_probe(examples, tmp_path / "probe", encoder="hashing", lm=str(tiny_lm), lm_layer=2)
+    assert meta["searched"].keys() == {"C=0.003", "C=0.01", "C=0.03", "C=0.1"}
+
+    def features(texts: list[str]) -> np.ndarray:
+        return np.hstack([make_lm_embedder(str(tiny_lm), 2)(texts), make_text_embedder("hashing")[1](texts),
+                          vocabulary_features(texts, shipped(None))])
+
+    train = [e for e in examples if not e.held_out]
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(C=meta["C"], max_iter=5000, class_weight="balanced"))
+    pipeline.fit(features([e.text for e in train]), [e.medical for e in train])
+    texts = ["Coronal MRI of the knee", "Photograph of a copper roof", *[e.text for e in examples if e.held_out]]
+    expected = pipeline.predict_proba(features(texts))[:, 1]
+    assert TextProbe.load(tmp_path / "probe").predict_proba(texts) == pytest.approx(expected, abs=1e-4)
 
 
 def test_hybrid_features_are_used_when_configured(tmp_path: Path):
@@ -142,7 +186,8 @@ def test_hybrid_features_are_used_when_configured(tmp_path: Path):
 
 def test_builtin_probe_and_the_report_quality_table(corpus: Path, curate_config):
     meta = TextProbe.load("builtin").meta
-    assert meta["features"] == "embedding+vocabulary"  # train-text-filter's default, chosen by cross-validation
+    assert meta["features"] == "lm+embedding+vocabulary"  # train-text-filter's default, chosen by cross-validation
+    assert meta["lm"] == {"spec": "offline:smollm2", "layer": 8, "max_tokens": 256}
     assert meta["n_held_out"] == 714 and meta["held_out"]["recall"] >= 0.9 and meta["held_out"]["precision"] >= 0.85
     assert meta["n_train"] == sum(not e.held_out for e in load_labelled())  # fitted on the set as shipped
     config = curate_config(corpus, "filter.medical_text.enabled=true")

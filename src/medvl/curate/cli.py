@@ -175,18 +175,22 @@ def train_text_filter_command(
     out: Path = typer.Option(..., "--out", help="folder for text_filter.json (set filter.medical_text.model to it)"),
     target_recall: float = typer.Option(0.98, help="operating point: recall reached in cross-validation"),
     features: str = typer.Option(
-        "embedding+vocabulary",
-        help="'embedding+vocabulary' (the embedding, the medical-term count, the length) or 'embedding'"
+        "lm+embedding+vocabulary",
+        help="'lm+embedding+vocabulary' (an LM's hidden state, the embedding, the medical-term count, the "
+             "length), 'embedding+vocabulary' or 'embedding'"
     ),
     vocabulary: Optional[Path] = typer.Option(None, help="term file for the vocabulary features (default: shipped)"),
     encoder: Optional[str] = typer.Option(None, help="sentence-transformers folder (default: all-MiniLM-L6-v2)"),
+    lm: str = typer.Option("offline:smollm2", help="causal LM folder for the 'lm+' features (default: SmolLM2-135M)"),
+    lm_layer: int = typer.Option(8, min=1, help="the LM's decoder layer whose hidden state is averaged"),
     c: Optional[float] = typer.Option(None, help="inverse regularisation strength (default: chosen by cross-validation)"),
 ) -> None:
     """Fit the learned medical-text filter; print cross-validated and held-out precision/recall."""
     from medvl.curate.text_probe import load_labelled, train_text_probe
 
     result = train_text_probe(load_labelled(labels or []), out, encoder=encoder, features=features,
-                              vocabulary=str(vocabulary) if vocabulary else None, target_recall=target_recall, c=c)
+                              vocabulary=str(vocabulary) if vocabulary else None, lm=lm, lm_layer=lm_layer,
+                              target_recall=target_recall, c=c)
     typer.echo(f"text filter saved to {out}: {result['n_train']} training / {result['n_held_out']} held-out captions, "
                f"features {result['features']}, C {result['C']}, threshold {result['threshold']:.3f}")
     for part in ("cross_validated", "held_out"):

@@ -10,6 +10,11 @@ The model is loaded once per process, and the last few thousand captions embedde
 so a prepare task that runs the learned text filter and then the caption embedder embeds each
 caption once.
 
+`make_lm_embedder(spec, layer)` returns `texts → float32 rows`: the output of a causal LM cut to its
+first `layer` decoder layers (its final norm applied, as `text.keep_layers` cuts the demo's LLM),
+averaged over the caption's tokens: the learned text filter's second view of a caption. `spec` is
+`offline:smollm2` or a local Llama/Qwen/Mistral-family folder; the deeper layers are not loaded.
+
 `CaptionEmbedder` is the prepare-stage step that writes the embeddings semantic dedup reads: one
 float16 row per record, in shard order, to `prepared/emb-<rank>.f16`.
 """
@@ -30,7 +35,7 @@ from medvl.curate.store import RunDirs
 from medvl.curate.vocab import tokenize
 from medvl.io.files import atomic_write_json
 
-__all__ = ["make_text_embedder", "sentence_transformer", "CaptionEmbedder"]
+__all__ = ["make_text_embedder", "make_lm_embedder", "sentence_transformer", "CaptionEmbedder"]
 
 _REMEMBERED = 4096
 
@@ -81,6 +86,48 @@ def make_text_embedder(
         return np.stack([memory[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
 
     return name, embed
+
+
+@lru_cache(maxsize=2)
+def make_lm_embedder(
+    spec: str, layer: int, max_tokens: int = 256, batch_size: int = 32
+) -> Callable[[list[str]], np.ndarray]:
+    """texts → mean over tokens of the LM `spec` cut to its first `layer` decoder layers (final norm applied)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from medvl.io.offline import resolve_asset
+
+    folder = resolve_asset(spec)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    verbosity, progress = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # the unused deeper layers' weights are expected
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModel.from_pretrained(folder, num_hidden_layers=layer, dtype=torch.float32).eval()
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if progress:
+            hf_logging.enable_progress_bar()
+
+    def embed(texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), model.config.hidden_size), np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths pad less
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                rows = order[start:start + batch_size]
+                batch = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True, truncation=True,
+                                  max_length=max_tokens)
+                hidden = model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                out[rows] = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
+        return out
+
+    return embed
 
 
 @lru_cache(maxsize=4)

@@ -6,18 +6,23 @@ with two vocabulary features beside them.
   an optional `pmcid` (the article: its captions stay in one cross-validation fold).
   The shipped set is `assets/medical_captions.jsonl` (real PMC captions from ROCO, hand labelled,
   CC BY / CC0 only; `assets/README.md` has the provenance, the labelling rules and the split).
-- Features (`features=`): `embedding+vocabulary` (the default): the caption embedding and
-  `VOCABULARY_FEATURES`, log(1 + distinct terms of the medical vocabulary, `medvl.curate.vocab`) and
-  log(1 + words), scaled by a weight chosen with `C` — chosen as the default by cross-validation on
-  the shipped set's train split (docs/curation.md); or `embedding`, the caption embedding alone.
+- Features (`features=`): `lm+embedding+vocabulary` (the default): a causal LM's view of the
+  caption (`medvl.curate.embed.make_lm_embedder`: SmolLM2-135M cut to its first 8 decoder layers,
+  its output averaged over tokens), the caption embedding and `VOCABULARY_FEATURES`, log(1 + distinct terms
+  of the medical vocabulary, `medvl.curate.vocab`) and log(1 + words), each standardised;
+  `embedding+vocabulary`: the embedding and the vocabulary features, scaled by a weight chosen with
+  `C`; or `embedding`, the caption embedding alone. The default and the LM layer were chosen by
+  cross-validation on the shipped set's train split (docs/curation.md).
 - `train_text_probe(examples, out_dir)` fits a scikit-learn logistic regression (balanced classes)
   on the training captions. Every choice is made by cross-validation on them alone (5 folds grouped
   by article, repeated `CV_REPEATS` times, out-of-fold logits averaged): the regularisation `C` (of
-  `C_GRID`) and the vocabulary weight (of `VOCABULARY_WEIGHTS`) with the best cross-validated
+  `C_GRID`, or `STANDARDISED_C_GRID` for standardised features) and the vocabulary weight (of
+  `VOCABULARY_WEIGHTS`, for `embedding+vocabulary`) with the best cross-validated
   precision at the target recall, and the operating point, the highest threshold whose
   cross-validated recall reaches `target_recall`. The held-out captions are scored once, at the end,
   with that threshold. It saves `text_filter.json` — encoder, weights, the vocabulary's path and
-  sha256, threshold, cross-validated and held-out precision/recall — plain JSON, no pickle.
+  sha256, threshold, cross-validated and held-out precision/recall — plain JSON, no pickle (a
+  standardisation is folded into the weights, so the probe stays one linear function of the features).
 - `TextProbe.load(folder or "builtin")` → `predict_proba(texts)`; "builtin" is the probe shipped in
   `assets/medical_text_probe.json`, trained on the shipped set's train split. A probe whose
   vocabulary file changed since training refuses to load (retrain it).
@@ -54,10 +59,12 @@ __all__ = [
 
 PROBE_FILE = "text_filter.json"
 LABELS = {"medical": True, "non_medical": False}
-FEATURE_SETS = ("embedding", "embedding+vocabulary")
+FEATURE_SETS = ("lm+embedding+vocabulary", "embedding+vocabulary", "embedding")
 VOCABULARY_FEATURES = ("log1p_medical_terms", "log1p_words")
 C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0)
 VOCABULARY_WEIGHTS = (0.25, 0.5, 1.0)
+STANDARDISED_C_GRID = (0.003, 0.01, 0.03, 0.1)
+LM_DEFAULT, LM_LAYER, LM_MAX_TOKENS = "offline:smollm2", 8, 256
 CV_FOLDS, CV_REPEATS = 5, 3
 
 
@@ -175,9 +182,11 @@ class TextProbe:
     meta: dict[str, Any]
     vocabulary: Vocabulary | None = None  # set when the probe uses the vocabulary features
     vocabulary_coef: np.ndarray | None = None
+    lm: dict[str, Any] | None = None  # make_lm_embedder's arguments, when the probe uses the LM features
+    lm_coef: np.ndarray | None = None
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        from medvl.curate.embed import make_text_embedder
+        from medvl.curate.embed import make_lm_embedder, make_text_embedder
 
         if not texts:
             return np.zeros(0, np.float32)
@@ -185,12 +194,14 @@ class TextProbe:
         logits = embed(texts) @ self.coef + self.intercept
         if self.vocabulary is not None and self.vocabulary_coef is not None:
             logits = logits + vocabulary_features(texts, self.vocabulary) @ self.vocabulary_coef
+        if self.lm is not None and self.lm_coef is not None:
+            logits = logits + make_lm_embedder(**self.lm)(texts) @ self.lm_coef
         return _sigmoid(logits)
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], where: str | Path = "the probe") -> "TextProbe":
-        vocabulary = vocabulary_coef = None
-        if meta.get("features", "embedding") == "embedding+vocabulary":
+        vocabulary = vocabulary_coef = lm_coef = None
+        if meta.get("features", "embedding").endswith("+vocabulary"):
             vocabulary, identity = _vocabulary(meta["vocabulary"]["path"])
             if identity["sha256"] != meta["vocabulary"]["sha256"]:
                 raise TextProbeError(
@@ -198,8 +209,10 @@ class TextProbe:
                     "trained; retrain it with `medvl curate train-text-filter`"
                 )
             vocabulary_coef = np.asarray([meta["vocabulary_coef"][name] for name in VOCABULARY_FEATURES], np.float32)
+        if meta.get("lm"):
+            lm_coef = np.asarray(meta["lm_coef"], np.float32)
         return cls(meta["encoder"], np.asarray(meta["coef"], np.float32), float(meta["intercept"]),
-                   float(meta["threshold"]), meta, vocabulary, vocabulary_coef)
+                   float(meta["threshold"]), meta, vocabulary, vocabulary_coef, meta.get("lm"), lm_coef)
 
     @classmethod
     def load(cls, where: str | Path) -> "TextProbe":
@@ -223,8 +236,10 @@ def train_text_probe(
     out_dir: str | Path,
     *,
     encoder: str | None = None,
-    features: str = "embedding+vocabulary",
+    features: str = "lm+embedding+vocabulary",
     vocabulary: str | None = None,
+    lm: str = LM_DEFAULT,
+    lm_layer: int = LM_LAYER,
     target_recall: float = 0.98,
     c: float | None = None,
     seed: int = 0,
@@ -232,8 +247,10 @@ def train_text_probe(
     """Fit, pick every setting and the operating point on the training captions by cross-validation,
     score the held-out ones once, save; see the module doc."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
-    from medvl.curate.embed import make_text_embedder
+    from medvl.curate.embed import make_lm_embedder, make_text_embedder
 
     if features not in FEATURE_SETS:
         raise TextProbeError(f"features {features!r} is not one of {', '.join(FEATURE_SETS)}")
@@ -248,17 +265,24 @@ def train_text_probe(
     name, embed = make_text_embedder(encoder)
     texts = [e.text for e in train]
     embeddings = embed(texts)
-    hybrid = features == "embedding+vocabulary"
-    vocab, identity = _vocabulary(vocabulary) if hybrid else (None, None)
+    vocab, identity = _vocabulary(vocabulary) if features.endswith("+vocabulary") else (None, None)
     extra = vocabulary_features(texts, vocab) if vocab is not None else np.zeros((len(train), 0), np.float32)
+    lm_args = {"spec": lm, "layer": lm_layer, "max_tokens": LM_MAX_TOKENS} if features.startswith("lm+") else None
+    lm_features = make_lm_embedder(**lm_args)(texts) if lm_args else np.zeros((len(train), 0), np.float32)
+    standardised = lm_args is not None  # LM hidden states are far from unit scale; the embedding is unit norm
+    weighted = vocab is not None and not standardised
     folds = [cross_validation_folds(labels, [e.group for e in train], r, seed) for r in range(CV_REPEATS)]
 
-    def model(strength: float) -> LogisticRegression:
-        return LogisticRegression(C=strength, max_iter=5000, class_weight="balanced")
+    def model(strength: float) -> Any:
+        regression = LogisticRegression(C=strength, max_iter=5000, class_weight="balanced")
+        return make_pipeline(StandardScaler(), regression) if standardised else regression
+
+    def design(weight: float) -> np.ndarray:
+        return np.hstack([lm_features, embeddings, weight * extra])
 
     def cross_validated(strength: float, weight: float) -> tuple[float, float, np.ndarray]:
         """(cross-validated precision at the target recall, threshold, out-of-fold p(medical))."""
-        matrix = np.hstack([embeddings, weight * extra])
+        matrix = design(weight)
         logits = np.zeros(len(labels))
         for splits in folds:
             for fit, score in splits:
@@ -267,31 +291,36 @@ def train_text_probe(
         threshold = _threshold_at_recall(probabilities, labels, target_recall)
         return precision_recall(probabilities >= threshold, labels)["precision"] or 0.0, threshold, probabilities
 
-    grid = [(s, w) for s in ([c] if c is not None else C_GRID) for w in (VOCABULARY_WEIGHTS if hybrid else (1.0,))]
+    strengths = [c] if c is not None else (STANDARDISED_C_GRID if standardised else C_GRID)
+    grid = [(s, w) for s in strengths for w in (VOCABULARY_WEIGHTS if weighted else (1.0,))]
     searched = {setting: cross_validated(*setting) for setting in grid}
     c, weight = max(searched, key=lambda setting: searched[setting][0])
     _, threshold, cv_probabilities = searched[(c, weight)]
-    fitted = model(c).fit(np.hstack([embeddings, weight * extra]), labels)
-    coef = fitted.coef_[0]
+    coef, intercept = _raw_weights(model(c).fit(design(weight), labels))
+    lm_coef, coef = coef[: lm_features.shape[1]], coef[lm_features.shape[1]:]
     result: dict[str, Any] = {
         "encoder": encoder,
         "encoder_name": name,
         "features": features,
         "coef": [round(float(w), 6) for w in coef[: embeddings.shape[1]]],
-        "intercept": float(fitted.intercept_[0]),
+        "intercept": intercept,
         "threshold": threshold,
         "target_recall": target_recall,
         "C": c,
         "cv": f"{CV_FOLDS}-fold grouped by article, {CV_REPEATS} repeats, training captions only",
         "searched": {
-            f"C={s}" + (f" vocabulary_weight={w}" if hybrid else ""): round(v[0], 4) for (s, w), v in searched.items()
+            f"C={s}" + (f" vocabulary_weight={w}" if weighted else ""): round(v[0], 4) for (s, w), v in searched.items()
         },
         "n_train": len(train),
         "n_held_out": len(held_out),
         "cross_validated": precision_recall(cv_probabilities >= threshold, labels),
     }
-    if hybrid:
-        result["vocabulary_weight"] = weight
+    if lm_args:
+        result["lm"] = lm_args
+        result["lm_coef"] = [round(float(w), 7) for w in lm_coef]
+    if vocab is not None:
+        if weighted:
+            result["vocabulary_weight"] = weight
         result["vocabulary"] = identity
         vocabulary_coef = coef[embeddings.shape[1]:] * weight  # in the features' own units
         result["vocabulary_coef"] = {n: round(float(w), 6) for n, w in zip(VOCABULARY_FEATURES, vocabulary_coef)}
@@ -301,3 +330,14 @@ def train_text_probe(
         result["held_out"] = precision_recall(scores >= threshold, [e.medical for e in held_out])
     atomic_write_json(folder / PROBE_FILE, result)
     return result
+
+
+def _raw_weights(fitted: Any) -> tuple[np.ndarray, float]:
+    """(coefficients, intercept) of a fitted regression on the raw features, a standardisation folded in."""
+    regression = fitted[-1] if hasattr(fitted, "steps") else fitted
+    coef, intercept = regression.coef_[0], float(regression.intercept_[0])
+    if hasattr(fitted, "steps"):
+        scaler = fitted[0]
+        coef = coef / scaler.scale_
+        intercept -= float(coef @ scaler.mean_)
+    return coef, intercept
