@@ -260,3 +260,19 @@ def test_image_files_walks_folders_by_suffix_and_keeps_named_files(tmp_path, rgb
     assert image_files([folder, named, folder / "a.png"]) == sorted([*walked, named])
     with pytest.raises(UserError, match="nowhere: no such image file or folder"):
         image_files([folder, tmp_path / "nowhere"])
+
+
+def test_image_files_walks_symlinked_folders_once_and_lists_each_entry_once(tmp_path, rgb_image):
+    """Cluster data folders are often symlinks: a linked folder is walked (not silently skipped),
+    a link cycle ends, the same entry reached by two routes (`..`, a trailing slash, a link to
+    the folder) is listed once, and a dangling image link is listed for the reader to report."""
+    real = tmp_path / "données" / "é 图像"
+    real.mkdir(parents=True)
+    scan = saved(rgb_image, real / "scan one.png")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "linked").symlink_to(real)
+    (real / "loop").symlink_to(real)
+    (tree / "gone.jpg").symlink_to(tmp_path / "moved away.jpg")
+    assert image_files([tree]) == [tree / "gone.jpg", tree / "linked" / "scan one.png"]
+    assert image_files([real, f"{real}/../é 图像/", tree / "linked", scan]) == [scan]

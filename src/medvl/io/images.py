@@ -97,16 +97,36 @@ def image_size(source: Source) -> tuple[int, int]:
 def image_files(sources: Iterable[str | Path]) -> list[Path]:
     """Every image file named or found (recursively, by `IMAGE_SUFFIXES`) under the given files and
     folders, sorted, each once. A named file is kept whatever its suffix; a source that does not
-    exist is a `UserError`."""
-    found: set[Path] = set()
+    exist is a `UserError`. Symlinked folders are walked (each real folder once, so a link cycle
+    ends); a folder entry reached by two routes (`a` and `a/../a`, a folder and a link to it) is
+    listed once, under the first route given. Two names for one file are two entries; a dangling
+    symlink is listed, so that the stage reading it reports the missing image."""
+    found: dict[Path, Path] = {}
     for source in map(Path, sources):
         if source.is_dir():
-            found.update(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            candidates = _walked_images(source)
         elif source.is_file():
-            found.add(source)
+            candidates = [source]
         else:
             raise UserError(f"{source}: no such image file or folder")
-    return sorted(found)
+        for path in candidates:
+            found.setdefault(Path(os.path.realpath(path.parent)) / path.name, path)
+    return sorted(found.values())
+
+
+def _walked_images(folder: Path) -> Iterator[Path]:
+    """Image files under `folder`, following symlinked folders but entering each real folder once."""
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        for name in files:
+            path = Path(root) / name
+            if path.suffix.lower() in IMAGE_SUFFIXES and (path.is_file() or path.is_symlink()):
+                yield path
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
