@@ -49,6 +49,27 @@ def test_sample_config_on_shared_pmc_figures(shared_dir: Path, tmp_path: Path):
     assert sum(report["modality"]["input"].values()) == 10
 
 
+def test_relative_paths_come_from_the_config_file_or_from_the_working_directory_for_overrides(
+        tmp_path: Path, monkeypatch):
+    """A path written in the file is the file's folder's; one typed in an override (`medvl curate run
+    configs/curate/pubmedvision.yaml filter.image.classifier=runs/med-classifier`) is the shell's."""
+    configs, work = tmp_path / "my configs" / "é 图像", tmp_path / "work"
+    configs.mkdir(parents=True)
+    work.mkdir()
+    (configs / "c.yaml").write_text("sources: [{format: pairs, path: ../figures.jsonl}]\n"
+                                    "filter: {text: {vocabulary: terms.txt}}\noutput_dir: out/\n")
+    monkeypatch.chdir(work)
+    from_file = load_curate_config(configs / "c.yaml")
+    assert Path(from_file.sources[0].path) == configs.parent / "figures.jsonl"
+    assert Path(from_file.filter["text"].vocabulary) == configs / "terms.txt"
+    overridden = load_curate_config(configs / "c.yaml", ["filter.image.classifier=runs/clf",
+                                                         "sources=[{format: pairs, path: mine.jsonl}]"])
+    assert Path(overridden.sources[0].path) == work / "mine.jsonl"
+    assert Path(overridden.filter["image"].classifier) == work / "runs" / "clf"
+    assert Path(overridden.filter["text"].vocabulary) == configs / "terms.txt"
+    assert Path(overridden.output_dir) == configs / "out"
+
+
 def test_outputs_do_not_depend_on_the_number_of_tasks(corpus, curate_config, tmp_path):
     outputs = []
     for tasks in (1, 3):

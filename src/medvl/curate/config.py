@@ -4,12 +4,13 @@ Every threshold is an option here with the PubMedVision / LLaVA-Med default (see
 `docs/curation.md` for the table). The filters' sections (`filter.<name>`) are declared by the
 filters themselves (the `medvl.curate.filters.FILTERS` registry). Relative paths in a config file
 are resolved against the folder of that file (`resolve_paths`), so a shipped config runs from any
-working directory.
+working directory; those given by command-line overrides against the working directory.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SerializeAsAny, field_validator, model_validator
@@ -239,29 +240,38 @@ class CurateConfig(Config):
 
 
 def load_curate_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> CurateConfig:
-    """Load a curate config; relative paths in it are taken relative to the config file's folder."""
+    """Load a curate config; a relative path written in the config file is taken from the file's
+    folder, one given by a command-line override (`filter.image.classifier=runs/clf`) from the
+    working directory, as a shell user means it."""
     config = load_config(CurateConfig, path, overrides)
     base = Path(path).resolve().parent if path is not None else Path.cwd()
-    return resolve_paths(config, base)
+    overridden = [item.partition("=")[0].strip() for item in overrides]
+
+    def folder_of(key: str) -> Path:
+        return Path.cwd() if any(key == k or key.startswith(k + ".") for k in overridden) else base
+
+    return resolve_paths(config, folder_of)
 
 
-def resolve_paths(config: CurateConfig, base: Path) -> CurateConfig:
-    """Return a copy with every path option made absolute against `base`."""
+def resolve_paths(config: CurateConfig, folder_of: Callable[[str], Path]) -> CurateConfig:
+    """Return a copy with every path option made absolute against `folder_of(its dotted key)`."""
 
-    def absolute(value: str | None) -> str | None:
-        return None if value is None else str((base / Path(value).expanduser()).resolve())
+    def absolute(value: str | None, key: str) -> str | None:
+        return None if value is None else str((folder_of(key) / Path(value).expanduser()).resolve())
 
     sources = [
-        s.model_copy(update={"path": absolute(s.path), "image_root": absolute(s.image_root)})
+        s.model_copy(update={"path": absolute(s.path, "sources"), "image_root": absolute(s.image_root, "sources")})
         for s in config.sources
     ]
-    filters = {name: section.resolve_paths(absolute) for name, section in config.filter.items()}
+    filters = {name: section.resolve_paths(lambda value, field, name=name: absolute(value, f"filter.{name}.{field}"))
+               for name, section in config.filter.items()}
     model = config.dedup.semantic.model
     semantic = config.dedup.semantic.model_copy(
-        update={"model": model if model == "hashing" else absolute(model)}
+        update={"model": model if model == "hashing" else absolute(model, "dedup.semantic.model")}
     )
     dedup = config.dedup.model_copy(update={"semantic": semantic})
-    benchmarks = [b.model_copy(update={"root": absolute(b.root)}) for b in config.decontaminate.benchmarks]
+    benchmarks = [b.model_copy(update={"root": absolute(b.root, "decontaminate.benchmarks")})
+                  for b in config.decontaminate.benchmarks]
     decontaminate = config.decontaminate.model_copy(update={"benchmarks": benchmarks})
     return config.model_copy(
         update={
@@ -269,6 +279,6 @@ def resolve_paths(config: CurateConfig, base: Path) -> CurateConfig:
             "filter": filters,
             "dedup": dedup,
             "decontaminate": decontaminate,
-            "output_dir": absolute(config.output_dir),
+            "output_dir": absolute(config.output_dir, "output_dir"),
         }
     )

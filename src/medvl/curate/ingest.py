@@ -84,7 +84,7 @@ def check_sources(sources: list[SourceConfig]) -> None:
         where = f"sources[{index}].path (format {source.format})"
         if not path.exists():
             raise SourceMissing(f"{where}: {path} does not exist; fix the path (a relative one is taken from "
-                                "the config file's folder)")
+                                "the config file's folder, or from the working directory in an override)")
         if path.is_dir() and source.format not in ("roco", "folder"):
             raise SourceMissing(f"{where}: {path} is a folder; give the file in it (this format reads a "
                                 ".jsonl, .json, .csv or .tsv file)")

@@ -33,14 +33,16 @@ __all__ = ["FILTERS", "FilterConfig", "CurateFilter", "RejectWriter", "IngestChe
 class FilterConfig(Config):
     """The section `filter.<name>` of a filter; every filter can be switched off.
 
-    `path_fields` name the options that are paths, made absolute against the config file's folder.
+    `path_fields` name the options that are paths, made absolute against the config file's folder
+    (the working directory for one set by a command-line override).
     """
 
     path_fields: ClassVar[tuple[str, ...]] = ()
     enabled: bool = True
 
-    def resolve_paths(self, absolute: Callable[[str | None], str | None]) -> "FilterConfig":
-        return self.model_copy(update={name: absolute(getattr(self, name)) for name in self.path_fields})
+    def resolve_paths(self, absolute: Callable[[str | None, str], str | None]) -> "FilterConfig":
+        """A copy with each path option made absolute by `absolute(value, option name)`."""
+        return self.model_copy(update={name: absolute(getattr(self, name), name) for name in self.path_fields})
 
 
 class CurateFilter(BaseFilter):

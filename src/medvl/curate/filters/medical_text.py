@@ -30,8 +30,8 @@ class MedicalTextConfig(FilterConfig):
     text: Literal["caption", "caption_and_mentions"] = "caption"
     batch_size: int = Field(64, ge=1)
 
-    def resolve_paths(self, absolute: Callable[[str | None], str | None]) -> "MedicalTextConfig":
-        return self if self.model == "builtin" else self.model_copy(update={"model": absolute(self.model)})
+    def resolve_paths(self, absolute: Callable[[str | None, str], str | None]) -> "MedicalTextConfig":
+        return self if self.model == "builtin" else self.model_copy(update={"model": absolute(self.model, "model")})
 
 
 @register_filter("medical_text")
