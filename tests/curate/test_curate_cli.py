@@ -154,3 +154,18 @@ def test_labels_from_relative_paths_train_a_classifier_from_another_folder(tmp_p
     assert trained.code == 0, trained.err
     meta = json.loads(Path("runs/classifier/classifier.json").read_text())
     assert meta["n_train"] + meta["n_val"] == 6
+
+
+def test_label_flags_reach_the_llm_config_as_given(tmp_path: Path, texture, monkeypatch):
+    """--model and --base-url are strings, not YAML: a model named `2.5` stays "2.5" (not a float the
+    config rejects), one with `: ` is not a mapping."""
+    from medvl.curate import label
+
+    texture(1, (64, 64)).save(tmp_path / "scan.png")
+    seen = []
+    monkeypatch.setattr(label, "label_images",
+                        lambda images, llm, out, max_side: seen.append(llm) or {"medical": 1, "already_done": 0})
+    for name in ("2.5", "med: v2 #1"):
+        invoke("label", str(tmp_path), "--out", str(tmp_path / "labels.jsonl"), "--model", name,
+               "--base-url", "http://127.0.0.1:9/v1")
+        assert seen[-1].model == name and seen[-1].base_url == "http://127.0.0.1:9/v1"

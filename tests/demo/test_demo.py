@@ -182,3 +182,14 @@ def test_a_wrong_vqa_rad_folder_stops_the_demo_before_its_first_step(tmp_path, m
     config = load_config(DemoConfig, None, [f"output_dir={tmp_path / 'demo'}", f"vqa_rad={tmp_path / 'nowhere'}"])
     with pytest.raises(UserError, match="nowhere"):
         run_demo(config)
+
+
+def test_path_flags_reach_the_config_as_given(medvl, monkeypatch, tmp_path):
+    """--out/--figures/--vqa-rad are paths, not YAML: ` #` does not start a comment (`runs/demo #2`
+    was `runs/demo`, another demo's folder), `: ` does not make a mapping, `[...]` not a list."""
+    seen: list[DemoConfig] = []
+    monkeypatch.setattr(demo_run, "run_demo", lambda config, fresh: seen.append(config))
+    out, figures, rad = tmp_path / "runs/demo #2", tmp_path / "figs: [v2]", tmp_path / "~rad $HOME/"
+    assert medvl("demo", "--out", out, "--figures", figures, "--vqa-rad", rad, "finetune.epochs=2").code == 0
+    assert (seen[0].output_dir, seen[0].figures, seen[0].vqa_rad) == (str(out), str(figures), str(rad))
+    assert seen[0].finetune.epochs == 2

@@ -134,8 +134,8 @@ def label(
     from medvl.curate.label import LABELS, LabelsError, collect_images, label_images, rejects_path
     from medvl.llm.config import LLMConfig
 
-    overrides = [f"{k}={v}" for k, v in (("model", model), ("base_url", base_url)) if v is not None]
-    llm_config = load_config(LLMConfig, llm, overrides)
+    flags = {"model": model, "base_url": base_url}  # as given, never parsed as YAML
+    llm_config = load_config(LLMConfig, llm, values={k: v for k, v in flags.items() if v is not None})
     chosen = collect_images(images, n, seed)
     counts = label_images(chosen, llm_config, out, max_side=max_side)
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))

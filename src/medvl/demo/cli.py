@@ -23,8 +23,7 @@ def demo(
     from medvl.demo.config import DemoConfig
     from medvl.demo.run import run_demo
 
-    extra = [f"output_dir={out}"] if out else []
-    extra += [f"figures={figures}"] if figures else []
-    extra += [f"vqa_rad={vqa_rad}"] if vqa_rad else []
-    cfg = load_config(DemoConfig, config, [*(overrides or []), *extra])
+    flags = {"output_dir": out, "figures": figures, "vqa_rad": vqa_rad}  # paths as given, never parsed as YAML
+    cfg = load_config(DemoConfig, config, overrides or [],
+                      {key: str(value) for key, value in flags.items() if value is not None})
     run_demo(cfg, fresh=fresh)

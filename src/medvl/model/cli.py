@@ -64,12 +64,10 @@ def prior(
     config: Optional[Path] = typer.Option(None, help="a prior config YAML (see medvl.model.prior.PriorConfig)"),
 ) -> None:
     """Distil a pretrained image network (EfficientNet-Lite0 by default) into a native CLIP ViT tower."""
-    import json
-
     from medvl.config import load_config
     from medvl.model.prior import PriorConfig, distil_tower
 
-    settings = load_config(PriorConfig, config, [*(overrides or []), f"images={json.dumps([str(p) for p in images])}"])
+    settings = load_config(PriorConfig, config, overrides or [], {"images": [str(p) for p in images]})
     result = distil_tower(settings, out, progress=typer.echo)
     typer.echo(f"saved a {settings.tower.num_layers}-layer CLIP tower to {out}: {result.images} images, "
                f"{result.views} views, {result.steps} steps, loss {result.first_loss:.3f} → {result.final_loss:.3f}; "
