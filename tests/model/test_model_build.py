@@ -155,3 +155,18 @@ def test_build_from_pretrained_parts(tmp_path, smol_tokenizer):
 def test_spec_rejects_bad_patch_size(smol_tokenizer):
     with pytest.raises(ValueError, match="not a multiple"):
         tiny_spec(str(smol_tokenizer), vision__image_size=30, vision__patch_size=8)
+
+
+def test_the_model_card_commands_work_for_an_odd_folder_name(tiny_model, tmp_path):
+    """The card's Python and shell lines name the folder so that they run as written: a name with a
+    space, a quote and a literal `$HOME` is one quoted argument, and a valid Python string."""
+    import ast
+    import re
+    import shlex
+
+    name = "tiny é 图像 'v2' $HOME"
+    card = (save_model(*tiny_model, tmp_path / name) / "README.md").read_text()
+    snippet = card.split("```python\n")[1].split("```")[0]
+    loads = [call.args[0].value for call in ast.walk(ast.parse(snippet)) if isinstance(call, ast.Call)]
+    assert loads == [name, name]
+    assert shlex.split(re.search(r"`(vllm serve .*)`", card).group(1)) == ["vllm", "serve", name]

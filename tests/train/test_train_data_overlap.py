@@ -86,3 +86,22 @@ def test_a_bad_benchmark_is_one_line_before_any_checking(color_data: Path, tmp_p
     assert not (tmp_path / "a").exists()  # the benchmark is loaded before any record is checked
     code, error = medvl_exit("--against", "vqa_rad", "--out", str(tmp_path / "b"))
     assert code == 2 and "expected NAME[@SPLIT]=ROOT" in error
+
+
+def test_printed_paths_and_commands_survive_odd_folder_names(tmp_path: Path):
+    """A folder with spaces, brackets, non-ASCII and a literal `$HOME`: the report line shows the path
+    as it is (not read as rich markup, not wrapped at a space) and the removal command, pasted into a
+    shell, gets back the same file, benchmark spec and output folder."""
+    import shlex
+
+    folder = tmp_path / "runs [v2]" / "é 图像 $HOME"
+    folder.mkdir(parents=True)
+    train = _write(folder / "my train.jsonl", _demo_records(tmp_path)[:60])
+    against, out = f"vqa_rad={VQA_RAD}", folder / "check"
+    result = CliRunner().invoke(build_app(), ["data", "check", str(train), "--against", against, "--out", str(out)],
+                                env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert f"report: {out / 'data_check.json'}; rejects: {out / 'rejects.jsonl'}" in result.output
+    command = next(line for line in result.output.splitlines() if "medvl curate decontaminate" in line)
+    assert shlex.split(command) == ["medvl", "curate", "decontaminate", str(train), "--against", against,
+                                    "--out", str(folder / "my train.decontaminated")]

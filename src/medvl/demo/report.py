@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -302,7 +303,7 @@ def _thumbnail(images: list[str]) -> str:
 
 
 def _next(out: Path, config: DemoConfig) -> str:
-    model = html.escape(str(out / "finetune"))
+    model = html.escape(shlex.quote(str(out / "finetune")))
     reformat = "" if config.reformat_llm else (
         "<p>PubMedVision-style unblinded reformatting was skipped (no multimodal endpoint configured). Enable it "
         "with <code>medvl demo reformat_llm.base_url=http://HOST/v1 reformat_llm.model=gpt-4o</code> "

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from rich.console import Console
+from rich.markup import escape
 from transformers import TrainerCallback
 
 from medvl.demo.config import DemoConfig, StageBudget, repo_data
@@ -128,10 +130,12 @@ def _run_steps(config: DemoConfig, out: Path) -> Path:
         prune(out)
     from medvl.demo.report import write_report
 
-    report = write_report(config, out, summaries, minutes=(time.monotonic() - started) / 60)
-    console.print(f"\n[bold green]done[/] in {(time.monotonic() - started) / 60:.1f} min — report: {report}")
-    console.print(f"chat:  medvl chat {out / 'finetune'}\nserve: medvl serve {out / 'finetune'}  "
-                  f"(OpenAI API on 127.0.0.1:8000)\nvLLM:  vllm serve {out / 'finetune'}")
+    minutes = (time.monotonic() - started) / 60
+    report = write_report(config, out, summaries, minutes=minutes)
+    model = shlex.quote(str(out / "finetune"))
+    console.print(f"\n[bold green]done[/] in {minutes:.1f} min — report: {escape(str(report))}")
+    console.print(f"chat:  medvl chat {model}\nserve: medvl serve {model}  (OpenAI API on 127.0.0.1:8000)\n"
+                  f"vLLM:  vllm serve {model}", markup=False, highlight=False, soft_wrap=True)
     return report
 
 

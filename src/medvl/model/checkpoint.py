@@ -9,6 +9,7 @@ tokenizer, chat template) and a model card. A plain Python with only transformer
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,11 @@ A LLaVA-style medical vision-language model saved by medvl as `LlavaForCondition
 
 ```python
 from transformers import AutoModelForImageTextToText, AutoProcessor
-processor = AutoProcessor.from_pretrained("{name}")
-model = AutoModelForImageTextToText.from_pretrained("{name}")
+processor = AutoProcessor.from_pretrained({name!r})
+model = AutoModelForImageTextToText.from_pretrained({name!r})
 ```
 
-Serve with vLLM: `vllm serve {name}`.
+Serve with vLLM: `vllm serve {shell_name}`.
 
 **{disclaimer}**
 """
@@ -57,7 +58,8 @@ def save_model(model: Any, processor: Any, out_dir: str | Path, card: bool = Tru
     model.save_pretrained(out)
     processor.save_pretrained(out)
     if card and not (out / "README.md").exists():
-        atomic_write_text(out / "README.md", _CARD.format(name=out.name, disclaimer=DISCLAIMER))
+        card_text = _CARD.format(name=out.name, shell_name=shlex.quote(out.name), disclaimer=DISCLAIMER)
+        atomic_write_text(out / "README.md", card_text)
     return out
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import List, Optional
 
@@ -71,7 +72,7 @@ def prior(
     result = distil_tower(settings, out, progress=typer.echo)
     typer.echo(f"saved a {settings.tower.num_layers}-layer CLIP tower to {out}: {result.images} images, "
                f"{result.views} views, {result.steps} steps, loss {result.first_loss:.3f} → {result.final_loss:.3f}; "
-               f"use it with model.vision.path={out}")
+               f"use it with {shlex.quote(f'model.vision.path={out}')}")
 
 
 def register(app: typer.Typer) -> None:

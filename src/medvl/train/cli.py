@@ -88,6 +88,7 @@ def check(
     No usable record at all is an error (exit 2) after the report is written."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from medvl.benchmarks.contamination import benchmark_reference, parse_against
     from medvl.train.sources import DataError
@@ -96,7 +97,7 @@ def check(
     reference = benchmark_reference(parse_against(against)) if against else None  # a bad root fails first
     report, folder, note, sources = _run_check(target, overrides or [], image_root, model, max_length, out,
                                                reference)
-    table = Table(title=f"data check: {target}")
+    table = Table(title=Text(f"data check: {target}"))
     for column in ("source", "rows", "usable", "rejected", "reasons", "warnings", "tokens mean/p95/max"):
         table.add_column(column)
     for source in report.sources:
@@ -111,7 +112,9 @@ def check(
         console.print(note)
     if report.benchmark_overlap is not None:
         _warn_overlap(console, sources, report.benchmark_overlap, against or [])
-    console.print(f"report: {folder / 'data_check.json'}; rejects: {folder / REJECTS_NAME}")
+    # a path is printed as it is: not rich markup (`runs/[v2]` lost its `[v2]`), not wrapped at a space
+    console.print(f"report: {folder / 'data_check.json'}; rejects: {folder / REJECTS_NAME}",
+                  markup=False, highlight=False, soft_wrap=True)
     if not report.valid:
         rows = sum(source.rows for source in report.sources)
         why = f"all {rows} rows rejected; the reasons are in {folder / REJECTS_NAME}" if rows else "no rows at all"

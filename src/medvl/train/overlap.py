@@ -9,6 +9,7 @@ a warning, never a reject: removing the records is `medvl curate decontaminate`'
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +58,14 @@ def overlap_warnings(summary: dict[str, Any]) -> list[str]:
 def removal_commands(sources: list[LoadedSource], against: list[str]) -> list[str]:
     """The `medvl curate decontaminate` command per file source that writes it without the overlapping
     records (a Hugging Face dataset has none: save it as JSONL first)."""
-    benchmarks = " ".join(f"--against {spec}" for spec in against)
+    benchmarks = " ".join(f"--against {shlex.quote(spec)}" for spec in against)
     commands = []
     for source in sources:
         if source.config.path is None:
             continue
         path = Path(source.config.path)
-        root = f" --image-root {source.config.image_root}" if source.config.image_root else ""
-        commands.append(f"medvl curate decontaminate {path}{root} {benchmarks} "
-                        f"--out {path.with_name(path.stem + '.decontaminated')}")
+        root = f" --image-root {shlex.quote(source.config.image_root)}" if source.config.image_root else ""
+        out = path.with_name(path.stem + ".decontaminated")
+        commands.append(f"medvl curate decontaminate {shlex.quote(str(path))}{root} {benchmarks} "
+                        f"--out {shlex.quote(str(out))}")
     return commands
