@@ -88,6 +88,9 @@ def test_save_load_gives_equal_logits(tiny_model, tmp_path, rgb_image):
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["architectures"] == ["LlavaForConditionalGeneration"]
     assert (tmp_path / "m" / "chat_template.jinja").is_file()
+    # safetensors writes 0600: a model saved into a team's folder must be readable as its config is
+    config_mode = (tmp_path / "m" / "config.json").stat().st_mode & 0o777
+    assert [w.stat().st_mode & 0o777 for w in (tmp_path / "m").glob("*.safetensors")] == [config_mode]
 
 
 PLAIN_TRANSFORMERS = r"""

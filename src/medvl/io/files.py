@@ -8,6 +8,9 @@ a file several processes share.
   `.tmp` name made one rename the other's half-written file, and crash renaming its own). The file
   gets the mode a plain `open()` would give it (0666 less the umask), not `mkstemp`'s private 0600:
   a curated dataset or a report is for the team that shares the folder.
+- `share_weights(folder)`: the same mode for the `*.safetensors` files a library saved there
+  (safetensors writes them 0600, so a model saved into a shared folder or cache loaded for its
+  owner only).
 - `file_lock(path, doing)`: one process at a time (threads included) between reading a shared
   file (a cache) and writing it back, so no process's entry is lost to another's write. It is a
   `filelock.FileLock`, an `flock` that the kernel drops when its holder dies, however it dies;
@@ -28,7 +31,7 @@ from typing import Any, Callable, Iterator
 
 from medvl.errors import UserError
 
-__all__ = ["OutputPathError", "atomic_output", "atomic_write_with", "atomic_write_bytes", "atomic_write_text",
+__all__ = ["OutputPathError", "share_weights", "atomic_output", "atomic_write_with", "atomic_write_bytes", "atomic_write_text",
            "atomic_write_json", "check_file_target", "ensure_folder", "file_lock"]
 
 log = logging.getLogger(__name__)
@@ -69,7 +72,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     A run killed meanwhile leaves `path` as it was."""
     path = check_file_target(path)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
-    os.fchmod(fd, 0o666 & ~_umask())
+    os.fchmod(fd, _plain_file_mode())
     os.close(fd)
     tmp = Path(name)
     try:
@@ -82,15 +85,22 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def _umask() -> int:
-    """The process's umask: read from /proc where Linux shows it, else set and restored at once."""
+def _plain_file_mode() -> int:
+    """0666 less the process's umask (read from /proc where Linux shows it, else set and restored at once)."""
     try:
         status = Path("/proc/self/status").read_text()
-        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+        mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
     except (OSError, StopIteration, ValueError, IndexError):
         mask = os.umask(0o022)
         os.umask(mask)
-        return mask
+    return 0o666 & ~mask
+
+
+def share_weights(folder: str | Path) -> None:
+    """Give the `*.safetensors` files in `folder` the mode a plain `open()` would (see the module notes)."""
+    mode = _plain_file_mode()
+    for weights in Path(folder).glob("*.safetensors"):
+        os.chmod(weights, mode)
 
 
 def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> Path:

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from medvl.errors import UserError
-from medvl.io.files import file_lock
+from medvl.io.files import file_lock, share_weights
 
 __all__ = ["cache_dir", "materialise", "smollm2_tokenizer", "smollm2_model", "minilm_path",
            "efficientnet_lite0_weights", "resolve_asset", "OfflineAssetMissing"]
@@ -103,6 +103,7 @@ def smollm2_model() -> Path:
         model.config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.save_pretrained(tmp)
+        share_weights(tmp)
         tokenizer.save_pretrained(tmp)
 
     return materialise(cache_dir() / "smollm2-135m-instruct", save)

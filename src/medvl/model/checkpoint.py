@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from medvl.errors import UserError
-from medvl.io.files import atomic_write_text, ensure_folder
+from medvl.io.files import atomic_write_text, ensure_folder, share_weights
 from medvl.model.dtypes import resolve_dtype
 
 __all__ = ["save_model", "load_model", "model_folder", "NotAModelFolder", "DISCLAIMER"]
@@ -56,6 +56,7 @@ def save_model(model: Any, processor: Any, out_dir: str | Path, card: bool = Tru
     out = ensure_folder(out_dir)
     _name_text_architecture(model.config)
     model.save_pretrained(out)
+    share_weights(out)
     processor.save_pretrained(out)
     if card and not (out / "README.md").exists():
         card_text = _CARD.format(name=out.name, shell_name=shlex.quote(out.name), disclaimer=DISCLAIMER)

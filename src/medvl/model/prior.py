@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from medvl.config import Config
 from medvl.errors import UserError
-from medvl.io.files import ensure_folder
+from medvl.io.files import ensure_folder, share_weights
 from medvl.io.images import image_files
 from medvl.model.build import CLIP_MEAN, CLIP_STD
 from medvl.model.spec import VisionSpec
@@ -250,6 +250,7 @@ def distil_tower(config: PriorConfig, out: str | Path, progress: Callable[[str],
     student_seconds = time.perf_counter() - started
 
     student.eval().save_pretrained(folder)
+    share_weights(folder)
     CLIPImageProcessor(size={"shortest_edge": config.tower.image_size},
                        crop_size={"height": config.tower.image_size, "width": config.tower.image_size},
                        image_mean=CLIP_MEAN, image_std=CLIP_STD).save_pretrained(folder)
