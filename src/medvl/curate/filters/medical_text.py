@@ -1,9 +1,10 @@
 """The learned medical-text filter: a caption is kept when the probe's p(medical) reaches the threshold.
 
-The probe (`medvl.curate.text_probe`) is a logistic regression on all-MiniLM-L6-v2 caption
-embeddings; `model: builtin` is the one shipped with medvl, any other value a folder written by
-`medvl curate train-text-filter`. Captions are embedded in batches; semantic dedup's embedder
-reuses the vectors (`medvl.curate.embed` remembers them).
+The probe (`medvl.curate.text_probe`) is a logistic regression on a cut SmolLM2's view of the
+caption, its all-MiniLM-L6-v2 embedding and two vocabulary features; `model: builtin` is the one
+shipped with medvl, any other value a folder written by `medvl curate train-text-filter`. Captions
+are embedded in batches; semantic dedup's embedder reuses the MiniLM vectors (`medvl.curate.embed`
+remembers them).
 """
 
 from __future__ import annotations
