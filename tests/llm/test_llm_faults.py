@@ -86,7 +86,7 @@ def test_retries_exhausted_is_an_error_and_never_cached(mock_server, tmp_path):
 
 @pytest.mark.parametrize("status", [400, 404, 422])
 def test_client_errors_are_not_retried(mock_server, status):
-    """(401 and 403 stop the run: test_llm_key_rejected.)"""
+    """(A 401, or 403s in a row, stop the run; a lone 403 fails its item: test_llm_key_rejected.)"""
     server = mock_server(script=[{"status": status}])
     client = LLMClient(fast_config(server))
     with pytest.raises(LLMError) as caught:

@@ -1,6 +1,6 @@
-"""A rejected API key (a 401 or 403) stops the run (`KeyRejected`, a `UserError`) at the first such
-reply instead of every item paying for it: one line naming the endpoint, the status, the server's
-message and the variable to set, never the key; nothing more is sent."""
+"""A rejected API key (a 401, or 403s in a row) stops the run (`KeyRejected`, a `UserError`) instead of
+every item paying for it: one line naming the endpoint, the status, the server's message and the
+variable to set, never the key; nothing more is sent. A 403 for one request alone fails that item."""
 
 from __future__ import annotations
 
@@ -42,10 +42,25 @@ def test_a_key_that_is_not_set_and_a_403_name_their_fix(mock_server, monkeypatch
                                 f"(llm.api_key_env names the variable); {RESUME}")
 
     monkeypatch.setenv("MEDVL_TEST_KEY", "sk-medvl-test-no-access")
-    server = mock_server(script=[{"status": 403}])
+    server = mock_server(script=lambda index: {"status": 403})  # a key without access: every request
+    client = LLMClient(fast_config(server, api_key_env="MEDVL_TEST_KEY", max_concurrency=1))
     with pytest.raises(KeyRejected, match=r"rejected the API key in \$MEDVL_TEST_KEY \(403 Forbidden: mock status "
-                                          r"403\); set a key with access to model mock-model in \$MEDVL_TEST_KEY"):
-        LLMClient(fast_config(server, api_key_env="MEDVL_TEST_KEY")).run_many([ask("q")], progress=False)
+                                          r"403; 3 requests in a row\); set a key with access to model mock-model in "
+                                          r"\$MEDVL_TEST_KEY"):
+        client.run_many([ask(f"q{i}") for i in range(10)], progress=False)
+    assert client.usage.requests_sent == 3
+
+
+def test_a_403_for_one_request_fails_that_item_alone(mock_server, monkeypatch):
+    """A proxy that forbids one request for its content: stopping the run there stopped every rerun
+    at the same item, as the finished ones are cached and it is the first sent again."""
+    monkeypatch.setenv("MEDVL_TEST_KEY", "sk-medvl-test-key")
+    server = mock_server(script=["ok", {"status": 403}, {"status": 403}, "ok", {"status": 403}, "ok"])
+    client = LLMClient(fast_config(server, api_key_env="MEDVL_TEST_KEY", max_concurrency=1))
+    results = client.run_many([ask(f"q{i}") for i in range(6)], progress=False)
+    failed = [i for i, r in enumerate(results) if isinstance(r, LLMError)]
+    assert failed == [1, 2, 4] and all(results[i].status == 403 and results[i].kind == "http_error" for i in failed)
+    assert "sk-medvl-test-key" not in str(results[1]) and client.usage.retries == 0
 
 
 def test_the_first_rejection_stops_every_request(wrong_key_endpoint):

@@ -25,8 +25,11 @@ fail the same way. The first request to meet one decides for all: requests in fl
 next attempt (they do not finish their own retry schedules) and later ones fail at once, sending
 nothing. What was finished stays (cached replies, the caller's outputs): a rerun resumes.
 
-A rejected key (`KeyRejected`): a 401 or 403, not retried, whatever came before (a key revoked
-mid-run fails every later request too). Its one line names the endpoint, the status, the server's
+A rejected key (`KeyRejected`): a 401, not retried, whatever came before (a key revoked mid-run
+fails every later request too), or `FORBIDDEN_IN_A_ROW` 403s with no reply between them (a key
+without access to the model is refused every time; a proxy or firewall that forbids one request
+for its content refuses only it, which then fails alone, status 403 and the server's message, so a
+rerun is not stopped at that item again). Its one line names the endpoint, the status, the server's
 own message (with the key masked, should the server echo it; no traceback carries the reply) and
 the variable to set (`api_key_env`); it never holds the key.
 
@@ -93,6 +96,7 @@ log = logging.getLogger("medvl.llm")
 
 Result = ChatReply | LLMError
 RESUME = "finished items are kept: rerun to resume"
+FORBIDDEN_IN_A_ROW = 3  # 403s with no reply between them that stop the run (module notes)
 NO_KEY = "EMPTY"  # sent when $api_key_env is not set (a vLLM server started without --api-key takes any)
 
 
@@ -175,6 +179,7 @@ class LLMClient:
         self._runtime: _Runtime | None = None
         self._reached = False  # an attempt got past connecting (module notes: unreachable endpoints)
         self._stopped: EndpointUnusable | None = None  # why the endpoint was given up, once it was
+        self._forbidden_in_a_row = 0  # 403s since the last reply (module notes: rejected keys)
 
     # ----------------------------------------------------------------------------- requests
     def resolve(self, request: ChatRequest) -> ChatRequest:
@@ -428,7 +433,7 @@ class LLMClient:
                     completion = await runtime.api.post("/chat/completions", cast_to=object, body=request.body)
             except openai.APIStatusError as exc:
                 if exc.status_code in (401, 403):  # no traceback: the reply may echo the key
-                    raise self._stop(self._key_rejected(exc, runtime.api.api_key)) from None
+                    raise self._rejected(exc, runtime.api.api_key, key) from None
                 raise self._status_error(exc, key) from exc
             except (openai.APITimeoutError, TimeoutError) as exc:
                 raise LLMError("timeout", f"no reply within {self.config.timeout_s}s", key=key) from exc
@@ -436,7 +441,17 @@ class LLMClient:
                 raise LLMError("connection", str(exc), key=key) from exc
             except (ValueError, TypeError, openai.APIResponseValidationError) as exc:
                 raise LLMError("bad_response", f"reply body is not a chat completion: {exc}", key=key) from exc
+        self._forbidden_in_a_row = 0
         return self._reply(completion, request)
+
+    def _rejected(self, exc: openai.APIStatusError, sent: str, key: str) -> EndpointUnusable | LLMError:
+        """A 401 or the `FORBIDDEN_IN_A_ROW`th 403 in a row stops the run; another 403 fails its request."""
+        if exc.status_code == 403:
+            self._forbidden_in_a_row += 1
+            if self._forbidden_in_a_row < FORBIDDEN_IN_A_ROW:
+                said = " ".join(_error_message(exc.body).split()).replace(sent, "***") or "Forbidden"
+                return LLMError("http_error", said, status=403, key=key)
+        return self._stop(self._key_rejected(exc, sent))
 
     def _status_error(self, exc: openai.APIStatusError, key: str) -> LLMError:
         status = exc.status_code
@@ -454,6 +469,8 @@ class LLMClient:
         reply = f"{status} {phrase}"
         if said and said.lower() != phrase.lower():
             reply += f": {said if len(said) <= 200 else said[:199] + '…'}"
+        if status == 403:
+            reply += f"; {FORBIDDEN_IN_A_ROW} requests in a row"
         variable = f"${config.api_key_env}"
         if sent == NO_KEY:
             problem = f"rejected the API key ({reply}): {variable} is not set; set it to the endpoint's key"
