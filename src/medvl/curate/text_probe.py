@@ -334,10 +334,8 @@ def train_text_probe(
 
 def _raw_weights(fitted: Any) -> tuple[np.ndarray, float]:
     """(coefficients, intercept) of a fitted regression on the raw features, a standardisation folded in."""
-    regression = fitted[-1] if hasattr(fitted, "steps") else fitted
-    coef, intercept = regression.coef_[0], float(regression.intercept_[0])
-    if hasattr(fitted, "steps"):
-        scaler = fitted[0]
-        coef = coef / scaler.scale_
-        intercept -= float(coef @ scaler.mean_)
-    return coef, intercept
+    if not hasattr(fitted, "steps"):  # a bare regression
+        return fitted.coef_[0], float(fitted.intercept_[0])
+    scaler, regression = fitted[0], fitted[-1]
+    coef = regression.coef_[0] / scaler.scale_
+    return coef, float(regression.intercept_[0]) - float(coef @ scaler.mean_)

@@ -449,8 +449,7 @@ class LLMClient:
         if exc.status_code == 403:
             self._forbidden_in_a_row += 1
             if self._forbidden_in_a_row < FORBIDDEN_IN_A_ROW:
-                said = " ".join(_error_message(exc.body).split()).replace(sent, "***") or "Forbidden"
-                return LLMError("http_error", said, status=403, key=key)
+                return LLMError("http_error", _said_without_key(exc, sent) or "Forbidden", status=403, key=key)
         return self._stop(self._key_rejected(exc, sent))
 
     def _status_error(self, exc: openai.APIStatusError, key: str) -> LLMError:
@@ -464,8 +463,7 @@ class LLMClient:
         key), the variable to set."""
         config, status = self.config, exc.status_code
         phrase = HTTPStatus(status).phrase
-        said = " ".join(_error_message(exc.body).split())
-        said = said.replace(sent, "***")  # masked before it is cut: no piece of it shows
+        said = _said_without_key(exc, sent)
         reply = f"{status} {phrase}"
         if said and said.lower() != phrase.lower():
             reply += f": {said if len(said) <= 200 else said[:199] + '…'}"
@@ -514,6 +512,12 @@ class LLMClient:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["config"], state["cache"])
+
+
+def _said_without_key(exc: openai.APIStatusError, sent: str) -> str:
+    """The server's message on one line, with `sent` (the key, should it be echoed) masked before any
+    cut, so no piece of it shows."""
+    return " ".join(_error_message(exc.body).split()).replace(sent, "***")
 
 
 def _error_message(body: object) -> str:
