@@ -78,6 +78,43 @@ def test_webui_applies_serves_image_limits(generator, tiny_model_dir, tmp_path):
         demo.close()
 
 
+@pytest.mark.parametrize("setup,args,expected", [
+    ({"MEDVL_WEBUI_AUTH": "alice"}, [], "$MEDVL_WEBUI_AUTH must be user:password"),  # not a page without login
+    ({"MEDVL_WEBUI_AUTH": "alice:"}, ["--host", "0.0.0.0"], "$MEDVL_WEBUI_AUTH must be user:password"),
+    ({"MEDVL_WEBUI_AUTH": "a:long-password"}, ["--host", "::1"], "cannot listen on the IPv6 address '::1'"),
+    ({}, ["--port", "taken"], "is in use; choose another with --port"),
+])
+def test_webui_refuses_what_gradio_would_fail_on_in_one_line(setup, args, expected, tmp_path, monkeypatch, medvl):
+    for name, value in setup.items():
+        monkeypatch.setenv(name, value)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        args = [str(taken.getsockname()[1]) if arg == "taken" else arg for arg in args]
+        result = medvl("webui", str(tmp_path), *args)  # an empty folder: the checks come before the model loads
+    assert result.code == 2 and result.err.count("error:") == 1 and expected in result.err, result.err
+    assert "Traceback" not in result.err
+
+
+def test_bad_messages_are_shown_on_the_page_without_a_traceback(tiny_model_dir, tmp_path, capfd):
+    from gradio_client import Client, handle_file
+
+    from medvl.serve.webui import launch
+
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("not an image")
+    demo = launch(tiny_model_dir, port=_free_port(), block=False)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        for message, error in [({"text": " ", "files": []}, "type a question or attach an image"),
+                               ({"text": "What?", "files": [handle_file(str(not_image))]}, "notes.png: not_image")]:
+            with pytest.raises(Exception, match=error):
+                client.predict(message, 4, 0.0, 1.0, api_name="/respond")
+    finally:
+        demo.close()
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -5,7 +5,6 @@ as one line and exits 2, as for every other command."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -91,10 +90,9 @@ def webui(
     device: Optional[str] = typer.Option(None),
 ) -> None:
     """Serve a Gradio chat page (image uploads, multi-turn, generation settings)."""
-    from medvl.serve.webui import launch
+    from medvl.serve.webui import launch, login_from_env
 
-    user, sep, password = os.environ.get(auth_env, "").partition(":")
-    auth = (user, password) if sep and user and password else None
+    auth = login_from_env(auth_env)
     launch(model_dir, host=host, port=port, dtype=dtype, device=device, max_new_tokens=max_new_tokens, auth=auth)
 
 

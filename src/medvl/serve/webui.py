@@ -8,14 +8,23 @@ The answer streams in. Uploads obey the same `ImagePolicy` as `medvl serve`: byt
 conversation, and the shrink to `max_side`. Gradio hands the function its own history; `conversation_of_history`
 turns it back into medvl messages plus images, whatever content shape Gradio uses (plain
 strings, `{"path": ...}` file dicts, or typed `text`/`file` parts).
+
+Bad input is shown on the page (`gr.Error`) and logged as one line, without a traceback. Before
+the model loads, `launch` checks what would otherwise fail inside Gradio with a traceback: a
+login variable that is set but not `user:password`, an IPv6 address (Gradio cannot serve one), an
+address that is not this machine's and a port already in use.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any, Iterator
 
+from medvl.errors import UserError
 from medvl.io.images import ImageLoadError, load_image
 from medvl.model.checkpoint import DISCLAIMER
 from medvl.model.generate import Generator, load_generator
@@ -23,9 +32,52 @@ from medvl.serve.config import ImagePolicy, UnsafeExposureError, is_loopback
 from medvl.serve.image_urls import shrink
 from medvl.serve.session import ContextOverflow, fit_context, sampling_settings, user_turn
 
-__all__ = ["answer", "build_demo", "conversation_of_history", "launch"]
+__all__ = ["WebUIConfigError", "answer", "build_demo", "conversation_of_history", "launch", "login_from_env"]
 
+log = logging.getLogger(__name__)
 TITLE = "medvl — medical vision-language assistant (research preview)"
+
+
+class WebUIConfigError(UserError, ValueError):
+    """A login variable, listen address or port the page cannot start with (the message says which)."""
+
+
+def login_from_env(variable: str) -> tuple[str, str] | None:
+    """(user, password) from the environment variable `variable`; None when it is unset or empty.
+    Set to anything but `user:password` (both non-empty) is an error, not a page without a login."""
+    value = os.environ.get(variable, "")
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not (sep and user and password):
+        raise WebUIConfigError(f"${variable} must be user:password (both non-empty); unset it to serve "
+                               "without a login on 127.0.0.1")
+    return user, password
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Refuse, before the model loads, an address Gradio cannot serve or a port that is taken."""
+    if ":" in host:
+        raise WebUIConfigError(f"the web UI cannot listen on the IPv6 address {host!r} (Gradio builds its URLs "
+                               "without brackets); use 127.0.0.1, or 0.0.0.0 with a login")
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a closing socket is no obstacle
+        try:
+            probe.bind((host, port))
+        except socket.gaierror as exc:
+            raise WebUIConfigError(f"cannot listen on {host!r}: {exc.strerror}") from None
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise WebUIConfigError(f"port {port} on {host} is in use; choose another with --port") from None
+            raise WebUIConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def _refuse(message: str) -> Exception:
+    """The page shows `message`; the terminal gets one log line, not Gradio's traceback."""
+    import gradio as gr
+
+    log.info("refused a message: %s", message)
+    return gr.Error(message, print_exception=False)
 
 
 def _split_content(content: Any) -> tuple[list[str], list[str]]:
@@ -81,20 +133,20 @@ def conversation_of_history(history: list[dict[str, Any]], message: dict[str, An
 def answer(generator: Generator, policy: ImagePolicy, message: dict[str, Any], history: list[dict[str, Any]],
            max_new_tokens: float, temperature: float, top_p: float) -> Iterator[str]:
     """The page's chat function: the answer so far, growing as it streams (gr.Error for bad input)."""
-    import gradio as gr
-
+    if not (message.get("text") or "").strip() and not message.get("files"):
+        raise _refuse("type a question or attach an image")
     messages, paths = conversation_of_history(history, message)
     if len(paths) > policy.max_images:
-        raise gr.Error(f"{len(paths)} images in this conversation; the limit is {policy.max_images}")
+        raise _refuse(f"{len(paths)} images in this conversation; the limit is {policy.max_images}")
     try:
         images = [shrink(load_image(p, max_pixels=policy.max_pixels), policy.max_side) for p in paths]
     except ImageLoadError as exc:
-        raise gr.Error(f"{Path(exc.path).name}: {exc.reason} ({exc.detail})") from exc
+        raise _refuse(f"{Path(exc.path).name}: {exc.reason} ({exc.detail})") from None
     settings = sampling_settings(int(max_new_tokens), float(temperature), float(top_p))
     try:
         messages, images, _ = fit_context(generator, messages, images, settings.max_new_tokens)
     except ContextOverflow as exc:
-        raise gr.Error(str(exc)) from exc
+        raise _refuse(str(exc)) from None
     text = ""
     for delta in generator.stream(messages, images, settings):
         text += delta
@@ -135,11 +187,13 @@ def launch(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, dty
     """Load the model and serve the page; `block=False` returns the running demo (tests).
 
     Like `medvl serve`, it refuses a non-loopback host without a login (`auth`), and it applies
-    serve's image limits (`policy`, default `ImagePolicy()`).
+    serve's image limits (`policy`, default `ImagePolicy()`). The address and port are checked
+    before the model loads (`check_listen_address`).
     """
     if not is_loopback(host) and auth is None:
         raise UnsafeExposureError(f"refusing to serve the web UI on {host!r} without a login: set "
                                   "user:password in the auth environment variable, or use 127.0.0.1")
+    check_listen_address(host, port)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     policy = policy or ImagePolicy()
     generator = load_generator(model_dir, dtype=dtype, device=device)
