@@ -121,3 +121,37 @@ def test_sampling_without_a_seed_is_fresh_each_time():
     seeds = {sampling_settings(8, temperature=1.0).seed for _ in range(5)}
     assert len(seeds) == 5 and sampling_settings(8, 1.0, seed=3).seed == 3
     assert not sampling_settings(8, temperature=0.0).do_sample
+
+
+def test_ctrl_c_while_answering_stops_the_answer_and_keeps_the_repl(tiny_model_dir, generator, monkeypatch):
+    import signal
+
+    answering = ChatSession.stream
+
+    def pressed_ctrl_c_once(session, question):
+        for delta in answering(session, question):
+            yield delta
+            if question == "Tell me a story":
+                signal.raise_signal(signal.SIGINT)  # the user's Ctrl-C, as the terminal delivers it
+
+    monkeypatch.setattr(ChatSession, "stream", pressed_ctrl_c_once)
+    script = "Tell me a story\nHello\n/quit\n"
+    result = CliRunner().invoke(build_app(), ["chat", str(tiny_model_dir), "--max-new-tokens", "6"], input=script)
+    assert result.exit_code == 0, result.output
+    assert "(stopped; this question is not kept" in result.stdout and result.stdout.rstrip().endswith("bye")
+    answers = [line.split("medvl> ", 1)[1].strip() for line in result.stdout.splitlines() if "medvl> " in line]
+    assert answers[-1] == _generate(generator, [user_turn("Hello", 0)], [], 6)  # the stopped one is not history
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--device", "banana"], "error: device 'banana' cannot be used here ("),
+    (["--device", "cuda:0" if not __import__("torch").cuda.is_available() else "cuda:4096"],
+     "cannot be used here ("),
+    (["--max-new-tokens", "100000"], "error: max_new_tokens=100000 leaves no room for a question in the model's "
+                                     "context of "),
+])
+def test_unusable_generation_options_are_one_line(args, expected, tiny_model_dir, medvl):
+    result = medvl("chat", str(tiny_model_dir), "-q", "What?", *args)
+    errors = [line for line in result.err.splitlines() if "error" in line.lower()]  # stderr also has a loading bar
+    assert result.code == 2 and len(errors) == 1 and expected in errors[0], result.err
+    assert "Traceback" not in result.err

@@ -15,11 +15,12 @@ from typing import Any
 
 import torch
 
-from medvl.errors import UserError
+from medvl.errors import UserError, first_line
 from medvl.io.files import atomic_write_text, ensure_folder, share_weights
 from medvl.model.dtypes import resolve_dtype
 
-__all__ = ["save_model", "load_model", "model_folder", "NotAModelFolder", "DISCLAIMER"]
+__all__ = ["save_model", "load_model", "model_folder", "usable_device", "NotAModelFolder", "UnusableDevice",
+           "DISCLAIMER"]
 
 DISCLAIMER = (
     "Research use only: outputs of this model are not medical advice and must not be used for "
@@ -85,6 +86,22 @@ def model_folder(path: str | Path, key: str | None = None) -> Path:
     return path
 
 
+class UnusableDevice(UserError, RuntimeError):
+    """A `--device` / `device:` that torch cannot put a tensor on here (the message says why)."""
+
+
+def usable_device(name: str) -> torch.device:
+    """`name` as a torch device, once a tensor was put on it (a misspelt name, `cuda` under a CPU-only
+    torch or a GPU index past the last raise `UnusableDevice`, before any weights load)."""
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:  # torch: a bad name, a missing index; CUDA not compiled in
+        raise UnusableDevice(f"device {name!r} cannot be used here ({first_line(exc)}); give cpu, or a "
+                             "GPU this torch sees, e.g. cuda:0") from None
+    return device
+
+
 def load_model(path: str | Path, dtype: str | torch.dtype | None = "auto", device: str | None = None,
                key: str | None = None) -> tuple[Any, Any]:
     """(model, processor) from a native folder, in eval mode, tokenizer padding on the left; `key`
@@ -92,10 +109,11 @@ def load_model(path: str | Path, dtype: str | torch.dtype | None = "auto", devic
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     path = model_folder(path, key)
+    target = usable_device(device) if device else None
     processor = AutoProcessor.from_pretrained(path)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=resolve_dtype(dtype))
-    if device:
-        model = model.to(device)
+    if target is not None:
+        model = model.to(target)
     model.eval()
     processor.tokenizer.padding_side = "left"
     return model, processor

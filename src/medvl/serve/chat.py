@@ -2,7 +2,8 @@
 
 REPL: each line is a question; the answer streams token by token. Commands:
 `/image PATH...` attaches images to the next question (several per turn; quote paths with
-spaces), `/clear` forgets the conversation, `/help`, `/quit` (or end of input). Images from
+spaces), `/clear` forgets the conversation, `/help`, `/quit` (or end of input, or Ctrl-C at the
+prompt). Ctrl-C while an answer streams stops that answer and returns to the prompt. Images from
 earlier turns stay in the conversation, as do the answers. When the history outgrows the
 model's context, the oldest exchanges are dropped, and the REPL says so.
 """
@@ -71,6 +72,9 @@ def repl(session: ChatSession, images: Sequence[Path] = (), console: Console | N
                 console.print(delta, end="", markup=False)
         except ContextOverflow as exc:
             console.print(f"[red]{escape(str(exc))}[/]")
+            continue
+        except KeyboardInterrupt:  # Ctrl-C while answering: stop this answer, keep the conversation
+            console.print("\n[dim](stopped; this question is not kept, attached images stay attached)[/]")
             continue
         console.print()
         if session.dropped > dropped:

@@ -29,9 +29,10 @@ def chat(
     from medvl.model.checkpoint import DISCLAIMER
     from medvl.model.generate import load_generator
     from medvl.serve.chat import one_shot, repl
-    from medvl.serve.session import ChatSession, sampling_settings
+    from medvl.serve.session import ChatSession, check_answer_room, sampling_settings
 
     generator = load_generator(model_dir, dtype=dtype, device=device)
+    check_answer_room(generator, max_new_tokens)  # before the first question, not at each one
     session = ChatSession(generator, sampling_settings(max_new_tokens, temperature, top_p), system)
     if question is None:
         repl(session, image or [])

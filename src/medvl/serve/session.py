@@ -18,7 +18,7 @@ from medvl.errors import UserError
 from medvl.model.generate import GenerationSettings, Generator, context_length
 from medvl.records import message_image_count
 
-__all__ = ["ChatSession", "ContextOverflow", "fit_context", "sampling_settings", "user_turn"]
+__all__ = ["ChatSession", "ContextOverflow", "check_answer_room", "fit_context", "sampling_settings", "user_turn"]
 
 
 class ContextOverflow(UserError, ValueError):
@@ -41,13 +41,22 @@ def user_turn(text: str, n_images: int) -> dict[str, Any]:
     return {"role": "user", "content": [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": text}]}
 
 
+def check_answer_room(generator: Generator, max_new_tokens: int) -> int:
+    """The prompt tokens left beside `max_new_tokens` in the model's context (`ContextOverflow` if none)."""
+    context = context_length(generator.model.config)
+    if max_new_tokens >= context:
+        raise ContextOverflow(f"max_new_tokens={max_new_tokens} leaves no room for a question in the model's "
+                              f"context of {context} tokens; ask for at most {context - 1}, fewer for long questions")
+    return context - max_new_tokens
+
+
 def fit_context(generator: Generator, messages: list[dict[str, Any]], images: list[Any], max_new_tokens: int
                 ) -> tuple[list[dict[str, Any]], list[Any], int]:
     """(messages, images, exchanges dropped) so that prompt + max_new_tokens fits the context.
 
     A leading system message is kept; whole user/assistant exchanges go, oldest first.
     """
-    limit = context_length(generator.model.config) - max_new_tokens
+    limit = check_answer_room(generator, max_new_tokens)
     system = [m for m in messages[:1] if m["role"] == "system"]
     turns, dropped = messages[len(system):], 0
     while True:
