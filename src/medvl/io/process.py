@@ -52,7 +52,8 @@ from medvl.errors import UserError
 from medvl.io.files import ensure_folder
 
 __all__ = ["RunLock", "FolderInUse", "LOCK_NAME", "LAUNCHER_PID_ENV", "LauncherNotFound", "ProcessRef",
-           "die_with_parent", "die_with_launcher", "die_with_process", "descendants", "exec_launcher", "reap_on_exit", "running"]
+           "die_with_parent", "die_with_launcher", "die_with_process", "descendants", "exec_launcher", "find_launcher",
+           "reap_on_exit", "running"]
 
 LOCK_NAME = ".medvl.lock"
 LAUNCHER_PID_ENV = "MEDVL_LAUNCHER_PID"  # set by `exec_launcher`: the pid of the launcher of this process
@@ -149,16 +150,30 @@ def die_with_launcher(sig: int = signal.SIGKILL) -> bool:
     return True
 
 
+def find_launcher(argv: list[str]) -> str:
+    """The program file of launcher command `argv`: on PATH, else beside this Python (the launchers
+    installed with medvl, when medvl runs as `/venv/bin/medvl` without the venv on PATH)."""
+    import shutil
+    import sys
+
+    example = "e.g. medvl launch accelerate launch --config_file CONFIG -m medvl.cli train TRAIN.yaml"
+    if not argv:
+        raise LauncherNotFound(f"no launcher given; {example}")
+    if argv[0].startswith("-"):
+        raise LauncherNotFound(f"{argv[0]}: medvl launch takes no options of its own; the launcher comes first and "
+                               f"the options after it, {example}")
+    program = shutil.which(argv[0]) or shutil.which(argv[0], path=os.path.dirname(sys.executable))
+    if program is None:
+        raise LauncherNotFound(f"{argv[0]}: not found on PATH nor beside {sys.executable}; give the launcher and "
+                               f"its arguments, {example}")
+    return program
+
+
 def exec_launcher(argv: list[str]) -> None:
     """Become the launcher `argv` (e.g. `accelerate launch ...`; this process's pid is kept), with
     `MEDVL_LAUNCHER_PID` set to that pid so its workers can tell if it died before they armed
-    `die_with_launcher`. Returns only by raising (`LauncherNotFound`)."""
-    import shutil
-
-    program = shutil.which(argv[0]) if argv else None
-    if program is None:
-        raise LauncherNotFound(f"{argv[0] if argv else 'no program'}: not found on PATH; give the launcher "
-                               "and its arguments, e.g. medvl launch accelerate launch -m medvl.cli train CONFIG")
+    `die_with_launcher`. Returns only by raising (`LauncherNotFound`, see `find_launcher`)."""
+    program = find_launcher(argv)
     os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
     os.execv(program, argv)
 

@@ -64,9 +64,13 @@ def launch(
                                                    "--config_file CONFIG -m medvl.cli train TRAIN.yaml"),
 ) -> None:
     """Run a launcher (accelerate launch, torchrun) as this process, telling its workers its pid, so a
-    worker whose launcher dies before the worker's parent-death guard is armed stops at once."""
-    from medvl.io.process import exec_launcher
+    worker whose launcher dies before the worker's parent-death guard is armed stops at once. The
+    training config and the accelerate config are checked first."""
+    from medvl.io.process import exec_launcher, find_launcher
+    from medvl.train.launch import check_launch
 
+    find_launcher(list(launcher))
+    check_launch(list(launcher))
     exec_launcher(list(launcher))
 
 
