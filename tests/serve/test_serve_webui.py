@@ -115,6 +115,48 @@ def test_bad_messages_are_shown_on_the_page_without_a_traceback(tiny_model_dir, 
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_sigterm_stops_the_page_and_deletes_the_uploads(tiny_model_dir, tmp_path):
+    """With a question in flight: the process exits 0 within seconds, leaves no child, and the uploaded scan is gone
+    from Gradio's cache (Gradio keeps uploads for good unless told otherwise)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from gradio_client import Client, handle_file
+
+    scan = tmp_path / "patient scan.png"
+    scan.write_bytes(png_bytes(3))
+    port = _free_port()
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path / "gradio-cache")}
+    page = subprocess.Popen([sys.executable, "-m", "medvl.cli", "webui", str(tiny_model_dir), "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:
+                assert page.poll() is None and time.monotonic() < deadline, page.stderr.read() if page.stderr else ""
+                time.sleep(0.5)
+        job = client.submit({"text": "Describe it at length.", "files": [handle_file(str(scan))]}, 480, 0.0, 1.0,
+                            api_name="/respond")
+        while not list((tmp_path / "gradio-cache").rglob("patient scan.png")):
+            assert time.monotonic() < deadline and not job.done()
+            time.sleep(0.05)
+        page.send_signal(signal.SIGTERM)
+        assert page.wait(timeout=30) == 0, page.stderr.read() if page.stderr else ""
+    finally:
+        if page.poll() is None:
+            os.killpg(page.pid, signal.SIGKILL)
+    assert subprocess.run(["pgrep", "-g", str(page.pid)], capture_output=True).stdout == b""
+    assert not list((tmp_path / "gradio-cache").rglob("*.png"))
+    assert "Traceback" not in page.stderr.read()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -13,6 +13,10 @@ Bad input is shown on the page (`gr.Error`) and logged as one line, without a tr
 the model loads, `launch` checks what would otherwise fail inside Gradio with a traceback: a
 login variable that is set but not `user:password`, an IPv6 address (Gradio cannot serve one), an
 address that is not this machine's and a port already in use.
+
+Uploads are medical images: Gradio copies them into its cache folder, and by default keeps them
+there for good. The page deletes its uploads older than `UPLOADS_KEPT_S` every hour and all of
+them when it stops; SIGTERM stops it as Ctrl-C does (closing the server, so the uploads go).
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import socket
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -35,6 +41,7 @@ from medvl.serve.session import ContextOverflow, fit_context, sampling_settings,
 __all__ = ["WebUIConfigError", "answer", "build_demo", "conversation_of_history", "launch", "login_from_env"]
 
 log = logging.getLogger(__name__)
+UPLOADS_KEPT_S = 24 * 3600  # an upload older than this is deleted (an open conversation needs its images)
 TITLE = "medvl — medical vision-language assistant (research preview)"
 
 
@@ -177,7 +184,7 @@ def build_demo(generator: Generator, default_max_new_tokens: int = 256, policy: 
         description=f"**{DISCLAIMER}**", additional_inputs=settings_inputs,
         additional_inputs_accordion=gr.Accordion("Generation settings", open=False),
         chatbot=gr.Chatbot(elem_id="medvl-chat", height=480), concurrency_limit=1,
-        analytics_enabled=False, flagging_mode="never",
+        analytics_enabled=False, flagging_mode="never", delete_cache=(3600, UPLOADS_KEPT_S),
     )
 
 
@@ -199,6 +206,19 @@ def launch(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, dty
     generator = load_generator(model_dir, dtype=dtype, device=device)
     demo = build_demo(generator, max_new_tokens, policy)
     demo.queue(max_size=32)
-    demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=True,
+    stop = _stop_signals() if block else None
+    demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, show_error=True,
                 quiet=not block, auth=auth, max_file_size=policy.max_image_bytes)
+    if stop is not None:
+        stop.wait()
+        log.info("stopping the web UI")
+        demo.close()
     return demo
+
+
+def _stop_signals() -> threading.Event:
+    """An event set by Ctrl-C or SIGTERM (from now on: one arriving while the server starts counts too)."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
