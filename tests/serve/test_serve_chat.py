@@ -123,16 +123,19 @@ def test_sampling_without_a_seed_is_fresh_each_time():
     assert not sampling_settings(8, temperature=0.0).do_sample
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # a stream left to the GC
 def test_ctrl_c_while_answering_stops_the_answer_and_keeps_the_repl(tiny_model_dir, generator, monkeypatch):
     import signal
+    from contextlib import closing
 
     answering = ChatSession.stream
 
     def pressed_ctrl_c_once(session, question):
-        for delta in answering(session, question):
-            yield delta
-            if question == "Tell me a story":
-                signal.raise_signal(signal.SIGINT)  # the user's Ctrl-C, as the terminal delivers it
+        with closing(answering(session, question)) as deltas:
+            for delta in deltas:
+                yield delta
+                if question == "Tell me a story":
+                    signal.raise_signal(signal.SIGINT)  # the user's Ctrl-C, as the terminal delivers it
 
     monkeypatch.setattr(ChatSession, "stream", pressed_ctrl_c_once)
     script = "Tell me a story\nHello\n/quit\n"
@@ -155,3 +158,9 @@ def test_unusable_generation_options_are_one_line(args, expected, tiny_model_dir
     errors = [line for line in result.err.splitlines() if "error" in line.lower()]  # stderr also has a loading bar
     assert result.code == 2 and len(errors) == 1 and expected in errors[0], result.err
     assert "Traceback" not in result.err
+
+
+def test_one_shot_images_are_read_before_the_model_loads(tmp_path, medvl):
+    """A typo in an image path is reported at once, not after loading a model (here: no model at all)."""
+    result = medvl("chat", str(tmp_path), "-i", str(tmp_path / "scan [1].png"), "-q", "What?")
+    assert result.code == 2 and result.err.strip() == f"error: {tmp_path / 'scan [1].png'}: missing: no such file"

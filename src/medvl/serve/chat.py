@@ -11,9 +11,11 @@ model's context, the oldest exchanges are dropped, and the REPL says so.
 from __future__ import annotations
 
 import shlex
+from contextlib import closing
 from pathlib import Path
 from typing import Sequence
 
+from PIL import Image
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
@@ -23,7 +25,7 @@ from medvl.io.images import ImageLoadError, load_image
 from medvl.model.checkpoint import DISCLAIMER
 from medvl.serve.session import ChatSession, ContextOverflow
 
-__all__ = ["HELP", "UnreadableImage", "one_shot", "repl"]
+__all__ = ["HELP", "UnreadableImage", "one_shot", "read_images", "repl"]
 
 HELP = """Commands:
   /image PATH [PATH...]  attach image(s) to your next question
@@ -37,14 +39,19 @@ class UnreadableImage(UserError, ValueError):
     """An image given to a one-shot question that cannot be read (the message names it and why)."""
 
 
-def one_shot(session: ChatSession, question: str, images: Sequence[Path]) -> str:
-    """Answer one question about `images` (`UnreadableImage` for an image that cannot be read,
-    `ContextOverflow` for a question too long for the model)."""
-    for path in images:
-        try:
-            session.attach(load_image(path))
-        except ImageLoadError as exc:
-            raise UnreadableImage(str(exc)) from None
+def read_images(paths: Sequence[Path]) -> list[Image.Image]:
+    """The images of a one-shot question, read before the model loads (`UnreadableImage` names the
+    first that cannot be read, and why)."""
+    try:
+        return [load_image(path) for path in paths]
+    except ImageLoadError as exc:
+        raise UnreadableImage(str(exc)) from None
+
+
+def one_shot(session: ChatSession, question: str, images: Sequence[Image.Image]) -> str:
+    """Answer one question about `images` (`ContextOverflow` for a question too long for the model)."""
+    for image in images:
+        session.attach(image)
     return session.ask(question)
 
 
@@ -67,15 +74,16 @@ def repl(session: ChatSession, images: Sequence[Path] = (), console: Console | N
         if not line:
             continue
         console.print("[bold green]medvl[/]> ", end="")
-        try:
-            for delta in session.stream(line):
-                console.print(delta, end="", markup=False)
-        except ContextOverflow as exc:
-            console.print(f"[red]{escape(str(exc))}[/]")
-            continue
-        except KeyboardInterrupt:  # Ctrl-C while answering: stop this answer, keep the conversation
-            console.print("\n[dim](stopped; this question is not kept, attached images stay attached)[/]")
-            continue
+        with closing(session.stream(line)) as answer:  # closed however the loop ends: the model stops at once
+            try:
+                for delta in answer:
+                    console.print(delta, end="", markup=False)
+            except ContextOverflow as exc:
+                console.print(f"[red]{escape(str(exc))}[/]")
+                continue
+            except KeyboardInterrupt:  # Ctrl-C while answering: stop this answer, keep the conversation
+                console.print("\n[dim](stopped; this question is not kept, attached images stay attached)[/]")
+                continue
         console.print()
         if session.dropped > dropped:
             console.print(f"[dim](dropped {session.dropped - dropped} oldest exchange(s) to fit the context)[/]")

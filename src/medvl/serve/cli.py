@@ -28,16 +28,17 @@ def chat(
     """Chat with a model in the terminal; with --question, print one answer (for scripts)."""
     from medvl.model.checkpoint import DISCLAIMER
     from medvl.model.generate import load_generator
-    from medvl.serve.chat import one_shot, repl
+    from medvl.serve.chat import one_shot, read_images, repl
     from medvl.serve.session import ChatSession, check_answer_room, sampling_settings
 
+    images = read_images(image or []) if question is not None else []  # a bad path before the model loads
     generator = load_generator(model_dir, dtype=dtype, device=device)
     check_answer_room(generator, max_new_tokens)  # before the first question, not at each one
     session = ChatSession(generator, sampling_settings(max_new_tokens, temperature, top_p), system)
     if question is None:
         repl(session, image or [])
         return
-    answer = one_shot(session, question, image or [])
+    answer = one_shot(session, question, images)
     typer.echo(DISCLAIMER, err=True)
     typer.echo(answer)
 

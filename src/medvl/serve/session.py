@@ -9,6 +9,7 @@ on turn N. `ChatSession` keeps the history and the images attached for the next 
 from __future__ import annotations
 
 import secrets
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -93,9 +94,10 @@ class ChatSession:
         """Yield the answer's text deltas; the exchange joins the history once it is complete."""
         messages, images = self._conversation(question)
         answer = ""
-        for delta in self.generator.stream(messages, images, self.settings):
-            answer += delta
-            yield delta
+        with closing(self.generator.stream(messages, images, self.settings)) as deltas:  # closed: the model stops
+            for delta in deltas:
+                answer += delta
+                yield delta
         self._record(messages, images, answer)
 
     def ask(self, question: str) -> str:
