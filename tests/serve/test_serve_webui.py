@@ -211,3 +211,18 @@ def test_upload_ask_and_see_the_answer_in_chromium(generator, tmp_path, monkeypa
             browser.close()
     finally:
         demo.close()
+
+
+def test_the_token_slider_fits_the_models_context(generator, tiny_model_dir):
+    """Its default and its maximum leave room for a question: a default past the slider's end made
+    every message fail ("Value 5000 is greater than maximum value 1024"), one past the context is refused."""
+    from medvl.model.generate import context_length
+    from medvl.serve.session import ContextOverflow
+    from medvl.serve.webui import build_demo, launch
+
+    context = context_length(generator.model.config)
+    slider = next(c for c in build_demo(generator, default_max_new_tokens=256).additional_inputs
+                  if getattr(c, "label", "") == "max new tokens")
+    assert (slider.value, slider.maximum) == (256, min(1024, context - 1))
+    with pytest.raises(ContextOverflow, match=f"max_new_tokens={context} leaves no room for a question"):
+        launch(tiny_model_dir, port=_free_port(), max_new_tokens=context, block=False).close()

@@ -33,10 +33,10 @@ from typing import Any, Iterator
 from medvl.errors import UserError
 from medvl.io.images import ImageLoadError, load_image
 from medvl.model.checkpoint import DISCLAIMER
-from medvl.model.generate import Generator, load_generator
+from medvl.model.generate import Generator, context_length, load_generator
 from medvl.serve.config import ImagePolicy, UnsafeExposureError, is_loopback
 from medvl.serve.image_urls import shrink
-from medvl.serve.session import ContextOverflow, fit_context, sampling_settings, user_turn
+from medvl.serve.session import ContextOverflow, check_answer_room, fit_context, sampling_settings, user_turn
 
 __all__ = ["WebUIConfigError", "answer", "build_demo", "conversation_of_history", "launch", "login_from_env"]
 
@@ -172,8 +172,9 @@ def build_demo(generator: Generator, default_max_new_tokens: int = 256, policy: 
                 temperature: float, top_p: float) -> Iterator[str]:
         yield from answer(generator, policy, message, history, max_new_tokens, temperature, top_p)
 
+    most_tokens = min(max(1024, default_max_new_tokens), context_length(generator.model.config) - 1)  # room for a question
     settings_inputs = [
-        gr.Slider(1, 1024, value=default_max_new_tokens, step=1, label="max new tokens"),
+        gr.Slider(1, most_tokens, value=min(default_max_new_tokens, most_tokens), step=1, label="max new tokens"),
         gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="temperature (0 = greedy)"),
         gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p"),
     ]
@@ -204,6 +205,7 @@ def launch(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, dty
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     policy = policy or ImagePolicy()
     generator = load_generator(model_dir, dtype=dtype, device=device)
+    check_answer_room(generator, max_new_tokens)  # the slider's default must fit the context
     demo = build_demo(generator, max_new_tokens, policy)
     demo.queue(max_size=32)
     stop = _stop_signals() if block else None
