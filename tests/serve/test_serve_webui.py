@@ -1,12 +1,14 @@
 """`medvl webui` end to end in a real headless Chromium (Debian's, driven by Playwright).
 
-The page is uploaded two images and asked a question; the streamed answer must equal the model's
-greedy answer for those images. A second question (with a generation setting changed) must be
+The page is uploaded a file that is not an image, which is answered with the reason, then two
+images and asked a question; the streamed answer must equal the model's greedy answer for those
+images (the refused exchange is not history). A second question (with a generation setting changed) must be
 answered with the first exchange, images included, as history.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 
@@ -17,7 +19,7 @@ from serve_helpers import bomb_png, png_bytes
 from medvl.model.checkpoint import DISCLAIMER
 from medvl.model.generate import GenerationSettings
 from medvl.serve.session import user_turn
-from medvl.serve.webui import conversation_of_history
+from medvl.serve.webui import REFUSED, conversation_of_history
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -45,8 +47,6 @@ def test_webui_refuses_a_public_host_without_login(tmp_path):
 
 
 def test_webui_applies_serves_image_limits(generator, tiny_model_dir, tmp_path):
-    import gradio as gr
-
     from medvl.serve.config import ImagePolicy
     from medvl.serve.webui import answer, launch
 
@@ -55,10 +55,10 @@ def test_webui_applies_serves_image_limits(generator, tiny_model_dir, tmp_path):
     big = tmp_path / "big.png"
     big.write_bytes(png_bytes(0, size=(300, 200)))
     policy = ImagePolicy()
-    with pytest.raises(gr.Error, match="too_large"):
-        next(answer(generator, policy, {"text": "What?", "files": [str(bomb)]}, [], 4, 0.0, 1.0))
-    with pytest.raises(gr.Error, match="the limit is 8"):
-        next(answer(generator, policy, {"text": "What?", "files": [str(big)] * 9}, [], 4, 0.0, 1.0))
+    refused = next(answer(generator, policy, {"text": "What?", "files": [str(bomb)]}, [], 4, 0.0, 1.0))
+    assert refused.startswith(f"{REFUSED}bomb.png: too_large")
+    refused = next(answer(generator, policy, {"text": "What?", "files": [str(big)] * 9}, [], 4, 0.0, 1.0))
+    assert refused == f"{REFUSED}9 images in this conversation; the limit is 8"
     shrunk, sent = [], generator.stream
 
     def spy(messages, images, settings):
@@ -96,7 +96,7 @@ def test_webui_refuses_what_gradio_would_fail_on_in_one_line(setup, args, expect
     assert "Traceback" not in result.err
 
 
-def test_bad_messages_are_shown_on_the_page_without_a_traceback(tiny_model_dir, tmp_path, capfd):
+def test_bad_messages_are_answered_with_the_reason_without_a_traceback(tiny_model_dir, tmp_path, capfd):
     from gradio_client import Client, handle_file
 
     from medvl.serve.webui import launch
@@ -106,13 +106,24 @@ def test_bad_messages_are_shown_on_the_page_without_a_traceback(tiny_model_dir, 
     demo = launch(tiny_model_dir, port=_free_port(), block=False)
     try:
         client = Client(demo.local_url, verbose=False)
-        for message, error in [({"text": " ", "files": []}, "type a question or attach an image"),
-                               ({"text": "What?", "files": [handle_file(str(not_image))]}, "notes.png: not_image")]:
-            with pytest.raises(Exception, match=error):
-                client.predict(message, 4, 0.0, 1.0, api_name="/respond")
+        for message, reason in [({"text": " ", "files": []}, "type a question or attach an image"),
+                                ({"text": "What?", "files": [handle_file(str(not_image))]}, "notes.png: not_image")]:
+            assert client.predict(message, 4, 0.0, 1.0, api_name="/respond").startswith(REFUSED + reason)
     finally:
         demo.close()
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_refused_exchange_is_left_out_of_the_history():
+    history = [
+        {"role": "user", "content": [{"path": "/notes.png"}, "what?"]},
+        {"role": "assistant", "content": f"{REFUSED}notes.png: not_image (...)"},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "hi"},
+    ]
+    messages, paths = conversation_of_history(history, {"text": "and now?", "files": []})
+    assert paths == [] and messages == [user_turn("hello", 0), {"role": "assistant", "content": "hi"},
+                                        user_turn("and now?", 0)]
 
 
 def test_sigterm_stops_the_page_and_deletes_the_uploads(tiny_model_dir, tmp_path):
@@ -163,7 +174,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_upload_ask_and_see_the_answer_in_chromium(generator, tmp_path, monkeypatch):
+def test_upload_ask_and_see_the_answer_in_chromium_after_a_bad_upload(generator, tmp_path, monkeypatch):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (apt-get install -y chromium; .ci/run does it)")
@@ -171,6 +182,8 @@ def test_upload_ask_and_see_the_answer_in_chromium(generator, tmp_path, monkeypa
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     from medvl.serve.webui import build_demo
 
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("not an image")
     paths = []
     for seed in (0, 1):
         paths.append(tmp_path / f"scan{seed}.png")
@@ -193,11 +206,22 @@ def test_upload_ask_and_see_the_answer_in_chromium(generator, tmp_path, monkeypa
             page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
             expect = sync_api.expect
             expect(page.get_by_text(DISCLAIMER)).to_be_visible(timeout=60_000)
+            # A bad upload is answered with the reason; the input stays usable (after a gr.Error it
+            # stayed disabled) and the refused exchange is not history (the answers below are greedy
+            # answers without it).
+            page.set_input_files("#medvl-input input[type=file]", [str(not_image)])
+            expect(page.locator("#medvl-input").get_by_label("File thumbnail")).to_have_count(1, timeout=30_000)
+            page.fill("#medvl-input textarea", "What is this?")
+            page.click("#medvl-input [data-testid=submit-button]")
+            bot = page.locator("#medvl-chat [data-testid=bot]")
+            expect(bot.last).to_have_attribute("aria-label", re.compile(f"^bot's message: {REFUSED}notes.png: not_image"),
+                                               timeout=60_000)
+            expect(page.locator("#medvl-input textarea")).to_be_enabled(timeout=30_000)
             page.set_input_files("#medvl-input input[type=file]", [str(p) for p in paths])
             expect(page.locator("#medvl-input img")).to_have_count(2, timeout=30_000)
             page.fill("#medvl-input textarea", "What is shown?")
             page.click("#medvl-input [data-testid=submit-button]")
-            bot = page.locator("#medvl-chat [data-testid=bot]")
+            expect(bot).to_have_count(2, timeout=60_000)
             expect(bot.last).to_have_attribute("aria-label", f"bot's message: {first[0].text}", timeout=60_000)
 
             page.get_by_text("Generation settings").click()
@@ -206,7 +230,7 @@ def test_upload_ask_and_see_the_answer_in_chromium(generator, tmp_path, monkeypa
             tokens.press("Enter")
             page.fill("#medvl-input textarea", "Anything else?")
             page.click("#medvl-input [data-testid=submit-button]")
-            expect(bot).to_have_count(2, timeout=60_000)
+            expect(bot).to_have_count(3, timeout=60_000)
             expect(bot.last).to_have_attribute("aria-label", f"bot's message: {second[0].text}", timeout=60_000)
             browser.close()
     finally:

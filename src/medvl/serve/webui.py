@@ -9,7 +9,9 @@ conversation, and the shrink to `max_side`. Gradio hands the function its own hi
 turns it back into medvl messages plus images, whatever content shape Gradio uses (plain
 strings, `{"path": ...}` file dicts, or typed `text`/`file` parts).
 
-Bad input is shown on the page (`gr.Error`) and logged as one line, without a traceback. Before
+Bad input is answered with `REFUSED` and the reason, and logged as one line (a `gr.Error` would
+print a traceback and leave Gradio's chat input disabled until the page is reloaded); the refused
+exchange is left out of the history, so a bad upload does not spoil the conversation. Before
 the model loads, `launch` checks what would otherwise fail inside Gradio with a traceback: a
 login variable that is set but not `user:password`, an IPv6 address (Gradio cannot serve one), an
 address that is not this machine's and a port already in use.
@@ -27,20 +29,22 @@ import os
 import signal
 import socket
 import threading
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Iterator
 
 from medvl.errors import UserError
 from medvl.io.images import ImageLoadError, load_image
 from medvl.model.checkpoint import DISCLAIMER
-from medvl.model.generate import Generator, context_length, load_generator
+from medvl.model.generate import GenerationSettings, Generator, context_length, load_generator
 from medvl.serve.config import ImagePolicy, UnsafeExposureError, is_loopback
 from medvl.serve.image_urls import shrink
 from medvl.serve.session import ContextOverflow, check_answer_room, fit_context, sampling_settings, user_turn
 
-__all__ = ["WebUIConfigError", "answer", "build_demo", "conversation_of_history", "launch", "login_from_env"]
+__all__ = ["REFUSED", "WebUIConfigError", "answer", "build_demo", "conversation_of_history", "launch", "login_from_env"]
 
 log = logging.getLogger(__name__)
+REFUSED = "Not answered: "  # the reply to bad input, followed by the reason
 UPLOADS_KEPT_S = 24 * 3600  # an upload older than this is deleted (an open conversation needs its images)
 TITLE = "medvl — medical vision-language assistant (research preview)"
 
@@ -79,12 +83,8 @@ def check_listen_address(host: str, port: int) -> None:
             raise WebUIConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
-def _refuse(message: str) -> Exception:
-    """The page shows `message`; the terminal gets one log line, not Gradio's traceback."""
-    import gradio as gr
-
-    log.info("refused a message: %s", message)
-    return gr.Error(message, print_exception=False)
+class _Refused(ValueError):
+    """A message the page does not answer; the reason becomes the reply."""
 
 
 def _split_content(content: Any) -> tuple[list[str], list[str]]:
@@ -109,7 +109,7 @@ def conversation_of_history(history: list[dict[str, Any]], message: dict[str, An
     """medvl messages and image paths from Gradio's history plus the new multimodal message.
 
     Gradio may split one user turn into several consecutive user messages (files, then text);
-    they are merged back into one turn.
+    they are merged back into one turn. An exchange the page refused (`REFUSED`) is left out.
     """
     messages: list[dict[str, Any]] = []
     paths: list[str] = []
@@ -128,6 +128,9 @@ def conversation_of_history(history: list[dict[str, Any]], message: dict[str, An
         if entry.get("role") == "user":
             turn_texts.extend(texts)
             turn_paths.extend(files)
+        elif entry.get("role") == "assistant" and "\n".join(texts).startswith(REFUSED):
+            turn_texts.clear()  # a refused exchange: its files may be what was wrong
+            turn_paths.clear()
         elif entry.get("role") == "assistant":
             close_user_turn()
             messages.append({"role": "assistant", "content": "\n".join(texts)})
@@ -139,27 +142,44 @@ def conversation_of_history(history: list[dict[str, Any]], message: dict[str, An
 
 def answer(generator: Generator, policy: ImagePolicy, message: dict[str, Any], history: list[dict[str, Any]],
            max_new_tokens: float, temperature: float, top_p: float) -> Iterator[str]:
-    """The page's chat function: the answer so far, growing as it streams (gr.Error for bad input)."""
+    """The page's chat function: the answer so far, growing as it streams. Bad input is answered
+    with `REFUSED` and the reason (and a log line), not an exception: after an error Gradio's chat
+    input stays disabled until the page is reloaded. A refused exchange is left out of the history."""
+    try:
+        messages, images, settings = _prepared(generator, policy, message, history, max_new_tokens, temperature,
+                                               top_p)
+    except _Refused as exc:
+        log.info("refused a message: %s", exc)
+        yield f"{REFUSED}{exc}"
+        return
+    text = ""
+    with closing(generator.stream(messages, images, settings)) as deltas:
+        for delta in deltas:
+            text += delta
+            yield text
+    if not text:
+        yield "(the model returned an empty answer)"
+
+
+def _prepared(generator: Generator, policy: ImagePolicy, message: dict[str, Any], history: list[dict[str, Any]],
+              max_new_tokens: float, temperature: float, top_p: float
+              ) -> tuple[list[dict[str, Any]], list[Any], GenerationSettings]:
+    """(messages, images, settings) of the model call for `message` after `history` (`_Refused` for bad input)."""
     if not (message.get("text") or "").strip() and not message.get("files"):
-        raise _refuse("type a question or attach an image")
+        raise _Refused("type a question or attach an image")
     messages, paths = conversation_of_history(history, message)
     if len(paths) > policy.max_images:
-        raise _refuse(f"{len(paths)} images in this conversation; the limit is {policy.max_images}")
+        raise _Refused(f"{len(paths)} images in this conversation; the limit is {policy.max_images}")
     try:
         images = [shrink(load_image(p, max_pixels=policy.max_pixels), policy.max_side) for p in paths]
     except ImageLoadError as exc:
-        raise _refuse(f"{Path(exc.path).name}: {exc.reason} ({exc.detail})") from None
+        raise _Refused(f"{Path(exc.path).name}: {exc.reason} ({exc.detail})") from None
     settings = sampling_settings(int(max_new_tokens), float(temperature), float(top_p))
     try:
         messages, images, _ = fit_context(generator, messages, images, settings.max_new_tokens)
     except ContextOverflow as exc:
-        raise _refuse(str(exc)) from None
-    text = ""
-    for delta in generator.stream(messages, images, settings):
-        text += delta
-        yield text
-    if not text:
-        yield "(the model returned an empty answer)"
+        raise _Refused(str(exc)) from None
+    return messages, images, settings
 
 
 def build_demo(generator: Generator, default_max_new_tokens: int = 256, policy: ImagePolicy | None = None) -> Any:
