@@ -160,6 +160,12 @@ def test_unusable_generation_options_are_one_line(args, expected, tiny_model_dir
     assert "Traceback" not in result.err
 
 
+def test_an_empty_one_shot_question_without_images_is_refused(tiny_model_dir, medvl):
+    result = medvl("chat", str(tiny_model_dir), "-q", "  ")
+    assert result.code == 2 and result.out == "" and result.err.strip() == (
+        "error: Invalid value for '--question': an empty question and no image: nothing to ask (see medvl chat --help)")
+
+
 def test_one_shot_images_are_read_before_the_model_loads(tmp_path, medvl):
     """A typo in an image path is reported at once, not after loading a model (here: no model at all)."""
     result = medvl("chat", str(tmp_path), "-i", str(tmp_path / "scan [1].png"), "-q", "What?")

@@ -31,6 +31,8 @@ def chat(
     from medvl.serve.chat import one_shot, read_images, repl
     from medvl.serve.session import ChatSession, check_answer_room, sampling_settings
 
+    if question is not None and not question.strip() and not image:
+        raise typer.BadParameter("an empty question and no image: nothing to ask", param_hint="'--question'")
     images = read_images(image or []) if question is not None else []  # a bad path before the model loads
     generator = load_generator(model_dir, dtype=dtype, device=device)
     check_answer_room(generator, max_new_tokens)  # before the first question, not at each one
