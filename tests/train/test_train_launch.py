@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from medvl.config import dump_config
+from medvl.io.process import RunLock
 
 ROOT = Path(__file__).resolve().parents[2]
 ACCELERATE = ROOT / "configs" / "accelerate"
@@ -60,6 +61,10 @@ def test_a_bad_launch_is_one_line_before_any_process(train_config, tmp_path, no_
     for args, expected in cases:
         result = medvl(*args)
         assert result.code == 2 and result.err.count("error:") == 1 and expected in result.err, (args, result.err)
+    with RunLock(tmp_path / "run", what="training run"):  # another run is training there
+        result = medvl(*_launch_train(ACCELERATE / "cpu_2proc.yaml", good))
+    assert result.code == 2 and f"error: {tmp_path / 'run'} is in use by another training run (pid {os.getpid()}" \
+        in result.err
     assert no_exec == []
 
 

@@ -6,7 +6,8 @@ line and exit 2, before any process starts:
 
 - the training command it launches (`-m medvl.cli train CONFIG [key=value ...]`, or a program named
   `medvl` followed by `train`): the config loads as `medvl train` would load it (YAML, keys,
-  values, overrides), and `model.path`, when given, is a saved model folder;
+  values, overrides), `model.path`, when given, is a saved model folder, and no other run holds
+  `output_dir` (its `RunLock`);
 - `accelerate launch --config_file FILE`: FILE exists and is a mapping; a DeepSpeed layout finds
   deepspeed installed and its `deepspeed_config_file` (relative paths are taken from the working
   folder, as accelerate takes them).
@@ -59,12 +60,15 @@ def _train_arguments(argv: list[str]) -> list[str] | None:
 
 def _check_train_config(config: Path, overrides: list[str]) -> None:
     from medvl.config import load_config
+    from medvl.io.process import RunLock
     from medvl.model.checkpoint import model_folder
     from medvl.train.config import TrainConfig
 
     loaded = load_config(TrainConfig, config, overrides)
     if loaded.model.path is not None:
         model_folder(loaded.model.path, "model.path")
+    with RunLock(loaded.output_dir, what="training run"):  # taken by the main worker in a moment
+        pass
 
 
 def _check_accelerate_config(path: Path) -> None:
