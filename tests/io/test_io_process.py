@@ -135,8 +135,8 @@ def test_a_worker_whose_launcher_died_before_it_armed_its_guard_dies_as_it_arms(
 def test_launching_a_program_that_is_not_there_is_one_line(medvl):
     result = medvl("launch", "no-such-launcher", "launch", "-m", "medvl.cli", "train", "x.yaml")
     assert result.code == 2 and result.err.strip().splitlines() == [
-        "error: no-such-launcher: not found on PATH; give the launcher and its arguments, e.g. medvl launch "
-        "accelerate launch -m medvl.cli train CONFIG"]
+        f"error: no-such-launcher: not found on PATH nor beside {sys.executable}; give the launcher and its "
+        "arguments, e.g. medvl launch accelerate launch --config_file CONFIG -m medvl.cli train TRAIN.yaml"]
 
 
 def test_a_process_is_running_until_every_thread_has_exited():

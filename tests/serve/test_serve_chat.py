@@ -139,7 +139,13 @@ def test_ctrl_c_while_answering_stops_the_answer_and_keeps_the_repl(tiny_model_d
 
     monkeypatch.setattr(ChatSession, "stream", pressed_ctrl_c_once)
     script = "Tell me a story\nHello\n/quit\n"
-    result = CliRunner().invoke(build_app(), ["chat", str(tiny_model_dir), "--max-new-tokens", "6"], input=script)
+    # a terminal's Ctrl-C is a KeyboardInterrupt; a job started in the background (CI's `cmd &`) inherits SIGINT
+    # ignored, and raise_signal would then do nothing
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        result = CliRunner().invoke(build_app(), ["chat", str(tiny_model_dir), "--max-new-tokens", "6"], input=script)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert result.exit_code == 0, result.output
     assert "(stopped; this question is not kept" in result.stdout and result.stdout.rstrip().endswith("bye")
     answers = [line.split("medvl> ", 1)[1].strip() for line in result.stdout.splitlines() if "medvl> " in line]

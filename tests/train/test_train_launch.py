@@ -27,7 +27,10 @@ class Launched(Exception):
 @pytest.fixture
 def no_exec(monkeypatch) -> list[tuple[str, list[str]]]:
     calls: list[tuple[str, list[str]]] = []
-    monkeypatch.delenv("MEDVL_LAUNCHER_PID", raising=False)  # restored after the test: exec_launcher sets it
+    # exec_launcher sets it: setenv first so that undo restores it (delenv of an absent name records nothing,
+    # and a leaked pid would tell every later worker that this test process is its launcher)
+    monkeypatch.setenv("MEDVL_LAUNCHER_PID", "")
+    monkeypatch.delenv("MEDVL_LAUNCHER_PID")
 
     def execv(program: str, argv: list[str]) -> None:
         calls.append((program, list(argv)))
