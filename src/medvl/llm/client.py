@@ -9,8 +9,8 @@ and accounted (`usage`).
 Retry policy (tenacity): 429, 5xx, timeouts and connection errors are retried up to `max_retries`
 times with exponential backoff and jitter (`backoff_initial_s * 2**n + U(0, backoff_initial_s)`,
 at most `backoff_max_s`); a `retry-after-ms` / `Retry-After` header on the error replaces the
-backoff (capped at `backoff_max_s`). 400/404/422 are not retried (401/403: below). A 200 whose body
-is not a usable chat completion (not JSON, no choices, null content) is re-sent
+backoff (capped at `backoff_max_s`). 400/404/422 are not retried (401/403: `medvl.llm.failures`).
+A 200 whose body is not a usable chat completion (not JSON, no choices, null content) is re-sent
 `bad_response_retries` times (default once: a garbled body is usually a proxy hiccup, but paying
 repeatedly for a server that always garbles is worse), then fails with kind "bad_response".
 finish_reason "content_filter" fails at once (kind "content_filter"). A message with null content
@@ -20,28 +20,8 @@ the caller.
 Errors are never cached. Each attempt takes one concurrency slot; backoff sleeps hold none (but in
 `complete_many` a worker waiting out a backoff does not start another request meanwhile).
 
-Two failures stop the run instead (`EndpointUnusable`, a `UserError`), as every further item would
-fail the same way. The first request to meet one decides for all: requests in flight stop at their
-next attempt (they do not finish their own retry schedules) and later ones fail at once, sending
-nothing. What was finished stays (cached replies, the caller's outputs): a rerun resumes.
-
-A rejected key (`KeyRejected`): a 401, not retried, whatever came before (a key revoked mid-run
-fails every later request too), or `FORBIDDEN_IN_A_ROW` 403s with no reply between them (a key
-without access to the model is refused every time; a proxy or firewall that forbids one request
-for its content refuses only it, which then fails alone, status 403 and the server's message, so a
-rerun is not stopped at that item again). Its one line names the endpoint, the status, the server's
-own message (with the key masked, should the server echo it; no traceback carries the reply) and
-the variable to set (`api_key_env`); it never holds the key.
-
-An endpoint never reached (`EndpointUnreachable`): a request has spent all its retries failing to
-connect (connection refused, host name not found, no connection within `timeout_s / 2`) and no
-attempt of this client has ever reached the server, so the base_url is wrong or the server is down,
-and every further item would pay the same retries for nothing. The first request keeps its full
-retry schedule (a vLLM server still loading its weights gets that long to come up). Once any
-attempt has reached the server (any reply, any HTTP status, even a reply that timed out), later
-connection failures are per-request errors as above: a server that restarts mid-run does not stop
-a long job. Cache hits never touch the endpoint, so a rerun whose replies are all cached needs no
-server.
+Two failures stop the run instead of failing their request (`EndpointUnusable`: a rejected API key,
+an endpoint never reached): `medvl.llm.failures`, which also maps HTTP statuses to error kinds.
 """
 
 from __future__ import annotations
@@ -49,10 +29,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, replace
-from http import HTTPStatus
+from dataclasses import dataclass, replace
 from typing import Any
 
 import openai
@@ -62,6 +40,7 @@ from tqdm.auto import tqdm
 
 from medvl.llm.cache import ResponseCache
 from medvl.llm.config import LLMConfig
+from medvl.llm.failures import NO_KEY, EndpointWatch, status_error
 from medvl.llm.limits import RateLimiter
 from medvl.llm.messages import (
     ChatReply,
@@ -75,6 +54,7 @@ from medvl.llm.messages import (
     estimate_text_tokens,
     image_part,
 )
+from medvl.llm.usage import CostEstimate, UsageTotals
 
 __all__ = [
     "ChatReply",
@@ -95,61 +75,6 @@ __all__ = [
 log = logging.getLogger("medvl.llm")
 
 Result = ChatReply | LLMError
-RESUME = "finished items are kept: rerun to resume"
-FORBIDDEN_IN_A_ROW = 3  # 403s with no reply between them that stop the run (module notes)
-NO_KEY = "EMPTY"  # sent when $api_key_env is not set (a vLLM server started without --api-key takes any)
-
-
-@dataclass
-class UsageTotals:
-    """What a client has spent: HTTP attempts (retries included), cache hits, failures, tokens, USD.
-
-    `cache_hits` counts replies read from the cache or shared with an identical request in flight;
-    tokens and cost count fresh replies only (what the provider bills, as far as the replies say).
-    """
-
-    requests_sent: int = 0
-    replies: int = 0
-    cache_hits: int = 0
-    retries: int = 0
-    failures: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def summary(self) -> str:
-        return (
-            f"LLM: {self.replies} replies ({self.requests_sent} requests sent, {self.retries} retries), "
-            f"{self.cache_hits} cache hits, {self.failures} failures; tokens {self.prompt_tokens} prompt + "
-            f"{self.completion_tokens} completion; cost ${self.cost_usd:.4f}"
-        )
-
-
-@dataclass
-class CostEstimate:
-    """A dry run: what `complete_many(requests)` would send and cost at most.
-
-    `n_to_send` counts distinct uncached requests (identical ones are sent once); `prompt_tokens` is
-    the chars/4 + per-image approximation over those; `max_completion_tokens` their `max_tokens`
-    sum; `cost_usd` prices both, an upper bound up to the prompt approximation.
-    """
-
-    n_requests: int
-    n_cached: int
-    n_to_send: int
-    prompt_tokens: int
-    max_completion_tokens: int
-    cost_usd: float
-
-    def summary(self) -> str:
-        return (
-            f"{self.n_requests} requests: {self.n_cached} cached, {self.n_to_send} to send; "
-            f"~{self.prompt_tokens} prompt tokens + at most {self.max_completion_tokens} completion tokens; "
-            f"at most ~${self.cost_usd:.4f}"
-        )
 
 
 @dataclass
@@ -177,9 +102,7 @@ class LLMClient:
         self.cache = cache if cache is not None else (ResponseCache(config.cache_dir) if config.cache_dir else None)
         self.usage = UsageTotals()
         self._runtime: _Runtime | None = None
-        self._reached = False  # an attempt got past connecting (module notes: unreachable endpoints)
-        self._stopped: EndpointUnusable | None = None  # why the endpoint was given up, once it was
-        self._forbidden_in_a_row = 0  # 403s since the last reply (module notes: rejected keys)
+        self._endpoint = EndpointWatch(config)  # whether the endpoint is given up (`medvl.llm.failures`)
 
     # ----------------------------------------------------------------------------- requests
     def resolve(self, request: ChatRequest) -> ChatRequest:
@@ -344,13 +267,11 @@ class LLMClient:
         """Send with retries; cache and account the reply."""
         config = self.config
         bad_responses = 0
-        connect_s = config.connect_timeout_s
 
         def should_retry(state: RetryCallState) -> bool:
             nonlocal bad_responses
             error = state.outcome.exception() if state.outcome else None
-            if error is None or (isinstance(error, LLMError) and _connect_failure(error, connect_s) is None):
-                self._reached = True  # a reply, an HTTP status, or at least a connection
+            self._endpoint.attempt_ended(error)
             if not isinstance(error, LLMError):
                 return False
             if error.kind == "bad_response":
@@ -392,13 +313,9 @@ class LLMClient:
         try:
             reply = await retrying(self._attempt, request, runtime)
         except LLMError as error:
-            cause = None if self._reached else _connect_failure(error, connect_s)
-            if cause is not None:  # retries spent on connecting, and nothing ever reached the server
-                raise self._stop(EndpointUnreachable(
-                    f"LLM endpoint {config.base_url} is unreachable: {cause} ({config.max_retries + 1} "
-                    "attempts, no connection ever made); check llm.base_url and that the server is up; "
-                    + RESUME
-                )) from error
+            unreachable = self._endpoint.unreachable(error)
+            if unreachable is not None:  # retries spent on connecting, and nothing ever reached the server
+                raise unreachable from error
             if error.retryable:
                 raise LLMError(
                     "retries_exhausted",
@@ -420,8 +337,7 @@ class LLMClient:
         """One HTTP attempt, mapped to a reply or an `LLMError`."""
         key = request.key
         async with runtime.slots:
-            if self._stopped is not None:  # another request gave the endpoint up: send nothing more
-                raise type(self._stopped)(*self._stopped.args)
+            self._endpoint.raise_if_given_up()
             if runtime.request_limiter is not None:
                 await runtime.request_limiter.acquire(1)
             if runtime.token_limiter is not None:
@@ -433,55 +349,16 @@ class LLMClient:
                     completion = await runtime.api.post("/chat/completions", cast_to=object, body=request.body)
             except openai.APIStatusError as exc:
                 if exc.status_code in (401, 403):  # no traceback: the reply may echo the key
-                    raise self._rejected(exc, runtime.api.api_key, key) from None
-                raise self._status_error(exc, key) from exc
+                    raise self._endpoint.rejected(exc, runtime.api.api_key, key) from None
+                raise status_error(exc, key) from exc
             except (openai.APITimeoutError, TimeoutError) as exc:
                 raise LLMError("timeout", f"no reply within {self.config.timeout_s}s", key=key) from exc
             except openai.APIConnectionError as exc:
                 raise LLMError("connection", str(exc), key=key) from exc
             except (ValueError, TypeError, openai.APIResponseValidationError) as exc:
                 raise LLMError("bad_response", f"reply body is not a chat completion: {exc}", key=key) from exc
-        self._forbidden_in_a_row = 0
+        self._endpoint.replied()
         return self._reply(completion, request)
-
-    def _rejected(self, exc: openai.APIStatusError, sent: str, key: str) -> EndpointUnusable | LLMError:
-        """A 401 or the `FORBIDDEN_IN_A_ROW`th 403 in a row stops the run; another 403 fails its request."""
-        if exc.status_code == 403:
-            self._forbidden_in_a_row += 1
-            if self._forbidden_in_a_row < FORBIDDEN_IN_A_ROW:
-                return LLMError("http_error", _said_without_key(exc, sent) or "Forbidden", status=403, key=key)
-        return self._stop(self._key_rejected(exc, sent))
-
-    def _status_error(self, exc: openai.APIStatusError, key: str) -> LLMError:
-        status = exc.status_code
-        kind = "rate_limited" if status == 429 else "server_error" if status >= 500 else "http_error"
-        retry_after = _retry_after(exc.response.headers)
-        return LLMError(kind, exc.message, status=status, key=key, retry_after=retry_after)
-
-    def _key_rejected(self, exc: openai.APIStatusError, sent: str) -> KeyRejected:
-        """A 401/403 as one line: the endpoint, the status, the server's message (without `sent`, the
-        key), the variable to set."""
-        config, status = self.config, exc.status_code
-        phrase = HTTPStatus(status).phrase
-        said = _said_without_key(exc, sent)
-        reply = f"{status} {phrase}"
-        if said and said.lower() != phrase.lower():
-            reply += f": {said if len(said) <= 200 else said[:199] + '…'}"
-        if status == 403:
-            reply += f"; {FORBIDDEN_IN_A_ROW} requests in a row"
-        variable = f"${config.api_key_env}"
-        if sent == NO_KEY:
-            problem = f"rejected the API key ({reply}): {variable} is not set; set it to the endpoint's key"
-        else:
-            which = f"a key with access to model {config.model}" if status == 403 else "a valid key"
-            problem = f"rejected the API key in {variable} ({reply}); set {which} in {variable}"
-        return KeyRejected(f"LLM endpoint {config.base_url} {problem} (llm.api_key_env names the variable); "
-                           f"{RESUME}")
-
-    def _stop(self, error: EndpointUnusable) -> EndpointUnusable:
-        """Give the endpoint up: later attempts of every request raise the first such error (module notes)."""
-        self._stopped = self._stopped or error
-        return error
 
     def _reply(self, completion: Any, request: ChatRequest) -> ChatReply:
         """Read a chat.completion JSON body; anything else is a "bad_response"."""
@@ -512,62 +389,3 @@ class LLMClient:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["config"], state["cache"])
-
-
-def _said_without_key(exc: openai.APIStatusError, sent: str) -> str:
-    """The server's message on one line, with `sent` (the key, should it be echoed) masked before any
-    cut, so no piece of it shows."""
-    return " ".join(_error_message(exc.body).split()).replace(sent, "***")
-
-
-def _error_message(body: object) -> str:
-    """The message of a JSON error body: OpenAI's `{"error": {"message": ...}}`, vLLM's
-    `{"error": "..."}`, or `{"message": ...}`; else ""."""
-    error = body.get("error", body) if isinstance(body, dict) else None
-    message = error.get("message") if isinstance(error, dict) else error
-    return message if isinstance(message, str) else ""
-
-
-def _connect_failure(error: BaseException | None, connect_timeout_s: float) -> str | None:
-    """Why an attempt made no connection ("connection refused", ...), from the transport's
-    ConnectError / ConnectTimeout among its causes; None when it connected or is no transport error.
-    The classes are matched by name: openai 3 runs on httpx2 and httpcore2, older ones on httpx."""
-    chain: list[BaseException] = []
-    while error is not None and len(chain) < 32:
-        chain.append(error)
-        error = error.__cause__ or error.__context__
-    names = {type(link).__name__ for link in chain}
-    if "ConnectTimeout" in names:
-        return f"no connection within {connect_timeout_s:g} s"
-    if "ConnectError" not in names:
-        return None
-    root = chain[-1]
-    if isinstance(root, socket.gaierror):
-        return f"host name not found: {root.strerror}"
-    if isinstance(root, OSError) and root.errno:
-        return os.strerror(root.errno).lower()
-    return str(root) or type(root).__name__
-
-
-def _retry_after(headers: Any) -> float | None:
-    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date), if present."""
-    from email.utils import parsedate_to_datetime
-    from time import time
-
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            return float(value) / 1000
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time())
-    except (TypeError, ValueError):
-        return None

@@ -53,7 +53,7 @@ class LLMConfig(Config):
 
     @property
     def connect_timeout_s(self) -> float:
-        """Half of `timeout_s`: a connect timeout is told from a slow reply (unreachable endpoints, `llm.client`)."""
+        """Half of `timeout_s`: a connect timeout is told from a slow reply (unreachable endpoints, `llm.failures`)."""
         return self.timeout_s / 2
 
     def cached_in(self, folder: str | Path) -> "LLMConfig":
