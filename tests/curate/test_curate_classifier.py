@@ -12,7 +12,7 @@ from PIL import Image
 
 from medvl.curate.classifier import MedicalImageClassifier, builtin_embedding, make_embedder, train_classifier
 from medvl.curate.filters.image import ImageFilter, ImageFilterConfig
-from medvl.curate.ingest import make_document
+from medvl.curate.ingest_document import make_document
 
 
 def medical_images(shared: Path | None) -> list[Image.Image]:

@@ -20,7 +20,8 @@ from medvl.curate.filters import (
 from medvl.curate.filters.image import ImageFilter, ImageFilterConfig
 from medvl.curate.filters.licence import LicenceFilter, LicenceFilterConfig
 from medvl.curate.filters.text import TextFilter, TextFilterConfig
-from medvl.curate.ingest import SourceReader, make_document
+from medvl.curate.ingest import SourceReader
+from medvl.curate.ingest_document import make_document
 from medvl.curate.vocab import Vocabulary, infer_modality, load_vocabulary
 from medvl.registry import Registry
 

@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 from medvl.curate.config import SourceConfig
-from medvl.curate.ingest import SourceReader, doc_images
+from medvl.curate.ingest import SourceReader
+from medvl.curate.ingest_document import doc_images
 
 
 def read_all(sources: list[SourceConfig], world_size: int = 1, limit: int | None = None) -> list:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from medvl.cli import build_app
 from medvl.curate.filters.medical_text import MedicalTextConfig, MedicalTextFilter
-from medvl.curate.ingest import make_document
+from medvl.curate.ingest_document import make_document
 from medvl.curate.report import text_filter_quality
 from medvl.curate.embed import make_text_embedder
 from medvl.curate.text_probe import (

@@ -18,7 +18,7 @@ from datatrove.data import Document
 from pydantic import Field
 
 from medvl.curate.filters.base import CurateFilter, FilterConfig, register_filter, reject
-from medvl.curate.ingest import doc_images
+from medvl.curate.ingest_document import doc_images
 
 if TYPE_CHECKING:
     from medvl.curate.config import CurateConfig
