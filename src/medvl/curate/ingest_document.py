@@ -10,7 +10,7 @@
   item] — the global input order, independent of the number of tasks; every output is sorted by it)
   and format-specific `extra` fields.
 
-`make_document` builds one; `doc_images` and `doc_meta` read one back.
+`make_document` builds one; `doc_images` reads its images back.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from datatrove.data import Document, Media, MediaType
 from medvl.curate.licences import normalise_licence
 from medvl.curate.vocab import infer_modality
 
-__all__ = ["doc_images", "doc_meta", "domain_modality", "make_document", "pmcid_in"]
+__all__ = ["doc_images", "domain_modality", "make_document", "pmcid_in"]
 
 
 def make_document(
@@ -75,10 +75,6 @@ def pmcid_in(text: str) -> str | None:
 
 def doc_images(doc: Document) -> list[str]:
     return [m.path or m.url for m in doc.media]
-
-
-def doc_meta(doc: Document, key: str, default: Any = None) -> Any:
-    return doc.metadata.get(key, default)
 
 
 def domain_modality(domain: str | None) -> str | None:
