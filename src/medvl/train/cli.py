@@ -63,9 +63,9 @@ def launch(
     launcher: list[str] = typer.Argument(..., help="the launcher and its arguments, e.g. accelerate launch "
                                                    "--config_file CONFIG -m medvl.cli train TRAIN.yaml"),
 ) -> None:
-    """Run a launcher (accelerate launch, torchrun) as this process, telling its workers its pid, so a
-    worker whose launcher dies before the worker's parent-death guard is armed stops at once. The
-    training config and the accelerate config are checked first."""
+    """Run a launcher (accelerate launch, torchrun) whose workers die with it; configs checked first."""
+    # The launcher runs as this process and its workers are told its pid, so a worker whose launcher
+    # dies before the worker's parent-death guard is armed stops at once (medvl.io.process).
     from medvl.io.process import exec_launcher, find_launcher
     from medvl.train.launch import check_launch
 
