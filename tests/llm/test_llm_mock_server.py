@@ -30,11 +30,12 @@ def test_script_as_a_function_of_the_request_index(mock_server):
 
 
 def test_latency_is_served_concurrently(mock_server):
-    server = mock_server(latency_s=0.2)
+    server = mock_server(latency_s=0.5)
     client = LLMClient(fast_config(server, max_concurrency=32))
     start = time.monotonic()
     client.run_many([ask(f"q {i}") for i in range(32)], progress=False)
-    assert time.monotonic() - start < 1.0  # 32 x 0.2 s served at once, not one after another
+    # 32 x 0.5 s served at once, not one after another (16 s); the margin absorbs a loaded machine
+    assert time.monotonic() - start < 4.0
     assert server.max_in_flight == 32
 
 
