@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import socket
 import threading
 import time
 
@@ -11,7 +12,7 @@ import httpx
 import pytest
 from serve_helpers import Gated, assert_openai_error, bomb_png, data_url, image_message, png_bytes
 
-from medvl.serve.config import ImagePolicy, ServeConfig, UnsafeExposureError
+from medvl.serve.config import ImagePolicy, ListenAddressError, ServeConfig, UnsafeExposureError, check_listen_address
 from medvl.serve.image_urls import ImageResolver
 from medvl.serve.protocol import APIError
 from medvl.serve.server import check_exposure
@@ -65,6 +66,35 @@ def test_cli_serve_refuses_public_host_without_key(tiny_model_dir, monkeypatch, 
     monkeypatch.delenv("MEDVL_API_KEY", raising=False)
     result = medvl("serve", str(tiny_model_dir), "--host", "0.0.0.0")
     assert result.code == 2 and "without an API key" in result.err and len(result.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--port", "taken"], "is in use; choose another with --port"),
+    (["--host", "192.0.2.1", "--allow-host", "x"], "cannot listen on 192.0.2.1:"),  # TEST-NET-1: no machine's
+    (["--host", "no-such-host.invalid", "--allow-host", "x"], "cannot listen on 'no-such-host.invalid'"),
+])
+def test_cli_serve_refuses_an_address_it_cannot_listen_on_before_the_model_loads(args, expected, tmp_path,
+                                                                                  monkeypatch, medvl):
+    monkeypatch.setenv("MEDVL_API_KEY", KEY)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        args = [str(taken.getsockname()[1]) if arg == "taken" else arg for arg in args]
+        result = medvl("serve", tmp_path, *args)  # an empty folder: the check comes before the model loads
+    assert result.code == 2 and result.err.count("error:") == 1 and expected in result.err, result.err
+
+
+def test_serve_can_listen_on_ipv6():
+    try:
+        with socket.socket(socket.AF_INET6) as taken:
+            taken.bind(("::1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            with pytest.raises(ListenAddressError, match=f"port {port} on ::1 is in use"):
+                check_listen_address("::1", port)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    check_listen_address("::1", port)  # uvicorn serves IPv6 (only the web UI refuses it: Gradio cannot)
 
 
 @pytest.fixture

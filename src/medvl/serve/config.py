@@ -4,19 +4,22 @@ Everything a deployment tunes is here, with safe defaults: loopback only (and on
 `Host` names), no remote images, local image files only under an explicit root, bounded
 connections, header/body read times, bodies, messages, text, images, tokens, queue and request time.
 Load from YAML with overrides: `load_config(ServeConfig, "serve.yaml", ["port=9000"])`.
+`check_listen_address` is the check `serve` and `webui` make of the address before the model loads.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
 from pydantic import DirectoryPath, Field, field_validator
 
 from medvl.config import Config
 from medvl.engine import EngineConfig, check_servable
 from medvl.errors import UserError
 
-__all__ = ["ImagePolicy", "Limits", "ServeConfig", "ServedEngineConfig", "UnsafeExposureError", "is_loopback",
-           "is_wildcard", "MIN_API_KEY_CHARS"]
+__all__ = ["ImagePolicy", "Limits", "ListenAddressError", "ServeConfig", "ServedEngineConfig", "UnsafeExposureError",
+           "check_listen_address", "is_loopback", "is_wildcard", "url_host", "MIN_API_KEY_CHARS"]
 
 MiB = 1024 * 1024
 MIN_API_KEY_CHARS = 16
@@ -132,3 +135,35 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+class ListenAddressError(UserError, ValueError):
+    """An address that is not this machine's, a host name that does not resolve, or a port in use."""
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Refuse, before the model loads, a `host`:`port` the server could not listen on.
+
+    Every address `host` resolves to is bound once, as the server will bind it (SO_REUSEADDR, as
+    uvicorn: a socket still closing is no obstacle; IPv6 sockets IPv6-only, as asyncio makes them)."""
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenAddressError(f"cannot listen on {host!r}: {exc.strerror}") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ListenAddressError(f"port {port} on {host} is in use; choose another with --port") from None
+                raise ListenAddressError(f"cannot listen on {url_host(host)}:{port}: {exc.strerror}") from None
+
+
+def url_host(host: str) -> str:
+    """`host` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

@@ -5,6 +5,9 @@ key shorter than `MIN_API_KEY_CHARS`; a non-loopback host without a key (a typo 
 `--host 0.0.0.0` must not put an unauthenticated model on the network); every interface
 (`0.0.0.0`, `::`) without the host names clients will use (`allowed_hosts`).
 
+`serve` also checks, before the model loads, that it can listen on the address and port
+(`check_listen_address`: a port in use, an address not this machine's).
+
 `build_server` runs uvicorn with medvl's connection guards (`connections`: caps per client and in
 all, a header deadline), uvicorn's keep-alive timeout and h11's header size bound, and no
 `limit_concurrency` (it answers everyone a plain 503 once idle sockets fill it). Its shutdown
@@ -26,7 +29,8 @@ from medvl.engine import Engine, make_engine
 from medvl.io.server_thread import start_in_thread
 from medvl.model.generate import GenerationSettings
 from medvl.serve.app import create_app, drain, resolve_api_key
-from medvl.serve.config import MIN_API_KEY_CHARS, ServeConfig, UnsafeExposureError, is_loopback
+from medvl.serve.config import (MIN_API_KEY_CHARS, ServeConfig, UnsafeExposureError, check_listen_address, is_loopback,
+                                url_host)
 from medvl.serve.connections import guarded_protocol, raise_open_file_limit
 
 __all__ = ["UnsafeExposureError", "check_exposure", "build_server", "serve", "ServerThread"]
@@ -86,6 +90,7 @@ def serve(config: ServeConfig) -> None:
     check_exposure(config)
     if config.engine.model is None:
         raise ConfigError("ServeConfig.engine.model (the model folder) is required")
+    check_listen_address(config.host, config.port)
     limits = config.limits
     open_files = raise_open_file_limit(limits.max_connections + FILES_BESIDES_CONNECTIONS)
     if open_files < limits.max_connections + FILES_BESIDES_CONNECTIONS:
@@ -96,7 +101,7 @@ def serve(config: ServeConfig) -> None:
     engine = make_engine(config.engine, GenerationSettings())
     key = "on" if resolve_api_key(config) else "off"
     log.info("serving %s with the %s engine on http://%s:%d (API key %s, batch ≤ %d, wait %.0f ms)",
-             config.engine.model, config.engine.kind, config.host, config.port, key, config.max_batch_size,
+             config.engine.model, config.engine.kind, url_host(config.host), config.port, key, config.max_batch_size,
              config.batch_wait_ms)
     build_server(engine, config).run()
 

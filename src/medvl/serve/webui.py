@@ -23,11 +23,9 @@ them when it stops; SIGTERM stops it as Ctrl-C does (closing the server, so the 
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
-import socket
 import threading
 from contextlib import closing
 from pathlib import Path
@@ -37,7 +35,7 @@ from medvl.errors import UserError
 from medvl.io.images import ImageLoadError, load_image
 from medvl.model.checkpoint import DISCLAIMER
 from medvl.model.generate import GenerationSettings, Generator, context_length, load_generator
-from medvl.serve.config import ImagePolicy, UnsafeExposureError, is_loopback
+from medvl.serve.config import ImagePolicy, UnsafeExposureError, check_listen_address, is_loopback
 from medvl.serve.image_urls import shrink
 from medvl.serve.session import ContextOverflow, check_answer_room, fit_context, sampling_settings, user_turn
 
@@ -50,7 +48,7 @@ TITLE = "medvl — medical vision-language assistant (research preview)"
 
 
 class WebUIConfigError(UserError, ValueError):
-    """A login variable, listen address or port the page cannot start with (the message says which)."""
+    """A login variable or an IPv6 address the page cannot start with (the message says which)."""
 
 
 def login_from_env(variable: str) -> tuple[str, str] | None:
@@ -66,21 +64,11 @@ def login_from_env(variable: str) -> tuple[str, str] | None:
     return user, password
 
 
-def check_listen_address(host: str, port: int) -> None:
-    """Refuse, before the model loads, an address Gradio cannot serve or a port that is taken."""
+def refuse_ipv6(host: str) -> None:
+    """Gradio builds its URLs without brackets, so it cannot serve an IPv6 address (`medvl serve` can)."""
     if ":" in host:
         raise WebUIConfigError(f"the web UI cannot listen on the IPv6 address {host!r} (Gradio builds its URLs "
                                "without brackets); use 127.0.0.1, or 0.0.0.0 with a login")
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a closing socket is no obstacle
-        try:
-            probe.bind((host, port))
-        except socket.gaierror as exc:
-            raise WebUIConfigError(f"cannot listen on {host!r}: {exc.strerror}") from None
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise WebUIConfigError(f"port {port} on {host} is in use; choose another with --port") from None
-            raise WebUIConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 class _Refused(ValueError):
@@ -216,11 +204,12 @@ def launch(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, dty
 
     Like `medvl serve`, it refuses a non-loopback host without a login (`auth`), and it applies
     serve's image limits (`policy`, default `ImagePolicy()`). The address and port are checked
-    before the model loads (`check_listen_address`).
+    before the model loads (`refuse_ipv6`, then serve's `check_listen_address`).
     """
     if not is_loopback(host) and auth is None:
         raise UnsafeExposureError(f"refusing to serve the web UI on {host!r} without a login: set "
                                   "user:password in the auth environment variable, or use 127.0.0.1")
+    refuse_ipv6(host)
     check_listen_address(host, port)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     policy = policy or ImagePolicy()
