@@ -389,3 +389,21 @@ def test_projector_lr_with_deepspeeds_own_optimizer_is_refused(train_config):
     _check_projector_lr(trainer({"optimizer": {"type": "AdamW"}}), train_config())  # no projector_lr: nothing to lose
     with pytest.raises(ConfigError, match="the DeepSpeed config has an `optimizer` section"):
         _check_projector_lr(trainer({"optimizer": {"type": "AdamW"}}), config)
+
+
+def test_every_file_of_a_run_follows_the_umask(train_config, tmp_path):
+    """Checkpoints included: safetensors writes its files 0600, so a run in a shared folder could not be resumed
+    or evaluated by the team (everything else medvl writes is 0666 less the umask)."""
+    import os
+    import stat
+
+    previous = os.umask(0o002)
+    try:
+        config = train_config(tmp_path / "run", optim__max_steps=2)
+        run_training(config)
+    finally:
+        os.umask(previous)
+    modes = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode))
+             for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert any("checkpoint-2/" in name and name.endswith(".safetensors") for name in modes), modes
+    assert {name: mode for name, mode in modes.items() if mode != oct(0o664)} == {}

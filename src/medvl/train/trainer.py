@@ -3,7 +3,8 @@
 - `MedvlTrainer`: transformers' `Trainer` plus throughput metrics (tokens/s, images/s, MFU at every
   logging step), epochs padded to whole global batches, no step past `max_steps`, a resume that maps
   LLaVA's saved key names, the loss computed on supervised positions only (`next_token_loss`), and
-  the projector optionally at a learning rate of its own (`split_projector_groups`).
+  the projector optionally at a learning rate of its own (`split_projector_groups`), and the weights
+  of each checkpoint given the mode of every file medvl writes (`medvl.io.files.share_weights`).
 - `training_arguments(config)`: the `TrainingArguments` of a `TrainConfig` (precision resolved by
   `resolved_precision`; `compute_dtype` is the dtype its matmuls run in); `is_sharded(trainer)`: are
   the weights partitioned across processes (ZeRO-3 / FSDP).
@@ -23,6 +24,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from medvl.config import ConfigError
+from medvl.io.files import share_weights
 from medvl.model.dtypes import torch_dtype
 from medvl.train.config import TrainConfig
 from medvl.train.dataset import STAT_KEYS, epoch_sampler
@@ -148,6 +150,13 @@ class MedvlTrainer(Trainer):
             return
         saved = type(target).from_pretrained(resume_from_checkpoint, dtype=next(target.parameters()).dtype)
         target.load_state_dict(saved.state_dict())  # strict: a key mismatch is an error, not a restart
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """The Trainer's save of the weights (a checkpoint's too), then their mode made 0666 less the umask:
+        safetensors writes them 0600, so a run in a shared folder could be resumed or evaluated by its owner only."""
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            share_weights(output_dir if output_dir is not None else self.args.output_dir)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._window_start is not None:
