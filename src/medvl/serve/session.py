@@ -65,11 +65,24 @@ def fit_context(generator: Generator, messages: list[dict[str, Any]], images: li
         if prompt <= limit:
             return system + turns, images, dropped
         if len(turns) <= 1:
-            raise ContextOverflow(f"the question and its images take {prompt} tokens; with max_new_tokens="
-                                  f"{max_new_tokens} the model's context allows {limit}")
+            raise _overflow(generator, system, turns, images, prompt, limit, max_new_tokens)
         cut = 2 if len(turns) > 2 and turns[1]["role"] == "assistant" else 1
         images = images[message_image_count(turns[:cut]):]
         turns, dropped = turns[cut:], dropped + 1
+
+
+def _overflow(generator: Generator, system: list[dict[str, Any]], question: list[dict[str, Any]], images: list[Any],
+              prompt: int, limit: int, max_new_tokens: int) -> ContextOverflow:
+    """The error for a prompt of `prompt` tokens over `limit`, naming the system prompt when it is what
+    does not fit (the question with its images alone would)."""
+    allowed = f"with max_new_tokens={max_new_tokens} the model's context allows {limit} prompt tokens"
+    if system:
+        alone = len(generator.encode([question], [images])["input_ids"][0])
+        if alone <= limit:
+            return ContextOverflow(f"the system prompt is too long for the model's context: it takes "
+                                   f"{prompt - alone} tokens, the question {alone}; {allowed}")
+        prompt = alone
+    return ContextOverflow(f"the question and its images take {prompt} tokens; {allowed}")
 
 
 @dataclass
