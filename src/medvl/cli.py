@@ -19,8 +19,13 @@ import typer
 
 from medvl.errors import UserError
 
-# the HTTP clients under openai (httpx; httpx2 for openai 3) log every request at INFO
-QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2")
+# Libraries' internals are kept off the console (medvl's own progress bars and log lines, and the
+# libraries' warnings, stay): at INFO the HTTP clients under openai (httpx; httpx2 for openai 3) log
+# every request and sentence-transformers each model it loads ...
+QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "sentence_transformers")
+# ... and transformers draws a bar for loading and for saving weights (off through huggingface_hub's
+# switch, which both read when they load; `HF_HUB_DISABLE_PROGRESS_BARS=0` brings the bars back).
+QUIET_ENVIRONMENT = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
 COMMAND_MODULES = (
     "medvl.model.cli",  # build, convert, prior
     "medvl.curate.cli",  # curate ...
@@ -46,9 +51,7 @@ def build_app() -> typer.Typer:
 
 def main() -> None:
     logging.basicConfig(level=os.environ.get("MEDVL_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
-    for chatty in QUIET_LOGGERS:  # one INFO line per HTTP request: noise at medvl's default level
-        logging.getLogger(chatty).setLevel(logging.WARNING)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_library_internals()
     errors = _click_exceptions()
     try:
         code = build_app()(prog_name="medvl", standalone_mode=False)  # click's errors come here, not to a boxed panel
@@ -65,6 +68,15 @@ def main() -> None:
     except typer.Abort:  # end of input or Ctrl-C at a prompt (typer's own class: its click copy has none)
         _fail("aborted", 1)
     raise SystemExit(code if isinstance(code, int) else 0)  # typer.Exit(n) comes back as n; a command returns None
+
+
+def quiet_library_internals() -> None:
+    """Keep libraries' progress bars and INFO lines off the console: before any of them loads (the
+    commands import them), so nothing is imported here. A variable the user has set is kept."""
+    for chatty in QUIET_LOGGERS:
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
 
 
 def _click_exceptions() -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -29,6 +30,19 @@ def test_build_command_saves_a_model(tmp_path, smol_tokenizer):
     result = CliRunner().invoke(build_app(), ["build", str(spec), str(tmp_path / "m"), "projector=linear"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "m" / "config.json").is_file() and "saved" in result.output
+
+
+def test_build_prints_only_its_own_line(tmp_path, smol_tokenizer):
+    """No library noise: transformers' 'Writing model shards' bar, or its advice to install torchvision
+    (medvl builds the PIL image processor by name; torchvision is not a dependency)."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"text: {{tokenizer: '{smol_tokenizer}', hidden_size: 64, num_layers: 1, num_heads: 2, "
+                    "intermediate_size: 64}\nvision: {image_size: 32, patch_size: 8, hidden_size: 32, num_layers: 1, "
+                    "num_heads: 2, intermediate_size: 64}\n")
+    environment = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    result = subprocess.run([sys.executable, "-m", "medvl.cli", "build", str(spec), str(tmp_path / "m")],
+                            capture_output=True, text=True, timeout=300, env=environment)
+    assert result.returncode == 0 and result.stderr == "" and result.stdout.startswith("saved "), result.stderr
 
 
 def test_build_command_names_a_bad_key(tmp_path, smol_tokenizer):
@@ -91,9 +105,25 @@ def test_an_unexpected_exception_keeps_its_own_traceback_alone(monkeypatch):
     assert raised.value.__context__ is None  # no second exception raised while matching the except clauses
 
 
-def test_http_clients_do_not_log_each_request(medvl):
+def test_http_clients_and_sentence_transformers_do_not_log_at_info(medvl):
     import logging
 
     assert medvl("eval", "list").code == 0
-    for name in ("httpx", "httpx2"):  # openai's transport: one INFO line per request (curate label: per image)
+    # openai's transport: one INFO line per request (curate label: per image); sentence-transformers: the model
+    # each caption filter loads
+    for name in ("httpx", "httpx2", "sentence_transformers"):
         assert logging.getLogger(name).level >= logging.WARNING  # whatever level the root logger has
+
+
+def test_loading_a_model_draws_no_library_progress_bar(tiny_model_dir):
+    """transformers' "Loading weights" bar is off from the start of the command (a fresh process, as a user
+    runs it: the switch is read when transformers loads); HF_HUB_DISABLE_PROGRESS_BARS=0 brings it back."""
+    from medvl.model.checkpoint import DISCLAIMER
+
+    command = [sys.executable, "-m", "medvl.cli", "chat", str(tiny_model_dir), "-q", "Hi", "--max-new-tokens", "2"]
+    environment = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    quiet = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+    assert quiet.returncode == 0 and quiet.stderr.strip() == DISCLAIMER, quiet.stderr
+    asked = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                           env={**environment, "HF_HUB_DISABLE_PROGRESS_BARS": "0"})
+    assert asked.returncode == 0 and "Loading weights" in asked.stderr, asked.stderr

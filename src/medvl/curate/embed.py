@@ -104,15 +104,12 @@ def make_lm_embedder(
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    verbosity, progress = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the unused deeper layers' weights are expected
-    hf_logging.disable_progress_bar()
     try:
         model = AutoModel.from_pretrained(folder, num_hidden_layers=layer, dtype=torch.float32).eval()
     finally:
         hf_logging.set_verbosity(verbosity)
-        if progress:
-            hf_logging.enable_progress_bar()
 
     def embed(texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), model.config.hidden_size), np.float32)

@@ -24,7 +24,7 @@ from transformers import (
     GenerationConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
-    LlavaImageProcessor,
+    LlavaImageProcessorPil,
     LlavaProcessor,
     SiglipVisionConfig,
 )
@@ -82,7 +82,7 @@ def build_processor(spec: ModelSpec, tokenizer: Any, image_mean: list[float] | N
     """Image processor (pad-to-square option, resize, normalise) + tokenizer + chat template."""
     clip = spec.vision.family == "clip"
     size = image_size or spec.vision.image_size
-    image_processor = LlavaImageProcessor(
+    image_processor = LlavaImageProcessorPil(  # the PIL backend whether or not torchvision is installed
         do_pad=spec.pad_to_square,
         size={"shortest_edge": size},
         crop_size={"height": size, "width": size},
