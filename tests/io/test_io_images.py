@@ -192,6 +192,10 @@ def test_decompression_bombs_fail_before_decoding(recwarn):
     assert image_size(png_declaring(9_000, 9_000)) == (9_000, 9_000)
     # 100 MP under a raised max_pixels: PIL's warning becomes our error, not a warning.
     assert reason_of(png_declaring(10_000, 10_000), max_pixels=10**9) == "too_large"
+    with pytest.raises(ImageLoadError) as caught:  # the line says whose limit it is, and that max_pixels won't lift it
+        load_image(png_declaring(10_000, 10_000), max_pixels=10**9)
+    assert caught.value.detail == (f"100000000 pixels exceeds Pillow's limit of {Image.MAX_IMAGE_PIXELS} "
+                                   "(PIL.Image.MAX_IMAGE_PIXELS, which max_pixels does not raise)")
     assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
 
 

@@ -18,7 +18,8 @@ Choices made here, applied the same way everywhere:
 - Decompression bombs: width*height from the header is checked against `max_pixels`
   (`DEFAULT_MAX_PIXELS` = 64 MP: a 8000x8000 scan passes) before any pixel is decoded. PIL's
   own limit (`Image.MAX_IMAGE_PIXELS`, about 89 MP; beyond twice that it raises) also stays in
-  force: its warning is turned into `too_large` for the duration of the call, never globally.
+  force: its warning is turned into `too_large` for the duration of the call, never globally, and
+  the message says that `max_pixels` does not raise it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import base64
 import binascii
 import io
 import os
+import re
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -232,7 +234,9 @@ def _failures_mapped(fp: BinaryIO, name: str) -> Iterator[None]:
         yield
     except ImageLoadError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(name, "too_large", _pillow_limit_detail(exc)) from exc
+    except MemoryError as exc:
         raise ImageLoadError(name, "too_large", str(exc) or type(exc).__name__) from exc
     except UnidentifiedImageError as exc:
         if _head(fp).startswith(_MAGIC):
@@ -242,6 +246,16 @@ def _failures_mapped(fp: BinaryIO, name: str) -> Iterator[None]:
         text = f"{type(exc).__name__}: {exc}"
         truncated = isinstance(exc, EOFError) or "truncated" in str(exc).lower()
         raise ImageLoadError(name, "truncated" if truncated else "corrupt", text) from exc
+
+
+def _pillow_limit_detail(exc: Exception) -> str:
+    """Pillow's bomb message in medvl's words: the pixels, Pillow's limit, and that `max_pixels` cannot lift it."""
+    found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+) pixels", str(exc))
+    if found is None:
+        return str(exc)
+    pixels, limit = found.groups()
+    return (f"{pixels} pixels exceeds Pillow's limit of {limit} (PIL.Image.MAX_IMAGE_PIXELS, which max_pixels "
+            "does not raise)")
 
 
 @contextmanager
