@@ -157,3 +157,16 @@ def test_real_slake_questions_without_images(shared_dir):
     assert len(data) > 0 and all(i.meta["lang"] == "en" for i in data.items)
     assert len(data.missing_images) == len(data)  # no images shipped: every question reported, none dropped
     assert "image folder" in data.summary()
+
+
+@pytest.mark.parametrize("name,folder,file", [
+    ("vqa_rad", "vqa_rad", None), ("slake", "slake", None), ("pmc_vqa", "pmc_vqa", None),
+    ("omnimedvqa", "omnimedvqa", None), ("huatuo_eval", "huatuo", None), ("llava_jsonl", "llava", "eval.jsonl"),
+])
+def test_image_paths_keep_the_symlinked_folder_the_user_named(tmp_path, name, folder, file):
+    # data on scratch storage is often reached through a link; predictions and records show that path
+    linked = tmp_path / "linked"
+    linked.symlink_to(FIXTURES / folder, target_is_directory=True)
+    data = load_benchmark(name, linked / file if file else linked)
+    images = [p for item in data.items for p in item.images]
+    assert images and all(p.startswith(str(linked) + "/") for p in images), images[:2]

@@ -33,6 +33,7 @@ __all__ = [
     "find_path",
     "finish",
     "image_cache_dir",
+    "image_path",
     "missing_field",
     "one_of",
     "open_closed_item",
@@ -173,6 +174,12 @@ def image_cache_dir(benchmark: str, source: Path, override: str | Path | None) -
     return base / "eval-images" / benchmark / tag
 
 
+def image_path(path: Path) -> str:
+    """An item's image path: absolute, with the symlinks the user named kept (not resolved to their
+    targets), so predictions and records show the folder the user gave."""
+    return os.path.abspath(path)
+
+
 def extract_image_bytes(data: bytes | None, name_hint: str | None, folder: Path) -> str | None:
     """Write embedded image bytes to `folder/<sha1><ext>` (once) and return the absolute path."""
     if not data:
@@ -184,7 +191,7 @@ def extract_image_bytes(data: bytes | None, name_hint: str | None, folder: Path)
         from medvl.io.files import atomic_write_bytes
 
         atomic_write_bytes(path, data)
-    return str(path.resolve())
+    return image_path(path)
 
 
 def find_path(root: Path, candidates: Iterable[str], what: str) -> Path:
@@ -274,7 +281,7 @@ def open_closed_item(row: dict[str, Any], index: int, rejects: list[dict[str, st
         question=str(row["question"]).strip(),
         answer=answer,
         answer_type="closed" if kind == "CLOSED" else "open",
-        images=[str((image_dir / row[image_key]).resolve())],
+        images=[image_path(image_dir / row[image_key])],
         meta={**meta, "yes_no": yes_no_answer(answer) is not None},
     )
 

@@ -20,6 +20,7 @@ from medvl.benchmarks.base import (
     VQAItem,
     find_path,
     finish,
+    image_path,
     missing_field,
     read_json_rows,
     some_of,
@@ -60,7 +61,7 @@ def load(root: Path, split: str = "test", datasets: str | Sequence[str] | None =
         items.append(VQAItem(
             id=item_id, benchmark="huatuo_eval", split="test", question=str(row["question"]),
             answer=answer, answer_type="choice" if options else "open",
-            images=[str((folder / p).resolve()) for p in images], options=options,
+            images=[image_path(folder / p) for p in images], options=options,
             meta={"dataset": dataset, "subset": row.get("subset", ""), "question_type": row.get("question_type", "")},
         ))
     notes = [(f"{unknown_answers} choice rows whose answer is not one of the options (scored wrong, as the "

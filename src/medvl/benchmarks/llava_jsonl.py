@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medvl.benchmarks.base import BenchmarkData, BenchmarkError, VQAItem, finish, yes_no_answer
+from medvl.benchmarks.base import BenchmarkData, BenchmarkError, VQAItem, finish, image_path, yes_no_answer
 from medvl.benchmarks.registry import register_benchmark
 from medvl.io.jsonl import JsonlLineError, iter_jsonl
 from medvl.records import IMAGE_TAG, ROLE_OF, record_images, record_problems
@@ -52,7 +52,7 @@ def load(root: Path, split: str = "test", image_folder: str | None = None) -> Be
             continue
         items.append(VQAItem(
             id=record_id, benchmark="llava_jsonl", split=split, question=question, answer=answer,
-            answer_type=kind, images=[str((folder / p).resolve()) for p in record_images(record)], options=options,
+            answer_type=kind, images=[image_path(folder / p) for p in record_images(record)], options=options,
             meta={k: v for k, v in record.items() if k not in KNOWN},
         ))
     return finish("llava_jsonl", split, root, items, rejects=rejects)

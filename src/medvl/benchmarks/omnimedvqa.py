@@ -17,6 +17,7 @@ from medvl.benchmarks.base import (
     BenchmarkError,
     VQAItem,
     finish,
+    image_path,
     one_of,
     read_json_rows,
     split_name,
@@ -50,7 +51,7 @@ def load(root: Path, split: str = "test", access: str = "open") -> BenchmarkData
                 continue
             items.append(VQAItem(
                 id=item_id, benchmark="omnimedvqa", split="test", question=str(row.get("question", "")).strip(),
-                answer=answer, answer_type="choice", images=[str((root / row["image_path"]).resolve())],
+                answer=answer, answer_type="choice", images=[image_path(root / row["image_path"])],
                 options=options,
                 meta={"question_type": row.get("question_type", ""), "modality": row.get("modality_type", ""),
                       "dataset": row.get("dataset", file.stem), "access": file.parent.name},

@@ -26,6 +26,7 @@ from medvl.benchmarks.base import (
     extract_image_bytes,
     finish,
     image_cache_dir,
+    image_path,
     missing_field,
     read_parquet_rows,
     split_name,
@@ -89,7 +90,7 @@ def _load_pickle(root: Path, split: str) -> BenchmarkData:
             rejects.append({"id": item_id, "reason": problem, "detail": repr(rows[index])[:200]})
             continue
         image = root / "images" / split / f"{row['image']}.jpg"
-        items.append(_item(item_id, split, row["question"], row["answer"], str(image.resolve()),
+        items.append(_item(item_id, split, row["question"], row["answer"], image_path(image),
                            {"image_id": str(row["image"])}))
     return finish("pathvqa", split, root, items, rejects=rejects)
 

@@ -16,7 +16,7 @@ import csv
 import re
 from pathlib import Path
 
-from medvl.benchmarks.base import LETTERS, BenchmarkData, BenchmarkError, VQAItem, find_path, finish
+from medvl.benchmarks.base import LETTERS, BenchmarkData, BenchmarkError, VQAItem, find_path, finish, image_path
 from medvl.benchmarks.registry import register_benchmark
 
 CHOICE_COLUMNS = ("Choice A", "Choice B", "Choice C", "Choice D")
@@ -45,7 +45,7 @@ def load(root: Path, split: str = "test", csv_file: str | None = None) -> Benchm
         items.append(VQAItem(
             id=item_id, benchmark="pmc_vqa", split=split, question=(row.get("Question") or "").strip(),
             answer=options[LETTERS.index(letter)], answer_type="choice",
-            images=[str((image_dir / figure).resolve())], options=options, meta={"figure": figure},
+            images=[image_path(image_dir / figure)], options=options, meta={"figure": figure},
         ))
     return finish("pmc_vqa", split, folder, items, notes=[f"questions from {path.name}"], rejects=rejects)
 
