@@ -81,7 +81,8 @@ def test_webui_applies_serves_image_limits(generator, tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("setup,args,expected", [
     ({"MEDVL_WEBUI_AUTH": "alice"}, [], "$MEDVL_WEBUI_AUTH must be user:password"),  # not a page without login
     ({"MEDVL_WEBUI_AUTH": "alice:"}, ["--host", "0.0.0.0"], "$MEDVL_WEBUI_AUTH must be user:password"),
-    ({"MEDVL_WEBUI_AUTH": "a:long-password"}, ["--host", "::1"], "cannot listen on the IPv6 address '::1'"),
+    ({"MEDVL_WEBUI_AUTH": "alice:hunter2"}, ["--host", "0.0.0.0"], "has 7 characters; use at least 16"),
+    ({"MEDVL_WEBUI_AUTH": "a:a-long-password-here"}, ["--host", "::1"], "cannot listen on the IPv6 address '::1'"),
     ({}, ["--port", "taken"], "is in use; choose another with --port"),
 ])
 def test_webui_refuses_what_gradio_would_fail_on_in_one_line(setup, args, expected, tmp_path, monkeypatch, medvl):

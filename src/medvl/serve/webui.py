@@ -35,7 +35,8 @@ from medvl.errors import UserError
 from medvl.io.images import ImageLoadError, load_image
 from medvl.model.checkpoint import DISCLAIMER
 from medvl.model.generate import GenerationSettings, Generator, context_length, load_generator
-from medvl.serve.config import ImagePolicy, UnsafeExposureError, check_listen_address, is_loopback
+from medvl.serve.config import (MIN_API_KEY_CHARS, ImagePolicy, UnsafeExposureError, check_listen_address,
+                                is_loopback)
 from medvl.serve.image_urls import shrink
 from medvl.serve.session import ContextOverflow, check_answer_room, fit_context, sampling_settings, user_turn
 
@@ -53,7 +54,8 @@ class WebUIConfigError(UserError, ValueError):
 
 def login_from_env(variable: str) -> tuple[str, str] | None:
     """(user, password) from the environment variable `variable`; None when it is unset or empty.
-    Set to anything but `user:password` (both non-empty) is an error, not a page without a login."""
+    Set to anything but `user:password` (both non-empty) is an error, not a page without a login; a
+    password shorter than serve's API key minimum (`MIN_API_KEY_CHARS`) is refused like a short key."""
     value = os.environ.get(variable, "")
     if not value:
         return None
@@ -61,6 +63,9 @@ def login_from_env(variable: str) -> tuple[str, str] | None:
     if not (sep and user and password):
         raise WebUIConfigError(f"${variable} must be user:password (both non-empty); unset it to serve "
                                "without a login on 127.0.0.1")
+    if len(password) < MIN_API_KEY_CHARS:
+        raise WebUIConfigError(f"the password in ${variable} has {len(password)} characters; use at least "
+                               f"{MIN_API_KEY_CHARS}, as for serve's API key (for example `openssl rand -hex 12`)")
     return user, password
 
 
