@@ -139,6 +139,17 @@ def test_system_prompt_and_disclaimer_note(serve, generator):
     assert answer == f"{plain[0].text}\n\n({DISCLAIMER})"
 
 
+def test_a_system_prompt_that_leaves_no_room_is_refused_at_start(serve):
+    from medvl.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"system_prompt is too long: with a one-word question it takes \d+ prompt "
+                                          r"tokens, over the 40 allowed \(limits.max_prompt_tokens=40"):
+        with serve(system_prompt="You are a careful radiology assistant. " * 10, limits={"max_prompt_tokens": 40}):
+            pass
+    with serve(system_prompt="Be brief.", limits={"max_prompt_tokens": 40}):
+        pass  # a short one starts
+
+
 @pytest.mark.parametrize("body,status,code", [
     ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "unsupported_parameter"),
     ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "logprobs": True}, 400,

@@ -35,6 +35,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
+from medvl.config import ConfigError
 from medvl.engine import Engine, EngineNotServable, Reply
 from medvl.model.checkpoint import DISCLAIMER
 from medvl.serve.admission import Admission
@@ -81,6 +82,7 @@ def create_app(engine: Engine, config: ServeConfig, resolver: ImageResolver | No
     limits = config.limits
     context = engine.context_length
     admission = Admission(engine.processor, limits)
+    _check_system_prompt(config, admission, context)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -164,6 +166,21 @@ def create_app(engine: Engine, config: ServeConfig, resolver: ImageResolver | No
         return JSONResponse(completion.model_dump(), headers=DISCLAIMER_HEADERS)
 
     return app
+
+
+def _check_system_prompt(config: ServeConfig, admission: Admission, context: int) -> None:
+    """Refuse at start a `system_prompt` that leaves no room for a one-word question at the default
+    `max_tokens` (every request without its own system message would get a 400)."""
+    if not config.system_prompt:
+        return
+    limit = min(config.limits.max_prompt_tokens, context - config.limits.default_max_tokens)
+    messages = [{"role": "system", "content": config.system_prompt}, {"role": "user", "content": "Why?"}]
+    tokens = admission.prompt_tokens(messages, [])
+    if tokens > limit:
+        raise ConfigError(f"system_prompt is too long: with a one-word question it takes {tokens} prompt tokens, "
+                          f"over the {limit} allowed (limits.max_prompt_tokens={config.limits.max_prompt_tokens}, the "
+                          f"model's context {context} less limits.default_max_tokens="
+                          f"{config.limits.default_max_tokens}); shorten it")
 
 
 async def drain(app: FastAPI, grace_s: float) -> None:
