@@ -195,3 +195,26 @@ def test_real_vqa_rad_file_without_phrase_type(shared_dir, tmp_path, medvl):
         [{k: v for k, v in row.items() if k != "phrase_type"} for row in rows]))
     result = medvl("eval", "inspect", "vqa_rad", tmp_path)
     assert result.code == 2 and "no row has a phrase_type" in result.err and result.err.count("\n") == 1
+
+
+@pytest.mark.shared_data
+def test_real_vqa_rad_rows_with_lists_objects_and_numbers(shared_dir, tmp_path, medvl):
+    """Fields of the wrong JSON type in the real file: a list question, an object answer, a numeric image
+    name. The first two are rejects (`bad_question`, `bad_answer`), never "['...']" as text; the number
+    is a file name like any other; none is a traceback."""
+    rows = json.loads((shared_dir / "data" / "vqa-rad" / "VQA_RAD Dataset Public.json").read_text())
+    test = [row for row in rows if row["phrase_type"] in ("test_freeform", "test_para")]
+    test[0]["question"], test[1]["answer"], test[2]["image_name"] = [test[0]["question"]], {"a": 1}, 5
+    (tmp_path / "VQA_RAD Dataset Public.json").write_text(json.dumps(test))
+    data = load_benchmark("vqa_rad", tmp_path)
+    assert sorted(r["reason"] for r in data.rejects) == ["bad_answer", "bad_question"]
+    assert len(data) == len(test) - 2 and str(test[2]["qid"]) in data.missing_images
+    assert all(not item.question.startswith("[") for item in data.items)
+
+
+def test_inspect_of_a_split_whose_every_row_is_rejected_exits_2(tmp_path, medvl):
+    root = copy_fixture("slake", tmp_path)
+    rewrite_json(root / "test.json", lambda rows: [{k: v for k, v in row.items() if k != "question"} for row in rows])
+    result = medvl("eval", "inspect", "slake", root, "--option", "lang=all")
+    assert "rows could not be read" in result.out  # the summary still says why
+    assert result.code == 2 and result.err.count("\n") == 1 and "no usable question" in result.err

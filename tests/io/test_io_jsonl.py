@@ -143,3 +143,16 @@ def test_an_output_path_blocked_by_a_file_or_a_folder_is_a_user_error(tmp_path):
     with pytest.raises(OutputPathError, match="is a file, not a folder"):
         JsonlAppender(blocker / "rows.jsonl")
     assert blocker.read_text() == "x"
+
+
+def test_a_folder_on_a_read_only_file_system_is_one_output_path_error(tmp_path, monkeypatch):
+    """EROFS (or ENOSPC, or ENOENT under /proc) from mkdir: one line naming the folder, not an OSError."""
+    import errno
+    from pathlib import Path
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(OutputPathError, match=r"out: cannot create this folder \(Read-only file system\)"):
+        ensure_folder(tmp_path / "out")

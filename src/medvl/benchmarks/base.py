@@ -248,17 +248,26 @@ def read_parquet_rows(path: Path, columns: Sequence[str] | None = None) -> list[
 
 
 def text_field(row: dict[str, Any], key: str) -> str | None:
-    """`row[key]` as stripped text (numbers become text), or None when it is absent, null or blank."""
+    """`row[key]` as stripped text (numbers become text), or None when it is absent, null, blank or not
+    text at all (a list, an object, true/false: what `missing_field` calls `bad_<key>`)."""
     value = row.get(key)
-    if value is None:
+    if value is None or not _is_text(value):
         return None
     text = str(value).strip()
     return text or None
 
 
+def _is_text(value: Any) -> bool:
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+
+
 def missing_field(row: dict[str, Any], keys: Sequence[str]) -> str | None:
-    """The reject reason `no_<key>` for the first of `keys` that is absent, null or blank; None when all are there."""
-    return next((f"no_{key}" for key in keys if text_field(row, key) is None), None)
+    """The reject reason for the first of `keys` that is unusable: `no_<key>` when it is absent, null or
+    blank, `bad_<key>` when it is not text (a list, an object); None when all are there."""
+    for key in keys:
+        if text_field(row, key) is None:
+            return f"bad_{key}" if row.get(key) is not None and not _is_text(row[key]) else f"no_{key}"
+    return None
 
 
 def open_closed_item(row: dict[str, Any], index: int, rejects: list[dict[str, str]], *, benchmark: str, split: str,
@@ -273,15 +282,15 @@ def open_closed_item(row: dict[str, Any], index: int, rejects: list[dict[str, st
     if problem:
         rejects.append({"id": qid, "reason": problem, "detail": f"answer_type={kind!r}"})
         return None
-    answer = str(row["answer"]).strip()
+    answer = str(text_field(row, "answer"))
     return VQAItem(
         id=qid,
         benchmark=benchmark,
         split=split,
-        question=str(row["question"]).strip(),
+        question=str(text_field(row, "question")),
         answer=answer,
         answer_type="closed" if kind == "CLOSED" else "open",
-        images=[image_path(image_dir / row[image_key])],
+        images=[image_path(image_dir / str(text_field(row, image_key)))],
         meta={**meta, "yes_no": yes_no_answer(answer) is not None},
     )
 

@@ -86,7 +86,7 @@ def inspect_benchmark(
     option: list[str] | None = typer.Option(None, help="loader option key=value (YAML value), repeatable"),
 ) -> None:
     """Load a benchmark and report its size, answer types, missing images and unreadable rows."""
-    from medvl.benchmarks import load_benchmark
+    from medvl.benchmarks import BenchmarkError, load_benchmark
     from medvl.config import ConfigError, parse_value
 
     options = {}
@@ -95,7 +95,11 @@ def inspect_benchmark(
         if not sep or not key.strip():
             raise ConfigError(f"--option {item!r}: give key=value (e.g. --option lang=en)")
         options[key.strip()] = parse_value(raw, f"--option {item}")
-    typer.echo(load_benchmark(name, root, split, **options).summary())
+    data = load_benchmark(name, root, split, **options)
+    typer.echo(data.summary())
+    if not data.items:  # every row unreadable: the summary says why, and a script must not read it as fine
+        raise BenchmarkError(f"{name} [{split}]: no usable question in {root}: all {len(data.rejects)} rows "
+                             "were rejected (reasons above)")
 
 
 def _judge_config(config: Path, overrides: list[str] | None, folder: Path):

@@ -53,6 +53,9 @@ def ensure_folder(path: str | Path) -> Path:
     except PermissionError:
         raise OutputPathError(f"{path}: permission denied creating this folder; choose a folder you "
                               "can write to") from None
+    except OSError as exc:  # a read-only file system, a full disk, a path under /proc
+        raise OutputPathError(f"{path}: cannot create this folder ({exc.strerror or exc}); choose a folder you "
+                              "can write to") from None
     return path
 
 
