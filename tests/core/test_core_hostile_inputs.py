@@ -130,7 +130,7 @@ def test_judge_inputs_that_are_missing_are_named(medvl, tmp_path):
     _expect_user_error(medvl("eval", "judge-open", tmp_path / "predictions.jsonl", "--config", judge),
                        "predictions.jsonl: no such file")
     _expect_user_error(medvl("eval", "judge-chat", tmp_path / "q.jsonl", tmp_path / "a.jsonl", "--config", judge,
-                             "--out", tmp_path / "judged"), "a.jsonl: no such file")
+                             "--out", tmp_path / "judged"), "q.jsonl: no such file")
 
 
 def test_scoring_a_file_that_is_not_predictions_is_named(medvl, hostile):

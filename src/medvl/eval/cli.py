@@ -124,16 +124,18 @@ def judge_open_command(
     overrides: list[str] | None = typer.Argument(None, help="key=value overrides of the judge config"),
 ) -> None:
     """Ask an LLM whether each open answer matches its reference."""
-    from medvl.eval.judge import judge_open
+    from medvl.eval.judge import judge_open, open_records
     from medvl.io.files import atomic_write_json
     from medvl.io.jsonl import read_records, write_jsonl
 
     path = predictions / "predictions.jsonl" if predictions.is_dir() else predictions
     folder = out or path.parent
-    rows, summary = judge_open(read_records(path), _judge_config(config, overrides, folder))
+    opened = open_records(read_records(path), path)
+    rows, summary = judge_open(opened, _judge_config(config, overrides, folder))
     write_jsonl(folder / "judge_open.jsonl", rows)
     atomic_write_json(folder / "judge_open.json", summary)
     typer.echo(json.dumps(summary, indent=2))
+    _nothing_judged(summary["judged"], summary["failed"], summary["malformed"], folder / "judge_open.jsonl")
 
 
 @eval_app.command("judge-chat")
@@ -145,15 +147,33 @@ def judge_chat_command(
     overrides: list[str] | None = typer.Argument(None, help="key=value overrides of the judge config"),
 ) -> None:
     """LLaVA-Med's GPT-4 chat evaluation: relative scores, both answer orders."""
-    from medvl.eval.judge import judge_chat
+    from medvl.eval.judge import judge_chat, read_chat_answers, read_chat_questions
     from medvl.io.files import atomic_write_json
-    from medvl.io.jsonl import read_records, write_jsonl
+    from medvl.io.jsonl import write_jsonl
 
-    answer_text = {str(r["question_id"]): r.get("text", "") for r in read_records(answers)}
-    rows, summary = judge_chat(read_records(questions), answer_text, _judge_config(config, overrides, out))
+    asked = read_chat_questions(questions)
+    rows, summary = judge_chat(asked, read_chat_answers(answers), _judge_config(config, overrides, out), str(answers))
     write_jsonl(out / "judge_chat.jsonl", rows)
     atomic_write_json(out / "judge_chat.json", summary)
-    typer.echo(json.dumps(summary.get("overall", {}), indent=2))
+    overall = summary["overall"]
+    typer.echo(json.dumps(overall, indent=2))
+    if summary["unanswered"]["n"]:
+        typer.echo(f"{summary['unanswered']['n']} of {len(asked)} questions have no answer in {answers} and were "
+                   f"not judged (listed in {out / 'judge_chat.json'})", err=True)
+    orders = [order for order in ("reference_first", "model_first") if order in overall]
+    _nothing_judged(sum(overall[o]["scored"] for o in orders), sum(overall[o]["failed"] for o in orders),
+                    sum(overall[o]["malformed"] for o in orders), out / "judge_chat.jsonl")
+
+
+def _nothing_judged(judged: int, failed: int, malformed: int, rows: Path) -> None:
+    """A judge that judged nothing ends in one line and exit 2 (its files are written); replies it did get
+    are cached, so running it again pays only for the rest."""
+    from medvl.eval.report import NothingScored
+
+    if not judged:
+        raise NothingScored(f"the judge judged nothing: {failed} requests failed, {malformed} replies had no "
+                            f"verdict (each with its error or raw reply in {rows}); fix the endpoint or the "
+                            "judge model and run the same command again")
 
 
 def register(app: typer.Typer) -> None:

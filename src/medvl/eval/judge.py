@@ -13,6 +13,12 @@ One word, "correct" or "incorrect", on the first line.
 
 A judge reply that cannot be parsed is kept (raw text) and counted as malformed, never a crash;
 a failed request is recorded with its error. Both are left out of the means and reported.
+
+Inputs are checked before the first request (`read_chat_questions`, `read_chat_answers`,
+`open_records`): a row without a field the prompt needs is a `JudgeInputError` naming the file and
+line; a chat question without a model answer is left out and listed (`unanswered`), never judged
+as an empty answer; nothing to judge at all is an error. A judge that judged nothing (every request
+failed, every reply malformed) writes its files, then the command says so and exits 2.
 """
 
 from __future__ import annotations
@@ -20,22 +26,28 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from statistics import fmean
 from typing import Any
 
 from pydantic import Field
 
 from medvl.config import Config
+from medvl.errors import UserError
 from medvl.llm.config import LLMConfig
 
 __all__ = [
     "JudgeConfig",
+    "JudgeInputError",
     "chat_judge_messages",
     "judge_chat",
     "judge_open",
     "open_judge_messages",
+    "open_records",
     "parse_pair_scores",
     "parse_verdict",
+    "read_chat_answers",
+    "read_chat_questions",
 ]
 
 # The system message as LLaVA-Med sends it, stray leading quote included.
@@ -67,6 +79,51 @@ _VERDICT = re.compile(r"\b(incorrect|correct)\b", re.IGNORECASE)
 class JudgeConfig(Config):
     llm: LLMConfig
     both_orders: bool = Field(True, description="chat judge: also score with the model's answer first")
+
+
+class JudgeInputError(UserError, ValueError):
+    """A questions, answers or predictions file a judge cannot read; names the file (and line) and the fix."""
+
+
+def _checked_rows(path: Path, keys: Sequence[str], what: str) -> list[dict[str, Any]]:
+    """The rows of a JSONL/JSON file, each holding every one of `keys`; else one error naming the line."""
+    from medvl.io.jsonl import read_records
+
+    rows = read_records(path)
+    for number, row in enumerate(rows, start=1):
+        absent = [key for key in keys if row.get(key) is None]
+        if absent:
+            raise JudgeInputError(f"{path}: record {number} has no {', '.join(map(repr, absent))}; {what}")
+    if not rows:
+        raise JudgeInputError(f"{path}: no records; {what}")
+    return rows
+
+
+def read_chat_questions(path: Path) -> list[dict[str, Any]]:
+    """LLaVA-Med's chat questions (`llava_med_eval_qa50_qa.jsonl`): each with question_id, text, gpt4_answer."""
+    return _checked_rows(path, ("question_id", "text", "gpt4_answer"),
+                         "give LLaVA-Med's questions file (question_id, text, gpt4_answer, fig_caption, ...)")
+
+
+def read_chat_answers(path: Path) -> dict[str, str]:
+    """The model's answers by question id (a JSONL of question_id, text)."""
+    rows = _checked_rows(path, ("question_id", "text"), "give the model's answers as JSONL rows of question_id, text")
+    return {str(row["question_id"]): str(row["text"]) for row in rows}
+
+
+def open_records(records: Sequence[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
+    """The open items of a predictions file, each with the question and reference the judge is shown."""
+    opened = [r for r in records if r.get("answer_type") == "open"]
+    if not opened:
+        kinds = ", ".join(sorted({str(r.get("answer_type")) for r in records})) or "no"
+        raise JudgeInputError(f"{path}: no open question to judge ({len(records)} items: {kinds} questions); "
+                              "judge-open judges the open items of a predictions.jsonl")
+    for record in opened:
+        absent = [key for key in ("id", "question", "answer") if record.get(key) is None]
+        if absent:
+            raise JudgeInputError(f"{path}: item {record.get('id')!r} has no {', '.join(map(repr, absent))}; "
+                                  "give the predictions.jsonl that `medvl eval run` wrote")
+    return opened
 
 
 def chat_judge_messages(question: str, answer1: str, answer2: str, caption: str = "", label: str = "",
@@ -105,17 +162,24 @@ def _send(llm: LLMConfig, conversations: list[list[dict[str, Any]]]) -> list[tup
     return [(None, str(r)) if isinstance(r, LLMError) else (r.text, None) for r in results]
 
 
-def judge_chat(questions: Sequence[dict[str, Any]], answers: dict[str, str], config: JudgeConfig
-               ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def judge_chat(questions: Sequence[dict[str, Any]], answers: dict[str, str], config: JudgeConfig,
+               source: str = "answers") -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score model answers (by question_id) against LLaVA-Med-format questions; returns (rows, summary).
 
     A question row has `question_id`, `text`, `gpt4_answer`, `fig_caption`, `fig_label`,
-    `in_text_mention`, `type` and `domain` (a string, or LLaVA-Med's dict of booleans).
+    `in_text_mention`, `type` and `domain` (a string, or LLaVA-Med's dict of booleans). Questions
+    without an answer are not judged; the summary lists them (`unanswered`), and when no question has
+    one the error names `source` (the answers file).
     """
     orders = ["reference_first", "model_first"] if config.both_orders else ["reference_first"]
+    unanswered = [str(q["question_id"]) for q in questions if str(q["question_id"]) not in answers]
+    answered = [q for q in questions if str(q["question_id"]) in answers]
+    if not answered:
+        raise JudgeInputError(f"{source}: none of the {len(questions)} questions has an answer (no question_id matches, "
+                              f"e.g. {unanswered[:3]}); give the answers to these questions")
     conversations, rows = [], []
-    for q in questions:
-        answer = answers.get(str(q["question_id"]), "")
+    for q in answered:
+        answer = answers[str(q["question_id"])]
         context = {"caption": q.get("fig_caption", ""), "label": q.get("fig_label", ""),
                    "mention": q.get("in_text_mention", "")}
         pairs = {"reference_first": (q["gpt4_answer"], answer), "model_first": (answer, q["gpt4_answer"])}
@@ -129,7 +193,9 @@ def judge_chat(questions: Sequence[dict[str, Any]], answers: dict[str, str], con
             scores = None if pair is None else (pair if order == "reference_first" else (pair[1], pair[0]))
             row[order] = {"raw": text, "error": error, "malformed": error is None and pair is None,
                           "reference_score": scores[0] if scores else None, "model_score": scores[1] if scores else None}
-    return rows, _summarize_chat(rows, orders)
+    summary = _summarize_chat(rows, orders)
+    summary["unanswered"] = {"n": len(unanswered), "question_ids": unanswered}
+    return rows, summary
 
 
 def _summarize_chat(rows: list[dict[str, Any]], orders: list[str]) -> dict[str, Any]:
@@ -175,7 +241,7 @@ def parse_verdict(text: str | None) -> bool | None:
 
 def judge_open(records: Iterable[dict[str, Any]], config: JudgeConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Judge each open prediction record against its reference; returns (verdict rows, summary)."""
-    opened = [r for r in records if r.get("answer_type") == "open"]
+    opened = [r for r in records if r.get("answer_type") == "open"]  # checked by `open_records` in the command
     replies = _send(config.llm, [open_judge_messages(r["question"], r["answer"], r.get("output") or "")
                                  for r in opened])
     rows = []
