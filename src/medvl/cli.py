@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 from typing import Any, NoReturn
 
 import typer
@@ -50,7 +51,8 @@ def build_app() -> typer.Typer:
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("MEDVL_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=os.environ.get("MEDVL_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s",
+                        handlers=[_StderrNow()])
     quiet_library_internals()
     errors = _click_exceptions()
     try:
@@ -68,6 +70,23 @@ def main() -> None:
     except typer.Abort:  # end of input or Ctrl-C at a prompt (typer's own class: its click copy has none)
         _fail("aborted", 1)
     raise SystemExit(code if isinstance(code, int) else 0)  # typer.Exit(n) comes back as n; a command returns None
+
+
+class _StderrNow(logging.StreamHandler):
+    """A handler writing to `sys.stderr` as it is when a record is emitted, not as it was when the
+    handler was made: `main` may run again in one process (tests, notebooks) under a replaced
+    stderr, and a handler bound to the first one would write to a closed stream."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
 
 
 def quiet_library_internals() -> None:

@@ -105,6 +105,23 @@ def test_an_unexpected_exception_keeps_its_own_traceback_alone(monkeypatch):
     assert raised.value.__context__ is None  # no second exception raised while matching the except clauses
 
 
+def test_log_lines_go_to_the_stderr_of_each_run_in_one_process(monkeypatch):
+    # main() runs again in one process (tests, notebooks) under a replaced stderr: its log lines must go
+    # there, not to the first run's stream, closed by then ("--- Logging error ---" and a traceback)
+    import io
+    import logging
+
+    monkeypatch.setattr(logging.root, "handlers", [])
+    for word in ("one", "two"):
+        stderr = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", stderr)
+        monkeypatch.setattr(cli, "build_app", lambda: lambda **_: logging.getLogger("medvl.test").info(word))
+        with pytest.raises(SystemExit):
+            cli.main()
+        assert stderr.getvalue() == f"INFO medvl.test: {word}\n"
+        stderr.close()
+
+
 def test_http_clients_and_sentence_transformers_do_not_log_at_info(medvl):
     import logging
 
