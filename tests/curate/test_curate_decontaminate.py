@@ -171,7 +171,7 @@ def test_decontaminate_never_writes_over_a_training_file_or_two_inputs_into_one(
 
     train = _training_file(tmp_path / "data" / "train.jsonl", ["What is in the left lower lobe of the lung?"])
     original = train.read_text()
-    with pytest.raises(UserError, match="would overwrite the training file"):
+    with pytest.raises(UserError, match="would overwrite the input"):
         decontaminate_files([train], None, _text_checker(), train.parent)  # --out: the input's own folder
     assert train.read_text() == original
     other = _training_file(tmp_path / "more" / "train.json", ["Is this an MRI?"])

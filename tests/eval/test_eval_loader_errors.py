@@ -35,7 +35,7 @@ def test_benchmark_errors_are_user_errors():
 
 @pytest.mark.parametrize("args, words", [
     (["slake", "/no/such/folder"], "does not exist"),
-    (["slake", FIXTURES / "slake", "--split", "dev-set"], "unknown split 'dev-set'"),
+    (["slake", FIXTURES / "slake", "--split", "dev-set"], f"slake at {FIXTURES / 'slake'}: unknown split 'dev-set'"),
     (["slake", FIXTURES / "slake", "--option", "lang=fr"], "lang='fr' is not one of: en, zh, all"),
     (["omnimedvqa", FIXTURES / "omnimedvqa", "--option", "access=bogus"], "open, restricted, all"),
     (["mmmu_med", FIXTURES / "mmmu", "--option", "subjects=Pharmacology"], "known: Basic_Medical_Science"),

@@ -7,13 +7,20 @@ import json
 import pytest
 
 from medvl.errors import UserError
-from medvl.io.files import OutputPathError, atomic_write_json, atomic_write_text, ensure_folder
+from medvl.io.files import (
+    OutputPathError,
+    atomic_write_json,
+    atomic_write_text,
+    ensure_folder,
+    refuse_overwriting_inputs,
+)
 from medvl.io.jsonl import (
     JsonlAppender,
     JsonlFileError,
     JsonlLineError,
     RejectLog,
     iter_jsonl,
+    read_json_file,
     read_records,
     write_jsonl,
 )
@@ -156,3 +163,33 @@ def test_a_folder_on_a_read_only_file_system_is_one_output_path_error(tmp_path, 
     monkeypatch.setattr(Path, "mkdir", read_only)
     with pytest.raises(OutputPathError, match=r"out: cannot create this folder \(Read-only file system\)"):
         ensure_folder(tmp_path / "out")
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b'{"benchmark": "vqa', "not valid JSON (Unterminated string starting at: line 1 column 15)"),
+    (b"  \n", "empty"),
+    (b'{"a": "caf\xe9"}', "not UTF-8 text (byte 0xe9"),
+])
+def test_read_json_file_names_the_file_the_problem_what_and_the_fix(tmp_path, content, problem):
+    path = tmp_path / "scores.json"
+    path.write_bytes(content)
+    with pytest.raises(JsonlFileError) as error:
+        read_json_file(path, "a scores file", "run it again")
+    message = str(error.value)
+    assert message.startswith(f"{path}: {problem}") and message.endswith("; expected a scores file; run it again")
+    assert "\n" not in message and isinstance(error.value, UserError)
+    path.write_bytes(b'\xef\xbb\xbf{"a": [1]}')  # a BOM is skipped
+    assert read_json_file(path, "a scores file", "run it again") == {"a": [1]}
+    with pytest.raises(JsonlFileError, match="no such file"):
+        read_json_file(tmp_path / "absent.json", "a scores file", "run it again")
+
+
+def test_an_output_that_is_an_input_is_refused_through_links_and_dots(tmp_path):
+    source = tmp_path / "data" / "train.jsonl"
+    source.parent.mkdir()
+    source.write_text("{}\n")
+    (tmp_path / "link").symlink_to(source.parent)
+    for output in (source, tmp_path / "link" / "train.jsonl", tmp_path / "data" / ".." / "data" / "train.jsonl"):
+        with pytest.raises(OutputPathError, match=f"{output} would overwrite the input {source}; choose another"):
+            refuse_overwriting_inputs([tmp_path / "other.jsonl", output], [source], "choose another")
+    refuse_overwriting_inputs([tmp_path / "data" / "train.clean.jsonl"], [source], "choose another")

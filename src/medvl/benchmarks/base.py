@@ -11,7 +11,6 @@ the same loaders.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -27,6 +26,7 @@ __all__ = [
     "AnswerType",
     "BenchmarkData",
     "BenchmarkError",
+    "UnknownSplit",
     "VQAItem",
     "closed_as_choice",
     "extract_image_bytes",
@@ -117,6 +117,7 @@ class BenchmarkData:
     missing_images: list[str] = field(default_factory=list)  # ids of items with an image file absent
     notes: list[str] = field(default_factory=list)
     rejects: list[dict[str, str]] = field(default_factory=list)  # {"id", "reason", "detail"} of unreadable rows
+    sources: list[str] = field(default_factory=list)  # the question files read (a command must not overwrite them)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -137,7 +138,7 @@ class BenchmarkData:
 
 
 def finish(name: str, split: str, root: str | Path, items: list[VQAItem], notes: Iterable[str] = (),
-           rejects: Iterable[dict[str, str]] = ()) -> BenchmarkData:
+           rejects: Iterable[dict[str, str]] = (), sources: Iterable[str | Path] = ()) -> BenchmarkData:
     """Check ids are unique and every image exists; return the `BenchmarkData`."""
     duplicates = [i for i, n in Counter(item.id for item in items).items() if n > 1]
     if duplicates:
@@ -148,7 +149,7 @@ def finish(name: str, split: str, root: str | Path, items: list[VQAItem], notes:
         if not all(exists.setdefault(p, os.path.isfile(p)) for p in item.images):
             missing.append(item.id)
     return BenchmarkData(name=name, split=split, root=str(root), items=items, missing_images=missing,
-                         notes=list(notes), rejects=list(rejects))
+                         notes=list(notes), rejects=list(rejects), sources=[str(path) for path in sources])
 
 
 YES = {"yes", "是", "是的", "有", "包含", "可以", "存在", "对"}
@@ -205,22 +206,27 @@ def find_path(root: Path, candidates: Iterable[str], what: str) -> Path:
     raise BenchmarkError(f"{what} not found; looked for: " + ", ".join(tried))
 
 
+class UnknownSplit(BenchmarkError):
+    """A split the release does not have; `load_benchmark` names the benchmark and its root."""
+
+
 def split_name(split: str, aliases: dict[str, tuple[str, ...]]) -> str:
     """Map a split name or alias (`val`, `validation`, `validate`...) to the release's own name."""
     for name, names in aliases.items():
         if split == name or split in names:
             return name
-    raise BenchmarkError(f"unknown split {split!r}; this release has: {', '.join(aliases)}")
+    raise UnknownSplit(f"unknown split {split!r}; this release has: {', '.join(aliases)}")
 
 
 def read_json(path: Path) -> Any:
-    """A whole JSON file; a clear error naming the file when it is not JSON."""
+    """A release's whole JSON file; a `BenchmarkError` naming the file when it cannot be read as JSON."""
+    from medvl.io.jsonl import JsonlFileError, read_json_file
+
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BenchmarkError(f"{path}: not valid JSON: {exc}") from exc
-    except IsADirectoryError as exc:
-        raise BenchmarkError(f"{path} is a folder; name the JSON file itself") from exc
+        return read_json_file(path, "a JSON file of the release",
+                              "is this the release's own file, downloaded whole?")
+    except JsonlFileError as exc:
+        raise BenchmarkError(str(exc)) from None
 
 
 def read_json_rows(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, str]]]:

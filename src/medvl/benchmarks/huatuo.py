@@ -66,7 +66,7 @@ def load(root: Path, split: str = "test", datasets: str | Sequence[str] | None =
         ))
     notes = [(f"{unknown_answers} choice rows whose answer is not one of the options (scored wrong, as the "
               "reference does)")] if unknown_answers else []
-    return finish("huatuo_eval", "test", folder, items, notes=notes, rejects=rejects)
+    return finish("huatuo_eval", "test", folder, items, notes=notes, rejects=rejects, sources=[path])
 
 
 def _options(value: object) -> list[object] | None:

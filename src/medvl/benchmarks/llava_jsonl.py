@@ -55,4 +55,4 @@ def load(root: Path, split: str = "test", image_folder: str | None = None) -> Be
             answer_type=kind, images=[image_path(folder / p) for p in record_images(record)], options=options,
             meta={k: v for k, v in record.items() if k not in KNOWN},
         ))
-    return finish("llava_jsonl", split, root, items, rejects=rejects)
+    return finish("llava_jsonl", split, root, items, rejects=rejects, sources=[root])

@@ -49,12 +49,13 @@ def load(root: Path, split: str = "validation", subjects: str | Sequence[str] = 
          image_dir: str | None = None) -> BenchmarkData:
     split = split_name(split, SPLITS)
     subjects = some_of("mmmu_med", "subjects", subjects, MEDICAL_SUBJECTS)
-    items, rejects, hidden = [], [], 0
+    items, rejects, hidden, sources = [], [], 0, []
     cache = image_cache_dir("mmmu_med", root, image_dir)
     for subject in subjects:
         files = sorted((root / subject).glob(f"{split}-*.parquet"))
         if not files:
             raise BenchmarkError(f"MMMU: no {split} parquet for subject {subject!r} under {root / subject}")
+        sources += files
         for file in files:
             for row in read_parquet_rows(file):
                 item_id = str(row.get("id"))
@@ -87,7 +88,7 @@ def load(root: Path, split: str = "validation", subjects: str | Sequence[str] = 
         raise BenchmarkError(f"MMMU {split}: answers are hidden ('?'); score on split=validation or dev")
     notes = [f"{hidden} questions with hidden answers left out"] if hidden else []
     return finish("mmmu_med", split, root, items, notes=notes + [f"embedded images written to {cache}"],
-                  rejects=rejects)
+                  rejects=rejects, sources=sources)
 
 
 def _options(value: object) -> list[str] | None:

@@ -56,4 +56,4 @@ def load(root: Path, split: str = "test", access: str = "open") -> BenchmarkData
                 meta={"question_type": row.get("question_type", ""), "modality": row.get("modality_type", ""),
                       "dataset": row.get("dataset", file.stem), "access": file.parent.name},
             ))
-    return finish("omnimedvqa", "test", root, items, rejects=rejects)
+    return finish("omnimedvqa", "test", root, items, rejects=rejects, sources=files)

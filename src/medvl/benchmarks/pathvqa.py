@@ -92,7 +92,7 @@ def _load_pickle(root: Path, split: str) -> BenchmarkData:
         image = root / "images" / split / f"{row['image']}.jpg"
         items.append(_item(item_id, split, row["question"], row["answer"], image_path(image),
                            {"image_id": str(row["image"])}))
-    return finish("pathvqa", split, root, items, rejects=rejects)
+    return finish("pathvqa", split, root, items, rejects=rejects, sources=[path])
 
 
 def _load_parquet(root: Path, parquet_dir: Path, split: str, image_dir: str | None) -> BenchmarkData:
@@ -114,7 +114,8 @@ def _load_parquet(root: Path, parquet_dir: Path, split: str, image_dir: str | No
                 continue
             items.append(_item(item_id, split, row["question"], row["answer"], path,
                                {"source_image": image.get("path")}))
-    return finish("pathvqa", split, root, items, notes=[f"embedded images written to {cache}"], rejects=rejects)
+    return finish("pathvqa", split, root, items, notes=[f"embedded images written to {cache}"], rejects=rejects,
+                  sources=files)
 
 
 def _item(item_id: str, split: str, question: object, answer: object, image: str, meta: dict) -> VQAItem:

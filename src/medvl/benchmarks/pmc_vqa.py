@@ -47,7 +47,8 @@ def load(root: Path, split: str = "test", csv_file: str | None = None) -> Benchm
             answer=options[LETTERS.index(letter)], answer_type="choice",
             images=[image_path(image_dir / figure)], options=options, meta={"figure": figure},
         ))
-    return finish("pmc_vqa", split, folder, items, notes=[f"questions from {path.name}"], rejects=rejects)
+    return finish("pmc_vqa", split, folder, items, notes=[f"questions from {path.name}"], rejects=rejects,
+                  sources=[path])
 
 
 def _read_rows(path: Path) -> list[dict[str, str | None]]:

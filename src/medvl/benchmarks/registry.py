@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medvl.benchmarks.base import BenchmarkData, BenchmarkError, VQAItem
+from medvl.benchmarks.base import BenchmarkData, BenchmarkError, UnknownSplit, VQAItem
 from medvl.benchmarks.prompts import PromptStyle, default_prompt
 from medvl.registry import Registry
 
@@ -63,8 +63,9 @@ def get_benchmark(name: str) -> Benchmark:
 
 
 def load_benchmark(name: str, root: str | Path, split: str = "test", **options: Any) -> BenchmarkData:
-    """Load one split of a benchmark from local files; unknown names or options, and a split with no
-    question at all, are errors (`BenchmarkError`, a `UserError`)."""
+    """Load one split of a benchmark from local files; unknown names, splits or options, and a split with
+    no question at all, are errors (`BenchmarkError`, a `UserError`). A loader that lists no `sources`
+    read `root` itself when it is a file."""
     benchmark = get_benchmark(name)
     accepted = benchmark.options()
     unknown = sorted(set(options) - set(accepted))
@@ -73,7 +74,12 @@ def load_benchmark(name: str, root: str | Path, split: str = "test", **options: 
     root = Path(root).expanduser()
     if not root.exists():
         raise BenchmarkError(f"{name}: {root} does not exist")
-    data = benchmark.load(root, split, **options)
+    try:
+        data = benchmark.load(root, split, **options)
+    except UnknownSplit as exc:
+        raise BenchmarkError(f"{name} at {root}: {exc}") from None
+    if not data.sources and root.is_file():
+        data.sources = [str(root)]
     if not data.items and not data.rejects:
         chosen = f" with options {options}" if options else ""
         raise BenchmarkError(f"{name} [{split}]: no questions found in {root}{chosen}; check the split and options")

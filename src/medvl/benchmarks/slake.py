@@ -49,4 +49,4 @@ def load(root: Path, split: str = "test", lang: str = "en") -> BenchmarkData:
         if item is not None:
             items.append(item)
     notes = [] if image_dir.is_dir() else [f"image folder {image_dir} is absent"]
-    return finish("slake", split, root, items, notes=notes, rejects=rejects)
+    return finish("slake", split, root, items, notes=notes, rejects=rejects, sources=[path])

@@ -50,4 +50,4 @@ def load(root: Path, split: str = "test") -> BenchmarkData:
                                 })
         if item is not None:
             items.append(item)
-    return finish("vqa_rad", split, folder, items, rejects=rejects)
+    return finish("vqa_rad", split, folder, items, rejects=rejects, sources=[path])

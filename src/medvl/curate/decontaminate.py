@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from medvl.benchmarks.contamination import Contamination, Decontaminator, summarise, training_sample
 from medvl.errors import UserError
-from medvl.io.files import atomic_output, atomic_write_json, ensure_folder
+from medvl.io.files import atomic_output, atomic_write_json, ensure_folder, refuse_overwriting_inputs
 
 __all__ = ["decontaminate_files"]
 
@@ -87,12 +87,10 @@ def _kept_paths(paths: list[Path], out_dir: Path) -> dict[Path, Path]:
     """Where each input's kept records go (`out_dir/<stem>.jsonl`); refused before anything is read
     when that would overwrite an input, `removed.jsonl`, or another input's output."""
     kept: dict[Path, Path] = {}
-    inputs = {path.resolve() for path in paths}
     for path in paths:
         target = out_dir / f"{path.stem}.jsonl"
-        if target.resolve() in inputs:
-            raise UserError(f"{path}: --out {out_dir} would overwrite the training file {target} with its cleaned "
-                            "copy; choose another --out folder")
+        refuse_overwriting_inputs([target], paths, f"it is where --out {out_dir} puts the cleaned copy of {path}; "
+                                                   "choose another --out folder")
         if target.name == REMOVED:
             raise UserError(f"{path}: its cleaned copy would be {target}, the removed records' file; rename the "
                             "training file")

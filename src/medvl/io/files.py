@@ -17,6 +17,8 @@ a file several processes share.
   a process that has to wait logs what the holder is doing.
 - `ensure_folder` / `check_file_target`: an output path that cannot be one (a file where a folder is
   needed, a folder where a file is) is an `OutputPathError` naming the path, not an OSError.
+- `refuse_overwriting_inputs`: an output that is one of the command's inputs (the same file once
+  symlinks and `..` are resolved) is an `OutputPathError` before anything is written.
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from medvl.errors import UserError
 
 __all__ = ["OutputPathError", "share_weights", "atomic_output", "atomic_write_with", "atomic_write_bytes", "atomic_write_text",
-           "atomic_write_json", "check_file_target", "ensure_folder", "file_lock"]
+           "atomic_write_json", "check_file_target", "ensure_folder", "file_lock", "refuse_overwriting_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,15 @@ def check_file_target(path: str | Path) -> Path:
         raise OutputPathError(f"{path} is a folder; give a file path for this output")
     ensure_folder(path.parent)
     return path
+
+
+def refuse_overwriting_inputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path], fix: str) -> None:
+    """An `OutputPathError` naming both when one of `outputs` is one of `inputs` (see the module notes)."""
+    by_target = {Path(source).resolve(): Path(source) for source in inputs}
+    for output in outputs:
+        source = by_target.get(Path(output).resolve())
+        if source is not None:
+            raise OutputPathError(f"{output} would overwrite the input {source}; {fix}")
 
 
 @contextmanager

@@ -11,6 +11,9 @@
   `iter_appended` reads such a file back while it may still be written (fast, no checks: medvl
   wrote it): a torn last line is skipped, a missing file is empty.
 - `RejectLog` is the one format for "this input was dropped, and why" across all stages.
+- `read_json_file(path, what, fix)`: a whole JSON file (a run's scores.json, a candidates file) that
+  a command needs; missing, a folder, not UTF-8, empty or not JSON is one `JsonlFileError` line
+  naming the file, the problem, what it should be and the fix.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ __all__ = [
     "iter_appended",
     "not_utf8",
     "decode_line",
+    "read_json_file",
     "read_records",
     "write_jsonl",
     "JsonlAppender",
@@ -68,7 +72,8 @@ class JsonlLineError(UserError, ValueError):
 
 
 class JsonlFileError(UserError, OSError):
-    """A JSONL/JSON input that cannot be opened; the message names the path and what is wrong."""
+    """A JSONL/JSON input that cannot be opened (or, for `read_json_file`, read as JSON); the message
+    names the path and what is wrong."""
 
 
 def _open_input(path: Path) -> Any:
@@ -133,6 +138,22 @@ def iter_appended(path: str | Path) -> Iterator[dict[str, Any]]:
         for line in handle:
             if line.endswith(b"\n"):
                 yield orjson.loads(line)
+
+
+def read_json_file(path: str | Path, what: str, fix: str) -> Any:
+    """The JSON value of the whole file `path` (a leading BOM skipped); see the module notes. `what`
+    names what the file should be ("a scores file"), `fix` how to get a good one."""
+    path = Path(path)
+    with _open_input(path) as handle:
+        text = handle.read()
+    problem = not_utf8(text)
+    if problem is None:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            where = f"line {exc.lineno} column {exc.colno}"
+            problem = f"not valid JSON ({exc.msg}: {where})" if text.strip() else "empty"
+    raise JsonlFileError(f"{path}: {problem}; expected {what}; {fix}")
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
