@@ -200,5 +200,4 @@ def convert(
     from medvl.train.convert import convert_benchmark
 
     result = convert_benchmark(benchmark, root, out, split=split, with_options=options, concepts=concepts, seed=seed)
-    typer.echo(f"{result.written} conversations written to {result.out}; {result.rejected} rejected "
-               f"(missing images) in {result.out.with_suffix('.rejects.jsonl')}")
+    typer.echo(result.summary())
