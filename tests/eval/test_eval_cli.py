@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,42 @@ def test_an_llm_endpoint_that_cannot_be_used_is_one_line(medvl, tmp_path, unusab
         assert last.startswith(error_line), (args, last)
         key = os.environ.get(llm["api_key_env"])
         assert key is None or key not in outcome.err + outcome.out
+
+
+def test_compare_and_score_refuse_bad_inputs_in_one_line(medvl, tmp_path):
+    """A damaged or unfinished run folder, a folder given twice, a candidates file that is not JSON: one line,
+    exit 2, saying what to do; an unfinished run finished as the line says compares."""
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump({"benchmark": {"name": "huatuo_eval", "root": str(FIXTURES / "huatuo")},
+                                      "backend": {"kind": "majority"}}))
+    finished = tmp_path / "finished"
+    assert medvl("eval", "run", config, f"output_dir={finished}").code == 0
+    corrupt, keyless, unfinished = (Path(shutil.copytree(finished, tmp_path / name))
+                                    for name in ("corrupt", "keyless", "unfinished"))
+    (corrupt / "scores.json").write_text('{"benchmark": "huatuo_e')
+    (keyless / "scores.json").write_text('{"scores": {}}')
+    (unfinished / "scores.json").unlink()  # killed before scoring: its answers still in a part file
+    (unfinished / "predictions.jsonl").rename(unfinished / "predictions.part-0.jsonl")
+    candidates, number = tmp_path / "candidates.txt", tmp_path / "number.json"
+    candidates.write_text("yes\nno\n")
+    number.write_text("5")
+    rerun = "run the same `medvl eval run`"
+    for args, words in (
+        (["eval", "compare", finished, corrupt], [f"{corrupt / 'scores.json'}: not valid JSON", rerun]),
+        (["eval", "compare", finished, keyless], ["no 'benchmark', 'split', 'backend', 'answered'", rerun]),
+        (["eval", "compare", finished, unfinished], [f"{unfinished}: an unfinished run", rerun, "to finish it"]),
+        (["eval", "compare", finished, tmp_path / "." / "finished"], [f"{finished} is given more than once"]),
+        (["eval", "score", finished, "--scorer", "llava_med_run_eval", "--candidates", candidates],
+         [f"{candidates}: not valid JSON", 'candidate.json ({"0": [answer, ...]})']),
+        (["eval", "score", finished, "--scorer", "llava_med_run_eval", "--candidates", number],
+         [f"{number}: a JSON int without a list of answers"]),
+        (["eval", "score", finished, "--scorer", "llava_med_run_eval", "--candidates", tmp_path / "absent.json"],
+         ["absent.json: no such file"]),
+    ):
+        outcome = medvl(*args)
+        assert outcome.code == 2 and outcome.err.count("\n") == 1, (args, outcome)
+        assert all(word in outcome.err for word in words), (args, outcome.err)
+    # the same run, from its saved config (a copy of `finished`: its output_dir named again)
+    assert medvl("eval", "run", unfinished / "config.yaml", f"output_dir={unfinished}").code == 0
+    compared = medvl("eval", "compare", finished, unfinished)
+    assert compared.code == 0 and "| unfinished | huatuo_eval [test]" in compared.out

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from medvl.benchmarks import BenchmarkError
 from medvl.config import ConfigError
 from medvl.engine import Reply
 from medvl.eval import backends, runner
@@ -122,6 +123,20 @@ def test_a_folder_another_run_is_writing_is_refused(tmp_path, monkeypatch):
     assert seen == [] and not list(Path(cfg.output_dir).glob("predictions*"))
     run_eval(cfg, OneProcess())  # once it is gone, the folder is free
     assert seen == ["q1", "q2", "q3"]
+
+
+def test_a_run_that_fails_before_writing_leaves_no_empty_folder(tmp_path):
+    def failing(output_dir: Path) -> EvalConfig:
+        return EvalConfig.model_validate({"benchmark": {"name": "vqa_rad", "root": str(FIXTURES / "vqa_rad"),
+                                                        "split": "tset"}, "output_dir": str(output_dir)})
+
+    with pytest.raises(BenchmarkError, match="vqa_rad at .*: unknown split 'tset'"):
+        run_eval(failing(tmp_path / "runs" / "new"), OneProcess())
+    assert list(tmp_path.iterdir()) == []  # runs/ and runs/new were made by the run: both removed
+    (tmp_path / "mine").mkdir()  # a folder the user made is theirs, empty or not
+    with pytest.raises(BenchmarkError):
+        run_eval(failing(tmp_path / "mine"), OneProcess())
+    assert (tmp_path / "mine").is_dir()
 
 
 def test_changed_config_is_refused(tmp_path, monkeypatch):

@@ -18,7 +18,6 @@ have been scored by the same scorer (rescore one with `medvl eval score` otherwi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -157,13 +156,30 @@ class Run:
         return "shuffled" if shown == "shuffled" else "yes" if shown else "no"
 
 
+SCORES_KEYS = ("benchmark", "split", "backend", "answered", "scores")  # what the table reads from scores.json
+
+
 def load_run(folder: Path) -> Run:
-    from medvl.io.jsonl import read_records
+    """A finished run folder; an unfinished one, a damaged scores.json or predictions.jsonl is one
+    `UserError` line saying how to get a finished run (rerunning the same `eval run` resumes it)."""
+    from medvl.io.jsonl import read_json_file, read_records
 
     scores_file, predictions = folder / "scores.json", folder / "predictions.jsonl"
-    if not scores_file.is_file() or not predictions.is_file():
-        raise UserError(f"{folder}: not a finished run folder (scores.json and predictions.jsonl expected)")
-    return Run(folder, json.loads(scores_file.read_text(encoding="utf-8")), read_records(predictions))
+    rerun = f"run the same `medvl eval run` (its config: {folder / 'config.yaml'}) again"
+    if absent := [file.name for file in (scores_file, predictions) if not file.is_file()]:
+        if (folder / "config.yaml").is_file():
+            parts = len(list(folder.glob("predictions.part-*.jsonl")))
+            raise UserError(f"{folder}: an unfinished run (no {' or '.join(absent)}; {parts} part file(s) of "
+                            f"answers); {rerun} to finish it, then compare")
+        raise UserError(f"{folder}: not a run folder (scores.json and predictions.jsonl expected; `medvl eval run` "
+                        "writes them)")
+    anew = f"{rerun} to write it anew (answers already given are not asked again)"
+    scores = read_json_file(scores_file, "the scores.json of `medvl eval run`", anew)
+    absent = [key for key in SCORES_KEYS if key not in scores] if isinstance(scores, dict) else list(SCORES_KEYS)
+    if absent:
+        raise UserError(f"{scores_file}: no {', '.join(map(repr, absent))}: not the scores.json of `medvl eval run` "
+                        f"(a `medvl eval score --out` file is scores.SCORER.json); {anew}")
+    return Run(folder, scores, read_records(predictions))
 
 
 @dataclass
@@ -179,7 +195,12 @@ class Pairing:
 
 def compare_runs(run_dirs: Sequence[str | Path], common_items: bool = False) -> str:
     """Markdown: the runs' headline numbers with intervals, then each run paired against the first."""
-    runs = [load_run(Path(folder)) for folder in run_dirs]
+    folders = [Path(folder) for folder in run_dirs]
+    resolved = [folder.resolve() for folder in folders]
+    if twice := next((f for f, r in zip(folders, resolved) if resolved.count(r) > 1), None):
+        raise UserError(f"{twice} is given more than once: a run compared with itself differs by nothing; "
+                        "name each run folder once")
+    runs = [load_run(folder) for folder in folders]
     return render_runs(runs, pair_runs(runs, common_items))
 
 

@@ -18,7 +18,6 @@ still writes its folder, then raises `NothingScored`.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -33,7 +32,7 @@ from medvl.eval.render import headline, render_report
 from medvl.eval.scorers import NEEDS_CANDIDATES, ScoreResult, score_records
 from medvl.eval.stats import METHODS
 from medvl.io.files import atomic_write_json, atomic_write_text
-from medvl.io.jsonl import JsonlLineError, iter_jsonl, read_records, write_jsonl
+from medvl.io.jsonl import JsonlLineError, iter_jsonl, read_json_file, read_records, write_jsonl
 
 if TYPE_CHECKING:
     from medvl.benchmarks.base import BenchmarkData
@@ -100,12 +99,16 @@ def yes_no_confusion(records: list[dict[str, Any]]) -> dict[str, dict[str, int]]
     return {k: dict(v) for k, v in table.items()}
 
 
-def load_candidates(path: str | Path | None) -> list[str] | None:
+CANDIDATES_FORMAT = 'LLaVA-Med\'s candidate.json ({"0": [answer, ...]}) or a JSON list of answers'
+
+
+def load_candidates(path: str | Path) -> list[str]:
     """Candidate open answers from LLaVA-Med's `candidate.json` format (`{"0": [...]}`) or a JSON list."""
-    if path is None or not Path(path).is_file():
-        return None
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    return [str(a) for a in (data.get("0", []) if isinstance(data, dict) else data)]
+    data = read_json_file(path, CANDIDATES_FORMAT, "give the candidates.json an `eval run` wrote, or such a file")
+    answers = data.get("0") if isinstance(data, dict) else data
+    if not isinstance(answers, list):
+        raise UserError(f"{path}: a JSON {type(data).__name__} without a list of answers; expected {CANDIDATES_FORMAT}")
+    return [str(a) for a in answers]
 
 
 def _train_candidates(config: EvalConfig, out: Path) -> list[str] | None:
@@ -199,7 +202,9 @@ def rescore(predictions: str | Path, scorer: str = "medvl", candidates: str | Pa
         if absent:
             raise UserError(f"{path}: record {number} has no {', '.join(map(repr, absent))}: not a predictions file "
                             "(give the predictions.jsonl that `medvl eval run` wrote)")
-    result = score_records(records, scorer, load_candidates(candidates or path.with_name("candidates.json")))
+    if candidates is None and path.with_name("candidates.json").is_file():
+        candidates = path.with_name("candidates.json")  # the run's own (`eval run` writes it beside its predictions)
+    result = score_records(records, scorer, load_candidates(candidates) if candidates is not None else None)
     summary = {**result.summary, "source": str(path), "interval_methods": METHODS}
     if out is not None:
         out = Path(out)

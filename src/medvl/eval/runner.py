@@ -18,7 +18,8 @@ backend (`openai`) caches its replies in the run folder's `llm-cache/` unless `l
 set, so the replies of the batch a run was stopped in are not paid for again either. A folder
 made with a different config is refused rather than mixed, and so is a folder another run is
 writing (the main process holds its `RunLock` for the whole run: two runs on one folder both
-answered every item and one crashed merging the part files the other had just removed).
+answered every item and one crashed merging the part files the other had just removed). A run that
+fails before writing anything (an unknown split, a bad root) removes the folders it made, if empty.
 
 Data parallel: under `accelerate launch -m medvl.cli eval run CONFIG`, each process takes its slice
 of the remaining items (`PartialState.split_between_processes`), writes its own part file, and the
@@ -38,7 +39,7 @@ import yaml
 from pydantic import ValidationError
 
 from medvl.benchmarks import BenchmarkError, get_benchmark
-from medvl.benchmarks.base import BenchmarkData, VQAItem, read_json
+from medvl.benchmarks.base import BenchmarkData, VQAItem
 from medvl.config import ConfigError, dump_config
 from medvl.engine import Engine, Request
 from medvl.eval.backends import BackendConfig, make_backend
@@ -46,7 +47,7 @@ from medvl.eval.config import EvalConfig
 from medvl.eval.prompts import build_messages
 from medvl.eval.scorers import SCORERS
 from medvl.io.files import ensure_folder
-from medvl.io.jsonl import JsonlAppender, JsonlLineError, RejectLog, iter_jsonl, write_jsonl
+from medvl.io.jsonl import JsonlAppender, JsonlLineError, RejectLog, iter_jsonl, read_json_file, write_jsonl
 from medvl.io.process import RunLock
 
 __all__ = ["merge_parts", "read_predictions", "run_eval"]
@@ -78,8 +79,24 @@ def run_eval(config: EvalConfig, state: ProcessState | None = None) -> Path:
 
         state = PartialState()
     out = Path(config.output_dir)
-    with RunLock(out, what="evaluation run") if state.is_main_process else nullcontext():
-        return _evaluate(config, state, out)
+    made = [folder for folder in (out, *out.parents) if not folder.exists()]  # deepest first
+    try:
+        with RunLock(out, what="evaluation run") if state.is_main_process else nullcontext():
+            return _evaluate(config, state, out)
+    except BaseException:
+        if state.is_main_process:
+            _remove_while_empty(made)
+        raise
+
+
+def _remove_while_empty(made: list[Path]) -> None:
+    """A run that failed before writing anything leaves no empty folder behind: remove the folders it
+    made (deepest first) while they are still empty."""
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (the run wrote something, or another process did), or already gone
+            return
 
 
 def _evaluate(config: EvalConfig, state: ProcessState, out: Path) -> Path:
@@ -132,7 +149,12 @@ def _unseen(items: list[VQAItem], data: BenchmarkData,
     others as rejects (reason `seen_in_training`), and the run's note."""
     if not path.is_file():
         raise ConfigError(f"exclude_seen: {path} not found; `medvl curate decontaminate` writes seen_items.json")
-    seen = set(read_json(path).get(f"{data.name}/{data.split}", []))
+    seen_items = read_json_file(path, "a seen_items.json ({\"benchmark/split\": [item ids]})",
+                                "give the seen_items.json `medvl curate decontaminate` wrote")
+    if not isinstance(seen_items, dict):
+        raise ConfigError(f"exclude_seen: {path} is a JSON {type(seen_items).__name__}, not the object of item ids "
+                          "per benchmark/split that `medvl curate decontaminate` writes")
+    seen = set(seen_items.get(f"{data.name}/{data.split}", []))
     kept = [item for item in items if item.id not in seen]
     excluded = [{"id": item.id, "stage": "exclude_seen", "reason": "seen_in_training", "detail": path.name}
                 for item in items if item.id in seen]
