@@ -28,6 +28,7 @@ from transformers import (
     LlavaProcessor,
     SiglipVisionConfig,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from medvl.config import ConfigError
 from medvl.errors import first_line
@@ -37,13 +38,14 @@ from medvl.io.offline import resolve_asset
 from medvl.model.spec import ModelSpec, TextSpec, VisionSpec
 from medvl.model.templates import STOP_STRINGS, guess_format, resolve_chat_template, single_bos
 
-__all__ = ["build_model", "build_processor", "generation_config_for", "identity_linear_state", "load_tokenizer",
-           "pretrained_folder"]
+__all__ = ["build_model", "build_processor", "generation_config_for", "identity_linear_state", "load_pretrained",
+           "load_tokenizer", "pretrained_folder"]
 
 log = logging.getLogger(__name__)
 
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 SIGLIP_MEAN, SIGLIP_STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+VISION_FAMILIES = {"clip": "clip", "clip_vision_model": "clip", "siglip": "siglip", "siglip_vision_model": "siglip"}
 
 
 def pretrained_folder(value: str, key: str, marker: str | None = "config.json") -> str:
@@ -175,31 +177,79 @@ def _vision_part(vision: VisionSpec) -> tuple[Any, dict | None, dict]:
     from transformers import CLIPVisionModel, SiglipVisionModel
 
     path = pretrained_folder(vision.path, "vision.path")
-    full = AutoConfig.from_pretrained(path)
+    full = _config(path, "vision.path")
     config = getattr(full, "vision_config", full)
-    family = "clip" if config.model_type.startswith("clip") else "siglip"
+    family = VISION_FAMILIES.get(config.model_type)
+    if family is None:
+        raise ConfigError(f"vision.path: {path} holds a {full.model_type} model, not a CLIP/SigLIP vision tower; "
+                          "give a CLIP/SigLIP model folder, a LLaVA-style folder with one, or a tower made by "
+                          "`medvl prior` (which distils an image network such as a DINOv2/ViT folder into one)")
     if family != vision.family:
         raise ConfigError(f"vision.path {path} holds a {config.model_type} model but vision.family={vision.family!r}")
-    tower_class = CLIPVisionModel if family == "clip" else SiglipVisionModel
-    tower = tower_class.from_pretrained(path)
+    llava_style = full is not config and full.model_type not in VISION_FAMILIES  # its tower's weights: vision_tower.*
+    tower = load_pretrained(CLIPVisionModel if family == "clip" else SiglipVisionModel, path, "vision.path",
+                            "give the folder of a CLIP/SigLIP vision model or of a LLaVA-style model with one",
+                            config=config, key_mapping={r"^(model\.)?vision_tower\.": ""} if llava_style else None)
     return tower.config, tower.state_dict(), _preprocessor_stats(Path(path))
 
 
+def _config(folder: str, key: str, **kwargs: Any) -> Any:
+    """The transformers config of `folder`; one transformers cannot read is a ConfigError naming `key`."""
+    try:
+        return AutoConfig.from_pretrained(folder, **kwargs)
+    except (OSError, ValueError) as exc:  # a broken config.json, a model_type this transformers does not know
+        raise ConfigError(f"{key}: {folder} has no config transformers can read ({first_line(exc)})") from None
+
+
+def load_pretrained(model_class: Any, folder: str, key: str, expected: str, **kwargs: Any) -> Any:
+    """`model_class.from_pretrained(folder, **kwargs)` with every weight of the model read from the folder.
+
+    What transformers raises for a folder it cannot load as `model_class` (no weight file, a config
+    its auto class does not map, shapes that do not fit), and weights the checkpoint leaves missing
+    (transformers would start them at random and carry on), are ConfigErrors naming `key`, the
+    folder and, as the fix, `expected`. Weights the folder has beyond the model's (a LLaVA's LLM when
+    its tower is read) are expected, so transformers' load report is not printed.
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = model_class.from_pretrained(folder, output_loading_info=True, **kwargs)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"{key}: {folder} cannot be loaded ({first_line(exc)}); {expected}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info["missing_keys"])
+    if missing:
+        raise ConfigError(f"{key}: {folder} lacks {len(missing)} of the {len(model.state_dict())} weights of its "
+                          f"{model.config.model_type} model (e.g. {missing[0]}), which would start random; {expected}")
+    return model
+
+
 def _preprocessor_stats(folder: Path) -> dict:
+    """The image mean/std a model folder was saved with: its `preprocessor_config.json`, or the image
+    processor inside the `processor_config.json` of a saved LLaVA (transformers 5); {} without either."""
     import json
 
-    path = folder / "preprocessor_config.json"
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text())
-    return {k: data[k] for k in ("image_mean", "image_std") if k in data}
+    for name, section in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
+        if (folder / name).is_file():
+            data = json.loads((folder / name).read_text())
+            data = data.get(section, {}) if section else data
+            return {k: data[k] for k in ("image_mean", "image_std") if k in data}
+    return {}
 
 
 def _text_part(text: TextSpec, vocab_size: int) -> tuple[Any, Any]:
     if text.path is not None:
         kwargs = {"gguf_file": text.gguf_file} if text.gguf_file else {}
         folder = pretrained_folder(text.path, "text.path", text.gguf_file or "config.json")
-        llm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
+        model_type = _config(folder, "text.path", **kwargs).model_type
+        if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            raise ConfigError(f"text.path: {folder} holds a {model_type} model, not a causal LM; give the folder "
+                              "of the LLM itself (Llama, Mistral, Qwen2, Qwen3 family)")
+        llm = load_pretrained(AutoModelForCausalLM, folder, "text.path", "give the folder of a saved causal LM "
+                              "with its weights", dtype=torch.float32, **kwargs)
         if getattr(llm, "hf_quantizer", None) is not None:  # GGUF: weights are already dequantised
             llm.hf_quantizer = None
         if hasattr(llm.config, "quantization_config"):

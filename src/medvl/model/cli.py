@@ -19,11 +19,13 @@ def build(
 ) -> None:
     """Assemble vision tower → projector → LLM and save it with its processor."""
     from medvl.config import load_config
+    from medvl.io.files import ensure_folder
     from medvl.model.build import build_model
     from medvl.model.checkpoint import save_model
     from medvl.model.spec import ModelSpec
 
     spec = load_config(ModelSpec, config, overrides or [])
+    ensure_folder(out)  # a file in the way is refused before the model is built, not after
     model, processor = build_model(spec)
     save_model(model, processor, out)
     params = sum(p.numel() for p in model.parameters())

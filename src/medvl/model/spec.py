@@ -21,7 +21,8 @@ class VisionSpec(Config):
     """The vision tower: CLIP or SigLIP vision transformer."""
 
     family: Literal["clip", "siglip"] = "clip"
-    path: str | None = Field(None, description="local folder of a CLIP/SigLIP (vision) model; random weights if unset")
+    path: str | None = Field(None, description="local folder of a CLIP/SigLIP (vision) model or of a LLaVA-style "
+                             "model with one; random weights if unset")
     image_size: int = Field(336, ge=8)
     patch_size: int = Field(14, ge=1)
     hidden_size: int = 1024

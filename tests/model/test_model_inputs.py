@@ -1,0 +1,107 @@
+"""Folders that are not what `medvl build` and `medvl prior` were told: a LLaVA folder lends its vision
+tower; anything else is one line naming the key and the folder (exit 2) before the expensive part,
+never a traceback or a model with random weights saved as if pretrained."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from medvl.model.build import build_model
+from medvl.model.checkpoint import load_model
+from medvl.model.spec import tiny_spec
+
+TINY_TOWER = ["tower.image_size=32", "tower.patch_size=16", "tower.hidden_size=32", "tower.num_layers=1",
+              "tower.num_heads=2", "tower.intermediate_size=64", "views_per_image=1", "epochs=1", "teacher_size=32"]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, smol_tokenizer) -> dict[str, Path]:
+    """A tiny spec YAML; an LLM folder; one with the LLM's config and tokenizer but no weights; a CLIP
+    vision config beside the LLM's weights; a CLIP vision teacher taking 32 px images."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, LlamaConfig
+
+    root = tmp_path_factory.mktemp("inputs")
+    paths = {name: root / name for name in ("spec.yaml", "llm", "no_weights", "clip_config_llm_weights", "teacher")}
+    paths["spec.yaml"].write_text(yaml.safe_dump(tiny_spec(str(smol_tokenizer)).model_dump(mode="json")))
+    llm = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=49152, hidden_size=64, num_hidden_layers=1,
+                                                       num_attention_heads=4, intermediate_size=128))
+    llm.save_pretrained(paths["llm"])
+    tokenizer = AutoTokenizer.from_pretrained(smol_tokenizer)
+    tokenizer.save_pretrained(paths["llm"])
+    llm.config.save_pretrained(paths["no_weights"])
+    tokenizer.save_pretrained(paths["no_weights"])
+    tower = CLIPVisionConfig(image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=64)
+    tower.save_pretrained(paths["clip_config_llm_weights"])
+    shutil.copy(paths["llm"] / "model.safetensors", paths["clip_config_llm_weights"])
+    CLIPVisionModel(tower).save_pretrained(paths["teacher"])
+    return paths
+
+
+def _one_error_line(outcome, *fragments: str) -> None:
+    """Exit 2 with one `error:` line, nothing else but transformers' progress bars (no traceback, no load report)."""
+    lines = [line for line in outcome.err.strip().splitlines() if not line.startswith("Loading weights")]
+    assert outcome.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (outcome.code, outcome.err)
+    assert all(fragment in lines[0] for fragment in fragments), lines[0]
+
+
+def _to_llava_hf_layout(key: str) -> str:
+    """llava-hf's checkpoints (transformers 4) keep the CLIP tower's own prefix under vision_tower."""
+    return key.replace("vision_tower.", "vision_tower.vision_model.", 1)
+
+
+def _to_model_prefixed_layout(key: str) -> str:
+    return f"model.{key}" if key.startswith("vision_tower.") else key
+
+
+@pytest.mark.parametrize("layout", [None, _to_llava_hf_layout, _to_model_prefixed_layout])
+def test_a_llava_folder_lends_its_vision_tower(tiny_model_dir, smol_tokenizer, tmp_path, layout):
+    """Before, CLIPVisionModel found none of its weights in a LLaVA folder and the build saved a random tower."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "llava"
+    shutil.copytree(tiny_model_dir, folder)
+    if layout:
+        weights = load_file(folder / "model.safetensors")
+        save_file({layout(k): v for k, v in weights.items()}, folder / "model.safetensors", metadata={"format": "pt"})
+    settings = json.loads((folder / "processor_config.json").read_text())
+    settings["image_processor"]["image_mean"] = [0.25, 0.5, 0.75]
+    (folder / "processor_config.json").write_text(json.dumps(settings))
+
+    model, processor = build_model(tiny_spec(str(smol_tokenizer), vision__path=str(folder)))
+    lent = load_model(tiny_model_dir)[0].model.vision_tower.state_dict()
+    tower = model.model.vision_tower.state_dict()
+    assert tower.keys() == lent.keys() and all(torch.equal(tower[key], lent[key]) for key in lent)
+    assert list(processor.image_processor.image_mean) == [0.25, 0.5, 0.75]
+
+
+def test_a_vision_path_without_the_towers_weights_is_refused(medvl, folders, tmp_path):
+    clip_config = folders["clip_config_llm_weights"]
+    _one_error_line(medvl("build", folders["spec.yaml"], tmp_path / "m", f"vision.path={clip_config}"),
+                    f"vision.path: {clip_config} lacks 23 of the 23 weights of its clip_vision_model model")
+    _one_error_line(medvl("build", folders["spec.yaml"], tmp_path / "m", f"vision.path={folders['llm']}"),
+                    f"vision.path: {folders['llm']} holds a llama model, not a CLIP/SigLIP vision tower")
+    assert not (tmp_path / "m" / "config.json").exists()
+
+
+def test_a_text_path_that_is_no_causal_lm_is_one_line(medvl, folders, tiny_model_dir, tmp_path):
+    """Before: a ValueError listing every config class, and an OSError, as tracebacks."""
+    build = ("build", folders["spec.yaml"], tmp_path / "m", "text.tokenizer=null")
+    _one_error_line(medvl(*build, f"text.path={tiny_model_dir}"),
+                    f"text.path: {tiny_model_dir} holds a llava model, not a causal LM; give the folder of the LLM")
+    _one_error_line(medvl(*build, f"text.path={folders['no_weights']}"),
+                    f"text.path: {folders['no_weights']} cannot be loaded (Error no file named model.safetensors")
+
+
+def test_build_refuses_an_output_path_that_is_a_file_before_building(medvl, folders, tmp_path, monkeypatch):
+    from medvl.model import build
+
+    monkeypatch.setattr(build, "build_model", lambda spec: pytest.fail("the model was built before the check"))
+    (tmp_path / "taken").write_text("")
+    _one_error_line(medvl("build", folders["spec.yaml"], tmp_path / "taken"), "taken is a file, not a folder")
