@@ -1,6 +1,7 @@
 """Folders that are not what `medvl build` and `medvl prior` were told: a LLaVA folder lends its vision
 tower; anything else is one line naming the key and the folder (exit 2) before the expensive part,
-never a traceback or a model with random weights saved as if pretrained."""
+never a traceback or a model with random weights saved as if pretrained. Unreadable prior images are
+skipped, listed with their reasons and not counted."""
 
 from __future__ import annotations
 
@@ -105,3 +106,59 @@ def test_build_refuses_an_output_path_that_is_a_file_before_building(medvl, fold
     monkeypatch.setattr(build, "build_model", lambda spec: pytest.fail("the model was built before the check"))
     (tmp_path / "taken").write_text("")
     _one_error_line(medvl("build", folders["spec.yaml"], tmp_path / "taken"), "taken is a file, not a folder")
+
+
+@pytest.fixture
+def images(tmp_path) -> dict[str, Path]:
+    """One good image, a text file named .png and a dangling link named .png, in one folder."""
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (40, 30), (120, 30, 200)).save(folder / "good.png")
+    (folder / "text.png").write_text("not an image")
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    return {"folder": folder, "good": folder / "good.png", "text": folder / "text.png", "gone": folder / "gone.png"}
+
+
+def test_a_teacher_that_is_no_image_network_is_one_line_before_any_image_is_read(
+        medvl, folders, tiny_model_dir, images, tmp_path, monkeypatch):
+    """Before: `ValueError: You must specify exactly one of input_ids…` or an OSError, as tracebacks,
+    and a size the teacher does not take failed only after every view was made."""
+    from medvl.model import prior
+
+    monkeypatch.setattr(prior, "_views", lambda *a: pytest.fail("images were read before the teacher was checked"))
+    prior_run = ("prior", tmp_path / "tower", "-i", images["good"], *TINY_TOWER)
+    for folder in (tiny_model_dir, folders["llm"]):
+        _one_error_line(medvl(*prior_run, f"teacher={folder}"), f"teacher {folder}: a probe batch of 32 px images "
+                        "failed (You must specify exactly one of input_ids", "expected a transformers vision model")
+    _one_error_line(medvl(*prior_run, f"teacher={folders['no_weights']}"),
+                    f"teacher: {folders['no_weights']} cannot be loaded (Error no file named model.safetensors")
+    _one_error_line(medvl(*prior_run, f"teacher={folders['teacher']}", "teacher_size=64"),
+                    "a probe batch of 64 px images failed", "teacher_size=64")
+
+
+def test_unreadable_prior_images_are_listed_not_counted_and_the_cache_holds(folders, images, tmp_path, monkeypatch):
+    from medvl.config import load_config
+    from medvl.io.images import image_files
+    from medvl.model import prior
+
+    monkeypatch.setenv("MEDVL_CACHE", str(tmp_path / "cache"))
+    config = load_config(prior.PriorConfig, None, [*TINY_TOWER, f"teacher={folders['teacher']}"],
+                         {"images": [str(images["folder"])]})
+    folder, cached = prior.cached_prior(config)  # the dangling link's key: before, FileNotFoundError
+    record = json.loads((folder / "prior.json").read_text())
+    assert not cached and record["images"] == [str(images["good"])] and record["views"] == 1
+    assert [(row["path"], row["reason"]) for row in record["skipped"]] == [
+        (str(images["gone"]), "missing"), (str(images["text"]), "not_image")]
+    monkeypatch.setattr(prior, "distil_tower", lambda *a, **k: pytest.fail("a cached prior was distilled again"))
+    assert prior.cached_prior(config) == (folder, True)
+
+    images["gone"].unlink()  # a skipped file removed (or repaired): another set of images, another key
+    assert prior.prior_key(config, image_files(config.images)) != folder.name
+
+
+def test_the_prior_summary_counts_the_images_used(medvl, folders, images, tmp_path):
+    outcome = medvl("prior", tmp_path / "tower", "-i", images["folder"], *TINY_TOWER, f"teacher={folders['teacher']}")
+    assert outcome.code == 0, outcome.err
+    assert "1 images (2 unreadable skipped, listed in prior.json), 1 views" in outcome.out

@@ -167,7 +167,7 @@ def test_any_transformers_vision_folder_can_teach(organ_images, tmp_path):
                                                num_attention_heads=2, intermediate_size=96))
     teacher.save_pretrained(tmp_path / "teacher")
     CLIPImageProcessor(image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(tmp_path / "teacher")
-    assert load_teacher(str(tmp_path / "teacher"))(torch.rand(2, 3, 64, 64)).shape == (2, 48, 4, 4)
+    assert load_teacher(str(tmp_path / "teacher"), 64)(torch.rand(2, 3, 64, 64)).shape == (2, 48, 4, 4)
     result = distil_tower(_prior_config(organ_images[0][:3], teacher=str(tmp_path / "teacher"), teacher_size=64,
                                         epochs=1), tmp_path / "student")
     assert result.views == 6 and (tmp_path / "student" / "model.safetensors").is_file()

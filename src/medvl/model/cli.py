@@ -72,7 +72,8 @@ def prior(
 
     settings = load_config(PriorConfig, config, overrides or [], {"images": [str(p) for p in images]})
     result = distil_tower(settings, out, progress=typer.echo)
-    typer.echo(f"saved a {settings.tower.num_layers}-layer CLIP tower to {out}: {result.images} images, "
+    skipped = f" ({result.skipped} unreadable skipped, listed in prior.json)" if result.skipped else ""
+    typer.echo(f"saved a {settings.tower.num_layers}-layer CLIP tower to {out}: {result.images} images{skipped}, "
                f"{result.views} views, {result.steps} steps, loss {result.first_loss:.3f} → {result.final_loss:.3f}; "
                f"use it with {shlex.quote(f'model.vision.path={out}')}")
 

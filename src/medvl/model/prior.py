@@ -32,10 +32,10 @@ from pydantic import Field
 from torch.nn import functional as F
 
 from medvl.config import Config
-from medvl.errors import UserError
+from medvl.errors import UserError, first_line
 from medvl.io.files import ensure_folder, share_weights
 from medvl.io.images import image_files
-from medvl.model.build import CLIP_MEAN, CLIP_STD
+from medvl.model.build import CLIP_MEAN, CLIP_STD, load_pretrained
 from medvl.model.spec import VisionSpec
 
 __all__ = ["PriorConfig", "distil_tower", "cached_prior", "prior_key", "student_tower", "Teacher",
@@ -65,7 +65,8 @@ class PriorConfig(Config):
 @dataclass
 class PriorResult:
     folder: Path
-    images: int
+    images: int  # read and distilled on
+    skipped: int  # unreadable: listed with their reasons in prior.json
     views: int
     steps: int
     first_loss: float
@@ -88,24 +89,28 @@ class Teacher:
         return self._features((pixels - self.mean) / self.std).float()
 
 
-def load_teacher(name: str) -> Teacher:
+TEACHERS = "a transformers vision model folder (CLIP, SigLIP, DINOv2, ViT) or 'efficientnet-lite0'"
+
+
+def load_teacher(name: str, size: int) -> Teacher:
+    """The teacher `name`, checked on a probe batch of `size` px images: a folder that loads no image
+    network with patch features at that size is a UserError naming it, before any image is read."""
     if name == "efficientnet-lite0":
         from medvl.model.efficientnet import LITE_MEAN, LITE_STD, load_efficientnet_lite0
 
         network = load_efficientnet_lite0()
-        return Teacher(name, network, LITE_MEAN, LITE_STD, network.features)
+        return _probed(Teacher(name, network, LITE_MEAN, LITE_STD, network.features), size)
     folder = Path(name)
     if not (folder / "config.json").is_file():
         raise UserError(f"teacher {name!r}: not 'efficientnet-lite0' and not a local model folder with config.json")
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
-    config = AutoConfig.from_pretrained(folder)
-    network = AutoModel.from_pretrained(folder).eval()
+    network = load_pretrained(AutoModel, name, "teacher", f"expected {TEACHERS}").eval()
     network = getattr(network, "vision_model", network)  # a full CLIP/SigLIP: its vision half
     stats = json.loads((folder / "preprocessor_config.json").read_text()) \
         if (folder / "preprocessor_config.json").is_file() else {}
     mean, std = stats.get("image_mean", CLIP_MEAN), stats.get("image_std", CLIP_STD)
-    log.info("teacher %s (%s)", folder, config.model_type)
+    log.info("teacher %s (%s)", folder, network.config.model_type)
 
     def features(pixels: torch.Tensor) -> torch.Tensor:
         tokens = network(pixel_values=pixels).last_hidden_state  # (B, N, C), maybe with CLS/register tokens
@@ -113,14 +118,31 @@ def load_teacher(name: str) -> Teacher:
         tokens = tokens[:, tokens.shape[1] - side * side:]
         return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
 
-    return Teacher(str(folder), network, mean, std, features)
+    return _probed(Teacher(name, network, mean, std, features), size)
+
+
+def _probed(teacher: Teacher, size: int) -> Teacher:
+    """`teacher`, once one grey image of `size` px gave it a (1, C, h, w) feature map."""
+    try:
+        shape = tuple(teacher(torch.full((1, 3, size, size), 0.5)).shape)
+    except (ValueError, TypeError, RuntimeError, AttributeError, IndexError, KeyError) as exc:  # not an image network
+        problem = first_line(exc)
+    else:
+        problem = None if len(shape) == 4 and min(shape) > 0 else f"its features have the shape {shape}"
+    if problem:
+        raise UserError(f"teacher {teacher.name}: a probe batch of {size} px images failed ({problem}); expected "
+                        f"{TEACHERS}, taking images of teacher_size={size} px")
+    return teacher
 
 
 def prior_key(config: PriorConfig, files: Sequence[Path]) -> str:
-    """A short hash of the config and the images (names and sizes): the prior's cache key."""
+    """A short hash of the config and the images (names and sizes): the prior's cache key. Every
+    listed file counts, an unreadable one too (as `missing` when it is a dangling link): the key is
+    known before any image is read, and repairing or removing a skipped file gives a new key."""
     digest = hashlib.sha256(json.dumps(config.model_dump(mode="json", exclude={"images"}), sort_keys=True).encode())
     for path in files:
-        digest.update(f"{path.name}:{path.stat().st_size}\n".encode())
+        size = path.stat().st_size if path.exists() else "missing"
+        digest.update(f"{path.name}:{size}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -150,19 +172,21 @@ def _view(image: Any, rng: random.Random, min_crop: float, size: int) -> torch.T
     return torch.from_numpy(np.asarray(view, dtype=np.float32) / 255.0).permute(2, 0, 1)
 
 
-def _views(files: Sequence[Path], config: PriorConfig) -> torch.Tensor:
-    """(images * views, 3, S, S) uint8 views at the teacher's size; view 0 of each image is the whole image."""
+def _views(files: Sequence[Path], config: PriorConfig) -> tuple[torch.Tensor, list[Path], list[dict[str, str]]]:
+    """(images * views, 3, S, S) uint8 views at the teacher's size (view 0 of each image is the whole
+    image), the files they came from, and the files skipped as unreadable, each with its reason."""
     from medvl.io.images import ImageLoadError, load_image
 
     fill = tuple(round(255 * m) for m in CLIP_MEAN)
-    views, skipped = [], 0
+    views, used, skipped = [], [], []
     for index, path in enumerate(files):
         try:
             image = _square(load_image(path), fill)
         except ImageLoadError as exc:
             log.warning("prior: skipping %s (%s)", path, exc.reason)
-            skipped += 1
+            skipped.append({"path": str(path), "reason": exc.reason, "detail": exc.detail})
             continue
+        used.append(path)
         rng = random.Random(config.seed * 1_000_003 + index)
         for view in range(config.views_per_image):
             crop = 1.0 if view == 0 else config.min_crop
@@ -170,8 +194,8 @@ def _views(files: Sequence[Path], config: PriorConfig) -> torch.Tensor:
     if not views:
         raise UserError(f"prior: none of the {len(files)} image files could be read")
     if skipped:
-        log.warning("prior: %d of %d image files skipped", skipped, len(files))
-    return torch.stack(views)
+        log.warning("prior: %d of %d image files skipped", len(skipped), len(files))
+    return torch.stack(views), used, skipped
 
 
 def _teacher_targets(teacher: Teacher, views: torch.Tensor, grid: int, batch: int = 32) -> torch.Tensor:
@@ -210,8 +234,8 @@ def distil_tower(config: PriorConfig, out: str | Path, progress: Callable[[str],
         raise UserError(f"prior: no image files in {given} (prior.images / -i: image files or folders holding them)")
     folder = ensure_folder(out)  # before the teacher and the student's epochs, not after
     started = time.perf_counter()
-    teacher = load_teacher(config.teacher)
-    views = _views(files, config)
+    teacher = load_teacher(config.teacher, config.teacher_size)
+    views, used, skipped = _views(files, config)
     grid = config.tower.image_size // config.tower.patch_size
     targets = _teacher_targets(teacher, views, grid)
     teacher_seconds = time.perf_counter() - started
@@ -254,11 +278,11 @@ def distil_tower(config: PriorConfig, out: str | Path, progress: Callable[[str],
     CLIPImageProcessor(size={"shortest_edge": config.tower.image_size},
                        crop_size={"height": config.tower.image_size, "width": config.tower.image_size},
                        image_mean=CLIP_MEAN, image_std=CLIP_STD).save_pretrained(folder)
-    result = PriorResult(folder, len(files), len(views), total, losses[0], float(np.mean(losses[-steps_per_epoch:])),
-                         round(teacher_seconds, 1), round(student_seconds, 1))
+    result = PriorResult(folder, len(used), len(skipped), len(views), total, losses[0],
+                         float(np.mean(losses[-steps_per_epoch:])), round(teacher_seconds, 1), round(student_seconds, 1))
     (folder / "prior.json").write_text(json.dumps({
-        "config": config.model_dump(mode="json", exclude={"images"}), "images": [str(p) for p in files],
-        "views": result.views, "steps": result.steps, "first_loss": result.first_loss,
+        "config": config.model_dump(mode="json", exclude={"images"}), "images": [str(p) for p in used],
+        "skipped": skipped, "views": result.views, "steps": result.steps, "first_loss": result.first_loss,
         "final_loss": result.final_loss, "teacher_seconds": result.teacher_seconds,
         "student_seconds": result.student_seconds}, indent=1))
     return result
@@ -269,7 +293,8 @@ def cached_prior(config: PriorConfig, progress: Callable[[str], None] | None = N
     cached), i.e. not distilled by this call (another process may have, while this one waited).
 
     The cache key covers the whole config and the images' names and sizes (`prior_key`), so a
-    second run with the same settings reuses the tower and a changed setting trains a new one.
+    second run with the same settings reuses the tower and a changed setting trains a new one; the
+    tower's `prior.json` lists the images it was distilled on and those skipped as unreadable.
     """
     from medvl.io.offline import cache_dir, materialise
 
