@@ -88,7 +88,7 @@ def test_a_vision_path_without_the_towers_weights_is_refused(medvl, folders, tmp
                     f"vision.path: {clip_config} lacks 23 of the 23 weights of its clip_vision_model model")
     _one_error_line(medvl("build", folders["spec.yaml"], tmp_path / "m", f"vision.path={folders['llm']}"),
                     f"vision.path: {folders['llm']} holds a llama model, not a CLIP/SigLIP vision tower")
-    assert not (tmp_path / "m" / "config.json").exists()
+    assert not (tmp_path / "m").exists()  # the folder the failed build made is gone, not left empty
 
 
 def test_a_text_path_that_is_no_causal_lm_is_one_line(medvl, folders, tiny_model_dir, tmp_path):
@@ -136,6 +136,7 @@ def test_a_teacher_that_is_no_image_network_is_one_line_before_any_image_is_read
                     f"teacher: {folders['no_weights']} cannot be loaded (Error no file named model.safetensors")
     _one_error_line(medvl(*prior_run, f"teacher={folders['teacher']}", "teacher_size=64"),
                     "a probe batch of 64 px images failed", "teacher_size=64")
+    assert not (tmp_path / "tower").exists()  # the folder the failed prior made is gone, not left empty
 
 
 def test_unreadable_prior_images_are_listed_not_counted_and_the_cache_holds(folders, images, tmp_path, monkeypatch):

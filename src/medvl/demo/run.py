@@ -248,6 +248,7 @@ def visual_prior(config: DemoConfig, vqa_rad: Path) -> dict[str, Any]:
         console.print(f"[bold]demo[/]: prior: reusing the cached tower {folder}")
     record = json.loads((folder / "prior.json").read_text())
     return {"folder": str(folder), "cached": cached, "teacher": settings.teacher, "images": len(record["images"]),
+            "unreadable_skipped": len(record.get("skipped", [])),  # towers cached before it was recorded: none
             "views": record["views"], "steps": record["steps"], "final_loss": record["final_loss"],
             "teacher_seconds": record["teacher_seconds"], "student_seconds": record["student_seconds"]}
 

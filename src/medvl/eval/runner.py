@@ -46,7 +46,7 @@ from medvl.eval.backends import BackendConfig, make_backend
 from medvl.eval.config import EvalConfig
 from medvl.eval.prompts import build_messages
 from medvl.eval.scorers import SCORERS
-from medvl.io.files import ensure_folder
+from medvl.io.files import ensure_folder, no_empty_folder_on_failure
 from medvl.io.jsonl import JsonlAppender, JsonlLineError, RejectLog, iter_jsonl, read_json_file, write_jsonl
 from medvl.io.process import RunLock
 
@@ -79,24 +79,9 @@ def run_eval(config: EvalConfig, state: ProcessState | None = None) -> Path:
 
         state = PartialState()
     out = Path(config.output_dir)
-    made = [folder for folder in (out, *out.parents) if not folder.exists()]  # deepest first
-    try:
+    with no_empty_folder_on_failure(out, enabled=state.is_main_process):
         with RunLock(out, what="evaluation run") if state.is_main_process else nullcontext():
             return _evaluate(config, state, out)
-    except BaseException:
-        if state.is_main_process:
-            _remove_while_empty(made)
-        raise
-
-
-def _remove_while_empty(made: list[Path]) -> None:
-    """A run that failed before writing anything leaves no empty folder behind: remove the folders it
-    made (deepest first) while they are still empty."""
-    for folder in made:
-        try:
-            folder.rmdir()
-        except OSError:  # not empty (the run wrote something, or another process did), or already gone
-            return
 
 
 def _evaluate(config: EvalConfig, state: ProcessState, out: Path) -> Path:

@@ -17,6 +17,8 @@ a file several processes share.
   a process that has to wait logs what the holder is doing.
 - `ensure_folder` / `check_file_target`: an output path that cannot be one (a file where a folder is
   needed, a folder where a file is) is an `OutputPathError` naming the path, not an OSError.
+- `no_empty_folder_on_failure`: a command that fails before writing anything removes the output
+  folders it created (eval run, build, prior).
 - `refuse_overwriting_inputs`: an output that is one of the command's inputs (the same file once
   symlinks and `..` are resolved) is an `OutputPathError` before anything is written.
 """
@@ -34,7 +36,8 @@ from typing import Any, Callable, Iterable, Iterator
 from medvl.errors import UserError
 
 __all__ = ["OutputPathError", "share_weights", "atomic_output", "atomic_write_with", "atomic_write_bytes", "atomic_write_text",
-           "atomic_write_json", "check_file_target", "ensure_folder", "file_lock", "refuse_overwriting_inputs"]
+           "atomic_write_json", "check_file_target", "ensure_folder", "file_lock", "no_empty_folder_on_failure",
+           "refuse_overwriting_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,24 @@ def refuse_overwriting_inputs(outputs: Iterable[str | Path], inputs: Iterable[st
         source = by_target.get(Path(output).resolve())
         if source is not None:
             raise OutputPathError(f"{output} would overwrite the input {source}; {fix}")
+
+
+@contextmanager
+def no_empty_folder_on_failure(out: str | Path, enabled: bool = True) -> Iterator[None]:
+    """When the block raises, the folders it created for `out` (`out` and parents that did not exist
+    before it) are removed, deepest first, while they are still empty: a command that failed before
+    writing anything leaves nothing behind. A folder that existed, or holds anything, stays."""
+    out = Path(out)
+    made = [folder for folder in (out, *out.parents) if not folder.exists()] if enabled else []
+    try:
+        yield
+    except BaseException:
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (something was written, by this run or another process), or gone
+                break
+        raise
 
 
 @contextmanager

@@ -19,15 +19,16 @@ def build(
 ) -> None:
     """Assemble vision tower → projector → LLM and save it with its processor."""
     from medvl.config import load_config
-    from medvl.io.files import ensure_folder
+    from medvl.io.files import ensure_folder, no_empty_folder_on_failure
     from medvl.model.build import build_model
     from medvl.model.checkpoint import save_model
     from medvl.model.spec import ModelSpec
 
     spec = load_config(ModelSpec, config, overrides or [])
-    ensure_folder(out)  # a file in the way is refused before the model is built, not after
-    model, processor = build_model(spec)
-    save_model(model, processor, out)
+    with no_empty_folder_on_failure(out):
+        ensure_folder(out)  # a file in the way is refused before the model is built, not after
+        model, processor = build_model(spec)
+        save_model(model, processor, out)
     params = sum(p.numel() for p in model.parameters())
     typer.echo(f"saved {params / 1e6:.1f}M-parameter model to {out}")
 
@@ -68,10 +69,12 @@ def prior(
 ) -> None:
     """Distil a pretrained image network (EfficientNet-Lite0 by default) into a native CLIP ViT tower."""
     from medvl.config import load_config
+    from medvl.io.files import no_empty_folder_on_failure
     from medvl.model.prior import PriorConfig, distil_tower
 
     settings = load_config(PriorConfig, config, overrides or [], {"images": [str(p) for p in images]})
-    result = distil_tower(settings, out, progress=typer.echo)
+    with no_empty_folder_on_failure(out):
+        result = distil_tower(settings, out, progress=typer.echo)
     skipped = f" ({result.skipped} unreadable skipped, listed in prior.json)" if result.skipped else ""
     typer.echo(f"saved a {settings.tower.num_layers}-layer CLIP tower to {out}: {result.images} images{skipped}, "
                f"{result.views} views, {result.steps} steps, loss {result.first_loss:.3f} → {result.final_loss:.3f}; "
