@@ -22,8 +22,9 @@ from medvl.errors import UserError
 
 # Libraries' internals are kept off the console (medvl's own progress bars and log lines, and the
 # libraries' warnings, stay): at INFO the HTTP clients under openai (httpx; httpx2 for openai 3) log
-# every request and sentence-transformers each model it loads ...
-QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "sentence_transformers")
+# every request, sentence-transformers each model it loads, and faiss (curation's dedup) each build it
+# fails to load, with a ModuleNotFoundError, before the one it loads ...
+QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "sentence_transformers", "faiss")
 # ... and transformers draws a bar for loading and for saving weights (off through huggingface_hub's
 # switch, which both read when they load; `HF_HUB_DISABLE_PROGRESS_BARS=0` brings the bars back).
 QUIET_ENVIRONMENT = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
