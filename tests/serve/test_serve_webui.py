@@ -129,7 +129,8 @@ def test_a_refused_exchange_is_left_out_of_the_history():
 
 def test_sigterm_stops_the_page_and_deletes_the_uploads(tiny_model_dir, tmp_path):
     """With a question in flight: the process exits 0 within seconds, leaves no child, and the uploaded scan is gone
-    from Gradio's cache (Gradio keeps uploads for good unless told otherwise)."""
+    from Gradio's cache (Gradio keeps uploads for good unless told otherwise). The console has medvl's serving line,
+    not Gradio's (which advises `share=True` in `launch()`, an option the command does not have)."""
     import os
     import signal
     import subprocess
@@ -143,7 +144,7 @@ def test_sigterm_stops_the_page_and_deletes_the_uploads(tiny_model_dir, tmp_path
     port = _free_port()
     env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path / "gradio-cache")}
     page = subprocess.Popen([sys.executable, "-m", "medvl.cli", "webui", str(tiny_model_dir), "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -166,7 +167,9 @@ def test_sigterm_stops_the_page_and_deletes_the_uploads(tiny_model_dir, tmp_path
             os.killpg(page.pid, signal.SIGKILL)
     assert subprocess.run(["pgrep", "-g", str(page.pid)], capture_output=True).stdout == b""
     assert not list((tmp_path / "gradio-cache").rglob("*.png"))
-    assert "Traceback" not in page.stderr.read()
+    stdout, stderr = page.communicate()
+    assert "Traceback" not in stderr
+    assert f"on http://127.0.0.1:{port} (login off)" in stderr and "share=True" not in stdout + stderr, stdout + stderr
 
 
 def _free_port() -> int:

@@ -224,7 +224,9 @@ def launch(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, dty
     demo.queue(max_size=32)
     stop = _stop_signals() if block else None
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, show_error=True,
-                quiet=not block, auth=auth, max_file_size=policy.max_image_bytes)
+                quiet=True, auth=auth, max_file_size=policy.max_image_bytes)  # Gradio's lines advise share=True
+    log.info("serving the web UI for %s on http://%s:%d (login %s)", model_dir, host, port,
+             "on" if auth else "off")
     if stop is not None:
         stop.wait()
         log.info("stopping the web UI")
