@@ -147,6 +147,19 @@ def test_old_section_names_are_a_clear_error():
         load_config(CurateConfig, None, ["sources=[{format: folder, path: x}]", "text_filter.min_medical_terms=1"])
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("filter.text.min_words=3", "filter.text.min_words: unknown key, set on the command line"),
+    ("filter.image.min_side=big", "filter.image.min_side: Input should be a valid integer"),
+    ("filter.licence.allow=CC-BY", "filter.licence.allow: Input should be a valid list"),
+])
+def test_a_bad_filter_key_is_named_with_its_section(override, expected):
+    from medvl.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as raised:
+        load_config(CurateConfig, None, ["sources=[{format: folder, path: x}]", override])
+    assert expected in str(raised.value)
+
+
 def test_text_filter_reasons():
     config = TextFilterConfig(min_caption_words=4, max_caption_words=20, min_medical_terms=2)
     ok = make_document("a", [], "Axial CT of the liver showing a lesion.", order=[0, 0, 0], source="s")

@@ -6,12 +6,14 @@ under (`@register_filter("text")`); the pipeline adds the active ones in `filter
 config (validated by the class's `config_class`) and writing its rejects under the stage `<name>`.
 
 Adding a filter: one new module here with a registered `CurateFilter` subclass (its `config_class`,
-`cost` and `filter(doc)`) — see docs/curation.md, "Adding a filter".
+`cost` and `filter(doc)`) — see docs/architecture.md, "Add a curation filter".
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
 
 from medvl.curate.filters.base import (
     FILTERS,
@@ -62,8 +64,19 @@ def filter_sections(data: dict[str, Any] | None) -> dict[str, FilterConfig]:
     for name in names:
         config_class = filter_class(name).config_class
         value = data.get(name)
-        sections[name] = value if isinstance(value, config_class) else config_class.model_validate(value or {})
+        try:
+            sections[name] = value if isinstance(value, config_class) else config_class.model_validate(value or {})
+        except ValidationError as exc:  # keys named from `filter`: filter.text.min_words, not filter.min_words
+            raise ValidationError.from_exception_data(exc.title, [_in_section(name, error) for error in exc.errors()])
     return sections
+
+
+def _in_section(name: str, error: Any) -> Any:
+    """A section's validation error placed under the section's name (pydantic's `InitErrorDetails`)."""
+    details = {"type": error["type"], "loc": (name, *error["loc"]), "input": error["input"]}
+    if "ctx" in error:
+        details["ctx"] = error["ctx"]
+    return details
 
 
 def build_filters(config: "CurateConfig", rejects_dir: str) -> list[CurateFilter]:
