@@ -82,6 +82,20 @@ def test_outputs_do_not_depend_on_the_number_of_tasks(corpus, curate_config, tmp
     assert outputs[0]["concept_alignment.jsonl"].count("\n") >= 5
 
 
+def test_datatrove_lines_stay_in_the_task_logs(corpus, curate_config, tmp_path, capfd, monkeypatch):
+    """medvl prints its own progress and report; datatrove's pipeline listing and per-step stats go to each
+    task's log file only (MEDVL_LOG=DEBUG brings them back)."""
+    monkeypatch.delenv("MEDVL_LOG", raising=False)
+    run_curation(curate_config(corpus), tmp_path / "out")
+    console = capfd.readouterr().err
+    assert "Launching pipeline" not in console and "Stats" not in console, console[-2000:]
+    logs = [path.read_text() for path in (tmp_path / "out" / "_work" / "logs").rglob("task_*.log")]
+    assert logs and all("Launching pipeline" in log and "Stats" in log for log in logs)
+    monkeypatch.setenv("MEDVL_LOG", "DEBUG")
+    run_curation(curate_config(corpus, "generate.concept.cutoff_words=20"), tmp_path / "out")
+    assert "Stats" in capfd.readouterr().err
+
+
 def test_config_changes_rerun_only_the_affected_stages(corpus, curate_config, tmp_path):
     out = tmp_path / "out"
     config = curate_config(corpus)

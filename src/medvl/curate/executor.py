@@ -26,10 +26,16 @@ owner); so is the cluster itself, which is never touched.
 datatrove logs a failed task with its traceback. A task that stops on a `UserError` (the LLM
 endpoint cannot be reached, records left to retry) logs its message alone: the `medvl` command
 prints that message as its one error line, whichever process the task ran in.
+
+datatrove prints a task's INFO lines (its pipeline, its per-step stats) on the console when the
+task's local rank is 0, and only its errors otherwise. `medvl curate` prints its own progress and
+report, so every task runs as a non-zero local rank (`_console_rank`): datatrove's lines stay in the
+task's log file (`_work/logs/<stage>/logs/task_*.log`); `MEDVL_LOG=DEBUG` shows them again.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from copy import deepcopy
@@ -45,6 +51,8 @@ from medvl.io.process import ProcessRef, die_with_parent, die_with_process
 
 __all__ = ["LocalExecutor", "RayExecutor"]
 
+log = logging.getLogger(__name__)
+
 _worker_slot = 0  # in a pool worker: its index, so that only worker 0 logs to the console (as datatrove)
 
 
@@ -53,7 +61,13 @@ class _UserErrorsWithoutTraceback:
 
     def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1) -> PipelineStats:
         logger.configure(patcher=_drop_user_error_traceback)  # survives datatrove's own handler setup
-        return super()._run_for_rank(rank, local_rank, node_rank)
+        return super()._run_for_rank(rank, _console_rank(local_rank), node_rank)
+
+
+def _console_rank(local_rank: int) -> int:
+    """The local rank datatrove is told, which only decides what it prints (module notes): errors alone,
+    unless MEDVL_LOG=DEBUG."""
+    return local_rank if os.environ.get("MEDVL_LOG", "").upper() == "DEBUG" else max(local_rank, 1)
 
 
 def _drop_user_error_traceback(record: Any) -> None:
@@ -68,7 +82,7 @@ class LocalExecutor(_UserErrorsWithoutTraceback, LocalPipelineExecutor):
     def run(self) -> PipelineStats | None:
         ranks = self.get_incomplete_ranks(range(self.tasks))
         if not ranks:
-            logger.info(f"Not doing anything as all {self.tasks} tasks have already been completed.")
+            log.info("all %d tasks of this stage finished in an earlier run", self.tasks)
             return None
         self.save_executor_as_json()
         if self.workers == 1:
