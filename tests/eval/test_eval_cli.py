@@ -30,7 +30,8 @@ def test_run_score_compare(tmp_path):
     first, second = tmp_path / "majority", tmp_path / "majority-text-only"
     output = invoke("eval", "run", str(config), f"output_dir={first}")
     assert "choice acc" in output and str(first) in output
-    invoke("eval", "run", str(config), f"output_dir={second}", "missing_images=text_only")
+    output = invoke("eval", "run", str(config), f"output_dir={second}", "missing_images=text_only", "report=false")
+    assert "no report.md or plots/" in output and not (second / "report.md").exists()  # says what it wrote
 
     rescored = json.loads(invoke("eval", "score", str(first), "--scorer", "huatuo_match_choice3", "--out",
                                  str(tmp_path / "rescored")))

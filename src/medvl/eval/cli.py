@@ -32,10 +32,13 @@ def run(
     from medvl.eval.render import headline
     from medvl.eval.runner import run_eval
 
-    out = run_eval(load_config(EvalConfig, config, overrides or []))
+    settings = load_config(EvalConfig, config, overrides or [])
+    out = run_eval(settings)
     if PartialState().is_main_process:
         typer.echo(headline(json.loads((out / "scores.json").read_text(encoding="utf-8"))))
-        typer.echo(f"run folder: {out} (report.md, predictions.jsonl, scores.json, plots/)")
+        written = "report.md, predictions.jsonl, scores.json, plots/" if settings.report else \
+            "predictions.jsonl, scores.json; report=false: no report.md or plots/"
+        typer.echo(f"run folder: {out} ({written})")
 
 
 @eval_app.command("score")

@@ -225,7 +225,7 @@ def student_tower(config: PriorConfig) -> Any:
 
 def distil_tower(config: PriorConfig, out: str | Path, progress: Callable[[str], None] | None = None) -> PriorResult:
     """Train the student tower on the teacher's features and save it as a CLIP vision folder at `out`."""
-    from transformers import CLIPImageProcessor
+    from transformers import CLIPImageProcessorPil
 
     torch.manual_seed(config.seed)
     files = image_files(config.images)
@@ -275,9 +275,9 @@ def distil_tower(config: PriorConfig, out: str | Path, progress: Callable[[str],
 
     student.eval().save_pretrained(folder)
     share_weights(folder)
-    CLIPImageProcessor(size={"shortest_edge": config.tower.image_size},
-                       crop_size={"height": config.tower.image_size, "width": config.tower.image_size},
-                       image_mean=CLIP_MEAN, image_std=CLIP_STD).save_pretrained(folder)
+    CLIPImageProcessorPil(size={"shortest_edge": config.tower.image_size},
+                          crop_size={"height": config.tower.image_size, "width": config.tower.image_size},
+                          image_mean=CLIP_MEAN, image_std=CLIP_STD).save_pretrained(folder)
     result = PriorResult(folder, len(used), len(skipped), len(views), total, losses[0],
                          float(np.mean(losses[-steps_per_epoch:])), round(teacher_seconds, 1), round(student_seconds, 1))
     (folder / "prior.json").write_text(json.dumps({
