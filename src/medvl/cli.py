@@ -11,23 +11,13 @@ would otherwise print as a usage line, a hint and the error in a frame.
 from __future__ import annotations
 
 import importlib
-import logging
-import os
-import sys
 from typing import Any, NoReturn
 
 import typer
 
 from medvl.errors import UserError
+from medvl.io.console import setup_console
 
-# Libraries' internals are kept off the console (medvl's own progress bars and log lines, and the
-# libraries' warnings, stay): at INFO the HTTP clients under openai (httpx; httpx2 for openai 3) log
-# every request, sentence-transformers each model it loads, and faiss (curation's dedup) each build it
-# fails to load, with a ModuleNotFoundError, before the one it loads ...
-QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "sentence_transformers", "faiss")
-# ... and transformers draws a bar for loading and for saving weights (off through huggingface_hub's
-# switch, which both read when they load; `HF_HUB_DISABLE_PROGRESS_BARS=0` brings the bars back).
-QUIET_ENVIRONMENT = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
 COMMAND_MODULES = (
     "medvl.model.cli",  # build, convert, prior
     "medvl.curate.cli",  # curate ...
@@ -52,9 +42,7 @@ def build_app() -> typer.Typer:
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("MEDVL_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s",
-                        handlers=[_StderrNow()])
-    quiet_library_internals()
+    setup_console()  # log format, libraries' internals off the console (medvl.io.console)
     errors = _click_exceptions()
     try:
         code = build_app()(prog_name="medvl", standalone_mode=False)  # click's errors come here, not to a boxed panel
@@ -71,32 +59,6 @@ def main() -> None:
     except typer.Abort:  # end of input or Ctrl-C at a prompt (typer's own class: its click copy has none)
         _fail("aborted", 1)
     raise SystemExit(code if isinstance(code, int) else 0)  # typer.Exit(n) comes back as n; a command returns None
-
-
-class _StderrNow(logging.StreamHandler):
-    """A handler writing to `sys.stderr` as it is when a record is emitted, not as it was when the
-    handler was made: `main` may run again in one process (tests, notebooks) under a replaced
-    stderr, and a handler bound to the first one would write to a closed stream."""
-
-    def __init__(self) -> None:
-        super().__init__(sys.stderr)
-
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _: Any) -> None:
-        pass
-
-
-def quiet_library_internals() -> None:
-    """Keep libraries' progress bars and INFO lines off the console: before any of them loads (the
-    commands import them), so nothing is imported here. A variable the user has set is kept."""
-    for chatty in QUIET_LOGGERS:
-        logging.getLogger(chatty).setLevel(logging.WARNING)
-    for name, value in QUIET_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
 
 
 def _click_exceptions() -> Any:

@@ -122,6 +122,9 @@ def test_an_unusable_endpoint_stops_spawned_workers_in_one_line(corpus, tmp_path
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith(error_line) and last.endswith(RESUME)
     assert requests_sent(out) <= 2 * 3  # each task's first record's attempts at most
+    # the workers log as the main process does ("LEVEL logger: message"), not bare lines
+    notes = [line for line in run.stderr.splitlines() if "filter.image.classifier is not set" in line]
+    assert len(notes) == 2 and all("WARNING medvl.curate: filter.image" in line for line in notes), notes
 
 
 class DyingModel:

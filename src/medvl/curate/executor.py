@@ -47,6 +47,7 @@ from datatrove.utils.logging import logger
 from datatrove.utils.stats import PipelineStats
 
 from medvl.errors import UserError
+from medvl.io.console import setup_console
 from medvl.io.process import ProcessRef, die_with_parent, die_with_process
 
 __all__ = ["LocalExecutor", "RayExecutor"]
@@ -111,9 +112,11 @@ class LocalExecutor(_UserErrorsWithoutTraceback, LocalPipelineExecutor):
 
 
 def _start_worker(main_pid: int, slots: Any) -> None:
-    """Pool initializer: die with the main process (gone already: die now), then take a slot."""
+    """Pool initializer: die with the main process (gone already: die now), log as the main process
+    does, then take a slot."""
     global _worker_slot
     die_with_parent(signal.SIGKILL, parent=main_pid)
+    setup_console()
     _worker_slot = slots.get()
 
 
