@@ -281,6 +281,7 @@ def test_a_finished_run_that_ends_an_epoch_stays_finished(train_config, tmp_path
     before = {name: (tmp_path / "run" / name).read_bytes() for name in names}
     again = medvl("train", tmp_path / "train.yaml")
     assert again.code == 0 and f"nothing to do: {tmp_path / 'run'} already finished at step 3" in again.out
+    assert "nothing to do" not in again.err  # said once
     assert {name: (tmp_path / "run" / name).read_bytes() for name in names} == before
 
 

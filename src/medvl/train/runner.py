@@ -125,7 +125,7 @@ def _train(config: TrainConfig, args: TrainingArguments, callbacks: Sequence[Tra
     # needs the final save; one whose summary is there is finished and stays untouched.
     finished = trainer.resumed_at_end and _summary_step(trainer, out) == trainer.state.global_step
     if finished:
-        log.info("%s already finished at step %d: nothing to do", out, trainer.state.global_step)
+        log.debug("%s already finished at step %d: nothing to do", out, trainer.state.global_step)  # callers say it
     saved = None if finished else _save_final(trainer, processor, config, out)
     rows = read_metrics(out / "metrics.jsonl") if args.process_index == 0 and (out / "metrics.jsonl").exists() else []
     result = TrainResult(out, trainer.state.global_step, rows[-1]["loss"] if rows else None, report, len(entries),
