@@ -216,6 +216,10 @@ def test_token_limits_give_400(serve):
         assert_openai_error(httpx.post(url + CHAT, json=body, timeout=60), 400, "context_length_exceeded")
         body["stream"] = True  # refused before the stream starts, so still a plain 400
         assert_openai_error(httpx.post(url + CHAT, json=body, timeout=60), 400, "context_length_exceeded")
+        body = {"model": "tiny", "max_tokens": 4, "messages": [  # the system message is what does not fit
+            {"role": "system", "content": "word " * 60}, {"role": "user", "content": "Hi"}]}
+        error = assert_openai_error(httpx.post(url + CHAT, json=body, timeout=60), 400, "context_length_exceeded")
+        assert error["message"].startswith("the system message is too long: it takes "), error
 
 
 def test_full_queue_answers_429(serve, generator):

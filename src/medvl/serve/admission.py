@@ -48,9 +48,10 @@ def _too_many_messages(count: str, limit: int) -> APIError:
                     "(limits.max_messages)", "too_many_messages", "messages")
 
 
-def _too_long(tokens: str, limit: int) -> APIError:
-    return APIError(400, f"the prompt has {tokens} tokens (images included); this request allows at most {limit} "
-                    "(prompt limit and context length, minus max_tokens)", "context_length_exceeded", "messages")
+def _too_long(tokens: str, limit: int, cause: str = "") -> APIError:
+    return APIError(400, f"{cause}the prompt has {tokens} tokens (images included); this request allows at most "
+                    f"{limit} (prompt limit and context length, minus max_tokens)", "context_length_exceeded",
+                    "messages")
 
 
 class Admission:
@@ -104,8 +105,18 @@ class Admission:
             raise APIError(400, f"the request could not be encoded: {exc}", "invalid_request") from exc
         tokens = int(inputs["input_ids"].shape[1])
         if tokens > prompt_limit:
-            raise _too_long(str(tokens), prompt_limit)
+            raise self._too_long_saying_why(messages, images, tokens, prompt_limit)
         return inputs
+
+    def _too_long_saying_why(self, messages: list[dict[str, Any]], images: list[Any], tokens: int,
+                             prompt_limit: int) -> APIError:
+        """The 400 for a prompt over the limit, naming the system message when the rest alone would fit."""
+        if len(messages) > 1 and messages[0]["role"] == "system":
+            without = self.prompt_tokens(messages[1:], images)
+            if without <= prompt_limit:
+                return _too_long(str(tokens), prompt_limit, f"the system message is too long: it takes "
+                                                            f"{tokens - without} tokens; ")
+        return _too_long(str(tokens), prompt_limit)
 
     def prompt_tokens(self, messages: list[dict[str, Any]], images: list[Any]) -> int:
         return int(self._encode(messages, images)["input_ids"].shape[1])
