@@ -4,6 +4,7 @@ the held-out figures are what the report prints, and the filter rejects with p(m
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,41 @@ def test_labels_errors_are_one_clear_line(tmp_path: Path):
         load_labelled([tmp_path / "bad.jsonl"])
     with pytest.raises(TextProbeError, match="no such labels file"):
         load_labelled([tmp_path / "missing.jsonl"])
+
+
+def test_a_caption_that_is_not_text_is_named(tmp_path: Path):
+    (tmp_path / "numbers.jsonl").write_text('{"text": 5, "label": "medical"}\n')
+    with pytest.raises(TextProbeError, match="numbers.jsonl:1: 'text' must be the caption"):
+        load_labelled([tmp_path / "numbers.jsonl"])
+
+
+def test_too_few_articles_for_the_folds_is_refused_before_any_output(tmp_path: Path, medvl):
+    """Captions of one article (one pmcid) cannot be split into 5 grouped folds: one line, exit 2, no folder."""
+    rows = [json.loads(line) for line in write_labels(tmp_path / "labels.jsonl").read_text().splitlines()]
+    (tmp_path / "one_article.jsonl").write_text("".join(json.dumps(dict(r, pmcid="PMC1")) + "\n" for r in rows))
+    outcome = medvl("curate", "train-text-filter", tmp_path / "one_article.jsonl", "--out", tmp_path / "probe",
+                    "--features", "embedding", "--encoder", "hashing")
+    assert outcome.code == 2 and "from at least 5 articles" in outcome.err and "got 30 from 1" in outcome.err
+    assert "Traceback" not in outcome.err and not (tmp_path / "probe").exists()
+
+
+def test_an_lm_folder_that_cannot_serve_is_one_clear_line(tmp_path: Path, tiny_lm: Path, tiny_model_dir: Path, medvl):
+    """--lm naming a missing folder, a file, a LLaVA model, or --lm-layer past the LM's last layer (which
+    transformers would fill with random layers) is refused before anything is embedded or written."""
+    labels = write_labels(tmp_path / "labels.jsonl")
+    (tmp_path / "empty").mkdir()
+    cases = {
+        str(tmp_path / "missing"): ("2", "is not a folder"),
+        str(labels): ("2", "is not a folder"),
+        str(tmp_path / "empty"): ("2", "has no config.json"),
+        str(tiny_model_dir): ("2", "holds a llava model, not a causal language model"),
+        str(tiny_lm): ("4", "--lm-layer 4: .* has 3 decoder layers; give a layer from 1 to 3"),
+    }
+    for lm, (layer, message) in cases.items():
+        outcome = medvl("curate", "train-text-filter", labels, "--out", tmp_path / "probe", "--encoder", "hashing",
+                        "--lm", lm, "--lm-layer", layer)
+        assert outcome.code == 2 and re.search(message, outcome.err), (lm, outcome.err)
+        assert len(outcome.err.strip().splitlines()) == 1 and not (tmp_path / "probe" / "text_filter.json").exists()
 
 
 def test_precision_recall_counts_and_intervals():

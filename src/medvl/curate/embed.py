@@ -13,7 +13,8 @@ caption once.
 `make_lm_embedder(spec, layer)` returns `texts → float32 rows`: the output of a causal LM cut to its
 first `layer` decoder layers (its final norm applied, as `text.keep_layers` cuts the demo's LLM),
 averaged over the caption's tokens: the learned text filter's second view of a caption. `spec` is
-`offline:smollm2` or a local Llama/Qwen/Mistral-family folder; the deeper layers are not loaded.
+`offline:smollm2` or a local Llama/Qwen/Mistral-family folder; the deeper layers are not loaded. A folder
+that is not a causal LM, and a `layer` past its last, are ConfigErrors naming `--lm` / `--lm-layer`.
 
 `CaptionEmbedder` is the prepare-stage step that writes the embeddings semantic dedup reads: one
 float16 row per record, in shard order, to `prepared/emb-<rank>.f16`.
@@ -95,21 +96,29 @@ def make_lm_embedder(
     """texts → mean over tokens of the LM `spec` cut to its first `layer` decoder layers (final norm applied)."""
     import torch
     from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from medvl.io.offline import resolve_asset
+    from medvl.config import ConfigError
+    from medvl.errors import first_line
+    from medvl.model.build import load_pretrained, pretrained_folder, read_config
 
-    folder = resolve_asset(spec)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    folder = pretrained_folder(spec, "--lm")
+    config = read_config(folder, "--lm")
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ConfigError(f"--lm: {folder} holds a {config.model_type} model, not a causal language model; "
+                          f"give a Llama, Qwen2 or Mistral-family folder (default offline:smollm2)")
+    total = config.num_hidden_layers
+    if not 1 <= layer <= total:
+        raise ConfigError(f"--lm-layer {layer}: {folder} has {total} decoder layers; give a layer from 1 to {total}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as exc:  # transformers' words for a folder without a tokenizer it can read
+        raise ConfigError(f"--lm: no tokenizer could be loaded from {folder} ({first_line(exc)})") from None
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the unused deeper layers' weights are expected
-    try:
-        model = AutoModel.from_pretrained(folder, num_hidden_layers=layer, dtype=torch.float32).eval()
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    model = load_pretrained(AutoModel, folder, "--lm", "give the folder of a saved causal language model",
+                            num_hidden_layers=layer, dtype=torch.float32).eval()  # the deeper layers stay unread
 
     def embed(texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), model.config.hidden_size), np.float32)

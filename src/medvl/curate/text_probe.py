@@ -109,6 +109,8 @@ def load_labelled(paths: Sequence[str | Path] = ()) -> list[LabelledCaption]:
                 text, label = row["text"], row["label"]
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise TextProbeError(f"{path}:{number}: expected JSON with 'text' and 'label' ({exc})") from None
+            if not isinstance(text, str) or not text.strip():
+                raise TextProbeError(f"{path}:{number}: 'text' must be the caption, a non-empty string (got {text!r})")
             if label == "ambiguous":
                 continue
             if label not in LABELS:
@@ -254,21 +256,19 @@ def train_text_probe(
 
     if features not in FEATURE_SETS:
         raise TextProbeError(f"features {features!r} is not one of {', '.join(FEATURE_SETS)}")
-    folder = ensure_folder(out_dir)  # before the embedding and the cross-validation, not after
     train = [e for e in examples if not e.held_out]
     held_out = [e for e in examples if e.held_out]
-    labels = np.asarray([e.medical for e in train])
-    if labels.all() or not labels.any() or min(labels.sum(), (~labels).sum()) < CV_FOLDS:
-        raise TextProbeError(
-            f"train-text-filter needs at least {CV_FOLDS} medical and {CV_FOLDS} non_medical training captions"
-        )
+    _check_folds(train)
+    folder = ensure_folder(out_dir)  # before the embedding and the cross-validation, not after
+    lm_args = {"spec": lm, "layer": lm_layer, "max_tokens": LM_MAX_TOKENS} if features.startswith("lm+") else None
+    lm_embed = make_lm_embedder(**lm_args) if lm_args else None  # a bad --lm fails before any embedding
     name, embed = make_text_embedder(encoder)
     texts = [e.text for e in train]
     embeddings = embed(texts)
     vocab, identity = _vocabulary(vocabulary) if features.endswith("+vocabulary") else (None, None)
     extra = vocabulary_features(texts, vocab) if vocab is not None else np.zeros((len(train), 0), np.float32)
-    lm_args = {"spec": lm, "layer": lm_layer, "max_tokens": LM_MAX_TOKENS} if features.startswith("lm+") else None
-    lm_features = make_lm_embedder(**lm_args)(texts) if lm_args else np.zeros((len(train), 0), np.float32)
+    lm_features = lm_embed(texts) if lm_embed else np.zeros((len(train), 0), np.float32)
+    labels = np.asarray([e.medical for e in train])
     standardised = lm_args is not None  # LM hidden states are far from unit scale; the embedding is unit norm
     weighted = vocab is not None and not standardised
     folds = [cross_validation_folds(labels, [e.group for e in train], r, seed) for r in range(CV_REPEATS)]
@@ -330,6 +330,20 @@ def train_text_probe(
         result["held_out"] = precision_recall(scores >= threshold, [e.medical for e in held_out])
     atomic_write_json(folder / PROBE_FILE, result)
     return result
+
+
+def _check_folds(train: Sequence[LabelledCaption]) -> None:
+    """Each class needs `CV_FOLDS` training captions from as many articles, or a cross-validation fold
+    would be fitted on one class (the counts and the fix in the message)."""
+    for medical, name in ((True, "medical"), (False, "non_medical")):
+        captions = [e for e in train if e.medical == medical]
+        articles = len({e.group for e in captions})
+        if articles < CV_FOLDS:
+            raise TextProbeError(
+                f"train-text-filter needs {name} training captions from at least {CV_FOLDS} articles for its "
+                f"{CV_FOLDS}-fold cross-validation; got {len(captions)} from {articles} (ambiguous and split=test "
+                "lines do not count; captions sharing a pmcid are one article): add labelled captions"
+            )
 
 
 def _raw_weights(fitted: Any) -> tuple[np.ndarray, float]:

@@ -177,7 +177,7 @@ def _vision_part(vision: VisionSpec) -> tuple[Any, dict | None, dict]:
     from transformers import CLIPVisionModel, SiglipVisionModel
 
     path = pretrained_folder(vision.path, "vision.path")
-    full = _config(path, "vision.path")
+    full = read_config(path, "vision.path")
     config = getattr(full, "vision_config", full)
     family = VISION_FAMILIES.get(config.model_type)
     if family is None:
@@ -193,7 +193,7 @@ def _vision_part(vision: VisionSpec) -> tuple[Any, dict | None, dict]:
     return tower.config, tower.state_dict(), _preprocessor_stats(Path(path))
 
 
-def _config(folder: str, key: str, **kwargs: Any) -> Any:
+def read_config(folder: str, key: str, **kwargs: Any) -> Any:
     """The transformers config of `folder`; one transformers cannot read is a ConfigError naming `key`."""
     try:
         return AutoConfig.from_pretrained(folder, **kwargs)
@@ -244,7 +244,7 @@ def _text_part(text: TextSpec, vocab_size: int) -> tuple[Any, Any]:
     if text.path is not None:
         kwargs = {"gguf_file": text.gguf_file} if text.gguf_file else {}
         folder = pretrained_folder(text.path, "text.path", text.gguf_file or "config.json")
-        model_type = _config(folder, "text.path", **kwargs).model_type
+        model_type = read_config(folder, "text.path", **kwargs).model_type
         if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
             raise ConfigError(f"text.path: {folder} holds a {model_type} model, not a causal LM; give the folder "
                               "of the LLM itself (Llama, Mistral, Qwen2, Qwen3 family)")
