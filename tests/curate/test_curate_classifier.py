@@ -135,6 +135,22 @@ def test_training_needs_both_classes_and_unknown_encoders_fail(tmp_path: Path, r
     assert builtin_embedding(rgb_image).shape == builtin_embedding(rgb_image.resize((300, 90))).shape
 
 
+def test_a_validation_share_that_leaves_no_two_class_training_split_is_one_line(tmp_path: Path, rgb_image, medvl):
+    """Two images, one per class: the held-out one leaves a one-class training split (scikit-learn's traceback
+    before); a --val-fraction of 1 or more (nothing left to train) or below 0 is refused before any output."""
+    rgb_image.save(tmp_path / "a.png")
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "b.png")
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text('{"image": "a.png", "label": "medical"}\n{"image": "b.png", "label": "non_medical"}\n')
+    outcome = medvl("curate", "train-classifier", labels, "--out", tmp_path / "c")
+    assert outcome.code == 2 and "holds one class only" in outcome.err and "--val-fraction" in outcome.err
+    assert not (tmp_path / "c" / "classifier.json").exists()
+    for share in ("1.0", "1.5", "-0.5"):
+        outcome = medvl("curate", "train-classifier", labels, "--out", tmp_path / "d", f"--val-fraction={share}")
+        assert outcome.code == 2 and f"--val-fraction {float(share)}" in outcome.err, outcome.err
+        assert "Traceback" not in outcome.err and not (tmp_path / "d").exists()
+
+
 def test_hf_and_medvl_encoders_embed_images(tmp_path: Path, tiny_model_dir: Path, rgb_image):
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 

@@ -215,6 +215,9 @@ def train_classifier(
 
     from medvl.io.images import ImageLoadError, load_image
 
+    if not 0 <= val_fraction < 1:
+        raise ClassifierError(f"--val-fraction {val_fraction}: give a share from 0 (no validation) up to, not "
+                              "including, 1 (the rest trains the probe)")
     folder = ensure_folder(out_dir)  # first: a blocked output path must not cost the embedding and the fit
     embedder = make_embedder(encoder)
     features, labels, skipped = [], [], []
@@ -235,6 +238,10 @@ def train_classifier(
     n_val = max(1, int(round(len(order) * val_fraction))) if val_fraction > 0 else 0
     val, train = order[:n_val], order[n_val:]
     x, y = np.stack(features), np.asarray(labels)
+    if len(set(y[train])) < 2:
+        raise ClassifierError(f"the training split ({len(train)} of {len(labels)} readable images, after holding out "
+                              f"{n_val} for validation) holds one class only: add labelled images of both classes, "
+                              "or lower --val-fraction")
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000, class_weight="balanced"))
     probe.fit(x[train], y[train])
     val_accuracy = float((probe.predict(x[val]) == y[val]).mean()) if val else None
