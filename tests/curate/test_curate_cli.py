@@ -169,3 +169,20 @@ def test_label_flags_reach_the_llm_config_as_given(tmp_path: Path, texture, monk
         invoke("label", str(tmp_path), "--out", str(tmp_path / "labels.jsonl"), "--model", name,
                "--base-url", "http://127.0.0.1:9/v1")
         assert seen[-1].model == name and seen[-1].base_url == "http://127.0.0.1:9/v1"
+
+
+def test_report_of_a_folder_that_holds_no_readable_report_is_one_line(tmp_path: Path, medvl):
+    """`report` on a missing folder, a file, an unfinished run, a torn report.json or one that is not a
+    curation report: one line naming the path and the fix, exit 2 (a torn or foreign one was a traceback)."""
+    (tmp_path / "file").write_text("x")
+    for name, text in (("torn", "{"), ("list", "[]"), ("other", '{"accuracy": 1}'), ("unfinished", None)):
+        (tmp_path / name).mkdir()
+        if text is not None:
+            (tmp_path / name / "report.json").write_text(text)
+    expected = {"missing": "missing is not a folder", "file": "file is not a folder",
+                "unfinished": "the run has not finished", "torn": "report.json: not valid JSON",
+                "list": "report.json: not a curation report", "other": "not a curation report (no output_dir"}
+    for name, message in expected.items():
+        outcome = medvl("curate", "report", tmp_path / name)
+        assert outcome.code == 2 and message in outcome.err, (name, outcome.err)
+        assert len(outcome.err.strip().splitlines()) == 1 and "Traceback" not in outcome.err

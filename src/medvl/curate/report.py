@@ -20,7 +20,7 @@ from typing import Any
 from medvl.curate.config import CurateConfig
 from medvl.curate.filters import filter_class, filter_names
 from medvl.curate.store import RunDirs, pack_order
-from medvl.io.jsonl import iter_appended
+from medvl.io.jsonl import JsonlFileError, iter_appended, read_json_file
 from medvl.io.files import atomic_write_json, atomic_write_text, atomic_write_with
 
 __all__ = ["write_report", "stage_stats", "load_report", "text_filter_quality", "render_markdown"]
@@ -230,11 +230,23 @@ def _enabled(config: CurateConfig, kind: str) -> bool:
     }[kind]
 
 
+_REPORT_KEYS = ("output_dir", "funnel", "rejects", "modality")  # what render_markdown cannot do without
+
+
 def load_report(out_dir: str | Path) -> dict[str, Any]:
+    """The report a finished run wrote; a folder that is not a run is a FileNotFoundError, a report.json
+    that is not one (broken, or written by something else) a UserError naming it."""
+    if not Path(out_dir).is_dir():
+        raise FileNotFoundError(f"{out_dir} is not a folder; give the output folder of a `medvl curate run`")
     path = Path(out_dir) / "report.json"
     if not path.is_file():
         raise FileNotFoundError(f"no report in {out_dir}: the run has not finished (see `medvl curate run`)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    fix = "run the same `medvl curate run` again to rewrite it"
+    report = read_json_file(path, "the report of a curation run", fix)
+    missing = [key for key in _REPORT_KEYS if key not in report] if isinstance(report, dict) else list(_REPORT_KEYS)
+    if missing:
+        raise JsonlFileError(f"{path}: not a curation report (no {', '.join(missing)}); {fix}")
+    return report
 
 
 def render_markdown(report: dict[str, Any]) -> str:
