@@ -101,6 +101,23 @@ def test_an_lm_folder_that_cannot_serve_is_one_clear_line(tmp_path: Path, tiny_l
         assert len(outcome.err.strip().splitlines()) == 1 and not (tmp_path / "probe" / "text_filter.json").exists()
 
 
+def test_settings_out_of_range_are_one_line_before_any_output(tmp_path: Path, medvl):
+    """A target recall outside (0, 1] (1.5 trained a filter at an impossible operating point and exited 0), a C
+    of 0 or below, a vocabulary the features do not read, or a caption encoder that is not a model folder."""
+    labels = write_labels(tmp_path / "labels.jsonl")
+    (tmp_path / "empty").mkdir()
+    cases = [("--target-recall=1.5", "--target-recall 1.5"), ("--target-recall=0", "--target-recall 0.0"),
+             ("--c=0", "--c 0.0: the inverse regularisation strength must be above 0"),
+             (f"--vocabulary={labels}", "is read only by the '\\+vocabulary' features"),
+             (f"--encoder={tmp_path / 'empty'}", "caption encoder .*empty cannot be loaded"),
+             (f"--encoder={tmp_path / 'missing'}", "caption encoder .*missing is not a folder")]
+    for flag, message in cases:
+        outcome = medvl("curate", "train-text-filter", labels, "--out", tmp_path / "probe", "--features", "embedding",
+                        *([] if flag.startswith("--encoder") else ["--encoder", "hashing"]), flag)
+        assert outcome.code == 2 and re.search(message, outcome.err), (flag, outcome.err)
+        assert "Traceback" not in outcome.err and not (tmp_path / "probe" / "text_filter.json").exists()
+
+
 def test_precision_recall_counts_and_intervals():
     result = precision_recall([True, True, False, True], [True, False, True, True])
     assert (result["tp"], result["fp"], result["fn"]) == (2, 1, 1)

@@ -147,7 +147,16 @@ def sentence_transformer(folder: str) -> Any:
     executor runs in turn, and a benchmark timing bare `encode` against the embedder, share it)."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(folder, device="cpu")
+    from medvl.config import ConfigError
+    from medvl.errors import first_line
+
+    fix = "give the local folder of a sentence-transformers model, or leave it out for all-MiniLM-L6-v2"
+    if not Path(folder).is_dir():
+        raise ConfigError(f"caption encoder {folder} is not a folder; {fix}")
+    try:
+        return SentenceTransformer(folder, device="cpu")
+    except (OSError, ValueError) as exc:  # transformers' words for a folder it cannot read as a model
+        raise ConfigError(f"caption encoder {folder} cannot be loaded ({first_line(exc)}); {fix}") from None
 
 
 class CaptionEmbedder(PipelineStep):

@@ -256,6 +256,14 @@ def train_text_probe(
 
     if features not in FEATURE_SETS:
         raise TextProbeError(f"features {features!r} is not one of {', '.join(FEATURE_SETS)}")
+    if not 0 < target_recall <= 1:
+        raise TextProbeError(f"--target-recall {target_recall}: give the share of medical captions to keep, "
+                             "above 0 and at most 1 (default 0.98)")
+    if c is not None and c <= 0:
+        raise TextProbeError(f"--c {c}: the inverse regularisation strength must be above 0 (or leave it out to "
+                             "choose it by cross-validation)")
+    if vocabulary and not features.endswith("+vocabulary"):
+        raise TextProbeError(f"--vocabulary {vocabulary} is read only by the '+vocabulary' features, not {features!r}")
     train = [e for e in examples if not e.held_out]
     held_out = [e for e in examples if e.held_out]
     _check_folds(train)
