@@ -186,3 +186,14 @@ def test_report_of_a_folder_that_holds_no_readable_report_is_one_line(tmp_path: 
         outcome = medvl("curate", "report", tmp_path / name)
         assert outcome.code == 2 and message in outcome.err, (name, outcome.err)
         assert len(outcome.err.strip().splitlines()) == 1 and "Traceback" not in outcome.err
+
+
+def test_label_sizes_below_one_are_refused_before_any_request(tmp_path: Path, texture, medvl):
+    """--max-side 0 was a ZeroDivisionError traceback after the first image was read; --n 0 a run that
+    labelled nothing. Both are one line, exit 2, before any image is sent or any file written."""
+    texture(1, (64, 64)).save(tmp_path / "scan.png")
+    for flag in ("--max-side=0", "--n=0"):
+        outcome = medvl("curate", "label", tmp_path / "scan.png", "--out", tmp_path / "labels.jsonl",
+                        "--model", "m", "--base-url", "http://127.0.0.1:9/v1", flag)
+        assert outcome.code == 2 and f"Invalid value for '{flag.split('=')[0]}'" in outcome.err, outcome.err
+        assert "Traceback" not in outcome.err and not (tmp_path / "labels.jsonl").exists()

@@ -125,9 +125,9 @@ def label(
     llm: Optional[Path] = typer.Option(
         None, help="LLMConfig YAML (base_url, model, limits, prices, cache_dir)"
     ),
-    n: Optional[int] = typer.Option(None, help="label a seeded random sample of this many images"),
+    n: Optional[int] = typer.Option(None, min=1, help="label a seeded random sample of this many images"),
     seed: int = typer.Option(0, help="sampling seed"),
-    max_side: int = typer.Option(768, help="images are downscaled to this before upload"),
+    max_side: int = typer.Option(768, min=1, help="images are downscaled to this before upload"),
 ) -> None:
     """Label images medical / non-medical with an MLLM (the labels train the image classifier)."""
     from medvl.config import load_config
