@@ -151,6 +151,15 @@ def test_a_validation_share_that_leaves_no_two_class_training_split_is_one_line(
         assert "Traceback" not in outcome.err and not (tmp_path / "d").exists()
 
 
+def test_a_classifier_setting_that_names_no_classifier_is_a_user_error(tmp_path: Path):
+    """filter.image.classifier at a folder without classifier.json: a UserError (one line, exit 2), not the
+    FileNotFoundError traceback `curate run` / `estimate` printed."""
+    from medvl.errors import UserError
+
+    with pytest.raises(UserError, match="is not a classifier folder .*train-classifier"):
+        MedicalImageClassifier.load(tmp_path)
+
+
 def test_hf_and_medvl_encoders_embed_images(tmp_path: Path, tiny_model_dir: Path, rgb_image):
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 

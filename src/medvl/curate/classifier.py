@@ -166,7 +166,7 @@ class MedicalImageClassifier:
         folder = Path(folder)
         meta_file = folder / META_FILE
         if not meta_file.is_file():
-            raise FileNotFoundError(
+            raise ClassifierError(
                 f"{folder} is not a classifier folder (no {META_FILE}); "
                 "make one with `medvl curate train-classifier`"
             )
