@@ -160,6 +160,12 @@ def test_a_classifier_setting_that_names_no_classifier_is_a_user_error(tmp_path:
         MedicalImageClassifier.load(tmp_path)
 
 
+def test_an_empty_labels_file_is_named(tmp_path: Path, medvl):
+    (tmp_path / "labels.jsonl").write_text("\n")
+    outcome = medvl("curate", "train-classifier", tmp_path / "labels.jsonl", "--out", tmp_path / "c")
+    assert outcome.code == 2 and "labels.jsonl: no labels in it" in outcome.err and not (tmp_path / "c").exists()
+
+
 def test_hf_and_medvl_encoders_embed_images(tmp_path: Path, tiny_model_dir: Path, rgb_image):
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 

@@ -64,6 +64,9 @@ def test_labels_errors_are_one_clear_line(tmp_path: Path):
         load_labelled([tmp_path / "bad.jsonl"])
     with pytest.raises(TextProbeError, match="no such labels file"):
         load_labelled([tmp_path / "missing.jsonl"])
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(TextProbeError, match="empty.jsonl: empty; expected JSON lines"):
+        load_labelled([tmp_path / "empty.jsonl"])
 
 
 def test_a_caption_that_is_not_text_is_named(tmp_path: Path):

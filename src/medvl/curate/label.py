@@ -169,6 +169,7 @@ def read_labels(paths: Iterable[str | Path]) -> list[tuple[str, bool]]:
     """(image path, is_medical) from label files; a relative image path is taken from the file's folder."""
     examples = []
     for path in map(Path, paths):
+        before = len(examples)
         for line_no, item in iter_jsonl(path):
             if not isinstance(item, dict):
                 raise LabelsError(f"{path}:{line_no}: {item.reason}")
@@ -179,4 +180,6 @@ def read_labels(paths: Iterable[str | Path]) -> list[tuple[str, bool]]:
                 raise LabelsError(f"{path}:{line_no}: needs 'image' and 'label' in {LABELS}")
             image = Path(item["image"])
             examples.append((str(image if image.is_absolute() else path.parent / image), label == "medical"))
+        if len(examples) == before:
+            raise LabelsError(f"{path}: no labels in it; expected JSON lines with 'image' and 'label' in {LABELS}")
     return examples

@@ -101,6 +101,8 @@ def load_labelled(paths: Sequence[str | Path] = ()) -> list[LabelledCaption]:
             text = path.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError as exc:
             raise TextProbeError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+        if not text.strip():
+            raise TextProbeError(f"{path}: empty; expected JSON lines with 'text' and 'label'")
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
