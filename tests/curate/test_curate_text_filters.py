@@ -94,7 +94,7 @@ def test_an_lm_folder_that_cannot_serve_is_one_clear_line(tmp_path: Path, tiny_l
         str(tmp_path / "missing"): ("2", "is not a folder"),
         str(labels): ("2", "is not a folder"),
         str(tmp_path / "empty"): ("2", "has no config.json"),
-        str(tiny_model_dir): ("2", "holds a llava model, not a causal language model"),
+        str(tiny_model_dir): ("2", "holds a llava model, not a causal LM"),
         str(tiny_lm): ("4", "--lm-layer 4: .* has 3 decoder layers; give a layer from 1 to 3"),
     }
     for lm, (layer, message) in cases.items():

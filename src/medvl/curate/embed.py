@@ -96,18 +96,13 @@ def make_lm_embedder(
     """texts → mean over tokens of the LM `spec` cut to its first `layer` decoder layers (final norm applied)."""
     import torch
     from transformers import AutoModel, AutoTokenizer
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     from medvl.config import ConfigError
     from medvl.errors import first_line
-    from medvl.model.build import load_pretrained, pretrained_folder, read_config
+    from medvl.model.build import causal_lm_config, load_pretrained, pretrained_folder
 
     folder = pretrained_folder(spec, "--lm")
-    config = read_config(folder, "--lm")
-    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise ConfigError(f"--lm: {folder} holds a {config.model_type} model, not a causal language model; "
-                          f"give a Llama, Qwen2 or Mistral-family folder (default offline:smollm2)")
-    total = config.num_hidden_layers
+    total = causal_lm_config(folder, "--lm").num_hidden_layers
     if not 1 <= layer <= total:
         raise ConfigError(f"--lm-layer {layer}: {folder} has {total} decoder layers; give a layer from 1 to {total}")
     try:

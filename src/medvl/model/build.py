@@ -38,8 +38,8 @@ from medvl.io.offline import resolve_asset
 from medvl.model.spec import ModelSpec, TextSpec, VisionSpec
 from medvl.model.templates import STOP_STRINGS, guess_format, resolve_chat_template, single_bos
 
-__all__ = ["build_model", "build_processor", "generation_config_for", "identity_linear_state", "load_pretrained",
-           "load_tokenizer", "pretrained_folder"]
+__all__ = ["build_model", "build_processor", "causal_lm_config", "generation_config_for", "identity_linear_state",
+           "load_pretrained", "load_tokenizer", "pretrained_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def _vision_part(vision: VisionSpec) -> tuple[Any, dict | None, dict]:
     from transformers import CLIPVisionModel, SiglipVisionModel
 
     path = pretrained_folder(vision.path, "vision.path")
-    full = read_config(path, "vision.path")
+    full = _read_config(path, "vision.path")
     config = getattr(full, "vision_config", full)
     family = VISION_FAMILIES.get(config.model_type)
     if family is None:
@@ -193,12 +193,21 @@ def _vision_part(vision: VisionSpec) -> tuple[Any, dict | None, dict]:
     return tower.config, tower.state_dict(), _preprocessor_stats(Path(path))
 
 
-def read_config(folder: str, key: str, **kwargs: Any) -> Any:
+def _read_config(folder: str, key: str, **kwargs: Any) -> Any:
     """The transformers config of `folder`; one transformers cannot read is a ConfigError naming `key`."""
     try:
         return AutoConfig.from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as exc:  # a broken config.json, a model_type this transformers does not know
         raise ConfigError(f"{key}: {folder} has no config transformers can read ({first_line(exc)})") from None
+
+
+def causal_lm_config(folder: str, key: str, **kwargs: Any) -> Any:
+    """The config of `folder`, which must hold a causal LM (a LLaVA or an encoder is a ConfigError naming `key`)."""
+    config = _read_config(folder, key, **kwargs)
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ConfigError(f"{key}: {folder} holds a {config.model_type} model, not a causal LM; give the folder of "
+                          "the LLM itself (Llama, Mistral, Qwen2, Qwen3 family)")
+    return config
 
 
 def load_pretrained(model_class: Any, folder: str, key: str, expected: str, **kwargs: Any) -> Any:
@@ -244,10 +253,7 @@ def _text_part(text: TextSpec, vocab_size: int) -> tuple[Any, Any]:
     if text.path is not None:
         kwargs = {"gguf_file": text.gguf_file} if text.gguf_file else {}
         folder = pretrained_folder(text.path, "text.path", text.gguf_file or "config.json")
-        model_type = read_config(folder, "text.path", **kwargs).model_type
-        if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-            raise ConfigError(f"text.path: {folder} holds a {model_type} model, not a causal LM; give the folder "
-                              "of the LLM itself (Llama, Mistral, Qwen2, Qwen3 family)")
+        causal_lm_config(folder, "text.path", **kwargs)
         llm = load_pretrained(AutoModelForCausalLM, folder, "text.path", "give the folder of a saved causal LM "
                               "with its weights", dtype=torch.float32, **kwargs)
         if getattr(llm, "hf_quantizer", None) is not None:  # GGUF: weights are already dequantised
