@@ -207,8 +207,8 @@ def test_a_blocked_output_folder_is_refused_before_the_training_it_would_lose(ho
     monkeypatch.setattr("medvl.curate.embed.make_text_embedder", expensive)
     monkeypatch.setattr(classifier, "make_embedder", expensive)
     monkeypatch.setattr(prior, "load_teacher", expensive)
-    captions = [text_probe.LabelledCaption(text, medical, False, text)
-                for text, medical in (("CT of the chest", True), ("A solar map", False))]
+    captions = [text_probe.LabelledCaption(f"{text} {i}", medical, False, f"{text} {i}")  # 5 articles per class
+                for text, medical in (("CT of the chest", True), ("A solar map", False)) for i in range(5)]
     with pytest.raises(OutputPathError, match="is a file, not a folder"):
         text_probe.train_text_probe(captions, hostile["file"])
     with pytest.raises(OutputPathError, match="is a file, not a folder"):
