@@ -82,3 +82,25 @@ def test_the_launcher_is_found_beside_medvls_python(train_config, tmp_path, no_e
         medvl(*_launch_train(ACCELERATE / "cpu_2proc.yaml", good))
     assert [program for program, _ in no_exec] == [str(beside)]
     assert os.environ["MEDVL_LAUNCHER_PID"] == str(os.getpid())
+
+
+def test_the_launcher_is_looked_up_once_and_that_program_is_the_one_run(train_config, tmp_path, no_exec, medvl,
+                                                                         monkeypatch):
+    import shutil
+
+    launcher = tmp_path / "bin" / "accelerate"
+    launcher.parent.mkdir()
+    launcher.write_text("#!/bin/sh\n")
+    launcher.chmod(0o755)
+    monkeypatch.setenv("PATH", str(launcher.parent))
+    lookups: list[str] = []
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: lookups.append(name) or which(name, *args,
+                                                                                                        **kwargs))
+    good = tmp_path / "train.yaml"
+    dump_config(train_config(tmp_path / "run"), good)
+    argv = _launch_train(ACCELERATE / "cpu_2proc.yaml", good)
+    with pytest.raises(Launched):
+        medvl(*argv)
+    assert lookups == ["accelerate"]  # found once, before the config checks; not again to exec it
+    assert no_exec == [(str(launcher), argv[1:])]

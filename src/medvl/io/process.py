@@ -66,7 +66,7 @@ class FolderInUse(UserError, RuntimeError):
 
 
 class LauncherNotFound(UserError, FileNotFoundError):
-    """`exec_launcher` was given a program that is not on PATH."""
+    """`find_launcher` was given a program that is not on PATH nor beside this Python."""
 
 
 class RunLock:
@@ -169,11 +169,10 @@ def find_launcher(argv: list[str]) -> str:
     return program
 
 
-def exec_launcher(argv: list[str]) -> None:
-    """Become the launcher `argv` (e.g. `accelerate launch ...`; this process's pid is kept), with
-    `MEDVL_LAUNCHER_PID` set to that pid so its workers can tell if it died before they armed
-    `die_with_launcher`. Returns only by raising (`LauncherNotFound`, see `find_launcher`)."""
-    program = find_launcher(argv)
+def exec_launcher(program: str, argv: list[str]) -> None:
+    """Become the launcher `argv` (e.g. `accelerate launch ...`), running program file `program`
+    (`find_launcher(argv)`; this process's pid is kept), with `MEDVL_LAUNCHER_PID` set to that pid
+    so its workers can tell if it died before they armed `die_with_launcher`. Does not return."""
     os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
     os.execv(program, argv)
 

@@ -69,9 +69,9 @@ def launch(
     from medvl.io.process import exec_launcher, find_launcher
     from medvl.train.launch import check_launch
 
-    find_launcher(list(launcher))
+    program = find_launcher(list(launcher))  # first: a launcher that is not there is named before the configs
     check_launch(list(launcher))
-    exec_launcher(list(launcher))
+    exec_launcher(program, list(launcher))
 
 
 @data_app.command("check")
