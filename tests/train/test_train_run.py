@@ -273,8 +273,10 @@ def test_flops_model_counts_frozen_and_trained_parts():
 def test_a_finished_run_that_ends_an_epoch_stays_finished(train_config, tmp_path, medvl, caplog):
     """`medvl train` run again after `optim.epochs` (the common case: the last checkpoint ends an epoch) takes
     no step and rewrites nothing (before: the Trainer ran no epoch, so the run counted as unfinished and was
-    saved again, printing 'trained N steps')."""
-    config = train_config(tmp_path / "run", optim__max_steps=-1, optim__epochs=1, optim__batch_size=16)
+    saved again, printing 'trained N steps'), and says so once: no empty progress bar or metrics line of the
+    Trainer's (before: '0/3 [00:00<?, ?it/s]' twice and "{'train_runtime': ...}")."""
+    config = train_config(tmp_path / "run", optim__max_steps=-1, optim__epochs=1, optim__batch_size=16,
+                          logging__progress_bar=True)
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
     first = medvl("train", tmp_path / "train.yaml")
     assert first.code == 0 and "trained 3 steps" in first.out, first.err
@@ -282,13 +284,18 @@ def test_a_finished_run_that_ends_an_epoch_stays_finished(train_config, tmp_path
     before = {name: (tmp_path / "run" / name).read_bytes() for name in names}
     caplog.set_level(logging.INFO)
     again = medvl("train", tmp_path / "train.yaml")
-    assert again.code == 0 and f"nothing to do: {tmp_path / 'run'} already finished at step 3" in again.out
+    assert again.code == 0 and again.out.splitlines() == [
+        f"nothing to do: {tmp_path / 'run'} already finished at step 3 (train_summary.json); raise optim.max_steps "
+        "/ optim.epochs to train on"]
+    # no bar of the 3 steps ('Loading weights' of the checkpoint may show: this module imports transformers
+    # before `medvl` sets HF_HUB_DISABLE_PROGRESS_BARS, which a shell's `medvl train` has from the start)
+    assert "/3 [" not in again.err, again.err
     assert not [r for r in caplog.records if "nothing to do" in r.getMessage() and r.levelno >= logging.INFO]  # once
     assert {name: (tmp_path / "run" / name).read_bytes() for name in names} == before
 
 
 def test_a_finished_run_stays_finished_and_a_kill_in_the_final_save_resumes_to_the_same_result(
-        train_config, tmp_path, monkeypatch):
+        train_config, tmp_path, monkeypatch, capsys):
     from safetensors.torch import load_file
 
     from medvl.model import checkpoint
@@ -298,8 +305,10 @@ def test_a_finished_run_stays_finished_and_a_kill_in_the_final_save_resumes_to_t
     finished = run_training(train_config(tmp_path / "a", **settings))
     names = ("model.safetensors", "train_summary.json", "metrics.jsonl")
     before = {name: (tmp_path / "a" / name).read_bytes() for name in names}
+    capsys.readouterr()
     again = run_training(train_config(tmp_path / "a", **settings))
     assert (again.global_step, again.already_finished, finished.already_finished) == (14, True, False)
+    assert "train_runtime" not in capsys.readouterr().out  # the Trainer's metrics line of a call that took no step
     assert {name: (tmp_path / "a" / name).read_bytes() for name in names} == before
     assert sorted(p.name for p in (tmp_path / "a").glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-14"]
 

@@ -120,10 +120,11 @@ def _train(config: TrainConfig, args: TrainingArguments, callbacks: Sequence[Tra
     )
     _check_lora_sharding(trainer, config)
     _check_projector_lr(trainer, config)
-    trainer.train(resume_from_checkpoint=_resume_from(config, out))
     # Resumed from the final checkpoint: a run killed before its summary (written last) still
-    # needs the final save; one whose summary is there is finished and stays untouched.
-    finished = trainer.resumed_at_end and _summary_step(trainer, out) == trainer.state.global_step
+    # needs the final save; one whose summary is at that step is finished and stays untouched.
+    trainer.finished_step = _summary_step(trainer, out)
+    trainer.train(resume_from_checkpoint=_resume_from(config, out))
+    finished = trainer.finished
     if finished:
         log.debug("%s already finished at step %d: nothing to do", out, trainer.state.global_step)  # callers say it
     saved = None if finished else _save_final(trainer, processor, config, out)
