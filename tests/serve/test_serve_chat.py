@@ -65,7 +65,7 @@ def test_one_shot_reports_a_question_too_long_for_the_context(tiny_model_dir, me
     assert result.code == 2 and len(errors) == 1 and errors[0].startswith("error: the question and its images take ")
     result = medvl("chat", str(tiny_model_dir), "-q", "Why?", "--system", "Be brief. " * positions)
     assert result.code == 2 and result.err.count("error:") == 1
-    assert re.search(r"^error: the system prompt is too long for the model's context: it takes \d+ tokens, the "
+    assert re.search(r"^error: the system prompt is too long: it takes \d+ tokens, the "
                      r"question \d+; with max_new_tokens=256 the model's context allows \d+ prompt tokens$",
                      result.err.strip(), re.M), result.err
 

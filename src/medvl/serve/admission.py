@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from medvl.model.generate import encode_prompts
 from medvl.serve.config import Limits
 from medvl.serve.protocol import APIError, ChatCompletionRequest
+from medvl.serve.session import system_prompt_too_long
 
 __all__ = ["Admission", "invalid_request"]
 
@@ -110,12 +111,13 @@ class Admission:
 
     def _too_long_saying_why(self, messages: list[dict[str, Any]], images: list[Any], tokens: int,
                              prompt_limit: int) -> APIError:
-        """The 400 for a prompt over the limit, naming the system message when the rest alone would fit."""
+        """The 400 for a prompt over the limit, naming the system message when the rest alone would fit (in the
+        words of `medvl chat`, `system_prompt_too_long`)."""
         if len(messages) > 1 and messages[0]["role"] == "system":
             without = self.prompt_tokens(messages[1:], images)
             if without <= prompt_limit:
-                return _too_long(str(tokens), prompt_limit, f"the system message is too long: it takes "
-                                                            f"{tokens - without} tokens; ")
+                return _too_long(str(tokens), prompt_limit,
+                                 f"{system_prompt_too_long(tokens, 'the other messages', without)}; ")
         return _too_long(str(tokens), prompt_limit)
 
     def prompt_tokens(self, messages: list[dict[str, Any]], images: list[Any]) -> int:

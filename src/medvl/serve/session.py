@@ -19,7 +19,8 @@ from medvl.errors import UserError
 from medvl.model.generate import GenerationSettings, Generator, context_length
 from medvl.records import message_image_count
 
-__all__ = ["ChatSession", "ContextOverflow", "check_answer_room", "fit_context", "sampling_settings", "user_turn"]
+__all__ = ["ChatSession", "ContextOverflow", "check_answer_room", "fit_context", "sampling_settings",
+           "system_prompt_too_long", "user_turn"]
 
 
 class ContextOverflow(UserError, ValueError):
@@ -71,6 +72,13 @@ def fit_context(generator: Generator, messages: list[dict[str, Any]], images: li
         turns, dropped = turns[cut:], dropped + 1
 
 
+def system_prompt_too_long(prompt_tokens: int, rest: str, rest_tokens: int) -> str:
+    """The words, for `medvl chat` and `medvl serve` alike, for a prompt of `prompt_tokens` that does not fit
+    because of its system prompt: `rest` (the rest of the prompt, e.g. "the question") takes `rest_tokens`,
+    which would fit. The caller adds the limit (each counts tokens its own way)."""
+    return f"the system prompt is too long: it takes {prompt_tokens - rest_tokens} tokens, {rest} {rest_tokens}"
+
+
 def _overflow(generator: Generator, system: list[dict[str, Any]], question: list[dict[str, Any]], images: list[Any],
               prompt: int, limit: int, max_new_tokens: int) -> ContextOverflow:
     """The error for a prompt of `prompt` tokens over `limit`, naming the system prompt when it is what
@@ -79,8 +87,7 @@ def _overflow(generator: Generator, system: list[dict[str, Any]], question: list
     if system:
         alone = len(generator.encode([question], [images])["input_ids"][0])
         if alone <= limit:
-            return ContextOverflow(f"the system prompt is too long for the model's context: it takes "
-                                   f"{prompt - alone} tokens, the question {alone}; {allowed}")
+            return ContextOverflow(f"{system_prompt_too_long(prompt, 'the question', alone)}; {allowed}")
         prompt = alone
     return ContextOverflow(f"the question and its images take {prompt} tokens; {allowed}")
 
