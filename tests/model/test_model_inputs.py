@@ -135,11 +135,11 @@ def test_a_gguf_file_that_is_missing_cut_short_or_no_gguf_is_one_line(medvl, fol
     _one_error_line(medvl(*build, f"text.path={tmp_path / 'whole'}", "text.gguf_file=other.gguf"),
                     f"text.gguf_file: {tmp_path / 'whole'} has no other.gguf (it holds model.gguf); give the name")
     _one_error_line(medvl(*build, f"text.path={tmp_path / 'header'}", "text.gguf_file=model.gguf"),
-                    f"text.gguf_file: {tmp_path / 'header' / 'model.gguf'} is cut short in its header "
-                    f"({header_end:,} bytes; an interrupted download?); download it again")
+                    f"text.gguf_file: {tmp_path / 'header' / 'model.gguf'} is cut short or damaged "
+                    f"({header_end:,} bytes; the gguf package reads: ", "); download it again")
     _one_error_line(medvl(*build, f"text.path={tmp_path / 'tensors'}", "text.gguf_file=model.gguf"),
-                    f"text.gguf_file: {tmp_path / 'tensors' / 'model.gguf'} is cut short: its tensors end at byte ",
-                    f"the file has {cut:,} (an interrupted download?)")
+                    f"text.gguf_file: {tmp_path / 'tensors' / 'model.gguf'} is cut short or damaged ({cut:,} bytes; ",
+                    "); download it again")
     _one_error_line(medvl(*build, "text.tokenizer=null", f"text.path={tmp_path / 'no-gguf'}", "text.gguf_file=model.gguf"),
                     f"text.gguf_file: {tmp_path / 'no-gguf' / 'model.gguf'} is not a GGUF file (it does not start "
                     "with the bytes 'GGUF'); download it again")
@@ -150,8 +150,8 @@ def test_a_gguf_file_that_is_missing_cut_short_or_no_gguf_is_one_line(medvl, fol
 
 
 def test_a_whole_gguf_file_passes_the_check(tmp_path):
-    """The check measures what transformers reads: llama.cpp's writer's file, and SmolLM2's Q4_1 file, end where
-    their last tensor ends (no false 'cut short'); each byte less at the end is one."""
+    """llama.cpp's writer's file and SmolLM2's Q4_1 file pass the check (no false 'cut short'); one byte less
+    than the last tensor's end is refused."""
     from medvl.config import ConfigError
     from medvl.model.gguf_file import check_gguf
 
@@ -164,7 +164,7 @@ def test_a_whole_gguf_file_passes_the_check(tmp_path):
     whole = written.read_bytes()
     last_tensor_end = len(whole.rstrip(b"\0"))  # the writer pads the data to its alignment with zeros; the F16 ones end it
     (tmp_path / "cut.gguf").write_bytes(whole[:last_tensor_end - 1])
-    with pytest.raises(ConfigError, match="is cut short: its tensors end at byte"):
+    with pytest.raises(ConfigError, match="is cut short or damaged"):
         check_gguf(tmp_path / "cut.gguf", "text.gguf_file")
 
 
