@@ -4,7 +4,11 @@ PubMedVision trained a classifier on 1K hand-labelled + 10K MLLM-labelled images
 other non-medical figures. medvl provides the labelling (`medvl curate label`, `label.py`) and this
 half: `train_classifier(labels, encoder)` fits a scikit-learn `LogisticRegression` on embeddings from
 any encoder, reports validation accuracy and saves `probe.joblib` + `classifier.json` to a folder
-that `filter.image.classifier` points at.
+that `filter.image.classifier` points at. `read_classifier(folder)` reads them back, checked: a
+folder without them, a probe.joblib that is not a fitted two-class probe (truncated, another
+object) or a classifier.json without its keys is one `ClassifierError` line naming the file and the
+command that makes it again; `MedicalImageClassifier.load` adds the encoder, and `medvl curate run`
+reads the configured one before any stage runs.
 
 Encoders (`encoder` spec string):
 - `builtin`: no weights, works offline — a 16x16 grey thumbnail plus colour, saturation, edge and
@@ -16,7 +20,6 @@ Encoders (`encoder` spec string):
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +28,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from medvl.errors import UserError
+from medvl.errors import UserError, first_line
 from medvl.io.files import atomic_write_json, ensure_folder
+from medvl.io.jsonl import read_json_object
 
 __all__ = [
     "Embedder",
     "make_embedder",
     "builtin_embedding",
     "MedicalImageClassifier",
+    "read_classifier",
     "train_classifier",
     "TrainResult",
     "ClassifierError",
@@ -91,20 +96,31 @@ class Embedder:
         return np.asarray(self._embed(list(images)), dtype=np.float32)
 
 
-def make_embedder(spec: str, batch_size: int = 16) -> Embedder:
-    """`builtin`, `hf:<folder>` or `medvl:<folder>` (see the module docstring)."""
+def _encoder_kind(spec: str) -> tuple[str, str]:
+    """(kind, folder) of an encoder spec; one naming no encoder, or a folder that is not there, is a
+    ClassifierError."""
     kind, _, folder = spec.partition(":")
     if kind == "builtin":
-        return Embedder(spec, lambda images: np.stack([builtin_embedding(i) for i in images]))
+        return kind, folder
     if kind in ("hf", "medvl") and folder:
-        encode = _hf_encoder(folder) if kind == "hf" else _medvl_encoder(folder)
-
-        def embed(images: list[Image.Image]) -> np.ndarray:
-            out = [encode(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-            return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
-
-        return Embedder(spec, embed)
+        if not Path(folder).is_dir():
+            raise ClassifierError(f"encoder {spec!r}: {folder} is not a folder; give a local model folder")
+        return kind, folder
     raise ClassifierError(f"unknown encoder {spec!r}: use builtin, hf:<folder> or medvl:<folder>")
+
+
+def make_embedder(spec: str, batch_size: int = 16) -> Embedder:
+    """`builtin`, `hf:<folder>` or `medvl:<folder>` (see the module docstring)."""
+    kind, folder = _encoder_kind(spec)
+    if kind == "builtin":
+        return Embedder(spec, lambda images: np.stack([builtin_embedding(i) for i in images]))
+    encode = _hf_encoder(folder) if kind == "hf" else _medvl_encoder(folder)
+
+    def embed(images: list[Image.Image]) -> np.ndarray:
+        out = [encode(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+
+    return Embedder(spec, embed)
 
 
 def _hf_encoder(folder: str) -> Callable[[list[Image.Image]], np.ndarray]:
@@ -161,19 +177,41 @@ class MedicalImageClassifier:
 
     @classmethod
     def load(cls, folder: str | Path) -> "MedicalImageClassifier":
-        import joblib
+        probe, meta = read_classifier(folder)
+        return cls(probe, make_embedder(meta["encoder"]), float(meta["threshold"]), meta)
 
-        folder = Path(folder)
-        meta_file = folder / META_FILE
-        if not meta_file.is_file():
-            raise ClassifierError(
-                f"{folder} is not a classifier folder (no {META_FILE}); "
-                "make one with `medvl curate train-classifier`"
-            )
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        return cls(
-            joblib.load(folder / PROBE_FILE), make_embedder(meta["encoder"]), float(meta["threshold"]), meta
+
+def read_classifier(folder: str | Path) -> tuple[Any, dict[str, Any]]:
+    """The fitted probe and the metadata `train_classifier` saved in `folder`, checked (module notes)."""
+    import joblib
+
+    folder = Path(folder)
+    meta_file, probe_file = folder / META_FILE, folder / PROBE_FILE
+    if not meta_file.is_file():
+        raise ClassifierError(
+            f"{folder} is not a classifier folder (no {META_FILE}); make one with `medvl curate train-classifier`"
         )
+    fix = f"make it again with `medvl curate train-classifier LABELS... --out {folder}`"
+    meta = read_json_object(meta_file, "the classifier metadata `medvl curate train-classifier` saves", fix,
+                            {"encoder": str, "dim": int, "threshold": float})
+    try:
+        _encoder_kind(meta["encoder"])
+    except ClassifierError as exc:
+        raise ClassifierError(f"{meta_file}: {exc}; or {fix}") from None
+    if not 0 <= meta["threshold"] <= 1:
+        raise ClassifierError(f"{meta_file}: 'threshold' is {meta['threshold']}, not a p(medical) from 0 to 1; {fix}")
+    if not probe_file.is_file():
+        raise ClassifierError(f"{probe_file}: missing beside {META_FILE}; {fix}")
+    try:
+        probe = joblib.load(probe_file)
+    except Exception as exc:  # a truncated or foreign pickle fails in any of pickle's ways (EOFError, struct.error, ...)
+        raise ClassifierError(f"{probe_file}: not a readable probe ({type(exc).__name__}: {first_line(exc)}); "
+                              f"{fix}") from None
+    fitted = getattr(probe, "n_features_in_", None) == meta["dim"] and len(getattr(probe, "classes_", ())) == 2
+    if not (fitted and callable(getattr(probe, "predict_proba", None))):
+        raise ClassifierError(f"{probe_file}: holds a {type(probe).__name__}, not a two-class probe fitted on "
+                              f"{meta['dim']}-number embeddings (the 'dim' of {META_FILE}); {fix}")
+    return probe, meta
 
 
 @dataclass

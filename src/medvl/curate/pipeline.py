@@ -8,6 +8,9 @@
     generate (N tasks)  concept alignment, reformatting, self-instruct → durable lines per shard
     finalize (1 task)   release files in input order, rejects.jsonl, report
 
+Before any stage (and before the output folder is made): `--until`, the sources and the models the
+active filters name (`medvl.curate.filters.check_filters`) are checked, each problem one `UserError`.
+
 Executors: `local` (datatrove `LocalPipelineExecutor`, `engine.workers` processes), `ray`
 (`RayPipelineExecutor` on the cluster `ray.init` reaches: `engine.ray.address`, or a cluster the
 caller already started), `slurm` (`SlurmPipelineExecutor`, stages chained with `depends`; the
@@ -300,12 +303,33 @@ def run_curation(
     `reference`: the benchmark items (`medvl.benchmarks.contamination.ReferenceItem`) the decontaminate
     stage checks against; required when `decontaminate.enabled`. The output folder is locked for the
     whole run (`medvl.io.process.RunLock`): a second run on it is refused while this one lives.
+    What the config names is checked first (`_check_settings`), before the lock creates the output folder.
     """
     from medvl.io.process import RunLock
 
+    _check_settings(config, until, reference)
     dirs = RunDirs(Path(out_dir).resolve())
     with RunLock(dirs.out, "curation run"):
         return _run_stages(config, dirs, until, on_stage, allow_empty, reference)
+
+
+def _check_settings(config: CurateConfig, until: str | None, reference: list[Any] | None) -> None:
+    """What the config and the arguments name, checked before anything is written or any stage runs:
+    `--until`, the sources (`check_sources`), each active filter's models (`check_filters`: a prepare
+    task would meet them only after the output was started, under datatrove's own error log) and the
+    benchmark items decontamination needs."""
+    from medvl.curate.filters import check_filters
+    from medvl.curate.ingest import check_sources
+
+    if until is not None and until not in STAGES:
+        raise UserError(f"--until {until}: not a stage; choose one of {', '.join(STAGES)}")
+    check_sources(config.sources)
+    check_filters(config)
+    if config.decontaminate.enabled and reference is None:
+        raise UserError(
+            "decontaminate.enabled needs the benchmark items: run it through `medvl curate run` "
+            "(it loads decontaminate.benchmarks), or pass reference= to run_curation"
+        )
 
 
 def _run_stages(
@@ -316,20 +340,10 @@ def _run_stages(
     allow_empty: bool,
     reference: list[Any] | None,
 ) -> dict[str, Any] | None:
-    from medvl.curate.ingest import check_sources
-
-    if until is not None and until not in STAGES:
-        raise UserError(f"--until {until}: not a stage; choose one of {', '.join(STAGES)}")
-    check_sources(config.sources)
     dirs.work.mkdir(parents=True, exist_ok=True)
     dump_config(config, dirs.out / "config.yaml")
     digest = ""
-    if config.decontaminate.enabled:
-        if reference is None:
-            raise UserError(
-                "decontaminate.enabled needs the benchmark items: run it through `medvl curate run` "
-                "(it loads decontaminate.benchmarks), or pass reference= to run_curation"
-            )
+    if reference is not None and config.decontaminate.enabled:
         from medvl.curate.decontaminate_step import write_reference
 
         write_reference(dirs.decontaminate_reference, reference)

@@ -25,7 +25,9 @@ with two vocabulary features beside them.
   standardisation is folded into the weights, so the probe stays one linear function of the features).
 - `TextProbe.load(folder or "builtin")` → `predict_proba(texts)`; "builtin" is the probe shipped in
   `assets/medical_text_probe.json`, trained on the shipped set's train split. A probe whose
-  vocabulary file changed since training refuses to load (retrain it).
+  vocabulary file changed since training refuses to load (retrain it), and so does a file that is
+  not JSON or lacks a key its features need (one line naming it; `medvl curate run` loads the
+  configured probe before any stage runs).
 - `precision_recall(predicted, labels)` → counts, precision and recall with Wilson 95% intervals.
 """
 
@@ -42,6 +44,7 @@ import numpy as np
 from medvl.curate.vocab import Vocabulary, default_vocabulary_path, load_vocabulary, tokenize
 from medvl.errors import UserError
 from medvl.io.files import atomic_write_json, ensure_folder
+from medvl.io.jsonl import check_json_fields, read_json_object
 
 __all__ = [
     "PROBE_FILE",
@@ -66,6 +69,14 @@ VOCABULARY_WEIGHTS = (0.25, 0.5, 1.0)
 STANDARDISED_C_GRID = (0.003, 0.01, 0.03, 0.1)
 LM_DEFAULT, LM_LAYER, LM_MAX_TOKENS = "offline:smollm2", 8, 256
 CV_FOLDS, CV_REPEATS = 5, 3
+# what `TextProbe.load` wants of a text_filter.json: its keys, and those of the parts its features use
+_SAVED_WHAT = "the text filter `medvl curate train-text-filter` saves"
+_SAVED_FIELDS: dict[str, Any] = {"encoder": (str, type(None)), "coef": list, "intercept": float, "threshold": float}
+_SAVED_PARTS: dict[str, dict[str, Any]] = {
+    "lm": {"spec": str, "layer": int, "max_tokens": int},
+    "vocabulary": {"path": (str, type(None)), "sha256": str},
+    "vocabulary_coef": dict.fromkeys(VOCABULARY_FEATURES, float),
+}
 
 
 class TextProbeError(UserError, ValueError):
@@ -220,13 +231,27 @@ class TextProbe:
 
     @classmethod
     def load(cls, where: str | Path) -> "TextProbe":
+        """The probe in the folder `where` (or the shipped one, "builtin"), its file checked: one that is not
+        JSON, or has a key missing or of the wrong type, is a `UserError` naming it and the command that
+        makes it again."""
         path = _assets() / "medical_text_probe.json" if str(where) == "builtin" else Path(where) / PROBE_FILE
         if not path.is_file():
             raise TextProbeError(
                 f"{where} is not a text-filter folder (no {PROBE_FILE}); make one with "
                 "`medvl curate train-text-filter`, or use 'builtin'"
             )
-        return cls.from_meta(json.loads(path.read_text(encoding="utf-8")), path)
+        fix = f"make it again with `medvl curate train-text-filter [LABELS...] --out {where}`, or use 'builtin'"
+        meta = read_json_object(path, _SAVED_WHAT, fix, _SAVED_FIELDS)
+        features = meta.get("features", "embedding")
+        if features not in FEATURE_SETS:
+            raise TextProbeError(f"{path}: 'features' is {features!r}, not one of {', '.join(FEATURE_SETS)}; {fix}")
+        parts = (["lm"] if features.startswith("lm+") else []) + (
+            ["vocabulary", "vocabulary_coef"] if features.endswith("+vocabulary") else [])
+        check_json_fields(meta, str(path), _SAVED_WHAT, fix, {part: dict for part in parts}
+                          | ({"lm_coef": list} if "lm" in parts else {}))
+        for part in parts:
+            check_json_fields(meta[part], f"{path} '{part}'", _SAVED_WHAT, fix, _SAVED_PARTS[part])
+        return cls.from_meta(meta, path)
 
 
 def _threshold_at_recall(probabilities: np.ndarray, labels: np.ndarray, target_recall: float) -> float:

@@ -13,7 +13,10 @@
 - `RejectLog` is the one format for "this input was dropped, and why" across all stages.
 - `read_json_file(path, what, fix)`: a whole JSON file (a run's scores.json, a candidates file) that
   a command needs; missing, a folder, not UTF-8, empty or not JSON is one `JsonlFileError` line
-  naming the file, the problem, what it should be and the fix.
+  naming the file, the problem, what it should be and the fix. `read_json_object` (and
+  `check_json_fields`, for a part of one) also wants an object holding given keys with values of
+  given types (a file medvl saved: a classifier's metadata, a text filter's weights); a key missing
+  or of another type is such a line too.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ __all__ = [
     "not_utf8",
     "decode_line",
     "read_json_file",
+    "read_json_object",
+    "check_json_fields",
     "read_records",
     "write_jsonl",
     "JsonlAppender",
@@ -154,6 +159,38 @@ def read_json_file(path: str | Path, what: str, fix: str) -> Any:
             where = f"line {exc.lineno} column {exc.colno}"
             problem = f"not valid JSON ({exc.msg}: {where})" if text.strip() else "empty"
     raise JsonlFileError(f"{path}: {problem}; expected {what}; {fix}")
+
+
+_JSON_TYPES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
+               dict: "an object", type(None): "null"}
+
+
+def read_json_object(path: str | Path, what: str, fix: str, fields: dict[str, type | tuple[type, ...]]
+                     ) -> dict[str, Any]:
+    """`read_json_file`'s value, which must be an object holding `fields` (`check_json_fields`)."""
+    data = read_json_file(path, what, fix)
+    check_json_fields(data, str(path), what, fix, fields)
+    return data
+
+
+def check_json_fields(data: Any, where: str, what: str, fix: str, fields: dict[str, type | tuple[type, ...]]) -> None:
+    """A `JsonlFileError` naming `where` and each problem unless `data` is an object holding each of
+    `fields` (key: its type or types; `float` takes an int too, a bool is neither)."""
+    if not isinstance(data, dict):
+        raise JsonlFileError(f"{where}: {_JSON_TYPES.get(type(data), type(data).__name__)}, not an object; "
+                             f"expected {what}; {fix}")
+    problems = []
+    for key, types in fields.items():
+        declared = types if isinstance(types, tuple) else (types,)
+        allowed = declared + ((int,) if float in declared else ())
+        value = data.get(key)
+        if key not in data:
+            problems.append(f"no '{key}'")
+        elif not isinstance(value, allowed) or (isinstance(value, bool) and bool not in declared):
+            wanted = " or ".join(_JSON_TYPES.get(t, t.__name__) for t in declared)
+            problems.append(f"'{key}' is {json.dumps(value)[:40]}, not {wanted}")
+    if problems:
+        raise JsonlFileError(f"{where}: {'; '.join(problems)}; expected {what}; {fix}")
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:

@@ -40,6 +40,7 @@ __all__ = [
     "filter_names",
     "filter_sections",
     "build_filters",
+    "check_filters",
 ]
 
 def filter_names() -> list[str]:
@@ -79,11 +80,18 @@ def _in_section(name: str, error: Any) -> Any:
     return details
 
 
+def _active(config: "CurateConfig") -> list[tuple[str, type[CurateFilter], FilterConfig]]:
+    """(name, class, section) of the filters a run uses, in registry order."""
+    sections = ((name, filter_class(name), section) for name, section in config.filter.items())
+    return [(name, cls, section) for name, cls, section in sections if cls.active(section, config)]
+
+
 def build_filters(config: "CurateConfig", rejects_dir: str) -> list[CurateFilter]:
     """The active filters of a run, in registry order, each writing rejects under its own stage."""
-    steps = []
-    for name, section in config.filter.items():
-        cls = filter_class(name)
-        if cls.active(section, config):
-            steps.append(cls(section, config, RejectWriter(rejects_dir, name)))
-    return steps
+    return [cls(section, config, RejectWriter(rejects_dir, name)) for name, cls, section in _active(config)]
+
+
+def check_filters(config: "CurateConfig") -> None:
+    """Each active filter's `check` of its section: a `UserError` before any stage runs."""
+    for _, cls, section in _active(config):
+        cls.check(section, config)

@@ -4,7 +4,8 @@ A filter is registered by name in its own module (`@register_filter("text")` on 
 `FILTERS` registry imports every module of `medvl.curate.filters` when first read) and runs in
 the pipeline cheapest first (its `cost`).
 
-A filter is a datatrove `BaseFilter`: `filter(doc)` returns True or `reject(doc, reason, detail)`.
+A filter is a datatrove `BaseFilter`: `filter(doc)` returns True or `reject(doc, reason, detail)`;
+`check(section, run)` refuses, before any stage runs, a section it could not run with.
 A dropped record goes to the filter's `exclusion_writer` (a `RejectWriter`) as one reject line
 `{"id", "stage", "reason", "detail", ...}` carrying the record's `curate.store.reject_provenance`;
 datatrove counts `dropped_<reason>` in its per-task stats, which the report reads.
@@ -12,7 +13,8 @@ datatrove counts `dropped_<reason>` in its per-task stats, which the report read
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
@@ -20,6 +22,7 @@ from datatrove.pipeline.writers.jsonl import JsonlWriter
 
 from medvl.config import Config
 from medvl.curate.store import reject_provenance
+from medvl.errors import UserError
 from medvl.io.jsonl import reject_line
 from medvl.registry import Registry
 
@@ -27,7 +30,7 @@ if TYPE_CHECKING:
     from medvl.curate.config import CurateConfig
 
 __all__ = ["FILTERS", "FilterConfig", "CurateFilter", "RejectWriter", "IngestCheck", "register_filter",
-           "reject"]
+           "reject", "FilterSettingError", "named_setting"]
 
 
 class FilterConfig(Config):
@@ -43,6 +46,20 @@ class FilterConfig(Config):
     def resolve_paths(self, absolute: Callable[[str | None, str], str | None]) -> "FilterConfig":
         """A copy with each path option made absolute by `absolute(value, option name)`."""
         return self.model_copy(update={name: absolute(getattr(self, name), name) for name in self.path_fields})
+
+
+class FilterSettingError(UserError, ValueError):
+    """A filter setting the filter cannot run with; the message starts with the setting (`filter.<name>.<key>`)."""
+
+
+@contextmanager
+def named_setting(key: str) -> Iterator[None]:
+    """A `UserError` raised in the block (a `CurateFilter.check`) becomes a `FilterSettingError` whose
+    one line starts with `key`, the setting to fix."""
+    try:
+        yield
+    except UserError as exc:
+        raise FilterSettingError(f"{key}: {exc}") from None
 
 
 class CurateFilter(BaseFilter):
@@ -65,6 +82,12 @@ class CurateFilter(BaseFilter):
     @classmethod
     def active(cls, config: FilterConfig, run: "CurateConfig") -> bool:
         return config.enabled
+
+    @classmethod
+    def check(cls, config: FilterConfig, run: "CurateConfig") -> None:
+        """Raise a `UserError` for a section the filter cannot run with (a model folder that holds no
+        model); called for an active filter before any stage runs, so the prepare tasks never meet it.
+        Nothing to check by default."""
 
 
 FILTERS: Registry[type[CurateFilter]] = Registry("filter", package="medvl.curate.filters")

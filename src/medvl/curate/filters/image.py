@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from datatrove.data import Document
 from pydantic import Field
 
-from medvl.curate.filters.base import CurateFilter, FilterConfig, register_filter, reject
+from medvl.curate.filters.base import CurateFilter, FilterConfig, named_setting, register_filter, reject
 from medvl.curate.ingest_document import doc_images
 
 if TYPE_CHECKING:
@@ -57,6 +57,15 @@ class ImageFilter(CurateFilter):
         self.signatures = run is not None and run.needs_image_signatures
         self._classifier: Any = None
         self._warned = False
+
+    @classmethod
+    def check(cls, config: ImageFilterConfig, run: "CurateConfig") -> None:  # type: ignore[override]
+        """The classifier's files, read as the tasks will read them (`read_classifier`)."""
+        if config.classifier:
+            from medvl.curate.classifier import read_classifier
+
+            with named_setting("filter.image.classifier"):
+                read_classifier(config.classifier)
 
     def classifier(self) -> Any:
         if self._classifier is None and self.config.classifier:

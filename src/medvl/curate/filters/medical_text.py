@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 from datatrove.data import Document
 from pydantic import Field
 
-from medvl.curate.filters.base import CurateFilter, FilterConfig, register_filter, reject
+from medvl.curate.filters.base import CurateFilter, FilterConfig, named_setting, register_filter, reject
 
 if TYPE_CHECKING:
     from medvl.curate.config import CurateConfig
@@ -47,6 +47,14 @@ class MedicalTextFilter(CurateFilter):
         super().__init__(config, run, exclusion_writer)
         self.batch_size = config.batch_size
         self._probe: Any = None
+
+    @classmethod
+    def check(cls, config: MedicalTextConfig, run: "CurateConfig") -> None:  # type: ignore[override]
+        """The probe, loaded as the tasks will load it (`TextProbe.load`: its file and its vocabulary)."""
+        from medvl.curate.text_probe import TextProbe
+
+        with named_setting("filter.medical_text.model"):
+            TextProbe.load(config.model)
 
     def probe(self) -> Any:
         if self._probe is None:
