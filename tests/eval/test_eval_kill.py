@@ -1,0 +1,100 @@
+"""Real kills of `medvl eval run`: SIGKILL partway, run the same command again, and the run finishes
+with every item once, asks nothing it had answered, and scores as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from medvl.eval.config import EvalConfig
+from medvl.eval.runner import run_eval
+from medvl.io.jsonl import read_records
+from medvl.llm.mock_server import MockServer, start_mock_server_process
+
+N = 20  # items; replies come after `latency`, one at a time (batch_size 1), so a kill lands mid-run
+CASE = re.compile(r"case (\d+)\b")
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def eval_config(tmp_path: Path, base_url: str, out: Path) -> dict:
+    """Text-only open questions; the mock's reply echoes the question, so token recall is 1 or 0 by item."""
+    bench = tmp_path / "bench.jsonl"
+    if not bench.exists():
+        bench.write_text("".join(json.dumps({"id": f"q{i:02d}", "conversations": [
+            {"from": "human", "value": f"Is it the liver or the kidney? case {i}"},
+            {"from": "gpt", "value": "liver" if i % 3 else "spleen"}]}) + "\n" for i in range(N)))
+    return {"benchmark": {"name": "llava_jsonl", "root": str(bench)},
+            "backend": {"kind": "openai", "llm": {"base_url": base_url, "model": "mock", "api_key_env": "MEDVL_NO_KEY",
+                                                  "max_retries": 0}},
+            "generation": {"batch_size": 1, "max_new_tokens": 8}, "output_dir": str(out), "report": False}
+
+
+def uninterrupted(tmp_path: Path) -> tuple[list[dict], dict]:
+    """Records and scores of the same run, never stopped (the mock's replies depend only on the request)."""
+    with MockServer() as server:
+        out = run_eval(EvalConfig.model_validate(eval_config(tmp_path, server.base_url, tmp_path / "whole")))
+    return read_records(out / "predictions.jsonl"), json.loads((out / "scores.json").read_text())
+
+
+def complete_lines(path: Path) -> list[dict]:
+    data = path.read_bytes() if path.exists() else b""
+    return [json.loads(line) for line in data.split(b"\n")[:-1] if line.strip()]
+
+
+def wait_for(condition, process: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert process.poll() is None, f"it ended before the kill:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
+
+
+def asked(requests: list[dict]) -> list[str]:
+    """The item ids of mock requests (bodies, or log entries: the default reply echoes the question, 'case N')."""
+    return [f"q{int(CASE.search(json.dumps(request)).group(1)):02d}" for request in requests]
+
+
+def test_sigkill_mid_run_then_the_same_command_finishes_without_asking_again(tmp_path):
+    out = tmp_path / "run"
+    part = out / "predictions.part-0.jsonl"
+    with start_mock_server_process(latency_s=0.25, log_path=tmp_path / "requests.jsonl") as server:
+        (tmp_path / "eval.yaml").write_text(yaml.safe_dump(eval_config(tmp_path, server.base_url, out)))
+        command = [sys.executable, "-m", "medvl.cli", "eval", "run", str(tmp_path / "eval.yaml")]
+        with (tmp_path / "first.log").open("w") as log:
+            process = subprocess.Popen(command, env=env(), stdout=log, stderr=log)
+        try:
+            wait_for(lambda: len(complete_lines(part)) >= 5, process, tmp_path / "first.log")
+        finally:
+            process.kill()
+            process.wait(timeout=30)
+        on_disk = [r["id"] for r in complete_lines(part)]
+        assert process.returncode == -signal.SIGKILL and len(on_disk) < N
+        asked_before = len(server.logged())
+        # the runner's own skip, not the reply cache, must keep answered items from being asked again
+        shutil.rmtree(out / "llm-cache")
+        done = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+        asked_after = asked(server.logged()[asked_before:])
+    assert sorted(asked_after) == sorted(set(asked_after)) == sorted({f"q{i:02d}" for i in range(N)} - set(on_disk))
+    text = (out / "predictions.jsonl").read_text()
+    assert text.endswith("\n") and not list(out.glob("*.part-*.jsonl"))
+    records = [json.loads(line) for line in text.splitlines()]  # no torn line
+    assert [r["id"] for r in records] == [f"q{i:02d}" for i in range(N)]  # each once, in benchmark order
+    expected_records, expected = uninterrupted(tmp_path)
+    scores = json.loads((out / "scores.json").read_text())
+    assert records == expected_records
+    assert (scores["scores"], scores["answered"], scores["skipped"]) == (expected["scores"], N, 0)
+    assert 0 < scores["scores"]["open"]["token_recall"] < 1
+
