@@ -1,5 +1,6 @@
 """Real kills of `medvl eval run`: SIGKILL partway, run the same command again, and the run finishes
-with every item once, asks nothing it had answered, and scores as an uninterrupted run."""
+with every item once, asks nothing it had answered, and scores as an uninterrupted run; a torn last
+line (a kill during a write) is asked again, never lost."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from medvl.eval.config import EvalConfig
@@ -98,3 +100,24 @@ def test_sigkill_mid_run_then_the_same_command_finishes_without_asking_again(tmp
     assert (scores["scores"], scores["answered"], scores["skipped"]) == (expected["scores"], N, 0)
     assert 0 < scores["scores"]["open"]["token_recall"] < 1
 
+
+@pytest.mark.parametrize("cut,kept", [("mid-line", 5), ("only its newline", 6)])
+def test_a_torn_last_answer_is_asked_again_and_a_whole_one_kept(cut, kept, tmp_path):
+    """What a kill during a write leaves: the last answer cut short is asked again; one whole but for its
+    newline counts as answered (the appender used to cut it after the run had counted it done: the item
+    was never asked, and the run scored 19 of 20 items as if one had been skipped)."""
+    expected_records, expected = uninterrupted(tmp_path)
+    out = tmp_path / "run"
+    out.mkdir()
+    part = out / "predictions.part-0.jsonl"
+    written = "".join(json.dumps({k: v for k, v in r.items() if k not in ("correct", "metrics")}) + "\n"
+                      for r in expected_records[:6])
+    part.write_text(written[:-40] if cut == "mid-line" else written[:-1])
+    with MockServer() as server:
+        run_eval(EvalConfig.model_validate(eval_config(tmp_path, server.base_url, out)))
+        again = asked(server.requests)
+    assert sorted(again) == [f"q{i:02d}" for i in range(kept, N)]  # nothing answered is asked again
+    records = read_records(out / "predictions.jsonl")
+    scores = json.loads((out / "scores.json").read_text())
+    assert records == expected_records
+    assert (scores["scores"], scores["answered"], scores["skipped"]) == (expected["scores"], N, 0)

@@ -19,6 +19,7 @@ from medvl.io.jsonl import (
     JsonlFileError,
     JsonlLineError,
     RejectLog,
+    iter_appended,
     iter_jsonl,
     read_json_file,
     read_records,
@@ -55,6 +56,20 @@ def test_appender_cuts_a_torn_last_line(tmp_path):
     with JsonlAppender(path) as out:
         out.write({"id": 4})
     assert [r["id"] for r in read_records(path)] == [1, 2, 4]
+
+
+def test_a_last_record_without_its_newline_is_kept_as_every_reader_counts_it(tmp_path):
+    """A kill between a record and its newline: the resumed job counts the record done (iter_jsonl,
+    iter_appended), so reopening must keep it; cutting it lost the record for good."""
+    path = tmp_path / "out.jsonl"
+    path.write_text('{"id": 1}\n{"id": 2, "text": "\u00e9 ' + "x" * 70_000 + '"}')  # longer than a read chunk
+    assert [r["id"] for _, r in iter_jsonl(path)] == [r["id"] for r in iter_appended(path)] == [1, 2]
+    with JsonlAppender(path) as out:
+        out.write({"id": 3})
+    assert [r["id"] for r in read_records(path)] == [1, 2, 3]
+    path.write_text('{"id": 1}\n[2]')  # whole JSON, but no record: torn as far as a reader of records goes
+    JsonlAppender(path).close()
+    assert path.read_text() == '{"id": 1}\n'
 
 
 def test_torn_single_line_file_is_emptied(tmp_path):

@@ -7,7 +7,10 @@
   text silently changed. A path that cannot be read at all (missing, a folder, no permission) is a
   `JsonlFileError`.
 - `JsonlAppender` appends one record per line, flushing each line, so a killed job keeps every
-  finished record; a torn final line left by a kill is cut off when the file is reopened.
+  finished record; a torn final line left by a kill is cut off when the file is reopened. A last
+  line that is a whole JSON object but for its newline (the kill came between the two) is a
+  finished record, as every reader here counts it: it gets its newline instead (cutting it lost
+  the record a resumed job had just counted as done).
   `iter_appended` reads such a file back while it may still be written (fast, no checks: medvl
   wrote it): a torn last line is skipped, a missing file is empty.
 - `RejectLog` is the one format for "this input was dropped, and why" across all stages.
@@ -143,6 +146,8 @@ def iter_appended(path: str | Path) -> Iterator[dict[str, Any]]:
         for line in handle:
             if line.endswith(b"\n"):
                 yield orjson.loads(line)
+            elif (record := _whole_record(line)) is not None:
+                yield record
 
 
 def read_json_file(path: str | Path, what: str, fix: str) -> Any:
@@ -210,11 +215,11 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
 
 
 class JsonlAppender:
-    """Append records durably; reopening after a kill drops a torn last line first."""
+    """Append records durably; reopening after a kill mends a torn last line first (module notes)."""
 
     def __init__(self, path: str | Path, fsync: bool = False):
         self.path = check_file_target(path)
-        _truncate_torn_tail(self.path)
+        _mend_torn_tail(self.path)
         self._handle = self.path.open("a", encoding="utf-8")
         self._fsync = fsync
 
@@ -284,24 +289,44 @@ def _first_non_space(handle: Any) -> str:
             return char
 
 
-def _truncate_torn_tail(path: Path) -> None:
-    """If the file does not end in a newline (a kill mid-write), cut back to the last newline."""
+def _whole_record(line: bytes) -> dict[str, Any] | None:
+    """`line` as a JSON object, or None when it is not one (a record torn short by a kill); read as
+    `iter_jsonl` reads a line, so that both count the same records."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _mend_torn_tail(path: Path) -> None:
+    """If the file does not end in a newline (a kill mid-write): a last line that is a whole record gets
+    its newline, a part of one is cut back to the previous newline (module notes)."""
     if not path.exists() or path.stat().st_size == 0:
         return
     with path.open("rb+") as handle:
-        handle.seek(-1, os.SEEK_END)
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(size - 1)
         if handle.read(1) == b"\n":
             return
-        size = handle.seek(0, os.SEEK_END)
-        chunk = 1 << 16
-        position = size
-        while position > 0:
-            start = max(0, position - chunk)
-            handle.seek(start)
-            data = handle.read(position - start)
-            cut = data.rfind(b"\n")
-            if cut >= 0:
-                handle.truncate(start + cut + 1)
-                return
-            position = start
-        handle.truncate(0)
+        tail_start = _after_last_newline(handle, size)
+        handle.seek(tail_start)
+        if _whole_record(handle.read()) is not None:
+            handle.seek(0, os.SEEK_END)
+            handle.write(b"\n")
+        else:
+            handle.truncate(tail_start)
+
+
+def _after_last_newline(handle: Any, size: int) -> int:
+    """The offset just after the last newline of a binary file of `size` bytes (0 when it has none)."""
+    chunk = 1 << 16
+    position = size
+    while position > 0:
+        start = max(0, position - chunk)
+        handle.seek(start)
+        cut = handle.read(position - start).rfind(b"\n")
+        if cut >= 0:
+            return start + cut + 1
+        position = start
+    return 0
