@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from medvl.io.jsonl import read_records
 from medvl.io.process import FolderInUse, RunLock
 
 FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class OneProcess:
@@ -258,11 +260,18 @@ def test_accelerate_launch_with_two_cpu_processes(tmp_path):
     cfg.write_text(yaml.safe_dump({"benchmark": {"name": "llava_jsonl", "root": str(FIXTURES / "llava" / "eval.jsonl")},
                                    "backend": {"kind": "majority"}, "output_dir": str(tmp_path / "run"),
                                    "generation": {"batch_size": 1}}))
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines",
-               "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "medvl.cli", "eval", "run", str(cfg)]
+    # `--cpu --num_processes 2` runs one process (accelerate's MULTI_CPU needs mpirun): the layout file runs two
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(port),
+               "-m", "medvl.cli", "eval", "run", str(cfg)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert [r["id"] for r in read_records(tmp_path / "run" / "predictions.jsonl")] == ["q1", "q2", "q3"]
+    throughput = json.loads((tmp_path / "run" / "scores.json").read_text())["throughput"]
+    assert (throughput["processes"], throughput["answered"]) == (2, 3)  # each process its share, all counted
     assert not list((tmp_path / "run").glob("*.part-*.jsonl"))
     assert done.stdout.count("run folder:") == 1  # only the main process reports
 

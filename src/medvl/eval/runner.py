@@ -75,9 +75,12 @@ def run_eval(config: EvalConfig, state: ProcessState | None = None) -> Path:
         if name not in SCORERS:
             raise ConfigError(f"unknown scorer {name!r}; known: {', '.join(SCORERS)}")
     if state is None:
+        import torch
         from accelerate import PartialState
 
-        state = PartialState()
+        # `cpu` without CUDA, as training sets `use_cpu`: else accelerate takes each launched CPU process for
+        # the only one, and all but one of them failed on the run folder another "only" process held
+        state = PartialState(cpu=not torch.cuda.is_available())
     out = Path(config.output_dir)
     with no_empty_folder_on_failure(out, enabled=state.is_main_process):
         with RunLock(out, what="evaluation run") if state.is_main_process else nullcontext():
@@ -101,20 +104,22 @@ def _evaluate(config: EvalConfig, state: ProcessState, out: Path) -> Path:
     todo = [item for item in runnable if item.id not in done]
     majority, notes = _majority(config, data) if config.backend.kind == "majority" else (None, [])
     state.wait_for_everyone()  # every process has read the done set before anyone appends
-    started, answered = time.perf_counter(), 0
+    started = time.perf_counter()
     with state.split_between_processes(todo) as mine:
         if mine:
             backend = make_backend(_with_reply_cache(config.backend, out), config.generation, majority)
-            answered = _answer(backend, mine, _Shown(text_only, donors), config,
-                               out / f"predictions.part-{state.process_index}.jsonl", show_progress=state.is_main_process)
-    seconds = time.perf_counter() - started
+            _answer(backend, mine, _Shown(text_only, donors), config,
+                    out / f"predictions.part-{state.process_index}.jsonl", show_progress=state.is_main_process)
     state.wait_for_everyone()
+    seconds = time.perf_counter() - started
     if state.is_main_process:
         records = merge_parts(out, [item.id for item in items])
+        asked = {item.id for item in todo}
+        answered = sum(record["id"] in asked for record in records)  # by every process
         from medvl.eval.report import finalize_run
 
         finalize_run(out, records, config, data, rejected, notes=data.notes + notes + seen_notes,
-                     throughput={"answered": answered, "seconds": round(seconds, 3),
+                     throughput={"answered": answered, "processes": state.num_processes, "seconds": round(seconds, 3),
                                  "items_per_s": round(answered / seconds, 3) if seconds and answered else None})
     state.wait_for_everyone()
     return out
@@ -252,13 +257,12 @@ def _item_keys(items: list[VQAItem]) -> set[tuple[str, str, str]]:
 
 
 def _answer(backend: Engine, items: list[VQAItem], shown: _Shown, config: EvalConfig, part: Path,
-            show_progress: bool) -> int:
-    """Answer `items` in batches, appending each batch's records to `part`; returns the count answered."""
+            show_progress: bool) -> None:
+    """Answer `items` in batches, appending each batch's records to `part`."""
     from tqdm.auto import tqdm
 
     from medvl.io.images import ImageLoadError, load_image
 
-    answered = 0
     size = config.generation.batch_size
     ask = get_benchmark(config.benchmark.name).prompt
     with JsonlAppender(part) as sink, RejectLog(part.with_name(part.name.replace("predictions", "rejects"))) as bad, \
@@ -281,9 +285,7 @@ def _answer(backend: Engine, items: list[VQAItem], shown: _Shown, config: EvalCo
                             "shown_images": paths, "shown_images_from": donor, "output": reply.text, "prompt_tokens": reply.prompt_tokens, "new_tokens": reply.new_tokens,
                             "finish_reason": reply.finish_reason, "error": reply.error,
                             "backend": config.backend.label()})
-                answered += 1
             bar.update(min(size, len(items) - start))
-    return answered
 
 
 def read_predictions(out: Path, include_parts: bool = False) -> list[dict[str, Any]]:
