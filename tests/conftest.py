@@ -1,7 +1,8 @@
 """Shared test fixtures: offline tokenizer/weights, a tiny saved model, the shared data folder,
 `medvl` (the entry point run as a user runs it: exit status, stdout, stderr), `unreachable_url`
 (an LLM base_url where connections are refused), `wrong_key_endpoint` (an LLM server that
-rejects the key it is sent) and `unusable_llm` (either, as `llm` settings).
+rejects the key it is sent), `unusable_llm` (either, as `llm` settings) and `two_cpu_processes`
+(`accelerate launch` of a medvl command on 2 CPU processes, to run, or to kill and check for orphans).
 
 Tiny models are built in-process from configs (random weights) around SmolLM2's real tokenizer,
 so nothing is downloaded. `MEDVL_CACHE` defaults to a folder under the pytest cache so runs reuse
@@ -47,6 +48,85 @@ def medvl(monkeypatch, capsys):
         return Outcome(code if isinstance(code, int) else 1, captured.out, captured.err)
 
     return run
+
+
+class TwoCpuProcesses:
+    """`accelerate launch` of `medvl ARGS` on 2 CPU processes (configs/accelerate/cpu_2proc.yaml, a free port).
+
+    `command(...)` is the command line; `start(...)` starts it in a session of its own, its output in
+    `log`; `workers()` are its two `medvl.cli` processes (torch's launcher starts each in a session of
+    its own); `kill(how, seconds)` SIGKILLs the launcher alone (as the OOM killer does) or its process
+    group (`kill -9 -PGID`) and returns the pids of the workers still running after `seconds` (every
+    thread counts). Whatever it started and is still running is killed at teardown.
+    """
+
+    def __init__(self, log: Path):
+        self.log, self.launcher, self._workers = log, None, []
+
+    @staticmethod
+    def command(*args: str | Path, through_medvl_launch: bool = False) -> list[str]:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                  str(ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(port),
+                  "-m", "medvl.cli", *map(str, args)]
+        # `medvl launch` execs the launcher (it keeps this pid) with MEDVL_LAUNCHER_PID set
+        return [sys.executable, "-m", "medvl.cli", "launch", "--", *launch] if through_medvl_launch else launch
+
+    def start(self, *args: str | Path, env: dict[str, str], through_medvl_launch: bool = False):
+        import subprocess
+
+        with self.log.open("w") as log:
+            self.launcher = subprocess.Popen(self.command(*args, through_medvl_launch=through_medvl_launch), env=env,
+                                             stdout=log, stderr=log, start_new_session=True)
+        return self.launcher
+
+    def workers(self) -> list:
+        import psutil
+
+        self._workers = [p for p in psutil.Process(self.launcher.pid).children(recursive=True)
+                         if "medvl.cli" in p.cmdline()]
+        return self._workers
+
+    def kill(self, how: str, seconds: float) -> list[int]:
+        import signal
+        import time
+
+        from medvl.io.process import running
+
+        workers = self._workers or self.workers()
+        if how == "process group":
+            os.killpg(self.launcher.pid, signal.SIGKILL)
+        else:
+            os.kill(self.launcher.pid, signal.SIGKILL)
+        self.launcher.wait(timeout=30)
+        deadline = time.monotonic() + seconds
+        while any(running(p.pid) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return [p.pid for p in workers if running(p.pid)]
+
+    def close(self) -> None:
+        import signal
+
+        from medvl.io.process import descendants, running
+
+        if self.launcher is None:
+            return
+        left = [self.launcher.pid, *descendants(self.launcher.pid), *(p.pid for p in self._workers)]
+        for pid in left:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
+        self.launcher.wait(timeout=30)
+
+
+@pytest.fixture
+def two_cpu_processes(tmp_path) -> Iterator[TwoCpuProcesses]:
+    launched = TwoCpuProcesses(tmp_path / "launch.log")
+    yield launched
+    launched.close()
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Real kills of `medvl eval run`: SIGKILL partway, run the same command again, and the run finishes
 with every item once, asks nothing it had answered, and scores as an uninterrupted run; a torn last
-line (a kill during a write) is asked again, never lost."""
+line (a kill during a write) is asked again, never lost; killing an `accelerate launch` run (its
+launcher alone, or its process group) leaves no worker answering on, and the same command finishes it."""
 
 from __future__ import annotations
 
@@ -121,3 +122,31 @@ def test_a_torn_last_answer_is_asked_again_and_a_whole_one_kept(cut, kept, tmp_p
     scores = json.loads((out / "scores.json").read_text())
     assert records == expected_records
     assert (scores["scores"], scores["answered"], scores["skipped"]) == (expected["scores"], N, 0)
+
+
+@pytest.mark.slow  # 2 launched processes and a rerun: 20-30 s on 2 busy cores
+@pytest.mark.parametrize("kill", ["launcher alone", "process group"])
+def test_killing_an_accelerate_launch_eval_leaves_no_worker_and_the_rerun_finishes(kill, two_cpu_processes, tmp_path):
+    """torch's launcher starts each worker in its own session: neither `kill -9 <launcher>` (what the OOM
+    killer does) nor `kill -9 -<its group>` reaches them, so each worker must die with its launcher; the
+    orphans went on answering and wrote a whole run folder, scores and all, with no one to report to."""
+    out = tmp_path / "run"
+    parts = [out / f"predictions.part-{rank}.jsonl" for rank in (0, 1)]
+    with start_mock_server_process(latency_s=1.0, log_path=tmp_path / "requests.jsonl") as server:
+        (tmp_path / "eval.yaml").write_text(yaml.safe_dump(eval_config(tmp_path, server.base_url, out)))
+        launcher = two_cpu_processes.start("eval", "run", tmp_path / "eval.yaml", env=env())
+        wait_for(lambda: all(complete_lines(p) for p in parts), launcher, two_cpu_processes.log, 180)
+        assert len(two_cpu_processes.workers()) == 2
+        assert not two_cpu_processes.kill(kill, seconds=3), "a worker outlived its launcher"  # 8 s of work left
+        on_disk = {r["id"] for p in parts for r in complete_lines(p)}
+        assert len(on_disk) < N and not (out / "scores.json").exists()
+        before = asked(server.logged())
+        # one batch of all that is left (a setting a resumed run may change): 8 replies at a time
+        rerun = [sys.executable, "-m", "medvl.cli", "eval", "run", str(tmp_path / "eval.yaml"), f"generation.batch_size={N}"]
+        done = subprocess.run(rerun, env=env(), capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+        after = set(asked(server.logged()[len(before):]))
+    assert [r["id"] for r in read_records(out / "predictions.jsonl")] == [f"q{i:02d}" for i in range(N)]
+    assert not list(out.glob("*.part-*.jsonl"))
+    assert after == {f"q{i:02d}" for i in range(N)} - on_disk  # the killed run's answers are kept
+    assert len(after & set(before)) <= 2  # paid for twice: only a request each worker had in flight

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -24,7 +23,6 @@ from medvl.io.jsonl import read_records
 from medvl.io.process import FolderInUse, RunLock
 
 FIXTURES = Path(__file__).parent / "fixtures"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class OneProcess:
@@ -252,7 +250,7 @@ def test_unreadable_image_is_rejected_and_the_run_goes_on(tmp_path, monkeypatch)
     assert json.loads((out / "scores.json").read_text())["rejected"] == {"image_load_error": 1}
 
 
-def test_accelerate_launch_with_two_cpu_processes(tmp_path):
+def test_accelerate_launch_with_two_cpu_processes(two_cpu_processes, tmp_path):
     import subprocess
     import sys
 
@@ -260,14 +258,8 @@ def test_accelerate_launch_with_two_cpu_processes(tmp_path):
     cfg.write_text(yaml.safe_dump({"benchmark": {"name": "llava_jsonl", "root": str(FIXTURES / "llava" / "eval.jsonl")},
                                    "backend": {"kind": "majority"}, "output_dir": str(tmp_path / "run"),
                                    "generation": {"batch_size": 1}}))
-    # `--cpu --num_processes 2` runs one process (accelerate's MULTI_CPU needs mpirun): the layout file runs two
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(port),
-               "-m", "medvl.cli", "eval", "run", str(cfg)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    # not `--cpu --num_processes 2`: it runs one process (accelerate's MULTI_CPU needs mpirun)
+    done = subprocess.run(two_cpu_processes.command("eval", "run", cfg), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert [r["id"] for r in read_records(tmp_path / "run" / "predictions.jsonl")] == ["q1", "q2", "q3"]
     throughput = json.loads((tmp_path / "run" / "scores.json").read_text())["throughput"]

@@ -6,21 +6,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 
 from medvl.config import dump_config
-from medvl.io.process import RunLock, running
+from medvl.io.process import RunLock
 from medvl.train.runner import run_training
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
@@ -33,19 +30,14 @@ def env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(folder / "model.safetensors")
 
 
-def test_two_cpu_processes_match_one_process_with_the_same_global_batch(train_config, uneven_color_data, tmp_path):
+def test_two_cpu_processes_match_one_process_with_the_same_global_batch(train_config, uneven_color_data,
+                                                                        two_cpu_processes, tmp_path):
     # Global batch 8 either way: 2 processes x 4, or 1 process x 4 x 2 accumulation steps. Samples
     # differ in supervised tokens (every 4th is two-turn), so the loss must be averaged per token
     # over the whole global batch, not per process or per micro-batch, for the curves to agree.
@@ -55,10 +47,8 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(train_co
     one = train_config(tmp_path / "one", optim__grad_accum=2, optim__max_steps=8, data__sources=data)
     two = train_config(tmp_path / "two", optim__grad_accum=1, optim__max_steps=8, data__sources=data)
     dump_config(two, tmp_path / "two.yaml")
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(free_port()),
-              "-m", "medvl.cli", "train", str(tmp_path / "two.yaml")]
-    done = subprocess.run(launch, env=env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(two_cpu_processes.command("train", tmp_path / "two.yaml"), env=env(), capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())
     assert summary["processes"] == 2
@@ -99,50 +89,31 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(train_config, tmp_pat
 @pytest.mark.parametrize("kill,through", [("process group", "accelerate"), ("launcher alone", "accelerate"),
                                           ("launcher alone", "medvl launch")])
 def test_killing_an_accelerate_launch_run_leaves_no_worker_and_a_run_folder_takes_one_writer(
-        kill, through, train_config, tmp_path):
+        kill, through, train_config, two_cpu_processes, tmp_path):
     # through `medvl launch` the workers know their launcher's pid (MEDVL_LAUNCHER_PID) and train as usual
     out = tmp_path / "run"
     dump_config(train_config(out, optim__max_steps=100_000, save__every_steps=2), tmp_path / "run.yaml")
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(free_port()),
-              "-m", "medvl.cli", "train", str(tmp_path / "run.yaml")]
-    if through == "medvl launch":
-        launch = [sys.executable, "-m", "medvl.cli", "launch", "--", *launch]  # exec: the launcher keeps this pid
-    with (tmp_path / "launch.log").open("w") as log:
-        launcher = subprocess.Popen(launch, env=env(), stdout=log, stderr=log, start_new_session=True)
-    workers: list[psutil.Process] = []
-    try:
-        deadline = time.monotonic() + 240
-        while not (out / "checkpoint-2" / "trainer_state.json").exists() and launcher.poll() is None:
-            assert time.monotonic() < deadline, (tmp_path / "launch.log").read_text()[-3000:]
-            time.sleep(0.1)
-        workers = [p for p in psutil.Process(launcher.pid).children(recursive=True) if "medvl.cli" in p.cmdline()]
-        assert len(workers) == 2 and all(os.getpgid(p.pid) != launcher.pid for p in workers)  # own sessions
-        recorded = {p.environ().get("MEDVL_LAUNCHER_PID") for p in workers}
-        assert recorded == ({str(launcher.pid)} if through == "medvl launch" else {None})
+    launcher = two_cpu_processes.start("train", tmp_path / "run.yaml", env=env(),
+                                       through_medvl_launch=through == "medvl launch")
+    deadline = time.monotonic() + 240
+    while not (out / "checkpoint-2" / "trainer_state.json").exists() and launcher.poll() is None:
+        assert time.monotonic() < deadline, two_cpu_processes.log.read_text()[-3000:]
+        time.sleep(0.1)
+    workers = two_cpu_processes.workers()
+    assert len(workers) == 2 and all(os.getpgid(p.pid) != launcher.pid for p in workers)  # own sessions
+    recorded = {p.environ().get("MEDVL_LAUNCHER_PID") for p in workers}
+    assert recorded == ({str(launcher.pid)} if through == "medvl launch" else {None})
 
-        # A second run on the folder in use is refused in one line naming the owner (the main worker).
-        owner = json.loads((out / ".medvl.lock").read_text())["pid"]
-        assert owner in {p.pid for p in workers}
-        second = subprocess.run([sys.executable, "-m", "medvl.cli", "train", str(tmp_path / "run.yaml")], env=env(),
-                                capture_output=True, text=True, timeout=120)
-        assert second.returncode == 2
-        assert second.stderr.strip().splitlines()[-1].startswith(
-            f"error: {out} is in use by another training run (pid {owner} on ")
+    # A second run on the folder in use is refused in one line naming the owner (the main worker).
+    owner = json.loads((out / ".medvl.lock").read_text())["pid"]
+    assert owner in {p.pid for p in workers}
+    second = subprocess.run([sys.executable, "-m", "medvl.cli", "train", str(tmp_path / "run.yaml")], env=env(),
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines()[-1].startswith(
+        f"error: {out} is in use by another training run (pid {owner} on ")
 
-        if kill == "process group":
-            os.killpg(launcher.pid, signal.SIGKILL)  # kill -9 -<pgid>
-        else:
-            os.kill(launcher.pid, signal.SIGKILL)
-        launcher.wait(timeout=30)
-        deadline = time.monotonic() + 10  # every thread of every worker, not just their main threads
-        while any(running(p.pid) for p in workers) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not any(running(p.pid) for p in workers), "a worker outlived its launcher"
-    finally:
-        for process in [launcher, *workers]:
-            if running(process.pid):
-                os.kill(process.pid, signal.SIGKILL)
+    assert not two_cpu_processes.kill(kill, seconds=10), "a worker outlived its launcher"
     assert not (out / "model.safetensors").exists()
     with RunLock(out):  # the lock the killed main worker left behind is taken over
         pass

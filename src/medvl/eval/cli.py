@@ -25,6 +25,9 @@ def run(
     overrides: list[str] | None = typer.Argument(None, help="key=value overrides, e.g. benchmark.limit=20"),
 ) -> None:
     """Answer a benchmark with a backend, score it, write predictions, scores, report and plots."""
+    from medvl.io.process import die_with_launcher
+
+    die_with_launcher()  # first: a launched worker must not outlive its launcher, even while importing torch
     from accelerate import PartialState
 
     from medvl.config import load_config

@@ -23,7 +23,9 @@ fails before writing anything (an unknown split, a bad root) removes the folders
 
 Data parallel: under `accelerate launch -m medvl.cli eval run CONFIG`, each process takes its slice
 of the remaining items (`PartialState.split_between_processes`), writes its own part file, and the
-main process merges all parts in benchmark order once every process is done, then scores.
+main process merges all parts in benchmark order once every process is done, then scores. Each
+process dies with its launcher (`medvl.io.process.die_with_launcher`), however the launcher dies;
+a rerun, with as many processes or not, resumes from the part files.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from medvl.eval.prompts import build_messages
 from medvl.eval.scorers import SCORERS
 from medvl.io.files import ensure_folder, no_empty_folder_on_failure
 from medvl.io.jsonl import JsonlAppender, JsonlLineError, RejectLog, iter_jsonl, read_json_file, write_jsonl
-from medvl.io.process import RunLock
+from medvl.io.process import RunLock, die_with_launcher
 
 __all__ = ["merge_parts", "read_predictions", "run_eval"]
 
@@ -70,7 +72,10 @@ class ProcessState(Protocol):
 
 
 def run_eval(config: EvalConfig, state: ProcessState | None = None) -> Path:
-    """Run (or resume) one evaluation; returns the run folder."""
+    """Run (or resume) one evaluation; returns the run folder. Started by a launcher, each process dies
+    with it (`die_with_launcher`: the launcher puts its workers in their own sessions, out of reach of a
+    kill of its process group; an orphan went on answering and wrote the whole run folder)."""
+    die_with_launcher()
     for name in [config.scorer, *config.extra_scorers]:
         if name not in SCORERS:
             raise ConfigError(f"unknown scorer {name!r}; known: {', '.join(SCORERS)}")
