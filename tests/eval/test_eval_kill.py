@@ -1,7 +1,8 @@
 """Real kills of `medvl eval run`: SIGKILL partway, run the same command again, and the run finishes
 with every item once, asks nothing it had answered, and scores as an uninterrupted run; a torn last
 line (a kill during a write) is asked again, never lost; killing an `accelerate launch` run (its
-launcher alone, or its process group) leaves no worker answering on, and the same command finishes it."""
+launcher alone, or its process group) leaves no worker answering on, and the same command finishes it;
+a SIGKILLed LLM judge pays again only for the reply it was waiting for."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import yaml
 from medvl.eval.config import EvalConfig
 from medvl.eval.runner import run_eval
 from medvl.io.jsonl import read_records
+from medvl.llm.cache import ResponseCache
 from medvl.llm.mock_server import MockServer, start_mock_server_process
 
 N = 20  # items; replies come after `latency`, one at a time (batch_size 1), so a kill lands mid-run
@@ -150,3 +152,38 @@ def test_killing_an_accelerate_launch_eval_leaves_no_worker_and_the_rerun_finish
     assert not list(out.glob("*.part-*.jsonl"))
     assert after == {f"q{i:02d}" for i in range(N)} - on_disk  # the killed run's answers are kept
     assert len(after & set(before)) <= 2  # paid for twice: only a request each worker had in flight
+
+
+def test_judge_sigkilled_mid_run_pays_on_rerun_only_for_replies_it_had_not_received(tmp_path):
+    """`medvl eval judge-open` keeps each verdict as it arrives (llm-cache/ beside the predictions): after a
+    SIGKILL the same command re-sends only the request that was in flight, and writes every verdict."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "predictions.jsonl").write_text("".join(json.dumps(
+        {"id": f"q{i:02d}", "answer_type": "open", "question": f"Which organ? case {i}", "answer": "liver",
+         "output": "liver"}) + "\n" for i in range(N)))
+    with start_mock_server_process(script=[{"text": "correct\nsame organ"}] * 2 * N, latency_s=0.25,
+                                   log_path=tmp_path / "requests.jsonl") as server:
+        (tmp_path / "judge.yaml").write_text(yaml.safe_dump({"llm": {
+            "base_url": server.base_url, "model": "judge", "api_key_env": "MEDVL_NO_KEY", "max_concurrency": 1}}))
+        command = [sys.executable, "-m", "medvl.cli", "eval", "judge-open", str(run), "--config",
+                   str(tmp_path / "judge.yaml")]
+        with (tmp_path / "first.log").open("w") as log:
+            process = subprocess.Popen(command, env=env(), stdout=log, stderr=log)
+        try:
+            wait_for(lambda: len(server.logged()) >= 5, process, tmp_path / "first.log")
+        finally:
+            process.kill()
+            process.wait(timeout=30)
+        assert process.returncode == -signal.SIGKILL and not (run / "judge_open.json").exists()
+        received = ResponseCache(run / "llm-cache").contains(list(server.count_by_key()))
+        sent_before = set(server.count_by_key())
+        done = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        sent = server.count_by_key()
+    assert len(received) >= 4 and len(sent_before) < N
+    assert len(sent) == N and not {key for key, count in sent.items() if count > 1} - (sent_before - received)
+    assert sum(sent.values()) <= N + 1  # at most the one request in flight at the kill, sent again
+    summary = json.loads((run / "judge_open.json").read_text())
+    assert (summary["n"], summary["judged"], summary["judge_accuracy"]) == (N, N, 1.0)
+    assert [r["id"] for r in read_records(run / "judge_open.jsonl")] == [f"q{i:02d}" for i in range(N)]
