@@ -3,6 +3,8 @@
 Each sub-package exposes `register(app)` in a light `cli.py` (typer only at import; torch and
 friends load inside the command functions), so `medvl --help` starts fast. Every module listed here
 must import: a typo or a broken import fails the command loudly rather than hiding its commands.
+`medvl launch` lives here, above the stages: it checks, before any process starts, the command it
+launches with that command's own check (`LAUNCH_CHECKS`: one line per command that can be launched).
 Every mistake ends in one `error:` line and exit 2: a `UserError` raised by a command, and click's
 usage errors too (a missing argument, an unknown option, a path that does not exist), which typer
 would otherwise print as a usage line, a hint and the error in a frame.
@@ -26,6 +28,11 @@ COMMAND_MODULES = (
     "medvl.serve.cli",  # chat, serve, webui
     "medvl.demo",  # demo
 )
+# `medvl launch`: the medvl commands whose workers it checks first (by the words that name the command), each
+# with the module whose `check_launch(args)` raises a `UserError` for what those arguments would fail on
+LAUNCH_CHECKS = {
+    ("train",): "medvl.train.launch",
+}
 
 
 def build_app() -> typer.Typer:
@@ -38,7 +45,28 @@ def build_app() -> typer.Typer:
     )
     for name in COMMAND_MODULES:  # a module that does not import is an error, never a missing command
         importlib.import_module(name).register(app)
+    app.command("launch", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(launch)
     return app
+
+
+def launch(
+    launcher: list[str] = typer.Argument(..., help="the launcher and its arguments, e.g. accelerate launch "
+                                                   "--config_file CONFIG -m medvl.cli train TRAIN.yaml"),
+) -> None:
+    """Run a launcher (accelerate launch, torchrun) whose workers die with it; configs checked first."""
+    # The launcher runs as this process and its workers are told its pid, so a worker whose launcher
+    # dies before the worker's parent-death guard is armed stops at once (medvl.io.process).
+    from medvl.io.launch import check_launcher_config, launched_command
+    from medvl.io.process import exec_launcher, find_launcher
+
+    argv = list(launcher)
+    program = find_launcher(argv)  # first: a launcher that is not there is named before the configs
+    check_launcher_config(argv)
+    command = launched_command(argv, LAUNCH_CHECKS)
+    if command is not None:
+        words, args = command
+        importlib.import_module(LAUNCH_CHECKS[words]).check_launch(args)
+    exec_launcher(program, argv)
 
 
 def main() -> None:

@@ -1,5 +1,4 @@
-"""`medvl train`, `medvl launch` and `medvl data ...`: train a stage, start a multi-process run,
-validate a dataset, convert a benchmark split.
+"""`medvl train` and `medvl data ...`: train a stage, validate a dataset, convert a benchmark split.
 
     medvl train configs/train/llava_med_stage2.yaml [key=value ...]
     medvl launch accelerate launch --config_file configs/accelerate/zero3.yaml -m medvl.cli train CONFIG [key=value ...]
@@ -28,7 +27,6 @@ data_app = typer.Typer(name="data", help="Validate and convert training data.", 
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
-    app.command("launch", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(launch)
     app.add_typer(data_app, name="data")
 
 
@@ -57,21 +55,6 @@ def train(
         typer.echo(f"trained {result.global_step} steps (last logged loss {loss}); "
                    f"{result.data.valid} usable records, {result.data.rejected} rejected")
         typer.echo(f"model: {result.output_dir} (metrics.jsonl, loss.png, data_check/)")
-
-
-def launch(
-    launcher: list[str] = typer.Argument(..., help="the launcher and its arguments, e.g. accelerate launch "
-                                                   "--config_file CONFIG -m medvl.cli train TRAIN.yaml"),
-) -> None:
-    """Run a launcher (accelerate launch, torchrun) whose workers die with it; configs checked first."""
-    # The launcher runs as this process and its workers are told its pid, so a worker whose launcher
-    # dies before the worker's parent-death guard is armed stops at once (medvl.io.process).
-    from medvl.io.process import exec_launcher, find_launcher
-    from medvl.train.launch import check_launch
-
-    program = find_launcher(list(launcher))  # first: a launcher that is not there is named before the configs
-    check_launch(list(launcher))
-    exec_launcher(program, list(launcher))
 
 
 @data_app.command("check")
