@@ -32,6 +32,7 @@ COMMAND_MODULES = (
 # with the module whose `check_launch(args)` raises a `UserError` for what those arguments would fail on
 LAUNCH_CHECKS = {
     ("train",): "medvl.train.launch",
+    ("eval", "run"): "medvl.eval.launch",
 }
 
 

@@ -1,7 +1,7 @@
 """`medvl eval ...`: run, rescore, compare, inspect benchmarks, and LLM-judge answers.
 
     medvl eval run configs/eval/vqa_rad.yaml backend.model=runs/model output_dir=runs/eval/rad
-    accelerate launch -m medvl.cli eval run configs/eval/vqa_rad.yaml ...   # data parallel
+    medvl launch accelerate launch -m medvl.cli eval run configs/eval/vqa_rad.yaml ...   # data parallel
     medvl eval score runs/eval/rad/predictions.jsonl --scorer llava_med_run_eval
     medvl eval compare runs/eval/rad runs/eval/rad-question-only runs/eval/rad-majority
     medvl eval inspect slake ../shared/data/slake-questions --split validate

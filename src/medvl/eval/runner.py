@@ -21,9 +21,10 @@ writing (the main process holds its `RunLock` for the whole run: two runs on one
 answered every item and one crashed merging the part files the other had just removed). A run that
 fails before writing anything (an unknown split, a bad root) removes the folders it made, if empty.
 
-Data parallel: under `accelerate launch -m medvl.cli eval run CONFIG`, each process takes its slice
-of the remaining items (`PartialState.split_between_processes`), writes its own part file, and the
-main process merges all parts in benchmark order once every process is done, then scores. Each
+Data parallel: under `[medvl launch] accelerate launch -m medvl.cli eval run CONFIG` (`medvl launch`
+checks the config and this lock first: `medvl.eval.launch`), each process takes its slice of the
+remaining items (`PartialState.split_between_processes`), writes its own part file, and the main
+process merges all parts in benchmark order once every process is done, then scores. Each
 process dies with its launcher (`medvl.io.process.die_with_launcher`), however the launcher dies;
 a rerun, with as many processes or not, resumes from the part files.
 """
@@ -52,7 +53,7 @@ from medvl.io.files import ensure_folder, no_empty_folder_on_failure
 from medvl.io.jsonl import JsonlAppender, JsonlLineError, RejectLog, iter_jsonl, read_json_file, write_jsonl
 from medvl.io.process import RunLock, die_with_launcher
 
-__all__ = ["merge_parts", "read_predictions", "run_eval"]
+__all__ = ["check_scorers", "merge_parts", "read_predictions", "run_eval", "run_folder_lock"]
 
 log = logging.getLogger(__name__)
 PREDICTIONS = "predictions.jsonl"
@@ -76,9 +77,7 @@ def run_eval(config: EvalConfig, state: ProcessState | None = None) -> Path:
     with it (`die_with_launcher`: the launcher puts its workers in their own sessions, out of reach of a
     kill of its process group; an orphan went on answering and wrote the whole run folder)."""
     die_with_launcher()
-    for name in [config.scorer, *config.extra_scorers]:
-        if name not in SCORERS:
-            raise ConfigError(f"unknown scorer {name!r}; known: {', '.join(SCORERS)}")
+    check_scorers(config)
     if state is None:
         import torch
         from accelerate import PartialState
@@ -88,8 +87,21 @@ def run_eval(config: EvalConfig, state: ProcessState | None = None) -> Path:
         state = PartialState(cpu=not torch.cuda.is_available())
     out = Path(config.output_dir)
     with no_empty_folder_on_failure(out, enabled=state.is_main_process):
-        with RunLock(out, what="evaluation run") if state.is_main_process else nullcontext():
+        with run_folder_lock(out) if state.is_main_process else nullcontext():
             return _evaluate(config, state, out)
+
+
+def check_scorers(config: EvalConfig) -> None:
+    """An unknown `scorer` or `extra_scorers` name is a `ConfigError` (before anything is asked)."""
+    for name in [config.scorer, *config.extra_scorers]:
+        if name not in SCORERS:
+            raise ConfigError(f"unknown scorer {name!r}; known: {', '.join(SCORERS)}")
+
+
+def run_folder_lock(out: Path) -> RunLock:
+    """The lock the main process holds on run folder `out` for the whole run; another run holding it is
+    refused (`FolderInUse`: "OUT is in use by another evaluation run (pid ...)")."""
+    return RunLock(out, what="evaluation run")
 
 
 def _evaluate(config: EvalConfig, state: ProcessState, out: Path) -> Path:
