@@ -15,6 +15,7 @@ from medvl.benchmarks import (
     VQAItem,
     get_benchmark,
     load_benchmark,
+    locate_benchmark,
     register_benchmark,
 )
 from medvl.benchmarks.base import finish, read_json_rows
@@ -54,6 +55,12 @@ def test_a_registered_benchmark_loads_by_name(toy):
     assert [item.id for item in load_benchmark("toy", toy).items] == ["t1", "t2"]
     with pytest.raises(BenchmarkError, match="unknown benchmark 'toyy'; known: .*toy"):
         load_benchmark("toyy", toy)
+
+
+def test_one_registered_without_a_locator_has_its_root_checked(toy):
+    assert locate_benchmark("toy", toy) is None  # nothing more is known of its files before it loads
+    with pytest.raises(BenchmarkError, match="toy: .*nowhere does not exist"):
+        locate_benchmark("toy", toy / "nowhere")
 
 
 def test_eval_run_asks_with_its_prompt_and_scores_with_its_scorer(toy):

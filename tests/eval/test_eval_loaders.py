@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from medvl.benchmarks import BENCHMARKS, BenchmarkError, load_benchmark
+from medvl.benchmarks import BENCHMARKS, BenchmarkError, get_benchmark, load_benchmark, locate_benchmark
 from medvl.records import record_problems
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -129,6 +129,28 @@ def test_unknown_names_and_options_are_errors():
     with pytest.raises(BenchmarkError, match="unknown option"):
         load_benchmark("vqa_rad", FIXTURES / "vqa_rad", lang="en")
     assert len(BENCHMARKS) == 8
+
+
+@pytest.mark.parametrize("name, root, split, options", [
+    ("vqa_rad", "vqa_rad", "train", {}), ("slake", "slake", "test", {"lang": "zh"}),
+    ("pathvqa", "pathvqa/pvqa", "test", {}), ("pathvqa", "pathvqa/hf", "test", {}),
+    ("pmc_vqa", "pmc_vqa", "test", {}), ("pmc_vqa", "pmc_vqa_2", "test", {"csv_file": "test_2.csv"}),
+    ("omnimedvqa", "omnimedvqa", "all", {}),
+    ("mmmu_med", "mmmu", "val", {"subjects": ["Pharmacy", "Public_Health"]}),
+    ("mmmu_med", "mmmu", "validation", {}), ("huatuo_eval", "huatuo", "test", {"datasets": "VQA-RAD"}),
+    ("llava_jsonl", "llava/eval.jsonl", "test", {}),
+])
+def test_each_loader_locates_the_files_it_reads_without_reading_them(tmp_path, name, root, split, options):
+    if "image_dir" in get_benchmark(name).options():
+        options = {**options, "image_dir": str(tmp_path / "images")}
+    located = locate_benchmark(name, FIXTURES / root, split, **options)
+    assert not (tmp_path / "images").exists()  # a parquet release's images are written by the load alone
+    data = load_benchmark(name, FIXTURES / root, split, **options)
+    assert [str(f) for f in located.files] == data.sources and located.split == data.split
+
+
+def test_every_registered_benchmark_has_a_locator():
+    assert [name for name in BENCHMARKS if get_benchmark(name).locate is None] == []
 
 
 @pytest.fixture(params=[pytest.param("shared", marks=pytest.mark.shared_data), "vendored"])

@@ -6,7 +6,8 @@ published into `VQAItem`s, the prompts they are asked with, and the registry tha
 - `base`: the item model (`VQAItem`, `BenchmarkData`, `BenchmarkError`) and the loaders' helpers;
   `VQAItem.to_record` makes the LLaVA conversation record (`medvl.records.make_record`).
 - `prompts`: HuatuoGPT-Vision's multiple-choice prompt (`choice_prompt`) and the default prompt.
-- `registry`: `register_benchmark`, `get_benchmark`, `load_benchmark`, `BENCHMARKS`.
+- `registry`: `register_benchmark`, `get_benchmark`, `load_benchmark`, `locate_benchmark` (a split's question
+  files, found without reading them), `BENCHMARKS`.
 - `contamination`: which training records show a benchmark's images or repeat its questions (curation's
   decontamination and `medvl data check --against`), with `near_images` (near-duplicate image search).
 - one module per release, each registering its loader:
@@ -27,7 +28,14 @@ How to add one: docs/architecture.md.
 
 from medvl.benchmarks.base import LETTERS, BenchmarkData, BenchmarkError, VQAItem, closed_as_choice, yes_no_answer
 from medvl.benchmarks.prompts import PromptStyle, choice_prompt, default_prompt
-from medvl.benchmarks.registry import BENCHMARKS, Benchmark, get_benchmark, load_benchmark, register_benchmark
+from medvl.benchmarks.registry import (
+    BENCHMARKS,
+    Benchmark,
+    get_benchmark,
+    load_benchmark,
+    locate_benchmark,
+    register_benchmark,
+)
 
 __all__ = [
     "BENCHMARKS",
@@ -42,6 +50,7 @@ __all__ = [
     "default_prompt",
     "get_benchmark",
     "load_benchmark",
+    "locate_benchmark",
     "register_benchmark",
     "yes_no_answer",
 ]

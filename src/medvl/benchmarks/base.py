@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from medvl.errors import UserError
 from medvl.records import make_record
@@ -26,6 +26,7 @@ __all__ = [
     "AnswerType",
     "BenchmarkData",
     "BenchmarkError",
+    "Located",
     "UnknownSplit",
     "VQAItem",
     "closed_as_choice",
@@ -137,6 +138,14 @@ class BenchmarkData:
         return "\n".join(lines)
 
 
+class Located(NamedTuple):
+    """Where a split's questions are, found without reading them: the release's own name for the split
+    and the question files its loader reads (a loader's `locate`, `registry.locate_benchmark`)."""
+
+    split: str
+    files: list[Path]
+
+
 def finish(name: str, split: str, root: str | Path, items: list[VQAItem], notes: Iterable[str] = (),
            rejects: Iterable[dict[str, str]] = (), sources: Iterable[str | Path] = ()) -> BenchmarkData:
     """Check ids are unique and every image exists; return the `BenchmarkData`."""
@@ -203,7 +212,8 @@ def find_path(root: Path, candidates: Iterable[str], what: str) -> Path:
         if path.exists():
             return path
         tried.append(str(path))
-    raise BenchmarkError(f"{what} not found; looked for: " + ", ".join(tried))
+    raise BenchmarkError(f"{what} not found; looked for: " + ", ".join(tried) +
+                         "; give the release's folder as published (docs/evaluation.md lists each layout)")
 
 
 class UnknownSplit(BenchmarkError):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from medvl.benchmarks.base import (
     BenchmarkData,
+    Located,
     VQAItem,
     find_path,
     finish,
@@ -31,10 +32,14 @@ from medvl.benchmarks.registry import register_benchmark
 FILE = "medical_multimodel_evaluation_data.json"
 
 
-@register_benchmark("huatuo_eval")
+def locate(root: Path, split: str) -> Located:
+    return Located(split_name(split, {"test": ()}),
+                   [root if root.is_file() else find_path(root, [FILE], "HuatuoGPT-Vision evaluation file")])
+
+
+@register_benchmark("huatuo_eval", locate=locate)
 def load(root: Path, split: str = "test", datasets: str | Sequence[str] | None = None) -> BenchmarkData:
-    split_name(split, {"test": ()})
-    path = root if root.is_file() else find_path(root, [FILE], "HuatuoGPT-Vision evaluation file")
+    _, (path,) = locate(root, split)
     folder = path.parent
     rows, rejects = read_json_rows(path)
     present = sorted({str(row.get("dataset", "")) for _, row in rows})

@@ -13,7 +13,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medvl.benchmarks.base import BenchmarkData, BenchmarkError, VQAItem, finish, image_path, yes_no_answer
+from medvl.benchmarks.base import (
+    BenchmarkData,
+    BenchmarkError,
+    Located,
+    VQAItem,
+    finish,
+    image_path,
+    yes_no_answer,
+)
 from medvl.benchmarks.registry import register_benchmark
 from medvl.io.jsonl import JsonlLineError, iter_jsonl
 from medvl.records import IMAGE_TAG, ROLE_OF, record_images, record_problems
@@ -21,10 +29,15 @@ from medvl.records import IMAGE_TAG, ROLE_OF, record_images, record_problems
 KNOWN = {"id", "image", "conversations", "answer_type", "options"}
 
 
-@register_benchmark("llava_jsonl")
-def load(root: Path, split: str = "test", image_folder: str | None = None) -> BenchmarkData:
+def locate(root: Path, split: str) -> Located:
     if root.is_dir():
         raise BenchmarkError(f"llava_jsonl: {root} is a folder; set benchmark.root to the JSONL (or JSON) file itself")
+    return Located(split, [root])
+
+
+@register_benchmark("llava_jsonl", locate=locate)
+def load(root: Path, split: str = "test", image_folder: str | None = None) -> BenchmarkData:
+    locate(root, split)
     folder = Path(image_folder) if image_folder else root.parent
     items, rejects = [], []
     for line, record in iter_jsonl(root):

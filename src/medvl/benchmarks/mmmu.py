@@ -22,6 +22,7 @@ from medvl.benchmarks.base import (
     LETTERS,
     BenchmarkData,
     BenchmarkError,
+    Located,
     VQAItem,
     extract_image_bytes,
     finish,
@@ -44,46 +45,53 @@ IMAGE_COLUMNS = tuple(f"image_{i}" for i in range(1, 8))
 _IMAGE_TAG = re.compile(r"<image (\d+)>")
 
 
-@register_benchmark("mmmu_med")
+def locate(root: Path, split: str, subjects: str | Sequence[str]) -> Located:
+    """The split's parquet files, subject by subject (each under its subject's folder)."""
+    split = split_name(split, SPLITS)
+    files = []
+    for subject in some_of("mmmu_med", "subjects", subjects, MEDICAL_SUBJECTS):
+        found = sorted((root / subject).glob(f"{split}-*.parquet"))
+        if not found:
+            raise BenchmarkError(f"MMMU: no {split} parquet for subject {subject!r} under {root / subject}")
+        files += found
+    return Located(split, files)
+
+
+@register_benchmark("mmmu_med", locate=locate)
 def load(root: Path, split: str = "validation", subjects: str | Sequence[str] = MEDICAL_SUBJECTS,
          image_dir: str | None = None) -> BenchmarkData:
-    split = split_name(split, SPLITS)
-    subjects = some_of("mmmu_med", "subjects", subjects, MEDICAL_SUBJECTS)
-    items, rejects, hidden, sources = [], [], 0, []
+    split, sources = locate(root, split, subjects)
+    items, rejects, hidden = [], [], 0
     cache = image_cache_dir("mmmu_med", root, image_dir)
-    for subject in subjects:
-        files = sorted((root / subject).glob(f"{split}-*.parquet"))
-        if not files:
-            raise BenchmarkError(f"MMMU: no {split} parquet for subject {subject!r} under {root / subject}")
-        sources += files
-        for file in files:
-            for row in read_parquet_rows(file):
-                item_id = str(row.get("id"))
-                answer = str(row.get("answer") or "").strip()
-                if answer in ("", "?"):
-                    hidden += 1
-                    continue
-                options = _options(row.get("options"))
-                if options is None:
-                    rejects.append({"id": item_id, "reason": "bad_options", "detail": repr(row.get("options"))[:200]})
-                    continue
-                images = [extract_image_bytes((row.get(c) or {}).get("bytes"), (row.get(c) or {}).get("path"), cache)
-                          for c in _image_columns(row, options)]
-                if None in images:
-                    rejects.append({"id": item_id, "reason": "missing_image_bytes", "detail": str(file)})
-                    continue
-                is_choice = row.get("question_type") != "open" and bool(options)
-                if is_choice and (len(answer) != 1 or answer not in LETTERS[: len(options)]):
-                    rejects.append({"id": item_id, "reason": "answer_not_an_option", "detail": answer})
-                    continue
-                items.append(VQAItem(
-                    id=item_id, benchmark="mmmu_med", split=split, question=str(row.get("question") or "").strip(),
-                    answer=options[LETTERS.index(answer)] if is_choice else answer,
-                    answer_type="choice" if is_choice else "open", images=[p for p in images if p is not None],
-                    options=options if is_choice else [],
-                    meta={"subject": subject, "subfield": row.get("subfield", ""), "img_type": row.get("img_type", ""),
-                          "difficulty": row.get("topic_difficulty", "")},
-                ))
+    for file in sources:
+        subject = file.parent.name
+        for row in read_parquet_rows(file):
+            item_id = str(row.get("id"))
+            answer = str(row.get("answer") or "").strip()
+            if answer in ("", "?"):
+                hidden += 1
+                continue
+            options = _options(row.get("options"))
+            if options is None:
+                rejects.append({"id": item_id, "reason": "bad_options", "detail": repr(row.get("options"))[:200]})
+                continue
+            images = [extract_image_bytes((row.get(c) or {}).get("bytes"), (row.get(c) or {}).get("path"), cache)
+                      for c in _image_columns(row, options)]
+            if None in images:
+                rejects.append({"id": item_id, "reason": "missing_image_bytes", "detail": str(file)})
+                continue
+            is_choice = row.get("question_type") != "open" and bool(options)
+            if is_choice and (len(answer) != 1 or answer not in LETTERS[: len(options)]):
+                rejects.append({"id": item_id, "reason": "answer_not_an_option", "detail": answer})
+                continue
+            items.append(VQAItem(
+                id=item_id, benchmark="mmmu_med", split=split, question=str(row.get("question") or "").strip(),
+                answer=options[LETTERS.index(answer)] if is_choice else answer,
+                answer_type="choice" if is_choice else "open", images=[p for p in images if p is not None],
+                options=options if is_choice else [],
+                meta={"subject": subject, "subfield": row.get("subfield", ""), "img_type": row.get("img_type", ""),
+                      "difficulty": row.get("topic_difficulty", "")},
+            ))
     if hidden and not items:
         raise BenchmarkError(f"MMMU {split}: answers are hidden ('?'); score on split=validation or dev")
     notes = [f"{hidden} questions with hidden answers left out"] if hidden else []

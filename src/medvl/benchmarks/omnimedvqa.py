@@ -15,6 +15,7 @@ from pathlib import Path
 from medvl.benchmarks.base import (
     BenchmarkData,
     BenchmarkError,
+    Located,
     VQAItem,
     finish,
     image_path,
@@ -29,14 +30,19 @@ ACCESS_DIRS = {"open": ("Open-access",), "restricted": ("Restricted-access",),
                "all": ("Open-access", "Restricted-access")}
 
 
-@register_benchmark("omnimedvqa")
-def load(root: Path, split: str = "test", access: str = "open") -> BenchmarkData:
-    split_name(split, {"test": ("all",)})
+def locate(root: Path, split: str, access: str) -> Located:
+    split = split_name(split, {"test": ("all",)})
     access = one_of("omnimedvqa", "access", access, list(ACCESS_DIRS))
     folders = [root / "QA_information" / name for name in ACCESS_DIRS[access]]
     files = sorted(f for folder in folders if folder.is_dir() for f in folder.glob("*.json"))
     if not files:
         raise BenchmarkError(f"no OmniMedVQA question files under {', '.join(map(str, folders))}")
+    return Located(split, files)
+
+
+@register_benchmark("omnimedvqa", locate=locate)
+def load(root: Path, split: str = "test", access: str = "open") -> BenchmarkData:
+    _, files = locate(root, split, access)
     items, rejects = [], []
     for file in files:
         rows, bad = read_json_rows(file)

@@ -22,6 +22,7 @@ from pathlib import Path
 from medvl.benchmarks.base import (
     BenchmarkData,
     BenchmarkError,
+    Located,
     VQAItem,
     extract_image_bytes,
     finish,
@@ -58,21 +59,35 @@ def _plain(value: object) -> object:
     return item() if callable(item) and type(value).__module__ == "numpy" else value
 
 
-@register_benchmark("pathvqa")
-def load(root: Path, split: str = "test", image_dir: str | None = None) -> BenchmarkData:
+def locate(root: Path, split: str) -> Located:
+    """The split's pickle (the original layout, `qas/`) or its parquet files; `load` tells them by suffix."""
     if (root / "qas").is_dir():
-        return _load_pickle(root, split_name(split, PICKLE_SPLITS))
+        split = split_name(split, PICKLE_SPLITS)
+        candidates = [root / "qas" / split / f"{split}_qa.pkl", root / "qas" / f"{split}_qa.pkl"]
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            raise BenchmarkError(f"PathVQA {split} questions not found; looked for: "
+                                 f"{', '.join(map(str, candidates))}")
+        return Located(split, [path])
     parquet_dir = root / "data" if (root / "data").is_dir() else root
     if any(parquet_dir.glob("*.parquet")):
-        return _load_parquet(root, parquet_dir, split_name(split, PARQUET_SPLITS), image_dir)
+        split = split_name(split, PARQUET_SPLITS)
+        files = sorted(parquet_dir.glob(f"{split}-*.parquet"))
+        if not files:
+            raise BenchmarkError(f"no PathVQA parquet files for split {split!r} in {parquet_dir}")
+        return Located(split, files)
     raise BenchmarkError(f"{root}: neither the original PathVQA layout (qas/) nor parquet files (data/*.parquet)")
 
 
-def _load_pickle(root: Path, split: str) -> BenchmarkData:
-    candidates = [root / "qas" / split / f"{split}_qa.pkl", root / "qas" / f"{split}_qa.pkl"]
-    path = next((p for p in candidates if p.is_file()), None)
-    if path is None:
-        raise BenchmarkError(f"PathVQA {split} questions not found; looked for: {', '.join(map(str, candidates))}")
+@register_benchmark("pathvqa", locate=locate)
+def load(root: Path, split: str = "test", image_dir: str | None = None) -> BenchmarkData:
+    split, files = locate(root, split)
+    if files[0].suffix == ".pkl":
+        return _load_pickle(root, split, files[0])
+    return _load_parquet(root, split, files, image_dir)
+
+
+def _load_pickle(root: Path, split: str, path: Path) -> BenchmarkData:
     try:
         rows = _PlainUnpickler(io.BytesIO(path.read_bytes())).load()
     except BenchmarkError:
@@ -95,10 +110,7 @@ def _load_pickle(root: Path, split: str) -> BenchmarkData:
     return finish("pathvqa", split, root, items, rejects=rejects, sources=[path])
 
 
-def _load_parquet(root: Path, parquet_dir: Path, split: str, image_dir: str | None) -> BenchmarkData:
-    files = sorted(parquet_dir.glob(f"{split}-*.parquet"))
-    if not files:
-        raise BenchmarkError(f"no PathVQA parquet files for split {split!r} in {parquet_dir}")
+def _load_parquet(root: Path, split: str, files: list[Path], image_dir: str | None) -> BenchmarkData:
     cache = image_cache_dir("pathvqa", files[0], image_dir)
     items, rejects = [], []
     index = 0

@@ -16,7 +16,16 @@ import csv
 import re
 from pathlib import Path
 
-from medvl.benchmarks.base import LETTERS, BenchmarkData, BenchmarkError, VQAItem, find_path, finish, image_path
+from medvl.benchmarks.base import (
+    LETTERS,
+    BenchmarkData,
+    BenchmarkError,
+    Located,
+    VQAItem,
+    find_path,
+    finish,
+    image_path,
+)
 from medvl.benchmarks.registry import register_benchmark
 
 CHOICE_COLUMNS = ("Choice A", "Choice B", "Choice C", "Choice D")
@@ -26,10 +35,14 @@ IMAGE_DIRS = ("images", "figures", "images_2")
 _LABEL_PREFIX = re.compile(r"^\s*([A-D])\s*[:：.]\s*")
 
 
-@register_benchmark("pmc_vqa")
-def load(root: Path, split: str = "test", csv_file: str | None = None) -> BenchmarkData:
+def locate(root: Path, split: str, csv_file: str | None) -> Located:
     names = [csv_file] if csv_file else (["test_clean.csv", "test.csv"] if split == "test" else [f"{split}.csv"])
-    path = root if root.is_file() else find_path(root, names, f"PMC-VQA {split} CSV")
+    return Located(split, [root if root.is_file() else find_path(root, names, f"PMC-VQA {split} CSV")])
+
+
+@register_benchmark("pmc_vqa", locate=locate)
+def load(root: Path, split: str = "test", csv_file: str | None = None) -> BenchmarkData:
+    split, (path,) = locate(root, split, csv_file)
     folder = path.parent
     image_dir = next((folder / d for d in IMAGE_DIRS if (folder / d).is_dir()), folder)
     items, rejects = [], []

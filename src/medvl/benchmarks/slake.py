@@ -13,6 +13,7 @@ from pathlib import Path
 
 from medvl.benchmarks.base import (
     BenchmarkData,
+    Located,
     find_path,
     finish,
     one_of,
@@ -26,11 +27,15 @@ SPLITS = {"train": (), "validate": ("val", "validation", "dev"), "test": ()}
 LANGUAGES = ("en", "zh", "all")
 
 
-@register_benchmark("slake")
-def load(root: Path, split: str = "test", lang: str = "en") -> BenchmarkData:
-    lang = one_of("slake", "lang", lang, LANGUAGES)
+def locate(root: Path, split: str, lang: str) -> Located:
+    one_of("slake", "lang", lang, LANGUAGES)
     split = split_name(split, SPLITS)
-    path = find_path(root, [f"{split}.json"], f"SLAKE {split} file")
+    return Located(split, [find_path(root, [f"{split}.json"], f"SLAKE {split} file")])
+
+
+@register_benchmark("slake", locate=locate)
+def load(root: Path, split: str = "test", lang: str = "en") -> BenchmarkData:
+    split, (path,) = locate(root, split, lang)
     image_dir = root / "imgs"
     rows, rejects = read_json_rows(path)
     items = []

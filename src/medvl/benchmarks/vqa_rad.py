@@ -14,6 +14,7 @@ from pathlib import Path
 from medvl.benchmarks.base import (
     BenchmarkData,
     BenchmarkError,
+    Located,
     find_path,
     finish,
     open_closed_item,
@@ -27,10 +28,14 @@ TEST_PHRASES = {"test_freeform", "test_para"}
 IMAGE_DIRS = ("images", "VQA_RAD Image Folder")
 
 
-@register_benchmark("vqa_rad")
+def locate(root: Path, split: str) -> Located:
+    return Located(split_name(split, {"test": (), "train": (), "all": ()}),
+                   [root if root.is_file() else find_path(root, [FILE], "VQA-RAD question file")])
+
+
+@register_benchmark("vqa_rad", locate=locate)
 def load(root: Path, split: str = "test") -> BenchmarkData:
-    split = split_name(split, {"test": (), "train": (), "all": ()})
-    path = root if root.is_file() else find_path(root, [FILE], "VQA-RAD question file")
+    split, (path,) = locate(root, split)
     folder = path.parent
     image_dir = next((folder / d for d in IMAGE_DIRS if (folder / d).is_dir()), folder)
     rows, rejects = read_json_rows(path)
