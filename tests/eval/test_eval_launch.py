@@ -1,11 +1,13 @@
-"""`medvl launch ... eval run CONFIG`: a bad eval config, or a run folder another evaluation run holds,
-is one line and exit 2 before any process starts (as for `train`, tests/train/test_train_launch.py).
+"""`medvl launch ... eval run CONFIG`: a bad eval config, a run folder another evaluation run holds or one
+made with another config, and a benchmark root or split that is not there, are one line and exit 2 before
+any process starts (as for `train`, tests/train/test_train_launch.py).
 
 `os.execv` is replaced here: it records the launcher command it was given instead of becoming it."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,8 @@ from medvl.eval.runner import run_folder_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU_2PROC = ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"
-BENCH = Path(__file__).parent / "fixtures" / "llava" / "eval.jsonl"
+FIXTURES = Path(__file__).parent / "fixtures"
+BENCH = FIXTURES / "llava" / "eval.jsonl"
 
 
 @pytest.fixture
@@ -68,3 +71,52 @@ def test_an_eval_run_folder_held_by_another_run_is_refused(tmp_path, medvl, laun
     assert medvl(*argv).code == 0 and launched == [argv[1:]]  # once it is free, the launcher starts
     out.rmdir()  # the check took and released the lock, and left nothing in the folder
     assert medvl(*argv).code == 0 and not out.exists()  # nor makes one: a folder not there is held by no one
+
+
+def test_an_eval_run_folder_made_with_another_config_is_refused(tmp_path, medvl, launched):
+    config = eval_yaml(tmp_path)
+    out = tmp_path / "run"
+    assert medvl("eval", "run", config).code == 0  # a finished run: its config.yaml
+    result = medvl(*launch_eval(config, "prompt.style=plain"))
+    assert result.code == 2 and result.err.count("error:") == 1 and "Traceback" not in result.err, result.err
+    assert (f"error: {out} holds a run with a different config (changed: prompt.style); use another output_dir"
+            in result.err)  # what `medvl eval run` says, from the runner's own check
+    assert launched == []
+    same = launch_eval(config, "generation.batch_size=2")  # the same run, resumed: a setting that may change
+    assert medvl(*same).code == 0 and launched == [same[1:]]
+
+
+def test_a_benchmark_root_or_split_not_there_is_refused_before_any_process(tmp_path, medvl, launched):
+    config = eval_yaml(tmp_path)
+    slake = ("benchmark.name=slake", f"benchmark.root={FIXTURES / 'slake'}")
+    cases = [
+        ((f"benchmark.root={tmp_path / 'gone.jsonl'}",),
+         f"llava_jsonl: {tmp_path / 'gone.jsonl'} does not exist; give the path of the llava_jsonl release"),
+        ((f"benchmark.root={FIXTURES / 'llava'}",), "is a folder; set benchmark.root to the JSONL (or JSON)"),
+        (("benchmark.name=slake", f"benchmark.root={FIXTURES / 'vqa_rad'}"),  # another release's folder
+         f"SLAKE test file not found; looked for: {FIXTURES / 'vqa_rad' / 'test.json'}; give the release's"),
+        ((*slake, "benchmark.split=tset"), f"slake at {FIXTURES / 'slake'}: unknown split 'tset'"),
+        ((*slake, "benchmark.options={lang: fr}"), "slake: option lang='fr' is not one of: en, zh, all"),
+        (("benchmark.name=mmmu_med", f"benchmark.root={FIXTURES / 'mmmu'}", "benchmark.split=dev"),
+         f"MMMU: no dev parquet for subject 'Basic_Medical_Science' under {FIXTURES / 'mmmu'}/"),
+        (("benchmark.name=pathvqa", f"benchmark.root={FIXTURES / 'slake'}"),
+         f"{FIXTURES / 'slake'}: neither the original PathVQA layout (qas/) nor parquet files"),
+    ]
+    for overrides, expected in cases:
+        result = medvl(*launch_eval(config, *overrides))
+        assert result.code == 2 and result.err.count("error:") == 1 and expected in result.err, result.err
+        assert "Traceback" not in result.err
+    assert launched == [] and not (tmp_path / "run").exists()
+
+
+def test_the_benchmark_check_reads_no_question(tmp_path, medvl, launched):
+    slake = Path(shutil.copytree(FIXTURES / "slake", tmp_path / "slake"))
+    (slake / "test.json").write_text("[{")  # a question file the run itself refuses
+    mmmu = ("benchmark.name=mmmu_med", f"benchmark.root={FIXTURES / 'mmmu'}", "benchmark.split=validation",
+            f"benchmark.options={{image_dir: {tmp_path / 'images'}}}")
+    for overrides in [("benchmark.name=slake", f"benchmark.root={slake}"), mmmu]:
+        argv = launch_eval(eval_yaml(tmp_path), *overrides)
+        assert medvl(*argv).code == 0 and launched[-1] == argv[1:]
+    assert not (tmp_path / "images").exists()  # the parquet's images are written by the run alone
+    assert "test.json: not valid JSON" in medvl("eval", "run", eval_yaml(tmp_path), "benchmark.name=slake",
+                                                f"benchmark.root={slake}").err

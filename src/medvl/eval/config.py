@@ -10,7 +10,14 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from medvl.benchmarks import BENCHMARKS, BenchmarkData, closed_as_choice, get_benchmark, load_benchmark
+from medvl.benchmarks import (
+    BENCHMARKS,
+    BenchmarkData,
+    closed_as_choice,
+    get_benchmark,
+    load_benchmark,
+    locate_benchmark,
+)
 from medvl.benchmarks.prompts import PromptStyle
 from medvl.config import Config
 from medvl.eval.backends import BackendConfig
@@ -36,6 +43,11 @@ class BenchmarkConfig(Config):
             data.items, left_out = closed_as_choice(data.items)
             data.notes.append(f"choice protocol: {left_out} open or non-yes/no closed items left out")
         return data
+
+    def locate(self) -> None:
+        """Raise what `load` would refuse before reading a question (`locate_benchmark`: the root, the
+        split's files, the split and option values), without reading any."""
+        locate_benchmark(self.name, self.root, self.split, **self.options)
 
 
 class PromptConfig(Config):

@@ -2,12 +2,17 @@
 fail on, checked once before any starts (`medvl.cli.LAUNCH_CHECKS`).
 
 The config loads as `medvl eval run` would load it (YAML, keys, values, overrides), its scorers are
-known, and no other evaluation run holds `output_dir` (the runner's own lock, `run_folder_lock`).
+known, no other evaluation run holds `output_dir` (the runner's own lock, `run_folder_lock`), the
+benchmark's root and question files are there in its layout, and its split and option values are
+known (`BenchmarkConfig.locate`: the loader's own `locate`, which reads no question: loading a
+benchmark reads every row and checks every image, and the parquet releases write their images out),
+and a run folder made with another config is refused (the runner's `check_same_run`).
 The check makes no folder: a run folder that is not there yet is held by no one.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 __all__ = ["check_launch"]
@@ -17,11 +22,13 @@ def check_launch(args: list[str]) -> None:
     """Raise a `UserError` for what `medvl eval run ARGS` (CONFIG, then overrides) would fail on in each process."""
     from medvl.config import load_config
     from medvl.eval.config import EvalConfig
-    from medvl.eval.runner import check_scorers, run_folder_lock
+    from medvl.eval.runner import check_same_run, check_scorers, run_folder_lock
 
     config = load_config(EvalConfig, Path(args[0]), args[1:])
     check_scorers(config)
     out = Path(config.output_dir)
-    if out.exists():  # a file in the way is refused by the lock too (one line), as the run would refuse it
-        with run_folder_lock(out):  # taken by the main process in a moment
-            pass
+    # in the run's order: its lock (taken by the main process in a moment; a file in the way is refused by it
+    # too, as the run would refuse it), the benchmark, then the folder's config
+    with run_folder_lock(out) if out.exists() else nullcontext():
+        config.benchmark.locate()
+        check_same_run(out, config)

@@ -22,11 +22,11 @@ answered every item and one crashed merging the part files the other had just re
 fails before writing anything (an unknown split, a bad root) removes the folders it made, if empty.
 
 Data parallel: under `[medvl launch] accelerate launch -m medvl.cli eval run CONFIG` (`medvl launch`
-checks the config and this lock first: `medvl.eval.launch`), each process takes its slice of the
-remaining items (`PartialState.split_between_processes`), writes its own part file, and the main
-process merges all parts in benchmark order once every process is done, then scores. Each
-process dies with its launcher (`medvl.io.process.die_with_launcher`), however the launcher dies;
-a rerun, with as many processes or not, resumes from the part files.
+first checks the config, this lock, the benchmark's files and the folder's config: `medvl.eval.launch`),
+each process takes its slice of the remaining items (`PartialState.split_between_processes`), writes
+its own part file, and the main process merges all parts in benchmark order once every process is
+done, then scores. Each process dies with its launcher (`medvl.io.process.die_with_launcher`),
+however the launcher dies; a rerun, with as many processes or not, resumes from the part files.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from medvl.io.files import ensure_folder, no_empty_folder_on_failure
 from medvl.io.jsonl import JsonlAppender, JsonlLineError, RejectLog, iter_jsonl, read_json_file, write_jsonl
 from medvl.io.process import RunLock, die_with_launcher
 
-__all__ = ["check_scorers", "merge_parts", "read_predictions", "run_eval", "run_folder_lock"]
+__all__ = ["check_same_run", "check_scorers", "merge_parts", "read_predictions", "run_eval", "run_folder_lock"]
 
 log = logging.getLogger(__name__)
 PREDICTIONS = "predictions.jsonl"
@@ -170,24 +170,30 @@ def _unseen(items: list[VQAItem], data: BenchmarkData,
 
 
 def _claim_folder(out: Path, config: EvalConfig) -> None:
-    """Write config.yaml, or check that an existing one describes the same run (a setting added since
-    that run was made counts as its default)."""
-    saved = out / "config.yaml"
-    if saved.is_file():
-        raw = yaml.safe_load(saved.read_text()) or {}
-        try:
-            raw = EvalConfig.model_validate(raw).model_dump(mode="json")
-        except ValidationError:
-            pass  # compared as written: every difference is reported
-        before = _flatten(raw)
-        now = _flatten(config.model_dump(mode="json"))
-        changed = sorted(".".join(k) for k in set(before) | set(now)
-                         if k not in RESUMABLE_KEYS and before.get(k) != now.get(k))
-        if changed:
-            raise ConfigError(f"{out} holds a run with a different config (changed: {', '.join(changed)}); "
-                              "use another output_dir")
+    """Write config.yaml, after `check_same_run`."""
+    check_same_run(out, config)
     ensure_folder(out)
-    dump_config(config, saved)
+    dump_config(config, out / "config.yaml")
+
+
+def check_same_run(out: Path, config: EvalConfig) -> None:
+    """A `ConfigError` when run folder `out` holds a run made with a different config (its config.yaml; a
+    setting added since that run was made counts as its default): it is refused rather than mixed."""
+    saved = out / "config.yaml"
+    if not saved.is_file():
+        return
+    raw = yaml.safe_load(saved.read_text()) or {}
+    try:
+        raw = EvalConfig.model_validate(raw).model_dump(mode="json")
+    except ValidationError:
+        pass  # compared as written: every difference is reported
+    before = _flatten(raw)
+    now = _flatten(config.model_dump(mode="json"))
+    changed = sorted(".".join(k) for k in set(before) | set(now)
+                     if k not in RESUMABLE_KEYS and before.get(k) != now.get(k))
+    if changed:
+        raise ConfigError(f"{out} holds a run with a different config (changed: {', '.join(changed)}); "
+                          "use another output_dir")
 
 
 def _flatten(data: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
