@@ -152,6 +152,10 @@ def test_changed_config_is_refused(tmp_path, monkeypatch):
     run_eval(config(tmp_path), OneProcess())
     with pytest.raises(ConfigError, match="shuffle_seed"):
         run_eval(config(tmp_path, shuffle_seed=1), OneProcess())
+    for broken in ("output_dir: [", "- a list\n", "\xff"):  # not a run's config.yaml: refused, never a traceback
+        saved.write_bytes(broken.encode("latin-1"))
+        with pytest.raises(ConfigError, match=f"{saved} is not the config of a run .*; use another output_dir"):
+            run_eval(config(tmp_path), OneProcess())
 
 
 def test_data_parallel_split_and_gather(tmp_path, monkeypatch):

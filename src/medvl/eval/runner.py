@@ -182,7 +182,12 @@ def check_same_run(out: Path, config: EvalConfig) -> None:
     saved = out / "config.yaml"
     if not saved.is_file():
         return
-    raw = yaml.safe_load(saved.read_text()) or {}
+    try:
+        raw = yaml.safe_load(saved.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raw = None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{saved} is not the config of a run (not a YAML mapping); use another output_dir")
     try:
         raw = EvalConfig.model_validate(raw).model_dump(mode="json")
     except ValidationError:
