@@ -39,6 +39,7 @@ def test_benchmark_errors_are_user_errors():
     (["slake", FIXTURES / "slake", "--option", "lang=fr"], "lang='fr' is not one of: en, zh, all"),
     (["omnimedvqa", FIXTURES / "omnimedvqa", "--option", "access=bogus"], "open, restricted, all"),
     (["mmmu_med", FIXTURES / "mmmu", "--option", "subjects=Pharmacology"], "known: Basic_Medical_Science"),
+    (["mmmu_med", FIXTURES / "mmmu", "--option", "subjects=5"], "subjects=5 is neither a name nor a list of names"),
     (["llava_jsonl", FIXTURES / "llava"], "is a folder"),
 ])
 def test_cli_prints_one_line_and_exits_2(medvl, args, words):

@@ -320,6 +320,9 @@ def one_of(benchmark: str, option: str, value: Any, known: Sequence[str]) -> str
 
 def some_of(benchmark: str, option: str, values: str | Iterable[str], known: Sequence[str]) -> list[str]:
     """`values` as a list (one string becomes a one-element list), each checked against `known`."""
+    if not isinstance(values, (str, list, tuple)):
+        raise BenchmarkError(f"{benchmark}: option {option}={values!r} is neither a name nor a list of names; "
+                             f"known: {', '.join(known)}")
     chosen = [values] if isinstance(values, str) else list(values)
     unknown = [v for v in chosen if v not in known]
     if unknown or not chosen:
