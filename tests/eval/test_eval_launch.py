@@ -1,5 +1,5 @@
 """`medvl launch ... eval run CONFIG`: a bad eval config, a run folder another evaluation run holds or one
-made with another config, and a benchmark root or split that is not there, are one line and exit 2 before
+made with another config, and a benchmark root, split or exclude_seen file that is not there, are one line and exit 2 before
 any process starts (as for `train`, tests/train/test_train_launch.py).
 
 `os.execv` is replaced here: it records the launcher command it was given instead of becoming it."""
@@ -86,7 +86,7 @@ def test_an_eval_run_folder_made_with_another_config_is_refused(tmp_path, medvl,
     assert medvl(*same).code == 0 and launched == [same[1:]]
 
 
-def test_a_benchmark_root_or_split_not_there_is_refused_before_any_process(tmp_path, medvl, launched):
+def test_a_benchmark_root_split_or_seen_items_file_not_there_is_refused_before_any_process(tmp_path, medvl, launched):
     config = eval_yaml(tmp_path)
     slake = ("benchmark.name=slake", f"benchmark.root={FIXTURES / 'slake'}")
     cases = [
@@ -102,6 +102,10 @@ def test_a_benchmark_root_or_split_not_there_is_refused_before_any_process(tmp_p
         (("benchmark.name=pathvqa", f"benchmark.root={FIXTURES / 'slake'}"),
          f"{FIXTURES / 'slake'}: neither the original PathVQA layout (qas/) nor parquet files"),
     ]
+    (tmp_path / "seen.json").write_text("[]")
+    cases += [((f"exclude_seen={tmp_path / 'none.json'}",),
+               f"exclude_seen: {tmp_path / 'none.json'} not found; `medvl curate decontaminate` writes seen_items.json"),
+              ((f"exclude_seen={tmp_path / 'seen.json'}",), f"exclude_seen: {tmp_path / 'seen.json'} is a JSON list")]
     for overrides, expected in cases:
         result = medvl(*launch_eval(config, *overrides))
         assert result.code == 2 and result.err.count("error:") == 1 and expected in result.err, result.err

@@ -6,7 +6,8 @@ known, no other evaluation run holds `output_dir` (the runner's own lock, `run_f
 benchmark's root and question files are there in its layout, and its split and option values are
 known (`BenchmarkConfig.locate`: the loader's own `locate`, which reads no question: loading a
 benchmark reads every row and checks every image, and the parquet releases write their images out),
-and a run folder made with another config is refused (the runner's `check_same_run`).
+an `exclude_seen` file is there and of its shape (`read_seen_items`), and a run folder made with
+another config is refused (the runner's `check_same_run`).
 The check makes no folder: a run folder that is not there yet is held by no one.
 """
 
@@ -22,7 +23,7 @@ def check_launch(args: list[str]) -> None:
     """Raise a `UserError` for what `medvl eval run ARGS` (CONFIG, then overrides) would fail on in each process."""
     from medvl.config import load_config
     from medvl.eval.config import EvalConfig
-    from medvl.eval.runner import check_same_run, check_scorers, run_folder_lock
+    from medvl.eval.runner import check_same_run, check_scorers, read_seen_items, run_folder_lock
 
     config = load_config(EvalConfig, Path(args[0]), args[1:])
     check_scorers(config)
@@ -31,4 +32,6 @@ def check_launch(args: list[str]) -> None:
     # too, as the run would refuse it), the benchmark, then the folder's config
     with run_folder_lock(out) if out.exists() else nullcontext():
         config.benchmark.locate()
+        if config.exclude_seen:
+            read_seen_items(Path(config.exclude_seen))
         check_same_run(out, config)

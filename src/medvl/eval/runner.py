@@ -150,10 +150,9 @@ def _with_reply_cache(backend: BackendConfig, out: Path) -> BackendConfig:
     return backend.model_copy(update={"llm": backend.llm.cached_in(out / "llm-cache")})
 
 
-def _unseen(items: list[VQAItem], data: BenchmarkData,
-            path: Path) -> tuple[list[VQAItem], list[dict[str, str]], list[str]]:
-    """The items a decontamination's seen_items.json (a plain file) does not list for this split, the
-    others as rejects (reason `seen_in_training`), and the run's note."""
+def read_seen_items(path: Path) -> dict[str, list[str]]:
+    """`exclude_seen`'s file: the item ids per benchmark/split a decontamination saw; missing or of
+    another shape is a `ConfigError` line."""
     if not path.is_file():
         raise ConfigError(f"exclude_seen: {path} not found; `medvl curate decontaminate` writes seen_items.json")
     seen_items = read_json_file(path, "a seen_items.json ({\"benchmark/split\": [item ids]})",
@@ -161,7 +160,14 @@ def _unseen(items: list[VQAItem], data: BenchmarkData,
     if not isinstance(seen_items, dict):
         raise ConfigError(f"exclude_seen: {path} is a JSON {type(seen_items).__name__}, not the object of item ids "
                           "per benchmark/split that `medvl curate decontaminate` writes")
-    seen = set(seen_items.get(f"{data.name}/{data.split}", []))
+    return seen_items
+
+
+def _unseen(items: list[VQAItem], data: BenchmarkData,
+            path: Path) -> tuple[list[VQAItem], list[dict[str, str]], list[str]]:
+    """The items a decontamination's seen_items.json (a plain file) does not list for this split, the
+    others as rejects (reason `seen_in_training`), and the run's note."""
+    seen = set(read_seen_items(path).get(f"{data.name}/{data.split}", []))
     kept = [item for item in items if item.id not in seen]
     excluded = [{"id": item.id, "stage": "exclude_seen", "reason": "seen_in_training", "detail": path.name}
                 for item in items if item.id in seen]
