@@ -124,14 +124,17 @@ def dump_config(config: Config, path: str | Path) -> None:
 
 def _describe(exc: ValidationError, source: str, given: set[str]) -> str:
     """Every problem on one line; a key set on the command line (`given`: override keys) says so, as
-    the file does not hold it."""
+    the file does not hold it. A check of a whole section (a model validator's) is its own sentence,
+    without pydantic's "Value error, " and without the section's values."""
     problems = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<root>"
-        problem = "unknown key" if err["type"] == "extra_forbidden" else f"{err['msg']} (got {err.get('input')!r})"
-        if any(key == name or key.startswith(name + ".") for name in given):
+        key = ".".join(str(p) for p in err["loc"])
+        problem = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        if err["type"] != "extra_forbidden" and not isinstance(err.get("input"), dict):
+            problem += f" (got {err.get('input')!r})"
+        if key and any(key == name or key.startswith(name + ".") for name in given):
             problem += ", set on the command line"
-        problems.append(f"{key}: {problem}")
+        problems.append(f"{key}: {problem}" if key else problem)
     return f"invalid config ({source}): " + "; ".join(problems)
 
 

@@ -106,3 +106,18 @@ def test_a_partial_section_keeps_its_default_values(tmp_path):
     assert load_config(Stages, path).finetune == Budget(minutes=5, lr=0.01)
     with pytest.raises(ConfigError, match=r"align\.minute: unknown key"):
         load_config(Stages, None, ["align.minute=2"])
+
+
+def test_a_check_across_a_section_is_its_own_sentence(medvl, tmp_path):
+    """A model validator's message (a check across keys) came as "vision: Value error, image_size 100 is ...
+    (got {'family': 'clip', 'path': None, ...})", every key of the section; the whole config's one as
+    "<root>: Value error, ... (got {'stage': ..., 'model': ..., 'optim': ...})": one line, hard to read."""
+    (tmp_path / "empty.yaml").write_text("")
+    outcome = medvl("build", tmp_path / "empty.yaml", tmp_path / "m", "vision.image_size=100", "text.tokenizer=t")
+    assert outcome.code == 2 and outcome.err.strip() == (
+        f"error: invalid config ({tmp_path / 'empty.yaml'}): vision: image_size 100 is not a multiple of patch_size 14")
+    (tmp_path / "train.yaml").write_text(f"stage: align\nmodel: {{path: '{tmp_path}'}}\n")
+    outcome = medvl("data", "check", tmp_path / "train.yaml", "trainable.projector=false", "optim.projector_lr=1e-3")
+    assert outcome.code == 2 and outcome.err.strip() == (
+        f"error: invalid config ({tmp_path / 'train.yaml'}): optim.projector_lr is set but the align stage's projector "
+        "is frozen (trainable.projector): train it or leave projector_lr null")
