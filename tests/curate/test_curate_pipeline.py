@@ -131,6 +131,17 @@ def test_slurm_stages_are_chained_array_jobs(corpus, curate_config, tmp_path):
     assert previous.world_size == 1 and previous.depends.world_size == 8  # finalize <- generate (8 tasks)
 
 
+def test_slurm_without_a_partition_is_refused_with_the_config(corpus, tmp_path, medvl):
+    """It was a ValueError traceback when the first stage's executor was built, after the output folder was made."""
+    config = tmp_path / "curate.yaml"
+    config.write_text(f"sources: [{{format: pmc_jsonl, path: '{corpus / 'figures.jsonl'}'}}]\nengine: {{executor: slurm}}\n")
+    outcome = medvl("curate", "run", config, "--out", tmp_path / "out")
+    assert outcome.code == 2 and "Traceback" not in outcome.err, outcome.err
+    assert outcome.err.strip() == (f"error: invalid config ({config}): engine: engine.executor=slurm needs "
+                                   "engine.slurm.partition: the partition to submit the stages to (sinfo lists them)")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_stage_that_leaves_nothing_fails_loudly_unless_allowed(corpus, curate_config, tmp_path):
     from medvl.curate.pipeline import CurateEmpty
 

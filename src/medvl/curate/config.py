@@ -180,6 +180,13 @@ class EngineConfig(Config):
     ray: RayConfig = RayConfig()
     slurm: SlurmConfig = SlurmConfig()
 
+    @model_validator(mode="after")
+    def _slurm_has_a_partition(self) -> "EngineConfig":
+        if self.executor == "slurm" and self.slurm.partition is None:
+            raise ValueError("engine.executor=slurm needs engine.slurm.partition: the partition to submit the "
+                             "stages to (sinfo lists them)")
+        return self
+
 
 class BenchmarkRef(Config):
     """A benchmark split to check training data against (loaded by medvl's benchmark loaders)."""

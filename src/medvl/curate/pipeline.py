@@ -185,9 +185,7 @@ def _executor(config: CurateConfig, stage: Stage, dirs: RunDirs, depends: Any = 
         )
     from datatrove.executor.slurm import SlurmPipelineExecutor
 
-    slurm = engine.slurm
-    if slurm.partition is None:
-        raise ValueError("engine.executor=slurm needs engine.slurm.partition")
+    slurm = engine.slurm  # a partition is set: `EngineConfig` checks it
     return SlurmPipelineExecutor(
         stage.steps,
         time=slurm.time,
