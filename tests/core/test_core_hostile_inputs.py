@@ -123,6 +123,20 @@ def test_classifier_labels_that_are_missing_a_folder_or_one_class_are_named(medv
     one_class.write_text(json.dumps({"image": str(hostile["image"]), "label": "medical"}) + "\n")
     _expect_user_error(medvl("curate", "train-classifier", one_class, *out),
                        "needs both medical and non-medical examples: got 1 medical and 0 non-medical")
+    assert not (tmp_path / "classifier").exists()  # made before the check, it stayed behind empty
+
+
+def test_a_missing_encoder_leaves_no_empty_output_folder(medvl, hostile, tmp_path):
+    """train-classifier and train-text-filter made their --out folder before loading the encoder."""
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"image": str(hostile["image"]), "label": label}) + "\n"
+                              for label in ("medical", "non_medical")))
+    _expect_user_error(medvl("curate", "train-classifier", labels, "--out", tmp_path / "runs" / "classifier",
+                             "--encoder", f"hf:{tmp_path / 'missing'}"), f"{tmp_path / 'missing'} is not a folder")
+    _expect_user_error(medvl("curate", "train-text-filter", "--out", tmp_path / "runs" / "text-filter",
+                             "--features", "embedding", "--encoder", tmp_path / "missing"),
+                       f"caption encoder {tmp_path / 'missing'} is not a folder")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_judge_inputs_that_are_missing_are_named(medvl, tmp_path):

@@ -158,10 +158,12 @@ def train_classifier_command(
     """Fit a linear probe on image embeddings; report validation accuracy; save probe + metadata."""
     from medvl.curate.classifier import train_classifier
     from medvl.curate.label import read_labels
+    from medvl.io.files import no_empty_folder_on_failure
 
-    result = train_classifier(
-        read_labels(labels), out, encoder=encoder, val_fraction=val_fraction, threshold=threshold, seed=seed
-    )
+    with no_empty_folder_on_failure(out):  # a bad --encoder, or one class only, leaves no empty --out behind
+        result = train_classifier(
+            read_labels(labels), out, encoder=encoder, val_fraction=val_fraction, threshold=threshold, seed=seed
+        )
     typer.echo(result.summary())
     for path, reason in result.skipped[:10]:
         typer.echo(f"  skipped {path}: {reason}")
@@ -187,10 +189,12 @@ def train_text_filter_command(
 ) -> None:
     """Fit the learned medical-text filter; print cross-validated and held-out precision/recall."""
     from medvl.curate.text_probe import load_labelled, train_text_probe
+    from medvl.io.files import no_empty_folder_on_failure
 
-    result = train_text_probe(load_labelled(labels or []), out, encoder=encoder, features=features,
-                              vocabulary=str(vocabulary) if vocabulary else None, lm=lm, lm_layer=lm_layer,
-                              target_recall=target_recall, c=c)
+    with no_empty_folder_on_failure(out):  # a bad --encoder or --lm leaves no empty --out behind
+        result = train_text_probe(load_labelled(labels or []), out, encoder=encoder, features=features,
+                                  vocabulary=str(vocabulary) if vocabulary else None, lm=lm, lm_layer=lm_layer,
+                                  target_recall=target_recall, c=c)
     typer.echo(f"text filter saved to {out}: {result['n_train']} training / {result['n_held_out']} held-out captions, "
                f"features {result['features']}, C {result['C']}, threshold {result['threshold']:.3f}")
     for part in ("cross_validated", "held_out"):
