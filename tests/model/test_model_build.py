@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from medvl.config import ConfigError
 from medvl.model.build import build_model
 from medvl.model.checkpoint import load_model, save_model
 from medvl.model.spec import tiny_spec
@@ -120,7 +121,7 @@ def test_plain_transformers_loads_and_generates(tiny_model_dir):
     assert name == "LlavaForConditionalGeneration" and 1 <= int(new_tokens) <= 4 and placeholders == "2"
 
 
-def test_build_from_pretrained_parts(tmp_path, smol_tokenizer):
+def test_build_from_pretrained_parts(tmp_path, smol_tokenizer, medvl):
     """Pretrained tower and LLM folders are loaded weight for weight."""
     from transformers import AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel, LlamaConfig
 
@@ -150,14 +151,29 @@ def test_build_from_pretrained_parts(tmp_path, smol_tokenizer):
     assert torch.equal(cut.model.language_model.layers[0].mlp.up_proj.weight, llm.model.layers[0].mlp.up_proj.weight)
     picked, _ = build_model(spec.model_copy(update={"text": spec.text.model_copy(update={"keep_layers": [1]})}))
     assert torch.equal(picked.model.language_model.layers[0].mlp.up_proj.weight, llm.model.layers[1].mlp.up_proj.weight)
-    for bad in (3, [0, 2], [1, 1]):
-        with pytest.raises(ValueError, match="only 2 layers"):
+    for bad in (3, [0, 2]):
+        with pytest.raises(ConfigError, match="only 2 layers"):
             build_model(spec.model_copy(update={"text": spec.text.model_copy(update={"keep_layers": bad})}))
+    # through the command: one line (it was a ValueError traceback), and no output folder left
+    (tmp_path / "empty.yaml").write_text("")
+    outcome = medvl("build", tmp_path / "empty.yaml", tmp_path / "built", f"vision.path={tmp_path / 'tower'}",
+                    f"text.path={tmp_path / 'llm'}", "text.keep_layers=3")
+    assert outcome.code == 2 and outcome.err.strip().splitlines()[-1] == (
+        "error: text.keep_layers=3 does not fit the LLM of text.path, which has only 2 layers: keep at most 2, "
+        "or indices up to 1"), outcome.err
+    assert not (tmp_path / "built").exists()
 
 
 def test_spec_rejects_bad_patch_size(smol_tokenizer):
     with pytest.raises(ValueError, match="not a multiple"):
         tiny_spec(str(smol_tokenizer), vision__image_size=30, vision__patch_size=8)
+
+
+@pytest.mark.parametrize("keep", [0, [], [-1], [1, 1]])
+def test_spec_rejects_keep_layers_that_keep_no_layer_or_one_twice(smol_tokenizer, keep):
+    """Refused with the config, before the LLM is loaded (0 and [] were found only after loading it)."""
+    with pytest.raises(ValueError, match=r"keep the first N layers \(N >= 1\) or list distinct layer indices"):
+        tiny_spec(str(smol_tokenizer), text__keep_layers=keep)
 
 
 def test_the_model_card_commands_work_for_an_odd_folder_name(tiny_model, tmp_path):

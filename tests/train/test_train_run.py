@@ -181,6 +181,18 @@ def test_qlora_on_cpu_is_a_clear_error(train_config, tmp_path):
         run_training(train_config(tmp_path / "q", lora__enabled=True, lora__quantize="4bit"))
 
 
+def test_a_run_that_fails_before_writing_anything_leaves_no_run_folder(train_config, tmp_path, medvl):
+    """The run lock made output_dir before the model was loaded and the data read: a missing model.path or
+    no data source left it behind, empty."""
+    for name, overrides in (("missing-model", {"model": {"path": str(tmp_path / "none")}}),
+                            ("no-data", {"data__sources": []})):
+        config = train_config(tmp_path / "runs" / name, **overrides)
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+        outcome = medvl("train", tmp_path / f"{name}.yaml")
+        assert outcome.code == 2 and outcome.err.strip().splitlines()[-1].startswith("error: "), outcome.err
+    assert not (tmp_path / "runs").exists()
+
+
 _PEAK_PROBES = """
 import json, multiprocessing, os, sys, time
 from pathlib import Path

@@ -298,10 +298,10 @@ def _keep_layers(llm: Any, keep: int | list[int]) -> None:
     """Cut a decoder-only LLM to some of its layers (the first `keep`, or the listed indices in order);
     embeddings, final norm and LM head stay."""
     total = len(llm.model.layers)
-    indices = list(range(keep)) if isinstance(keep, int) else list(keep)
-    if not indices or max(indices) >= total or min(indices) < 0 or len(set(indices)) != len(indices):
-        raise ValueError(f"text.keep_layers={keep} does not fit an LLM with only {total} layers "
-                         "(the first N with 1 <= N <= layers, or distinct indices 0..layers-1)")
+    indices = list(range(keep)) if isinstance(keep, int) else list(keep)  # `TextSpec`: N >= 1, distinct, >= 0
+    if max(indices) >= total:
+        raise ConfigError(f"text.keep_layers={keep} does not fit the LLM of text.path, which has only {total} "
+                          f"layers: keep at most {total}, or indices up to {total - 1}")
     llm.model.layers = torch.nn.ModuleList(llm.model.layers[i] for i in indices)
     for position, layer in enumerate(llm.model.layers):
         if hasattr(layer, "self_attn") and hasattr(layer.self_attn, "layer_idx"):

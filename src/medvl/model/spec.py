@@ -60,6 +60,16 @@ class TextSpec(Config):
     def _known_family(cls, family: str) -> str:
         return FAMILIES.check(family)
 
+    @field_validator("keep_layers")
+    @classmethod
+    def _layers_to_keep(cls, keep: int | list[int] | None) -> int | list[int] | None:
+        """The shape of `keep_layers`; whether the LLM has those layers is checked when it is loaded."""
+        if isinstance(keep, int) and keep < 1 or isinstance(keep, list) and (
+                not keep or min(keep) < 0 or len(set(keep)) != len(keep)):
+            raise ValueError("keep the first N layers (N >= 1) or list distinct layer indices from 0, "
+                             "e.g. [0, 1, 28, 29]")
+        return keep
+
     @model_validator(mode="after")
     def _has_tokenizer(self) -> "TextSpec":
         if self.path is None and self.tokenizer is None:

@@ -28,7 +28,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from medvl.config import ConfigError, dump_config
-from medvl.io.files import atomic_write_json
+from medvl.io.files import atomic_write_json, no_empty_folder_on_failure
 from medvl.io.process import RunLock, die_with_launcher
 from medvl.train.config import TrainConfig
 from medvl.train.dataset import Collator, TrainDataset
@@ -74,11 +74,14 @@ def run_training(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ())
 
     Started by a launcher, each process dies with it (`die_with_launcher`: the launcher puts its
     workers in their own sessions, out of reach of a kill of its process group). The main process
-    holds the run folder's `RunLock` throughout: a second run on the same folder is refused.
+    holds the run folder's `RunLock` throughout: a second run on the same folder is refused. A run
+    that fails before writing anything (a missing `model.path`, no data source) leaves no run folder.
     """
     die_with_launcher()
     args = training_arguments(config)  # sets up the (distributed) process state
-    with RunLock(config.output_dir, what="training run") if args.process_index == 0 else nullcontext():
+    main = args.process_index == 0
+    with no_empty_folder_on_failure(config.output_dir, enabled=main), (
+            RunLock(config.output_dir, what="training run") if main else nullcontext()):
         return _train(config, args, callbacks)
 
 
