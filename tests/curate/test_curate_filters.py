@@ -22,7 +22,7 @@ from medvl.curate.filters.licence import LicenceFilter, LicenceFilterConfig
 from medvl.curate.filters.text import TextFilter, TextFilterConfig
 from medvl.curate.ingest import SourceReader
 from medvl.curate.ingest_document import make_document
-from medvl.curate.vocab import Vocabulary, infer_modality, load_vocabulary
+from medvl.curate.vocab import Vocabulary, VocabularyError, infer_modality, load_vocabulary
 from medvl.registry import Registry
 
 
@@ -43,7 +43,7 @@ def test_vocabulary_counts_distinct_terms_with_phrases_and_plurals(tmp_path: Pat
     custom = tmp_path / "terms.txt"
     custom.write_text("# comment\nwidget | gadget\n")
     assert load_vocabulary(str(custom)).find("a gadget and two widgets") == {"widget"}
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(VocabularyError, match="nope.txt: no such vocabulary file"):
         load_vocabulary(str(tmp_path / "nope.txt"))
 
 
@@ -158,6 +158,30 @@ def test_a_bad_filter_key_is_named_with_its_section(override, expected):
     with pytest.raises(ConfigError) as raised:
         load_config(CurateConfig, None, ["sources=[{format: folder, path: x}]", override])
     assert expected in str(raised.value)
+
+
+def test_a_vocabulary_file_that_cannot_be_read_stops_the_run_before_it_starts(tmp_path: Path, medvl):
+    """Missing, a folder, not UTF-8 or without a term: each was a traceback (FileNotFoundError, ValueError,
+    UnicodeDecodeError) from the first prepare task, after the output folder was made."""
+    source = tmp_path / "figures.jsonl"
+    source.write_text('{"pdf_hash": "a", "fig_uri": "f.png", "s2_caption": "Axial CT of the chest."}\n')
+    config = tmp_path / "curate.yaml"
+    config.write_text(f"sources: [{{format: pmc_jsonl, path: '{source}'}}]\n")
+    (tmp_path / "empty.txt").write_text("# only a comment\n")
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9\n")
+    expected = {"missing.txt": "missing.txt: no such vocabulary file; give a term file",
+                "empty.txt": "empty.txt holds no term; write one term or `term | variant | ...` group a line",
+                "latin1.txt": "latin1.txt: not UTF-8 text (byte 3); save the vocabulary as UTF-8",
+                "": f"{tmp_path} is a folder; give the term file itself"}
+    for name, message in expected.items():
+        outcome = medvl("curate", "run", config, "--out", tmp_path / "out", f"filter.text.vocabulary={tmp_path / name}")
+        assert outcome.code == 2 and outcome.err.strip().startswith("error: filter.text.vocabulary: "), outcome.err
+        assert message in outcome.err and len(outcome.err.strip().splitlines()) == 1, outcome.err
+    assert not (tmp_path / "out").exists()
+    # train-text-filter reads it before the encoder loads (and before its --out folder is made)
+    outcome = medvl("curate", "train-text-filter", "--out", tmp_path / "tf", "--features", "embedding+vocabulary",
+                    "--vocabulary", tmp_path / "empty.txt", "--encoder", tmp_path / "no-encoder")
+    assert outcome.code == 2 and "empty.txt holds no term" in outcome.err and not (tmp_path / "tf").exists()
 
 
 def test_text_filter_reasons():

@@ -140,11 +140,10 @@ def vocabulary_features(texts: Sequence[str], vocabulary: Vocabulary) -> np.ndar
 
 def _vocabulary(path: str | None) -> tuple[Vocabulary, dict[str, Any]]:
     """The vocabulary (None: the shipped list) and what the probe records of it: path and sha256."""
+    vocabulary = load_vocabulary(path)  # a missing, non-UTF-8 or empty file: a VocabularyError naming it
     file = Path(path) if path else default_vocabulary_path()
-    if not file.is_file():
-        raise TextProbeError(f"{file}: no such vocabulary file")
     sha256 = hashlib.sha256(file.read_bytes()).hexdigest()
-    return load_vocabulary(path), {"path": str(file.resolve()) if path else None, "sha256": sha256}
+    return vocabulary, {"path": str(file.resolve()) if path else None, "sha256": sha256}
 
 
 def cross_validation_folds(labels: np.ndarray, groups: Sequence[str], repeat: int, seed: int) -> list[Any]:
@@ -294,13 +293,13 @@ def train_text_probe(
     train = [e for e in examples if not e.held_out]
     held_out = [e for e in examples if e.held_out]
     _check_folds(train)
+    vocab, identity = _vocabulary(vocabulary) if features.endswith("+vocabulary") else (None, None)
     folder = ensure_folder(out_dir)  # before the embedding and the cross-validation, not after
     lm_args = {"spec": lm, "layer": lm_layer, "max_tokens": LM_MAX_TOKENS} if features.startswith("lm+") else None
     lm_embed = make_lm_embedder(**lm_args) if lm_args else None  # a bad --lm fails before any embedding
     name, embed = make_text_embedder(encoder)
     texts = [e.text for e in train]
     embeddings = embed(texts)
-    vocab, identity = _vocabulary(vocabulary) if features.endswith("+vocabulary") else (None, None)
     extra = vocabulary_features(texts, vocab) if vocab is not None else np.zeros((len(train), 0), np.float32)
     lm_features = lm_embed(texts) if lm_embed else np.zeros((len(train), 0), np.float32)
     labels = np.asarray([e.medical for e in train])

@@ -29,9 +29,11 @@ from functools import lru_cache
 from pathlib import Path
 
 from medvl.benchmarks.contamination import tokenize  # one word rule for vocabulary and benchmark n-grams
+from medvl.errors import UserError
 
 __all__ = [
     "Vocabulary",
+    "VocabularyError",
     "load_vocabulary",
     "load_vocabulary_section",
     "default_vocabulary_path",
@@ -137,10 +139,17 @@ def modalities_of(caption: str) -> set[str]:
     return {modality for modality, pattern in _COMPILED if pattern.search(caption)}
 
 
+TERM_FILE = "one term or `term | variant | ...` group a line, # comments"
+
+
+class VocabularyError(UserError, ValueError):
+    """A term file that cannot be the medical vocabulary (missing, not UTF-8, no term); the message names it."""
+
+
 class Vocabulary:
     """Terms (or `|` groups of variants) matched as folded token phrases; see the module docstring."""
 
-    def __init__(self, groups: list[list[str]]):
+    def __init__(self, groups: list[list[str]], source: str = "the medical vocabulary"):
         phrases = [[tuple(tokenize(variant)) for variant in group] for group in groups]
         self.words = frozenset(p[0] for group in phrases for p in group if len(p) == 1)
         self.canonical: dict[tuple[str, ...], str] = {}
@@ -152,7 +161,7 @@ class Vocabulary:
             for phrase in group:
                 self.canonical.setdefault(self._fold_phrase(phrase), name)
         if not self.canonical:
-            raise ValueError("the medical vocabulary is empty")
+            raise VocabularyError(f"{source} holds no term; write {TERM_FILE}")
         self.max_len = max(len(p) for p in self.canonical)
 
     def _fold_phrase(self, phrase: tuple[str, ...]) -> tuple[str, ...]:
@@ -202,11 +211,18 @@ def _read_groups(file: Path, section: str | None = None) -> list[list[str]]:
 
 @lru_cache(maxsize=8)
 def load_vocabulary(path: str | None = None) -> Vocabulary:
-    """Read a term file (one term or `a | b | c` group a line, `#` comments); None → the shipped list."""
+    """Read a term file (one term or `a | b | c` group a line, `#` comments); None → the shipped list.
+    A missing file, one that is not UTF-8 or holds no term is a `VocabularyError` naming it."""
     file = Path(path) if path else default_vocabulary_path()
+    if file.is_dir():
+        raise VocabularyError(f"{file} is a folder; give the term file itself ({TERM_FILE})")
     if not file.is_file():
-        raise FileNotFoundError(f"medical vocabulary file not found: {file}")
-    return Vocabulary(_read_groups(file))
+        raise VocabularyError(f"{file}: no such vocabulary file; give a term file ({TERM_FILE})")
+    try:
+        groups = _read_groups(file)
+    except UnicodeDecodeError as exc:
+        raise VocabularyError(f"{file}: not UTF-8 text (byte {exc.start}); save the vocabulary as UTF-8") from None
+    return Vocabulary(groups, str(file))
 
 
 @lru_cache(maxsize=4)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from datatrove.data import Document
 from pydantic import Field
 
-from medvl.curate.filters.base import CurateFilter, FilterConfig, register_filter, reject
+from medvl.curate.filters.base import CurateFilter, FilterConfig, named_setting, register_filter, reject
 from medvl.curate.vocab import load_vocabulary
+
+if TYPE_CHECKING:
+    from medvl.curate.config import CurateConfig
 
 __all__ = ["TextFilterConfig", "TextFilter"]
 
@@ -34,6 +37,13 @@ class TextFilter(CurateFilter):
     name = "text filter"
     cost = 20
     config_class = TextFilterConfig
+
+    @classmethod
+    def check(cls, config: TextFilterConfig, run: "CurateConfig") -> None:  # type: ignore[override]
+        """The term file, read as the tasks will read it (`load_vocabulary`)."""
+        if config.min_medical_terms > 0:
+            with named_setting("filter.text.vocabulary"):
+                load_vocabulary(config.vocabulary)
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         config = self.config
