@@ -60,6 +60,18 @@ def test_pools_have_llava_sizes_and_roles_parse():
         read_roles(["astronaut"])
 
 
+def test_unknown_or_no_reformat_roles_are_refused_with_the_config(tmp_path, medvl):
+    """generate.reformat.roles=[astronaut] was a ValueError traceback in the first generation task (after
+    prepare, dedup and sampling had run); [] a ZeroDivisionError there."""
+    config = tmp_path / "curate.yaml"
+    config.write_text(f"sources: [{{format: pmc_jsonl, path: '{tmp_path / 'figures.jsonl'}'}}]\n")
+    for roles, message in (("[astronaut]", "generate.reformat.roles: unknown roles ['astronaut']; known: ['clinician'"),
+                           ("[]", "generate.reformat.roles: List should have at least 1 item")):
+        outcome = medvl("curate", "run", config, "--out", tmp_path / "out", f"generate.reformat.roles={roles}")
+        assert outcome.code == 2 and message in outcome.err and len(outcome.err.strip().splitlines()) == 1, outcome.err
+    assert not (tmp_path / "out").exists()
+
+
 def test_reformat_prompt_snapshot():
     config = ReformatConfig(enabled=True, llm=LLM)
     system, user = reformat_prompt(FIGURE, config)

@@ -135,8 +135,18 @@ class ReformatConfig(_LLMGenerator):
 
     section: ClassVar[str] = "reformat"
     image_max_side: int = Field(1024, ge=64, description="images are downscaled to this before upload")
-    roles: list[str] | None = Field(None, description="default: every role of prompts/roles.txt")
+    roles: list[str] | None = Field(None, min_length=1, description="default: every role of prompts/roles.txt")
     json_mode: bool = Field(True, description="send response_format json_object (OpenAI, vLLM support it)")
+
+    @field_validator("roles")
+    @classmethod
+    def _known_roles(cls, roles: list[str] | None) -> list[str] | None:
+        """Names of prompts/roles.txt: an unknown one is a ValueError naming it and the known ones."""
+        if roles is not None:
+            from medvl.curate.prompts import read_roles
+
+            read_roles(roles)
+        return roles
 
 
 class SelfInstructConfig(_LLMGenerator):
