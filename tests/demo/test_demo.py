@@ -182,6 +182,21 @@ def test_a_wrong_vqa_rad_folder_stops_the_demo_before_its_first_step(tmp_path, m
     config = load_config(DemoConfig, None, [f"output_dir={tmp_path / 'demo'}", f"vqa_rad={tmp_path / 'nowhere'}"])
     with pytest.raises(UserError, match="nowhere"):
         run_demo(config)
+    assert not (tmp_path / "demo").exists()  # the run lock made it; it stayed behind, empty
+
+
+def test_the_shipped_data_missing_outside_a_clone_is_one_line_naming_the_flag(medvl, tmp_path, monkeypatch):
+    """An installed medvl run outside a clone has no data/vqa-rad: a FileNotFoundError traceback, and an
+    empty output folder left behind."""
+    from medvl.demo import config as demo_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo_config, "__file__", str(tmp_path / "site-packages" / "medvl" / "demo" / "config.py"))
+    outcome = medvl("demo", "--out", tmp_path / "demo")
+    assert outcome.code == 2 and outcome.err.strip() == (
+        "error: data/vqa-rad not found (a medvl clone holds it, an installed package does not): run from a medvl "
+        "clone or give the folder with --vqa-rad"), outcome.err
+    assert not (tmp_path / "demo").exists()
 
 
 def test_path_flags_reach_the_config_as_given(medvl, monkeypatch, tmp_path):

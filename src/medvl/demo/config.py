@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from medvl.config import Config
+from medvl.errors import UserError
 from medvl.llm.config import LLMConfig
 from medvl.model.spec import ModelSpec
 
@@ -85,10 +86,12 @@ class DemoConfig(Config):
     seed: int = 0
 
 
-def repo_data(name: str) -> Path:
-    """A data folder shipped with medvl: ./data/NAME from the working directory, else from the clone."""
+def repo_data(name: str, option: str) -> Path:
+    """A data folder shipped with medvl: ./data/NAME from the working directory, else from the clone;
+    neither is a `UserError` naming `option`, the flag that gives the folder instead."""
     for base in (Path.cwd(), Path(__file__).resolve().parents[3]):
         candidate = base / "data" / name
         if candidate.exists():
             return candidate
-    raise FileNotFoundError(f"data/{name} not found; run from a medvl clone or pass its path")
+    raise UserError(f"data/{name} not found (a medvl clone holds it, an installed package does not): run from "
+                    f"a medvl clone or give the folder with {option}")

@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 
 from medvl.demo.config import DemoConfig, StageBudget, repo_data
 from medvl.errors import UserError
-from medvl.io.files import atomic_write_json
+from medvl.io.files import atomic_write_json, no_empty_folder_on_failure
 from medvl.io.jsonl import write_jsonl
 from medvl.io.process import LOCK_NAME, RunLock
 
@@ -87,7 +87,7 @@ def run_demo(config: DemoConfig, fresh: bool = False) -> Path:
     lock their own folders, but a second demo would write `model-init/` and prune weights under
     this one, and `fresh` would delete its folder."""
     out = Path(config.output_dir)
-    with RunLock(out, what="demo"):
+    with no_empty_folder_on_failure(out), RunLock(out, what="demo"):  # a wrong --vqa-rad leaves no folder
         if fresh:
             _empty(out)
         return _run_steps(config, out)
@@ -107,7 +107,7 @@ def _empty(out: Path) -> None:
 def _run_steps(config: DemoConfig, out: Path) -> Path:
     from medvl.benchmarks import load_benchmark
 
-    vqa_rad = Path(config.vqa_rad) if config.vqa_rad else repo_data("vqa-rad")
+    vqa_rad = Path(config.vqa_rad) if config.vqa_rad else repo_data("vqa-rad", "--vqa-rad")
     load_benchmark("vqa_rad", vqa_rad, split="test")  # a wrong --vqa-rad fails now, not after the curate step
     summaries: dict[str, dict[str, Any]] = {}
     steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
@@ -169,7 +169,7 @@ def curate(config: DemoConfig, out: Path) -> dict[str, Any]:
     from medvl.curate.config import CurateConfig
     from medvl.curate.pipeline import run_curation
 
-    figures = Path(config.figures) if config.figures else repo_data("figures-sample")
+    figures = Path(config.figures) if config.figures else repo_data("figures-sample", "--figures")
     if (figures / "sample.jsonl").is_file():
         source = {"format": "pmc_jsonl", "path": str((figures / "sample.jsonl").resolve()), "name": figures.name}
     elif (figures / "figures.jsonl").is_file():

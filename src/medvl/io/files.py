@@ -18,7 +18,7 @@ a file several processes share.
 - `ensure_folder` / `check_file_target`: an output path that cannot be one (a file where a folder is
   needed, a folder where a file is) is an `OutputPathError` naming the path, not an OSError.
 - `no_empty_folder_on_failure`: a command that fails before writing anything removes the output
-  folders it created (eval run, build, prior, train, curate train-classifier / train-text-filter).
+  folders it created (eval run, build, prior, train, demo, curate train-classifier / train-text-filter).
 - `refuse_overwriting_inputs`: an output that is one of the command's inputs (the same file once
   symlinks and `..` are resolved) is an `OutputPathError` before anything is written.
 """
