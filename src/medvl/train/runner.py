@@ -11,13 +11,14 @@ freeze policy, throughput / MFU metrics (`medvl.train.trainer.MedvlTrainer`) and
 The run folder (`output_dir`) ends up holding the trained model in the native format (the next
 stage's `model.path`), `checkpoint-*` folders, `metrics.jsonl`, `loss.png`, `train_config.yaml`,
 `train_summary.json`, `data_check/` (report + rejects) and TensorBoard logs under `runs/`.
+
+A finished run (`medvl.train.resume`) is answered before anything is built: from the run folder's
+files when they tell, else once the data is counted, before the trainer is made.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -35,14 +36,14 @@ from medvl.train.dataset import Collator, TrainDataset
 from medvl.train.encode import ChatEncoder
 from medvl.train.metrics import FlopsModel, MetricsFile, peak_flops, plot_metrics, read_metrics
 from medvl.train.modeling import add_lora, apply_policy, component_params, load_start_model, merge_lora
+from medvl.train.resume import SUMMARY_NAME, RunState, epoch_basis, read_run
 from medvl.train.sources import load_source, mix_entries
 from medvl.train.trainer import MedvlTrainer, compute_dtype, is_sharded, training_arguments
 from medvl.train.validate import CheckReport, check_sources, count_text
 
-__all__ = ["run_training", "TrainResult", "prepare_data", "last_complete_checkpoint"]
+__all__ = ["run_training", "TrainResult", "prepare_data"]
 
 log = logging.getLogger(__name__)
-SUMMARY_NAME = "train_summary.json"  # written last: its step says the final save is complete
 
 
 @dataclass
@@ -87,9 +88,14 @@ def run_training(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ())
 
 def _train(config: TrainConfig, args: TrainingArguments, callbacks: Sequence[TrainerCallback]) -> TrainResult:
     out = Path(config.output_dir)
+    run = read_run(config, out, args.world_size)
+    if run.report is not None and run.finished(config.optim, args.world_size):  # the files tell
+        return _already_finished(config, run, run.report, run.summary.get("samples_per_epoch"))
     model, processor = load_start_model(config)
     with args.main_process_first(desc="data check"):
         report, sources, encoder, entries = prepare_data(config, processor, out, progress=args.process_index == 0)
+    if run.finished(config.optim, args.world_size, samples=len(entries)):  # the data tells
+        return _already_finished(config, run, report, len(entries))
     if args.process_index == 0:
         dump_config(config, out / "train_config.yaml")
         _log_data(report, len(entries))
@@ -123,72 +129,29 @@ def _train(config: TrainConfig, args: TrainingArguments, callbacks: Sequence[Tra
     )
     _check_lora_sharding(trainer, config)
     _check_projector_lr(trainer, config)
-    # Resumed from the final checkpoint: a run killed before its summary (written last) still
-    # needs the final save; one whose summary is at that step is finished and stays untouched.
-    trainer.finished_step = _summary_step(trainer, out)
-    trainer.train(resume_from_checkpoint=_resume_from(config, out))
-    finished = trainer.finished
-    if finished:
-        log.debug("%s already finished at step %d: nothing to do", out, trainer.state.global_step)  # callers say it
-    saved = None if finished else _save_final(trainer, processor, config, out)
+    if args.process_index == 0:  # the summary says the folder's model is final: no longer, from the first step
+        (out / SUMMARY_NAME).unlink(missing_ok=True)
+    trainer.train(resume_from_checkpoint=run.checkpoint)
+    saved = _save_final(trainer, processor, config, out)
     rows = read_metrics(out / "metrics.jsonl") if args.process_index == 0 and (out / "metrics.jsonl").exists() else []
     result = TrainResult(out, trainer.state.global_step, rows[-1]["loss"] if rows else None, report, len(entries),
-                         saved, already_finished=finished)
-    if args.process_index == 0 and not finished:
+                         saved)
+    if args.process_index == 0:
         plot_metrics(out / "metrics.jsonl", out / "loss.png")
         atomic_write_json(out / SUMMARY_NAME, {
             "stage": config.stage, "global_step": result.global_step, "final_loss": result.final_loss,
             "samples_per_epoch": result.samples_per_epoch, "data": report.to_json()["totals"],
             "trainable": params, "processes": args.world_size,
+            "epoch_basis": epoch_basis(config, args.world_size, [s.fingerprint for s in sources]),
         })
     return result
 
 
-def _summary_step(trainer: Trainer, out: Path) -> int | None:
-    """The step in the run's `train_summary.json` as the main process reads it (None: no summary)."""
-    from accelerate.utils import broadcast_object_list
-
-    step = None
-    if trainer.accelerator.is_main_process:
-        try:
-            step = json.loads((out / SUMMARY_NAME).read_text(encoding="utf-8"))["global_step"]
-        except (OSError, ValueError, KeyError, TypeError):
-            step = None
-    return broadcast_object_list([step])[0]
-
-
-def _resume_from(config: TrainConfig, out: Path) -> str | None:
-    if config.save.resume == "never":
-        return None
-    if config.save.resume == "auto":
-        last = last_complete_checkpoint(out)
-        if last:
-            log.info("resuming from %s", last)
-        return last
-    if not Path(config.save.resume).is_dir():
-        raise ConfigError(f"save.resume: checkpoint folder {config.save.resume} not found")
-    return config.save.resume
-
-
-def last_complete_checkpoint(out: Path) -> str | None:
-    """The newest `checkpoint-N` whose `trainer_state.json` (the Trainer writes it last) is whole.
-
-    A kill during a save leaves a partial folder; it is skipped (and overwritten when training
-    reaches that step again), so resuming never reads a half-written checkpoint.
-    """
-    if not out.is_dir():
-        return None
-    found = sorted(
-        (int(m.group(1)), path) for path in out.iterdir()
-        if path.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", path.name))
-    )
-    for step, path in reversed(found):
-        try:
-            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-            return str(path)
-        except (OSError, ValueError):
-            log.warning("skipping %s: incomplete checkpoint (killed while saving?)", path)
-    return None
+def _already_finished(config: TrainConfig, run: RunState, report: CheckReport, samples: int) -> TrainResult:
+    """The result of a run that had finished: nothing was trained, saved or written."""
+    log.debug("%s already finished at step %d: nothing to do", config.output_dir, run.step)  # callers say it
+    return TrainResult(Path(config.output_dir), run.step, run.summary.get("final_loss"), report, samples,
+                       already_finished=True)
 
 
 def _check_lora_sharding(trainer: Trainer, config: TrainConfig) -> None:

@@ -23,7 +23,7 @@ from medvl.io.jsonl import JsonlLineError, iter_jsonl
 from medvl.records import record_id, record_images
 from medvl.train.config import SourceConfig
 
-__all__ = ["DataError", "LoadedSource", "load_source", "ImageRef", "open_image", "mix_entries"]
+__all__ = ["DataError", "LoadedSource", "load_source", "file_fingerprint", "ImageRef", "open_image", "mix_entries"]
 
 # An image as a row holds it: a resolved path, raw bytes, or an already decoded PIL image.
 ImageRef = Any
@@ -79,14 +79,26 @@ def load_source(config: SourceConfig) -> LoadedSource:
             problem = "is a folder; give the JSONL/JSON file itself" if path.is_dir() else "not found"
             raise DataError(f"data source {config.label()!r}: {path} {problem}")
         rows = [item for _, item in iter_jsonl(path)]
-        stat = path.stat()
-        fingerprint = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        fingerprint = file_fingerprint(config)
         root = Path(config.image_root).expanduser() if config.image_root else path.parent
     else:
         rows = _load_hf(config)
         fingerprint = f"hf:{config.hf}:{config.hf_split}:{getattr(rows, '_fingerprint', '')}:{len(rows)}"
         root = Path(config.image_root or ".").expanduser()
     return LoadedSource(config=config, rows=rows, image_root=root, fingerprint=fingerprint)
+
+
+def file_fingerprint(config: SourceConfig) -> str | None:
+    """A file source's fingerprint (path, size, modification time) from its stat alone, as `load_source`
+    gives it; None for a Hugging Face dataset (known only once loaded) or a file that is not there."""
+    if config.path is None:
+        return None
+    path = Path(config.path).expanduser()
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def _load_hf(config: SourceConfig) -> Any:

@@ -2,7 +2,7 @@
 
 - `MedvlTrainer`: transformers' `Trainer` plus throughput metrics (tokens/s, images/s, MFU at every
   logging step), epochs padded to whole global batches, no step past `max_steps`, a resume that maps
-  LLaVA's saved key names and returns at once for a finished run, the loss computed on supervised positions only (`next_token_loss`), and
+  LLaVA's saved key names, the loss computed on supervised positions only (`next_token_loss`), and
   the projector optionally at a learning rate of its own (`split_projector_groups`), and the weights
   of each checkpoint given the mode of every file medvl writes (`medvl.io.files.share_weights`).
 - `training_arguments(config)`: the `TrainingArguments` of a `TrainConfig` (precision resolved by
@@ -38,10 +38,6 @@ log = logging.getLogger(__name__)
 PROJECTOR_MODULE = "multi_modal_projector"  # LlavaForConditionalGeneration's projector: a part of its parameters' names
 
 
-class _Finished(Exception):
-    """Out of `Trainer.train` to `MedvlTrainer.train`: the run it resumes had finished."""
-
-
 class MedvlTrainer(Trainer):
     """`Trainer` plus throughput metrics (tokens/s, images/s, MFU at every logging step), epochs
     padded to whole global batches, no step past `max_steps`, a resume that maps key names, and
@@ -54,28 +50,8 @@ class MedvlTrainer(Trainer):
         self.projector_groups: list[int] = []  # indexes of the optimizer's projector groups (with projector_lr)
         self._projector_step_lr: float | None = None  # the projector's rate in the current step
         self._warned_mfu = False
-        self.finished_step: int | None = None  # set before `train`: the step the run had finished at (its summary)
-        self.finished = False  # `train` resumed a finished run and returned at once
         self._window = [0] * len(STAT_KEYS)  # tokens, images, supervised since the last log (this process)
         self._window_start: float | None = None
-
-    def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any) -> Any:
-        """The Trainer's `train`, or, resumed at (or past) `max_steps` from the checkpoint of step
-        `finished_step` (a finished run), nothing: it returns None with `finished` True before the
-        callbacks' `on_train_begin` (no empty progress bar, no metrics line of 0 steps, no TensorBoard run)."""
-        self.finished = False
-        try:
-            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
-        except _Finished:
-            self.finished = True
-            return None
-
-    def _init_training_state(self, max_steps: int, *args: Any, **kwargs: Any) -> Any:
-        """The Trainer's, which restores the checkpoint's state; stops `train` there for a finished run."""
-        trained = super()._init_training_state(max_steps, *args, **kwargs)
-        if self.state.global_step >= max_steps and self.state.global_step == self.finished_step:
-            raise _Finished
-        return trained
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         if self._window_start is None:

@@ -1,0 +1,130 @@
+"""A finished run re-run: answered from the run folder's files before the model or the data is loaded,
+from the data when the files cannot tell, and never for a run whose final save did not complete."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medvl.train import runner
+
+NAMES = ("model.safetensors", "train_summary.json", "metrics.jsonl", "train_config.yaml")
+
+
+def files(run: Path) -> dict[str, bytes]:
+    return {name: (run / name).read_bytes() for name in NAMES}
+
+
+def nothing_to_do(run: Path, step: int) -> list[str]:
+    return [f"nothing to do: {run} already finished at step {step} (train_summary.json); raise optim.max_steps "
+            "/ optim.epochs to train on"]
+
+
+class Loads:
+    """How often the runner loaded the starting model and prepared the data; `forbid()` makes either fail."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.patch, self.model, self.data = monkeypatch, 0, 0
+        model_loader, data_loader = runner.load_start_model, runner.prepare_data
+
+        def load_model(*args, **kwargs):
+            self.model += 1
+            return model_loader(*args, **kwargs)
+
+        def prepare(*args, **kwargs):
+            self.data += 1
+            return data_loader(*args, **kwargs)
+
+        monkeypatch.setattr(runner, "load_start_model", load_model)
+        monkeypatch.setattr(runner, "prepare_data", prepare)
+
+    def forbid(self) -> None:
+        def refuse(*args, **kwargs):
+            raise AssertionError("a finished run loaded its model or its data")
+
+        self.patch.setattr(runner, "load_start_model", refuse)
+        self.patch.setattr(runner, "prepare_data", refuse)
+
+
+@pytest.fixture
+def loads(monkeypatch) -> Loads:
+    return Loads(monkeypatch)
+
+
+@pytest.mark.parametrize("length", ["max_steps", "epochs"])
+def test_a_finished_run_is_answered_from_its_files_without_loading_the_model_or_the_data(
+        length, train_config, uneven_color_data, tmp_path, medvl, loads):
+    """Before: the whole model, the processor and the data were loaded (minutes and tens of GB for a 7B
+    run) before the resumed checkpoint's state said the run was finished. The epoch run (44 records,
+    global batch 8: 6 steps per epoch, 1.5 epochs) takes the Trainer's count from its summary."""
+    run = tmp_path / "run"
+    lengths = {"max_steps": {"optim__max_steps": 5},
+               "epochs": {"optim__max_steps": -1, "optim__epochs": 1.5, "optim__batch_size": 8}}[length]
+    config = train_config(run, data__sources=[{"path": str(uneven_color_data)}], **lengths)
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    steps = 5 if length == "max_steps" else 9
+    first = medvl("train", tmp_path / "train.yaml")
+    assert first.code == 0 and f"trained {steps} steps" in first.out, first.err
+    before = files(run)
+
+    loads.forbid()
+    shorter = "optim.max_steps=4" if length == "max_steps" else "optim.epochs=1.2"
+    for overrides in ([], ["optim.lr=0.5", "logging.every_steps=3"], [shorter]):  # nothing that adds a step
+        again = medvl("train", tmp_path / "train.yaml", *overrides)
+        assert (again.code, again.out.splitlines()) == (0, nothing_to_do(run, steps)), (overrides, again.err)
+        assert files(run) == before  # train_config.yaml too: nothing ran
+
+
+def test_a_finished_run_whose_records_may_differ_is_answered_from_the_data_before_the_trainer(
+        train_config, tmp_path, medvl, loads, color_data):
+    """An epoch run whose source file changed since (or any change in what its epoch is counted from)
+    counts its samples again: still finished when they give the same steps, with nothing rewritten; more
+    epochs train on."""
+    run = tmp_path / "run"
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(color_data.read_bytes())
+    config = train_config(run, optim__max_steps=-1, optim__epochs=1, optim__batch_size=16,
+                          data__sources=[{"path": str(data), "image_root": str(color_data.parent)}])
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    assert "trained 3 steps" in medvl("train", tmp_path / "train.yaml").out
+    before = files(run)
+    os.utime(data, ns=(data.stat().st_atime_ns, data.stat().st_mtime_ns + 10**9))
+    for overrides in ([], ["data.max_length=120"]):
+        loads.model = loads.data = 0
+        again = medvl("train", tmp_path / "train.yaml", *overrides)
+        assert (again.code, again.out.splitlines()) == (0, nothing_to_do(run, 3)), again.err
+        assert (loads.model, loads.data) == (1, 1)
+        assert files(run) == before
+    more = medvl("train", tmp_path / "train.yaml", "optim.epochs=2")
+    assert more.code == 0 and "trained 6 steps" in more.out, more.err
+
+
+def test_a_run_killed_in_its_final_save_saves_again_even_over_an_older_summary(
+        train_config, tmp_path, medvl, loads, monkeypatch):
+    """A finished run trained again from step 0 (save.resume=never) and killed during its final save
+    leaves the old train_summary.json at the new last checkpoint's step. Before: the re-run took it for
+    finished and left the torn model; the summary is now removed before a run takes its first step."""
+    from medvl.model import checkpoint
+
+    run = tmp_path / "run"
+    config = train_config(run, optim__max_steps=4)
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    assert "trained 4 steps" in medvl("train", tmp_path / "train.yaml").out
+    before = files(run)
+
+    def killed_mid_save(model, processor, out):
+        (Path(out) / "model.safetensors").write_bytes(b"torn")
+        raise RuntimeError("killed during the final save")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "save_model", killed_mid_save)
+        with pytest.raises(RuntimeError, match="killed during the final save"):
+            medvl("train", tmp_path / "train.yaml", "save.resume=never")
+    loads.model = 0
+    resumed = medvl("train", tmp_path / "train.yaml")
+    assert resumed.code == 0 and "trained 4 steps" in resumed.out, resumed.err
+    assert loads.model == 1
+    assert files(run)["model.safetensors"] == before["model.safetensors"]  # the same 4 steps from the same seed
