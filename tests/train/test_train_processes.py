@@ -60,6 +60,14 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(train_co
     # near-zero gradients into visible updates for a few elements: allow a tenth of one lr step.
     for name, tensor in weights(tmp_path / "one").items():
         assert torch.allclose(tensor, weights(tmp_path / "two")[name], atol=1e-4), name
+    # re-run: both processes get the main one's reading of the run folder and stop at once
+    before = (tmp_path / "two" / "model.safetensors").read_bytes()
+    again = subprocess.run(two_cpu_processes.command("train", tmp_path / "two.yaml"), env=env(), capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.splitlines() == [
+        f"nothing to do: {tmp_path / 'two'} already finished at step 8 (train_summary.json); raise "
+        "optim.max_steps / optim.epochs to train on"], again.stderr[-3000:]
+    assert (tmp_path / "two" / "model.safetensors").read_bytes() == before
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(train_config, tmp_path):
