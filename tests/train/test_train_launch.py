@@ -1,5 +1,6 @@
 """`medvl launch`: what would fail in every worker or inside accelerate with a traceback is one line
-and exit 2 before any process starts; the launcher is found beside medvl's Python too.
+and exit 2 before any process starts; a check that passes makes no run folder; the launcher is found
+beside medvl's Python too.
 
 `os.execv` is replaced here: a check that lets a bad launch through fails the test instead of
 turning the test process into the launcher."""
@@ -104,3 +105,19 @@ def test_the_launcher_is_looked_up_once_and_that_program_is_the_one_run(train_co
         medvl(*argv)
     assert lookups == ["accelerate"]  # found once, before the config checks; not again to exec it
     assert no_exec == [(str(launcher), argv[1:])]
+
+
+def test_the_check_makes_no_run_folder(train_config, tmp_path, no_exec, medvl):
+    """A folder made by the check would be left empty by workers that fail before writing anything."""
+    good = tmp_path / "train.yaml"
+    out = tmp_path / "runs" / "run"
+    dump_config(train_config(out), good)
+    argv = _launch_train(ACCELERATE / "cpu_2proc.yaml", good)
+    with pytest.raises(Launched):
+        medvl(*argv)
+    assert no_exec == [(no_exec[0][0], argv[1:])]  # the check passed: the launcher was started
+    assert not (tmp_path / "runs").exists()  # and it made no folder, nor a parent of one
+    out.mkdir(parents=True)  # a folder already there is checked with its lock, and left as it was
+    with pytest.raises(Launched):
+        medvl(*argv)
+    assert len(no_exec) == 2 and list(out.iterdir()) == []

@@ -3,6 +3,8 @@ checked once before any process starts (`medvl.cli.LAUNCH_CHECKS`).
 
 The config loads as `medvl train` would load it (YAML, keys, values, overrides), `model.path`, when
 given, is a saved model folder, and no other run holds `output_dir` (its `RunLock`).
+The check makes no folder: a run folder that is not there yet is held by no one (and one made here
+would be left empty by workers that fail before writing anything).
 """
 
 from __future__ import annotations
@@ -22,5 +24,7 @@ def check_launch(args: list[str]) -> None:
     loaded = load_config(TrainConfig, Path(args[0]), args[1:])
     if loaded.model.path is not None:
         model_folder(loaded.model.path, "model.path")
-    with RunLock(loaded.output_dir, what="training run"):  # taken by the main worker in a moment
-        pass
+    out = Path(loaded.output_dir)
+    if out.exists():  # a file in the way is refused by the lock too, as the run would refuse it
+        with RunLock(out, what="training run"):  # taken by the main worker in a moment
+            pass
