@@ -7,8 +7,8 @@
 - `Rejection`: one record, item or image turned away while the run goes on, with a short `reason`
   (the code counted in reports and `rejects.jsonl`) and a human `detail`. Each stage raises its own
   subclass (`medvl.io.images.ImageLoadError`, `medvl.train.encode.EncodeError`,
-  `medvl.train.validate.Rejected`, `medvl.curate.postprocess.Rejected`) and catches them all as
-  `Rejection`.
+  `medvl.train.validate.Rejected`, `medvl.curate.postprocess.Rejected`, `medvl.curate.label.BadReply`)
+  and catches them all as `Rejection`.
 """
 
 from __future__ import annotations

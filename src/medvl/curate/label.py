@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from medvl.curate.prompts import read_text
-from medvl.errors import UserError
+from medvl.errors import Rejection, UserError
 from medvl.io.images import image_files
 from medvl.io.jsonl import JsonlAppender, RejectLog, iter_jsonl
 from medvl.llm.config import LLMConfig
 
-__all__ = ["label_images", "parse_label", "read_labels", "collect_images", "rejects_path", "LabelsError", "LABELS"]
+__all__ = ["label_images", "parse_label", "read_labels", "collect_images", "rejects_path", "BadReply", "LabelsError",
+           "LABELS"]
 
 LABELS = ("medical", "non_medical")
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL | re.IGNORECASE)
@@ -38,6 +39,10 @@ _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL | re.IGNORECASE)
 
 class LabelsError(UserError, ValueError):
     """Nothing to label, or a labels file line that cannot be used; the message names the path."""
+
+
+class BadReply(Rejection):
+    """A reply that is no label (`reason`: "invalid_json" or "schema"); its image is a reject line."""
 
 
 def collect_images(paths: Iterable[str | Path], n: int | None = None, seed: int = 0) -> list[Path]:
@@ -53,15 +58,15 @@ def collect_images(paths: Iterable[str | Path], n: int | None = None, seed: int 
 
 
 def parse_label(text: str) -> tuple[str, str]:
-    """(label, category) from a reply; raises ValueError(reason, detail)."""
+    """(label, category) from a reply; raises BadReply(reason, detail)."""
     stripped = text.strip()
     fenced = _FENCE.match(stripped)
     try:
         data = json.loads(fenced.group(1) if fenced else stripped)
     except json.JSONDecodeError:
-        raise ValueError("invalid_json", f"reply is not JSON: {text[:100]!r}") from None
+        raise BadReply("invalid_json", f"reply is not JSON: {text[:100]!r}") from None
     if not isinstance(data, dict) or not isinstance(data.get("medical"), bool):
-        raise ValueError("schema", f"no boolean 'medical' in {text[:100]!r}")
+        raise BadReply("schema", f"no boolean 'medical' in {text[:100]!r}")
     category = data.get("category")
     return ("medical" if data["medical"] else "non_medical"), str(category) if category else ""
 
@@ -135,8 +140,8 @@ def label_images(
                     outcome = ("image_" + exc.reason, exc.detail)
                 except LLMError as exc:
                     outcome = ("llm_" + exc.kind, str(exc))
-                except ValueError as exc:
-                    outcome = exc.args
+                except BadReply as exc:  # a bug's ValueError is not a reject: it stops the run
+                    outcome = (exc.reason, exc.detail)
                 else:
                     outcome = None
                     labels.write(
