@@ -13,17 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import curve
 
 from medvl.config import dump_config
 from medvl.io.process import RunLock
 from medvl.train.runner import run_training
 
 pytestmark = pytest.mark.slow
-
-
-def curve(out: Path) -> list[float]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [value for r in rows for value in (r["step"], r["loss"], r["grad_norm"], r["learning_rate"])]
 
 
 def env() -> dict[str, str]:
