@@ -86,7 +86,7 @@ def test_an_eval_run_folder_made_with_another_config_is_refused(tmp_path, medvl,
     assert medvl(*same).code == 0 and launched == [same[1:]]
 
 
-def test_a_benchmark_root_split_or_seen_items_file_not_there_is_refused_before_any_process(tmp_path, medvl, launched):
+def test_inputs_not_there_or_an_output_in_the_way_are_refused_before_any_process(tmp_path, medvl, launched):
     config = eval_yaml(tmp_path)
     slake = ("benchmark.name=slake", f"benchmark.root={FIXTURES / 'slake'}")
     cases = [
@@ -102,6 +102,8 @@ def test_a_benchmark_root_split_or_seen_items_file_not_there_is_refused_before_a
         (("benchmark.name=pathvqa", f"benchmark.root={FIXTURES / 'slake'}"),
          f"{FIXTURES / 'slake'}: neither the original PathVQA layout (qas/) nor parquet files"),
     ]
+    (tmp_path / "a-file").write_text("")
+    cases += [((f"output_dir={tmp_path / 'a-file' / 'run'}",), f"{tmp_path / 'a-file'} is a file, not a folder")]
     (tmp_path / "seen.json").write_text("[]")
     cases += [((f"exclude_seen={tmp_path / 'none.json'}",),
                f"exclude_seen: {tmp_path / 'none.json'} not found; `medvl curate decontaminate` writes seen_items.json"),

@@ -121,3 +121,14 @@ def test_the_check_makes_no_run_folder(train_config, tmp_path, no_exec, medvl):
     with pytest.raises(Launched):
         medvl(*argv)
     assert len(no_exec) == 2 and list(out.iterdir()) == []
+
+
+def test_a_run_folder_that_cannot_be_made_is_refused_without_making_one(train_config, tmp_path, no_exec, medvl):
+    """Not making the folder must not lose the check that it can be made: a file in the way is one line."""
+    (tmp_path / "runs").write_text("a file")
+    good = tmp_path / "train.yaml"
+    dump_config(train_config(tmp_path / "runs" / "run"), good)
+    result = medvl(*_launch_train(ACCELERATE / "cpu_2proc.yaml", good))
+    assert result.code == 2 and no_exec == [], result.err
+    assert result.err == (f"error: {tmp_path / 'runs' / 'run'}: {tmp_path / 'runs'} is a file, not a folder; "
+                          "choose another output path or move that file\n")

@@ -8,7 +8,8 @@ known (`BenchmarkConfig.locate`: the loader's own `locate`, which reads no quest
 benchmark reads every row and checks every image, and the parquet releases write their images out),
 an `exclude_seen` file is there and of its shape (`read_seen_items`), and a run folder made with
 another config is refused (the runner's `check_same_run`).
-The check makes no folder: a run folder that is not there yet is held by no one.
+The check makes no folder: a run folder that is not there yet is held by no one; that it can be
+made (no file in the way, a parent folder it may write in) is checked without making it.
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ def check_launch(args: list[str]) -> None:
     from medvl.config import load_config
     from medvl.eval.config import EvalConfig
     from medvl.eval.runner import check_same_run, check_scorers, read_seen_items, run_folder_lock
+    from medvl.io.files import check_folder_target
 
     config = load_config(EvalConfig, Path(args[0]), args[1:])
     check_scorers(config)
     out = Path(config.output_dir)
+    if not out.exists():
+        check_folder_target(out)
     # in the run's order: its lock (taken by the main process in a moment; a file in the way is refused by it
     # too, as the run would refuse it), the benchmark, then the folder's config
     with run_folder_lock(out) if out.exists() else nullcontext():

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Iterator
 from medvl.errors import UserError
 
 __all__ = ["OutputPathError", "share_weights", "atomic_output", "atomic_write_with", "atomic_write_bytes", "atomic_write_text",
-           "atomic_write_json", "check_file_target", "ensure_folder", "file_lock", "no_empty_folder_on_failure",
+           "atomic_write_json", "check_file_target", "check_folder_target", "ensure_folder", "file_lock", "no_empty_folder_on_failure",
            "refuse_overwriting_inputs"]
 
 log = logging.getLogger(__name__)
@@ -52,16 +52,34 @@ def ensure_folder(path: str | Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
-        where = f"{path} is a file" if blocker == path else f"{path}: {blocker} is a file"
-        raise OutputPathError(f"{where}, not a folder; choose another output path or move that file") from None
+        raise _file_in_the_way(path) from None
     except PermissionError:
-        raise OutputPathError(f"{path}: permission denied creating this folder; choose a folder you "
-                              "can write to") from None
+        raise _permission_denied(path) from None
     except OSError as exc:  # a read-only file system, a full disk, a path under /proc
         raise OutputPathError(f"{path}: cannot create this folder ({exc.strerror or exc}); choose a folder you "
                               "can write to") from None
     return path
+
+
+def check_folder_target(path: str | Path) -> None:
+    """The OutputPathError `ensure_folder(path)` would raise for a file in the way or a parent it may not
+    write in, found without creating anything (a check before other processes make the folder)."""
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        raise _file_in_the_way(path)
+    if existing != path and not os.access(existing, os.W_OK | os.X_OK):
+        raise _permission_denied(path)
+
+
+def _file_in_the_way(path: Path) -> OutputPathError:
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+    where = f"{path} is a file" if blocker == path else f"{path}: {blocker} is a file"
+    return OutputPathError(f"{where}, not a folder; choose another output path or move that file")
+
+
+def _permission_denied(path: Path) -> OutputPathError:
+    return OutputPathError(f"{path}: permission denied creating this folder; choose a folder you can write to")
 
 
 def check_file_target(path: str | Path) -> Path:
