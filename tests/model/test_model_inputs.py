@@ -166,6 +166,9 @@ def test_a_whole_gguf_file_passes_the_check(tmp_path):
     (tmp_path / "cut.gguf").write_bytes(whole[:last_tensor_end - 1])
     with pytest.raises(ConfigError, match="is cut short or damaged"):
         check_gguf(tmp_path / "cut.gguf", "text.gguf_file")
+    written.write_bytes(whole[:last_tensor_end - 1])  # the same file, read whole above, cut since: read again
+    with pytest.raises(ConfigError, match="is cut short or damaged"):
+        check_gguf(written, "text.gguf_file")
 
 
 def test_build_refuses_an_output_path_that_is_a_file_before_building(medvl, folders, tmp_path, monkeypatch):
