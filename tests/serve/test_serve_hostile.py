@@ -89,12 +89,38 @@ def test_the_key_is_checked_before_the_body_is_read(serve, monkeypatch):
         sock.close()
 
 
+@pytest.mark.parametrize("framing", [b"Content-Length: 20000000", b"Transfer-Encoding: chunked"])
+def test_paths_that_need_no_key_read_no_body(serve, monkeypatch, framing):
+    monkeypatch.setenv("MEDVL_TEST_KEY", KEY)
+    with serve(api_key_env="MEDVL_TEST_KEY", limits={"body_timeout_s": 5.0}) as url:
+        for path in (b"/health", b"/nowhere"):  # announces a body, sends none of it
+            sock = raw_socket(url)
+            sock.sendall(b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + framing + b"\r\n\r\n")
+            answer = read_until_closed(sock, 2)
+            assert answer.startswith("HTTP/1.1 413") and "takes no request body" in answer, answer
+            sock.close()
+        assert httpx.get(url + "/health", headers={"Content-Length": "0"}).status_code == 200
+
+
+def test_only_json_bodies_are_read(serve):
+    """A web page may post text/plain or untyped bodies to 127.0.0.1 without asking (no CORS preflight)."""
+    body = json.dumps(_hello()).encode()
+    with serve() as url:
+        for media_type in ("text/plain", "application/x-www-form-urlencoded", None):
+            headers = {"Content-Type": media_type} if media_type else {}
+            refused = httpx.post(url + CHAT, content=body, headers=headers, timeout=60)
+            assert_openai_error(refused, 415, "unsupported_media_type")
+        typed = {"Content-Type": "Application/JSON; charset=utf-8"}
+        assert httpx.post(url + CHAT, content=body, headers=typed, timeout=60).status_code == 200
+        assert httpx.get(url + "/health").json()["stats"]["requests"] == 1
+
+
 def test_slow_bodies_get_408_and_free_their_slot(serve, monkeypatch):
     monkeypatch.setenv("MEDVL_TEST_KEY", KEY)
     with serve(api_key_env="MEDVL_TEST_KEY", limits={"body_timeout_s": 1.0, "max_in_flight": 1}) as url:
         sock = raw_socket(url)
         sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
-                     "Content-Length: 1000\r\n\r\n{".encode())
+                     "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{".encode())
         start = time.monotonic()
         answer = read_until_closed(sock)
         assert answer.startswith("HTTP/1.1 408") and '"request_timeout"' in answer

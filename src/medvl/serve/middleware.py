@@ -2,9 +2,12 @@
 
 In order, from the request line and headers alone: the `Host` header against the allow-list
 (400: DNS rebinding), draining (503 after SIGTERM), the API key on /v1 (401, so a keyless client
-never gets a body byte read), the cap on requests in flight (503) and a declared Content-Length
-over `max_body_bytes` (413). Then the body is read whole, counted as it arrives (413 without
-Content-Length too) and within `body_timeout_s` of the headers (408: slow bodies). These early
+never gets a body byte read), the cap on requests in flight (503), then the body: any body outside
+/v1, where no route reads one (413: the paths that need no key read no body either), one that is
+not `application/json` (415: a web page can post text/plain or untyped bodies cross-site without
+a CORS preflight, JSON only after one, which this server never grants) and a declared
+Content-Length over `max_body_bytes` (413). Then the body is read whole, counted as it arrives
+(413 without Content-Length too) and within `body_timeout_s` of the headers (408: slow bodies). These early
 answers close the connection, so the unread rest of a body is never taken for a next request.
 The handler then gets the body replayed from memory.
 """
@@ -87,7 +90,21 @@ class RequestGuard:
         if self.in_flight >= self.limits.max_in_flight:
             return APIError(503, f"the server is handling {self.limits.max_in_flight} requests; retry shortly",
                             "server_overloaded", headers={"Retry-After": "1"})
+        return self._body_refusal(scope["path"], headers)
+
+    def _body_refusal(self, path: str, headers: dict[bytes, bytes]) -> APIError | None:
+        """A body refused from the headers alone: any body outside /v1 (no route there reads one, so a
+        keyless client gets none read), one that is not JSON (a web page can send text/plain or no type
+        without CORS' preflight; JSON needs one, which this server never grants), one declared too large."""
         declared = headers.get(b"content-length", b"")
+        if b"transfer-encoding" not in headers and not declared.strip(b"0"):
+            return None  # no body
+        if not path.startswith("/v1"):
+            return APIError(413, f"{path} takes no request body", "request_too_large")
+        media_type = headers.get(b"content-type", b"").partition(b";")[0].strip().lower()
+        if media_type != b"application/json":
+            return APIError(415, f"the body must be JSON: send 'Content-Type: application/json' (got "
+                            f"{media_type.decode('latin-1') or 'none'})", "unsupported_media_type")
         if declared.isdigit() and int(declared) > self.limits.max_body_bytes:
             return self._too_large()
         return None
