@@ -149,7 +149,7 @@ def test_host_header_allow_list(serve):
 
 @pytest.fixture(scope="module")
 def admission(generator):
-    return Admission(generator.processor, Limits(max_messages=8, max_text_chars=1000))
+    return Admission(generator.processor, Limits(max_messages=8, max_content_parts=8, max_text_chars=1000))
 
 
 def _refusal(call, *args) -> APIError:
@@ -166,6 +166,19 @@ def test_message_count_is_checked_on_the_raw_body(admission):
     assert len(admission.parse(f'{{"messages": [{spaced}]}}'.encode()).messages) == 8
     escaped = ",".join(['{"r\\u006fle": "user", "content": "x"}'] * 9)  # hidden from the byte count
     assert _refusal(admission.parse, f'{{"messages": [{escaped}]}}'.encode()).code == "too_many_messages"
+
+
+def test_content_parts_are_counted_before_parsing_and_deep_nesting_is_a_400(admission):
+    def body(parts: list[str]) -> bytes:  # one message: a million empty parts took seconds to render
+        return f'{{"messages": [{{"role": "user", "content": [{",".join(parts)}]}}]}}'.encode()
+
+    error = _refusal(admission.parse, body(['{"type": "text", "text": ""}'] * 9)[:-3])  # broken JSON: not parsed
+    assert (error.status, error.code) == (400, "too_many_content_parts")
+    assert len(admission.parse(body(['{"type" : "text", "text": "type"}'] * 8)).messages[0].content) == 8
+    hidden = body(['{"t\\u0079pe": "text", "text": ""}'] * 9)  # hidden from the byte count
+    assert _refusal(admission.parse, hidden).code == "too_many_content_parts"
+    nested = _refusal(admission.parse, b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    assert (nested.status, nested.code) == (400, "invalid_json") and "nested too deeply" in nested.message
 
 
 def test_text_and_estimated_tokens_are_checked_before_tokenising(admission, monkeypatch):

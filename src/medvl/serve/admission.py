@@ -1,10 +1,13 @@
 """Admission: the checks a chat request passes before the model thread sees it, cheapest first.
 
 1. The raw body, before any JSON parsing: it may hold at most `limits.max_messages` `"role":`
-   keys. Counting bytes costs a scan where parsing a 30 MB body of 300k tiny messages would
-   build 300k objects. (Role keys in ignored fields count too; step 2 counts exactly.)
-2. Parsing (in a worker thread): the JSON, the message count, the request model (400 naming the
-   field), then the characters of text in all messages (`limits.max_text_chars`).
+   keys and `limits.max_content_parts` `"type":` keys. Counting bytes costs a scan where parsing
+   a 30 MB body of 300k tiny messages, or of a million empty text parts (whose chat template
+   takes seconds to render), would build that many objects. (Keys in ignored fields count too;
+   step 2 counts exactly.)
+2. Parsing (in a worker thread): the JSON (nested too deeply for the parser: 400 too), the
+   message and content part counts, the request model (400 naming the field), then the
+   characters of text in all messages (`limits.max_text_chars`).
 3. An estimated token bound: the prompt has at least (images x tokens per image) + (characters /
    the longest token's characters) tokens. A request whose bound exceeds its prompt limit could
    never fit and is refused before anything is rendered.
@@ -35,6 +38,7 @@ from medvl.serve.session import system_prompt_too_long
 __all__ = ["Admission", "invalid_request"]
 
 _ROLE_KEY = re.compile(rb'"role"\s*:')
+_TYPE_KEY = re.compile(rb'"type"\s*:')
 
 
 def invalid_request(exc: ValidationError) -> APIError:
@@ -47,6 +51,23 @@ def invalid_request(exc: ValidationError) -> APIError:
 def _too_many_messages(count: str, limit: int) -> APIError:
     return APIError(400, f"the request holds {count} messages; this server takes at most {limit} "
                     "(limits.max_messages)", "too_many_messages", "messages")
+
+
+def _too_many_parts(count: str, limit: int) -> APIError:
+    return APIError(400, f"the messages hold {count} content parts; this server takes at most {limit} "
+                    "(limits.max_content_parts)", "too_many_content_parts", "messages")
+
+
+def _holds_more(body: bytes, key: bytes, pattern: re.Pattern[bytes], limit: int) -> bool:
+    """Whether `body` holds more than `limit` JSON keys `key` (a byte count first, the exact pattern only then)."""
+    return body.count(key) > limit and len(list(islice(pattern.finditer(body), limit + 1))) > limit
+
+
+def _content_parts(messages: Any) -> int:
+    """The content parts (text and image) of a parsed body's messages, whatever their shape."""
+    if not isinstance(messages, list):
+        return 0
+    return sum(len(m["content"]) for m in messages if isinstance(m, dict) and isinstance(m.get("content"), list))
 
 
 def _too_long(tokens: str, limit: int, cause: str = "") -> APIError:
@@ -71,17 +92,23 @@ class Admission:
 
     def parse(self, body: bytes) -> ChatCompletionRequest:
         """Steps 1 and 2 (blocking: call it from a worker thread)."""
-        limit = self.limits.max_messages
-        if body.count(b'"role"') > limit and len(list(islice(_ROLE_KEY.finditer(body), limit + 1))) > limit:
+        limit, part_limit = self.limits.max_messages, self.limits.max_content_parts
+        if _holds_more(body, b'"role"', _ROLE_KEY, limit):
             raise _too_many_messages(f"more than {limit}", limit)
+        if _holds_more(body, b'"type"', _TYPE_KEY, part_limit):
+            raise _too_many_parts(f"more than {part_limit}", part_limit)
         try:
             data = json.loads(body)
         except ValueError as exc:
             raise APIError(400, f"the body is not valid JSON: {exc}", "invalid_json") from None
+        except RecursionError:
+            raise APIError(400, "the body is not valid JSON: it is nested too deeply", "invalid_json") from None
         if not isinstance(data, dict):
             raise APIError(400, "the body must be a JSON object", "invalid_request")
         if isinstance(data.get("messages"), list) and len(data["messages"]) > limit:
             raise _too_many_messages(str(len(data["messages"])), limit)
+        if (parts := _content_parts(data.get("messages"))) > part_limit:
+            raise _too_many_parts(str(parts), part_limit)
         try:
             request = ChatCompletionRequest.model_validate(data)
         except ValidationError as exc:

@@ -61,6 +61,8 @@ class Limits(Config):
     max_body_bytes: int = Field(32 * MiB, ge=1024, description="HTTP request body; larger gets 413")
     max_messages: int = Field(256, ge=1, description="messages per request; more get 400 before any parsing "
                               "of them")
+    max_content_parts: int = Field(1024, ge=1, description="text and image parts in all messages together; "
+                                   "more get 400 before any parsing of them")
     max_text_chars: int = Field(65536, ge=1, description="characters of text in all messages together; more "
                                 "get 400 before any tokenising")
     max_prompt_tokens: int = Field(4096, ge=1, description="prompt tokens after image expansion")
