@@ -121,6 +121,21 @@ def test_local_images_only_under_the_root(serve, image_root):
         assert_openai_error(_ask(url, [str(image_root / "sub/ok.png")]), 400, "image_url_refused")
 
 
+def test_local_paths_the_system_cannot_take_are_400s(image_root):
+    os.mkfifo(image_root / "pipe.png")  # opening it would wait for a writer
+    (image_root / "folder.png").mkdir()
+    resolver = ImageResolver(ImagePolicy(local_root=image_root))
+    for path, why in [("a\x00b.png", "cannot be used"), ("file:///a%00b.png", "cannot be used"),
+                      ("x" * 5000, "cannot be used"), ("pipe.png", "not a regular file"),
+                      ("folder.png", "not a regular file")]:
+        with pytest.raises(APIError, match=why) as caught:
+            resolver.load(path)
+        assert (caught.value.status, caught.value.code) == (400, "image_url_refused")
+    with pytest.raises(APIError) as missing:
+        resolver.load("nowhere.png")
+    assert missing.value.code == "image_missing"
+
+
 class _Counter(http.server.BaseHTTPRequestHandler):
     hits = 0
 
@@ -174,6 +189,21 @@ def test_allowed_public_host_is_fetched_at_the_checked_address():
         resolver.load("http://mixed.example.org/a.png")
     with pytest.raises(APIError, match="not in the allowed list"):
         resolver.load("http://evil.example.org/a.png")
+
+
+def test_a_remote_image_trickled_slowly_is_cut_off_at_the_fetch_timeout():
+    def trickle():
+        for _ in range(30):  # 3 s in all, each block well within the per-read timeout
+            time.sleep(0.1)
+            yield b"x" * 100
+
+    resolver = ImageResolver(ImagePolicy(allowed_hosts=["images.example.org"], fetch_timeout_s=0.5),
+                             transport=httpx.MockTransport(lambda _: httpx.Response(200, content=trickle())),
+                             resolve=lambda host, port: ["93.184.216.34"])
+    start = time.monotonic()
+    with pytest.raises(APIError, match=r"did not deliver its image within 0.5 s") as caught:
+        resolver.load("https://images.example.org/slow.png")
+    assert caught.value.code == "image_url_refused" and time.monotonic() - start < 1.5
 
 
 def test_large_images_are_shrunk_on_arrival():

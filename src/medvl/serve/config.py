@@ -41,7 +41,8 @@ class ImagePolicy(Config):
     max_side: int | None = Field(
         2048, ge=64, description="larger images are shrunk on arrival (aspect kept) so queued requests hold "
         "little memory; the vision tower sees a few hundred pixels a side anyway. None keeps them as sent")
-    fetch_timeout_s: float = Field(10.0, gt=0)
+    fetch_timeout_s: float = Field(10.0, gt=0, description="a remote image's whole fetch, from connecting to its "
+                                   "last byte (name resolution aside)")
 
 
 class Limits(Config):

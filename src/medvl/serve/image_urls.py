@@ -4,13 +4,16 @@ Three sources, each refused unless the policy allows it:
 - `data:image/...;base64,` URLs: always accepted, decoded by `medvl.io.images.decode_data_url`.
 - local files (`file:///abs/path`, `/abs/path`, `rel/path`): only inside `local_root`. The path
   is resolved with every symlink followed, then must still lie under the resolved root, so
-  `file:///etc/passwd`, `../` traversal and symlinks pointing out of the root are refused.
+  `file:///etc/passwd`, `../` traversal and symlinks pointing out of the root are refused; so
+  are paths the system cannot take (a NUL character, a name too long) and anything but a
+  regular file (a FIFO would hold a worker thread until someone writes to it).
 - `http(s)://` URLs: only for hosts listed in `allowed_hosts`. The host is resolved once and
   every address must be public (not loopback, private, link-local, reserved or multicast), so
   `http://127.0.0.1`, `http://localhost` and `http://169.254.169.254` never get a request.
   The connection then goes to that checked address (Host header and TLS SNI keep the name),
   so a DNS answer that changes between check and fetch cannot redirect it; redirects are not
-  followed; the body is read up to `max_image_bytes`.
+  followed; the body is read up to `max_image_bytes` and within `fetch_timeout_s` in all (a
+  server trickling bytes cannot hold a worker thread for longer).
 
 Every refusal is an `APIError(400)` whose message says why; decoding uses the one image loader
 with the policy's pixel limit, so a decompression bomb is a 400 too. Images larger than
@@ -22,6 +25,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import stat
+import time
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
@@ -104,11 +109,19 @@ class ImageResolver:
             raw = unquote(parts.path)
         else:
             raw = url
-        candidate = Path(raw) if os.path.isabs(raw) else self.root / raw
-        real = Path(os.path.realpath(candidate))
-        if real != self.root and self.root not in real.parents:
-            raise _refused(f"image path {raw!r} is outside the allowed image root")
-        if real.is_file() and real.stat().st_size > self.policy.max_image_bytes:
+        try:
+            real = Path(os.path.realpath(Path(raw) if os.path.isabs(raw) else self.root / raw))
+            if real != self.root and self.root not in real.parents:
+                raise _refused(f"image path {raw[:200]!r} is outside the allowed image root")
+            found = real.stat()
+        except FileNotFoundError:
+            return real  # the loader names it missing
+        except (OSError, ValueError) as exc:  # a NUL character, a name too long for the system
+            why = getattr(exc, "strerror", None) or exc
+            raise _refused(f"image path {raw[:200]!r} cannot be used: {why}") from None
+        if not stat.S_ISREG(found.st_mode):  # opening a FIFO would wait for a writer
+            raise _refused(f"image path {raw[:200]!r} is not a regular file")
+        if found.st_size > self.policy.max_image_bytes:
             raise APIError(400, f"image file exceeds {self.policy.max_image_bytes} bytes", "image_too_large")
         return real
 
@@ -122,7 +135,8 @@ class ImageResolver:
         pinned = parts._replace(netloc=_netloc(address, parts.port)).geturl()
         headers = {"Host": parts.netloc.rsplit("@", 1)[-1]}
         extensions: dict[str, Any] = {"sni_hostname": host} if parts.scheme == "https" else {}
-        limit = self.policy.max_image_bytes
+        limit, seconds = self.policy.max_image_bytes, self.policy.fetch_timeout_s
+        deadline = time.monotonic() + seconds  # httpx's timeout bounds each read, not their sum
         try:
             with httpx.Client(transport=self._transport, timeout=self.policy.fetch_timeout_s,
                               follow_redirects=False, trust_env=False) as client:
@@ -134,6 +148,9 @@ class ImageResolver:
                         data += block
                         if len(data) > limit:
                             raise APIError(400, f"remote image exceeds {limit} bytes", "image_too_large")
+                        if time.monotonic() > deadline:
+                            raise _refused(f"image URL did not deliver its image within {seconds:g} s "
+                                           "(images.fetch_timeout_s)")
                     return bytes(data)
         except httpx.HTTPError as exc:
             raise _refused(f"image URL could not be fetched: {type(exc).__name__}") from exc
