@@ -255,9 +255,11 @@ def test_token_limits_give_400(serve):
                             r"context length, minus max_tokens\)", error["message"]), error
 
 
-def test_full_queue_answers_429(serve, generator):
+def test_full_queue_answers_429_before_any_work(serve, generator, monkeypatch):
     gated = Gated(generator)
     results: dict[str, int] = {}
+    decoded = []
+    monkeypatch.setattr(ImageResolver, "load", lambda self, url: decoded.append(url))
     body = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
     with serve(gen=gated, max_batch_size=1, batch_wait_ms=0, limits={"max_queue": 1}) as url:
 
@@ -272,9 +274,9 @@ def test_full_queue_answers_429(serve, generator):
             deadline = time.monotonic() + 30
             while httpx.get(url + "/health").json()["waiting"] < 1 and time.monotonic() < deadline:
                 time.sleep(0.02)
-            refused = httpx.post(url + CHAT, json=body, timeout=60)
+            refused = _ask(url, [data_url(png_bytes(0))])
             assert_openai_error(refused, 429, "queue_full")
-            assert refused.headers["retry-after"] == "1"
+            assert refused.headers["retry-after"] == "1" and decoded == []  # its image was never decoded
         finally:
             gated.gate.set()
             for thread in threads:

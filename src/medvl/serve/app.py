@@ -6,9 +6,9 @@ can be served: it carries the model's processor, with which admission measures p
 Routes: `POST /v1/chat/completions` (streaming and not), `GET /v1/models`, `GET /health`.
 Before a handler runs, `middleware.RequestGuard` has checked the Host header, draining, the API
 key, requests in flight and the body's size and arrival time. The chat handler then admits the
-request (`admission`: message count, text, a token estimate and the exact prompt length, none
-of it on the event loop or the model thread), decodes its images (400 on any policy or limit
-breach), queues it for the batcher (429 when full) and waits for the answer until the request's
+request (429 at once when the batcher's queue is full; then `admission`: message count, text, a
+token estimate and the exact prompt length, none of it on the event loop or the model thread),
+decodes its images (400 on any policy or limit breach), queues it for the batcher (429 when full) and waits for the answer until the request's
 deadline (504), watching for the client to leave: either way the request's model row stops.
 A stream always ends with a final event — the finish chunk, or an error event — and `[DONE]`.
 `drain(app)` is the SIGTERM path (called by `server`).
@@ -149,6 +149,7 @@ def create_app(engine: Engine, config: ServeConfig, resolver: ImageResolver | No
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         control = RequestControl(limits.request_timeout_s)
+        request.app.state.batcher.check_room()  # a full queue refuses before any parsing, image or prompt work
         body = await run_in_threadpool(admission.parse, await request.body())
         job = await admitted_job(body, control)
         request.app.state.batcher.submit(job)

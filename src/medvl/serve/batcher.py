@@ -6,7 +6,8 @@ the oldest waiting job, then collects more for up to `batch_wait_ms` (or until
 `max_batch_size`), splits them into groups with identical generation settings and makes one
 `generate` call per group, each row sampled with its job's own seed. Streaming jobs run alone
 through `Engine.stream` (its deltas go to the client as they come). The waiting queue is
-bounded: `submit` raises a 429 `APIError` when it is full.
+bounded: `submit` raises a 429 `APIError` when it is full (`check_room` asks first, before the
+handler spends work on a request).
 
 Jobs arrive admitted (their prompts were measured off this thread, see `admission`). Each
 carries a `RequestControl`: a job stopped while waiting (client gone, deadline passed) no
@@ -153,15 +154,26 @@ class Batcher:
     def waiting(self) -> int:
         return len(self._queue)
 
+    def check_room(self) -> None:
+        """Raise what `submit` would for want of room now (503 draining, 429 full): the handler asks before it
+        spends any work on a request (its images, its prompt)."""
+        if self.draining:
+            raise shutting_down()
+        if len(self._queue) >= self._queue.maxsize:
+            raise self._queue_full()
+
     def submit(self, job: Job) -> None:
         """Queue a job (from the event loop); 429 when the queue is full, 503 when draining."""
         if self.draining:
             raise shutting_down()
         job.loop = asyncio.get_running_loop()
         if not self._queue.put(job):
-            raise APIError(429, f"the server is busy ({self._queue.maxsize} requests waiting); retry shortly",
-                           "queue_full", headers={"Retry-After": "1"})
+            raise self._queue_full()
         self.stats.requests += 1
+
+    def _queue_full(self) -> APIError:
+        return APIError(429, f"the server is busy ({self._queue.maxsize} requests waiting); retry shortly",
+                        "queue_full", headers={"Retry-After": "1"})
 
     def drain(self) -> None:
         """Take no new jobs; the waiting ones get 503 now; the running ones go on."""
