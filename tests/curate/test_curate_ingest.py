@@ -235,3 +235,18 @@ def test_a_caption_with_bytes_that_are_not_utf8_is_rejected_with_its_reason(tmp_
     whole.write_bytes(b'[{"image": "PMC1_Fig1.jpg", "caption": "The caf\xe9."}]')
     [doc] = read_all([SourceConfig(format="pairs", path=str(whole))])
     assert doc.metadata["ingest_error"][0] == "malformed_file" and "not UTF-8" in doc.metadata["ingest_error"][1]
+
+
+def test_a_roco_licence_row_with_bytes_that_are_not_utf8_rejects_its_caption(tmp_path: Path):
+    """licences.txt was read with errors="replace": a Latin-1 byte became U+FFFD in the licence, which then
+    normalised to some LicenseRef-... slug, and the record went on, its licence changed and counted nowhere."""
+    folder = tmp_path / "roco"
+    folder.mkdir()
+    (folder / "captions.txt").write_text("ROCO_00001\tCT of the chest.\nROCO_00002\tMRI of the knee.\n")
+    (folder / "licences.txt").write_bytes(b"ROCO_ID,PMC_ID,CC\nROCO_00001,PMC1_f1.jpg,CC BY\n"
+                                          b"ROCO_00002,PMC2_f1.jpg,CC BY-NC (Licence \xe9tendue)\n")
+    good, bad = read_all([SourceConfig(format="roco", path=str(folder))], world_size=2)
+    assert good.metadata.get("ingest_error") is None and good.metadata["licence"] == "LicenseRef-CC-BY"
+    reason, detail = bad.metadata["ingest_error"]
+    assert reason == "malformed_licence"
+    assert detail.startswith("licences.txt:3: the licence row of ROCO_00002: not UTF-8 text (byte 0xe9"), detail

@@ -92,15 +92,24 @@ def _jsonl_items(path: Path, rank: int, world_size: int) -> Iterator[RawItem]:
             yield RawItem(path, 0, index, raw)
 
 
-def _roco_licences(folder: Path) -> dict[str, tuple[str, str]]:
-    """ROCO id -> (PMC figure file, licence) from `licences.txt` or `cc_*.csv` beside the captions."""
+def _roco_licences(folder: Path) -> dict[str, tuple[str, str] | IngestError]:
+    """ROCO id -> (PMC figure file, licence) from `licences.txt` or `cc_*.csv` beside the captions; a row
+    holding bytes that are not UTF-8 maps its id to the `malformed_licence` error its caption is rejected
+    with (its licence is never read with a byte changed)."""
     files = [folder / "licences.txt", *sorted(folder.glob("cc_*.csv"))]
-    found: dict[str, tuple[str, str]] = {}
+    found: dict[str, tuple[str, str] | IngestError] = {}
     for file in (f for f in files if f.is_file()):
-        with file.open("r", encoding="utf-8-sig", errors="replace", newline="") as handle:
-            for row in csv.DictReader(handle):
-                if row.get("ROCO_ID") and row.get("PMC_ID"):
-                    found[row["ROCO_ID"].strip()] = (row["PMC_ID"].strip(), (row.get("CC") or "").strip())
+        with file.open("r", newline="", **READ_TEXT) as handle:
+            rows = csv.DictReader(handle)
+            for row in rows:
+                roco_id, pmc_id = (row.get("ROCO_ID") or "").strip(), (row.get("PMC_ID") or "").strip()
+                if not (roco_id and pmc_id):
+                    continue
+                if problem := not_utf8(" ".join(value for value in row.values() if isinstance(value, str))):
+                    found[roco_id] = IngestError(
+                        "malformed_licence", f"{file.name}:{rows.line_num}: the licence row of {roco_id}: {problem}")
+                else:
+                    found[roco_id] = (pmc_id, (row.get("CC") or "").strip())
     return found
 
 
@@ -123,8 +132,11 @@ def _roco_items(path: Path, rank: int, world_size: int) -> Iterator[RawItem]:
             elif not tab or not roco_id.strip():
                 raw = IngestError("malformed_line", f"{path.name}:{index + 1}: expected ROCO_ID<TAB>caption")
             else:
-                figure, licence = licences.get(roco_id.strip(), (None, None))
-                raw = {"id": roco_id.strip(), "caption": caption, "figure": figure, "licence": licence}
+                entry = licences.get(roco_id.strip(), (None, None))
+                if isinstance(entry, IngestError):
+                    raw = entry
+                else:
+                    raw = {"id": roco_id.strip(), "caption": caption, "figure": entry[0], "licence": entry[1]}
             yield RawItem(path, 0, index, raw)
 
 
