@@ -250,3 +250,49 @@ def test_a_roco_licence_row_with_bytes_that_are_not_utf8_rejects_its_caption(tmp
     reason, detail = bad.metadata["ingest_error"]
     assert reason == "malformed_licence"
     assert detail.startswith("licences.txt:3: the licence row of ROCO_00002: not UTF-8 text (byte 0xe9"), detail
+
+
+def test_an_image_path_leading_outside_its_root_is_rejected(tmp_path: Path):
+    """`root / "../x.jpg"` and `root / "/abs.jpg"` were read as given: an input line put any image of the
+    machine into the release (copied or linked under images/), whatever image_root said."""
+    outside = tmp_path / "private.jpg"
+    outside.write_bytes(b"not released")
+    data = tmp_path / "data"
+    data.mkdir()
+    caption = "Axial CT of the liver."
+    (data / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in (
+        {"image": "figures/a.jpg", "caption": caption},
+        {"image": "../private.jpg", "caption": caption},
+        {"image": str(outside), "caption": caption},
+        {"image": ["figures/b.jpg", "figures/../../private.jpg"], "caption": caption},
+    )))
+    (data / "pmc.jsonl").write_text(json.dumps({"pdf_hash": "x", "fig_uri": "/../../../private.jpg", "s2_caption": caption}))
+    (data / "llava_med.jsonl").write_text(json.dumps({"pair_id": "../../private", "fig_caption": caption}))
+    errors = [d.metadata.get("ingest_error") for d in read_all([
+        SourceConfig(format="pairs", path=str(data / "pairs.jsonl")),
+        SourceConfig(format="pmc_jsonl", path=str(data / "pmc.jsonl")),
+        SourceConfig(format="llava_med", path=str(data / "llava_med.jsonl")),
+    ])]
+    assert errors[0] is None
+    assert [e and e[0] for e in errors[1:]] == ["image_outside_root"] * 5, errors
+    assert errors[1][1] == (f"pairs.jsonl:2: image '../private.jpg' is not under {data}; give image paths relative "
+                            "to the source's image_root (or set image_root to a folder that holds them)")
+
+
+def test_a_reject_of_the_parser_names_where_its_item_is(tmp_path: Path, rgb_image):
+    """"missing_field: no 'caption'" with the id "folder:0:2" left the user to count files to find the one."""
+    (tmp_path / "pmc.jsonl").write_text(json.dumps({"pdf_hash": "p", "fig_uri": "f.png", "s2_caption": "CT."}) + "\n"
+                                        + json.dumps({"fig_uri": "g.png", "s2_caption": "CT."}) + "\n")
+    (tmp_path / "pairs.csv").write_text("image,caption\na.jpg,CT of the chest.\nb.jpg,\n")
+    folder = tmp_path / "figures"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("a", "sub/empty"):
+        rgb_image.save(folder / f"{name}.png")
+    (folder / "a.txt").write_text("CT of the chest.")
+    (folder / "sub" / "empty.txt").write_bytes(b"")
+    details = [d.metadata["ingest_error"][1] for d in read_all([
+        SourceConfig(format="pmc_jsonl", path=str(tmp_path / "pmc.jsonl")),
+        SourceConfig(format="pairs", path=str(tmp_path / "pairs.csv")),
+        SourceConfig(format="folder", path=str(folder)),
+    ]) if "ingest_error" in d.metadata]
+    assert details == ["pmc.jsonl:2: no 'pdf_hash'", "pairs.csv: row 3: no 'caption'", "sub/empty.png: no 'caption'"]

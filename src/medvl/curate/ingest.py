@@ -80,14 +80,18 @@ class SourceReader(PipelineStep):
 
 
 def _normalise(source: SourceConfig, label: str, order: list[int], item: RawItem) -> Document:
+    if isinstance(item.raw, IngestError):  # the reader's: its detail names the place
+        return _rejected(label, order, item.raw)
     try:
-        if isinstance(item.raw, IngestError):
-            raise item.raw
         return PARSERS[source.format](source, label, order, item.raw, item.file)
     except IngestError as exc:
-        doc = make_document(f"{label}:{':'.join(map(str, order[1:]))}", [], "", order=order, source=label)
-        doc.metadata["ingest_error"] = [exc.reason, exc.detail]
-        return doc
+        return _rejected(label, order, IngestError(exc.reason, f"{item.where}: {exc.detail}"))
+
+
+def _rejected(label: str, order: list[int], error: IngestError) -> Document:
+    doc = make_document(f"{label}:{':'.join(map(str, order[1:]))}", [], "", order=order, source=label)
+    doc.metadata["ingest_error"] = [error.reason, error.detail]
+    return doc
 
 
 def _is_pattern(path: str) -> bool:

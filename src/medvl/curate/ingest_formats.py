@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -60,6 +61,7 @@ class RawItem:
     file_index: int
     item_index: int
     raw: Any  # dict, a CSV row dict, an image Path (folder), or an IngestError
+    where: str = ""  # the item's place for a reject's detail: `file:line`, `file: row N`, an image's path
 
 
 # ---------------------------------------------------------------- items per format
@@ -70,7 +72,7 @@ def file_items(source: SourceConfig, path: Path, rank: int, world_size: int) -> 
         return _roco_items(path, rank, world_size)
     if source.format == "folder":
         files = image_files([path])
-        return (RawItem(path, 0, i, p) for i, p in enumerate(files) if i % world_size == rank)
+        return (RawItem(path, 0, i, p, str(p.relative_to(path))) for i, p in enumerate(files) if i % world_size == rank)
     if source.format == "llava_med" or path.suffix.lower() == ".json":
         return _json_document_items(path, rank, world_size)
     if path.suffix.lower() in (".csv", ".tsv"):
@@ -89,7 +91,7 @@ def _jsonl_items(path: Path, rank: int, world_size: int) -> Iterator[RawItem]:
                 raw = IngestError("malformed_line", f"{path.name}:{index + 1}: {problem}")
             if not isinstance(raw, (dict, IngestError)):
                 raw = IngestError("malformed_line", f"{path.name}:{index + 1}: not a JSON object")
-            yield RawItem(path, 0, index, raw)
+            yield RawItem(path, 0, index, raw, f"{path.name}:{index + 1}")
 
 
 def _roco_licences(folder: Path) -> dict[str, tuple[str, str] | IngestError]:
@@ -137,7 +139,7 @@ def _roco_items(path: Path, rank: int, world_size: int) -> Iterator[RawItem]:
                     raw = entry
                 else:
                     raw = {"id": roco_id.strip(), "caption": caption, "figure": entry[0], "licence": entry[1]}
-            yield RawItem(path, 0, index, raw)
+            yield RawItem(path, 0, index, raw, f"{path.name}:{index + 1}")
 
 
 def _json_document_items(path: Path, rank: int, world_size: int) -> Iterator[RawItem]:
@@ -180,7 +182,7 @@ def _json_document_items(path: Path, rank: int, world_size: int) -> Iterator[Raw
             continue
         if domain is not None:
             sample = {**sample, "_group": domain}
-        yield RawItem(path, 0, index, sample)
+        yield RawItem(path, 0, index, sample, f"{path.name}: item {index + 1}")
 
 
 def _csv_items(path: Path, source: SourceConfig, rank: int, world_size: int) -> Iterator[RawItem]:
@@ -192,7 +194,7 @@ def _csv_items(path: Path, source: SourceConfig, rank: int, world_size: int) -> 
                     row = IngestError("malformed_line", f"{path.name}: row {index + 2} has extra fields")
                 elif problem := not_utf8(" ".join(value or "" for value in row.values())):
                     row = IngestError("malformed_line", f"{path.name}: row {index + 2}: {problem}")
-                yield RawItem(path, 0, index, row)
+                yield RawItem(path, 0, index, row, f"{path.name}: row {index + 2}")
 
 
 # ---------------------------------------------------------------- parsers
@@ -237,7 +239,7 @@ def _parse_pmc(source: SourceConfig, label: str, order: list[int], raw: dict, fi
     record_id = f"{pdf_hash}_{fig_uri}"
     return make_document(
         record_id,
-        [str(root / record_id)],
+        [_image_in(root, record_id)],
         caption,
         order=order,
         source=label,
@@ -258,7 +260,7 @@ def _parse_llava_med(source: SourceConfig, label: str, order: list[int], raw: di
     root = Path(source.image_root) if source.image_root else file.parent / "images"
     return make_document(
         pair_id,
-        [str(root / f"{pair_id}.jpg")],
+        [_image_in(root, f"{pair_id}.jpg")],
         _text(raw, "fig_caption"),
         order=order,
         source=label,
@@ -283,7 +285,7 @@ def _parse_pairs(source: SourceConfig, label: str, order: list[int], raw: dict, 
     ):
         raise IngestError("missing_field", f"no image path in {source.image_key!r}")
     root = Path(source.image_root) if source.image_root else file.parent
-    paths = [str(root / f"{i.strip()}{source.image_suffix}") for i in images]
+    paths = [_image_in(root, f"{i.strip()}{source.image_suffix}") for i in images]
     record_id = _text(raw, source.id_key) if source.id_key else Path(images[0]).stem
     extra = {k: v for k, v in raw.items() if k not in {source.image_key, source.caption_key} and _scalar(v)}
     return make_document(
@@ -307,7 +309,7 @@ def _parse_roco(source: SourceConfig, label: str, order: list[int], raw: dict, f
     pmcid, _, figure_id = figure.partition("_") if figure else (None, "", None)
     return make_document(
         raw["id"],
-        [str(root / f"{raw['id']}.jpg")],
+        [_image_in(root, f"{raw['id']}.jpg")],
         _text(raw, "caption"),
         order=order,
         source=label,
@@ -335,7 +337,7 @@ def _parse_folder(source: SourceConfig, label: str, order: list[int], image: Pat
             raise IngestError("malformed_sidecar", f"{txt.name}: {problem}")
         info = {"caption": caption}
     else:
-        raise IngestError("missing_caption", f"{image.relative_to(root)}: no .txt or .json sidecar")
+        raise IngestError("missing_caption", "no .txt or .json sidecar")
     return make_document(
         str(image.relative_to(root).with_suffix("")),
         [str(image)],
@@ -348,6 +350,16 @@ def _parse_folder(source: SourceConfig, label: str, order: list[int], image: Pat
         pmcid=info.get("pmcid"),
         figure_id=info.get("figure_id"),
     )
+
+
+def _image_in(root: Path, name: str) -> str:
+    """`root / name`, refused when `name` leads outside `root` (`..`, an absolute path): an input line
+    would otherwise put any file of the machine into the release."""
+    path = root / name
+    if not Path(os.path.normpath(path)).is_relative_to(os.path.normpath(root)):
+        raise IngestError("image_outside_root", f"image {name!r} is not under {root}; give image paths relative "
+                          "to the source's image_root (or set image_root to a folder that holds them)")
+    return str(path)
 
 
 def _scalar(value: Any) -> bool:
