@@ -233,3 +233,25 @@ def _release(out: Path) -> dict[str, str]:
         "rejects.jsonl",
     )
     return {name: (out / name).read_text() for name in names}
+
+
+def test_a_killed_generation_task_leaves_what_it_sent_in_the_usage_log(tmp_path: Path, large_corpus):
+    """The usage of a generation task was appended once, at its end: after a kill the report's "requests
+    sent (all runs)" and "spent $" left out every request of the killed run (35 of 43 on 40 VQA-RAD images)."""
+    corpus = large_corpus(tmp_path / "corpus", 12)
+    server = start_mock_server_process(responder="medvl.curate.mock:responder", latency_s=0.5,
+                                       log_path=tmp_path / "requests.jsonl")
+    with server:
+        config = write_config(tmp_path / "curate.yaml", corpus, server.base_url, tasks=1)
+        out = tmp_path / "killed"
+        run = start_run(config, out)
+        early = 0
+
+        def a_while_after_the_first_requests() -> bool:
+            nonlocal early
+            early = early or len(server.logged())
+            return early > 0 and time.sleep(1.5) is None  # every request sent by then is 1.5 s old at the kill
+        assert kill_when(run, a_while_after_the_first_requests), errors_of(out)
+    entries = [json.loads(line) for path in (out / "_work" / "llm_usage").glob("*.jsonl")
+               for line in path.read_text().splitlines()]
+    assert sum(entry["requests_sent"] for entry in entries) >= early > 0

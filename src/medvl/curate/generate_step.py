@@ -84,6 +84,36 @@ class _Outcome:
     transient: list[str] = field(default_factory=list)
 
 
+class _UsageLog:
+    """What this task's LLM clients sent and spent, appended to `llm_usage/<rank>.jsonl` as the change since
+    the last entry, every `every_s` seconds while the task runs and once at its end: a killed task's
+    requests count too (all but those of its last `every_s`; an entry only at the end lost them all)."""
+
+    def __init__(self, path: Path, rank: int, clients: dict[str, Any], every_s: float = 1.0):
+        self.path, self.rank, self.clients, self.every_s = path, rank, clients, every_s
+        self.invocation = f"{os.getpid()}-{time.time():.6f}"
+        self.logged = {kind: {} for kind in clients}
+
+    def write(self) -> None:
+        entries = []
+        for kind, client in self.clients.items():
+            now, before = client.usage.as_dict(), self.logged[kind]
+            change = {key: value - before.get(key, 0) for key, value in now.items()}
+            if any(change.values()):
+                entries.append({"time": time.time(), "invocation": self.invocation, "rank": self.rank,
+                                "kind": kind, "model": client.config.model, **change})
+            self.logged[kind] = now
+        if entries:
+            with JsonlAppender(self.path) as log_file:
+                for entry in entries:
+                    log_file.write(entry)
+
+    async def every_while_running(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            self.write()
+
+
 class GenerateStep(PipelineStep):
     """Generation for shard `rank` (run with the same number of tasks as the prepare stage)."""
 
@@ -131,6 +161,8 @@ class GenerateStep(PipelineStep):
         window = config.window * concurrency
         pending: deque[asyncio.Task] = deque()
         failed: list[str] = []
+        usage = _UsageLog(self.dirs.llm_usage / f"{rank:05d}.jsonl", rank, clients)
+        logging_usage = asyncio.ensure_future(usage.every_while_running())
         try:
             for row, record in todo:
                 pending.append(asyncio.ensure_future(self._one(row, record, clients)))
@@ -144,9 +176,11 @@ class GenerateStep(PipelineStep):
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)  # each one's end is retrieved
+            logging_usage.cancel()
             for kind, client in clients.items():
                 await client.aclose()
-                self._log_usage(rank, kind, client)
+                log.info("task %d %s: %s", rank, kind, client.usage.summary())
+            usage.write()
         return failed
 
     async def _one(self, row: int, record: dict[str, Any], clients: dict[str, Any]) -> _Outcome:
@@ -276,15 +310,3 @@ class GenerateStep(PipelineStep):
         else:
             shutil.copy2(source, tmp)
         os.replace(tmp, target)
-
-    def _log_usage(self, rank: int, kind: str, client: Any) -> None:
-        entry = {
-            "time": time.time(),
-            "rank": rank,
-            "kind": kind,
-            "model": client.config.model,
-            **client.usage.as_dict(),
-        }
-        with JsonlAppender(self.dirs.llm_usage / f"{rank:05d}.jsonl") as log_file:
-            log_file.write(entry)
-        log.info("task %d %s: %s", rank, kind, client.usage.summary())

@@ -144,7 +144,7 @@ def _llm_section(dirs: RunDirs, config: CurateConfig, tokens: dict[str, dict[str
                     6,
                 ),
             },
-            "invocations": len(runs),
+            "invocations": len({e.get("invocation", index) for index, e in enumerate(runs)}),  # entries: changes
             "sent": {**spent, "cost_usd": round(sum(e["cost_usd"] for e in runs), 6)},
         }
     return section

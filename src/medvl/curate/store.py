@@ -16,7 +16,7 @@
         decontaminate/reference.jsonl         the benchmark items decontamination checks against
         selected/<rank>.json                  ids chosen by dedup + sampling, per shard
         generate/<rank>.jsonl                 one durable line per generated record (resume unit)
-        llm_usage/<rank>.jsonl                what each generation task invocation sent and spent
+        llm_usage/<rank>.jsonl                what each generation task invocation sent and spent (changes, each second)
         llm-cache/                            the LLM client's response cache (default location)
 
 Shard files are each in input order; `iter_prepared` merges them into the global order (the
