@@ -90,7 +90,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequenc
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        given = {item.partition("=")[0].strip() for item in overrides} | set(values or {})
+        given = [*dict.fromkeys([item.partition("=")[0].strip() for item in overrides] + list(values or {}))]
         raise ConfigError(_describe(exc, str(path) if path else cls.__name__, given)) from None
 
 
@@ -122,20 +122,29 @@ def dump_config(config: Config, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
 
-def _describe(exc: ValidationError, source: str, given: set[str]) -> str:
-    """Every problem on one line; a key set on the command line (`given`: override keys) says so, as
-    the file does not hold it. A check of a whole section (a model validator's) is its own sentence,
-    without pydantic's "Value error, " and without the section's values."""
+def _describe(exc: ValidationError, source: str, given: Sequence[str]) -> str:
+    """Every problem on one line, each saying what of it was set on the command line (`given`: override
+    keys, in command-line order), as the file does not hold it. A check of a whole section (a model
+    validator's) is its own sentence, without pydantic's "Value error, " and without the section's values."""
     problems = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
         problem = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         if err["type"] != "extra_forbidden" and not isinstance(err.get("input"), dict):
             problem += f" (got {err.get('input')!r})"
-        if key and any(key == name or key.startswith(name + ".") for name in given):
-            problem += ", set on the command line"
+        problem += _set_on_command_line(key, given)
         problems.append(f"{key}: {problem}" if key else problem)
     return f"invalid config ({source}): " + "; ".join(problems)
+
+
+def _set_on_command_line(key: str, given: Sequence[str]) -> str:
+    """", set on the command line" for a `key` given there (itself or a section above it); for a section
+    (the whole config: `key` "") checked as a whole, which of its keys were: ", with a.b, a.c set on the
+    command line"; "" when the command line set none of it."""
+    if key and any(key == name or key.startswith(name + ".") for name in given):
+        return ", set on the command line"
+    inside = [name for name in given if not key or name.startswith(key + ".")]
+    return f", with {', '.join(inside)} set on the command line" if inside else ""
 
 
 def _with_defaults(cls: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import model_validator
 
 from medvl.config import Config, ConfigError, apply_overrides, dump_config, load_config
 from medvl.model.spec import ModelSpec
@@ -115,9 +116,52 @@ def test_a_check_across_a_section_is_its_own_sentence(medvl, tmp_path):
     (tmp_path / "empty.yaml").write_text("")
     outcome = medvl("build", tmp_path / "empty.yaml", tmp_path / "m", "vision.image_size=100", "text.tokenizer=t")
     assert outcome.code == 2 and outcome.err.strip() == (
-        f"error: invalid config ({tmp_path / 'empty.yaml'}): vision: image_size 100 is not a multiple of patch_size 14")
+        f"error: invalid config ({tmp_path / 'empty.yaml'}): vision: image_size 100 is not a multiple of patch_size 14, "
+        "with vision.image_size set on the command line")
     (tmp_path / "train.yaml").write_text(f"stage: align\nmodel: {{path: '{tmp_path}'}}\n")
     outcome = medvl("data", "check", tmp_path / "train.yaml", "trainable.projector=false", "optim.projector_lr=1e-3")
     assert outcome.code == 2 and outcome.err.strip() == (
         f"error: invalid config ({tmp_path / 'train.yaml'}): optim.projector_lr is set but the align stage's projector "
-        "is frozen (trainable.projector): train it or leave projector_lr null")
+        "is frozen (trainable.projector): train it or leave projector_lr null, with trainable.projector, "
+        "optim.projector_lr set on the command line")
+
+
+class Window(Config):
+    start: int = 0
+    stop: int = 10
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Window":
+        if self.stop <= self.start:
+            raise ValueError(f"stop {self.stop} must come after start {self.start}")
+        return self
+
+
+class Windowed(Config):
+    name: str = "run"
+    window: Window = Window()
+
+    @model_validator(mode="after")
+    def _named(self) -> "Windowed":
+        if self.name == "bad":
+            raise ValueError("name 'bad' is taken")
+        return self
+
+
+def test_a_check_across_a_section_says_which_of_its_keys_the_command_line_set(tmp_path):
+    """A field broken by an override said ", set on the command line"; a check across a section broken by
+    one said nothing of it, as if the file held the bad value."""
+    path = tmp_path / "c.yaml"
+    path.write_text("window:\n  start: 5\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(Windowed, path, ["window.stop=3", "name=x"])
+    assert str(raised.value) == (f"invalid config ({path}): window: stop 3 must come after start 5, "
+                                 "with window.stop set on the command line")
+    with pytest.raises(ConfigError) as raised:  # the whole config's check: every key the command line set
+        load_config(Windowed, path, ["name=bad", "window.stop=9"])
+    assert str(raised.value) == (f"invalid config ({path}): name 'bad' is taken, with name, window.stop set on "
+                                 "the command line")
+    path.write_text("name: bad\nwindow:\n  stop: 0\n")
+    with pytest.raises(ConfigError) as raised:  # all from the file: nothing said of the command line
+        load_config(Windowed, path)
+    assert str(raised.value) == f"invalid config ({path}): window: stop 0 must come after start 0"
