@@ -15,6 +15,7 @@ from medvl.config import ConfigError
 from medvl.model.build import build_model
 from medvl.model.checkpoint import load_model, save_model
 from medvl.model.spec import tiny_spec
+from medvl.model.templates import TemplateError
 
 MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]}]
 
@@ -154,6 +155,14 @@ def test_build_from_pretrained_parts(tmp_path, smol_tokenizer, medvl):
     for bad in (3, [0, 2]):
         with pytest.raises(ConfigError, match="only 2 layers"):
             build_model(spec.model_copy(update={"text": spec.text.model_copy(update={"keep_layers": bad})}))
+    # a spec inside a larger config (a demo's `model`): the error names the key the user wrote, which was
+    # `text.keep_layers` whatever the config
+    with pytest.raises(ConfigError) as raised:
+        build_model(spec.model_copy(update={"text": spec.text.model_copy(update={"keep_layers": 3})}), "model")
+    assert str(raised.value) == ("model.text.keep_layers=3 does not fit the LLM of model.text.path, which has only 2 "
+                                 "layers: keep at most 2, or indices up to 1")
+    with pytest.raises(TemplateError, match=r"^model\.spec\.chat_template: unknown chat template 'alpaca'"):
+        build_model(spec.model_copy(update={"chat_template": "alpaca"}), "model.spec")
     # through the command: one line (it was a ValueError traceback), and no output folder left
     (tmp_path / "empty.yaml").write_text("")
     outcome = medvl("build", tmp_path / "empty.yaml", tmp_path / "built", f"vision.path={tmp_path / 'tower'}",

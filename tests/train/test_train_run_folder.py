@@ -241,6 +241,24 @@ def test_a_run_that_fails_before_writing_anything_leaves_no_run_folder(train_con
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_spec_error_names_the_key_the_train_config_holds_it_at(train_config, smol_tokenizer, tmp_path, medvl):
+    """`model.spec.text.keep_layers` beyond the LLM's layers was reported as `text.keep_layers` (the key of a spec
+    file of its own, which a train config does not have)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=49152, hidden_size=64, num_hidden_layers=2,
+                                                 num_attention_heads=4, intermediate_size=128)).save_pretrained(
+        tmp_path / "llm")
+    AutoTokenizer.from_pretrained(smol_tokenizer).save_pretrained(tmp_path / "llm")
+    config = train_config(tmp_path / "runs" / "cut", model__spec__text={"path": str(tmp_path / "llm")})
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    outcome = medvl("train", tmp_path / "train.yaml", "model.spec.text.keep_layers=3")
+    assert outcome.code == 2 and outcome.err.strip().splitlines()[-1] == (
+        "error: model.spec.text.keep_layers=3 does not fit the LLM of model.spec.text.path, which has only 2 "
+        "layers: keep at most 2, or indices up to 1"), outcome.err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_every_file_of_a_run_follows_the_umask(train_config, tmp_path):
     """Checkpoints included: safetensors writes its files 0600, so a run in a shared folder could not be resumed
     or evaluated by the team (everything else medvl writes is 0666 less the umask)."""

@@ -259,7 +259,7 @@ def build(config: DemoConfig, folder: Path, tower: str | None) -> dict[str, Any]
 
     spec = config.model if tower is None else config.model.model_copy(
         update={"vision": config.model.vision.model_copy(update={"path": tower})})
-    model, processor = build_model(spec)
+    model, processor = build_model(spec, "model")
     save_model(model, processor, folder)
     counts = {name: sum(p.numel() for p in module.parameters()) for name, module in
               (("vision", model.model.vision_tower), ("projector", model.model.multi_modal_projector),

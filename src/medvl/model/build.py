@@ -35,7 +35,7 @@ from medvl.errors import first_line
 from medvl.model.dtypes import torch_dtype
 from medvl.model.families import text_config
 from medvl.io.offline import resolve_asset
-from medvl.model.spec import ModelSpec, TextSpec, VisionSpec
+from medvl.model.spec import ModelSpec, TextSpec, VisionSpec, spec_key
 from medvl.model.templates import STOP_STRINGS, guess_format, resolve_chat_template, single_bos
 
 __all__ = ["build_model", "build_processor", "causal_lm_config", "generation_config_for", "identity_linear_state",
@@ -60,11 +60,12 @@ def pretrained_folder(value: str, key: str, marker: str | None = "config.json") 
     return path
 
 
-def load_tokenizer(text: TextSpec, image_token: str = "<image>") -> Any:
-    """The LLM's tokenizer with the image token added and a pad token set."""
-    key = "text.tokenizer" if text.tokenizer else "text.path"
+def load_tokenizer(text: TextSpec, image_token: str = "<image>", at: str = "") -> Any:
+    """The LLM's tokenizer with the image token added and a pad token set; `at`: where the spec sits in
+    the user's config (`spec_key`), for the keys errors name."""
+    key = spec_key(at, "text.tokenizer" if text.tokenizer else "text.path")
     source = pretrained_folder(text.tokenizer or text.path, key, marker=None)  # a tokenizer needs no config.json
-    kwargs = {} if text.tokenizer else _gguf_keywords(text, source)
+    kwargs = {} if text.tokenizer else _gguf_keywords(text, source, at)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:  # transformers' words for a folder without a tokenizer it can read
@@ -80,8 +81,10 @@ def load_tokenizer(text: TextSpec, image_token: str = "<image>") -> Any:
 
 def build_processor(spec: ModelSpec, tokenizer: Any, image_mean: list[float] | None = None,
                     image_std: list[float] | None = None, image_size: int | None = None,
-                    patch_size: int | None = None, image_wrap: tuple[str, str] = ("", "")) -> LlavaProcessor:
-    """Image processor (pad-to-square option, resize, normalise) + tokenizer + chat template."""
+                    patch_size: int | None = None, image_wrap: tuple[str, str] = ("", ""), at: str = ""
+                    ) -> LlavaProcessor:
+    """Image processor (pad-to-square option, resize, normalise) + tokenizer + chat template (`at`: as
+    `load_tokenizer`'s)."""
     clip = spec.vision.family == "clip"
     size = image_size or spec.vision.image_size
     image_processor = LlavaImageProcessorPil(  # the PIL backend whether or not torchvision is installed
@@ -91,7 +94,8 @@ def build_processor(spec: ModelSpec, tokenizer: Any, image_mean: list[float] | N
         image_mean=image_mean or (CLIP_MEAN if clip else SIGLIP_MEAN),
         image_std=image_std or (CLIP_STD if clip else SIGLIP_STD),
     )
-    template = resolve_chat_template(spec.chat_template, tokenizer, spec.image_token, image_wrap)
+    template = resolve_chat_template(spec.chat_template, tokenizer, spec.image_token, image_wrap,
+                                     key=spec_key(at, "chat_template"))
     single_bos(tokenizer, template)
     return LlavaProcessor(
         image_processor=image_processor,
@@ -117,12 +121,14 @@ def generation_config_for(tokenizer: Any, chat_template: str) -> GenerationConfi
     )
 
 
-def build_model(spec: ModelSpec) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """Assemble the model (pretrained parts loaded where paths are given) and its processor."""
+def build_model(spec: ModelSpec, at: str = "") -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """Assemble the model (pretrained parts loaded where paths are given) and its processor. `at`: where
+    the spec sits in the user's config ("model.spec" in a train config), so that an error names the key
+    they wrote (`model.spec.text.keep_layers`, not `text.keep_layers`)."""
     torch.manual_seed(spec.seed)
-    tokenizer = load_tokenizer(spec.text, spec.image_token)
-    vision_config, vision_weights, vision_preproc = _vision_part(spec.vision)
-    text_config, llm = _text_part(spec.text, vocab_size=len(tokenizer))
+    tokenizer = load_tokenizer(spec.text, spec.image_token, at)
+    vision_config, vision_weights, vision_preproc = _vision_part(spec.vision, at)
+    text_config, llm = _text_part(spec.text, len(tokenizer), at)
     config = LlavaConfig(
         vision_config=vision_config,
         text_config=text_config,
@@ -152,7 +158,7 @@ def build_model(spec: ModelSpec) -> tuple[LlavaForConditionalGeneration, LlavaPr
     processor = build_processor(
         spec, tokenizer,
         image_mean=vision_preproc.get("image_mean"), image_std=vision_preproc.get("image_std"),
-        image_size=vision_config.image_size, patch_size=vision_config.patch_size,
+        image_size=vision_config.image_size, patch_size=vision_config.patch_size, at=at,
     )
     model.generation_config = generation_config_for(tokenizer, processor.chat_template)
     model.eval()
@@ -165,7 +171,7 @@ def _image_seq_length(vision_config: Any, strategy: str) -> int:
     return patches + (1 if has_cls and strategy == "full" else 0)
 
 
-def _vision_part(vision: VisionSpec) -> tuple[Any, dict | None, dict]:
+def _vision_part(vision: VisionSpec, at: str) -> tuple[Any, dict | None, dict]:
     if vision.path is None:
         common = dict(
             image_size=vision.image_size, patch_size=vision.patch_size, hidden_size=vision.hidden_size,
@@ -176,18 +182,20 @@ def _vision_part(vision: VisionSpec) -> tuple[Any, dict | None, dict]:
         return config, None, {}
     from transformers import CLIPVisionModel, SiglipVisionModel
 
-    path = pretrained_folder(vision.path, "vision.path")
-    full = _read_config(path, "vision.path")
+    key = spec_key(at, "vision.path")
+    path = pretrained_folder(vision.path, key)
+    full = _read_config(path, key)
     config = getattr(full, "vision_config", full)
     family = VISION_FAMILIES.get(config.model_type)
     if family is None:
-        raise ConfigError(f"vision.path: {path} holds a {full.model_type} model, not a CLIP/SigLIP vision tower; "
+        raise ConfigError(f"{key}: {path} holds a {full.model_type} model, not a CLIP/SigLIP vision tower; "
                           "give a CLIP/SigLIP model folder, a LLaVA-style folder with one, or a tower made by "
                           "`medvl prior` (which distils an image network such as a DINOv2/ViT folder into one)")
     if family != vision.family:
-        raise ConfigError(f"vision.path {path} holds a {config.model_type} model but vision.family={vision.family!r}")
+        raise ConfigError(f"{key}: {path} holds a {config.model_type} model but "
+                          f"{spec_key(at, 'vision.family')}={vision.family!r}")
     llava_style = full is not config and full.model_type not in VISION_FAMILIES  # its tower's weights: vision_tower.*
-    tower = load_pretrained(CLIPVisionModel if family == "clip" else SiglipVisionModel, path, "vision.path",
+    tower = load_pretrained(CLIPVisionModel if family == "clip" else SiglipVisionModel, path, key,
                             "give the folder of a CLIP/SigLIP vision model or of a LLaVA-style model with one",
                             config=config, key_mapping={r"^(model\.)?vision_tower\.": ""} if llava_style else None)
     return tower.config, tower.state_dict(), _preprocessor_stats(Path(path))
@@ -249,19 +257,20 @@ def _preprocessor_stats(folder: Path) -> dict:
     return {}
 
 
-def _text_part(text: TextSpec, vocab_size: int) -> tuple[Any, Any]:
+def _text_part(text: TextSpec, vocab_size: int, at: str) -> tuple[Any, Any]:
     if text.path is not None:
-        kwargs = _gguf_keywords(text, pretrained_folder(text.path, "text.path", marker=None))
-        folder = pretrained_folder(text.path, "text.path", None if kwargs else "config.json")
-        causal_lm_config(folder, "text.path", **kwargs)
-        llm = load_pretrained(AutoModelForCausalLM, folder, "text.path", "give the folder of a saved causal LM "
+        key = spec_key(at, "text.path")
+        kwargs = _gguf_keywords(text, pretrained_folder(text.path, key, marker=None), at)
+        folder = pretrained_folder(text.path, key, None if kwargs else "config.json")
+        causal_lm_config(folder, key, **kwargs)
+        llm = load_pretrained(AutoModelForCausalLM, folder, key, "give the folder of a saved causal LM "
                               "with its weights", dtype=torch.float32, **kwargs)
         if getattr(llm, "hf_quantizer", None) is not None:  # GGUF: weights are already dequantised
             llm.hf_quantizer = None
         if hasattr(llm.config, "quantization_config"):
             del llm.config.quantization_config
         if text.keep_layers is not None:
-            _keep_layers(llm, text.keep_layers)
+            _keep_layers(llm, text.keep_layers, at)
         return llm.config, llm
     config = text_config(
         text.family,
@@ -273,35 +282,37 @@ def _text_part(text: TextSpec, vocab_size: int) -> tuple[Any, Any]:
     return config, None
 
 
-def _gguf_keywords(text: TextSpec, folder: str) -> dict[str, str]:
+def _gguf_keywords(text: TextSpec, folder: str, at: str) -> dict[str, str]:
     """`gguf_file=text.gguf_file` for loading from `text.path` (the folder `folder`), the file checked whole
     first (`check_gguf`); {} without `text.gguf_file`, where a folder without config.json that holds
     .gguf files is a ConfigError saying to name one (transformers would look for config.json)."""
     from medvl.model.gguf_file import check_gguf
 
     held = ", ".join(sorted(p.name for p in Path(folder).glob("*.gguf")))
+    gguf_key = spec_key(at, "text.gguf_file")
     if not text.gguf_file:
         if held and not (Path(folder) / "config.json").is_file():
-            raise ConfigError(f"text.path: {folder} has no config.json but holds {held}: name the GGUF file to "
-                              "load, text.gguf_file=NAME")
+            raise ConfigError(f"{spec_key(at, 'text.path')}: {folder} has no config.json but holds {held}: name "
+                              f"the GGUF file to load, {gguf_key}=NAME")
         return {}
     path = Path(folder) / text.gguf_file
     if not path.is_file():
-        raise ConfigError(f"text.gguf_file: {folder} has no {text.gguf_file} ("
+        raise ConfigError(f"{gguf_key}: {folder} has no {text.gguf_file} ("
                           f"{f'it holds {held}' if held else 'nor any .gguf file'}); give the name of the GGUF "
-                          "file in text.path")
-    check_gguf(path, "text.gguf_file")
+                          f"file in {spec_key(at, 'text.path')}")
+    check_gguf(path, gguf_key)
     return {"gguf_file": text.gguf_file}
 
 
-def _keep_layers(llm: Any, keep: int | list[int]) -> None:
+def _keep_layers(llm: Any, keep: int | list[int], at: str) -> None:
     """Cut a decoder-only LLM to some of its layers (the first `keep`, or the listed indices in order);
     embeddings, final norm and LM head stay."""
     total = len(llm.model.layers)
     indices = list(range(keep)) if isinstance(keep, int) else list(keep)  # `TextSpec`: N >= 1, distinct, >= 0
     if max(indices) >= total:
-        raise ConfigError(f"text.keep_layers={keep} does not fit the LLM of text.path, which has only {total} "
-                          f"layers: keep at most {total}, or indices up to {total - 1}")
+        raise ConfigError(f"{spec_key(at, 'text.keep_layers')}={keep} does not fit the LLM of "
+                          f"{spec_key(at, 'text.path')}, which has only {total} layers: keep at most {total}, or "
+                          f"indices up to {total - 1}")
     llm.model.layers = torch.nn.ModuleList(llm.model.layers[i] for i in indices)
     for position, layer in enumerate(llm.model.layers):
         if hasattr(layer, "self_attn") and hasattr(layer.self_attn, "layer_idx"):

@@ -14,7 +14,7 @@ from medvl.config import Config
 from medvl.model.dtypes import DtypeName
 from medvl.model.families import FAMILIES
 
-__all__ = ["VisionSpec", "TextSpec", "ModelSpec", "tiny_spec"]
+__all__ = ["VisionSpec", "TextSpec", "ModelSpec", "spec_key", "tiny_spec"]
 
 
 class VisionSpec(Config):
@@ -97,6 +97,12 @@ class ModelSpec(Config):
         if self.vision_feature_select_strategy is not None:
             return self.vision_feature_select_strategy
         return "default" if self.vision.family == "clip" else "full"
+
+
+def spec_key(at: str, key: str) -> str:
+    """A model spec's `key` ("text.keep_layers") as the user wrote it, the spec sitting at `at` in their
+    config: "model.spec" in a train config, "model" in a demo config, "" in a spec file of its own."""
+    return f"{at}.{key}" if at else key
 
 
 def tiny_spec(tokenizer: str, family: str = "llama", **overrides: object) -> ModelSpec:

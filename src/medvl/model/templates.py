@@ -82,25 +82,25 @@ def guess_format(template: str | None) -> str | None:
 
 
 def resolve_chat_template(name: str, tokenizer: Any, image_token: str = "<image>",
-                          image_wrap: tuple[str, str] = ("", "")) -> str:
+                          image_wrap: tuple[str, str] = ("", ""), key: str = "chat_template") -> str:
     """`auto`: the tokenizer's own template made image-aware; otherwise the named shipped one.
 
     Each image becomes `image_wrap[0] + image_token + image_wrap[1]` (LLaVA's `mm_use_im_start_end`
     wraps it in `<im_start>`/`<im_end>`), followed by the tokenizer's `text_start` when text follows
-    the image token directly.
+    the image token directly. A TemplateError starts with `key`, the setting that gave `name`.
     """
     start = text_start(tokenizer, image_token)
     placeholder = image_wrap[0] + image_token + (image_wrap[1] or start)
-    if name == "auto":
-        own = getattr(tokenizer, "chat_template", None)
-        if not own:
-            raise TemplateError(
-                "the tokenizer has no chat template; set chat_template to one of " + ", ".join(TEMPLATE_NAMES)
-            )
-        if not isinstance(own, str):
-            raise TemplateError("the tokenizer has several named chat templates; pick one by name")
-        return image_aware(own, placeholder, start)
-    return shipped_template(name, placeholder, start)
+    if name != "auto":
+        try:
+            return shipped_template(name, placeholder, start)
+        except TemplateError as exc:
+            raise TemplateError(f"{key}: {exc}") from None
+    own = getattr(tokenizer, "chat_template", None)
+    if not own or not isinstance(own, str):
+        problem = "has no chat template" if not own else "has several named chat templates"
+        raise TemplateError(f"{key}: the tokenizer {problem}; set {key} to one of {', '.join(TEMPLATE_NAMES)}")
+    return image_aware(own, placeholder, start)
 
 
 def text_start(tokenizer: Any, special_token: str = "<image>") -> str:

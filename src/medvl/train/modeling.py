@@ -28,6 +28,7 @@ __all__ = ["COMPONENTS", "load_start_model", "load_processor", "apply_policy", "
 
 log = logging.getLogger(__name__)
 COMPONENTS = ("vision", "projector", "llm")
+SPEC_AT = "model.spec"  # where a train config holds the spec of a fresh model
 
 
 class LoraUnavailable(UserError, RuntimeError):
@@ -59,10 +60,10 @@ def load_processor(source: ModelSource) -> Any:
     spec = source.spec
     sizes: dict[str, int] = {}
     if spec.vision.path is not None:
-        vision = AutoConfig.from_pretrained(pretrained_folder(spec.vision.path, "model.spec.vision.path"))
+        vision = AutoConfig.from_pretrained(pretrained_folder(spec.vision.path, f"{SPEC_AT}.vision.path"))
         vision = getattr(vision, "vision_config", vision)
         sizes = {"image_size": vision.image_size, "patch_size": vision.patch_size}
-    return build_processor(spec, load_tokenizer(spec.text, spec.image_token), **sizes)
+    return build_processor(spec, load_tokenizer(spec.text, spec.image_token, SPEC_AT), at=SPEC_AT, **sizes)
 
 
 def load_start_model(config: TrainConfig) -> tuple[Any, Any]:
@@ -77,7 +78,7 @@ def load_start_model(config: TrainConfig) -> tuple[Any, Any]:
     else:
         from medvl.model.build import build_model
 
-        model, processor = build_model(source.spec)
+        model, processor = build_model(source.spec, SPEC_AT)
         model = model.to(torch_dtype(source.dtype))
     processor.tokenizer.padding_side = "right"
     return model, processor
