@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import threading
 from collections import Counter
 
@@ -140,12 +141,26 @@ def test_system_prompt_and_disclaimer_note(serve, generator):
 
 
 def test_a_system_prompt_that_leaves_no_room_is_refused_at_start(serve):
+    """In the words and counts a request with that system message gets (its own wording counted the system
+    prompt and the question together), naming the config key."""
     from medvl.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"system_prompt is too long: with a one-word question it takes \d+ prompt "
-                                          r"tokens, over the 40 allowed \(limits.max_prompt_tokens=40"):
-        with serve(system_prompt="You are a careful radiology assistant. " * 10, limits={"max_prompt_tokens": 40}):
+    system = "You are a careful radiology assistant. " * 10
+    with pytest.raises(ConfigError) as raised:
+        with serve(system_prompt=system, limits={"max_prompt_tokens": 40}):
             pass
+    found = re.fullmatch(r"system_prompt: the system prompt is too long: it takes (\d+) tokens, a one-word question "
+                         r"\d+; the server allows 40 prompt tokens \(limits.max_prompt_tokens=40, the model's context "
+                         r"512 less limits.default_max_tokens=256\); shorten it", str(raised.value))
+    assert found, raised.value
+    with serve(limits={"max_prompt_tokens": 40}) as url:  # a request with that system message: the same count
+        body = {"model": "tiny", "messages": [{"role": "system", "content": system}, {"role": "user", "content": "Why?"}]}
+        error = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).json()["error"]["message"]
+    assert error.startswith(f"the system prompt is too long: it takes {found[1]} tokens, the other messages "), error
+    with pytest.raises(ConfigError, match=r"^limits: a one-word question alone takes \d+ prompt tokens; the server "
+                                          r"allows 3 prompt tokens .*; raise limits.max_prompt_tokens$"):
+        with serve(system_prompt="Be brief.", limits={"max_prompt_tokens": 3}):
+            pass  # the limits, not the system prompt, leave no room
     with serve(system_prompt="Be brief.", limits={"max_prompt_tokens": 40}):
         pass  # a short one starts
 

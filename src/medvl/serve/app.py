@@ -58,7 +58,7 @@ from medvl.serve.protocol import (
     conversation_of,
     new_id,
 )
-from medvl.serve.session import sampling_settings
+from medvl.serve.session import sampling_settings, system_prompt_too_long
 
 __all__ = ["EngineNotServable", "create_app", "drain", "resolve_api_key"]
 
@@ -171,17 +171,24 @@ def create_app(engine: Engine, config: ServeConfig, resolver: ImageResolver | No
 
 def _check_system_prompt(config: ServeConfig, admission: Admission, context: int) -> None:
     """Refuse at start a `system_prompt` that leaves no room for a one-word question at the default
-    `max_tokens` (every request without its own system message would get a 400)."""
+    `max_tokens` (every request without its own system message would get a 400), in the words and
+    counts a request gets (`system_prompt_too_long`)."""
     if not config.system_prompt:
         return
-    limit = min(config.limits.max_prompt_tokens, context - config.limits.default_max_tokens)
-    messages = [{"role": "system", "content": config.system_prompt}, {"role": "user", "content": "Why?"}]
-    tokens = admission.prompt_tokens(messages, [])
-    if tokens > limit:
-        raise ConfigError(f"system_prompt is too long: with a one-word question it takes {tokens} prompt tokens, "
-                          f"over the {limit} allowed (limits.max_prompt_tokens={config.limits.max_prompt_tokens}, the "
-                          f"model's context {context} less limits.default_max_tokens="
-                          f"{config.limits.default_max_tokens}); shorten it")
+    limits = config.limits
+    limit = min(limits.max_prompt_tokens, context - limits.default_max_tokens)
+    question = [{"role": "user", "content": "Why?"}]
+    tokens = admission.prompt_tokens([{"role": "system", "content": config.system_prompt}, *question], [])
+    if tokens <= limit:
+        return
+    allowed = (f"the server allows {limit} prompt tokens (limits.max_prompt_tokens={limits.max_prompt_tokens}, the "
+               f"model's context {context} less limits.default_max_tokens={limits.default_max_tokens})")
+    alone = admission.prompt_tokens(question, [])
+    if alone <= limit:
+        raise ConfigError(f"system_prompt: {system_prompt_too_long(tokens, 'a one-word question', alone)}; "
+                          f"{allowed}; shorten it")
+    fix = "raise limits.max_prompt_tokens" if limit == limits.max_prompt_tokens else "lower limits.default_max_tokens"
+    raise ConfigError(f"limits: a one-word question alone takes {alone} prompt tokens; {allowed}; {fix}")
 
 
 async def drain(app: FastAPI, grace_s: float) -> None:
