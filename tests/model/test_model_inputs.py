@@ -92,6 +92,21 @@ def test_a_vision_path_without_the_towers_weights_is_refused(medvl, folders, tmp
     assert not (tmp_path / "m").exists()  # the folder the failed build made is gone, not left empty
 
 
+def test_a_broken_preprocessor_config_is_one_line_naming_it(medvl, folders, images, tmp_path):
+    """A tower or teacher folder's preprocessor_config.json that is no JSON object was a JSONDecodeError (an
+    AttributeError for a list) traceback from `medvl build` and `medvl prior`."""
+    tower = tmp_path / "tower"
+    shutil.copytree(folders["teacher"], tower)
+    for text, problem in (('{"image_mean": [0.5,', "not valid JSON (Expecting value"),
+                          ("[0.5, 0.5]", "not an image processor's settings (a JSON object)")):
+        (tower / "preprocessor_config.json").write_text(text)
+        _one_error_line(medvl("build", folders["spec.yaml"], tmp_path / "m", f"vision.path={tower}"),
+                        f"{tower / 'preprocessor_config.json'}: {problem}")
+        _one_error_line(medvl("prior", tmp_path / "prior", "-i", images["good"], *TINY_TOWER, f"teacher={tower}"),
+                        f"{tower / 'preprocessor_config.json'}: {problem}")
+    assert not (tmp_path / "m").exists() and not (tmp_path / "prior").exists()
+
+
 def test_a_text_path_that_is_no_causal_lm_is_one_line(medvl, folders, tiny_model_dir, tmp_path):
     """Before: a ValueError listing every config class, and an OSError, as tracebacks."""
     build = ("build", folders["spec.yaml"], tmp_path / "m", "text.tokenizer=null")

@@ -39,7 +39,7 @@ from medvl.model.spec import ModelSpec, TextSpec, VisionSpec, spec_key
 from medvl.model.templates import STOP_STRINGS, guess_format, resolve_chat_template, single_bos
 
 __all__ = ["build_model", "build_processor", "causal_lm_config", "generation_config_for", "identity_linear_state",
-           "load_pretrained", "load_tokenizer", "pretrained_folder"]
+           "load_pretrained", "load_tokenizer", "preprocessor_stats", "pretrained_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def _vision_part(vision: VisionSpec, at: str) -> tuple[Any, dict | None, dict]:
     tower = load_pretrained(CLIPVisionModel if family == "clip" else SiglipVisionModel, path, key,
                             "give the folder of a CLIP/SigLIP vision model or of a LLaVA-style model with one",
                             config=config, key_mapping={r"^(model\.)?vision_tower\.": ""} if llava_style else None)
-    return tower.config, tower.state_dict(), _preprocessor_stats(Path(path))
+    return tower.config, tower.state_dict(), preprocessor_stats(Path(path))
 
 
 def _read_config(folder: str, key: str, **kwargs: Any) -> Any:
@@ -244,15 +244,23 @@ def load_pretrained(model_class: Any, folder: str, key: str, expected: str, **kw
     return model
 
 
-def _preprocessor_stats(folder: Path) -> dict:
+def preprocessor_stats(folder: Path) -> dict:
     """The image mean/std a model folder was saved with: its `preprocessor_config.json`, or the image
-    processor inside the `processor_config.json` of a saved LLaVA (transformers 5); {} without either."""
+    processor inside the `processor_config.json` of a saved LLaVA (transformers 5); {} without either.
+    A file that is no JSON object is a ConfigError naming it (it was a JSONDecodeError traceback)."""
     import json
 
     for name, section in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
-        if (folder / name).is_file():
-            data = json.loads((folder / name).read_text())
-            data = data.get(section, {}) if section else data
+        path = folder / name
+        if path.is_file():
+            fix = "fix it (its image_mean and image_std set how images are normalised)"
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+                raise ConfigError(f"{path}: not valid JSON ({first_line(exc)}); {fix}") from None
+            data = data.get(section, {}) if section and isinstance(data, dict) else data
+            if not isinstance(data, dict):
+                raise ConfigError(f"{path}: not an image processor's settings (a JSON object); {fix}")
             return {k: data[k] for k in ("image_mean", "image_std") if k in data}
     return {}
 

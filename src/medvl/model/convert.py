@@ -184,9 +184,9 @@ def plan_conversion(source: str | Path, vision_tower: str | None = None, chat_te
     tower_weights_from = _tower_source(keys, renames, model, tower_dir)
     _check_complete(model, renames, tower_weights_from, projector)
 
-    from medvl.model.build import _preprocessor_stats, build_processor
+    from medvl.model.build import build_processor, preprocessor_stats
 
-    stats = _preprocessor_stats(tower_dir)
+    stats = preprocessor_stats(tower_dir)
     wrap = ("<im_start>", "<im_end>") if legacy.get("mm_use_im_start_end") else ("", "")
     try:
         processor = build_processor(spec, tokenizer, image_mean=stats.get("image_mean"),

@@ -35,7 +35,7 @@ from medvl.config import Config
 from medvl.errors import UserError, first_line
 from medvl.io.files import ensure_folder, share_weights
 from medvl.io.images import image_files
-from medvl.model.build import CLIP_MEAN, CLIP_STD, load_pretrained
+from medvl.model.build import CLIP_MEAN, CLIP_STD, load_pretrained, preprocessor_stats
 from medvl.model.spec import VisionSpec
 
 __all__ = ["PriorConfig", "distil_tower", "cached_prior", "prior_key", "student_tower", "Teacher",
@@ -107,8 +107,7 @@ def load_teacher(name: str, size: int) -> Teacher:
 
     network = load_pretrained(AutoModel, name, "teacher", f"expected {TEACHERS}").eval()
     network = getattr(network, "vision_model", network)  # a full CLIP/SigLIP: its vision half
-    stats = json.loads((folder / "preprocessor_config.json").read_text()) \
-        if (folder / "preprocessor_config.json").is_file() else {}
+    stats = preprocessor_stats(folder)
     mean, std = stats.get("image_mean", CLIP_MEAN), stats.get("image_std", CLIP_STD)
     log.info("teacher %s (%s)", folder, network.config.model_type)
 
