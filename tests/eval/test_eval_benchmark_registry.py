@@ -13,12 +13,13 @@ from medvl.benchmarks import (
     BenchmarkData,
     BenchmarkError,
     VQAItem,
+    check_benchmark,
     get_benchmark,
     load_benchmark,
     locate_benchmark,
     register_benchmark,
 )
-from medvl.benchmarks.base import finish, read_json_rows
+from medvl.benchmarks.base import Located, finish, read_json_rows
 from medvl.eval.config import EvalConfig
 from medvl.eval.runner import run_eval
 from medvl.io.jsonl import read_records
@@ -59,8 +60,38 @@ def test_a_registered_benchmark_loads_by_name(toy):
 
 def test_one_registered_without_a_locator_has_its_root_checked(toy):
     assert locate_benchmark("toy", toy) is None  # nothing more is known of its files before it loads
-    with pytest.raises(BenchmarkError, match="toy: .*nowhere does not exist"):
-        locate_benchmark("toy", toy / "nowhere")
+    assert check_benchmark("toy", toy) is None
+    for find in (locate_benchmark, check_benchmark):
+        with pytest.raises(BenchmarkError, match="toy: .*nowhere does not exist"):
+            find("toy", toy / "nowhere")
+
+
+def test_a_check_gets_the_located_files_and_the_options_it_names(toy):
+    """`check(files, ...)`: the files `locate` found, `split` as the release names it, the loader's options
+    (its defaults filled in); a benchmark with `locate` and no `check` gets the `locate` checks alone."""
+    toy_load = get_benchmark("toy").load
+    seen = []
+
+    def load(root: Path, split: str = "test", lang: str = "en", image_dir: str | None = None) -> BenchmarkData:
+        return toy_load(root, split)
+
+    def locate(root: Path, split: str) -> Located:
+        return Located({"val": "validate"}.get(split, split), [root / "toy.json"])
+
+    def check(files: list[Path], split: str, lang: str) -> None:
+        seen.append((files, split, lang))
+
+    register_benchmark("toy_located", locate=locate)(load)
+    register_benchmark("toy_checked", locate=locate, check=check)(load)
+    try:
+        (toy / "toy.json").write_text("[{")  # the load fails on it; only a check could tell
+        assert check_benchmark("toy_located", toy, "val") == Located("validate", [toy / "toy.json"])
+        assert check_benchmark("toy_checked", toy, "val") == Located("validate", [toy / "toy.json"])
+        check_benchmark("toy_checked", toy, lang="zh", image_dir="images")
+    finally:
+        BENCHMARKS.unregister("toy_located")
+        BENCHMARKS.unregister("toy_checked")
+    assert seen == [([toy / "toy.json"], "validate", "en"), ([toy / "toy.json"], "test", "zh")]
 
 
 def test_eval_run_asks_with_its_prompt_and_scores_with_its_scorer(toy):

@@ -1,23 +1,24 @@
 """`medvl launch ... eval run CONFIG`: a bad eval config, a run folder another evaluation run holds or one
-made with another config, and a benchmark root, split or exclude_seen file that is not there, are one line and exit 2 before
-any process starts (as for `train`, tests/train/test_train_launch.py).
+made with another config, a benchmark root, split or exclude_seen file that is not there, and a question
+file there that the run cannot read, are one line and exit 2 before any process starts (as for `train`,
+tests/train/test_train_launch.py).
 
 `os.execv` is replaced here: it records the launcher command it was given instead of becoming it."""
 
 from __future__ import annotations
 
 import os
-import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from fixture_helpers import FIXTURES, copy_fixture, rewrite_json
 
 from medvl.eval.runner import run_folder_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU_2PROC = ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"
-FIXTURES = Path(__file__).parent / "fixtures"
 BENCH = FIXTURES / "llava" / "eval.jsonl"
 
 
@@ -115,14 +116,57 @@ def test_inputs_not_there_or_an_output_in_the_way_are_refused_before_any_process
     assert launched == [] and not (tmp_path / "run").exists()
 
 
-def test_the_benchmark_check_reads_no_question(tmp_path, medvl, launched):
-    slake = Path(shutil.copytree(FIXTURES / "slake", tmp_path / "slake"))
-    (slake / "test.json").write_text("[{")  # a question file the run itself refuses
+def test_a_question_file_there_but_unreadable_is_refused_before_any_process(tmp_path, medvl, launched):
+    """What each process would fail on once it loads the benchmark (each printing its error, then torch's
+    launcher a ChildFailedError traceback), or answer nothing from, is one line naming the file."""
+    slake = copy_fixture("slake", tmp_path)
+    (slake / "test.json").write_text("[{")
+    llava = tmp_path / "eval.jsonl"
+    llava.write_text('"a line"\n[1, 2]\n')
+    huatuo = copy_fixture("huatuo", tmp_path)
+    rewrite_json(huatuo / "medical_multimodel_evaluation_data.json",
+                 lambda rows: [{k: v for k, v in row.items() if k != "answer"} for row in rows])
+    mmmu = copy_fixture("mmmu", tmp_path)
+    parquet = mmmu / "Pharmacy" / "validation-00000-of-00001.parquet"
+    parquet.write_bytes(parquet.read_bytes()[:-100])
+    pmc = copy_fixture("pmc_vqa", tmp_path)
+    (pmc / "test_clean.csv").write_text("Figure_path,Question,Answer\nPMC1_F1.jpg,Which?,CT\n")
+    cases = [
+        (("benchmark.name=slake", f"benchmark.root={slake}"), f"error: {slake / 'test.json'}: not valid JSON"),
+        ((f"benchmark.root={llava}",), f"error: {llava}: none of its 2 question rows can be asked (bad_json 2); "
+                                       "is this the release's own question file, downloaded whole?"),
+        (("benchmark.name=huatuo_eval", f"benchmark.root={huatuo}"),
+         f"{huatuo / 'medical_multimodel_evaluation_data.json'}: none of its 4 question rows can be asked "
+         "(no_answer 4)"),
+        (("benchmark.name=huatuo_eval", f"benchmark.root={FIXTURES / 'huatuo'}", "benchmark.options={datasets: PathVQA}"),
+         "huatuo_eval: option datasets=['PathVQA'] names no known value; known: MMMU-Medical-Tracks, OmniMedVQA"),
+        (("benchmark.name=mmmu_med", f"benchmark.root={mmmu}", "benchmark.split=validation"),
+         f"error: {parquet}: not a readable parquet file"),
+        (("benchmark.name=pmc_vqa", f"benchmark.root={pmc}"), f"{pmc / 'test_clean.csv'}: missing column(s)"),
+    ]
+    for overrides, expected in cases:
+        result = medvl(*launch_eval(eval_yaml(tmp_path), *overrides))
+        assert result.code == 2 and result.err.count("error:") == 1 and expected in result.err, result.err
+        assert "Traceback" not in result.err
+    assert launched == [] and not (tmp_path / "run").exists()
+
+
+def test_a_real_launch_on_a_question_file_the_run_cannot_read_starts_no_process(tmp_path, two_cpu_processes):
+    slake = copy_fixture("slake", tmp_path)
+    (slake / "test.json").write_text("[{")
+    config = eval_yaml(tmp_path)
+    command = two_cpu_processes.command("eval", "run", config, "benchmark.name=slake", f"benchmark.root={slake}",
+                                        through_medvl_launch=True)
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.startswith(f"error: {slake / 'test.json'}: not valid JSON") and done.stderr.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_benchmark_check_writes_no_image(tmp_path, medvl, launched):
     mmmu = ("benchmark.name=mmmu_med", f"benchmark.root={FIXTURES / 'mmmu'}", "benchmark.split=validation",
             f"benchmark.options={{image_dir: {tmp_path / 'images'}}}")
-    for overrides in [("benchmark.name=slake", f"benchmark.root={slake}"), mmmu]:
-        argv = launch_eval(eval_yaml(tmp_path), *overrides)
-        assert medvl(*argv).code == 0 and launched[-1] == argv[1:]
+    argv = launch_eval(eval_yaml(tmp_path), *mmmu)
+    assert medvl(*argv).code == 0 and launched == [argv[1:]]
     assert not (tmp_path / "images").exists()  # the parquet's images are written by the run alone
-    assert "test.json: not valid JSON" in medvl("eval", "run", eval_yaml(tmp_path), "benchmark.name=slake",
-                                                f"benchmark.root={slake}").err

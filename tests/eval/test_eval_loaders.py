@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from medvl.benchmarks import BENCHMARKS, BenchmarkError, get_benchmark, load_benchmark, locate_benchmark
+from medvl.benchmarks import (
+    BENCHMARKS,
+    BenchmarkError,
+    check_benchmark,
+    get_benchmark,
+    load_benchmark,
+    locate_benchmark,
+)
 from medvl.records import record_problems
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -140,17 +147,19 @@ def test_unknown_names_and_options_are_errors():
     ("mmmu_med", "mmmu", "validation", {}), ("huatuo_eval", "huatuo", "test", {"datasets": "VQA-RAD"}),
     ("llava_jsonl", "llava/eval.jsonl", "test", {}),
 ])
-def test_each_loader_locates_the_files_it_reads_without_reading_them(tmp_path, name, root, split, options):
+def test_each_loader_locates_and_checks_the_files_it_reads_without_reading_an_image(tmp_path, name, root, split,
+                                                                                     options):
     if "image_dir" in get_benchmark(name).options():
         options = {**options, "image_dir": str(tmp_path / "images")}
     located = locate_benchmark(name, FIXTURES / root, split, **options)
+    assert check_benchmark(name, FIXTURES / root, split, **options) == located  # a release as published passes
     assert not (tmp_path / "images").exists()  # a parquet release's images are written by the load alone
     data = load_benchmark(name, FIXTURES / root, split, **options)
     assert [str(f) for f in located.files] == data.sources and located.split == data.split
 
 
-def test_every_registered_benchmark_has_a_locator():
-    assert [name for name in BENCHMARKS if get_benchmark(name).locate is None] == []
+def test_every_registered_benchmark_has_a_locator_and_a_check():
+    assert [name for name in BENCHMARKS if None in (get_benchmark(name).locate, get_benchmark(name).check)] == []
 
 
 @pytest.fixture(params=[pytest.param("shared", marks=pytest.mark.shared_data), "vendored"])

@@ -7,7 +7,8 @@ published into `VQAItem`s, the prompts they are asked with, and the registry tha
   `VQAItem.to_record` makes the LLaVA conversation record (`medvl.records.make_record`).
 - `prompts`: HuatuoGPT-Vision's multiple-choice prompt (`choice_prompt`) and the default prompt.
 - `registry`: `register_benchmark`, `get_benchmark`, `load_benchmark`, `locate_benchmark` (a split's question
-  files, found without reading them), `BENCHMARKS`.
+  files, found without reading them), `check_benchmark` (those files read, not their images, for what a load
+  would fail on), `BENCHMARKS`; `checks`: the helpers of each loader's `check`.
 - `contamination`: which training records show a benchmark's images or repeat its questions (curation's
   decontamination and `medvl data check --against`), with `near_images` (near-duplicate image search).
 - one module per release, each registering its loader:
@@ -31,6 +32,7 @@ from medvl.benchmarks.prompts import PromptStyle, choice_prompt, default_prompt
 from medvl.benchmarks.registry import (
     BENCHMARKS,
     Benchmark,
+    check_benchmark,
     get_benchmark,
     load_benchmark,
     locate_benchmark,
@@ -45,6 +47,7 @@ __all__ = [
     "BenchmarkError",
     "PromptStyle",
     "VQAItem",
+    "check_benchmark",
     "choice_prompt",
     "closed_as_choice",
     "default_prompt",

@@ -23,6 +23,7 @@ from medvl.records import make_record
 
 __all__ = [
     "LETTERS",
+    "NOT_THE_RELEASE",
     "AnswerType",
     "BenchmarkData",
     "BenchmarkError",
@@ -38,6 +39,7 @@ __all__ = [
     "missing_field",
     "one_of",
     "open_closed_item",
+    "open_closed_problem",
     "option_letter",
     "read_json",
     "read_json_rows",
@@ -216,6 +218,10 @@ def find_path(root: Path, candidates: Iterable[str], what: str) -> Path:
                          "; give the release's folder as published (docs/evaluation.md lists each layout)")
 
 
+NOT_THE_RELEASE = ("is this the release's own question file, downloaded whole? (docs/evaluation.md lists "
+                   "each layout)")
+
+
 class UnknownSplit(BenchmarkError):
     """A split the release does not have; `load_benchmark` names the benchmark and its root."""
 
@@ -251,16 +257,24 @@ def read_json_rows(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[d
     return good, bad
 
 
-def read_parquet_rows(path: Path, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """The rows of a parquet file as dicts; a clear error for a corrupt file or a missing column."""
+def read_parquet_rows(path: Path, columns: Sequence[str] | None = None,
+                      required: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The rows of a parquet file as dicts, with those of `columns` it has (every column when None: the
+    embedded images too); a file that is not parquet, or lacks a `required` column, is a `BenchmarkError`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(path, columns=list(columns) if columns else None).to_pylist()
+        present = pq.read_schema(path).names
+        missing = [column for column in required if column not in present]
+        if missing:
+            raise BenchmarkError(f"{path}: no column {', '.join(missing)} (it has {', '.join(present)}); "
+                                 f"{NOT_THE_RELEASE}")
+        wanted = None if columns is None else [column for column in columns if column in present]
+        return pq.read_table(path, columns=wanted).to_pylist()
     except (pa.ArrowException, OSError) as exc:
-        wanted = f" with columns {', '.join(columns)}" if columns else ""
-        raise BenchmarkError(f"{path}: not a readable parquet file{wanted}: {exc}") from exc
+        reason = " ".join(str(exc).split())  # pyarrow's messages may span lines
+        raise BenchmarkError(f"{path}: not a readable parquet file ({reason}); {NOT_THE_RELEASE}") from exc
 
 
 def text_field(row: dict[str, Any], key: str) -> str | None:
@@ -286,6 +300,13 @@ def missing_field(row: dict[str, Any], keys: Sequence[str]) -> str | None:
     return None
 
 
+def open_closed_problem(row: dict[str, Any], image_key: str) -> str | None:
+    """The reject reason of a VQA-RAD/SLAKE-style row `open_closed_item` cannot ask; None for one it can."""
+    problem = missing_field(row, ("question", "answer", image_key))
+    kind = str(row.get("answer_type", "")).strip().upper()
+    return problem or (None if kind in ("CLOSED", "OPEN") else "bad_answer_type")
+
+
 def open_closed_item(row: dict[str, Any], index: int, rejects: list[dict[str, str]], *, benchmark: str, split: str,
                      image_dir: Path, image_key: str, meta: dict[str, Any]) -> VQAItem | None:
     """The item of a VQA-RAD/SLAKE-style row (`qid`, `question`, `answer`, `answer_type` CLOSED/OPEN, an
@@ -293,8 +314,7 @@ def open_closed_item(row: dict[str, Any], index: int, rejects: list[dict[str, st
     reject when a field is missing or the answer type unknown."""
     qid = str(row.get("qid", index))
     kind = str(row.get("answer_type", "")).strip().upper()
-    problem = missing_field(row, ("question", "answer", image_key))
-    problem = problem or (None if kind in ("CLOSED", "OPEN") else "bad_answer_type")
+    problem = open_closed_problem(row, image_key)
     if problem:
         rejects.append({"id": qid, "reason": problem, "detail": f"answer_type={kind!r}"})
         return None

@@ -12,8 +12,10 @@ Rows with options are choice items; rows without are open (the reference scorer 
 from __future__ import annotations
 
 import ast
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from itertools import chain
 from pathlib import Path
+from typing import Any
 
 from medvl.benchmarks.base import (
     BenchmarkData,
@@ -27,6 +29,7 @@ from medvl.benchmarks.base import (
     some_of,
     split_name,
 )
+from medvl.benchmarks.checks import check_some_question, rejected_reasons
 from medvl.benchmarks.registry import register_benchmark
 
 FILE = "medical_multimodel_evaluation_data.json"
@@ -37,27 +40,31 @@ def locate(root: Path, split: str) -> Located:
                    [root if root.is_file() else find_path(root, [FILE], "HuatuoGPT-Vision evaluation file")])
 
 
-@register_benchmark("huatuo_eval", locate=locate)
+def check(files: list[Path], datasets: str | Sequence[str] | None) -> None:
+    (path,) = files
+    rows, rejects = read_json_rows(path)
+    asked = _asked(rows, datasets)
+    check_some_question(path, chain(rejected_reasons(rejects), (_problem(row) for _, row in rows if asked(row))))
+
+
+@register_benchmark("huatuo_eval", locate=locate, check=check)
 def load(root: Path, split: str = "test", datasets: str | Sequence[str] | None = None) -> BenchmarkData:
     _, (path,) = locate(root, split)
     folder = path.parent
     rows, rejects = read_json_rows(path)
-    present = sorted({str(row.get("dataset", "")) for _, row in rows})
-    wanted = set(some_of("huatuo_eval", "datasets", datasets, present)) if datasets is not None else None
+    asked = _asked(rows, datasets)
     items, unknown_answers = [], 0
     for index, row in rows:
         item_id = str(index + 1)  # the reference's test_id
         dataset = str(row.get("dataset", ""))
-        if wanted is not None and dataset not in wanted:
+        if not asked(row):
             continue
-        problem = missing_field(row, ("question", "answer"))
+        problem = _problem(row)
         if problem:
-            rejects.append({"id": item_id, "reason": problem, "detail": f"dataset={dataset!r}"})
+            rejects.append({"id": item_id, "reason": problem,
+                            "detail": f"dataset={dataset!r} options={row.get('options')!r}"[:200]})
             continue
-        options = _options(row.get("options"))
-        if options is None:
-            rejects.append({"id": item_id, "reason": "bad_options", "detail": repr(row.get("options"))[:200]})
-            continue
+        options = _options(row.get("options")) or []
         images = row.get("image") or []
         images = [images] if isinstance(images, str) else images
         answer = str(row["answer"]).strip()
@@ -72,6 +79,20 @@ def load(root: Path, split: str = "test", datasets: str | Sequence[str] | None =
     notes = [(f"{unknown_answers} choice rows whose answer is not one of the options (scored wrong, as the "
               "reference does)")] if unknown_answers else []
     return finish("huatuo_eval", "test", folder, items, notes=notes, rejects=rejects, sources=[path])
+
+
+def _asked(rows: list[tuple[int, dict[str, Any]]], datasets: str | Sequence[str] | None) -> Callable[[dict], bool]:
+    """Whether a row is of one of `datasets` (each one a `dataset` some row has; None: every row is)."""
+    if datasets is None:
+        return lambda row: True
+    wanted = set(some_of("huatuo_eval", "datasets", datasets, sorted({str(row.get("dataset", "")) for _, row in rows})))
+    return lambda row: str(row.get("dataset", "")) in wanted
+
+
+def _problem(row: dict[str, Any]) -> str | None:
+    """The reject reason of a row the loader cannot ask (no question or answer, options of no list); None."""
+    return missing_field(row, ("question", "answer")) or (None if _options(row.get("options")) is not None
+                                                          else "bad_options")
 
 
 def _options(value: object) -> list[object] | None:

@@ -8,7 +8,8 @@ list written as a string), `answer` (a letter; hidden as "?" in the test split),
 folder (`image_dir` option); the `<image N>` tags stay in the question text, as MMMU and
 HuatuoGPT-Vision present them. The images are those whose tags occur in the question or the
 options, in tag order, as lmms-eval's `mmmu_doc_to_visual` picks them (every non-null image column
-when no tag occurs); a tagged image without bytes rejects the row.
+when no tag occurs); a tagged image without bytes rejects the row. A file without the `id`, `question`,
+`options` or `answer` column is an error naming it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from medvl.benchmarks.base import (
     some_of,
     split_name,
 )
+from medvl.benchmarks.checks import check_some_question
 from medvl.benchmarks.registry import register_benchmark
 
 MEDICAL_SUBJECTS = (
@@ -42,6 +44,7 @@ MEDICAL_SUBJECTS = (
 )
 SPLITS = {"dev": (), "validation": ("val", "validate"), "test": ()}
 IMAGE_COLUMNS = tuple(f"image_{i}" for i in range(1, 8))
+QUESTION_COLUMNS = ("id", "question", "options", "answer")  # every file has them (and question_type)
 _IMAGE_TAG = re.compile(r"<image (\d+)>")
 
 
@@ -57,7 +60,18 @@ def locate(root: Path, split: str, subjects: str | Sequence[str]) -> Located:
     return Located(split, files)
 
 
-@register_benchmark("mmmu_med", locate=locate)
+def check(files: list[Path], root: Path, split: str) -> None:
+    """The question columns only, not the image columns (which the load writes out)."""
+    rows = [row for file in files
+            for row in read_parquet_rows(file, (*QUESTION_COLUMNS, "question_type"), required=QUESTION_COLUMNS)]
+    asked = [row for row in rows if not _hidden(row)]
+    if rows and not asked:
+        raise _answers_hidden(split)
+    where = files[0] if len(files) == 1 else f"{root} ({split}: {len(files)} parquet files)"
+    check_some_question(where, (_problem(row) for row in asked))
+
+
+@register_benchmark("mmmu_med", locate=locate, check=check)
 def load(root: Path, split: str = "validation", subjects: str | Sequence[str] = MEDICAL_SUBJECTS,
          image_dir: str | None = None) -> BenchmarkData:
     split, sources = locate(root, split, subjects)
@@ -65,25 +79,23 @@ def load(root: Path, split: str = "validation", subjects: str | Sequence[str] = 
     cache = image_cache_dir("mmmu_med", root, image_dir)
     for file in sources:
         subject = file.parent.name
-        for row in read_parquet_rows(file):
+        for row in read_parquet_rows(file, required=QUESTION_COLUMNS):
             item_id = str(row.get("id"))
-            answer = str(row.get("answer") or "").strip()
-            if answer in ("", "?"):
+            if _hidden(row):
                 hidden += 1
                 continue
-            options = _options(row.get("options"))
-            if options is None:
-                rejects.append({"id": item_id, "reason": "bad_options", "detail": repr(row.get("options"))[:200]})
+            answer, problem = _answer(row), _problem(row)
+            if problem:
+                rejects.append({"id": item_id, "reason": problem,
+                                "detail": f"answer={answer!r} options={row.get('options')!r}"[:200]})
                 continue
+            options = _options(row.get("options")) or []
             images = [extract_image_bytes((row.get(c) or {}).get("bytes"), (row.get(c) or {}).get("path"), cache)
                       for c in _image_columns(row, options)]
             if None in images:
                 rejects.append({"id": item_id, "reason": "missing_image_bytes", "detail": str(file)})
                 continue
-            is_choice = row.get("question_type") != "open" and bool(options)
-            if is_choice and (len(answer) != 1 or answer not in LETTERS[: len(options)]):
-                rejects.append({"id": item_id, "reason": "answer_not_an_option", "detail": answer})
-                continue
+            is_choice = _is_choice(row, options)
             items.append(VQAItem(
                 id=item_id, benchmark="mmmu_med", split=split, question=str(row.get("question") or "").strip(),
                 answer=options[LETTERS.index(answer)] if is_choice else answer,
@@ -93,10 +105,38 @@ def load(root: Path, split: str = "validation", subjects: str | Sequence[str] = 
                       "difficulty": row.get("topic_difficulty", "")},
             ))
     if hidden and not items:
-        raise BenchmarkError(f"MMMU {split}: answers are hidden ('?'); score on split=validation or dev")
+        raise _answers_hidden(split)
     notes = [f"{hidden} questions with hidden answers left out"] if hidden else []
     return finish("mmmu_med", split, root, items, notes=notes + [f"embedded images written to {cache}"],
                   rejects=rejects, sources=sources)
+
+
+def _answers_hidden(split: str) -> BenchmarkError:
+    return BenchmarkError(f"MMMU {split}: answers are hidden ('?'); score on split=validation or dev")
+
+
+def _answer(row: dict) -> str:
+    return str(row.get("answer") or "").strip()
+
+
+def _hidden(row: dict) -> bool:
+    """A row whose answer the release hides (the test split's "?"): left out, not a reject."""
+    return _answer(row) in ("", "?")
+
+
+def _is_choice(row: dict, options: list[str]) -> bool:
+    return row.get("question_type") != "open" and bool(options)
+
+
+def _problem(row: dict) -> str | None:
+    """The reject reason of a row with an answer that the loader cannot ask (options that are no list, a
+    choice answer that is no option's letter), its images aside; None for one it can."""
+    options = _options(row.get("options"))
+    if options is None:
+        return "bad_options"
+    answer = _answer(row)
+    wrong = _is_choice(row, options) and (len(answer) != 1 or answer not in LETTERS[: len(options)])
+    return "answer_not_an_option" if wrong else None
 
 
 def _options(value: object) -> list[str] | None:

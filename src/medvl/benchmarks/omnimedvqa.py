@@ -10,7 +10,9 @@ licence), the restricted part, or both.
 
 from __future__ import annotations
 
+from itertools import chain
 from pathlib import Path
+from typing import Any
 
 from medvl.benchmarks.base import (
     BenchmarkData,
@@ -23,6 +25,7 @@ from medvl.benchmarks.base import (
     read_json_rows,
     split_name,
 )
+from medvl.benchmarks.checks import check_some_question, rejected_reasons
 from medvl.benchmarks.registry import register_benchmark
 
 OPTION_KEYS = ("option_A", "option_B", "option_C", "option_D", "option_E")
@@ -40,7 +43,14 @@ def locate(root: Path, split: str, access: str) -> Located:
     return Located(split, files)
 
 
-@register_benchmark("omnimedvqa", locate=locate)
+def check(files: list[Path], root: Path, access: str) -> None:
+    read = [read_json_rows(file) for file in files]  # each file: one that is not a JSON list fails the load
+    check_some_question(files[0] if len(files) == 1 else f"{root} (access={access}: {len(files)} question files)",
+                        chain(rejected_reasons(r for _, bad in read for r in bad),
+                              (_problem(row) for rows, _ in read for _, row in rows)))
+
+
+@register_benchmark("omnimedvqa", locate=locate, check=check)
 def load(root: Path, split: str = "test", access: str = "open") -> BenchmarkData:
     _, files = locate(root, split, access)
     items, rejects = [], []
@@ -49,11 +59,10 @@ def load(root: Path, split: str = "test", access: str = "open") -> BenchmarkData
         rejects += bad
         for index, row in rows:
             item_id = str(row.get("question_id") or f"{file.stem}-{index}")
-            options = [str(row[k]).strip() for k in OPTION_KEYS if row.get(k) not in (None, "")]
-            answer = str(row.get("gt_answer", "")).strip()
-            if not row.get("image_path") or answer not in options:
-                rejects.append({"id": item_id, "reason": "answer_not_an_option" if row.get("image_path")
-                                else "malformed_row", "detail": f"{file.name}: gt_answer={answer!r}"})
+            options, answer = _options(row), _answer(row)
+            problem = _problem(row)
+            if problem:
+                rejects.append({"id": item_id, "reason": problem, "detail": f"{file.name}: gt_answer={answer!r}"})
                 continue
             items.append(VQAItem(
                 id=item_id, benchmark="omnimedvqa", split="test", question=str(row.get("question", "")).strip(),
@@ -63,3 +72,18 @@ def load(root: Path, split: str = "test", access: str = "open") -> BenchmarkData
                       "dataset": row.get("dataset", file.stem), "access": file.parent.name},
             ))
     return finish("omnimedvqa", "test", root, items, rejects=rejects, sources=files)
+
+
+def _options(row: dict[str, Any]) -> list[str]:
+    return [str(row[k]).strip() for k in OPTION_KEYS if row.get(k) not in (None, "")]
+
+
+def _answer(row: dict[str, Any]) -> str:
+    return str(row.get("gt_answer", "")).strip()
+
+
+def _problem(row: dict[str, Any]) -> str | None:
+    """The reject reason of a row the loader cannot ask (no image path, an answer that is no option); None."""
+    if not row.get("image_path"):
+        return "malformed_row"
+    return None if _answer(row) in _options(row) else "answer_not_an_option"

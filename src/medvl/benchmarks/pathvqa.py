@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
+from typing import Any
 
 from medvl.benchmarks.base import (
     BenchmarkData,
@@ -33,10 +34,14 @@ from medvl.benchmarks.base import (
     split_name,
     yes_no_answer,
 )
+from medvl.benchmarks.checks import check_some_question
 from medvl.benchmarks.registry import register_benchmark
 
 PICKLE_SPLITS = {"train": (), "val": ("validation", "validate", "dev"), "test": ()}
 PARQUET_SPLITS = {"train": (), "validation": ("val", "validate", "dev"), "test": ()}
+PICKLE_FIELDS = ("image", "question", "answer")
+PARQUET_FIELDS = ("question", "answer")
+PARQUET_COLUMNS = ("image", *PARQUET_FIELDS)  # `image`: {bytes, path}
 
 
 # the globals a pickled numpy scalar needs (protocol 2 adds _codecs.encode for its raw bytes)
@@ -79,7 +84,16 @@ def locate(root: Path, split: str) -> Located:
     raise BenchmarkError(f"{root}: neither the original PathVQA layout (qas/) nor parquet files (data/*.parquet)")
 
 
-@register_benchmark("pathvqa", locate=locate)
+def check(files: list[Path]) -> None:
+    """The pickle whole, or the parquet files' question columns (not their images, which the load writes out)."""
+    if files[0].suffix == ".pkl":
+        check_some_question(files[0], (_pickle_problem(_plain_row(row)) for row in _read_pickle(files[0])))
+        return
+    rows = (row for file in files for row in read_parquet_rows(file, PARQUET_FIELDS, required=PARQUET_COLUMNS))
+    check_some_question(files[0].parent, (missing_field(row, PARQUET_FIELDS) for row in rows))
+
+
+@register_benchmark("pathvqa", locate=locate, check=check)
 def load(root: Path, split: str = "test", image_dir: str | None = None) -> BenchmarkData:
     split, files = locate(root, split)
     if files[0].suffix == ".pkl":
@@ -87,7 +101,7 @@ def load(root: Path, split: str = "test", image_dir: str | None = None) -> Bench
     return _load_parquet(root, split, files, image_dir)
 
 
-def _load_pickle(root: Path, split: str, path: Path) -> BenchmarkData:
+def _read_pickle(path: Path) -> list[Any]:
     try:
         rows = _PlainUnpickler(io.BytesIO(path.read_bytes())).load()
     except BenchmarkError:
@@ -96,13 +110,27 @@ def _load_pickle(root: Path, split: str, path: Path) -> BenchmarkData:
         raise BenchmarkError(f"{path}: not a readable pickle: {exc}") from exc
     if not isinstance(rows, list):
         raise BenchmarkError(f"{path}: expected a pickled list of question dicts, found a {type(rows).__name__}")
+    return rows
+
+
+def _plain_row(row: object) -> dict[str, Any] | None:
+    """A pickled row with plain keys and values (`_plain`); None when it is no dict."""
+    return {str(_plain(k)): _plain(v) for k, v in row.items()} if isinstance(row, dict) else None
+
+
+def _pickle_problem(row: dict[str, Any] | None) -> str | None:
+    return "malformed_row" if row is None else missing_field(row, PICKLE_FIELDS)
+
+
+def _load_pickle(root: Path, split: str, path: Path) -> BenchmarkData:
+    rows = _read_pickle(path)
     items, rejects = [], []
-    for index, row in enumerate(rows):
+    for index, pickled in enumerate(rows):
         item_id = f"{split}_{index:05d}"
-        row = {str(_plain(k)): _plain(v) for k, v in row.items()} if isinstance(row, dict) else None
-        problem = "malformed_row" if row is None else missing_field(row, ("image", "question", "answer"))
+        row = _plain_row(pickled)
+        problem = _pickle_problem(row)
         if problem:
-            rejects.append({"id": item_id, "reason": problem, "detail": repr(rows[index])[:200]})
+            rejects.append({"id": item_id, "reason": problem, "detail": repr(pickled)[:200]})
             continue
         image = root / "images" / split / f"{row['image']}.jpg"
         items.append(_item(item_id, split, row["question"], row["answer"], image_path(image),
@@ -115,11 +143,11 @@ def _load_parquet(root: Path, split: str, files: list[Path], image_dir: str | No
     items, rejects = [], []
     index = 0
     for file in files:
-        for row in read_parquet_rows(file, ["image", "question", "answer"]):
+        for row in read_parquet_rows(file, PARQUET_COLUMNS, required=PARQUET_COLUMNS):
             item_id = f"{split}_{index:05d}"
             index += 1
             image = row.get("image") or {}
-            problem = missing_field(row, ("question", "answer"))
+            problem = missing_field(row, PARQUET_FIELDS)
             path = None if problem else extract_image_bytes(image.get("bytes"), image.get("path"), cache)
             if path is None:
                 rejects.append({"id": item_id, "reason": problem or "no_image_bytes", "detail": str(file)})

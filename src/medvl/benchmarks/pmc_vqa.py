@@ -26,6 +26,7 @@ from medvl.benchmarks.base import (
     finish,
     image_path,
 )
+from medvl.benchmarks.checks import check_some_question
 from medvl.benchmarks.registry import register_benchmark
 
 CHOICE_COLUMNS = ("Choice A", "Choice B", "Choice C", "Choice D")
@@ -40,7 +41,12 @@ def locate(root: Path, split: str, csv_file: str | None) -> Located:
     return Located(split, [root if root.is_file() else find_path(root, names, f"PMC-VQA {split} CSV")])
 
 
-@register_benchmark("pmc_vqa", locate=locate)
+def check(files: list[Path]) -> None:
+    (path,) = files
+    check_some_question(path, (None if _letter(row) else "malformed_row" for row in _read_rows(path)))
+
+
+@register_benchmark("pmc_vqa", locate=locate, check=check)
 def load(root: Path, split: str = "test", csv_file: str | None = None) -> BenchmarkData:
     split, (path,) = locate(root, split, csv_file)
     folder = path.parent
@@ -48,10 +54,8 @@ def load(root: Path, split: str = "test", csv_file: str | None = None) -> Benchm
     items, rejects = [], []
     for index, row in enumerate(_read_rows(path)):
         item_id = f"{path.stem}-{index}"
-        options = [_strip_label(row.get(c) or "") for c in CHOICE_COLUMNS if (row.get(c) or "").strip()]
-        letter = _answer_letter(row, options)
-        figure = (row.get("Figure_path") or "").strip()
-        if not figure or not options or letter is None or not (row.get("Question") or "").strip():
+        options, letter, figure = _options(row), _letter(row), (row.get("Figure_path") or "").strip()
+        if letter is None:
             rejects.append({"id": item_id, "reason": "malformed_row",
                             "detail": f"figure={figure!r} options={len(options)} answer={_answer_text(row)!r}"})
             continue
@@ -78,6 +82,19 @@ def _read_rows(path: Path) -> list[dict[str, str | None]]:
         raise BenchmarkError(f"{path}: not UTF-8 text ({exc}); re-save the CSV as UTF-8") from exc
     except csv.Error as exc:
         raise BenchmarkError(f"{path}: not a readable CSV: {exc}") from exc
+
+
+def _options(row: dict[str, str | None]) -> list[str]:
+    return [_strip_label(row.get(c) or "") for c in CHOICE_COLUMNS if (row.get(c) or "").strip()]
+
+
+def _letter(row: dict[str, str | None]) -> str | None:
+    """The correct option's letter of a row the loader can ask (a figure, a question, options, an answer
+    that is one of them); None for one it rejects."""
+    options = _options(row)
+    if not (row.get("Figure_path") or "").strip() or not (row.get("Question") or "").strip() or not options:
+        return None
+    return _answer_letter(row, options)
 
 
 def _answer_text(row: dict[str, str | None]) -> str:

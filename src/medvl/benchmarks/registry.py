@@ -1,6 +1,6 @@
 """The benchmark registry: each release's module registers its loader, prompt and default scorer.
 
-    @register_benchmark("vqa_rad", locate=locate)
+    @register_benchmark("vqa_rad", locate=locate, check=check)
     def load(root: Path, split: str = "test") -> BenchmarkData: ...
 
 `load(root, split, **options)` reads the release's files as published; its keyword parameters are
@@ -8,7 +8,12 @@ the benchmark's options (`benchmark.options` in an eval config, `--option` on th
 `locate(root, split, ...)` (optional; the loader calls it first) finds the split's question files
 without reading them and raises what the loader would for a missing file, an unknown split or option
 value: its parameters after `split` are the options it needs, given as the loader would get them
-(`locate_benchmark`, which `medvl launch` runs before any process starts: docs/evaluation.md).
+(`locate_benchmark`).
+`check(files, ...)` (optional, with `locate`) reads the question files `locate` found, not their images,
+and raises what a load would fail on in them: a file not of its format, an option value none of its
+rows has, a split none of whose rows the loader can ask (`benchmarks.checks`); its parameters after
+`files` are the loader's, `split` being the release's own name for it. `check_benchmark` runs
+`locate_benchmark`, then `check`: `medvl launch` runs it before any process starts (docs/evaluation.md).
 `prompt` (default `prompts.default_prompt`) turns an item into the text it is asked with, and
 `scorer` names the scorer an eval run uses unless its config names another (scorers live in
 `medvl.eval.scorers`). Every module of `medvl.benchmarks` is imported the first time the registry
@@ -31,6 +36,7 @@ from medvl.registry import Registry
 __all__ = [
     "BENCHMARKS",
     "Benchmark",
+    "check_benchmark",
     "get_benchmark",
     "load_benchmark",
     "locate_benchmark",
@@ -39,18 +45,20 @@ __all__ = [
 
 Loader = Callable[..., BenchmarkData]
 Locator = Callable[..., Located]
+Checker = Callable[..., None]
 PromptBuilder = Callable[[VQAItem, PromptStyle], str]
 
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A registered benchmark: how to load it (and find its files), how its items are asked, its scorer."""
+    """A registered benchmark: how to load it (and find and check its files), how its items are asked, its scorer."""
 
     name: str
     load: Loader
     prompt: PromptBuilder = default_prompt
     scorer: str = "medvl"
     locate: Locator | None = None
+    check: Checker | None = None
 
     def options(self) -> list[str]:
         """The loader's options: its parameters besides `root` and `split`."""
@@ -61,11 +69,11 @@ BENCHMARKS: Registry[Benchmark] = Registry("benchmark", package="medvl.benchmark
 
 
 def register_benchmark(name: str, *, prompt: PromptBuilder = default_prompt, scorer: str = "medvl",
-                       locate: Locator | None = None) -> Callable[[Loader], Loader]:
+                       locate: Locator | None = None, check: Checker | None = None) -> Callable[[Loader], Loader]:
     """Decorate a benchmark's `load(root, split, **options)` to register it under `name`."""
 
     def add(load: Loader) -> Loader:
-        BENCHMARKS.register(name, Benchmark(name, load, prompt, scorer, locate))
+        BENCHMARKS.register(name, Benchmark(name, load, prompt, scorer, locate, check))
         return load
 
     return add
@@ -98,11 +106,34 @@ def locate_benchmark(name: str, root: str | Path, split: str = "test", **options
     benchmark, root = _release(name, root, options)
     if benchmark.locate is None:
         return None
-    given = inspect.signature(benchmark.load).bind(root, split, **options)
-    given.apply_defaults()  # the loader's defaults: the options a locator needs come as the loader gets them
-    wanted = inspect.signature(benchmark.locate).parameters
     with _split_named(name, root):
-        return benchmark.locate(**{key: value for key, value in given.arguments.items() if key in wanted})
+        return _call(benchmark.locate, _loader_arguments(benchmark, root, split, options))
+
+
+def check_benchmark(name: str, root: str | Path, split: str = "test", **options: Any) -> Located | None:
+    """What `load_benchmark` would refuse, found without reading an image: what `locate_benchmark` refuses,
+    then what the benchmark's `check` finds in the question files (module notes), raised the same way; the
+    split's question files, or None for a benchmark registered without `locate`. One without `check` gets
+    `locate_benchmark`'s checks alone."""
+    located = locate_benchmark(name, root, split, **options)
+    benchmark = get_benchmark(name)
+    if located is not None and benchmark.check is not None:
+        arguments = _loader_arguments(benchmark, Path(root).expanduser(), split, options)
+        _call(benchmark.check, {**arguments, "split": located.split, "files": located.files})
+    return located
+
+
+def _loader_arguments(benchmark: Benchmark, root: Path, split: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The loader's arguments by name, its defaults filled in: a hook's options come as the loader gets them."""
+    given = inspect.signature(benchmark.load).bind(root, split, **options)
+    given.apply_defaults()
+    return dict(given.arguments)
+
+
+def _call(hook: Callable[..., Any], arguments: dict[str, Any]) -> Any:
+    """`hook` called with those of `arguments` it names."""
+    wanted = inspect.signature(hook).parameters
+    return hook(**{key: value for key, value in arguments.items() if key in wanted})
 
 
 def _release(name: str, root: str | Path, options: dict[str, Any]) -> tuple[Benchmark, Path]:

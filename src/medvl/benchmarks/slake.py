@@ -9,7 +9,9 @@ the English ones, `"zh"` the Chinese ones, `"all"` both.
 
 from __future__ import annotations
 
+from itertools import chain
 from pathlib import Path
+from typing import Any
 
 from medvl.benchmarks.base import (
     BenchmarkData,
@@ -18,9 +20,11 @@ from medvl.benchmarks.base import (
     finish,
     one_of,
     open_closed_item,
+    open_closed_problem,
     read_json_rows,
     split_name,
 )
+from medvl.benchmarks.checks import NOT_THE_RELEASE, check_some_question, rejected_reasons
 from medvl.benchmarks.registry import register_benchmark
 
 SPLITS = {"train": (), "validate": ("val", "validation", "dev"), "test": ()}
@@ -33,16 +37,25 @@ def locate(root: Path, split: str, lang: str) -> Located:
     return Located(split, [find_path(root, [f"{split}.json"], f"SLAKE {split} file")])
 
 
-@register_benchmark("slake", locate=locate)
+def check(files: list[Path], lang: str) -> None:
+    (path,) = files
+    rows, rejects = read_json_rows(path)
+    check_some_question(f"{path} (lang={lang})",
+                        chain(rejected_reasons(rejects),
+                              (open_closed_problem(row, "img_name") for _, row in rows if _asked(row, lang))),
+                        f"is the lang option right? {NOT_THE_RELEASE}")
+
+
+@register_benchmark("slake", locate=locate, check=check)
 def load(root: Path, split: str = "test", lang: str = "en") -> BenchmarkData:
     split, (path,) = locate(root, split, lang)
     image_dir = root / "imgs"
     rows, rejects = read_json_rows(path)
     items = []
     for index, row in rows:
-        row_lang = row.get("q_lang", "en")
-        if lang != "all" and row_lang != lang:
+        if not _asked(row, lang):
             continue
+        row_lang = row.get("q_lang", "en")
         item = open_closed_item(row, index, rejects, benchmark="slake", split=split, image_dir=image_dir,
                                 image_key="img_name", meta={
                                     "question_type": row.get("content_type", ""),
@@ -55,3 +68,8 @@ def load(root: Path, split: str = "test", lang: str = "en") -> BenchmarkData:
             items.append(item)
     notes = [] if image_dir.is_dir() else [f"image folder {image_dir} is absent"]
     return finish("slake", split, root, items, notes=notes, rejects=rejects, sources=[path])
+
+
+def _asked(row: dict[str, Any], lang: str) -> bool:
+    """Whether a row is in the language `lang` asks for (rows without `q_lang` are English)."""
+    return lang == "all" or row.get("q_lang", "en") == lang

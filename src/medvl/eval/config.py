@@ -13,10 +13,10 @@ from pydantic import Field, model_validator
 from medvl.benchmarks import (
     BENCHMARKS,
     BenchmarkData,
+    check_benchmark,
     closed_as_choice,
     get_benchmark,
     load_benchmark,
-    locate_benchmark,
 )
 from medvl.benchmarks.prompts import PromptStyle
 from medvl.config import Config
@@ -44,10 +44,10 @@ class BenchmarkConfig(Config):
             data.notes.append(f"choice protocol: {left_out} open or non-yes/no closed items left out")
         return data
 
-    def locate(self) -> None:
-        """Raise what `load` would refuse before reading a question (`locate_benchmark`: the root, the
-        split's files, the split and option values), without reading any."""
-        locate_benchmark(self.name, self.root, self.split, **self.options)
+    def check(self) -> None:
+        """Raise what `load` would refuse, without reading an image (`check_benchmark`: the root, the split's
+        files, the split and option values, then what the benchmark's `check` finds in those files)."""
+        check_benchmark(self.name, self.root, self.split, **self.options)
 
 
 class PromptConfig(Config):
