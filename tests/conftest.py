@@ -55,9 +55,10 @@ class TwoCpuProcesses:
 
     `command(...)` is the command line; `start(...)` starts it in a session of its own, its output in
     `log`; `workers()` are its two `medvl.cli` processes (torch's launcher starts each in a session of
-    its own); `kill(how, seconds)` SIGKILLs the launcher alone (as the OOM killer does) or its process
-    group (`kill -9 -PGID`) and returns the pids of the workers still running after `seconds` (every
-    thread counts). Whatever it started and is still running is killed at teardown.
+    its own); `kill(how, seconds)` SIGKILLs the launcher alone (as the OOM killer does), its process
+    group (`kill -9 -PGID`) or the main worker alone (rank 0, which merges and writes the outputs) and
+    returns the pids of the workers still running after `seconds` (every thread counts). Whatever it
+    started and is still running is killed at teardown.
     """
 
     def __init__(self, log: Path):
@@ -100,6 +101,8 @@ class TwoCpuProcesses:
         workers = self._workers or self.workers()
         if how == "process group":
             os.killpg(self.launcher.pid, signal.SIGKILL)
+        elif how == "main worker":  # the launcher then stops the other worker and exits
+            os.kill(next(p.pid for p in workers if p.environ().get("RANK") == "0"), signal.SIGKILL)
         else:
             os.kill(self.launcher.pid, signal.SIGKILL)
         self.launcher.wait(timeout=30)

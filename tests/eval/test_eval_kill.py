@@ -2,7 +2,8 @@
 with every item once, asks nothing it had answered, and scores as an uninterrupted run; a torn last
 line (a kill during a write) is asked again, never lost; killing an `accelerate launch` run (its
 launcher alone, or its process group) leaves no worker answering on, and the same command finishes it;
-a SIGKILLed LLM judge pays again only for the reply it was waiting for."""
+so it does after a kill (of the run, or of its main worker alone) while the main process merges the
+part files and scores them; a SIGKILLed LLM judge pays again only for the reply it was waiting for."""
 
 from __future__ import annotations
 
@@ -152,6 +153,37 @@ def test_killing_an_accelerate_launch_eval_leaves_no_worker_and_the_rerun_finish
     assert not list(out.glob("*.part-*.jsonl"))
     assert after == {f"q{i:02d}" for i in range(N)} - on_disk  # the killed run's answers are kept
     assert len(after & set(before)) <= 2  # paid for twice: only a request each worker had in flight
+
+
+@pytest.mark.slow  # 2 launched processes and a rerun: 20-30 s on 2 busy cores
+@pytest.mark.parametrize("kill", ["process group", "main worker"])
+def test_a_kill_while_the_main_process_merges_and_scores_then_the_rerun_finishes(kill, two_cpu_processes, tmp_path):
+    """Killed once every answer is in and the main process has merged the part files into predictions.jsonl
+    (it is scoring then: a second or more of bootstrap intervals before it writes anything else), the run
+    or its main worker alone: the same command asks nothing again and writes each item once, scored as
+    an uninterrupted run."""
+    out = tmp_path / "run"
+    with start_mock_server_process(latency_s=0.05, log_path=tmp_path / "requests.jsonl") as server:
+        (tmp_path / "eval.yaml").write_text(yaml.safe_dump(eval_config(tmp_path, server.base_url, out)))
+        launcher = two_cpu_processes.start("eval", "run", tmp_path / "eval.yaml", env=env())
+        wait_for((out / "predictions.jsonl").exists, launcher, two_cpu_processes.log, 180)
+        assert not two_cpu_processes.kill(kill, seconds=3), "a worker outlived the kill"
+        assert not (out / "scores.json").exists(), "the run finished before the kill"
+        merged = complete_lines(out / "predictions.jsonl")
+        assert [r["id"] for r in merged] == [f"q{i:02d}" for i in range(N)] and "correct" not in merged[0]
+        first = asked(server.logged())
+        shutil.rmtree(out / "llm-cache")  # the runner's own skip, not the reply cache, must ask nothing again
+        done = subprocess.run([sys.executable, "-m", "medvl.cli", "eval", "run", str(tmp_path / "eval.yaml")],
+                              env=env(), capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+        again = asked(server.logged()[len(first):])
+    assert sorted(first) == [f"q{i:02d}" for i in range(N)] and again == []  # each asked once, by the first run
+    assert not list(out.glob("*.part-*.jsonl"))
+    records = read_records(out / "predictions.jsonl")
+    expected_records, expected = uninterrupted(tmp_path)
+    assert [r["id"] for r in records] == [f"q{i:02d}" for i in range(N)] and records == expected_records
+    scores = json.loads((out / "scores.json").read_text())
+    assert (scores["scores"], scores["answered"], scores["skipped"]) == (expected["scores"], N, 0)
 
 
 def test_judge_sigkilled_mid_run_pays_on_rerun_only_for_replies_it_had_not_received(tmp_path):
