@@ -3,7 +3,9 @@ from the data when the files cannot tell, and never for a run whose final save d
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -128,3 +130,55 @@ def test_a_run_killed_in_its_final_save_saves_again_even_over_an_older_summary(
     assert resumed.code == 0 and "trained 4 steps" in resumed.out, resumed.err
     assert loads.model == 1
     assert files(run)["model.safetensors"] == before["model.safetensors"]  # the same 4 steps from the same seed
+
+
+@pytest.mark.parametrize("source", ["model.path", "model.spec"])
+def test_a_finished_run_whose_tokenizer_was_replaced_in_place_counts_its_epoch_again(
+        source, train_config, tiny_model_dir, smol_tokenizer, tmp_path, medvl, loads):
+    """Before: the summary's basis held the model settings only, so a tokenizer replaced under the same
+    folder went unnoticed and the run said "nothing to do" at the old epoch's length. Here a tokenizer
+    without its BPE merges (one token a character: the 12 two-turn records are too long for 90 tokens)
+    gives 36 samples, 9 steps an epoch; the real one, written in its place, 48 samples: 12 steps."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir if source == "model.path" else smol_tokenizer, folder)
+    tokenizer = folder / "tokenizer.json"
+    real = tokenizer.read_text(encoding="utf-8")
+    definition = json.loads(real)
+    definition["model"]["merges"] = []
+    tokenizer.write_text(json.dumps(definition), encoding="utf-8")
+    model = {"model": {"path": str(folder)}} if source == "model.path" else {
+        "model__spec__text__tokenizer": str(folder)}
+    config = train_config(tmp_path / "run", optim__max_steps=-1, optim__epochs=1, data__max_length=90,
+                          data__overlong="reject", **model)
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    first = medvl("train", tmp_path / "train.yaml")
+    assert first.code == 0 and "trained 9 steps" in first.out, first.err
+
+    tokenizer.write_text(real, encoding="utf-8")
+    again = medvl("train", tmp_path / "train.yaml")
+    assert again.code == 0 and "trained 12 steps" in again.out, again.err
+    loads.forbid()  # unchanged since: the files tell again
+    assert medvl("train", tmp_path / "train.yaml").out.splitlines() == nothing_to_do(tmp_path / "run", 12)
+
+
+def test_the_run_folder_is_read_with_each_checkpoint_state_read_once(train_config, tmp_path, monkeypatch):
+    """The resume checkpoint's trainer_state.json was read twice: to find the newest whole one, then for
+    its step. A torn newer one is skipped, as before."""
+    from medvl.train.resume import read_run
+
+    run = tmp_path / "run"
+    for step, text in ((2, '{"global_step": 2}'), (4, '{"global_step": 4}'), (6, '{"global_st')):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+        (run / f"checkpoint-{step}" / "trainer_state.json").write_text(text)
+    reads: list[str] = []
+    read_text = Path.read_text
+
+    def counted(path: Path, *args, **kwargs) -> str:
+        reads.append(f"{path.parent.name}/{path.name}")
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counted)
+    state = read_run(train_config(run), run, processes=1)
+    assert (state.checkpoint, state.step) == (str(run / "checkpoint-4"), 4)
+    assert [name for name in reads if name.endswith("trainer_state.json")] == [
+        "checkpoint-6/trainer_state.json", "checkpoint-4/trainer_state.json"]

@@ -7,11 +7,11 @@ length for the config given: `optim.max_steps`, else `optim.epochs` times the st
 
 The steps per epoch depend on the epoch's samples, which only the data tells. The summary records
 what they were counted from (`epoch_basis`: the model and data settings, the source files' size and
-time, the batch and the process count); a config with the same basis reuses its count, so a re-run
-of a finished run is answered before any model or data is loaded. Any other config (or a source that
-is a Hugging Face dataset) is answered once the runner has counted the samples. (The model settings
-stand for its tokenizer, which measures the records: one replaced in place under the same
-`model.path` goes unnoticed.)
+time, those of the files the processor is read from (tokenizer, chat template, image processor: what
+measures the records, so a tokenizer replaced in place under the same `model.path` counts as a
+change), the batch and the process count); a config with the same basis reuses its count, so a
+re-run of a finished run is answered before any model or data is loaded. Any other config (or a
+source that is a Hugging Face dataset) is answered once the runner has counted the samples.
 """
 
 from __future__ import annotations
@@ -21,19 +21,33 @@ import logging
 import math
 import re
 from dataclasses import dataclass
+from glob import escape
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from medvl.config import ConfigError
-from medvl.train.config import OptimConfig, TrainConfig
-from medvl.train.sources import file_fingerprint
+from medvl.io.offline import OfflineAssetMissing, resolve_asset
+from medvl.train.config import ModelSource, OptimConfig, TrainConfig
+from medvl.train.sources import file_fingerprint, stat_fingerprint
 from medvl.train.validate import REPORT_NAME, CheckReport
 
-__all__ = ["SUMMARY_NAME", "RunState", "read_run", "epoch_basis", "target_steps", "resume_checkpoint",
-           "last_complete_checkpoint"]
+__all__ = ["SUMMARY_NAME", "PROCESSOR_FILES", "RunState", "Checkpoint", "read_run", "epoch_basis",
+           "processor_fingerprint", "target_steps", "resume_checkpoint", "last_complete_checkpoint"]
 
 log = logging.getLogger(__name__)
 SUMMARY_NAME = "train_summary.json"  # written last: its step says the final save is complete
+# The files of a model (or tokenizer, or vision tower) folder that a processor is read from: tokenizer,
+# chat template, image processor, config. Not the weights, nor the files of a run folder (its lock).
+PROCESSOR_FILES = ("config.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab*",
+                   "merges*", "*.model", "*chat_template*", "additional_chat_templates/*",
+                   "*processor_config.json")
+
+
+class Checkpoint(NamedTuple):
+    """A checkpoint folder and the global step in its `trainer_state.json` (None where it holds none)."""
+
+    path: str
+    step: int | None
 
 
 @dataclass
@@ -67,12 +81,14 @@ def read_run(config: TrainConfig, out: Path, processes: int) -> RunState:
     return broadcast_object_list([state])[0]
 
 
-def _read(config: TrainConfig, out: Path, processes: int, checkpoint: str | None) -> RunState:
-    step = _json(Path(checkpoint) / "trainer_state.json", "global_step") if checkpoint else None
-    state = RunState(checkpoint, step, _json(out / SUMMARY_NAME))
+def _read(config: TrainConfig, out: Path, processes: int, checkpoint: Checkpoint | None) -> RunState:
+    path, step = checkpoint if checkpoint else (None, None)
+    state = RunState(path, step, _json(out / SUMMARY_NAME))
     if state.summary is not None:
-        basis = epoch_basis(config, processes, [file_fingerprint(s) for s in config.data.sources])
-        if None not in basis["sources"] and state.summary.get("epoch_basis") == basis:
+        basis = epoch_basis(config, processes, [file_fingerprint(s) for s in config.data.sources],
+                            processor_fingerprint(config.model))
+        known = None not in basis["sources"] and basis["processor"] is not None
+        if known and state.summary.get("epoch_basis") == basis:
             state.samples = state.summary.get("samples_per_epoch")
     if state.finished(config.optim, processes):
         state.report = _report(out / "data_check" / REPORT_NAME)
@@ -87,12 +103,39 @@ def _report(path: Path) -> CheckReport | None:
         return None
 
 
-def epoch_basis(config: TrainConfig, processes: int, fingerprints: list[str | None]) -> dict[str, Any]:
-    """What a run's samples and steps per epoch are counted from: the model (its tokenizer measures the
-    records), the data settings, the sources' fingerprints (`LoadedSource.fingerprint`), the global batch."""
-    return {"model": config.model.model_dump(mode="json"), "data": config.data.model_dump(mode="json"),
-            "sources": fingerprints, "batch_size": config.optim.batch_size, "grad_accum": config.optim.grad_accum,
-            "processes": processes}
+def epoch_basis(config: TrainConfig, processes: int, sources: list[str | None],
+                processor: list[str] | None) -> dict[str, Any]:
+    """What a run's samples and steps per epoch are counted from: the model settings and the files its
+    processor is read from (`processor_fingerprint`: the tokenizer measures the records), the data
+    settings, the sources' fingerprints (`LoadedSource.fingerprint`), the global batch."""
+    optim = config.optim
+    return {"model": config.model.model_dump(mode="json"), "processor": processor,
+            "data": config.data.model_dump(mode="json"), "sources": sources, "batch_size": optim.batch_size,
+            "grad_accum": optim.grad_accum, "processes": processes}
+
+
+def processor_fingerprint(model: ModelSource) -> list[str] | None:
+    """The path, size and modification time of each file the processor of `model` is read from: the
+    `PROCESSOR_FILES` of `model.path`, or of a spec's tokenizer folder (and its GGUF file, when the
+    tokenizer comes from it) and vision folder. None when one is not there (loading it says why)."""
+    if model.path is not None:
+        folders = [(model.path, PROCESSOR_FILES)]
+    else:
+        text, vision = model.spec.text, model.spec.vision
+        gguf = (escape(text.gguf_file),) if text.gguf_file and not text.tokenizer else ()
+        folders = [(text.tokenizer or text.path, PROCESSOR_FILES + gguf),
+                   *([(vision.path, PROCESSOR_FILES)] if vision.path else [])]
+    found: list[str | None] = []
+    for name, patterns in folders:
+        try:
+            folder = Path(resolve_asset(name)).expanduser()
+        except OfflineAssetMissing:
+            return None
+        if not folder.is_dir():
+            return None
+        files = sorted({path for pattern in patterns for path in folder.glob(pattern) if path.is_file()})
+        found += [stat_fingerprint(path) for path in files]
+    return None if None in found else found
 
 
 def target_steps(optim: OptimConfig, samples: int | None, processes: int) -> int | None:
@@ -117,21 +160,22 @@ def _json(path: Path, key: str | None = None) -> Any:
     return data if key is None else data.get(key)
 
 
-def resume_checkpoint(config: TrainConfig, out: Path) -> str | None:
+def resume_checkpoint(config: TrainConfig, out: Path) -> Checkpoint | None:
     """The checkpoint `save.resume` says to resume from (None: start from step 0)."""
     if config.save.resume == "never":
         return None
     if config.save.resume == "auto":
         last = last_complete_checkpoint(out)
         if last:
-            log.info("resuming from %s", last)
+            log.info("resuming from %s", last.path)
         return last
     if not Path(config.save.resume).is_dir():
         raise ConfigError(f"save.resume: checkpoint folder {config.save.resume} not found")
-    return config.save.resume
+    folder = config.save.resume
+    return Checkpoint(folder, _json(Path(folder) / "trainer_state.json", "global_step"))
 
 
-def last_complete_checkpoint(out: Path) -> str | None:
+def last_complete_checkpoint(out: Path) -> Checkpoint | None:
     """The newest `checkpoint-N` whose `trainer_state.json` (the Trainer writes it last) is whole.
 
     A kill during a save leaves a partial folder; it is skipped (and overwritten when training
@@ -145,8 +189,9 @@ def last_complete_checkpoint(out: Path) -> str | None:
     )
     for step, path in reversed(found):
         try:
-            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-            return str(path)
+            state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             log.warning("skipping %s: incomplete checkpoint (killed while saving?)", path)
+            continue
+        return Checkpoint(str(path), state.get("global_step") if isinstance(state, dict) else None)
     return None

@@ -36,7 +36,7 @@ from medvl.train.dataset import Collator, TrainDataset
 from medvl.train.encode import ChatEncoder
 from medvl.train.metrics import FlopsModel, MetricsFile, peak_flops, plot_metrics, read_metrics
 from medvl.train.modeling import add_lora, apply_policy, component_params, load_start_model, merge_lora
-from medvl.train.resume import SUMMARY_NAME, RunState, epoch_basis, read_run
+from medvl.train.resume import SUMMARY_NAME, RunState, epoch_basis, processor_fingerprint, read_run
 from medvl.train.sources import load_source, mix_entries
 from medvl.train.trainer import MedvlTrainer, compute_dtype, is_sharded, training_arguments
 from medvl.train.validate import CheckReport, check_sources, count_text
@@ -91,6 +91,7 @@ def _train(config: TrainConfig, args: TrainingArguments, callbacks: Sequence[Tra
     run = read_run(config, out, args.world_size)
     if run.report is not None and run.finished(config.optim, args.world_size):  # the files tell
         return _already_finished(config, run, run.report, run.summary.get("samples_per_epoch"))
+    processor_files = processor_fingerprint(config.model)  # before they are read: a later change is seen
     model, processor = load_start_model(config)
     with args.main_process_first(desc="data check"):
         report, sources, encoder, entries = prepare_data(config, processor, out, progress=args.process_index == 0)
@@ -142,7 +143,8 @@ def _train(config: TrainConfig, args: TrainingArguments, callbacks: Sequence[Tra
             "stage": config.stage, "global_step": result.global_step, "final_loss": result.final_loss,
             "samples_per_epoch": result.samples_per_epoch, "data": report.to_json()["totals"],
             "trainable": params, "processes": args.world_size,
-            "epoch_basis": epoch_basis(config, args.world_size, [s.fingerprint for s in sources]),
+            "epoch_basis": epoch_basis(config, args.world_size, [s.fingerprint for s in sources],
+                                       processor_files),
         })
     return result
 

@@ -23,7 +23,8 @@ from medvl.io.jsonl import JsonlLineError, iter_jsonl
 from medvl.records import record_id, record_images
 from medvl.train.config import SourceConfig
 
-__all__ = ["DataError", "LoadedSource", "load_source", "file_fingerprint", "ImageRef", "open_image", "mix_entries"]
+__all__ = ["DataError", "LoadedSource", "load_source", "file_fingerprint", "stat_fingerprint", "ImageRef",
+           "open_image", "mix_entries"]
 
 # An image as a row holds it: a resolved path, raw bytes, or an already decoded PIL image.
 ImageRef = Any
@@ -91,9 +92,11 @@ def load_source(config: SourceConfig) -> LoadedSource:
 def file_fingerprint(config: SourceConfig) -> str | None:
     """A file source's fingerprint (path, size, modification time) from its stat alone, as `load_source`
     gives it; None for a Hugging Face dataset (known only once loaded) or a file that is not there."""
-    if config.path is None:
-        return None
-    path = Path(config.path).expanduser()
+    return None if config.path is None else stat_fingerprint(Path(config.path).expanduser())
+
+
+def stat_fingerprint(path: Path) -> str | None:
+    """A file's resolved path, size and modification time; None when it is not there."""
     try:
         stat = path.stat()
     except OSError:

@@ -171,10 +171,18 @@ def fingerprint(sources: list[LoadedSource], encoder: ChatEncoder | None, data: 
         "roots": [str(s.image_root.resolve()) for s in sources],
     }
     if encoder is not None:
-        vocab = encoder.tokenizer.get_vocab()
-        parts["encoder"] = [encoder.template, encoder.tokens_per_image, len(vocab), encoder.image_token_id,
-                            hashlib.sha1(json.dumps(sorted(vocab.items())).encode()).hexdigest()]
+        parts["encoder"] = [encoder.template, encoder.tokens_per_image, len(encoder.tokenizer),
+                            encoder.image_token_id, _tokenizer_digest(encoder.tokenizer)]
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _tokenizer_digest(tokenizer: Any) -> str:
+    """A hash of how `tokenizer` splits text: a fast tokenizer's whole definition (vocabulary, merges,
+    normalizer, pre-tokenizer, added tokens; a vocabulary alone misses a tokenizer whose merges
+    changed), else its vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha1(text.encode()).hexdigest()
 
 
 def check_sources(sources: list[LoadedSource], encoder: ChatEncoder | None, data: DataConfig,
