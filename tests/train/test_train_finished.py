@@ -182,3 +182,57 @@ def test_the_run_folder_is_read_with_each_checkpoint_state_read_once(train_confi
     assert (state.checkpoint, state.step) == (str(run / "checkpoint-4"), 4)
     assert [name for name in reads if name.endswith("trainer_state.json")] == [
         "checkpoint-6/trainer_state.json", "checkpoint-4/trainer_state.json"]
+
+
+class _Started(Exception):
+    """Raised at the Trainer's `on_train_begin`, once its `max_steps` is set: nothing trains."""
+
+
+@pytest.mark.parametrize("samples,batch,accum,processes,drop_last,epochs", [
+    (44, 4, 2, 1, False, 1.5), (44, 4, 1, 2, False, 1.5), (44, 4, 1, 2, True, 1.0), (7, 2, 3, 3, True, 2.0),
+    (3, 8, 1, 4, False, 1.0), (50, 3, 2, 2, True, 0.3)])
+def test_target_steps_is_the_trainers_max_steps(samples, batch, accum, processes, drop_last, epochs,
+                                                train_config):
+    """transformers exposes its steps-per-epoch count only on a Trainer with a dataloader
+    (`set_initial_training_values`), so `resume.target_steps` repeats it to answer before anything is
+    loaded: this pins it against `MedvlTrainer.train()`'s `state.max_steps` (medvl's padded epochs,
+    accelerate's sharding for `processes`, whatever `dataloader_drop_last` says), stopped before its first
+    step. One process is told it is the first of `processes`: the process state's count, which the sampler
+    and accelerate's dataloader sharding read (launching real processes takes a minute)."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.state import AcceleratorState
+    from transformers import TrainerCallback
+
+    from medvl.train.resume import target_steps
+    from medvl.train.trainer import MedvlTrainer, training_arguments
+
+    class Weight(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return {"loss": (self.weight * x).sum()}
+
+    class MaxSteps(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.max_steps = state.max_steps
+            raise _Started
+
+    config = train_config(optim__batch_size=batch, optim__grad_accum=accum, optim__epochs=epochs,
+                          optim__max_steps=-1)
+    args = training_arguments(config)
+    args.dataloader_drop_last = drop_last
+    assert args.world_size == 1  # the process state is set up: from now on it says `processes`
+    PartialState._shared_state["num_processes"] = processes  # what accelerate shards the dataloader by
+    seen = MaxSteps()
+    try:
+        trainer = MedvlTrainer(model=Weight(), args=args, train_dataset=[{"x": torch.ones(1)}] * samples,
+                               callbacks=[seen], flops=None, peak=0.0)
+        with pytest.raises(_Started):
+            trainer.train()
+        assert (args.world_size, trainer.accelerator.num_processes) == (processes, processes)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)  # as the next TrainingArguments do
+    assert target_steps(config.optim, samples, processes) == seen.max_steps

@@ -140,7 +140,9 @@ def processor_fingerprint(model: ModelSource) -> list[str] | None:
 
 def target_steps(optim: OptimConfig, samples: int | None, processes: int) -> int | None:
     """The Trainer's `max_steps` of a run: `optim.max_steps`, else `optim.epochs` of whole global batches
-    (`dataset.epoch_sampler` pads each epoch to them); None when that needs `samples` and they are unknown."""
+    (`dataset.epoch_sampler` pads each epoch to them); None when that needs `samples` and they are unknown.
+    transformers counts it only on a Trainer holding a dataloader (`set_initial_training_values`), so it is
+    repeated here, pinned to a real `MedvlTrainer.train()`'s by tests/train/test_train_finished.py."""
     if optim.max_steps > 0:
         return optim.max_steps
     if samples is None:
