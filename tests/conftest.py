@@ -58,7 +58,9 @@ class TwoCpuProcesses:
     its own); `kill(how, seconds)` SIGKILLs the launcher alone (as the OOM killer does), its process
     group (`kill -9 -PGID`) or the main worker alone (rank 0, which merges and writes the outputs) and
     returns the pids of the workers still running after `seconds` (every thread counts). Whatever it
-    started and is still running is killed at teardown.
+    started and is still running is killed at teardown, and only that: the launcher while it is a
+    child not yet waited for (its pid still its own), the workers and the launcher's descendants as
+    psutil processes (which check their start time: pids are reused).
     """
 
     def __init__(self, log: Path):
@@ -98,30 +100,36 @@ class TwoCpuProcesses:
 
         from medvl.io.process import running
 
+        def alive(worker) -> bool:  # this process (not one that got its pid since), any of its threads
+            return worker.is_running() and running(worker.pid)
+
         workers = self._workers or self.workers()
         if how == "process group":
             os.killpg(self.launcher.pid, signal.SIGKILL)
         elif how == "main worker":  # the launcher then stops the other worker and exits
-            os.kill(next(p.pid for p in workers if p.environ().get("RANK") == "0"), signal.SIGKILL)
+            next(p for p in workers if p.environ().get("RANK") == "0").kill()
         else:
-            os.kill(self.launcher.pid, signal.SIGKILL)
+            self.launcher.kill()
         self.launcher.wait(timeout=30)
         deadline = time.monotonic() + seconds
-        while any(running(p.pid) for p in workers) and time.monotonic() < deadline:
+        while any(alive(p) for p in workers) and time.monotonic() < deadline:
             time.sleep(0.05)
-        return [p.pid for p in workers if running(p.pid)]
+        return [p.pid for p in workers if alive(p)]
 
     def close(self) -> None:
-        import signal
+        import contextlib
 
-        from medvl.io.process import descendants, running
+        import psutil
 
         if self.launcher is None:
             return
-        left = [self.launcher.pid, *descendants(self.launcher.pid), *(p.pid for p in self._workers)]
-        for pid in left:
-            if running(pid):
-                os.kill(pid, signal.SIGKILL)
+        mine = list(self._workers)
+        if self.launcher.poll() is None:
+            mine += psutil.Process(self.launcher.pid).children(recursive=True)
+            self.launcher.kill()
+        for process in mine:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
         self.launcher.wait(timeout=30)
 
 

@@ -212,3 +212,26 @@ def test_helpers_handed_to_the_reaper_die_when_their_starter_is_sigkilled():
         starter.kill()
         if running(helper):
             os.kill(helper, signal.SIGKILL)
+
+
+def test_the_launch_test_helper_kills_only_what_it_started(two_cpu_processes):
+    """`two_cpu_processes` killed by pid at teardown: a launcher it had waited for, or a worker gone
+    since, whose pid another process had taken by then, took that process down with it. The reuse is
+    played by pointing the finished launcher's and worker's records at a bystander's pid."""
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    bystander = subprocess.Popen(sleep)
+    try:
+        worker = subprocess.Popen(sleep)
+        recorded = psutil.Process(worker.pid)  # as `workers()` records them
+        worker.kill()
+        worker.wait()
+        launcher = subprocess.Popen([sys.executable, "-c", ""])
+        launcher.wait()
+        launcher.pid, recorded._pid = bystander.pid, bystander.pid  # both pids taken by the bystander since
+        two_cpu_processes.launcher, two_cpu_processes._workers = launcher, [recorded]
+        two_cpu_processes.close()
+        with pytest.raises(subprocess.TimeoutExpired):  # a SIGKILLed bystander would be gone well before
+            bystander.wait(timeout=1)
+    finally:
+        bystander.kill()
+        bystander.wait()
