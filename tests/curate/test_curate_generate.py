@@ -135,3 +135,30 @@ def test_garbled_bodies_are_rejects_not_crashes(corpus, curate_config, tmp_path)
         report = run_curation(config, tmp_path / "out")
     assert report["generated"]["alignment"] == 0 and report["generated"]["concept"] == 8
     assert report["rejects"]["generate:reformat/llm_bad_response"] == 8
+
+
+def test_records_whose_ids_make_the_same_file_name_keep_their_own_pictures(curate_config, tmp_path, texture):
+    """Ids `x.png` and `x` both released their image as `x.png`: the second record showed the first one's
+    picture. `X` and `x` would meet on a case-blind file system (a release copied to macOS)."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.curate.conftest import CAPTIONS
+
+    folder = tmp_path / "figures"
+    folder.mkdir()
+    images = {}  # caption -> the source image
+    for seed, (name, caption) in enumerate(zip(("x.png", "x.png.png", "X.png", "a b.png", "a_b.png"), CAPTIONS)):
+        texture(seed, (64, 48)).save(folder / name)
+        (folder / name).with_suffix(".txt").write_text(caption)
+        images[caption] = folder / name
+    config = curate_config(tmp_path, "filter.image.min_side=8",
+                           sources=[{"format": "folder", "path": str(folder), "name": "figures"}])
+    run_curation(config, tmp_path / "out")
+    records = read(tmp_path / "out" / "concept_alignment.jsonl")
+    assert sorted(r["id"] for r in records) == ["X", "a b", "a_b", "x", "x.png"]
+    for record in records:
+        released = np.asarray(Image.open(tmp_path / "out" / "images" / record["image"][0]))
+        source = np.asarray(Image.open(images[record["conversations"][1]["value"]]))
+        assert np.array_equal(released, source), (record["id"], record["image"])
+    assert len({r["image"][0].lower() for r in records}) == len(records)

@@ -15,7 +15,7 @@ reached, or the API key rejected) stops the task at once: the records in flight 
 unwritten, the lines already written stay.
 
 Images of a record that produced output are linked (or copied) into the image root under
-`<source>/<id>[_i]<ext>`, the relative path the records carry.
+`<source>/<id>-<hash of the image's path><ext>` (`image_refs`), the relative path the records carry.
 """
 
 from __future__ import annotations
@@ -56,21 +56,23 @@ log = logging.getLogger("medvl.curate")
 
 TRANSIENT_KINDS = {"retries_exhausted", "timeout", "connection", "rate_limited", "server_error"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_STEM_CHARS = 120  # of an image's file name before its hash: names stay under the 255 bytes a file system takes
 
 
 def image_refs(record: dict[str, Any]) -> list[str]:
-    """Paths (relative to the image root) the record's images get: `<source>/<id>[_i]<ext>`."""
-    record_id = record["id"]
-    safe = _UNSAFE.sub("_", record_id).strip("._") or "record"
-    if safe != record_id:
-        safe += "-" + blake2b(record_id.encode(), digest_size=4).hexdigest()
+    """Paths (relative to the image root) the record's images get: `<source>/<id>-<hash><ext>`, the id made
+    safe for a file name and cut to `_STEM_CHARS`, the hash one of the image's own path: two records name
+    one file only when they show the same file. Ids alone collided (`x.png` and `x` both gave `x.png`, the
+    second record showing the first one's picture; so did equal ids of two files, and ids differing in case
+    only on a case-blind file system)."""
+    readable = _UNSAFE.sub("_", record["id"]).strip("._") or "record"
     source = _UNSAFE.sub("_", str(record["metadata"].get("source") or "source"))
-    media = record.get("media", [])
     refs = []
-    for index, item in enumerate(media):
-        suffix = Path(item.get("path") or item["url"]).suffix.lower() or ".img"
-        stem = safe[: -len(suffix)] if safe.lower().endswith(suffix) else safe
-        refs.append(f"{source}/{stem}{f'_{index}' if len(media) > 1 else ''}{suffix}")
+    for item in record.get("media", []):
+        image = item.get("path") or item["url"]
+        suffix = _UNSAFE.sub("_", Path(image).suffix.lower()) or ".img"
+        stem = (readable[: -len(suffix)] if readable.lower().endswith(suffix) else readable)[:_STEM_CHARS]
+        refs.append(f"{source}/{stem}-{blake2b(image.encode(), digest_size=4).hexdigest()}{suffix}")
     return refs
 
 
