@@ -135,6 +135,25 @@ def test_each_dedup_kind_can_be_switched_off(corpus: Path, curate_config, tmp_pa
     assert _dedup_rejects(tmp_path / "out") == {"dupimg_fig.png": ("exact_image", "p0_fig0.png")}
 
 
+def test_each_record_of_an_id_used_three_times_is_dropped_but_the_first(tmp_path: Path, curate_config, texture):
+    """The drops of pass 1 kept one provenance per id: the second of three records with one id was
+    rejected twice over under the third one's input position, and released all the same."""
+    from tests.curate.conftest import CAPTIONS
+
+    lines = []
+    for i, caption in enumerate(CAPTIONS[:3]):
+        texture(i, (64, 48)).save(tmp_path / f"{i}.png")
+        lines.append(json.dumps({"id": "same", "image": f"{i}.png", "caption": caption}) + "\n")
+    (tmp_path / "pairs.jsonl").write_text("".join(lines))
+    config = curate_config(tmp_path, "filter.image.min_side=8",
+                           sources=[{"format": "pairs", "path": str(tmp_path / "pairs.jsonl"), "id_key": "id"}])
+    run_curation(config, tmp_path / "out")
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["reason"], r["order"]) for r in rejects] == [("duplicate_id", [0, 0, 1]), ("duplicate_id", [0, 0, 2])]
+    released = (tmp_path / "out" / "concept_alignment.jsonl").read_text().splitlines()
+    assert [json.loads(line)["conversations"][1]["value"] for line in released] == [CAPTIONS[0]]
+
+
 def test_semantic_dedup_with_real_minilm(tmp_path: Path):
     """all-MiniLM-L6-v2: a paraphrase is dropped as a semantic duplicate, different findings are kept."""
     from medvl.curate.config import DedupConfig
