@@ -149,8 +149,8 @@ def dedup_corpus(dirs: RunDirs, n_shards: int, config: DedupConfig, rejects: Rej
     images: dict[bytes, int] = {}
     captions: dict[int, int] = {}
     kept = _Kept()
-    # (dropped, reason, kept, detail with {kept}); dropped: a kept index, or (id, provenance) of a record never
-    # kept (its own: one id can be dropped several times, each time with the position that drops it)
+    # (dropped, reason, kept, detail with {kept}); dropped: a kept index, or (id, provenance) of a record
+    # never kept (its own: one id can be dropped several times, each time at another input position)
     drops: list[tuple[int | tuple[str, tuple[Any, ...]], str, int | str, str]] = []
     signed = _Signed()
     for rank, row, record in iter_prepared(dirs, n_shards):
@@ -159,7 +159,8 @@ def dedup_corpus(dirs: RunDirs, n_shards: int, config: DedupConfig, rejects: Rej
         summary = tuple(reject_provenance(meta).values())  # a tuple: one is kept per record
         infos = meta.get("images_info", [])
         if record_id in seen_ids:
-            drops.append(((record_id, summary), "duplicate_id", record_id, f"id already used by a record of {seen_ids[record_id]}"))
+            used_by = f"id already used by a record of {seen_ids[record_id]}"
+            drops.append(((record_id, summary), "duplicate_id", record_id, used_by))
             continue
         seen_ids[record_id] = meta.get("source", "")
         digests = [bytes.fromhex(i["sha256"])[:16] for i in infos if "sha256" in i]
@@ -203,7 +204,10 @@ def dedup_corpus(dirs: RunDirs, n_shards: int, config: DedupConfig, rejects: Rej
         return kept.ids[index]
 
     for dropped, reason, kept_at, detail in drops:
-        record_id, provenance = dropped if isinstance(dropped, tuple) else (kept.ids[dropped], kept.meta[dropped])
+        if isinstance(dropped, tuple):
+            record_id, provenance = dropped
+        else:
+            record_id, provenance = kept.ids[dropped], kept.meta[dropped]
         kept_id = final(kept_at)
         stats.dropped[reason] = stats.dropped.get(reason, 0) + 1
         rejects.reject(record_id, "dedup", reason, detail.format(kept=kept_id), kept=kept_id,

@@ -56,7 +56,7 @@ log = logging.getLogger("medvl.curate")
 
 TRANSIENT_KINDS = {"retries_exhausted", "timeout", "connection", "rate_limited", "server_error"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_STEM_CHARS = 120  # of an image's file name before its hash: names stay under the 255 bytes a file system takes
+_STEM_CHARS = 120  # of an image file's name before its hash: under the 255 bytes a file system takes
 
 
 def image_refs(record: dict[str, Any]) -> list[str]:
