@@ -296,3 +296,29 @@ def test_a_reject_of_the_parser_names_where_its_item_is(tmp_path: Path, rgb_imag
         SourceConfig(format="folder", path=str(folder)),
     ]) if "ingest_error" in d.metadata]
     assert details == ["pmc.jsonl:2: no 'pdf_hash'", "pairs.csv: row 3: no 'caption'", "sub/empty.png: no 'caption'"]
+
+
+def test_a_sidecar_that_is_there_but_cannot_be_read_is_rejected_with_its_reason(tmp_path: Path, rgb_image):
+    """A folder or a dangling link named like a sidecar was "no .txt or .json sidecar", and an unreadable
+    .json was passed over for the .txt beside it (the .json's licence lost without a word)."""
+    import os
+
+    folder = tmp_path / "figures"
+    folder.mkdir()
+    for name in ("folder", "link", "json_link", "fine"):
+        rgb_image.save(folder / f"{name}.png")
+        (folder / f"{name}.txt").write_text("Axial CT of the liver.")
+    (folder / "folder.txt").unlink()
+    (folder / "folder.txt").mkdir()
+    (folder / "link.txt").unlink()
+    os.symlink("gone.txt", folder / "link.txt")
+    os.symlink("gone.json", folder / "json_link.json")
+    docs = read_all([SourceConfig(format="folder", path=str(folder))])
+    assert [d.metadata.get("ingest_error") for d in docs] == [
+        None,
+        ["unreadable_sidecar", "folder.png: folder.txt: a folder; make it a readable file or remove it"],
+        ["unreadable_sidecar", "json_link.png: json_link.json (a link to gone.json): No such file or directory; "
+                               "make it a readable file or remove it"],
+        ["unreadable_sidecar", "link.png: link.txt (a link to gone.txt): No such file or directory; "
+                               "make it a readable file or remove it"],
+    ]

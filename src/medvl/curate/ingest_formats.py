@@ -324,18 +324,15 @@ def _parse_folder(source: SourceConfig, label: str, order: list[int], image: Pat
     root = file
     txt, meta = image.with_suffix(".txt"), image.with_suffix(".json")
     info: dict[str, Any] = {}
-    if meta.is_file():
+    if (text := _sidecar_text(meta)) is not None:
         try:
-            info = json.loads(meta.read_text(encoding="utf-8-sig"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            info = json.loads(text)
+        except json.JSONDecodeError as exc:
             raise IngestError("malformed_sidecar", f"{meta.name}: {exc}") from None
         if not isinstance(info, dict):
             raise IngestError("malformed_sidecar", f"{meta.name}: not a JSON object")
-    elif txt.is_file():
-        caption = txt.read_text(**READ_TEXT)
-        if problem := not_utf8(caption):
-            raise IngestError("malformed_sidecar", f"{txt.name}: {problem}")
-        info = {"caption": caption}
+    elif (text := _sidecar_text(txt)) is not None:
+        info = {"caption": text}
     else:
         raise IngestError("missing_caption", "no .txt or .json sidecar")
     return make_document(
@@ -350,6 +347,26 @@ def _parse_folder(source: SourceConfig, label: str, order: list[int], image: Pat
         pmcid=info.get("pmcid"),
         figure_id=info.get("figure_id"),
     )
+
+
+def _sidecar_text(path: Path) -> str | None:
+    """The text of a sidecar, None where there is none. One that is there but cannot be read (a folder, a
+    link to nothing, a pipe, no permission) is `unreadable_sidecar`, never skipped for the other sidecar
+    (a .json's licence would be lost) nor a crash; bytes that are not UTF-8 are `malformed_sidecar`."""
+    if not os.path.lexists(path):
+        return None
+    where = f"{path.name} (a link to {os.readlink(path)})" if path.is_symlink() else path.name
+    fix = "make it a readable file or remove it"
+    if path.exists() and not path.is_file():  # a folder, or a pipe whose read would wait for a writer
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise IngestError("unreadable_sidecar", f"{where}: {kind}; {fix}")
+    try:
+        text = path.read_text(**READ_TEXT)
+    except OSError as exc:
+        raise IngestError("unreadable_sidecar", f"{where}: {exc.strerror or exc}; {fix}") from None
+    if problem := not_utf8(text):
+        raise IngestError("malformed_sidecar", f"{path.name}: {problem}")
+    return text
 
 
 def _image_in(root: Path, name: str) -> str:
