@@ -197,3 +197,32 @@ def test_label_sizes_below_one_are_refused_before_any_request(tmp_path: Path, te
                         "--model", "m", "--base-url", "http://127.0.0.1:9/v1", flag)
         assert outcome.code == 2 and f"Invalid value for '{flag.split('=')[0]}'" in outcome.err, outcome.err
         assert "Traceback" not in outcome.err and not (tmp_path / "labels.jsonl").exists()
+
+
+def test_a_run_that_reads_no_input_names_it_and_leaves_nothing_a_later_run_would_trust(tmp_path: Path, medvl,
+                                                                                        texture):
+    """An empty input folder: 'stage prepare left 0 records (rejects: none (no input read))' named no input,
+    and left config.yaml and _work behind, whose finished prepare task the run skipped once the folder
+    was filled: 0 records again, for good."""
+    inputs = tmp_path / "figures"
+    inputs.mkdir()
+    config = tmp_path / "curate.yaml"
+    config.write_text(yaml.safe_dump({"sources": [{"format": "folder", "path": "figures"}],
+                                      "engine": {"tasks": 1}, "dedup": {"semantic": {"model": "hashing"}}}))
+    fresh, made_empty, reused = tmp_path / "fresh", tmp_path / "made_empty", tmp_path / "reused"
+    made_empty.mkdir()
+    (reused / "_work" / "llm-cache").mkdir(parents=True)  # what an earlier run there left
+    (reused / "_work" / "llm-cache" / "reply").write_text("{}")
+    for out in (fresh, made_empty, reused):
+        outcome = medvl("curate", "run", config, "--out", out)
+        assert outcome.code == 2 and outcome.err.strip().splitlines()[-1] == (
+            f"error: stage prepare left 0 records (no input read from sources[0].path {inputs} (format folder): "
+            "put the inputs there or fix the path); fix the config, or pass --allow-empty to go on with nothing")
+    assert not fresh.exists() and list(made_empty.iterdir()) == []
+    assert sorted(p.relative_to(reused).as_posix() for p in reused.rglob("*") if p.is_file()) == [
+        "_work/llm-cache/reply", "config.yaml"]
+    texture(0).save(inputs / "scan.png")
+    (inputs / "scan.txt").write_text("Axial CT of the liver showing a hypodense lesion in the right lobe.")
+    for out in (fresh, made_empty, reused):
+        assert medvl("curate", "run", config, "--out", out).code == 0
+        assert len((out / "concept_alignment.jsonl").read_text().splitlines()) == 1

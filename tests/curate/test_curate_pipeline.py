@@ -161,7 +161,8 @@ def test_what_prepare_left_comes_from_its_stats_not_from_re_reading_the_records(
     from medvl.curate.pipeline import _left_after
     from medvl.curate.store import RunDirs
 
-    run_curation(curate_config(corpus), tmp_path / "out")
+    config = curate_config(corpus)
+    run_curation(config, tmp_path / "out")
     dirs = RunDirs((tmp_path / "out").resolve())
     prepared = sum(len(path.read_text().splitlines()) for path in dirs.prepared.glob("*.jsonl"))
     read: list[Path] = []
@@ -171,7 +172,7 @@ def test_what_prepare_left_comes_from_its_stats_not_from_re_reading_the_records(
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(Path, name, recorded)
-    left, why = _left_after(dirs, "prepare")
+    left, why = _left_after(dirs, "prepare", config)
     assert left == prepared > 0 and "text filter/too_few_medical_terms" in why
     assert not [path for path in read if dirs.prepared in path.parents or dirs.rejects in path.parents]
 

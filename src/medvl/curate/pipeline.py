@@ -31,11 +31,14 @@ with the driver where it runs on their machine (`RayExecutor`), and the local cl
 `_ensure_ray` starts dies with it; a cluster at `engine.ray.address` is never touched.
 
 A stage that leaves no record stops the run with `CurateEmpty` (a `UserError`: exit 2) naming the
-stage and its reject reasons, unless `allow_empty` (then a loud warning).
+stage and its reject reasons (prepare: the inputs it read), unless `allow_empty` (then a loud warning).
+An empty prepare stage leaves nothing a later run would trust: every stage is cleared (its completions
+would skip the inputs once they are fixed), and an output folder this run made is removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -247,9 +250,8 @@ def _check_reachable(address: str | None, timeout_s: float = 10.0) -> None:
                         "(ray start --head) or fix the address") from None
 
 
-def _left_after(dirs: RunDirs, stage: str) -> tuple[int | None, str]:
+def _left_after(dirs: RunDirs, stage: str, config: CurateConfig) -> tuple[int | None, str]:
     """(records left after `stage`, what explains it) — None where the stage does not filter."""
-    import json
 
     def read(name: str) -> dict[str, Any] | None:
         path = dirs.work / name
@@ -261,10 +263,15 @@ def _left_after(dirs: RunDirs, stage: str) -> tuple[int | None, str]:
         steps = stage_stats(dirs, "prepare")
         if not steps:
             return None, ""
+        inputs = ", ".join(f"sources[{i}].path {source.path} (format {source.format})"
+                           for i, source in enumerate(config.sources))
+        read_in = steps.get("ingest", {}).get("read", 0)
+        if not read_in:
+            return 0, f"no input read from {inputs}: put the inputs there or fix the path"
         reasons = {f"{step}/{metric.removeprefix('dropped_')}": n for step, metrics in steps.items()
                    for metric, n in metrics.items() if metric.startswith("dropped_")}
-        left = list(steps.values())[-1].get("total", 0)
-        return left, f"rejects: {dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:6]) or 'none (no input read)'}"
+        top = dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:6])
+        return list(steps.values())[-1].get("total", 0), f"{read_in} read from {inputs}; rejects: {top}"
     if stage in ("dedup", "decontaminate"):
         counts = read(f"{stage}.json")
         return (None, "") if counts is None else (counts["kept"], f"{counts['seen']} records in")
@@ -277,14 +284,34 @@ def _left_after(dirs: RunDirs, stage: str) -> tuple[int | None, str]:
     return None, ""
 
 
-def _check_not_empty(dirs: RunDirs, stage: str, allow_empty: bool) -> None:
-    left, why = _left_after(dirs, stage)
+def _check_not_empty(config: CurateConfig, dirs: RunDirs, stage: str, allow_empty: bool, fresh: bool) -> None:
+    """Raise `CurateEmpty` when `stage` left no record. After prepare, clear every stage first: a later
+    run would skip prepare's finished tasks, and read no input again once the inputs are fixed; in a
+    `fresh` output folder (made by this run) remove all it wrote."""
+    left, why = _left_after(dirs, stage, config)
     if left != 0:
         return
     message = f"stage {stage} left 0 records ({why})"
-    if not allow_empty:
-        raise CurateEmpty(f"{message}; fix the config, or pass --allow-empty to go on with nothing")
-    log.warning("%s; continuing because of --allow-empty", message.upper())
+    if allow_empty:
+        log.warning("%s; continuing because of --allow-empty", message.upper())
+        return
+    if stage == "prepare" and fresh:
+        _remove_all_but_the_lock(dirs.out)
+    elif stage == "prepare":
+        for name in STAGES:
+            _clear(dirs, name)
+    raise CurateEmpty(f"{message}; fix the config, or pass --allow-empty to go on with nothing")
+
+
+def _remove_all_but_the_lock(folder: Path) -> None:
+    """Empty `folder` but for the run's lock file (removed when the lock is released)."""
+    from medvl.io.process import LOCK_NAME
+
+    for path in folder.iterdir():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.name != LOCK_NAME:
+            path.unlink()
 
 
 def run_curation(
@@ -307,8 +334,16 @@ def run_curation(
 
     _check_settings(config, until, reference)
     dirs = RunDirs(Path(out_dir).resolve())
-    with RunLock(dirs.out, "curation run"):
-        return _run_stages(config, dirs, until, on_stage, allow_empty, reference)
+    made = not dirs.out.exists()
+    fresh = made or (dirs.out.is_dir() and not any(dirs.out.iterdir()))
+    try:
+        with RunLock(dirs.out, "curation run"):
+            return _run_stages(config, dirs, until, on_stage, allow_empty, reference, fresh)
+    except CurateEmpty:
+        if made:  # empty again once the lock is gone, unless a later stage's work stayed
+            with contextlib.suppress(OSError):
+                dirs.out.rmdir()
+        raise
 
 
 def _check_settings(config: CurateConfig, until: str | None, reference: list[Any] | None) -> None:
@@ -337,6 +372,7 @@ def _run_stages(
     on_stage: Callable[[str, str], None] | None,
     allow_empty: bool,
     reference: list[Any] | None,
+    fresh: bool,
 ) -> dict[str, Any] | None:
     dirs.work.mkdir(parents=True, exist_ok=True)
     dump_config(config, dirs.out / "config.yaml")
@@ -376,7 +412,7 @@ def _run_stages(
                 )
             if on_stage:
                 on_stage(stage.name, "done")
-            _check_not_empty(dirs, stage.name, allow_empty)
+            _check_not_empty(config, dirs, stage.name, allow_empty, fresh)
         if stage.name == until:
             break
     if config.engine.executor == "slurm":
