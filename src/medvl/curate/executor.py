@@ -21,7 +21,8 @@ tasks went on generating (and paying) for about 1.3 s, after the run's lock was 
 pool child dies with its actor (`die_with_parent`), and, where the driver is on the same machine,
 watches the driver (`die_with_process`): once it is gone, it SIGKILLs the actor and itself within
 0.2 s. A driver on another machine than the task's is left to Ray (its actors die with their
-owner); so is the cluster itself, which is never touched.
+owner); so is the cluster itself, which is never touched. `ensure_ray` connects the driver to
+`engine.ray.address`, or starts a local cluster whose processes die with the driver.
 
 datatrove logs a failed task with its traceback. A task that stops on a `UserError` (the LLM
 endpoint cannot be reached, records left to retry) logs its message alone: the `medvl` command
@@ -38,8 +39,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 from copy import deepcopy
 from typing import Any
+from urllib.parse import urlsplit
 
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.executor.ray import RayPipelineExecutor
@@ -48,9 +51,9 @@ from datatrove.utils.stats import PipelineStats
 
 from medvl.errors import UserError
 from medvl.io.console import setup_console
-from medvl.io.process import ProcessRef, die_with_parent, die_with_process
+from medvl.io.process import ProcessRef, descendants, die_with_parent, die_with_process, reap_on_exit
 
-__all__ = ["LocalExecutor", "RayExecutor"]
+__all__ = ["LocalExecutor", "RayExecutor", "ensure_ray"]
 
 log = logging.getLogger(__name__)
 
@@ -137,3 +140,41 @@ class RayExecutor(_UserErrorsWithoutTraceback, RayPipelineExecutor):
             die_with_parent(signal.SIGKILL, parent=actor.pid)
             die_with_process(self.driver, kill_first=(actor.pid,))
         return super()._run_for_rank(rank, local_rank, node_rank)
+
+
+def ensure_ray(address: str | None) -> None:
+    """Connect to the cluster at `address` (`engine.ray.address`), or start a local cluster that dies with
+    this process: Ray kills its GCS and raylet with the driver, but its agents (children of the raylet)
+    lingered a minute or more after a SIGKILL of the driver alone; a sidecar (`reap_on_exit`) ends them."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    before = set(descendants(os.getpid()))
+    _check_reachable(address)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    except ConnectionError as error:  # e.g. a cluster with token auth (Ray 2.60's `ray start` default)
+        raise UserError(f"engine.ray.address={address or 'local'}: Ray could not connect ({error}); check the "
+                        "address, the cluster's auth token (RAY_AUTH_TOKEN) and that it is running") from None
+    if address is None:
+        reap_on_exit([pid for pid in descendants(os.getpid()) if pid not in before])
+
+
+def _check_reachable(address: str | None, timeout_s: float = 10.0) -> None:
+    """A `host:port` (or `ray://host:port`) where nothing accepts a connection is one error line:
+    `ray.init` would wait there for minutes. `auto` and unset (a local cluster) are Ray's to resolve."""
+    if address is None or address == "auto":
+        return
+    where = urlsplit(address if "://" in address else f"ray://{address}")
+    try:
+        host, port = where.hostname, where.port
+    except ValueError:  # a port that is not a number
+        host = port = None
+    if not host or not port:
+        raise UserError(f"engine.ray.address={address}: expected HOST:PORT (or ray://HOST:PORT, or auto)")
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as error:
+        raise UserError(f"engine.ray.address={address}: nothing answers there ({error}); start the cluster "
+                        "(ray start --head) or fix the address") from None

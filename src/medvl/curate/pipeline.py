@@ -28,7 +28,7 @@ Kills: the output folder takes one run at a time (a `RunLock` naming the owner's
 executor's task processes die with the main process (`medvl.curate.executor`), so a SIGKILL of the
 main process alone leaves nothing running that the next run would duplicate. On Ray, the tasks die
 with the driver where it runs on their machine (`RayExecutor`), and the local cluster that
-`_ensure_ray` starts dies with it; a cluster at `engine.ray.address` is never touched.
+`medvl.curate.executor.ensure_ray` starts dies with it; a cluster at `engine.ray.address` is never touched.
 
 A stage that leaves no record stops the run with `CurateEmpty` (a `UserError`: exit 2) naming the
 stage and its reject reasons (prepare: the inputs it read), unless `allow_empty` (then a loud warning).
@@ -204,52 +204,6 @@ def _executor(config: CurateConfig, stage: Stage, dirs: RunDirs, depends: Any = 
     )
 
 
-def _ensure_ray(config: CurateConfig) -> None:
-    """Connect to `engine.ray.address`, or start a local cluster that dies with this process: Ray
-    kills its GCS and raylet with the driver, but its agents (children of the raylet) lingered
-    a minute or more after a SIGKILL of the driver alone; a sidecar (`reap_on_exit`) ends them."""
-    import os
-
-    import ray
-
-    from medvl.io.process import descendants, reap_on_exit
-
-    if ray.is_initialized():
-        return
-    before = set(descendants(os.getpid()))
-    address = config.engine.ray.address
-    _check_reachable(address)
-    try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    except ConnectionError as error:  # e.g. a cluster with token auth (Ray 2.60's `ray start` default)
-        raise UserError(f"engine.ray.address={address or 'local'}: Ray could not connect ({error}); check the "
-                        "address, the cluster's auth token (RAY_AUTH_TOKEN) and that it is running") from None
-    if address is None:
-        reap_on_exit([pid for pid in descendants(os.getpid()) if pid not in before])
-
-
-def _check_reachable(address: str | None, timeout_s: float = 10.0) -> None:
-    """A `host:port` (or `ray://host:port`) where nothing accepts a connection is one error line:
-    `ray.init` would wait there for minutes. `auto` and unset (a local cluster) are Ray's to resolve."""
-    import socket
-    from urllib.parse import urlsplit
-
-    if address is None or address == "auto":
-        return
-    where = urlsplit(address if "://" in address else f"ray://{address}")
-    try:
-        host, port = where.hostname, where.port
-    except ValueError:  # a port that is not a number
-        host = port = None
-    if not host or not port:
-        raise UserError(f"engine.ray.address={address}: expected HOST:PORT (or ray://HOST:PORT, or auto)")
-    try:
-        socket.create_connection((host, port), timeout=timeout_s).close()
-    except OSError as error:
-        raise UserError(f"engine.ray.address={address}: nothing answers there ({error}); start the cluster "
-                        "(ray start --head) or fix the address") from None
-
-
 def _left_after(dirs: RunDirs, stage: str, config: CurateConfig) -> tuple[int | None, str]:
     """(records left after `stage`, what explains it) — None where the stage does not filter."""
 
@@ -392,7 +346,9 @@ def _run_stages(
             log.info("config of stage %s changed since the last run: clearing it", stage)
             _clear(dirs, stage)
     if config.engine.executor == "ray":
-        _ensure_ray(config)
+        from medvl.curate.executor import ensure_ray
+
+        ensure_ray(config.engine.ray.address)
     previous = None
     for stage in stages:
         dirs.logs(stage.name).mkdir(parents=True, exist_ok=True)
