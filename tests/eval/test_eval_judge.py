@@ -86,6 +86,9 @@ def test_open_judge_verdicts():
 @pytest.mark.parametrize("text, expected", [
     ("8 9\nbecause", (8.0, 9.0)), ("Assistant 1: 7, Assistant 2: 6", (7.0, 6.0)),
     ("Scores: 8/10 and 6/10", (8.0, 6.0)), ("no numbers here", None), ("", None), (None, None),
+    ("Assistant 1 earns 7.5, Assistant 2 earns 6.", (7.5, 6.0)),
+    ("Both discuss Fig 1 (c0a70128), the reference more fully.", None),  # digits inside a word are no score
+    ("Fig2b and 3x are no scores; 8 9 are", (8.0, 9.0)),
 ])
 def test_parse_pair_scores(text, expected):
     assert parse_pair_scores(text) == expected

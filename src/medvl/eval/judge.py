@@ -71,7 +71,7 @@ OPEN_TEMPLATE = (
     "incorrect. You may explain on the next lines."
 )
 DOMAINS = ("chest_xray", "mri", "histology", "gross", "ct_scan")
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?!\w)")  # a number of its own, not digits in a word
 _NOT_SCORES = re.compile(r"(?i)assistant\s*[12]|/\s*10\b")  # labels and "/10" are not scores
 _VERDICT = re.compile(r"\b(incorrect|correct)\b", re.IGNORECASE)
 
@@ -136,7 +136,8 @@ def chat_judge_messages(question: str, answer1: str, answer2: str, caption: str 
 
 
 def parse_pair_scores(text: str | None) -> tuple[float, float] | None:
-    """The two scores: the first line's two numbers (the protocol), else the first two numbers 0–10 anywhere."""
+    """The two scores: the first line's two numbers (the protocol), else the first two numbers 0–10 anywhere
+    (numbers standing alone: the digits of "Fig2b" or a hash are no score)."""
     if not text:
         return None
     for candidate in (text.strip().split("\n")[0], text):
