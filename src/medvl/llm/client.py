@@ -10,12 +10,15 @@ Retry policy (tenacity): 429, 5xx, timeouts and connection errors are retried up
 times with exponential backoff and jitter (`backoff_initial_s * 2**n + U(0, backoff_initial_s)`,
 at most `backoff_max_s`); a `retry-after-ms` / `Retry-After` header on the error replaces the
 backoff (capped at `backoff_max_s`). 400/404/422 are not retried (401/403: `medvl.llm.failures`).
-A 200 whose body is not a usable chat completion (not JSON, no choices, null content) is re-sent
-`bad_response_retries` times (default once: a garbled body is usually a proxy hiccup, but paying
-repeatedly for a server that always garbles is worse), then fails with kind "bad_response".
-finish_reason "content_filter" fails at once (kind "content_filter"). A message with null content
-but a `refusal` returns the refusal as its text: detecting refusals and validating JSON belong to
-the caller.
+A 200 whose body is not a usable chat completion (not JSON, no choices, null content: how a body
+is read is `medvl.llm.completion`) is re-sent `bad_response_retries` times (default once: a garbled
+body is usually a proxy hiccup, but paying repeatedly for a server that always garbles is worse),
+then fails with kind "bad_response". finish_reason "content_filter" fails at once.
+
+Accounting (`usage`): `requests_sent` counts HTTP attempts, `replies` the replies received (each
+once, however many attempts it took); tokens and cost count every 200 body's stated usage, the
+bodies that failed (garbled, content-filtered) included, as the provider bills those too; a reply
+without readable usage is estimated. Cache hits and shared replies cost nothing.
 
 Errors are never cached. Each attempt takes one concurrency slot; backoff sleeps hold none (but in
 `complete_many` a worker waiting out a backoff does not start another request meanwhile).
@@ -39,6 +42,7 @@ from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt, wait_exp
 from tqdm.auto import tqdm
 
 from medvl.llm.cache import ResponseCache
+from medvl.llm.completion import billed_usage, read_completion
 from medvl.llm.config import LLMConfig
 from medvl.llm.failures import NO_KEY, EndpointWatch, status_error
 from medvl.llm.limits import RateLimiter
@@ -51,7 +55,6 @@ from medvl.llm.messages import (
     LLMError,
     Usage,
     estimate_prompt_tokens,
-    estimate_text_tokens,
     image_part,
 )
 from medvl.llm.usage import CostEstimate, UsageTotals
@@ -328,9 +331,6 @@ class LLMClient:
         if self.cache is not None:
             self.cache.put(reply)
         self.usage.replies += 1
-        self.usage.prompt_tokens += reply.usage.prompt_tokens
-        self.usage.completion_tokens += reply.usage.completion_tokens
-        self.usage.cost_usd += self.cost(reply.usage.prompt_tokens, reply.usage.completion_tokens)
         return reply
 
     async def _attempt(self, request: ChatRequest, runtime: _Runtime) -> ChatReply:
@@ -358,31 +358,19 @@ class LLMClient:
             except (ValueError, TypeError, openai.APIResponseValidationError) as exc:
                 raise LLMError("bad_response", f"reply body is not a chat completion: {exc}", key=key) from exc
         self._endpoint.replied()
-        return self._reply(completion, request)
+        try:
+            reply = read_completion(completion, request, self.config.image_token_estimate)
+        except LLMError:
+            self._account(billed_usage(completion))
+            raise
+        self._account(reply.usage)
+        return reply
 
-    def _reply(self, completion: Any, request: ChatRequest) -> ChatReply:
-        """Read a chat.completion JSON body; anything else is a "bad_response"."""
-        key = request.key
-        choices = completion.get("choices") if isinstance(completion, dict) else None
-        choice = choices[0] if isinstance(choices, list) and choices else None
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if not isinstance(message, dict):
-            raise LLMError("bad_response", "reply has no choices (or no message)", key=key)
-        finish_reason = choice.get("finish_reason") or "unknown"
-        if finish_reason == "content_filter":
-            raise LLMError("content_filter", "the provider's content filter stopped the reply", key=key)
-        text = message.get("content")
-        text = message.get("refusal") if text is None else text
-        if not isinstance(text, str):
-            raise LLMError("bad_response", f"reply content is {text!r} (finish_reason {finish_reason})", key=key)
-        usage = completion.get("usage")
-        if isinstance(usage, dict):
-            counted = Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-        else:
-            prompt = estimate_prompt_tokens(request.messages, self.config.image_token_estimate)
-            counted = Usage(prompt, estimate_text_tokens(text))
-        model = completion.get("model") or request.params["model"]
-        return ChatReply(text, finish_reason, counted, False, key, model)
+    def _account(self, usage: Usage) -> None:
+        """Add the tokens of a 200 body, and their cost, to `usage`."""
+        self.usage.prompt_tokens += usage.prompt_tokens
+        self.usage.completion_tokens += usage.completion_tokens
+        self.usage.cost_usd += self.cost(usage.prompt_tokens, usage.completion_tokens)
 
     def __getstate__(self) -> dict[str, Any]:  # picklable into worker processes; runtime rebuilt there
         return {"config": self.config, "cache": self.cache}

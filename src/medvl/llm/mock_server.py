@@ -11,7 +11,8 @@
   `retry-after-ms` headers when `retry_after` is given.
 - `{"timeout": seconds}`: sleep that long before answering (longer than the client's timeout).
 - `{"text": "..."}` or `{"reply_json": {...}}`: a valid reply with that text (or JSON as text);
-  optional `"finish_reason"` and `"usage": null` (omit usage) in the same dict.
+  optional `"finish_reason"`, `"model"` and `"usage"` (a dict sent as it is; null omits it) in the
+  same dict.
 - any dict may add `"latency"` to override the server's latency for that request.
 
 With `MockServer(..., api_key=KEY)`, a request whose `Authorization` header is not `Bearer KEY` gets
@@ -198,7 +199,7 @@ def _completion(body: dict[str, Any], behaviour: Behaviour, spec: dict[str, Any]
         "id": f"chatcmpl-{body_key(body)[:16]}",
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": body.get("model", "mock"),
+        "model": spec.get("model", body.get("model", "mock")),
         "choices": [] if behaviour == "empty_choices" else [choice],
     }
     usage = spec.get("usage", "auto")

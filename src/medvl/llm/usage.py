@@ -17,7 +17,8 @@ class UsageTotals:
     """What a client has spent: HTTP attempts (retries included), cache hits, failures, tokens, USD.
 
     `cache_hits` counts replies read from the cache or shared with an identical request in flight;
-    tokens and cost count fresh replies only (what the provider bills, as far as the replies say).
+    tokens and cost count what the provider bills as far as its bodies say: every 200 received, a
+    garbled or content-filtered one too, never a cache hit (`medvl.llm.client`, "Accounting").
     """
 
     requests_sent: int = 0
