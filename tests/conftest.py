@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -180,13 +181,23 @@ def wrong_key_endpoint(monkeypatch) -> Iterator[Callable[..., WrongKeyEndpoint]]
         server.stop()
 
 
-@pytest.fixture(params=["unreachable", "wrong_key"])
-def unusable_llm(request, unreachable_url) -> tuple[dict[str, str], str]:
-    """An LLM endpoint that stops a run: one never reached, or one rejecting the key. Returns the
-    `llm` settings that point at it (base_url, api_key_env) and the start of the `medvl` error line."""
+@pytest.fixture(params=["unreachable", "wrong_key", "no_such_model", "never_answers"])
+def unusable_llm(request, unreachable_url) -> tuple[dict[str, Any], str]:
+    """An LLM endpoint that stops a run: one never reached, one rejecting the key, one without the
+    model (404), one that never answers. Returns the `llm` settings that point at it (base_url,
+    api_key_env, timeout_s) and the start of the `medvl` error line."""
     if request.param == "unreachable":
         return ({"base_url": unreachable_url, "api_key_env": "MEDVL_NO_KEY"},
                 f"error: LLM endpoint {unreachable_url} is unreachable: connection refused")
+    if request.param in ("no_such_model", "never_answers"):
+        from medvl.llm.mock_server import MockServer
+
+        behaviour = {"status": 404} if request.param == "no_such_model" else {"timeout": 30}
+        server = MockServer(script=lambda index: behaviour).start()
+        request.addfinalizer(server.stop)
+        said = "has no model" if request.param == "no_such_model" else "never answered: no reply within 0.5 s"
+        return ({"base_url": server.base_url, "api_key_env": "MEDVL_NO_KEY", "timeout_s": 0.5},
+                f"error: LLM endpoint {server.base_url} {said}")
     endpoint = request.getfixturevalue("wrong_key_endpoint")()
     return ({"base_url": endpoint.base_url, "api_key_env": endpoint.api_key_env},
             f"error: LLM endpoint {endpoint.base_url} rejected the API key in ${endpoint.api_key_env} "

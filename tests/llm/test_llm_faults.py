@@ -84,9 +84,10 @@ def test_retries_exhausted_is_an_error_and_never_cached(mock_server, tmp_path):
     assert not complete(client, ask("q")).cached and len(server.requests) == 4
 
 
-@pytest.mark.parametrize("status", [400, 404, 422])
+@pytest.mark.parametrize("status", [400, 422])
 def test_client_errors_are_not_retried(mock_server, status):
-    """(A 401, or 403s in a row, stop the run; a lone 403 fails its item: test_llm_key_rejected.)"""
+    """(A 401, or 403s in a row, stop the run; a lone 403 fails its item: test_llm_key_rejected; a 404
+    stops it: test_llm_hostile_server.)"""
     server = mock_server(script=[{"status": status}])
     client = LLMClient(fast_config(server))
     with pytest.raises(LLMError) as caught:

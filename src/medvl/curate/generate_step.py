@@ -11,8 +11,8 @@ An LLM failure is handled by kind: a transient one that outlived the client's re
 rest, then fails, so the next run retries exactly those records; any other (`http_error`,
 `bad_response`, `content_filter`) and every post-processing failure is a reject with its reason.
 An endpoint that cannot be used at all (`medvl.llm.messages.EndpointUnusable`, a `UserError`: never
-reached, or the API key rejected) stops the task at once: the records in flight are dropped
-unwritten, the lines already written stay.
+reached or never answering, the API key rejected, no such model, no quota) stops the task at once:
+the records in flight are dropped unwritten, the lines already written stay.
 
 Images of a record that produced output are linked (or copied) into the image root under
 `<source>/<id>-<hash of the image's path><ext>` (`image_refs`), the relative path the records carry.

@@ -10,8 +10,9 @@ A relative image path is written relative to the labels file's folder, as `read_
 Hand labels use the same format (`"source": "hand"`), and `medvl curate train-classifier` reads
 any number of such files. A garbled or refused reply, an image that does not load and an LLM
 failure are reject lines (`{"id": image, "stage": "label", "reason", "detail"}`), never a label; an
-endpoint that cannot be used at all (never reached, the API key rejected: `EndpointUnusable`) stops
-the run. Re-running skips images already labelled or rejected (and their replies are cached anyway).
+endpoint that cannot be used at all (never reached or never answering, the API key rejected, no
+such model, no quota: `EndpointUnusable`) stops the run. Re-running skips images already labelled or
+rejected (and their replies are cached anyway).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ and accounted (`usage`).
 Retry policy (tenacity): 429, 5xx, timeouts and connection errors are retried up to `max_retries`
 times with exponential backoff and jitter (`backoff_initial_s * 2**n + U(0, backoff_initial_s)`,
 at most `backoff_max_s`); a `retry-after-ms` / `Retry-After` header on the error replaces the
-backoff (capped at `backoff_max_s`). 400/404/422 are not retried (401/403: `medvl.llm.failures`).
+backoff (capped at `backoff_max_s`). 400/422 are not retried (401/403/404: `medvl.llm.failures`).
 A 200 whose body is not a usable chat completion (not JSON, no choices, null content: how a body
 is read is `medvl.llm.completion`) is re-sent `bad_response_retries` times (default once: a garbled
 body is usually a proxy hiccup, but paying repeatedly for a server that always garbles is worse),
@@ -23,8 +23,9 @@ without readable usage is estimated. Cache hits and shared replies cost nothing.
 Errors are never cached. Each attempt takes one concurrency slot; backoff sleeps hold none (but in
 `complete_many` a worker waiting out a backoff does not start another request meanwhile).
 
-Two failures stop the run instead of failing their request (`EndpointUnusable`: a rejected API key,
-an endpoint never reached): `medvl.llm.failures`, which also maps HTTP statuses to error kinds.
+Some failures stop the run instead of failing their request (`EndpointUnusable`: a rejected API
+key, a model not found, an account out of quota, an endpoint never reached or never answering):
+`medvl.llm.failures`, which also maps HTTP statuses to error kinds.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from tqdm.auto import tqdm
 from medvl.llm.cache import ResponseCache
 from medvl.llm.completion import billed_usage, read_completion
 from medvl.llm.config import LLMConfig
-from medvl.llm.failures import NO_KEY, EndpointWatch, status_error
+from medvl.llm.failures import NO_KEY, EndpointWatch
 from medvl.llm.limits import RateLimiter
 from medvl.llm.messages import (
     ChatReply,
@@ -317,7 +318,7 @@ class LLMClient:
             reply = await retrying(self._attempt, request, runtime)
         except LLMError as error:
             unreachable = self._endpoint.unreachable(error)
-            if unreachable is not None:  # retries spent on connecting, and nothing ever reached the server
+            if unreachable is not None:  # retries spent on connecting or waiting, and nothing ever answered
                 raise unreachable from error
             if error.retryable:
                 raise LLMError(
@@ -347,14 +348,12 @@ class LLMClient:
             try:
                 async with asyncio.timeout(self.config.timeout_s):
                     completion = await runtime.api.post("/chat/completions", cast_to=object, body=request.body)
-            except openai.APIStatusError as exc:
-                if exc.status_code in (401, 403):  # no traceback: the reply may echo the key
-                    raise self._endpoint.rejected(exc, runtime.api.api_key, key) from None
-                raise status_error(exc, key) from exc
+            except openai.APIStatusError as exc:  # no traceback: the reply may echo the key
+                raise self._endpoint.status_failure(exc, runtime.api.api_key, key) from None
             except (openai.APITimeoutError, TimeoutError) as exc:
-                raise LLMError("timeout", f"no reply within {self.config.timeout_s}s", key=key) from exc
-            except openai.APIConnectionError as exc:
-                raise LLMError("connection", str(exc), key=key) from exc
+                raise LLMError("timeout", f"no reply within {self.config.timeout_s:g} s", key=key) from exc
+            except openai.APIConnectionError as exc:  # the transport's words say what happened
+                raise LLMError("connection", str(exc.__cause__ or exc), key=key) from exc
             except (ValueError, TypeError, openai.APIResponseValidationError) as exc:
                 raise LLMError("bad_response", f"reply body is not a chat completion: {exc}", key=key) from exc
         self._endpoint.replied()

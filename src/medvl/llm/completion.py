@@ -19,7 +19,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from medvl.llm.messages import ChatReply, ChatRequest, LLMError, Usage, estimate_prompt_tokens, estimate_text_tokens
+from medvl.llm.messages import (
+    ChatReply,
+    ChatRequest,
+    LLMError,
+    Usage,
+    estimate_prompt_tokens,
+    estimate_text_tokens,
+)
 
 __all__ = ["MAX_TOKENS_PER_REPLY", "billed_usage", "read_completion"]
 
@@ -42,7 +49,8 @@ def read_completion(completion: Any, request: ChatRequest, image_token_estimate:
     text = message.get("content")
     text = message.get("refusal") if text is None else text
     if not isinstance(text, str):
-        raise LLMError("bad_response", f"reply content is {text!r:.200} (finish_reason {finish_reason})", key=key)
+        said = f"reply content is {text!r:.200} (finish_reason {finish_reason})"
+        raise LLMError("bad_response", said, key=key)
     prompt, generated = _stated_counts(completion)
     counted = Usage(
         estimate_prompt_tokens(request.messages, image_token_estimate) if prompt is None else prompt,

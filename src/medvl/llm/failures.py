@@ -2,9 +2,10 @@
 
 A status reply becomes an `LLMError` of kind "rate_limited" (429), "server_error" (5xx) or
 "http_error" (others), carrying a `retry-after-ms` / `Retry-After` header's seconds
-(`status_error`); `connect_failure` says why an attempt made no connection at all.
+(`status_error`; a header that is no number of seconds from 0 up, or no date, is ignored: the
+backoff applies); `connect_failure` says why an attempt made no connection at all.
 
-Two failures stop the run instead (`EndpointUnusable`, a `UserError`), as every further item would
+Some failures stop the run instead (`EndpointUnusable`, a `UserError`), as every further item would
 fail the same way. The first request to meet one decides for all: requests in flight stop at their
 next attempt (they do not finish their own retry schedules) and later ones fail at once, sending
 nothing. What was finished stays (cached replies, the caller's outputs): a rerun resumes. An
@@ -18,6 +19,12 @@ rerun is not stopped at that item again). Its one line names the endpoint, the s
 own message (with the key masked, should the server echo it; no traceback carries the reply) and
 the variable to set (`api_key_env`); it never holds the key.
 
+A model the endpoint does not have: a 404, whatever came before (the model name is the same for
+every request: a wrong `llm.model`, or a `llm.base_url` whose path is wrong, or a model unloaded
+mid-run). An account out of quota: a 429 whose error code is "insufficient_quota" (OpenAI's; it
+does not pass with waiting, unlike a rate limit). Each is one line naming the endpoint, the
+status, the server's message and the setting to fix.
+
 An endpoint never reached (`EndpointUnreachable`): a request has spent all its retries failing to
 connect (connection refused, host name not found, no connection within `timeout_s / 2`) and no
 attempt of this client has ever reached the server, so the base_url is wrong or the server is down,
@@ -26,10 +33,18 @@ retry schedule (a vLLM server still loading its weights gets that long to come u
 attempt has reached the server (any reply, any HTTP status, even a reply that timed out), later
 connection failures are per-request errors: a server that restarts mid-run does not stop a long
 job. Cache hits never touch the endpoint, so a rerun whose replies are all cached needs no server.
+
+An endpoint that never answers (`EndpointUnusable`): the same verdict for a request that spent all
+its retries connecting but getting no answer (no reply within `timeout_s`: a server that accepts and
+hangs, or trickles its body; the connection dropped mid-reply; redirects in a loop) while no
+attempt of this client has ever had an answer (a reply or any HTTP status). Without it every item
+paid `(max_retries + 1) * timeout_s` (14 minutes with the defaults). Once anything has answered,
+such failures are per request again.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from email.utils import parsedate_to_datetime
@@ -46,6 +61,7 @@ __all__ = ["FORBIDDEN_IN_A_ROW", "NO_KEY", "EndpointWatch", "connect_failure", "
 
 RESUME = "finished items are kept: rerun to resume"
 FORBIDDEN_IN_A_ROW = 3  # 403s with no reply between them that stop the run (module notes)
+NO_ANSWER = frozenset({"timeout", "connection"})  # LLMError kinds of an attempt that got no answer
 NO_KEY = "EMPTY"  # sent when $api_key_env is not set (a vLLM server started without --api-key takes any)
 
 
@@ -55,6 +71,7 @@ class EndpointWatch:
     def __init__(self, config: LLMConfig):
         self.config = config
         self.reached = False  # an attempt got past connecting
+        self.answered = False  # an attempt got a reply or an HTTP status
         self.given_up: EndpointUnusable | None = None  # why the endpoint was given up, once it was
         self.forbidden_in_a_row = 0  # 403s since the last reply
 
@@ -64,15 +81,37 @@ class EndpointWatch:
             raise type(self.given_up)(*self.given_up.args)
 
     def attempt_ended(self, error: BaseException | None) -> None:
-        """Note whether an attempt (`error` None: it got a reply) reached the server."""
+        """Note whether an attempt (`error` None: it got a reply) reached the server, and had an answer."""
         connect_s = self.config.connect_timeout_s
         if error is None or (isinstance(error, LLMError) and connect_failure(error, connect_s) is None):
             self.reached = True  # a reply, an HTTP status, or at least a connection
+        if error is None or (isinstance(error, LLMError) and error.kind not in NO_ANSWER):
+            self.answered = True
 
     def replied(self) -> None:
         self.forbidden_in_a_row = 0
 
-    def rejected(self, exc: openai.APIStatusError, sent: str, key: str) -> EndpointUnusable | LLMError:
+    def status_failure(self, exc: openai.APIStatusError, sent: str, key: str) -> EndpointUnusable | LLMError:
+        """An HTTP status reply (`sent`: the API key sent) as its request's `LLMError`, or the endpoint
+        given up (module notes)."""
+        config, status = self.config, exc.status_code
+        if status in (401, 403):
+            return self._rejected(exc, sent, key)
+        if status == 404:
+            models = f"{config.base_url.rstrip('/')}/models"
+            return self._give_up(EndpointUnusable(
+                f"LLM endpoint {config.base_url} has no model {config.model} ({_status_line(exc, sent)}); "
+                f"set llm.model to a model it serves (GET {models} lists them) or fix llm.base_url; {RESUME}"
+            ))
+        if status == 429 and _error_code(exc.body) == "insufficient_quota":
+            return self._give_up(EndpointUnusable(
+                f"LLM endpoint {config.base_url} says the account is out of quota "
+                f"({_status_line(exc, sent)}); add credit to the account of the key in "
+                f"${config.api_key_env}, or set another key there; {RESUME}"
+            ))
+        return status_error(exc, key)
+
+    def _rejected(self, exc: openai.APIStatusError, sent: str, key: str) -> EndpointUnusable | LLMError:
         """A 401 or the `FORBIDDEN_IN_A_ROW`th 403 in a row stops the run; another 403 fails its request."""
         if exc.status_code == 403:
             self.forbidden_in_a_row += 1
@@ -83,25 +122,28 @@ class EndpointWatch:
 
     def unreachable(self, error: LLMError) -> EndpointUnusable | None:
         """After a request's last attempt: the endpoint given up when its retries were all spent on
-        connecting and nothing ever reached the server, else None."""
-        cause = None if self.reached else connect_failure(error, self.config.connect_timeout_s)
-        if cause is None:
+        connecting, or on waiting for an answer, and nothing has ever answered (module notes), else None."""
+        if self.answered or error.kind not in NO_ANSWER:
             return None
         config = self.config
-        return self._give_up(EndpointUnreachable(
-            f"LLM endpoint {config.base_url} is unreachable: {cause} ({config.max_retries + 1} "
-            "attempts, no connection ever made); check llm.base_url and that the server is up; " + RESUME
+        attempts = f"{config.max_retries + 1} attempts"
+        cause = None if self.reached else connect_failure(error, config.connect_timeout_s)
+        if cause is not None:
+            return self._give_up(EndpointUnreachable(
+                f"LLM endpoint {config.base_url} is unreachable: {cause} ({attempts}, no connection ever "
+                f"made); check llm.base_url and that the server is up; {RESUME}"
+            ))
+        return self._give_up(EndpointUnusable(
+            f"LLM endpoint {config.base_url} never answered: {error.message} ({attempts}, no reply or "
+            f"status ever came); check the server and llm.base_url, or raise llm.timeout_s if it is only "
+            f"slow; {RESUME}"
         ))
 
     def _key_rejected(self, exc: openai.APIStatusError, sent: str) -> KeyRejected:
         """A 401/403 as one line: the endpoint, the status, the server's message (without `sent`, the
         key), the variable to set."""
         config, status = self.config, exc.status_code
-        phrase = HTTPStatus(status).phrase
-        said = _said_without_key(exc, sent)
-        reply = f"{status} {phrase}"
-        if said and said.lower() != phrase.lower():
-            reply += f": {said if len(said) <= 200 else said[:199] + '…'}"
+        reply = _status_line(exc, sent)
         if status == 403:
             reply += f"; {FORBIDDEN_IN_A_ROW} requests in a row"
         variable = f"${config.api_key_env}"
@@ -148,30 +190,55 @@ def connect_failure(error: BaseException | None, connect_timeout_s: float) -> st
 
 
 def retry_after(headers: Any) -> float | None:
-    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date), if present."""
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            return float(value) / 1000
-        except ValueError:
-            pass
+    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date), if present and
+    readable: a negative, infinite or NaN figure is none."""
+    seconds = _seconds(headers.get("retry-after-ms"))
+    if seconds is not None:
+        return seconds / 1000
     value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    seconds = _seconds(value)
+    if value is None or seconds is not None:
+        return seconds
     try:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time())
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
+
+
+def _seconds(value: str | None) -> float | None:
+    """A header's number, when it is a finite one from 0 up."""
+    try:
+        seconds = float(value) if value is not None else math.nan
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _status_line(exc: openai.APIStatusError, sent: str) -> str:
+    """"404 Not Found: <the server's message, without `sent`, at most 200 characters>"."""
+    status = exc.status_code
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:  # a status no RFC names
+        phrase = "HTTP status"
+    said = _said_without_key(exc, sent)
+    line = f"{status} {phrase}"
+    if said and said.lower() != phrase.lower():
+        line += f": {said if len(said) <= 200 else said[:199] + '…'}"
+    return line
 
 
 def _said_without_key(exc: openai.APIStatusError, sent: str) -> str:
     """The server's message on one line, with `sent` (the key, should it be echoed) masked before any
     cut, so no piece of it shows."""
     return " ".join(_error_message(exc.body).split()).replace(sent, "***")
+
+
+def _error_code(body: object) -> str:
+    """The `code` (else `type`) of an OpenAI-shaped error body, else ""."""
+    error = body.get("error", body) if isinstance(body, dict) else None
+    code = (error.get("code") or error.get("type")) if isinstance(error, dict) else None
+    return code if isinstance(code, str) else ""
 
 
 def _error_message(body: object) -> str:

@@ -5,8 +5,9 @@
   exactly the JSON body that goes on the wire; its `.key` (sha256 of the canonical JSON) is the cache
   key. The server (or the mock server) can recompute it from the body it received (`body_key`).
 - `LLMError`: one request that got no reply (per item: callers record it and go on);
-  `EndpointUnusable`: the endpoint cannot serve the run at all (a `UserError` that stops it), either
-  `EndpointUnreachable` (never reached) or `KeyRejected` (a 401, or 403s in a row: the API key).
+  `EndpointUnusable`: the endpoint cannot serve the run at all (a `UserError` that stops it):
+  `EndpointUnreachable` (never reached), `KeyRejected` (a 401, or 403s in a row: the API key), or
+  itself (no such model, no quota, never answering: `medvl.llm.failures`).
 - `estimate_prompt_tokens`: a deliberate approximation (no tokenizer download): 4 characters per
   token for text, a fixed figure per image, 4 tokens of overhead per message. Real tokenizers give
   3-5 characters per English token; medical text with long terms sits at the low end.
@@ -84,8 +85,8 @@ class ChatReply:
 class LLMError(Exception):
     """A request that did not produce a reply.
 
-    `kind`: "http_error" (4xx other than 401/429: bad request, not found, context too long, a 403 for
-    this request alone),
+    `kind`: "http_error" (4xx other than 401/404/429: bad request, context too long, a 403 for this
+    request alone),
     "rate_limited" (429), "server_error" (5xx), "timeout", "connection", "bad_response" (a 200 with
     a body that is not a chat completion), "content_filter" (finish_reason content_filter), and
     "retries_exhausted" (a retryable error that persisted; `cause_kind` says which).

@@ -8,7 +8,8 @@
 - `"malformed"`: a 200 whose body is not valid JSON. `"empty_choices"`: a 200 with `choices: []`.
   `"null_content"`: a 200 whose message content is null.
 - `{"status": 429, "retry_after": 0.1}`: an error status (any code), with `Retry-After` and
-  `retry-after-ms` headers when `retry_after` is given.
+  `retry-after-ms` headers when `retry_after` is given; `"headers"` adds others (name: value), and
+  `"error"` replaces the body's `error` object.
 - `{"timeout": seconds}`: sleep that long before answering (longer than the client's timeout).
 - `{"text": "..."}` or `{"reply_json": {...}}`: a valid reply with that text (or JSON as text);
   optional `"finish_reason"`, `"model"` and `"usage"` (a dict sent as it is; null omits it) in the
@@ -174,12 +175,13 @@ def _create_app(state: _State) -> FastAPI:
         finally:
             state.in_flight -= 1
         if "status" in spec:
-            headers = {}
+            headers = dict(spec.get("headers", {}))
             if spec.get("retry_after") is not None:
-                headers = {"retry-after": str(spec["retry_after"]),
-                           "retry-after-ms": str(int(spec["retry_after"] * 1000))}
-            error = {"error": {"message": f"mock status {spec['status']}", "type": "mock_error", "code": None}}
-            return JSONResponse(error, status_code=spec["status"], headers=headers)
+                headers |= {"retry-after": str(spec["retry_after"]),
+                            "retry-after-ms": str(int(spec["retry_after"] * 1000))}
+            said = {"message": f"mock status {spec['status']}", "type": "mock_error", "code": None}
+            error = spec.get("error", said)
+            return JSONResponse({"error": error}, status_code=spec["status"], headers=headers)
         if behaviour == "malformed":
             return Response(MALFORMED_BODY, media_type="application/json")
         return JSONResponse(_completion(body, behaviour, spec))
