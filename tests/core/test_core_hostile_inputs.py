@@ -190,7 +190,8 @@ def test_a_data_check_that_finds_no_usable_record_fails_after_writing_its_report
     assert (tmp_path / "empty.check" / "data_check.json").is_file()
     not_images = tmp_path / "not-images.jsonl"
     not_images.write_text(json.dumps({**RECORD, "image": str(hostile["text_png"])}) + "\n")
-    _expect_user_error(medvl("data", "check", not_images), "no usable record (all 1 rows rejected; the reasons are in",
+    _expect_user_error(medvl("data", "check", not_images), "no usable record (all 1 rows rejected: image_not_image: 1; "
+                       "the reasons are in",
                        "rejects.jsonl")
 
 

@@ -69,7 +69,7 @@ def test_check_counts_every_problem_with_its_reason(messy_data, encoder, tmp_pat
     assert by_id["no-answer"]["detail"] == "no gpt turn"
     assert by_id["messy:10"]["reason"] == "bad_json"
     saved = json.loads((tmp_path / "check" / "data_check.json").read_text())
-    assert saved["totals"] == {"rows": 10, "valid": 2, "rejected": 8}
+    assert saved["totals"] == {"rows": 10, "valid": 2, "rejected": 8, "warnings": 0}
 
 
 def test_training_skips_the_checked_rejects_and_reuses_the_check(messy_data, train_config, tmp_path, monkeypatch):

@@ -53,7 +53,8 @@ def train(
     else:
         loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
         typer.echo(f"trained {result.global_step} steps (last logged loss {loss}); "
-                   f"{result.data.valid} usable records, {result.data.rejected} rejected")
+                   f"{result.data.valid} usable records, {result.data.rejected} rejected"
+                   + (f", {result.data.warned} kept with warnings" if result.data.warned else ""))
         typer.echo(f"model: {result.output_dir} (metrics.jsonl, loss.png, data_check/)")
 
 
@@ -72,14 +73,13 @@ def check(
                                 "benchmark's images or repeat its questions (as medvl curate decontaminate finds them)"),
 ) -> None:
     """Validate every record (structure, images, token length); write data_check.json and rejects.jsonl.
-    No usable record at all is an error (exit 2) after the report is written."""
+    A source with no usable record is an error (exit 2) after the report is written."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     from medvl.benchmarks.contamination import benchmark_reference, parse_against
-    from medvl.train.sources import DataError
-    from medvl.train.validate import REJECTS_NAME, count_text
+    from medvl.train.validate import REJECTS_NAME, WARNINGS_NAME, count_text, require_usable
 
     reference = benchmark_reference(parse_against(against)) if against else None  # a bad root fails first
     report, folder, note, sources = _run_check(target, overrides or [], image_root, model, max_length, out,
@@ -100,13 +100,10 @@ def check(
     if report.benchmark_overlap is not None:
         _warn_overlap(console, sources, report.benchmark_overlap, against or [])
     # a path is printed as it is: not rich markup (`runs/[v2]` lost its `[v2]`), not wrapped at a space
-    console.print(f"report: {folder / 'data_check.json'}; rejects: {folder / REJECTS_NAME}",
+    warned = f"; warnings: {folder / WARNINGS_NAME}" if report.warned else ""
+    console.print(f"report: {folder / 'data_check.json'}; rejects: {folder / REJECTS_NAME}{warned}",
                   markup=False, highlight=False, soft_wrap=True)
-    if not report.valid:
-        rows = sum(source.rows for source in report.sources)
-        why = f"all {rows} rows rejected; the reasons are in {folder / REJECTS_NAME}" if rows else "no rows at all"
-        raise DataError(f"{target}: no usable record ({why})")
-
+    require_usable(report, sources)
 
 def _warn_overlap(console: Console, sources: list[LoadedSource], overlap: dict[str, Any], against: list[str]) -> None:
     """Print the overlap warning (or that there is none) for the counts the report holds."""

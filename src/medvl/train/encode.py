@@ -9,7 +9,7 @@ of `render(messages[:i], add_generation_prompt=True)` to the end of `render(mess
 Each image placeholder token is then expanded to the number of image tokens the processor uses, so
 the ids equal `processor(text, images)`'s. Truncation to `max_length` never cuts inside an image
 span: such a sample is an `EncodeError` (reason `image_cut_by_truncation`), as is a sample with no
-supervised token left.
+supervised token left; `Encoded.answer_tokens_cut` says how many supervised tokens a cut removed.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class Encoded:
     labels: list[int]
     num_images: int
     full_length: int  # before truncation
+    answer_tokens_cut: int = 0  # supervised tokens truncation removed
 
     @property
     def supervised(self) -> int:
@@ -129,7 +130,7 @@ class ChatEncoder:
         expected = message_image_count(messages)
         if len(image_positions) != expected:
             raise EncodeError("template_error", f"{expected} images but {len(image_positions)} image tokens rendered")
-        full_length = len(input_ids)
+        full_length, cut = len(input_ids), 0
         if full_length > self.max_length:
             if self.overlong == "reject":
                 raise EncodeError("too_long", f"{full_length} tokens > max_length {self.max_length}")
@@ -139,8 +140,9 @@ class ChatEncoder:
                     f"{full_length} tokens; an image span ends at {image_positions[-1] + self.tokens_per_image} "
                     f"> max_length {self.max_length}",
                 )
+            cut = sum(1 for label in labels[self.max_length:] if label != IGNORE_INDEX)
             input_ids, labels = input_ids[: self.max_length], labels[: self.max_length]
-        encoded = Encoded(input_ids, labels, len(image_positions), full_length)
+        encoded = Encoded(input_ids, labels, len(image_positions), full_length, cut)
         if encoded.supervised == 0:
             where = "after truncation" if full_length > self.max_length else "in the rendered conversation"
             raise EncodeError("no_supervised_tokens", f"no assistant token {where}")

@@ -39,7 +39,7 @@ from medvl.train.modeling import add_lora, apply_policy, component_params, load_
 from medvl.train.resume import SUMMARY_NAME, RunState, epoch_basis, processor_fingerprint, read_run
 from medvl.train.sources import load_source, mix_entries
 from medvl.train.trainer import MedvlTrainer, compute_dtype, is_sharded, training_arguments
-from medvl.train.validate import CheckReport, check_sources, count_text
+from medvl.train.validate import WARNINGS_NAME, CheckReport, check_sources, count_text, require_usable
 
 __all__ = ["run_training", "TrainResult", "prepare_data"]
 
@@ -66,6 +66,7 @@ def prepare_data(config: TrainConfig, processor: Any, out_dir: Path, progress: b
     encoder = ChatEncoder(processor, data.max_length, last_turn_only=data.last_turn_only, overlong=data.overlong)
     sources = [load_source(s) for s in data.sources]
     report = check_sources(sources, encoder, data, out_dir / "data_check", progress=progress)
+    require_usable(report, sources)
     entries = mix_entries([s.valid for s in report.sources], [s.ratio for s in data.sources], data.seed)
     return report, sources, encoder, entries
 
@@ -211,5 +212,6 @@ def _log_data(report: CheckReport, samples: int) -> None:
         log.info("data %s: %d rows, %d usable, rejected %s", source.name, source.rows, len(source.valid),
                  count_text(source.rejects))
         if source.warnings:
-            log.warning("data %s: kept with warnings: %s", source.name, count_text(source.warnings))
+            log.warning("data %s: kept with warnings (listed in %s): %s", source.name,
+                        report.path.parent / WARNINGS_NAME, count_text(source.warnings))
     log.info("%d samples per epoch after mixing", samples)

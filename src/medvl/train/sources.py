@@ -1,25 +1,26 @@
-"""Training data sources: LLaVA JSON/JSONL files and Hugging Face datasets, their images, the mix.
+"""Training data sources: LLaVA JSON/JSONL files, parquet files and Hugging Face datasets, their images, the mix.
 
 A source yields rows in the LLaVA conversation format (`medvl.records`). Image entries may be paths
 (relative ones resolve against the source's `image_root`, else the data file's folder) or, in a HF
-dataset, decoded images / `{"bytes", "path"}` dicts (`records.record_images(row, embedded=True)`).
-Rows that are not JSON objects stay in the row list as `JsonlLineError`s so validation can count
-them like any other reject.
-
-`mix_entries` turns each source's valid rows into one list of (source, row) entries: `ratio` 0.5
-keeps a seeded half of a source, 2.0 repeats it twice, 1.5 once plus a seeded half.
+dataset or parquet file, `{"bytes", "path"}` dicts (its image columns are read undecoded: medvl's
+loader decodes them, so a corrupt one is a reject) or decoded images
+(`records.record_images(row, embedded=True)`). Rows that are not JSON objects stay in the row list
+as `JsonlLineError`s so validation can count them like any other reject. What cannot be a source at
+all is one `DataError` line: a file that is one JSON object wrapping the records, a dataset that does
+not load, a split it lacks.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medvl.errors import UserError
+from medvl.errors import UserError, first_line
 from medvl.io.images import load_image, to_rgb
-from medvl.io.jsonl import JsonlLineError, iter_jsonl
+from medvl.io.jsonl import READ_TEXT, JsonlLineError, iter_jsonl
 from medvl.records import record_id, record_images
 from medvl.train.config import SourceConfig
 
@@ -73,20 +74,45 @@ class LoadedSource:
 
 
 def load_source(config: SourceConfig) -> LoadedSource:
-    """Read a source's rows (files are read whole; HF datasets stay memory-mapped)."""
+    """Read a source's rows (JSON/JSONL files are read whole; parquet files and HF datasets stay
+    memory-mapped, their images undecoded until `open_image`)."""
     if config.path is not None:
         path = Path(config.path).expanduser()
         if not path.is_file():
             problem = "is a folder; give the JSONL/JSON file itself" if path.is_dir() else "not found"
             raise DataError(f"data source {config.label()!r}: {path} {problem}")
-        rows = [item for _, item in iter_jsonl(path)]
+        if path.suffix.lower() == ".parquet":
+            rows = _load_hf(config, str(path))
+        else:
+            rows = [item for _, item in iter_jsonl(path)]
+            _refuse_wrapped_records(config, path, rows)
         fingerprint = file_fingerprint(config)
         root = Path(config.image_root).expanduser() if config.image_root else path.parent
     else:
-        rows = _load_hf(config)
+        rows = _load_hf(config, config.hf)
         fingerprint = f"hf:{config.hf}:{config.hf_split}:{getattr(rows, '_fingerprint', '')}:{len(rows)}"
         root = Path(config.image_root or ".").expanduser()
     return LoadedSource(config=config, rows=rows, image_root=root, fingerprint=fingerprint)
+
+
+def _refuse_wrapped_records(config: SourceConfig, path: Path, rows: list[Any]) -> None:
+    """A DataError for a file that is one JSON object holding the records (`{"data": [...]}`), rather
+    than an array or lines of them: read line by line, it was dozens of `bad_json` rejects (one per
+    line of a pretty-printed file) or one record without conversations."""
+    first = rows[0] if rows else None
+    suspect = isinstance(first, JsonlLineError) or (len(rows) == 1 and "conversations" not in first)
+    if not suspect:
+        return
+    try:
+        whole = json.loads(path.read_text(**READ_TEXT))
+    except (json.JSONDecodeError, UnicodeError):
+        return
+    if not isinstance(whole, dict) or "conversations" in whole:
+        return
+    lists = [key for key, value in whole.items() if isinstance(value, list)]
+    inside = f"; its {lists[0]!r} holds a list of {len(whole[lists[0]])}: save that list as the file" if lists else ""
+    raise DataError(f"data source {config.label()!r}: {path} is one JSON object (keys: {', '.join(map(str, whole))}), "
+                    f"not records: give a JSON array of records or JSONL, one record per line{inside}")
 
 
 def file_fingerprint(config: SourceConfig) -> str | None:
@@ -104,14 +130,51 @@ def stat_fingerprint(path: Path) -> str | None:
     return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def _load_hf(config: SourceConfig) -> Any:
+def _load_hf(config: SourceConfig, target: str) -> Any:
+    """The split's rows: a `save_to_disk` folder, a parquet file, or a `load_dataset` path. Image columns
+    are left undecoded (`{"bytes", "path"}`), so `open_image` decodes them as it decodes files and one
+    corrupt image is one reject (decoded by `datasets`, it stopped the check with a traceback)."""
     import datasets
 
-    folder = Path(config.hf).expanduser()
-    if (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file():
-        loaded = datasets.load_from_disk(str(folder))
-        return loaded[config.hf_split] if isinstance(loaded, datasets.DatasetDict) else loaded
-    return datasets.load_dataset(config.hf, split=config.hf_split)
+    where = Path(target).expanduser()
+    try:
+        if (where / "state.json").is_file() or (where / "dataset_dict.json").is_file():
+            loaded = datasets.load_from_disk(str(where))
+            if isinstance(loaded, datasets.DatasetDict):
+                if config.hf_split not in loaded:
+                    raise DataError(f"data source {config.label()!r}: {where} has no split {config.hf_split!r} "
+                                    f"(it has {', '.join(loaded)}): set hf_split")
+                loaded = loaded[config.hf_split]
+        elif where.is_file() and where.suffix.lower() == ".parquet":
+            loaded = datasets.load_dataset("parquet", data_files=str(where), split="train")
+        else:
+            loaded = datasets.load_dataset(target, split=config.hf_split)
+    except DataError:
+        raise
+    except Exception as exc:  # datasets raises many types (FileNotFoundError, ValueError, its own errors)
+        raise DataError(f"data source {config.label()!r}: cannot load {target} as a Hugging Face dataset "
+                        f"(split {config.hf_split!r}): {first_line(exc)}") from exc
+    for column, feature in loaded.features.items():
+        stored = _undecoded(feature)
+        if stored != feature:
+            loaded = loaded.cast_column(column, stored)
+    return loaded
+
+
+def _undecoded(feature: Any) -> Any:
+    """`feature` with every `datasets.Image` in it set to `decode=False`."""
+    import datasets
+
+    if isinstance(feature, datasets.Image):
+        return datasets.Image(decode=False)
+    if isinstance(feature, (datasets.List, datasets.LargeList)):
+        return type(feature)(_undecoded(feature.feature), **({"length": feature.length}
+                                                             if isinstance(feature, datasets.List) else {}))
+    if isinstance(feature, dict):
+        return {key: _undecoded(value) for key, value in feature.items()}
+    if isinstance(feature, list):
+        return [_undecoded(value) for value in feature]
+    return feature
 
 
 def open_image(ref: ImageRef) -> Any:

@@ -4,20 +4,23 @@
 
 | stage     | reasons                                                                           |
 |-----------|-----------------------------------------------------------------------------------|
-| structure | `bad_json`, `bad_structure` (`records.record_problems`), `empty_answer`,          |
-|           | `too_many_images`                                                                  |
+| structure | `bad_json`, `bad_structure` (`records.record_problems`), `ends_on_question`,      |
+|           | `empty_answer`, `too_many_images`                                                  |
 | image     | `image_<reason>` from `medvl.io.images` (`image_missing`, `image_truncated`, ...)   |
 | tokens    | `image_cut_by_truncation`, `too_long` (overlong=reject), `no_supervised_tokens`,  |
 |           | `template_error`, `template_not_prefix_stable`                                     |
 
 A blank assistant turn teaches nothing but the end-of-turn token: `data.empty_answers: reject`
-(the default) rejects the record as `empty_answer`; `warn` keeps it and counts the warning.
+(the default) rejects the record as `empty_answer`; `warn` keeps it with a warning. A usable row is
+also kept with a warning when truncation cut it (`truncated`, with the answer tokens lost) or when
+an earlier row of its source has its id (`duplicate_id`).
 
-`check_sources` runs it over every row of every source, writes each reject to `rejects.jsonl`
-(`medvl.io.jsonl.RejectLog`) and a report (`data_check.json`) with the valid row indices and a
-fingerprint of everything the verdicts depend on (files, tokenizer/template, settings). Training
-calls it too and reuses a report whose fingerprint matches, so it skips exactly the records the
-check rejected, with the same counts, and never meets a bad record mid-epoch.
+`check_sources` runs it over every row of every source, writes each reject to `rejects.jsonl` and
+each warning to `warnings.jsonl` (`medvl.io.jsonl.RejectLog`'s format) and a report
+(`data_check.json`) with the valid row indices, the counts and a fingerprint of everything the
+verdicts depend on (files, tokenizer/template, settings). Training calls it too and reuses a report
+whose fingerprint matches, so it skips exactly the records the check rejected, with the same
+counts, and never meets a bad record mid-epoch. `require_usable` refuses sources that give nothing.
 """
 
 from __future__ import annotations
@@ -37,16 +40,17 @@ from medvl.io.jsonl import JsonlLineError, RejectLog
 from medvl.records import ROLE_OF, record_problems, to_messages
 from medvl.train.config import DataConfig
 from medvl.train.encode import ChatEncoder, EncodeError
-from medvl.train.sources import LoadedSource, open_image
+from medvl.train.sources import DataError, LoadedSource, open_image
 
 __all__ = ["Rejected", "Usable", "check_record", "check_sources", "SourceReport", "CheckReport", "REPORT_NAME",
-           "REJECTS_NAME", "count_text"]
+           "REJECTS_NAME", "WARNINGS_NAME", "count_text", "require_usable"]
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "data_check.json"
 REJECTS_NAME = "rejects.jsonl"
+WARNINGS_NAME = "warnings.jsonl"
 CHECK_LOCK = "check.lock"
-_VERSION = 2  # 2: empty assistant turns are checked
+_VERSION = 3  # 2: empty assistant turns are checked; 3: ends_on_question, truncated, duplicate_id
 
 
 class Rejected(Rejection):
@@ -57,9 +61,17 @@ class Rejected(Rejection):
         super().__init__(reason, detail, f"{stage}/{reason}: {detail}")
 
 
+class Warned(NamedTuple):
+    """Something about a usable row worth knowing, counted and listed in `warnings.jsonl`, not rejected."""
+
+    stage: str
+    reason: str
+    detail: str
+
+
 class Usable(NamedTuple):
-    length: int  # tokens, image tokens included (0 without an encoder)
-    warnings: tuple[str, ...] = ()  # reasons counted but not rejected (e.g. `empty_answer` with `warn`)
+    length: int  # tokens, image tokens included (0 without an encoder), after truncation
+    warnings: tuple[Warned, ...] = ()  # e.g. `empty_answer` with `warn`, `truncated`
 
 
 def check_record(source: LoadedSource, row: Any, encoder: ChatEncoder | None, data: DataConfig) -> Usable:
@@ -71,13 +83,16 @@ def check_record(source: LoadedSource, row: Any, encoder: ChatEncoder | None, da
     problems = record_problems(row, embedded=True)
     if problems:
         raise Rejected("structure", "bad_structure", "; ".join(problems))
+    if ROLE_OF[(last := row["conversations"][-1])["from"]] == "user":
+        raise Rejected("structure", "ends_on_question", f"the last turn ({len(row['conversations']) - 1}) is from "
+                       f"{last['from']!r}: its question has no answer (a lost answer?)")
     refs = source.image_refs(row)
-    warnings = ()
+    warnings: tuple[Warned, ...] = ()
     empty = _empty_answers(row)
     if empty and data.empty_answers == "reject":
         raise Rejected("structure", "empty_answer", empty)
     if empty:
-        warnings = ("empty_answer",)
+        warnings = (Warned("structure", "empty_answer", empty),)
     if data.max_images is not None and len(refs) > data.max_images:
         raise Rejected("structure", "too_many_images", f"{len(refs)} images > max_images {data.max_images}")
     for ref in refs:
@@ -92,9 +107,13 @@ def check_record(source: LoadedSource, row: Any, encoder: ChatEncoder | None, da
     if encoder is None:
         return Usable(0, warnings)
     try:
-        return Usable(len(encoder.encode(to_messages(row, embedded=True)).input_ids), warnings)
+        encoded = encoder.encode(to_messages(row, embedded=True))
     except EncodeError as exc:
         raise Rejected("tokens", exc.reason, exc.detail) from None
+    if encoded.full_length > len(encoded.input_ids):
+        warnings += (Warned("tokens", "truncated", f"{encoded.full_length} tokens cut to max_length "
+                            f"{encoder.max_length}: {encoded.answer_tokens_cut} answer tokens lost"),)
+    return Usable(len(encoded.input_ids), warnings)
 
 
 def _empty_answers(record: dict[str, Any]) -> str:
@@ -139,10 +158,15 @@ class CheckReport:
     def valid(self) -> int:
         return sum(len(s.valid) for s in self.sources)
 
+    @property
+    def warned(self) -> int:
+        return sum(sum(s.warnings.values()) for s in self.sources)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "version": _VERSION, "fingerprint": self.fingerprint,
-            "totals": {"rows": sum(s.rows for s in self.sources), "valid": self.valid, "rejected": self.rejected},
+            "totals": {"rows": sum(s.rows for s in self.sources), "valid": self.valid, "rejected": self.rejected,
+                       "warnings": self.warned},
             "sources": [{**s.summary(), "valid_rows": s.valid, "lengths": s.lengths} for s in self.sources],
             **({"benchmark_overlap": self.benchmark_overlap} if self.benchmark_overlap is not None else {}),
         }
@@ -209,29 +233,59 @@ def _check_sources(sources: list[LoadedSource], encoder: ChatEncoder | None, dat
         if saved.get("fingerprint") == key:
             log.info("reusing the data check in %s (inputs and settings unchanged)", report_path)
             return CheckReport.from_json(saved, report_path)
-    (out / REJECTS_NAME).unlink(missing_ok=True)
-    reports = []
-    with RejectLog(out / REJECTS_NAME) as rejects:
-        for source in sources:
-            report = SourceReport(name=source.name, rows=len(source))
-            for index in _progress(range(len(source)), f"checking {source.name}", progress):
-                row = source.row(index)
-                try:
-                    usable = check_record(source, row, encoder, data)
-                except Rejected as exc:
-                    report.rejects[exc.reason] += 1
-                    rejects.reject(source.row_id(index, row), exc.stage, exc.reason, exc.detail,
-                                   source=source.name, row=index + 1)
-                    continue
-                report.valid.append(index)
-                report.lengths.append(usable.length)
-                report.warnings.update(usable.warnings)
-            reports.append(report)
+    for name in (REJECTS_NAME, WARNINGS_NAME):
+        (out / name).unlink(missing_ok=True)
+    with RejectLog(out / REJECTS_NAME) as rejects, RejectLog(out / WARNINGS_NAME) as warned:
+        reports = [_check_source(source, encoder, data, rejects, warned, progress) for source in sources]
     result = CheckReport(fingerprint=key, sources=reports)
     if annotate is not None:
         annotate(result)
     result.write(report_path)
     return result
+
+
+def _check_source(source: LoadedSource, encoder: ChatEncoder | None, data: DataConfig, rejects: RejectLog,
+                  warned: RejectLog, progress: bool) -> SourceReport:
+    """One source's verdicts; a usable row whose id an earlier usable row of the source has is kept with
+    a `duplicate_id` warning (rejects and warnings name rows by id)."""
+    report = SourceReport(name=source.name, rows=len(source))
+    first_row: dict[str, int] = {}
+    for index in _progress(range(len(source)), f"checking {source.name}", progress):
+        row = source.row(index)
+        row_id = source.row_id(index, row)
+        try:
+            usable = check_record(source, row, encoder, data)
+        except Rejected as exc:
+            report.rejects[exc.reason] += 1
+            rejects.reject(row_id, exc.stage, exc.reason, exc.detail, source=source.name, row=index + 1)
+            continue
+        warnings = usable.warnings
+        if (first := first_row.setdefault(row_id, index + 1)) != index + 1:
+            warnings += (Warned("structure", "duplicate_id", f"row {first} has the same id"),)
+        report.valid.append(index)
+        report.lengths.append(usable.length)
+        for warning in warnings:
+            report.warnings[warning.reason] += 1
+            warned.reject(row_id, warning.stage, warning.reason, warning.detail, source=source.name, row=index + 1)
+    return report
+
+
+def require_usable(report: CheckReport, sources: list[LoadedSource]) -> None:
+    """A `DataError` naming the first source that gives training no record: an empty file, or one whose
+    every row was rejected (a wrong image root, a JSON array that does not parse). One such source in a
+    mix was dropped from training with a log line, the others trained on."""
+    rejects = report.path.parent / REJECTS_NAME if report.path is not None else REJECTS_NAME
+    for source, checked in zip(sources, report.sources):
+        if checked.valid:
+            continue
+        why = "no rows at all"
+        if checked.rows:
+            why = f"all {checked.rows} rows rejected: {count_text(checked.rejects)}; the reasons are in {rejects}"
+        if checked.rejects.get("image_missing"):
+            why += f"; relative image paths resolve against {source.image_root.resolve()} (set image_root)"
+        where = source.config.path or source.config.hf
+        also = "; fix it or remove it from data.sources" if len(sources) > 1 else ""
+        raise DataError(f"{where}: no usable record ({why}){also}")
 
 
 def count_text(counts: Counter) -> str:
