@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from medvl.errors import UserError
 from medvl.train.config import DataConfig, SourceConfig
@@ -181,3 +182,19 @@ def test_duplicate_ids_are_counted_and_an_unanswered_question_is_rejected(tmp_pa
         "open", "the last turn (2) is from 'human': its question has no answer (a lost answer?)")
     [warned] = _lines(tmp_path / "check" / "warnings.jsonl")
     assert (warned["id"], warned["row"], warned["detail"]) == ("same", 2, "row 1 has the same id")
+
+
+def test_data_max_pixels_shrinks_large_images_before_the_image_processor(color_data, encoder):
+    # the key was documented ("downscale larger images") and read by nothing: a 40x40 image went in whole
+    from medvl.train.dataset import TrainDataset
+
+    seen = []
+
+    def image_processor(images, return_tensors):
+        seen.extend(image.size for image in images)
+        return {"pixel_values": torch.zeros(len(images), 3, 32, 32)}
+
+    source = load_source(SourceConfig(path=str(color_data)))
+    TrainDataset([source], [(0, 0)], encoder, image_processor, max_pixels=400)[0]
+    TrainDataset([source], [(0, 0)], encoder, image_processor)[0]
+    assert seen == [(20, 20), (40, 40)]

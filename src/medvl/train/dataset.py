@@ -1,7 +1,8 @@
 """The training dataset (validated, mixed records → tensors) and the batch collator.
 
 `TrainDataset[i]` encodes entry i of the mix with the same `ChatEncoder` validation used, opens its
-images with `medvl.io.images` and runs the processor's image processor. Validation has already
+images with `medvl.io.images`, shrinks any of more than `data.max_pixels` (aspect kept) and runs the
+processor's image processor. Validation has already
 dropped every bad record; should an image still fail to open mid-epoch (a file changed after the
 check), the sample is recorded in the run's `rejects.runtime.jsonl` and the next entry is used in
 its place, so a long run does not die on one file.
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, RandomSampler
 
 from medvl.io.images import ImageLoadError
@@ -32,7 +34,7 @@ from medvl.records import to_messages
 from medvl.train.encode import IGNORE_INDEX, ChatEncoder
 from medvl.train.sources import DataError, LoadedSource, open_image
 
-__all__ = ["TrainDataset", "Collator", "STAT_KEYS", "epoch_sampler"]
+__all__ = ["TrainDataset", "Collator", "STAT_KEYS", "epoch_sampler", "shrink_to"]
 
 log = logging.getLogger(__name__)
 STAT_KEYS = ("num_tokens", "num_images", "num_supervised")
@@ -41,11 +43,11 @@ _MAX_SUBSTITUTIONS = 16
 
 class TrainDataset(Dataset):
     def __init__(self, sources: list[LoadedSource], entries: list[tuple[int, int]], encoder: ChatEncoder,
-                 image_processor: Any, runtime_rejects: str | Path | None = None):
+                 image_processor: Any, runtime_rejects: str | Path | None = None, max_pixels: int | None = None):
         if not entries:
             raise DataError("no usable training records (see the data check report)")
         self.sources, self.entries, self.encoder = sources, entries, encoder
-        self.image_processor = image_processor
+        self.image_processor, self.max_pixels = image_processor, max_pixels
         self.runtime_rejects = Path(runtime_rejects) if runtime_rejects else None
 
     def __len__(self) -> int:
@@ -69,7 +71,7 @@ class TrainDataset(Dataset):
         encoded = self.encoder.encode(to_messages(row, embedded=True))
         item = {"input_ids": torch.tensor(encoded.input_ids), "labels": torch.tensor(encoded.labels)}
         if refs:
-            images = [open_image(ref) for ref in refs]
+            images = [shrink_to(open_image(ref), self.max_pixels) for ref in refs]
             item["pixel_values"] = self.image_processor(images, return_tensors="pt")["pixel_values"]
         return item
 
@@ -82,6 +84,15 @@ class TrainDataset(Dataset):
             with RejectLog(self.runtime_rejects) as rejects:
                 rejects.reject(row_id, "train", f"image_{exc.reason}", f"{exc.path}: {exc.detail}",
                                source=source.name, row=row_index + 1)
+
+
+def shrink_to(image: Image.Image, max_pixels: int | None) -> Image.Image:
+    """`image` scaled down, aspect kept, to at most `max_pixels` pixels (`data.max_pixels`; None: as it is)."""
+    if max_pixels is None or image.width * image.height <= max_pixels:
+        return image
+    scale = (max_pixels / (image.width * image.height)) ** 0.5
+    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC)
 
 
 def epoch_sampler(dataset: Dataset, global_batch: int) -> RandomSampler:

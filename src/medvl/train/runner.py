@@ -102,7 +102,8 @@ def _train(config: TrainConfig, args: TrainingArguments, callbacks: Sequence[Tra
         dump_config(config, out / "train_config.yaml")
         _log_data(report, len(entries))
     dataset = TrainDataset(sources, entries, encoder, processor.image_processor,
-                           runtime_rejects=out / "data_check" / f"rejects.runtime.rank{args.process_index}.jsonl")
+                           runtime_rejects=out / "data_check" / f"rejects.runtime.rank{args.process_index}.jsonl",
+                           max_pixels=config.data.max_pixels)
 
     policy = config.policy()
     apply_policy(model, policy)
