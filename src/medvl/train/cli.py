@@ -69,7 +69,7 @@ def check(
     out: Optional[Path] = typer.Option(None, help="report folder (default: the config's output_dir/data_check; "
                                                   "a data file's STEM.check beside it)"),
     against: Optional[list[str]] = typer.Option(
-        None, "--against", help="NAME[@SPLIT]=ROOT, repeatable (split: test): warn about records that show this "
+        None, "--against", help="NAME\\[@SPLIT]=ROOT, repeatable (split: test): warn about records that show this "
                                 "benchmark's images or repeat its questions (as medvl curate decontaminate finds them)"),
 ) -> None:
     """Validate every record (structure, images, token length); write data_check.json and rejects.jsonl.
