@@ -198,3 +198,15 @@ def test_data_max_pixels_shrinks_large_images_before_the_image_processor(color_d
     TrainDataset([source], [(0, 0)], encoder, image_processor, max_pixels=400)[0]
     TrainDataset([source], [(0, 0)], encoder, image_processor)[0]
     assert seen == [(20, 20), (40, 40)]
+
+
+def test_a_ratio_that_takes_none_of_a_sources_records_is_refused(train_config, color_data):
+    # ratio 0.01 of 48 records rounds to none: the source was left out of the mix without a word
+    from medvl.train.modeling import load_processor
+    from medvl.train.runner import prepare_data
+
+    config = train_config(**{"data__sources": [{"path": str(color_data)}, {"path": str(color_data), "name": "few",
+                                                                           "ratio": 0.01}]})
+    with pytest.raises(UserError, match=r"data.sources\[1\] \(few\): ratio 0.01 of its 48 usable records takes none "
+                                        r"of them; raise it to at least 0.0208 \(one record\)"):
+        prepare_data(config, load_processor(config.model), Path(config.output_dir), progress=False)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from medvl.config import ConfigError, dump_config
 from medvl.io.files import atomic_write_json, no_empty_folder_on_failure
 from medvl.io.process import RunLock, die_with_launcher
-from medvl.train.config import TrainConfig
+from medvl.train.config import SourceConfig, TrainConfig
 from medvl.train.dataset import Collator, TrainDataset
 from medvl.train.encode import ChatEncoder
 from medvl.train.metrics import FlopsModel, MetricsFile, peak_flops, plot_metrics, read_metrics
@@ -68,7 +69,18 @@ def prepare_data(config: TrainConfig, processor: Any, out_dir: Path, progress: b
     report = check_sources(sources, encoder, data, out_dir / "data_check", progress=progress)
     require_usable(report, sources)
     entries = mix_entries([s.valid for s in report.sources], [s.ratio for s in data.sources], data.seed)
+    _refuse_empty_shares(data.sources, [len(s.valid) for s in report.sources], entries)
     return report, sources, encoder, entries
+
+
+def _refuse_empty_shares(sources: list[SourceConfig], usable: list[int], entries: list[tuple[int, int]]) -> None:
+    """A ConfigError for a source whose ratio rounds its usable records to none (0.01 of 48): it was left
+    out of the mix silently, or, alone, ended in 'no usable training records' after a check that found some."""
+    taken = Counter(source for source, _ in entries)
+    for index, (source, count) in enumerate(zip(sources, usable)):
+        if count and not taken[index]:
+            raise ConfigError(f"data.sources[{index}] ({source.label()}): ratio {source.ratio:g} of its {count} usable "
+                              f"records takes none of them; raise it to at least {1 / count:.3g} (one record)")
 
 
 def run_training(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
