@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -144,3 +145,26 @@ def test_loading_a_model_draws_no_library_progress_bar(tiny_model_dir):
     asked = subprocess.run(command, capture_output=True, text=True, timeout=300,
                            env={**environment, "HF_HUB_DISABLE_PROGRESS_BARS": "0"})
     assert asked.returncode == 0 and "Loading weights" in asked.stderr, asked.stderr
+
+
+def _leaf_commands(command, path=()):
+    if hasattr(command, "commands"):
+        for name, sub in command.commands.items():
+            yield from _leaf_commands(sub, (*path, name))
+    else:
+        yield list(path), command
+
+
+def test_every_help_shows_the_bracketed_parts_of_its_text():
+    # typer reads help as rich markup: "NAME[@SPLIT]=ROOT" showed as "NAME=ROOT" (write "\\[" in the source)
+    app, lost = build_app(), []
+    for path, command in _leaf_commands(typer.main.get_command(app)):
+        texts = [command.help or ""] + [getattr(param, "help", None) or "" for param in command.params]
+        bracketed = [part for text in texts for part in re.findall(r"\[[^\]\n]{1,40}\]", text.replace("\\[", "["))]
+        if not bracketed:
+            continue
+        shown = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "400"})
+        assert shown.exit_code == 0, shown.output
+        flat = " ".join(shown.output.replace("\u2502", " ").split())
+        lost += [f"medvl {' '.join(path)}: {part}" for part in bracketed if " ".join(part.split()) not in flat]
+    assert not lost

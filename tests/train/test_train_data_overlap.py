@@ -106,8 +106,3 @@ def test_printed_paths_and_commands_survive_odd_folder_names(tmp_path: Path):
     assert shlex.split(command) == ["medvl", "curate", "decontaminate", str(train), "--against", against,
                                     "--out", str(folder / "my train.decontaminated")]
 
-
-def test_the_help_shows_the_split_part_of_against():
-    # typer reads help as rich markup: "NAME[@SPLIT]=ROOT" showed as "NAME=ROOT"
-    shown = CliRunner().invoke(build_app(), ["data", "check", "--help"], env={"COLUMNS": "200"})
-    assert shown.exit_code == 0 and "NAME[@SPLIT]=ROOT" in shown.output

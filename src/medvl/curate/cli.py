@@ -207,7 +207,7 @@ def train_text_filter_command(
 @curate_app.command("decontaminate")
 def decontaminate_command(
     train: List[Path] = typer.Argument(..., help="LLaVA-format training files (JSONL or JSON array)"),
-    against: List[str] = typer.Option(..., "--against", help="NAME[@SPLIT]=ROOT, repeatable (split: test)"),
+    against: List[str] = typer.Option(..., "--against", help="NAME\\[@SPLIT]=ROOT, repeatable (split: test)"),
     out: Path = typer.Option(..., "--out", help="folder: cleaned files, removed.jsonl, seen_items.json, report"),
     image_root: Optional[Path] = typer.Option(None, help="folder of the records' image paths (default: each file's)",
                                               exists=True, file_okay=False),
