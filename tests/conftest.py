@@ -241,6 +241,28 @@ def tiny_model_dir(tiny_model, tmp_path_factory) -> Path:
     return out
 
 
+# config.json texts that were tracebacks (JSONDecodeError, TypeError, ValueError): what the error says of them
+BROKEN_CONFIGS = {'{"model_type": "llava", "text_config": {': "config.json: not valid JSON (Expecting",
+                  "[1, 2]": "config.json: a list, not an object",
+                  '{"architectures": ["LlavaForConditionalGeneration"]}': "config.json: no 'model_type'"}
+
+
+@pytest.fixture
+def broken_model_dirs(tiny_model_dir, tmp_path) -> list[tuple[Path, str]]:
+    """The tiny model with each config.json of `BROKEN_CONFIGS` (its other files linked): (folder, what the
+    one-line error must say, starting with the file's path)."""
+    folders = []
+    for index, (text, said) in enumerate(BROKEN_CONFIGS.items()):
+        folder = tmp_path / f"broken-config-{index}"
+        folder.mkdir()
+        for path in tiny_model_dir.iterdir():
+            if path.name != "config.json":
+                (folder / path.name).symlink_to(path)
+        (folder / "config.json").write_text(text)
+        folders.append((folder, f"{folder}/{said}"))
+    return folders
+
+
 @pytest.fixture
 def rgb_image():
     """A deterministic non-square RGB test image."""

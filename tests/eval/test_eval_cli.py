@@ -187,3 +187,16 @@ def test_compare_and_score_refuse_bad_inputs_in_one_line(medvl, tmp_path):
     assert medvl("eval", "run", unfinished / "config.yaml", f"output_dir={unfinished}").code == 0
     compared = medvl("eval", "compare", finished, unfinished)
     assert compared.code == 0 and "| unfinished | huatuo_eval [test]" in compared.out
+
+
+def test_a_model_whose_config_json_is_broken_is_one_line_naming_it(medvl, broken_model_dirs, tmp_path):
+    """A local engine's model folder whose config.json is a list was a TypeError traceback; cut short or
+    without model_type, a line naming no file."""
+    config = tmp_path / "eval.yaml"
+    benchmark = {"name": "huatuo_eval", "root": str(FIXTURES / "huatuo")}
+    config.write_text(yaml.safe_dump({"benchmark": benchmark}))
+    for folder, said in broken_model_dirs:
+        outcome = medvl("eval", "run", config, f"backend.model={folder}",
+                        f"output_dir={tmp_path / folder.name}")
+        lines = outcome.err.strip().splitlines()
+        assert outcome.code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {said}"), outcome.err

@@ -177,6 +177,22 @@ def test_tokenizer_and_config_problems(converted, tmp_path, tower_dir):
         plan_conversion(source, vision_tower=str(tower_dir))
 
 
+def test_a_broken_tower_config_json_is_named(converted, tmp_path, tower_dir):
+    """Before: 'not a vision tower config (Unrecognized model in ...)', naming neither the file nor what is
+    wrong."""
+    import re
+
+    from medvl.errors import UserError
+
+    source = _copy(converted, "llava-med-v1.5-mistral-7b", tmp_path)
+    tower = tmp_path / "tower"
+    shutil.copytree(tower_dir, tower)
+    (tower / "config.json").write_text("[1, 2]")
+    said = f"--vision-tower: {tower / 'config.json'}: a list, not an object"
+    with pytest.raises(UserError, match=re.escape(said)):
+        plan_conversion(source, vision_tower=str(tower))
+
+
 def test_cli_reports_a_conversion_error_in_one_line(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava_llama", "mm_projector_type": "mlp2x_gelu"}))
     result = subprocess.run([sys.executable, "-m", "medvl.cli", "convert", str(tmp_path), str(tmp_path / "out")],

@@ -107,6 +107,22 @@ def test_a_broken_preprocessor_config_is_one_line_naming_it(medvl, folders, imag
     assert not (tmp_path / "m").exists() and not (tmp_path / "prior").exists()
 
 
+def test_a_broken_config_json_is_one_line_naming_it(medvl, folders, broken_model_dirs, images, tmp_path):
+    """A config.json cut short, a list, or without model_type in a folder given to `medvl build`,
+    `medvl prior`, `medvl convert` or `medvl chat`: one line naming the file. Before: a TypeError or
+    AttributeError traceback for a list (text.path, convert, chat), and lines naming no file
+    (transformers' 'Unrecognized model in ...')."""
+    for folder, said in broken_model_dirs:
+        build = ("build", folders["spec.yaml"], tmp_path / "m")
+        _one_error_line(medvl(*build, f"vision.path={folder}"), f"vision.path: {said}")
+        _one_error_line(medvl(*build, "text.tokenizer=null", f"text.path={folder}"), f"text.path: {said}")
+        prior = ("prior", tmp_path / "prior", "-i", images["good"], *TINY_TOWER)
+        _one_error_line(medvl(*prior, f"teacher={folder}"), f"teacher: {said}")
+        _one_error_line(medvl("convert", folder, tmp_path / "out"), said)
+        _one_error_line(medvl("chat", folder, "-q", "hi"), said)
+    assert not any((tmp_path / name).exists() for name in ("m", "prior", "out"))
+
+
 def test_a_text_path_that_is_no_causal_lm_is_one_line(medvl, folders, tiny_model_dir, tmp_path):
     """Before: a ValueError listing every config class, and an OSError, as tracebacks."""
     build = ("build", folders["spec.yaml"], tmp_path / "m", "text.tokenizer=null")

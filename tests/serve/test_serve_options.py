@@ -95,8 +95,12 @@ def test_usage_is_the_same_streamed_or_not(serve, tiny_model):
     assert plain == streamed and plain["completion_tokens"] == 1
 
 
-def test_serve_on_a_folder_that_is_not_a_model_says_so(tmp_path, medvl):
+def test_serve_on_a_folder_that_is_not_a_model_says_so(tmp_path, medvl, broken_model_dirs):
+    """A config.json that is a list was a TypeError traceback; cut short or without model_type, a line
+    naming no file."""
     (tmp_path / "notes.txt").write_text("not a model")
-    result = medvl("serve", tmp_path)
-    assert result.code == 2 and "is not a loadable medvl model" in result.err
-    assert len(result.err.strip().splitlines()) == 1
+    no_config = f"{tmp_path} is not a saved model folder (no config.json)"
+    for folder, said in [(tmp_path, no_config), *broken_model_dirs]:
+        result = medvl("serve", folder)
+        assert result.code == 2 and result.err.startswith(f"error: {said}"), result.err
+        assert len(result.err.strip().splitlines()) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,3 +78,44 @@ def test_a_stage_whose_previous_stage_is_missing_names_model_path(medvl, tmp_pat
     outcome = medvl(*command.split(), CONFIGS / "train" / "llava_med_stage2.yaml")
     assert (outcome.code, outcome.err.strip()) == (
         2, "error: model.path: runs/llava_med_stage1 is not a saved model folder (no config.json)")
+
+
+def _train_yaml(path: Path, model: dict, data: Path) -> Path:
+    """A train config of `model` (a `model` section) on the records in `data`."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({"model": model, "data": {"sources": [{"path": str(data)}]},
+                                    "output_dir": str(path.parent / "run")}))
+    return path
+
+
+def _one_line(outcome: Any, start: str, *fragments: str) -> None:
+    lines = outcome.err.strip().splitlines()
+    assert outcome.code == 2 and len(lines) == 1, outcome.err
+    assert lines[0].startswith(f"error: {start}") and all(f in lines[0] for f in fragments), lines[0]
+
+
+def test_a_broken_model_config_is_one_line_naming_it(medvl, broken_model_dirs, color_data, tiny_spec_dict,
+                                                      tmp_path):
+    """`model.path` (train, data check) or `model.spec.vision.path` (data check) whose config.json is cut
+    short, a list or has no model_type. Before: a JSONDecodeError, TypeError or ValueError traceback."""
+    for folder, said in broken_model_dirs:
+        config = _train_yaml(tmp_path / "train.yaml", {"path": str(folder)}, color_data)
+        check_file = ("data", "check", color_data, "--model", folder)
+        for command in (("train", config), ("data", "check", config), check_file):
+            _one_line(medvl(*command), f"model.path: {said}", "; restore it")
+        spec = {**tiny_spec_dict, "vision": {**tiny_spec_dict["vision"], "path": str(folder)}}
+        config = _train_yaml(tmp_path / "spec.yaml", {"spec": spec}, color_data)
+        _one_line(medvl("data", "check", config), f"model.spec.vision.path: {said}", "; restore it")
+
+
+def test_a_model_path_transformers_cannot_load_is_one_line(medvl, tiny_model_dir, color_data, tmp_path):
+    """A model.path folder without its weights file was an OSError traceback from `medvl train`."""
+    folder = tmp_path / "no-weights"
+    folder.mkdir()
+    for path in tiny_model_dir.iterdir():
+        if path.suffix != ".safetensors":
+            (folder / path.name).symlink_to(path)
+    outcome = medvl("train", _train_yaml(tmp_path / "train.yaml", {"path": str(folder)}, color_data))
+    _one_line(outcome, f"model.path: {folder} is not a loadable medvl model (",
+              "give the folder that `medvl train`, `medvl build` or `medvl convert` wrote")

@@ -46,7 +46,7 @@ class LocalEngine(Engine):
 
 @register_engine("local", servable=True)
 def local_engine(config: EngineConfig, settings: Any) -> LocalEngine:
-    """The saved model folder `config.model`, loaded (a folder that is not one: `ModelLoadError`)."""
+    """The saved model folder `config.model`, loaded (a folder that is not one: one line, `load_model`)."""
     from medvl.model.generate import load_generator
 
     if not config.model:

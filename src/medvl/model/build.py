@@ -32,6 +32,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from medvl.config import ConfigError
 from medvl.errors import first_line
+from medvl.model.checkpoint import read_model_config
 from medvl.model.dtypes import torch_dtype
 from medvl.model.families import text_config
 from medvl.io.offline import resolve_asset
@@ -39,7 +40,8 @@ from medvl.model.spec import ModelSpec, TextSpec, VisionSpec, spec_key
 from medvl.model.templates import STOP_STRINGS, guess_format, resolve_chat_template, single_bos
 
 __all__ = ["build_model", "build_processor", "causal_lm_config", "generation_config_for", "identity_linear_state",
-           "load_pretrained", "load_tokenizer", "preprocessor_stats", "pretrained_folder"]
+           "load_pretrained", "load_tokenizer", "preprocessor_stats", "pretrained_config",
+           "pretrained_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +53,16 @@ VISION_FAMILIES = {"clip": "clip", "clip_vision_model": "clip", "siglip": "sigli
 def pretrained_folder(value: str, key: str, marker: str | None = "config.json") -> str:
     """The local folder a spec path names (`offline:NAME` resolved), checked before transformers sees it:
     not a folder, or a folder without `marker`, is a ConfigError naming `key` (spec paths are local
-    folders; transformers would read a missing one as a hub id and fail offline with a traceback)."""
+    folders; transformers would read a missing one as a hub id and fail offline with a traceback), and
+    a config.json it holds must be readable (`read_model_config`): transformers reads it for a
+    tokenizer too."""
     path = resolve_asset(value)
     if not Path(path).is_dir():
         raise ConfigError(f"{key}: {path} is not a folder; give the local folder of a saved Hugging Face model")
     if marker and not (Path(path) / marker).is_file():
         raise ConfigError(f"{key}: {path} has no {marker}; give the folder of a saved Hugging Face model")
+    if (Path(path) / "config.json").is_file():
+        read_model_config(path, key)
     return path
 
 
@@ -184,7 +190,7 @@ def _vision_part(vision: VisionSpec, at: str) -> tuple[Any, dict | None, dict]:
 
     key = spec_key(at, "vision.path")
     path = pretrained_folder(vision.path, key)
-    full = _read_config(path, key)
+    full = pretrained_config(path, key)
     config = getattr(full, "vision_config", full)
     family = VISION_FAMILIES.get(config.model_type)
     if family is None:
@@ -201,8 +207,9 @@ def _vision_part(vision: VisionSpec, at: str) -> tuple[Any, dict | None, dict]:
     return tower.config, tower.state_dict(), preprocessor_stats(Path(path))
 
 
-def _read_config(folder: str, key: str, **kwargs: Any) -> Any:
-    """The transformers config of `folder`; one transformers cannot read is a ConfigError naming `key`."""
+def pretrained_config(folder: str, key: str, **kwargs: Any) -> Any:
+    """The transformers config of `folder` (a `pretrained_folder`); one transformers cannot read is a
+    ConfigError naming `key`."""
     try:
         return AutoConfig.from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as exc:  # a broken config.json, a model_type this transformers does not know
@@ -211,7 +218,7 @@ def _read_config(folder: str, key: str, **kwargs: Any) -> Any:
 
 def causal_lm_config(folder: str, key: str, **kwargs: Any) -> Any:
     """The config of `folder`, which must hold a causal LM (a LLaVA or an encoder is a ConfigError naming `key`)."""
-    config = _read_config(folder, key, **kwargs)
+    config = pretrained_config(folder, key, **kwargs)
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ConfigError(f"{key}: {folder} holds a {config.model_type} model, not a causal LM; give the folder of "
                           "the LLM itself (Llama, Mistral, Qwen2, Qwen3 family)")

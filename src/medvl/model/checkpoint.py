@@ -5,22 +5,31 @@ A saved folder holds `config.json` (LlavaForConditionalGeneration), safetensors 
 tokenizer, chat template) and a model card. A plain Python with only transformers loads it:
 
     AutoProcessor.from_pretrained(d); AutoModelForImageTextToText.from_pretrained(d)
+
+Every model folder a user gives (a saved model, a spec's tower or LLM, a teacher, a checkpoint to
+convert) has its `config.json` read here first (`read_model_config`): a missing one, one that is not
+valid JSON, not an object or without a `model_type` is one line naming the file and the fix, where
+transformers raised a JSONDecodeError, TypeError or ValueError traceback. `load_model` and
+`load_saved_processor` turn what transformers raises for a folder it still cannot load into one
+`ModelLoadError` line.
 """
 
 from __future__ import annotations
 
 import shlex
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from medvl.errors import UserError, first_line
 from medvl.io.files import atomic_write_text, ensure_folder, share_weights
+from medvl.io.jsonl import JsonlFileError, read_json_object
 from medvl.model.dtypes import resolve_dtype
 
-__all__ = ["save_model", "load_model", "model_folder", "usable_device", "NotAModelFolder", "UnusableDevice",
-           "DISCLAIMER"]
+__all__ = ["save_model", "load_model", "load_saved_processor", "model_folder", "read_model_config",
+           "usable_device", "ModelLoadError", "NotAModelFolder", "UnusableDevice", "DISCLAIMER"]
 
 DISCLAIMER = (
     "Research use only: outputs of this model are not medical advice and must not be used for "
@@ -28,7 +37,16 @@ DISCLAIMER = (
 )
 
 class NotAModelFolder(UserError, FileNotFoundError):
-    """A path given as a saved model that holds none."""
+    """A path given as a model folder that has no config.json, or one transformers could not read."""
+
+
+class ModelLoadError(UserError, ValueError):
+    """A folder that cannot be loaded as a saved medvl model."""
+
+
+MODEL_CONFIG = "a model's config (a JSON object naming its model_type)"
+RESTORE_CONFIG = ("restore it from where the model came from (a copy cut short or edited), "
+                  "or save the model again")
 
 
 _CARD = """---
@@ -76,14 +94,24 @@ def _name_text_architecture(config: Any) -> None:
             text.architectures = [name]
 
 
+def read_model_config(folder: str | Path, key: str | None = None) -> dict[str, Any]:
+    """The object in `folder`'s config.json. A folder without one, or a file that is not valid JSON,
+    not an object or has no `model_type`, is a NotAModelFolder naming the file and the fix, its
+    message starting with the config `key` that gave the folder, when there is one."""
+    where = f"{key}: " if key else ""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise NotAModelFolder(f"{where}{folder} is not a saved model folder (no config.json)")
+    try:
+        return read_json_object(path, MODEL_CONFIG, RESTORE_CONFIG, {"model_type": str})
+    except JsonlFileError as exc:
+        raise NotAModelFolder(f"{where}{exc}") from None
+
+
 def model_folder(path: str | Path, key: str | None = None) -> Path:
-    """`path` as a saved model folder; one without config.json is a NotAModelFolder, whose message
-    starts with the config `key` that gave the path, when there is one."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        where = f"{key}: " if key else ""
-        raise NotAModelFolder(f"{where}{path} is not a saved model folder (no config.json)")
-    return path
+    """`path` as a saved model folder, its config.json read (`read_model_config`)."""
+    read_model_config(path, key)
+    return Path(path)
 
 
 class UnusableDevice(UserError, RuntimeError):
@@ -102,16 +130,39 @@ def usable_device(name: str) -> torch.device:
     return device
 
 
+@contextmanager
+def _loading(path: Path, key: str | None) -> Iterator[None]:
+    """What transformers raises for a folder it cannot load (a broken weight or tokenizer file, a config
+    it does not know) as a ModelLoadError naming `key` and the folder."""
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        where = f"{key}: " if key else ""
+        raise ModelLoadError(f"{where}{path} is not a loadable medvl model ({first_line(exc)}); give the "
+                             "folder that `medvl train`, `medvl build` or `medvl convert` wrote") from None
+
+
+def load_saved_processor(path: str | Path, key: str | None = None) -> Any:
+    """The processor of the saved model folder `path` (no weights read); `key` as `load_model`'s."""
+    from transformers import AutoProcessor
+
+    path = model_folder(path, key)
+    with _loading(path, key):
+        return AutoProcessor.from_pretrained(path)
+
+
 def load_model(path: str | Path, dtype: str | torch.dtype | None = "auto", device: str | None = None,
                key: str | None = None) -> tuple[Any, Any]:
     """(model, processor) from a native folder, in eval mode, tokenizer padding on the left; `key`
-    names the setting that gave `path` in the error when it is not a model folder."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    names the setting that gave `path` in the error when it is not a loadable model folder."""
+    from transformers import AutoModelForImageTextToText
 
     path = model_folder(path, key)
+    weights_dtype = resolve_dtype(dtype)  # a --dtype or --device mistake is named before anything loads
     target = usable_device(device) if device else None
-    processor = AutoProcessor.from_pretrained(path)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=resolve_dtype(dtype))
+    processor = load_saved_processor(path, key)
+    with _loading(path, key):
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=weights_dtype)
     if target is not None:
         model = model.to(target)
     model.eval()

@@ -31,6 +31,7 @@ import torch
 
 from medvl.errors import first_line
 from medvl.model.build import generation_config_for, identity_linear_state, load_tokenizer
+from medvl.model.checkpoint import read_model_config
 from medvl.model.dtypes import DTYPE_NAMES, torch_dtype
 from medvl.model.families import legacy_types
 from medvl.model.legacy_layout import (
@@ -177,6 +178,7 @@ def plan_conversion(source: str | Path, vision_tower: str | None = None, chat_te
         raise ConversionError(
             f"{source} {what}, and mm_vision_tower {legacy.get('mm_vision_tower')!r} is not a local folder: pass "
             "--vision-tower with a local copy of it (e.g. clip-vit-large-patch14-336)")
+    read_model_config(tower_dir, tower_dir_from)  # a broken config.json named before transformers reads it
     tokenizer = _tokenizer(source)
     model, spec, vision_config = _empty_native_model(legacy, llm_type, projector, tower_dir, tokenizer,
                                                      template, source)

@@ -19,8 +19,8 @@ A caller that has encoded a conversation already (the API server measures each p
 tokenised once: `join_prompts` pads such one-conversation encodings into a batch as the processor
 would have. A call in which some conversations come encoded and some not encodes the rest one by one
 (once each), so all are grouped by token counts. `load_generator` opens a saved model folder for every
-caller (a folder that is not one is one `ModelLoadError` line); `context_length` reads a model
-config's positions.
+caller (a folder that is not one is one line: `medvl.model.checkpoint.load_model`); `context_length`
+reads a model config's positions.
 """
 
 from __future__ import annotations
@@ -44,12 +44,10 @@ from transformers import (
 )
 
 from medvl.config import Config
-from medvl.errors import UserError, first_line
-from medvl.model.dtypes import UnknownDtype
 from medvl.model.templates import STOP_STRINGS, guess_format
 from medvl.records import message_image_count
 
-__all__ = ["GenerationSettings", "GenerationResult", "Generator", "ModelLoadError", "Stream", "StopCheck",
+__all__ = ["GenerationSettings", "GenerationResult", "Generator", "Stream", "StopCheck",
            "context_length", "encode_prompts", "join_prompts", "load_generator"]
 
 StopCheck = Callable[[], bool]
@@ -75,20 +73,11 @@ class GenerationResult:
     finish_reason: str  # "stop" (EOS / end of turn), "length", or "cancelled" (its should_stop said so)
 
 
-class ModelLoadError(UserError, ValueError):
-    """A folder that cannot be loaded as a saved medvl model."""
-
-
 def load_generator(path: str | Path, dtype: str = "auto", device: str | None = None,
                    settings: GenerationSettings | None = None) -> "Generator":
-    """A `Generator` over the saved model folder `path`."""
-    try:
-        return Generator.from_pretrained(path, dtype=dtype, device=device, settings=settings)
-    except UnknownDtype:  # a --dtype mistake, not the folder's
-        raise
-    except (OSError, ValueError) as exc:  # what transformers raises for a missing, broken or foreign folder
-        raise ModelLoadError(f"{path} is not a loadable medvl model ({first_line(exc)}); give the folder that "
-                             "`medvl train`, `medvl build` or `medvl convert` wrote") from None
+    """A `Generator` over the saved model folder `path` (one that is not: `NotAModelFolder`,
+    `ModelLoadError`)."""
+    return Generator.from_pretrained(path, dtype=dtype, device=device, settings=settings)
 
 
 def context_length(config: Any) -> int:

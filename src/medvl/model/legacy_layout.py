@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import torch
 
 from medvl.errors import UserError, first_line
+from medvl.model.checkpoint import read_model_config
 from medvl.model.families import legacy_types
 
 __all__ = ["ConversionError", "legacy_config", "weight_files", "read_weight_file", "read_legacy_weights", "find_tower"]
@@ -70,15 +71,13 @@ def read_legacy_weights(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def legacy_config(source: Path) -> dict[str, Any]:
-    """The folder's config.json, checked to be a legacy LLaVA type in a layout medvl converts."""
+    """The folder's config.json (`read_model_config`), checked to be a legacy LLaVA type in a layout
+    medvl converts."""
     path = source / "config.json"
-    try:
-        legacy = json.loads(path.read_text())
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        raise ConversionError(f"{source}: no config.json; point at the checkpoint folder") from exc
-    except ValueError as exc:
-        raise ConversionError(f"{path}: not valid JSON ({exc})") from exc
-    model_type = legacy.get("model_type")
+    if not path.is_file():
+        raise ConversionError(f"{source}: no config.json; point at the checkpoint folder")
+    legacy = read_model_config(source)
+    model_type = legacy["model_type"]
     known = legacy_types()
     if model_type not in known or "text_config" in legacy:  # native llava configs nest text_config
         raise ConversionError(f"{source}: model_type {model_type!r} with this layout is not a legacy LLaVA type "

@@ -36,6 +36,7 @@ from medvl.errors import UserError, first_line
 from medvl.io.files import ensure_folder, share_weights
 from medvl.io.images import image_files
 from medvl.model.build import CLIP_MEAN, CLIP_STD, load_pretrained, preprocessor_stats
+from medvl.model.checkpoint import read_model_config
 from medvl.model.spec import VisionSpec
 
 __all__ = ["PriorConfig", "distil_tower", "cached_prior", "prior_key", "student_tower", "Teacher",
@@ -103,6 +104,7 @@ def load_teacher(name: str, size: int) -> Teacher:
     folder = Path(name)
     if not (folder / "config.json").is_file():
         raise UserError(f"teacher {name!r}: not 'efficientnet-lite0' and not a local model folder with config.json")
+    read_model_config(folder, "teacher")
     from transformers import AutoModel
 
     network = load_pretrained(AutoModel, name, "teacher", f"expected {TEACHERS}").eval()

@@ -48,19 +48,16 @@ def components(model: Any) -> dict[str, list[torch.nn.Module]]:
 def load_processor(source: ModelSource) -> Any:
     """The processor of the starting model without loading weights (for `medvl data check`)."""
     if source.path is not None:
-        from transformers import AutoProcessor
+        from medvl.model.checkpoint import load_saved_processor
 
-        from medvl.model.checkpoint import model_folder
-
-        return AutoProcessor.from_pretrained(model_folder(source.path, "model.path"))
-    from transformers import AutoConfig
-
-    from medvl.model.build import build_processor, load_tokenizer, pretrained_folder
+        return load_saved_processor(source.path, "model.path")
+    from medvl.model.build import build_processor, load_tokenizer, pretrained_config, pretrained_folder
 
     spec = source.spec
     sizes: dict[str, int] = {}
     if spec.vision.path is not None:
-        vision = AutoConfig.from_pretrained(pretrained_folder(spec.vision.path, f"{SPEC_AT}.vision.path"))
+        key = f"{SPEC_AT}.vision.path"
+        vision = pretrained_config(pretrained_folder(spec.vision.path, key), key)
         vision = getattr(vision, "vision_config", vision)
         sizes = {"image_size": vision.image_size, "patch_size": vision.patch_size}
     return build_processor(spec, load_tokenizer(spec.text, spec.image_token, SPEC_AT), at=SPEC_AT, **sizes)
@@ -97,7 +94,11 @@ def _load_quantized(source: ModelSource, lora: LoraSettings) -> tuple[Any, Any]:
     if source.path is None:
         raise LoraUnavailable("QLoRA starts from a saved model folder (model.path), not a fresh spec")
     from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
+    from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
+
+    from medvl.model.checkpoint import load_saved_processor
+
+    processor = load_saved_processor(source.path, "model.path")  # the folder checked before the weights load
 
     quantization = BitsAndBytesConfig(
         load_in_4bit=lora.quantize == "4bit", load_in_8bit=lora.quantize == "8bit",
@@ -108,7 +109,6 @@ def _load_quantized(source: ModelSource, lora: LoraSettings) -> tuple[Any, Any]:
         source.path, quantization_config=quantization, dtype=torch.bfloat16, device_map={"": torch.cuda.current_device()}
     )
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    processor = AutoProcessor.from_pretrained(source.path)
     processor.tokenizer.padding_side = "right"
     return model, processor
 
