@@ -47,6 +47,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, smol_tokenizer):
     page = report.read_text()
     for heading in ("1. Curation", "2. Model", "3. Training", "4. Evaluation", "5. Example answers", "6. Use the model"):
         assert heading in page
+    assert "vLLM config check: passed" in page  # the final model, as issue #11 asks
     assert "image_too_small" in page and "too_few_medical_terms" in page  # the built-in sample's filter examples
     assert "202 of the 203 test images are also VQA-RAD train images" in page  # the splits share images by design
     assert (out / "finetune" / "config.json").is_file() and (out / "report.html") == report

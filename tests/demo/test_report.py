@@ -43,3 +43,17 @@ def test_each_pairing_is_computed_once_for_page_and_compare_files(tmp_path, monk
     for protocol in HEADLINES:
         written = (out / "eval" / f"compare-{protocol}.md").read_text()
         assert "image reliance = real − shuffled" in written and written.count("### ") == len(SYSTEMS) - 1
+
+
+def test_the_report_states_the_final_model_s_vllm_config_check(tmp_path, tiny_model_dir, broken_model_dirs):
+    """Issue #11's "passes the vLLM config check", stated where the user reads about the model, or its
+    problems."""
+    broken = broken_model_dirs[1][0]  # its config.json is a list
+    lines = ("<p class='ok'>vLLM config check: passed (",
+             "<p class='bad'>vLLM config check: 1 problem: {}: a list, not an object; expected a model")
+    for index, (model, line) in enumerate(zip((tiny_model_dir, broken), lines)):
+        out = tmp_path / f"demo-{index}"
+        out.mkdir()
+        (out / "finetune").symlink_to(model)
+        page = write_report(load_config(DemoConfig), out, {"curate": {}, "build": {}}, 1.0).read_text()
+        assert line.format(out / "finetune" / "config.json") in page

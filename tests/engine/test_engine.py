@@ -114,6 +114,26 @@ def test_vllm_engine_s_context_is_the_one_vllm_enforces(stand_in_vllm, tiny_mode
     assert hub_model.context_length == 700
 
 
+def test_vllm_engine_refuses_a_folder_vllm_would_not_load_before_vllm_starts(stand_in_vllm, tiny_model_dir,
+                                                                             broken_model_dirs, tmp_path):
+    """Before: vLLM was started on it, to fail (after loading) in its own words, and a broken config.json
+    was a JSONDecodeError traceback from reading the processor."""
+    import json
+    import shutil
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(tiny_model_dir, legacy)
+    config = json.loads((legacy / "config.json").read_text())
+    (legacy / "config.json").write_text(json.dumps(config | {"architectures": ["LlavaLlamaForCausalLM"]}))
+    refused_legacy = (f"{legacy}: vLLM cannot load this folder (architectures is ['LlavaLlamaForCausalLM'], "
+                      "expected ['LlavaForConditionalGeneration']); give a folder that `medvl train`")
+    for folder, said in [(legacy, refused_legacy), *broken_model_dirs]:
+        with pytest.raises(UserError) as refused:
+            make_engine(EngineConfig(kind="vllm", model=str(folder)), GenerationSettings())
+        assert said in str(refused.value) and "\n" not in str(refused.value)
+        assert "init" not in stand_in_vllm  # vLLM was not started
+
+
 def test_vllm_engine_without_vllm_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
     with pytest.raises(UserError, match=r"pip install 'medvl\[vllm\]'"):

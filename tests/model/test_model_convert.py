@@ -122,6 +122,12 @@ def test_check_prints_the_plan(converted, tower_dir):
     assert "example tokens: ['<s>', '▁A'," in out  # one BOS; the text after it starts a word as on its own
 
 
+def test_convert_ends_with_the_vllm_config_check(medvl, converted, tower_dir, tmp_path):
+    legacy_dir, _, _ = converted("llava-med-v1.5-mistral-7b")
+    outcome = medvl("convert", legacy_dir, tmp_path / "out", "--vision-tower", tower_dir)
+    assert outcome.code == 0 and outcome.out.splitlines()[-1] == "vLLM config check: passed", outcome.out
+
+
 def test_tower_folder_weights_when_the_checkpoint_has_none(converted, tower_dir):
     legacy_dir, _, _ = converted("llava-med-v1.5-mistral-7b")
     plan = plan_conversion(legacy_dir, vision_tower=str(tower_dir))

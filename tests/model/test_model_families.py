@@ -19,7 +19,7 @@ from medvl.model.families import CHAT_FORMATS, FAMILIES, Family, legacy_types, t
 from medvl.model.legacy_layout import ConversionError, legacy_config
 from medvl.model.spec import ModelSpec, TextSpec, tiny_spec
 from medvl.model.templates import STOP_STRINGS, TEMPLATE_NAMES, guess_format, shipped_template
-from medvl.serve.vllm_compat import vllm_problems
+from medvl.model.vllm_compat import vllm_problems
 
 
 def test_the_table_agrees_with_transformers():

@@ -202,6 +202,11 @@ def test_a_whole_gguf_file_passes_the_check(tmp_path):
         check_gguf(written, "text.gguf_file")
 
 
+def test_build_ends_with_the_vllm_config_check(medvl, folders, tmp_path):
+    outcome = medvl("build", folders["spec.yaml"], tmp_path / "m")
+    assert outcome.code == 0 and outcome.out.splitlines()[-1] == "vLLM config check: passed", outcome.out
+
+
 def test_build_refuses_an_output_path_that_is_a_file_before_building(medvl, folders, tmp_path, monkeypatch):
     from medvl.model import build
 

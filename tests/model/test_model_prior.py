@@ -110,7 +110,7 @@ def test_prior_is_seeded_native_and_cached(organ_images, tmp_path, monkeypatch, 
     from medvl.model.build import build_model
     from medvl.model.checkpoint import save_model
     from medvl.model.spec import tiny_spec
-    from medvl.serve.vllm_compat import vllm_problems
+    from medvl.model.vllm_compat import vllm_problems
 
     monkeypatch.setenv("MEDVL_CACHE", str(tmp_path / "cache"))
     config = _prior_config(organ_images[0][:6], epochs=1)

@@ -4,7 +4,8 @@ Sections: what ran, curation counts, the model (and its visual prior), training 
 scores under both protocols with 95% intervals next to the majority answer and two image controls
 (question-only, shuffled image), the model paired against each control (difference, CI, exact
 McNemar p, a verdict that says "not significant" when it is not), example answers, and how to
-chat/serve. `eval/compare-<protocol>.md` holds the same runs as `medvl eval compare` writes them.
+chat/serve, with the final model's vLLM config check ("vLLM config check: passed", or its problems).
+`eval/compare-<protocol>.md` holds the same runs as `medvl eval compare` writes them.
 """
 
 from __future__ import annotations
@@ -303,11 +304,17 @@ def _thumbnail(images: list[str]) -> str:
 
 
 def _next(out: Path, config: DemoConfig) -> str:
+    from medvl.model.vllm_compat import vllm_check_line, vllm_problems
+
     model = html.escape(shlex.quote(str(out / "finetune")))
+    problems = vllm_problems(out / "finetune")
     reformat = "" if config.reformat_llm else (
         "<p>PubMedVision-style unblinded reformatting was skipped (no multimodal endpoint configured). Enable it "
         "with <code>medvl demo reformat_llm.base_url=http://HOST/v1 reformat_llm.model=gpt-4o</code> "
         "(key in <code>$OPENAI_API_KEY</code>); estimate its cost first with <code>medvl curate estimate</code>.</p>")
     return (f"<h2>6. Use the model</h2><pre>medvl chat {model}\nmedvl serve {model}      # OpenAI API on "
-            f"127.0.0.1:8000\nmedvl webui {model}\nvllm serve {model}</pre>" + reformat
+            f"127.0.0.1:8000\nmedvl webui {model}\nvllm serve {model}</pre>"
+            + f"<p class='{'bad' if problems else 'ok'}'>{html.escape(vllm_check_line(problems))}"
+            + ("" if problems else " (vLLM's OpenAI server loads the final model's saved config: "
+               "medvl.model.vllm_compat)") + "</p>" + reformat
             + f"<p class='note'>config: {html.escape(json.dumps(config.model_dump(mode='json'))[:400])}…</p>")

@@ -1,5 +1,6 @@
 """`medvl build` (a model from a spec YAML), `medvl convert` (legacy LLaVA → native) and `medvl prior`
-(distil a pretrained image network into a native ViT tower)."""
+(distil a pretrained image network into a native ViT tower). Build and convert end with the saved
+folder's vLLM config check (`medvl.model.vllm_compat`): passed, or its problems."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def build(
         save_model(model, processor, out)
     params = sum(p.numel() for p in model.parameters())
     typer.echo(f"saved {params / 1e6:.1f}M-parameter model to {out}")
+    _vllm_check(out)
 
 
 def convert(
@@ -58,6 +60,7 @@ def convert(
         raise UserError("medvl convert: give an output folder (or --check to only inspect the source)")
     path = convert_legacy(source, out, vision_tower=tower, chat_template=chat_template, dtype=dtype)
     typer.echo(f"converted {source} -> {path} (load with AutoModelForImageTextToText, serve with vllm)")
+    _vllm_check(path)
 
 
 def prior(
@@ -79,6 +82,12 @@ def prior(
     typer.echo(f"saved a {settings.tower.num_layers}-layer CLIP tower to {out}: {result.images} images{skipped}, "
                f"{result.views} views, {result.steps} steps, loss {result.first_loss:.3f} → {result.final_loss:.3f}; "
                f"use it with {shlex.quote(f'model.vision.path={out}')}")
+
+
+def _vllm_check(folder: Path) -> None:
+    from medvl.model.vllm_compat import vllm_check_line, vllm_problems
+
+    typer.echo(vllm_check_line(vllm_problems(folder)))
 
 
 def register(app: typer.Typer) -> None:
