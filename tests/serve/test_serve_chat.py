@@ -183,3 +183,53 @@ def test_one_shot_images_are_read_before_the_model_loads(tmp_path, medvl):
     """A typo in an image path is reported at once, not after loading a model (here: no model at all)."""
     result = medvl("chat", str(tmp_path), "-i", str(tmp_path / "scan [1].png"), "-q", "What?")
     assert result.code == 2 and result.err.strip() == f"error: {tmp_path / 'scan [1].png'}: missing: no such file"
+
+
+def test_text_that_is_not_utf8_is_refused_in_one_line(tmp_path, medvl):
+    """Bytes a terminal could not decode (Python keeps them as surrogates) were a TypeError traceback from the
+    tokenizer; the one-shot question and system prompt are checked before the model loads (here: no model)."""
+    result = medvl("chat", str(tmp_path), "-q", "what \udcff?")
+    assert result.code == 2 and result.err.strip() == "error: --question is not UTF-8 text (byte 0xff at character 6)"
+    result = medvl("chat", str(tmp_path), "-q", "what?", "--system", "be \udcc3")
+    assert result.code == 2 and result.err.strip() == "error: --system is not UTF-8 text (byte 0xc3 at character 4)"
+
+
+def test_repl_refuses_what_it_cannot_ask_in_one_line_and_goes_on(tiny_model_dir, two_images, generator, monkeypatch,
+                                                                  medvl):
+    """A line that is not UTF-8 is not asked (it was a traceback); a question too long for the context says
+    that the attached images wait (else every next question fails the same way, unexplained); a command
+    given arguments it does not take does nothing ("/clear images" cleared everything); end of input
+    leaves the prompt's line before "bye"."""
+    import io
+    import sys
+
+    lines = [b"\xff\xfe what is this?", f"/image {two_images[0]}".encode(), b"why " * 600, b"/clear images",
+             b"/quit now", b"Hello"]
+    stdin = io.TextIOWrapper(io.BytesIO(b"\n".join(lines) + b"\n"), encoding="utf-8", errors="surrogateescape")
+    monkeypatch.setattr(sys, "stdin", stdin)  # as Python reads a terminal: undecodable bytes kept as surrogates
+    result = medvl("chat", str(tiny_model_dir), "--max-new-tokens", "6")
+    assert result.code == 0 and "Traceback" not in result.out + result.err, result.err
+    out = result.out
+    assert "medvl> not asked: the question is not UTF-8 text (byte 0xff at character 1)\n" in out
+    overflow = re.search(r"medvl> not asked: the question and its images take \d+ tokens; .*\n", out)
+    assert overflow and overflow.group().endswith(
+        "(1 attached image(s) stay attached for the next question; /clear drops them)\n"), out
+    assert "/clear takes no arguments (try /help)" in out and "/quit takes no arguments (try /help)" in out
+    image = Image.open(two_images[0]).convert("RGB")
+    answers = [line.split("medvl> ", 1)[1] for line in out.splitlines() if "medvl> " in line]
+    assert answers[-1] == _generate(generator, [user_turn("Hello", 1)], [image], 6)  # not cleared: image attached
+    assert out.endswith("you> \nbye\n")
+
+
+def test_a_stopped_answer_drops_nothing_from_the_history(generator):
+    """The exchanges dropped to fit a question are gone only once its answer is complete: the REPL's
+    "(dropped N oldest exchange(s))" counted, after an answer stopped with Ctrl-C, exchanges still kept."""
+    session = ChatSession(generator, GenerationSettings(max_new_tokens=400))
+    session.messages = [user_turn("first", 0), {"role": "assistant", "content": "lorem ipsum " * 60}]
+    kept = list(session.messages)
+    answer = session.stream("second")
+    next(answer)
+    answer.close()  # as Ctrl-C while answering
+    assert (session.dropped, session.messages) == (0, kept)
+    "".join(session.stream("second"))
+    assert session.dropped == 1 and session.messages[0] == user_turn("second", 0)

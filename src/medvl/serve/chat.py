@@ -5,7 +5,8 @@ REPL: each line is a question; the answer streams token by token. Commands:
 spaces), `/clear` forgets the conversation, `/help`, `/quit` (or end of input, or Ctrl-C at the
 prompt). Ctrl-C while an answer streams stops that answer and returns to the prompt. Images from
 earlier turns stay in the conversation, as do the answers. When the history outgrows the
-model's context, the oldest exchanges are dropped, and the REPL says so.
+model's context, the oldest exchanges are dropped, and the REPL says so. A question that cannot be
+asked (too long on its own, not UTF-8) gets one line saying why; its attached images wait.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from rich.panel import Panel
 from medvl.errors import UserError
 from medvl.io.images import ImageLoadError, load_image
 from medvl.model.checkpoint import DISCLAIMER
-from medvl.serve.session import ChatSession, ContextOverflow
+from medvl.serve.session import ChatSession
 
 __all__ = ["HELP", "UnreadableImage", "one_shot", "read_images", "repl"]
 
@@ -33,6 +34,7 @@ HELP = """Commands:
   /help                  show this help
   /quit                  leave (Ctrl-D works too)
 Anything else is a question."""
+COMMANDS = ("/image", "/clear", "/help", "/quit", "/exit")
 
 
 class UnreadableImage(UserError, ValueError):
@@ -49,7 +51,8 @@ def read_images(paths: Sequence[Path]) -> list[Image.Image]:
 
 
 def one_shot(session: ChatSession, question: str, images: Sequence[Image.Image]) -> str:
-    """Answer one question about `images` (`ContextOverflow` for a question too long for the model)."""
+    """Answer one question about `images` (`ContextOverflow` for a question too long for the model,
+    `NotUtf8Text` for one that is not UTF-8)."""
     for image in images:
         session.attach(image)
     return session.ask(question)
@@ -66,6 +69,7 @@ def repl(session: ChatSession, images: Sequence[Path] = (), console: Console | N
         try:
             line = console.input("[bold cyan]you[/]> ").strip()
         except (EOFError, KeyboardInterrupt):
+            console.print()  # the prompt's line is left open: "bye" goes on a line of its own
             break
         if line.startswith("/"):
             if not _command(session, line, console):
@@ -78,8 +82,8 @@ def repl(session: ChatSession, images: Sequence[Path] = (), console: Console | N
             try:
                 for delta in answer:
                     console.print(delta, end="", markup=False)
-            except ContextOverflow as exc:
-                console.print(f"[red]{escape(str(exc))}[/]")
+            except UserError as exc:  # too long for the context, not UTF-8: not asked
+                console.print(f"[red]not asked: {escape(str(exc))}[/]{_pending_note(session)}", soft_wrap=True)
                 continue
             except KeyboardInterrupt:  # Ctrl-C while answering: stop this answer, keep the conversation
                 console.print("\n[dim](stopped; this question is not kept, attached images stay attached)[/]")
@@ -98,20 +102,30 @@ def _command(session: ChatSession, line: str, console: Console) -> bool:
     except ValueError as exc:
         console.print(f"[red]cannot parse command: {escape(str(exc))}[/]")
         return True
-    if name in ("/quit", "/exit"):
+    if name not in COMMANDS:
+        console.print(f"[red]unknown command {escape(name)}[/] (try /help)")
+    elif args and name != "/image":  # "/clear images" must not clear the conversation
+        console.print(f"[red]{escape(name)} takes no arguments[/] (try /help)")
+    elif name in ("/quit", "/exit"):
         return False
-    if name == "/clear":
+    elif name == "/clear":
         session.clear()
         console.print("conversation cleared")
+    elif name == "/image" and not args:
+        console.print("usage: /image PATH [PATH...]", markup=False)
     elif name == "/image":
-        if not args:
-            console.print("usage: /image PATH [PATH...]", markup=False)
         _attach(session, args, console)
-    elif name == "/help":
-        console.print(HELP, markup=False)
     else:
-        console.print(f"[red]unknown command {escape(name)}[/] (try /help)")
+        console.print(HELP, markup=False)
     return True
+
+
+def _pending_note(session: ChatSession) -> str:
+    """After a question that was not asked: the attached images wait for the next one (say how to drop them)."""
+    if not session.pending:
+        return ""
+    count = len(session.pending)
+    return f" [dim]({count} attached image(s) stay attached for the next question; /clear drops them)[/]"
 
 
 def _attach(session: ChatSession, paths: Sequence[str], console: Console) -> None:

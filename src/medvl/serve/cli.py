@@ -29,10 +29,13 @@ def chat(
     from medvl.model.checkpoint import DISCLAIMER
     from medvl.model.generate import load_generator
     from medvl.serve.chat import one_shot, read_images, repl
-    from medvl.serve.session import ChatSession, check_answer_room, sampling_settings
+    from medvl.serve.session import ChatSession, check_answer_room, check_text, sampling_settings
 
     if question is not None and not question.strip() and not image:
         raise typer.BadParameter("an empty question and no image: nothing to ask", param_hint="'--question'")
+    for text, what in ((question, "--question"), (system, "--system")):  # bytes a terminal could not decode
+        if text is not None:
+            check_text(text, what)
     images = read_images(image or []) if question is not None else []  # a bad path before the model loads
     generator = load_generator(model_dir, dtype=dtype, device=device)
     check_answer_room(generator, max_new_tokens)  # before the first question, not at each one

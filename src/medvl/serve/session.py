@@ -4,6 +4,8 @@ A conversation is medvl's chat messages (user turns hold `{"type": "image"}` par
 images in the order their parts appear. `fit_context` drops the oldest exchanges, images
 included, when the prompt and the answer would not fit the model's context, instead of failing
 on turn N. `ChatSession` keeps the history and the images attached for the next question.
+`check_text` refuses text that is not UTF-8 (bytes a terminal could not decode, lone surrogates
+sent as JSON escapes), which the tokenizer would fail on with a TypeError.
 """
 
 from __future__ import annotations
@@ -19,12 +21,28 @@ from medvl.errors import UserError
 from medvl.model.generate import GenerationSettings, Generator, context_length
 from medvl.records import message_image_count
 
-__all__ = ["ChatSession", "ContextOverflow", "check_answer_room", "fit_context", "sampling_settings",
-           "system_prompt_too_long", "user_turn"]
+__all__ = ["ChatSession", "ContextOverflow", "NotUtf8Text", "check_answer_room", "check_text", "fit_context",
+           "sampling_settings", "system_prompt_too_long", "user_turn"]
 
 
 class ContextOverflow(UserError, ValueError):
     """The newest question with its images alone does not fit the model's context."""
+
+
+class NotUtf8Text(UserError, ValueError):
+    """A question or system prompt holding characters that are not UTF-8 text (the message says where)."""
+
+
+def check_text(text: str, what: str) -> str:
+    """`text`, or `NotUtf8Text` naming `what` ("the question") and the first character that is not UTF-8:
+    a byte the terminal could not decode (Python keeps it as a surrogate) or a lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        found = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate U+{code:04X}"
+        raise NotUtf8Text(f"{what} is not UTF-8 text ({found} at character {exc.start + 1})") from None
+    return text
 
 
 def sampling_settings(max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
@@ -112,28 +130,29 @@ class ChatSession:
 
     def stream(self, question: str) -> Iterator[str]:
         """Yield the answer's text deltas; the exchange joins the history once it is complete."""
-        messages, images = self._conversation(question)
+        messages, images, dropped = self._conversation(question)
         answer = ""
         with closing(self.generator.stream(messages, images, self.settings)) as deltas:  # closed: the model stops
             for delta in deltas:
                 answer += delta
                 yield delta
-        self._record(messages, images, answer)
+        self._record(messages, images, dropped, answer)
 
     def ask(self, question: str) -> str:
-        messages, images = self._conversation(question)
+        messages, images, dropped = self._conversation(question)
         answer = self.generator.generate([messages], [images], self.settings)[0].text
-        self._record(messages, images, answer)
+        self._record(messages, images, dropped, answer)
         return answer
 
-    def _conversation(self, question: str) -> tuple[list[dict[str, Any]], list[Any]]:
+    def _conversation(self, question: str) -> tuple[list[dict[str, Any]], list[Any], int]:
+        check_text(question, "the question")
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt and not self.messages else []
         messages = system + self.messages + [user_turn(question, len(self.pending))]
-        messages, images, dropped = fit_context(self.generator, messages, self.images + self.pending,
-                                                self.settings.max_new_tokens)
-        self.dropped += dropped
-        return messages, images
+        return fit_context(self.generator, messages, self.images + self.pending, self.settings.max_new_tokens)
 
-    def _record(self, messages: list[dict[str, Any]], images: list[Any], answer: str) -> None:
+    def _record(self, messages: list[dict[str, Any]], images: list[Any], dropped: int, answer: str) -> None:
+        """Keep a completed exchange; the exchanges dropped to make room for it are gone only now (a
+        stopped answer leaves the history as it was)."""
         self.messages = messages + [{"role": "assistant", "content": answer.strip()}]
         self.images, self.pending = list(images), []
+        self.dropped += dropped
