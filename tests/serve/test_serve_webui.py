@@ -254,3 +254,20 @@ def test_the_token_slider_fits_the_models_context(generator, tiny_model_dir):
     assert (slider.value, slider.maximum) == (256, min(1024, context - 1))
     with pytest.raises(ContextOverflow, match=f"max_new_tokens={context} leaves no room for a question"):
         launch(tiny_model_dir, port=_free_port(), max_new_tokens=context, block=False).close()
+
+
+def test_what_gradio_lets_through_is_refused_with_the_reason(generator):
+    """Gradio checks a slider's bounds but lets NaN through (JSON from any client may carry it), and text with
+    a lone surrogate (a JSON escape): both were tracebacks from the chat function, now answers saying why."""
+    from medvl.serve.config import ImagePolicy
+    from medvl.serve.webui import answer
+
+    def reply(text: str, *settings: float) -> str:
+        return list(answer(generator, ImagePolicy(), {"text": text, "files": []}, [], *settings))[-1]
+
+    assert reply("What?", float("nan"), 0.0, 1.0) == (
+        f"{REFUSED}max new tokens=nan: the generation settings must be numbers")
+    assert reply("What?", 4, float("nan"), float("nan")) == (
+        f"{REFUSED}temperature=nan, top-p=nan: the generation settings must be numbers")
+    assert reply("What \ud800?", 4, 0.0, 1.0) == (
+        f"{REFUSED}the question is not UTF-8 text (lone surrogate U+D800 at character 6)")

@@ -24,6 +24,7 @@ them when it stops; SIGTERM stops it as Ctrl-C does (closing the server, so the 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import threading
@@ -38,7 +39,8 @@ from medvl.model.generate import GenerationSettings, Generator, context_length, 
 from medvl.serve.config import (MIN_API_KEY_CHARS, ImagePolicy, UnsafeExposureError, check_listen_address,
                                 is_loopback)
 from medvl.serve.image_urls import shrink
-from medvl.serve.session import ContextOverflow, check_answer_room, fit_context, sampling_settings, user_turn
+from medvl.serve.session import (ContextOverflow, NotUtf8Text, check_answer_room, check_text, fit_context,
+                                 sampling_settings, user_turn)
 
 __all__ = ["REFUSED", "WebUIConfigError", "answer", "build_demo", "conversation_of_history", "launch", "login_from_env"]
 
@@ -160,6 +162,13 @@ def _prepared(generator: Generator, policy: ImagePolicy, message: dict[str, Any]
     """(messages, images, settings) of the model call for `message` after `history` (`_Refused` for bad input)."""
     if not (message.get("text") or "").strip() and not message.get("files"):
         raise _Refused("type a question or attach an image")
+    numbers = {"max new tokens": max_new_tokens, "temperature": temperature, "top-p": top_p}
+    if bad := [f"{name}={value}" for name, value in numbers.items() if not math.isfinite(value)]:
+        raise _Refused(f"{', '.join(bad)}: the generation settings must be numbers")  # Gradio lets NaN through
+    try:
+        check_text(message.get("text") or "", "the question")
+    except NotUtf8Text as exc:
+        raise _Refused(str(exc)) from None
     messages, paths = conversation_of_history(history, message)
     if len(paths) > policy.max_images:
         raise _Refused(f"{len(paths)} images in this conversation; the limit is {policy.max_images}")
