@@ -271,3 +271,32 @@ def test_what_gradio_lets_through_is_refused_with_the_reason(generator):
         f"{REFUSED}temperature=nan, top-p=nan: the generation settings must be numbers")
     assert reply("What \ud800?", 4, 0.0, 1.0) == (
         f"{REFUSED}the question is not UTF-8 text (lone surrogate U+D800 at character 6)")
+
+
+def test_without_a_login_only_loopback_host_names_are_answered(tiny_model_dir):
+    """As `medvl serve`: a page the user visits cannot rebind its own name to 127.0.0.1 and drive the model
+    (Gradio answered any Host); names given (a reverse proxy's) are answered too. With a login, the login
+    guards the page, and it works."""
+    import httpx
+    from gradio_client import Client
+
+    from medvl.serve.webui import launch
+
+    port = _free_port()
+    demo = launch(tiny_model_dir, port=port, block=False, allowed_hosts=["medvl.lan"])
+    try:
+        for host, status in [("evil.example", 400), (f"evil.example:{port}", 400), (f"127.0.0.1:{port}", 200),
+                             (f"localhost:{port}", 200), ("medvl.lan", 200)]:
+            assert httpx.get(f"http://127.0.0.1:{port}/config", headers={"Host": host}).status_code == status, host
+    finally:
+        demo.close()
+    login, port = ("alice", "a-long-password-here"), _free_port()
+    demo = launch(tiny_model_dir, port=port, block=False, auth=login)
+    try:
+        assert httpx.get(f"http://127.0.0.1:{port}/config", headers={"Host": "evil.example"}).status_code == 401
+        with pytest.raises(ValueError, match="Could not login"):
+            Client(demo.local_url, verbose=False, auth=("alice", "not-the-password!"))
+        client = Client(demo.local_url, verbose=False, auth=login)
+        assert client.predict({"text": "Hello", "files": []}, 4, 0.0, 1.0, api_name="/respond")
+    finally:
+        demo.close()

@@ -93,6 +93,9 @@ def webui(
     port: int = typer.Option(7860),
     auth_env: str = typer.Option("MEDVL_WEBUI_AUTH", help="environment variable holding user:password"),
     max_new_tokens: int = typer.Option(256, min=1, help="default of the settings slider"),
+    allow_host: Optional[List[str]] = typer.Option(
+        None, help="without a login: a name browsers may use in the Host header besides loopback ones "
+        "(e.g. a reverse proxy's; '*': any); repeatable"),
     dtype: str = typer.Option("auto"),
     device: Optional[str] = typer.Option(None),
 ) -> None:
@@ -100,7 +103,8 @@ def webui(
     from medvl.serve.webui import launch, login_from_env
 
     auth = login_from_env(auth_env)
-    launch(model_dir, host=host, port=port, dtype=dtype, device=device, max_new_tokens=max_new_tokens, auth=auth)
+    launch(model_dir, host=host, port=port, dtype=dtype, device=device, max_new_tokens=max_new_tokens, auth=auth,
+           allowed_hosts=allow_host or ())
 
 
 def register(app: typer.Typer) -> None:

@@ -14,7 +14,10 @@ print a traceback and leave Gradio's chat input disabled until the page is reloa
 exchange is left out of the history, so a bad upload does not spoil the conversation. Before
 the model loads, `launch` checks what would otherwise fail inside Gradio with a traceback: a
 login variable that is set but not `user:password`, an IPv6 address (Gradio cannot serve one), an
-address that is not this machine's and a port already in use.
+address that is not this machine's and a port already in use. Without a login (so on loopback), the
+page answers only requests whose `Host` header is a loopback name, the address it listens on or a
+name given in `allowed_hosts`, as `medvl serve` does: a web page the user visits cannot rebind its own
+name to 127.0.0.1 and use the model (Gradio has no such check; with a login, the login is the guard).
 
 Uploads are medical images: Gradio copies them into its cache folder, and by default keeps them
 there for good. The page deletes its uploads older than `UPLOADS_KEPT_S` every hour and all of
@@ -30,7 +33,10 @@ import signal
 import threading
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
+
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from medvl.errors import UserError
 from medvl.io.images import ImageLoadError, load_image
@@ -213,7 +219,7 @@ def build_demo(generator: Generator, default_max_new_tokens: int = 256, policy: 
 
 def launch(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, dtype: str = "auto",
            device: str | None = None, max_new_tokens: int = 256, auth: tuple[str, str] | None = None,
-           block: bool = True, policy: ImagePolicy | None = None) -> Any:
+           block: bool = True, policy: ImagePolicy | None = None, allowed_hosts: Sequence[str] = ()) -> Any:
     """Load the model and serve the page; `block=False` returns the running demo (tests).
 
     Like `medvl serve`, it refuses a non-loopback host without a login (`auth`), and it applies
@@ -233,7 +239,8 @@ def launch(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, dty
     demo.queue(max_size=32)
     stop = _stop_signals() if block else None
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, show_error=True,
-                quiet=True, auth=auth, max_file_size=policy.max_image_bytes)  # Gradio's lines advise share=True
+                quiet=True, auth=auth, max_file_size=policy.max_image_bytes,  # Gradio's lines advise share=True
+                app_kwargs={"middleware": _host_guard(host, auth, allowed_hosts)})
     log.info("serving the web UI for %s on http://%s:%d (login %s)", model_dir, host, port,
              "on" if auth else "off")
     if stop is not None:
@@ -241,6 +248,14 @@ def launch(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, dty
         log.info("stopping the web UI")
         demo.close()
     return demo
+
+
+def _host_guard(host: str, auth: tuple[str, str] | None, names: Sequence[str]) -> list[Middleware]:
+    """Without a login: answer only `Host` names that are loopback, `host` or in `names` ('*': any; 400
+    otherwise), against DNS rebinding. With a login, none: the login guards the page."""
+    if auth is not None:
+        return []
+    return [Middleware(TrustedHostMiddleware, allowed_hosts=["localhost", "127.0.0.1", host, *names])]
 
 
 def _stop_signals() -> threading.Event:
