@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import threading
 from collections import Counter
@@ -180,6 +181,21 @@ def test_bad_requests_get_openai_errors(serve, body, status, code):
     with serve() as url:
         assert_openai_error(httpx.post(f"{url}/v1/chat/completions", json=body), status, code)
         assert_openai_error(httpx.get(f"{url}/v1/nowhere"), 404)
+
+
+def test_text_that_is_not_utf8_is_a_400_naming_the_message(serve):
+    # a lone surrogate sent as a JSON escape: the tokenizer's own TypeError text was the answer before
+    bodies = [([{"role": "user", "content": "What \ud800?"}], "messages[0].content is not UTF-8 text "
+               "(lone surrogate U+D800 at character 6)"),
+              ([{"role": "system", "content": "ok"}, {"role": "user", "content": [{"type": "text", "text": "x\udcff"}]}],
+               "messages[1].content is not UTF-8 text (byte 0xff at character 2)")]
+    with serve() as url:
+        for messages, message in bodies:
+            body = json.dumps({"model": "tiny", "messages": messages})  # "\\ud800": the escape a client sends
+            response = httpx.post(f"{url}/v1/chat/completions", content=body,
+                                  headers={"Content-Type": "application/json"})
+            error = assert_openai_error(response, 400, "invalid_value")
+            assert error["message"] == message and error["param"] == message.split(" ")[0]
 
 
 def test_openai_client_raises_typed_errors(serve):

@@ -170,7 +170,16 @@ class ChatCompletionRequest(_Lenient):
 
 def conversation_of(request: ChatCompletionRequest, system_prompt: str | None = None
                     ) -> tuple[list[dict[str, Any]], list[str]]:
-    """medvl chat messages (`{"type": "image"}` parts) and the image URLs, in order."""
+    """medvl chat messages (`{"type": "image"}` parts) and the image URLs, in order. Text that is not UTF-8
+    (a lone surrogate sent as a JSON escape, which the tokenizer fails on) is a 400 naming the message."""
+    from medvl.serve.session import NotUtf8Text, check_text
+
+    def text_of(value: str, index: int) -> str:
+        try:
+            return check_text(value, f"messages[{index}].content")
+        except NotUtf8Text as exc:
+            raise APIError(400, str(exc), "invalid_value", f"messages[{index}].content") from None
+
     messages: list[dict[str, Any]] = []
     urls: list[str] = []
     if system_prompt and not any(m.role in ("system", "developer") for m in request.messages):
@@ -179,12 +188,12 @@ def conversation_of(request: ChatCompletionRequest, system_prompt: str | None = 
         role = "system" if message.role == "developer" else message.role
         content = message.content
         if content is None or isinstance(content, str):
-            messages.append({"role": role, "content": content or ""})
+            messages.append({"role": role, "content": text_of(content or "", index)})
             continue
         parts: list[dict[str, Any]] = []
         for part in content:
             if isinstance(part, TextPart):
-                parts.append({"type": "text", "text": part.text})
+                parts.append({"type": "text", "text": text_of(part.text, index)})
             elif role != "user":
                 raise APIError(400, f"messages[{index}]: images are only accepted in user messages",
                                "invalid_value", f"messages[{index}].content")
