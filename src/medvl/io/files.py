@@ -17,6 +17,9 @@ a file several processes share.
   a process that has to wait logs what the holder is doing.
 - `ensure_folder` / `check_file_target`: an output path that cannot be one (a file where a folder is
   needed, a folder where a file is) is an `OutputPathError` naming the path, not an OSError.
+- `atomic_folder(path)`: a whole output folder (a saved model) written under a temporary name beside
+  `path` and renamed onto it when complete, so a killed writer never leaves `path` looking finished;
+  an existing `path` that is a file or holds anything is refused before any work.
 - `no_empty_folder_on_failure`: a command that fails before writing anything removes the output
   folders it created (eval run, build, prior, train, demo, curate train-classifier / train-text-filter).
 - `refuse_overwriting_inputs`: an output that is one of the command's inputs (the same file once
@@ -36,7 +39,7 @@ from typing import Any, Callable, Iterable, Iterator
 from medvl.errors import UserError
 
 __all__ = ["OutputPathError", "share_weights", "atomic_output", "atomic_write_with", "atomic_write_bytes", "atomic_write_text",
-           "atomic_write_json", "check_file_target", "check_folder_target", "ensure_folder", "file_lock", "no_empty_folder_on_failure",
+           "atomic_write_json", "atomic_folder", "check_file_target", "check_new_folder", "check_folder_target", "ensure_folder", "file_lock", "no_empty_folder_on_failure",
            "refuse_overwriting_inputs"]
 
 log = logging.getLogger(__name__)
@@ -138,15 +141,51 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def check_new_folder(path: str | Path, fix: str) -> Path:
+    """`path` as a folder to create whole: one that exists as a file, or as a folder with anything in it, is
+    an OutputPathError (`fix` says what to do). Nothing is created."""
+    path = Path(path)
+    if path.is_dir() and any(path.iterdir()):
+        raise OutputPathError(f"{path} exists and is not empty; {fix}")
+    check_folder_target(path)
+    return path
+
+
+@contextmanager
+def atomic_folder(path: str | Path, fix: str = "remove it or choose a new folder") -> Iterator[Path]:
+    """A new temporary folder beside `path` (`.NAME.partial-XXXX`, mode as `mkdir` gives) for the block to
+    fill; renamed onto `path` when the block ends, deleted if it raises. `path` must be new or empty
+    (`check_new_folder`). A run killed meanwhile leaves no `path` (only the hidden partial folder)."""
+    import shutil
+
+    path = check_new_folder(path, fix)
+    ensure_folder(path.parent)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's is private (0700)
+    try:
+        yield tmp
+        if path.is_dir():
+            path.rmdir()  # empty (checked above); rename cannot replace it on every platform
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _plain_file_mode() -> int:
-    """0666 less the process's umask (read from /proc where Linux shows it, else set and restored at once)."""
+    """0666 less the process's umask."""
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask (read from /proc where Linux shows it, else set and restored at once)."""
     try:
         status = Path("/proc/self/status").read_text()
         mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
     except (OSError, StopIteration, ValueError, IndexError):
         mask = os.umask(0o022)
         os.umask(mask)
-    return 0o666 & ~mask
+    return mask
 
 
 def share_weights(folder: str | Path) -> None:

@@ -70,15 +70,17 @@ Serve with vLLM: `vllm serve {shell_name}`.
 """
 
 
-def save_model(model: Any, processor: Any, out_dir: str | Path, card: bool = True) -> Path:
-    """Write model, processor, generation config (and a model card) to `out_dir`."""
+def save_model(model: Any, processor: Any, out_dir: str | Path, card: bool = True, name: str | None = None) -> Path:
+    """Write model, processor, generation config (and a model card, for the folder `name`: by default
+    `out_dir`'s, a temporary folder's final one otherwise) to `out_dir`."""
     out = ensure_folder(out_dir)
+    name = name or out.name
     _name_text_architecture(model.config)
     model.save_pretrained(out)
     share_weights(out)
     processor.save_pretrained(out)
     if card and not (out / "README.md").exists():
-        card_text = _CARD.format(name=out.name, shell_name=shlex.quote(out.name), disclaimer=DISCLAIMER)
+        card_text = _CARD.format(name=name, shell_name=shlex.quote(name), disclaimer=DISCLAIMER)
         atomic_write_text(out / "README.md", card_text)
     return out
 
