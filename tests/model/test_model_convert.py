@@ -1,5 +1,8 @@
 """`medvl convert`: tiny checkpoints in each released legacy layout convert, prompt to the very ids the
-reference code feeds them (1 and 2 turns with an image), and give the reference forward's logits."""
+reference code feeds them (1 and 2 turns with an image), and give the reference forward's logits; what a
+user can get wrong (a shard, a pickle, a projector or tower that does not fit, the output folder) is one
+line naming the file or key, found before any weight is loaded where it can be, and a killed run leaves
+no output folder that looks finished."""
 
 from __future__ import annotations
 
@@ -174,7 +177,7 @@ def test_tokenizer_and_config_problems(converted, tmp_path, tower_dir):
     source = _copy(converted, "llava-med-v1.5-mistral-7b", tmp_path)
     config = json.loads((source / "config.json").read_text())
     (source / "config.json").write_text(json.dumps(config | {"image_aspect_ratio": "anyres"}))
-    with pytest.raises(ConversionError, match="image_aspect_ratio 'anyres' is not supported"):
+    with pytest.raises(ConversionError, match="image_aspect_ratio 'anyres' cannot be converted"):
         plan_conversion(source, vision_tower=str(tower_dir))
     (source / "config.json").write_text(json.dumps(config))
     for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
@@ -216,3 +219,174 @@ def test_pad_aspect_sets_pad_to_square(converted, tmp_path, tower_dir):
     plan = plan_conversion(source, vision_tower=str(tower_dir), chat_template="chatml")
     assert plan.processor.image_processor.do_pad is False
     assert "<|im_start|>" in plan.processor.chat_template
+
+
+# ---- what a user can get wrong: each is one line naming the file or key and the fix ------------------------
+
+def _edit_config(source, **changes):
+    config = json.loads((source / "config.json").read_text())
+    config.update(changes)
+    (source / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v != "DELETE"}))
+
+
+def _edit_weights(source, edit):
+    """Rewrite a sharded safetensors checkpoint as one shard (and its index) after `edit(state)`."""
+    from safetensors.torch import load_file, save_file
+
+    index = source / "model.safetensors.index.json"
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    state = {key: tensor for shard in shards for key, tensor in load_file(str(source / shard)).items()}
+    edit(state)
+    for shard in shards:
+        (source / shard).unlink()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(source / "model.safetensors"))
+    index.write_text(json.dumps({"weight_map": {key: "model.safetensors" for key in state}}))
+
+
+def test_the_output_folder_appears_only_when_complete(converted, tmp_path, tower_dir, monkeypatch):
+    """Before: save_model wrote into OUT as it went, so a run killed after the weights left a folder that
+    `from_pretrained` loaded (with no processor)."""
+    from transformers import LlavaProcessor
+
+    source, out = _copy(converted, "llava-med-v1.5-mistral-7b", tmp_path), tmp_path / "native"
+    seen = []
+
+    def killed(self, folder, *args, **kwargs):
+        seen.append(sorted(p.name for p in out.iterdir()) if out.exists() else None)
+        raise KeyboardInterrupt  # as a kill between the weights and the processor
+
+    monkeypatch.setattr(LlavaProcessor, "save_pretrained", killed)
+    with pytest.raises(KeyboardInterrupt):
+        convert_legacy(source, out, vision_tower=str(tower_dir))
+    assert seen == [None] and not out.exists()  # the weights went to a partial folder, not to OUT
+    assert list(tmp_path.glob(".native.partial-*")) == []  # removed, as the interruption was seen
+
+
+def test_an_output_that_is_the_source_or_not_empty_is_refused_first(converted, tmp_path, tower_dir):
+    """Before: OUT=SOURCE overwrote the checkpoint's config.json and deleted its shards; a non-empty OUT was
+    written into, and a file in the way was found only after every weight was read."""
+    from medvl.io.files import OutputPathError
+
+    source = _copy(converted, "llava-med-v1.5-mistral-7b", tmp_path)
+    before = {p.name: p.read_bytes() for p in source.iterdir()}
+    with pytest.raises(OutputPathError, match="would overwrite the input"):
+        convert_legacy(source, source, vision_tower=str(tower_dir))
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputPathError, match="used exists and is not empty; remove it or choose a new folder"):
+        convert_legacy(source, tmp_path / "used", vision_tower=str(tower_dir))
+    assert [p.name for p in (tmp_path / "used").iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("projector, edit, said", [
+    ("linear", None, "mm_projector_type is 'linear', but the weights hold 2 Linear layers .* set mm_projector_type "
+                     "to mlp2x_gelu"),
+    ("DELETE", None, "mm_projector_type is absent \\(LLaVA's default: 'linear'\\), but the weights hold 2"),
+    (None, lambda s: s.update({"model.mm_projector.4.weight": torch.zeros(64, 64)}),
+     "hold 3 Linear layers .*an mlp3x_gelu projector, which .* cannot hold"),
+    (None, lambda s: [s.pop(k) for k in list(s) if k.startswith("model.mm_projector.")],
+     "its weights hold no projector \\(model.mm_projector.\\*\\)"),
+])
+def test_a_projector_unlike_mm_projector_type_is_refused(converted, tmp_path, tower_dir, projector, edit, said):
+    """Before: the first two converted with the second Linear replaced by the identity and no GELU, the third
+    with its last Linear dropped (models that load and answer wrongly); the fourth named native keys only."""
+    source = _copy(converted, "llava-med-v1.5-mistral-7b", tmp_path)
+    if projector:
+        _edit_config(source, mm_projector_type=projector)
+    if edit:
+        _edit_weights(source, edit)
+    with pytest.raises(ConversionError, match=said):
+        plan_conversion(source, vision_tower=str(tower_dir))
+
+
+def test_weights_and_settings_the_native_model_cannot_hold_are_named(converted, tmp_path, tower_dir):
+    """Before: a weight past num_hidden_layers was dropped silently, a projector for a wider tower failed
+    only after every weight was read ('do not fit its config.json'), mm_vision_select_layer past the tower's
+    layers converted into a model that fails at its first image, null was a pydantic traceback, and an
+    image_aspect_ratio of null (LLaVA's plain resize) was refused."""
+    source = _copy(converted, "llava-med-v1.5-mistral-7b", tmp_path)
+    _edit_weights(source, lambda s: s.update({"model.layers.7.mlp.up_proj.weight": torch.zeros(128, 64)}))
+    with pytest.raises(ConversionError, match="1 of its weights \\(e.g. model.layers.7.mlp.up_proj.weight\\) have "
+                                              "no place in the model its config.json describes"):
+        plan_conversion(source, vision_tower=str(tower_dir))
+
+    def projector_for_a_wider_tower(state):
+        del state["model.layers.7.mlp.up_proj.weight"]
+        state["model.mm_projector.0.weight"] = torch.zeros(64, 48)
+
+    _edit_weights(source, projector_for_a_wider_tower)
+    with pytest.raises(ConversionError, match="model.mm_projector.0.weight takes 48-wide image features .* but the "
+                                              "tower in .* gives 32 .* pass --vision-tower"):
+        plan_conversion(source, vision_tower=str(tower_dir))
+    source = _copy(converted, "llava-v1.5-7b", tmp_path)
+    _edit_config(source, mm_vision_select_layer=5, image_aspect_ratio=None)
+    with pytest.raises(ConversionError, match="mm_vision_select_layer 5 is past the 3 layers .* takes -4 to 3"):
+        plan_conversion(source, vision_tower=str(tower_dir))
+    _edit_config(source, mm_vision_select_layer=None)
+    with pytest.raises(ConversionError, match="mm_vision_select_layer None is not a layer index"):
+        plan_conversion(source, vision_tower=str(tower_dir))
+    _edit_config(source, mm_vision_select_layer=-4)
+    assert plan_conversion(source, vision_tower=str(tower_dir)).model.config.vision_feature_layer == -4
+
+
+def test_pytorch_files_are_read_safely_and_as_saved(converted, tmp_path, tower_dir):
+    """Before: a pickle with code in it was an UnpicklingError traceback (weights_only stopped the code), a file
+    in torch's pre-zip format was 'unreadable ... download it again', a nested state dict 'lacks weights', and
+    a stray adapter's safetensors beside indexed .bin shards was read instead of them."""
+    import os
+
+    from safetensors.torch import save_file
+
+    source = _copy(converted, "llava-linear-im-start-end", tmp_path)
+    state = torch.load(source / "pytorch_model.bin", weights_only=True)
+    torch.save(state | {"evil": RunsOnLoad(f"touch {tmp_path / 'ran'}")}, source / "pytorch_model.bin")
+    with pytest.raises(ConversionError, match="holds Python objects besides tensors, .* GLOBAL posix.system"):
+        plan_conversion(source, vision_tower=str(tower_dir))
+    assert not (tmp_path / "ran").exists()
+    torch.save({"state_dict": state}, source / "pytorch_model.bin")
+    with pytest.raises(ConversionError, match="not a state dict of named tensors.* under 'state_dict'"):
+        plan_conversion(source, vision_tower=str(tower_dir))
+    torch.save(state, source / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    convert_legacy(source, tmp_path / "native", vision_tower=str(tower_dir))
+    sharded = _copy(converted, "llava-v1.5-7b", tmp_path)
+    save_file({"lora_A": torch.zeros(2)}, str(sharded / "adapter_model.safetensors"))
+    assert {f.name for f in plan_conversion(sharded, vision_tower=str(tower_dir)).files} == {
+        "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"}
+    os.remove(sharded / "pytorch_model.bin.index.json")
+    os.remove(sharded / "pytorch_model-00002-of-00002.bin")
+    with pytest.raises(ConversionError, match="shard\\(s\\) pytorch_model-00002-of-00002.bin missing \\(and no index"):
+        plan_conversion(sharded, vision_tower=str(tower_dir))
+
+
+class RunsOnLoad:
+    """Pickles as a call of os.system: what a hostile .bin could hold."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (self.command,))
+
+
+def test_the_tower_folder_must_be_a_tower_and_loads_quietly(converted, tmp_path, tower_dir):
+    """Before: an LLM folder as --vision-tower failed after every weight was read; a whole CLIPModel folder
+    (openai's layout) printed transformers' load report, one UNEXPECTED line per text weight."""
+    source = _copy(converted, "llava-med-v1.5-mistral-7b", tmp_path)
+    with pytest.raises(ConversionError, match="--vision-tower .*: its config.json is a 'llava' model, not a CLIP or "
+                                              "SigLIP vision tower; pass --vision-tower with a local copy of the tower"):
+        plan_conversion(source, vision_tower=str(converted("llava-v1.5-7b")[0]))
+    import logging
+
+    said = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger("transformers").addHandler(handler)  # its own handler writes to the stderr it started with
+    try:
+        convert_legacy(source, tmp_path / "native", vision_tower=str(tower_dir))
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert not [line for line in said if "UNEXPECTED" in line or "instantiate a model of type" in line]
+    assert "from_pretrained('native')" in (tmp_path / "native" / "README.md").read_text()  # not the partial name

@@ -12,8 +12,9 @@ the stock architecture that transformers and vLLM load.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from transformers import (
@@ -41,7 +42,7 @@ from medvl.model.templates import STOP_STRINGS, guess_format, resolve_chat_templ
 
 __all__ = ["build_model", "build_processor", "causal_lm_config", "generation_config_for", "identity_linear_state",
            "load_pretrained", "load_tokenizer", "preprocessor_stats", "pretrained_config",
-           "pretrained_folder"]
+           "pretrained_folder", "transformers_errors_only"]
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +226,20 @@ def causal_lm_config(folder: str, key: str, **kwargs: Any) -> Any:
     return config
 
 
+@contextmanager
+def transformers_errors_only() -> Iterator[None]:
+    """transformers' log at ERROR for the block: its load report and its warnings about a config it reads
+    for another class (a legacy LLaVA's, for its tokenizer) are noise where medvl checks what it loads."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 def load_pretrained(model_class: Any, folder: str, key: str, expected: str, **kwargs: Any) -> Any:
     """`model_class.from_pretrained(folder, **kwargs)` with every weight of the model read from the folder.
 
@@ -234,16 +249,11 @@ def load_pretrained(model_class: Any, folder: str, key: str, expected: str, **kw
     folder and, as the fix, `expected`. Weights the folder has beyond the model's (a LLaVA's LLM when
     its tower is read) are expected, so transformers' load report is not printed.
     """
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
     try:
-        model, info = model_class.from_pretrained(folder, output_loading_info=True, **kwargs)
+        with transformers_errors_only():
+            model, info = model_class.from_pretrained(folder, output_loading_info=True, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"{key}: {folder} cannot be loaded ({first_line(exc)}); {expected}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
     missing = sorted(info["missing_keys"])
     if missing:
         raise ConfigError(f"{key}: {folder} lacks {len(missing)} of the {len(model.state_dict())} weights of its "

@@ -10,8 +10,10 @@ tower is a path in `mm_vision_tower` (its weights may also sit in the checkpoint
 legacy key onto a native `LlavaForConditionalGeneration` built empty by the installed transformers:
 the module paths of its language model, vision tower and projector are read off that model, and the
 tower's key prefix is found by matching the checkpoint's tower names against the installed tower
-class (CLIP weights were `vision_model.*` in transformers 4 and are bare in 5). `convert_legacy`
-then loads the tensors and saves the native folder; `medvl convert --check` prints the plan.
+class (CLIP weights were `vision_model.*` in transformers 4 and are bare in 5); `medvl.model.native_layout`
+does that mapping and refuses, from the weight files' headers, whatever would convert into a model
+that loads but computes something else. `convert_legacy` then loads the tensors and saves the native
+folder whole (`atomic_folder`); `medvl convert --check` prints the plan.
 
 The native model gets the same LLM weights; `linear_1`/`linear_2` from the projector
 (`mlp2x_gelu`: Linear-GELU-Linear; `linear`: W, then identity); the tower (the checkpoint's own
@@ -29,18 +31,38 @@ from typing import Any
 
 import torch
 
-from medvl.errors import first_line
-from medvl.model.build import generation_config_for, identity_linear_state, load_tokenizer
+from medvl.errors import UserError, first_line
+from medvl.model.build import (
+    VISION_FAMILIES,
+    generation_config_for,
+    identity_linear_state,
+    load_tokenizer,
+    transformers_errors_only,
+)
 from medvl.model.checkpoint import read_model_config
 from medvl.model.dtypes import DTYPE_NAMES, torch_dtype
 from medvl.model.families import legacy_types
 from medvl.model.legacy_layout import (
+    PROJECTOR,
+    TOWER,
     ConversionError,
+    check_projector,
     find_tower,
     legacy_config,
+    no_tower_folder,
     read_legacy_weights,
     read_weight_file,
+    tower_fix,
     weight_files,
+)
+from medvl.model.native_layout import (
+    NativeParts,
+    check_complete,
+    check_dropped,
+    check_shapes,
+    map_keys,
+    tower_key_names,
+    tower_source,
 )
 from medvl.model.spec import ModelSpec, TextSpec, VisionSpec
 from medvl.model.templates import TEMPLATE_NAMES
@@ -50,52 +72,7 @@ __all__ = ["ConversionError", "ConversionPlan", "NativeParts", "plan_conversion"
 
 _LEGACY_ONLY_KEYS = ("mm_", "tune_mm", "freeze_mm", "image_aspect_ratio", "image_grid", "tokenizer_model_max_length",
                      "tokenizer_padding_side", "unfreeze_mm", "use_mm_proj", "mm_patch_merge_type")
-_PROJECTOR = "model.mm_projector."
-_TOWER = "model.vision_tower.vision_tower."
-
-
-def tower_key_names(legacy: list[str], native: set[str]) -> dict[str, str]:
-    """Legacy tower key → the installed tower class's key; {} when no single prefix change maps them.
-
-    The two name the same parameters and differ by a leading module path (`vision_model.` in
-    transformers 4's CLIPVisionModel, none in 5's); the change that covers every native key is found by
-    matching one long native name against the legacy ones, so it follows whatever is installed.
-    """
-    if not legacy or not native:
-        return {}
-    anchor = max(native, key=len)
-    changes = {(key[: -len(anchor)], "") for key in legacy if key.endswith(anchor)}
-    changes |= {("", anchor[: -len(key)]) for key in legacy if anchor.endswith(key)}
-    for strip, add in sorted(changes):
-        names = {key: add + key[len(strip):] for key in legacy if key.startswith(strip)}
-        names = {key: name for key, name in names.items() if name in native}
-        if set(names.values()) == native:
-            return names
-    return {}
-
-
-@dataclass(frozen=True)
-class NativeParts:
-    """Key prefixes of the native model's parts, read off the installed transformers' module tree."""
-
-    language_model: str
-    vision_tower: str
-    projector: str
-    lm_head: str
-    projector_linears: tuple[str, ...]
-
-    @classmethod
-    def of(cls, model: Any) -> "NativeParts":
-        names = {id(module): name + "." for name, module in model.named_modules()}
-        decoder, tower = model.get_decoder(), model.get_encoder(modality="image")
-        projector = next(m for m in model.base_model.children() if m is not decoder and m is not tower)
-        linears = tuple(names[id(m)] for m in projector.modules() if isinstance(m, torch.nn.Linear))
-        return cls(names[id(decoder)], names[id(tower)], names[id(projector)],
-                   names[id(model.get_output_embeddings())], linears)
-
-    def part_of(self, key: str) -> str:
-        return max((p for p in (self.language_model, self.vision_tower, self.projector, self.lm_head)
-                    if key.startswith(p)), key=len, default=key)
+_NEW_FOLDER = "remove it or choose a new folder for the converted model"
 
 
 @dataclass
@@ -103,6 +80,7 @@ class ConversionPlan:
     """What `convert_legacy` will do, read without loading any tensor."""
 
     source: Path
+    legacy: dict[str, Any]  # its config.json
     model: Any  # the native model, empty (meta weights)
     processor: Any
     files: list[Path]
@@ -130,7 +108,7 @@ class ConversionPlan:
                  f"weights: {', '.join(f.name for f in self.files)}"]
         groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
         for legacy, native in self.renames.items():
-            legacy_part = next(p for p in (_TOWER, _PROJECTOR, "lm_head.", "model.") if legacy.startswith(p))
+            legacy_part = next(p for p in (TOWER, PROJECTOR, "lm_head.", "model.") if legacy.startswith(p))
             groups.setdefault((legacy_part, parts.part_of(native)), []).append((legacy, native))
         for (old, new), pairs in groups.items():
             lines.append(f"  {old}* → {new}*: {len(pairs)} tensors, e.g. {pairs[0][0]} → {pairs[0][1]}")
@@ -170,21 +148,24 @@ def plan_conversion(source: str | Path, vision_tower: str | None = None, chat_te
         raise ConversionError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPE_NAMES)}")
     template, template_why = _template_choice(legacy["model_type"], source, chat_template)
     files = weight_files(source)
-    keys = [key for file in files for key, _ in read_weight_file(file, keys_only=True)]
+    shapes = {key: shape for file in files for key, shape in read_weight_file(file, shapes_only=True)}
+    keys = list(shapes)
+    check_projector(keys, legacy, source)
     tower_dir, tower_dir_from = find_tower(legacy, source, vision_tower)
     if tower_dir is None:
-        what = "carries the tower's weights but not its config" if any(k.startswith(_TOWER) for k in keys) else \
-            "does not carry the vision tower"
-        raise ConversionError(
-            f"{source} {what}, and mm_vision_tower {legacy.get('mm_vision_tower')!r} is not a local folder: pass "
-            "--vision-tower with a local copy of it (e.g. clip-vit-large-patch14-336)")
-    read_model_config(tower_dir, tower_dir_from)  # a broken config.json named before transformers reads it
+        raise ConversionError(no_tower_folder(legacy, source, any(k.startswith(TOWER) for k in keys)))
+    tower_type = read_model_config(tower_dir, tower_dir_from)["model_type"]  # a broken config.json is named
+    if tower_type not in VISION_FAMILIES:
+        raise ConversionError(f"{tower_dir_from} {tower_dir}: its config.json is a {tower_type!r} model, not a CLIP or "
+                              f"SigLIP vision tower; {tower_fix(legacy)}")
     tokenizer = _tokenizer(source)
     model, spec, vision_config = _empty_native_model(legacy, llm_type, projector, tower_dir, tokenizer,
                                                      template, source)
-    renames, dropped = _map_keys(keys, model)
-    tower_weights_from = _tower_source(keys, renames, model, tower_dir)
-    _check_complete(model, renames, tower_weights_from, projector)
+    renames, dropped = map_keys(keys, model)
+    check_dropped(dropped, source, tower_dir, legacy)
+    tower_weights_from = tower_source(keys, renames, model, tower_dir)
+    check_complete(model, renames, tower_weights_from, projector, source)
+    check_shapes(shapes, renames, model, source, tower_dir, legacy)
 
     from medvl.model.build import build_processor, preprocessor_stats
 
@@ -200,7 +181,7 @@ def plan_conversion(source: str | Path, vision_tower: str | None = None, chat_te
                                               "default mean/std used"]
     saved_dtype = str(legacy.get("torch_dtype") or "float32").replace("torch.", "")
     return ConversionPlan(
-        source=source, model=model, processor=processor, files=files, renames=renames, dropped=dropped,
+        source=source, legacy=legacy, model=model, processor=processor, files=files, renames=renames, dropped=dropped,
         tower_dir=tower_dir, tower_dir_from=tower_dir_from, tower_weights_from=tower_weights_from,
         projector=projector, template=template, template_why=template_why,
         dtype=torch_dtype(dtype or (saved_dtype if saved_dtype in DTYPE_NAMES else "float32")), notes=notes,
@@ -209,14 +190,24 @@ def plan_conversion(source: str | Path, vision_tower: str | None = None, chat_te
 
 def convert_legacy(source: str | Path, out_dir: str | Path, vision_tower: str | None = None,
                    chat_template: str | None = None, dtype: str | None = None) -> Path:
-    """Convert the legacy checkpoint in `source` into a native folder `out_dir`."""
+    """Convert the legacy checkpoint in `source` into a native folder `out_dir`, which must be new or empty.
+
+    It is written whole under a temporary name beside `out_dir` and renamed when complete: a run killed
+    meanwhile leaves no `out_dir` that looks finished (only a hidden `.NAME.partial-*` folder).
+    """
+    from medvl.io.files import atomic_folder, check_new_folder, refuse_overwriting_inputs
+    from medvl.model.build import load_pretrained
     from medvl.model.checkpoint import save_model
 
+    out_dir = Path(out_dir)
+    refuse_overwriting_inputs([out_dir], [source], "write the converted model to a new folder")
+    check_new_folder(out_dir, _NEW_FOLDER)  # before the minutes of reading weights, not after
     plan = plan_conversion(source, vision_tower, chat_template, dtype)
     model, parts = plan.model, plan.parts
     weights = {plan.renames[key]: tensor for key, tensor in read_legacy_weights(plan.source) if key in plan.renames}
-    if plan.tower_weights_from == "folder":
-        tower = type(model.get_encoder(modality="image")).from_pretrained(plan.tower_dir)
+    if plan.tower_weights_from == "folder":  # quietly: a whole CLIPModel's text half is not wanted
+        tower = load_pretrained(type(model.get_encoder(modality="image")), str(plan.tower_dir),
+                                plan.tower_dir_from, tower_fix(plan.legacy))
         weights.update({parts.vision_tower + k: v for k, v in tower.state_dict().items()})
     if plan.projector == "linear":
         first, second = parts.projector_linears
@@ -234,9 +225,13 @@ def convert_legacy(source: str | Path, out_dir: str | Path, vision_tower: str | 
     model = model.to(plan.dtype)
     model.generation_config = generation_config_for(plan.processor.tokenizer, plan.processor.chat_template)
     try:
-        return save_model(model, plan.processor, out_dir)
-    except OSError as exc:
+        with atomic_folder(out_dir, _NEW_FOLDER) as partial:
+            save_model(model, plan.processor, partial, name=out_dir.name)
+    except UserError:
+        raise
+    except OSError as exc:  # a full disk
         raise ConversionError(f"{out_dir}: cannot write the converted model ({exc})") from exc
+    return out_dir
 
 
 def _template_choice(model_type: str, source: Path, override: str | None) -> tuple[str, str]:
@@ -251,7 +246,8 @@ def _template_choice(model_type: str, source: Path, override: str | None) -> tup
 
 def _tokenizer(source: Path) -> Any:
     try:
-        return load_tokenizer(TextSpec(path=str(source)))
+        with transformers_errors_only():  # not "a model of type `llava_mistral` to instantiate a model of type ``"
+            return load_tokenizer(TextSpec(path=str(source)))
     except (OSError, ValueError, ImportError, TypeError) as exc:
         raise ConversionError(
             f"{source}: its tokenizer does not load ({first_line(exc)}); the folder needs the tokenizer "
@@ -271,6 +267,10 @@ def _empty_native_model(legacy: dict[str, Any], llm_type: str, projector: str, t
         raise ConversionError(f"{tower_dir}: not a vision tower config ({exc})") from exc
     vision_config = getattr(tower_config, "vision_config", tower_config)
     family = "siglip" if vision_config.model_type.startswith("siglip") else "clip"
+    layer, layers = legacy.get("mm_vision_select_layer", -2), vision_config.num_hidden_layers
+    if not -layers - 1 <= layer <= layers:  # hidden states: the embeddings', then one per layer
+        raise ConversionError(f"{source / 'config.json'}: mm_vision_select_layer {layer} is past the {layers} layers "
+                              f"of the tower in {tower_dir} (it takes -{layers + 1} to {layers}); {tower_fix(legacy)}")
     select = legacy.get("mm_vision_select_feature", "patch")
     strategy = "full" if select == "cls_patch" or family == "siglip" else "default"  # SigLIP has no CLS to drop
     text_fields = {k: v for k, v in legacy.items()
@@ -282,7 +282,7 @@ def _empty_native_model(legacy: dict[str, Any], llm_type: str, projector: str, t
     text_config.vocab_size = max(len(tokenizer), text_config.vocab_size)
     spec = ModelSpec(
         vision=VisionSpec(family=family, path=str(tower_dir)), text=TextSpec(path=str(source)),
-        projector=projector, vision_feature_layer=legacy.get("mm_vision_select_layer", -2),
+        projector=projector, vision_feature_layer=layer,
         vision_feature_select_strategy=strategy, pad_to_square=legacy.get("image_aspect_ratio", "square") == "pad",
         chat_template=template,
     )
@@ -300,66 +300,6 @@ def _empty_native_model(legacy: dict[str, Any], llm_type: str, projector: str, t
     with init_empty_weights():
         model = LlavaForConditionalGeneration(config)
     return model, spec, vision_config
-
-
-def _map_keys(keys: list[str], model: Any) -> tuple[dict[str, str], list[str]]:
-    """Legacy key → native key for every key that has a counterpart; the rest are returned as dropped."""
-    parts = NativeParts.of(model)
-    tower_names = tower_key_names([k.removeprefix(_TOWER) for k in keys if k.startswith(_TOWER)],
-                                  set(model.get_encoder(modality="image").state_dict()))
-    slots = sorted({int(slot) for k in keys if k.startswith(_PROJECTOR)
-                    for slot in [k[len(_PROJECTOR):].split(".")[0]] if slot.isdigit()})  # Sequential indices
-    native = set(model.state_dict())
-    renames, dropped = {}, []
-    for key in keys:
-        name: str | None = None
-        if key.startswith(_PROJECTOR):
-            slot, _, param = key[len(_PROJECTOR):].partition(".")
-            if not slot.isdigit():  # a single Linear: model.mm_projector.weight
-                name = parts.projector_linears[0] + slot
-            elif slots.index(int(slot)) < len(parts.projector_linears):
-                name = parts.projector_linears[slots.index(int(slot))] + param
-        elif key.startswith(_TOWER):
-            found = tower_names.get(key[len(_TOWER):])
-            name = parts.vision_tower + found if found else None
-        elif key.startswith("lm_head."):
-            name = parts.lm_head + key.removeprefix("lm_head.")
-        elif key.startswith("model.") and not key.startswith("model.vision_tower."):
-            name = parts.language_model + key.removeprefix("model.")
-        if name in native:
-            renames[key] = name
-        else:
-            dropped.append(key)
-    return renames, dropped
-
-
-def _tower_source(keys: list[str], renames: dict[str, str], model: Any, tower_dir: Path) -> str:
-    """"checkpoint" when the checkpoint's tower weights cover the native tower, else "folder"."""
-    tower = model.get_encoder(modality="image")
-    carried = [k for k in keys if k.startswith(_TOWER)]
-    if not carried:
-        if not any(tower_dir.glob("*.safetensors")) and not any(tower_dir.glob("*.bin")):
-            raise ConversionError(f"{tower_dir}: the checkpoint carries no vision tower and this folder has no "
-                                  "weights either (*.safetensors / *.bin)")
-        return "folder"
-    if sum(k in renames for k in carried) < len(tower.state_dict()):
-        raise ConversionError(
-            f"the checkpoint's vision tower keys ({carried[0]}, ...) do not map onto the installed transformers' "
-            f"{type(tower).__name__} (keys like {max(tower.state_dict(), key=len)}): is {tower_dir} the same "
-            "tower family?")
-    return "checkpoint"
-
-
-def _check_complete(model: Any, renames: dict[str, str], tower_from: str, projector: str) -> None:
-    parts = NativeParts.of(model)
-    supplied = [parts.vision_tower] if tower_from == "folder" else []  # filled in by convert_legacy
-    supplied += [parts.projector_linears[1]] if projector == "linear" else []
-    supplied += [parts.lm_head] if model.config.tie_word_embeddings else []
-    covered = set(renames.values())
-    missing = [k for k in model.state_dict() if k not in covered and not k.startswith(tuple(supplied))]
-    if missing:
-        raise ConversionError(f"the checkpoint lacks weights the native model needs: {', '.join(missing[:3])}"
-                              f"{' ...' if len(missing) > 3 else ''} ({len(missing)} in all)")
 
 
 def _grow_vocab(weights: dict[str, torch.Tensor], model: Any) -> None:
