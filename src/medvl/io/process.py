@@ -22,17 +22,12 @@
   Linux ties the signal to the parent *thread* that started the worker, so the launcher must start
   workers from a thread that lives as long as it does (the main thread, as torch's launcher and
   `multiprocessing` do).
-- `ProcessRef.current()` names this process so that another process, even one started by a
-  cluster rather than by it (a Ray task), can tell whether it still lives: pid plus start time
-  (pids are reused) plus the machine (boot id) and pid namespace it lives in — a pid means nothing
-  elsewhere. `die_with_process(ref)` is the guard for such a task: a daemon thread polls `ref`
-  (when it is on this machine) and SIGKILLs the listed pids (e.g. the task's own host process)
-  and then the caller once it is gone. `reap_on_exit(pids)` is the reverse: a small sidecar
-  process that SIGKILLs `pids` when the calling process dies, however it dies (its stdin pipe
-  from the caller reads EOF); for helper processes that would otherwise outlive it.
-- `running(pid)` says whether any thread of a process is still running. A SIGKILLed multi-threaded
-  process can show its main thread as a zombie while other threads are still exiting, holding its
-  files and locks; "gone" means every thread is.
+- `die_with_process(ref)` (a `medvl.io.pids.ProcessRef`: pid, start time, machine) is the guard
+  for a task started by a cluster rather than by its caller (a Ray task): a daemon thread polls `ref`
+  (when it is on this machine) and SIGKILLs the listed pids (e.g. the task's own host process) and
+  then the caller once it is gone. `reap_on_exit(pids)` is the reverse: a small sidecar process that
+  SIGKILLs `pids` when the calling process dies, however it dies (its stdin pipe from the caller
+  reads EOF); for helper processes that would otherwise outlive it.
 """
 
 from __future__ import annotations
@@ -44,12 +39,12 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medvl.errors import UserError
 from medvl.io.files import ensure_folder
+from medvl.io.pids import PPID_FIELD, ProcessRef, running, start_time, stat_field
 
 __all__ = ["RunLock", "FolderInUse", "LOCK_NAME", "LAUNCHER_PID_ENV", "LauncherNotFound", "ProcessRef",
            "die_with_parent", "die_with_launcher", "die_with_process", "descendants", "exec_launcher", "find_launcher",
@@ -177,31 +172,6 @@ def exec_launcher(program: str, argv: list[str]) -> None:
     os.execv(program, argv)
 
 
-@dataclass(frozen=True)
-class ProcessRef:
-    """One process, across pid reuse and machines (module docstring)."""
-
-    pid: int
-    started: str  # /proc/<pid>/stat start time, in clock ticks since boot
-    machine: str  # boot id + pid namespace: where `pid` means this process
-
-    @classmethod
-    def of(cls, pid: int) -> "ProcessRef":
-        """Process `pid` of this machine (started "" when there is none)."""
-        return cls(pid, _start_time(pid), _machine())
-
-    @classmethod
-    def current(cls) -> "ProcessRef":
-        return cls.of(os.getpid())
-
-    def visible(self) -> bool:
-        """Whether this process's pids are the ones `self.pid` is in (same machine, same pid namespace)."""
-        return bool(self.machine) and self.machine == _machine()
-
-    def alive(self) -> bool:
-        return _start_time(self.pid) == self.started and running(self.pid)
-
-
 def die_with_process(ref: ProcessRef, kill_first: tuple[int, ...] = (), poll_s: float = 0.2) -> bool:
     """SIGKILL `kill_first`, then this process, once `ref` is gone; False (nothing armed) where
     `ref` lives on another machine or pid namespace."""
@@ -242,7 +212,7 @@ def reap_on_exit(pids: list[int]) -> None:
     import subprocess
     import sys
 
-    entries = [f"{pid}:{started}" for pid in pids if (started := _start_time(pid))]
+    entries = [f"{pid}:{started}" for pid in pids if (started := start_time(pid))]
     if not entries:
         return
     _reapers.append(subprocess.Popen([sys.executable, "-c", _REAPER, *entries], stdin=subprocess.PIPE,
@@ -253,7 +223,7 @@ def descendants(pid: int) -> list[int]:
     """The live descendants of `pid` (Linux /proc; elsewhere none)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        parent = _stat_field(stat, _PPID)
+        parent = stat_field(stat, PPID_FIELD)
         if parent.isdigit():
             children.setdefault(int(parent), []).append(int(stat.parent.name))
     found, stack = [], [pid]
@@ -262,46 +232,6 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             stack.append(child)
     return found
-
-
-def running(pid: int) -> bool:
-    """Whether any thread of process `pid` is still running (zombies are not; see the module docstring)."""
-    if not Path("/proc/self/task").is_dir():  # no procfs: the process-level answer
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return True
-    try:
-        states = [_stat_field(task / "stat", _STATE) for task in Path(f"/proc/{pid}/task").iterdir()]
-    except FileNotFoundError:
-        return False
-    return any(state not in ("Z", "X", "") for state in states)
-
-
-_STATE, _PPID, _START_TIME = 0, 1, 19  # fields of /proc/<pid>/stat counted from the one after "(comm)"
-
-
-def _stat_field(stat: Path, index: int) -> str:
-    """One field of a /proc `stat` file ("" when the process exited meanwhile or there is no procfs)."""
-    try:
-        return stat.read_text().rsplit(")", 1)[1].split()[index]  # comm may hold spaces and ")"
-    except (OSError, IndexError):
-        return ""
-
-
-def _start_time(pid: int) -> str:
-    return _stat_field(Path(f"/proc/{pid}/stat"), _START_TIME)
-
-
-def _machine() -> str:
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
-    except OSError:
-        return ""
 
 
 def _set_parent_death_signal(sig: int) -> bool:
