@@ -19,7 +19,11 @@ a file several processes share.
   needed, a folder where a file is) is an `OutputPathError` naming the path, not an OSError.
 - `atomic_folder(path)`: a whole output folder (a saved model) written under a temporary name beside
   `path` and renamed onto it when complete, so a killed writer never leaves `path` looking finished;
-  an existing `path` that is a file or holds anything is refused before any work.
+  an existing `path` that is a file or holds anything is refused before any work. The temporary name
+  (`.NAME.partial-PID-START-MACHINE-XXXX`) names its writer (`medvl.io.pids.ProcessRef`: pid, start
+  time, machine and pid namespace), so the next `atomic_folder(path)` removes the partial folders a
+  killed writer left for `path` and keeps those of a writer still running (or on another machine or
+  pid namespace, or not named so: it cannot tell).
 - `no_empty_folder_on_failure`: a command that fails before writing anything removes the output
   folders it created (eval run, build, prior, train, demo, curate train-classifier / train-text-filter).
 - `refuse_overwriting_inputs`: an output that is one of the command's inputs (the same file once
@@ -28,15 +32,20 @@ a file several processes share.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
+import shutil
 import tempfile
 from contextlib import contextmanager
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from medvl.errors import UserError
+from medvl.io.pids import ProcessRef
 
 __all__ = ["OutputPathError", "share_weights", "atomic_output", "atomic_write_with", "atomic_write_bytes", "atomic_write_text",
            "atomic_write_json", "atomic_folder", "check_file_target", "check_new_folder", "check_folder_target", "ensure_folder", "file_lock", "no_empty_folder_on_failure",
@@ -116,6 +125,8 @@ def no_empty_folder_on_failure(out: str | Path, enabled: bool = True) -> Iterato
         for folder in made:
             try:
                 folder.rmdir()
+            except FileNotFoundError:  # never made (an `atomic_folder` target is made only at its end)
+                continue
             except OSError:  # not empty (something was written, by this run or another process), or gone
                 break
         raise
@@ -153,23 +164,54 @@ def check_new_folder(path: str | Path, fix: str) -> Path:
 
 @contextmanager
 def atomic_folder(path: str | Path, fix: str = "remove it or choose a new folder") -> Iterator[Path]:
-    """A new temporary folder beside `path` (`.NAME.partial-XXXX`, mode as `mkdir` gives) for the block to
+    """A new temporary folder beside `path` (`.NAME.partial-…`, mode as `mkdir` gives) for the block to
     fill; renamed onto `path` when the block ends, deleted if it raises. `path` must be new or empty
-    (`check_new_folder`). A run killed meanwhile leaves no `path` (only the hidden partial folder)."""
-    import shutil
-
+    (`check_new_folder`). A run killed meanwhile leaves no `path` (only the hidden partial folder, which
+    the next `atomic_folder(path)` removes: see the module notes). Parent folders it made are removed
+    again when the block raises while they are empty (`no_empty_folder_on_failure`)."""
     path = check_new_folder(path, fix)
-    ensure_folder(path.parent)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's is private (0700)
-    try:
-        yield tmp
-        if path.is_dir():
-            path.rmdir()  # empty (checked above); rename cannot replace it on every platform
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with no_empty_folder_on_failure(path):
+        ensure_folder(path.parent)
+        _remove_dead_partials(path)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{_partial_prefix(path)}{_writer_tag()}-"))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's is private (0700)
+        try:
+            yield tmp
+            if path.is_dir():
+                path.rmdir()  # empty (checked above); rename cannot replace it on every platform
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+_WRITER_TAG = re.compile(r"(\d+)-(\d+)-([0-9a-f]{12})-[^-]+")  # pid, start time, machine digest; mkdtemp's letters
+
+
+def _partial_prefix(path: Path) -> str:
+    return f".{path.name}.partial-"
+
+
+def _machine_digest(machine: str) -> str:
+    return hashlib.sha256(machine.encode()).hexdigest()[:12]
+
+
+def _writer_tag() -> str:
+    me = ProcessRef.current()
+    return f"{me.pid}-{me.started or 0}-{_machine_digest(me.machine)}"
+
+
+def _remove_dead_partials(path: Path) -> None:
+    """Delete the partial folders for `path` whose writer (named in the folder's name) is gone."""
+    here = ProcessRef.current().machine
+    prefix = _partial_prefix(path)
+    for partial in path.parent.glob(f"{glob_escape(prefix)}*"):
+        named = _WRITER_TAG.fullmatch(partial.name[len(prefix):])
+        if not (here and named and named[3] == _machine_digest(here)):
+            continue  # not named by a writer on this machine and pid namespace: it may still be written
+        if not ProcessRef(int(named[1]), named[2], here).alive():
+            log.info("removing %s, left by a medvl run that was killed (pid %s)", partial, named[1])
+            shutil.rmtree(partial, ignore_errors=True)
 
 
 def _plain_file_mode() -> int:

@@ -1,6 +1,7 @@
 """`medvl build` (a model from a spec YAML), `medvl convert` (legacy LLaVA → native) and `medvl prior`
 (distil a pretrained image network into a native ViT tower). Build and convert end with the saved
-folder's vLLM config check (`medvl.model.vllm_compat`): passed, or its problems."""
+folder's vLLM config check (`medvl.model.vllm_compat`): passed, or its problems. Each writes its
+output folder whole (`medvl.io.files.atomic_folder`): new or empty, else refused before any work."""
 
 from __future__ import annotations
 
@@ -20,16 +21,15 @@ def build(
 ) -> None:
     """Assemble vision tower → projector → LLM and save it with its processor."""
     from medvl.config import load_config
-    from medvl.io.files import ensure_folder, no_empty_folder_on_failure
+    from medvl.io.files import atomic_folder
     from medvl.model.build import build_model
     from medvl.model.checkpoint import save_model
     from medvl.model.spec import ModelSpec
 
     spec = load_config(ModelSpec, config, overrides or [])
-    with no_empty_folder_on_failure(out):
-        ensure_folder(out)  # a file in the way is refused before the model is built, not after
+    with atomic_folder(out, "remove it or choose a new folder for the model") as partial:  # checked before the build
         model, processor = build_model(spec)
-        save_model(model, processor, out)
+        save_model(model, processor, partial, name=out.name)
     params = sum(p.numel() for p in model.parameters())
     typer.echo(f"saved {params / 1e6:.1f}M-parameter model to {out}")
     _vllm_check(out)
@@ -72,12 +72,12 @@ def prior(
 ) -> None:
     """Distil a pretrained image network (EfficientNet-Lite0 by default) into a native CLIP ViT tower."""
     from medvl.config import load_config
-    from medvl.io.files import no_empty_folder_on_failure
+    from medvl.io.files import atomic_folder
     from medvl.model.prior import PriorConfig, distil_tower
 
     settings = load_config(PriorConfig, config, overrides or [], {"images": [str(p) for p in images]})
-    with no_empty_folder_on_failure(out):
-        result = distil_tower(settings, out, progress=typer.echo)
+    with atomic_folder(out, "remove it or choose a new folder for the tower") as partial:
+        result = distil_tower(settings, partial, progress=typer.echo)
     skipped = f" ({result.skipped} unreadable skipped, listed in prior.json)" if result.skipped else ""
     typer.echo(f"saved a {settings.tower.num_layers}-layer CLIP tower to {out}: {result.images} images{skipped}, "
                f"{result.views} views, {result.steps} steps, loss {result.first_loss:.3f} → {result.final_loss:.3f}; "
