@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 
 from medvl.demo.config import DemoConfig, StageBudget, repo_data
 from medvl.errors import UserError
-from medvl.io.files import atomic_write_json, no_empty_folder_on_failure
+from medvl.io.files import atomic_write_json, no_empty_folder_on_failure, remove_partial_writes
 from medvl.io.jsonl import write_jsonl
 from medvl.io.process import LOCK_NAME, RunLock
 
@@ -90,6 +90,8 @@ def run_demo(config: DemoConfig, fresh: bool = False) -> Path:
     with no_empty_folder_on_failure(out), RunLock(out, what="demo"):  # a wrong --vqa-rad leaves no folder
         if fresh:
             _empty(out)
+        for partial in remove_partial_writes(out):  # left by a killed demo: none can be writing now
+            console.print(f"[dim]demo: removed {escape(str(partial))}, a write a killed run left unfinished[/]")
         return _run_steps(config, out)
 
 

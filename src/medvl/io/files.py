@@ -28,6 +28,9 @@ a file several processes share.
   folders it created (eval run, build, prior, train, demo, curate train-classifier / train-text-filter).
 - `refuse_overwriting_inputs`: an output that is one of the command's inputs (the same file once
   symlinks and `..` are resolved) is an `OutputPathError` before anything is written.
+- `remove_partial_writes(folder)`: a SIGKILL inside `atomic_output` leaves its temporary file (the
+  name stays right; the stray file stays too, forever). A run that holds the folder's lock, so that
+  no other writer can be at work there, deletes them when it starts again.
 """
 
 from __future__ import annotations
@@ -49,9 +52,11 @@ from medvl.io.pids import ProcessRef
 
 __all__ = ["OutputPathError", "share_weights", "atomic_output", "atomic_write_with", "atomic_write_bytes", "atomic_write_text",
            "atomic_write_json", "atomic_folder", "check_file_target", "check_new_folder", "check_folder_target", "ensure_folder", "file_lock", "no_empty_folder_on_failure",
-           "refuse_overwriting_inputs"]
+           "refuse_overwriting_inputs", "remove_partial_writes"]
 
 log = logging.getLogger(__name__)
+# `atomic_output`'s temporary name for NAME: ".NAME.<mkstemp's 8 characters>.tmp<NAME's extension>"
+_PARTIAL = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp(?P<ext>\.[^.]*)?")
 
 
 class OutputPathError(UserError, OSError):
@@ -138,7 +143,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     streamed line by line; fsynced and renamed onto `path` when the block ends, deleted if it raises.
     A run killed meanwhile leaves `path` as it was."""
     path = check_file_target(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")  # as _PARTIAL
     os.fchmod(fd, _plain_file_mode())
     os.close(fd)
     tmp = Path(name)
@@ -212,6 +217,18 @@ def _remove_dead_partials(path: Path) -> None:
         if not ProcessRef(int(named[1]), named[2], here).alive():
             log.info("removing %s, left by a medvl run that was killed (pid %s)", partial, named[1])
             shutil.rmtree(partial, ignore_errors=True)
+
+
+def remove_partial_writes(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that killed `atomic_output` writers left anywhere under `folder`; the
+    caller makes sure none is still writing (it holds the folder's lock). Returns what was deleted."""
+    removed = []
+    for path in Path(folder).rglob(".*.tmp*"):
+        match = _PARTIAL.fullmatch(path.name)
+        if match and path.is_file() and Path(match["name"]).suffix == (match["ext"] or ""):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def _plain_file_mode() -> int:
