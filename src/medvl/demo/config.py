@@ -75,6 +75,9 @@ class DemoConfig(Config):
     concepts: bool = Field(
         False, description="add to the finetune data balanced questions about each train image's organ, modality and "
         "plane, derived from the train split's own labels (medvl.train.concepts): their answer only the image gives")
+    save_every_steps: int = Field(
+        50, ge=1, description="a training stage saves a resume checkpoint this often: a killed demo redoes at most "
+        "this many steps of the stage it was in")
     max_length: int = Field(256, ge=64)
     eval_max_new_tokens: int = Field(10, ge=1)
     eval_batch_size: int = Field(32, ge=1)

@@ -4,9 +4,13 @@ Everything is written under `output_dir` (one demo at a time: `run_demo` holds i
 `curate/`, `data/`, `model-init/`, `align/`, `instruct/`, `finetune/` (the final model),
 `eval/<protocol>-<system>/`, and `report.html`. The visual prior (a
 distilled ViT tower) lives in medvl's cache, keyed by its settings, so a second demo reuses it.
-Training stages run a fixed number of epochs; once a stage is done, its resume checkpoints and the
-weights of the stage before it are deleted (only the next step needs them), which keeps a finished
-demo's folder to the final model, its logs and the evaluation outputs.
+Training stages run a fixed number of epochs, saving a resume checkpoint every `save_every_steps`;
+once a stage is done, its resume checkpoints and the weights of the stage before it are deleted
+(only the next step needs them), which keeps a finished demo's folder to the final model, its logs
+and the evaluation outputs. A killed demo (its process group, or the main process alone: the demo
+runs in one process) resumes where it stopped when run again: finished steps are skipped, a
+training stage resumes from its last checkpoint, an evaluation asks only the unanswered questions,
+and the temporary files of writes it was killed in are deleted (tests/demo/test_demo_kill.py).
 """
 
 from __future__ import annotations
@@ -314,7 +318,7 @@ def stage_config(config: DemoConfig, stage: str, start: Path, sources: list[dict
         "optim": {"lr": budget.lr, "projector_lr": budget.projector_lr, "epochs": budget.epochs,
                   "batch_size": budget.batch_size, "scheduler": "constant_with_warmup", "warmup_ratio": 0.05},
         "precision": config.precision,
-        "save": {"every_steps": 50, "keep": 1},
+        "save": {"every_steps": config.save_every_steps, "keep": 1},
         "logging": {"every_steps": 2, "report_to": ["tensorboard"]},
         "output_dir": str(folder),
         "seed": config.seed,
