@@ -265,13 +265,14 @@ def read_parquet_rows(path: Path, columns: Sequence[str] | None = None,
     import pyarrow.parquet as pq
 
     try:
-        present = pq.read_schema(path).names
+        parquet = pq.ParquetFile(path)  # opened once: its schema, then the columns wanted
+        present = parquet.schema_arrow.names
         missing = [column for column in required if column not in present]
         if missing:
             raise BenchmarkError(f"{path}: no column {', '.join(missing)} (it has {', '.join(present)}); "
                                  f"{NOT_THE_RELEASE}")
         wanted = None if columns is None else [column for column in columns if column in present]
-        return pq.read_table(path, columns=wanted).to_pylist()
+        return parquet.read(columns=wanted).to_pylist()
     except (pa.ArrowException, OSError) as exc:
         reason = " ".join(str(exc).split())  # pyarrow's messages may span lines
         raise BenchmarkError(f"{path}: not a readable parquet file ({reason}); {NOT_THE_RELEASE}") from exc

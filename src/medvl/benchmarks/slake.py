@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medvl.benchmarks.base import (
+    NOT_THE_RELEASE,
     BenchmarkData,
     Located,
     find_path,
@@ -24,7 +25,7 @@ from medvl.benchmarks.base import (
     read_json_rows,
     split_name,
 )
-from medvl.benchmarks.checks import NOT_THE_RELEASE, check_some_question, rejected_reasons
+from medvl.benchmarks.checks import check_some_question, rejected_reasons
 from medvl.benchmarks.registry import register_benchmark
 
 SPLITS = {"train": (), "validate": ("val", "validation", "dev"), "test": ()}

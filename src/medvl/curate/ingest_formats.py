@@ -85,13 +85,13 @@ def _jsonl_items(path: Path, rank: int, world_size: int) -> Iterator[RawItem]:
         for index, line in enumerate(handle):
             if index % world_size != rank or not line.strip():
                 continue
-            line = line.rstrip("\r\n")
+            line, where = line.rstrip("\r\n"), f"{path.name}:{index + 1}"
             raw, problem = decode_line(line)
             if problem is not None:
-                raw = IngestError("malformed_line", f"{path.name}:{index + 1}: {problem}")
+                raw = IngestError("malformed_line", f"{where}: {problem}")
             if not isinstance(raw, (dict, IngestError)):
-                raw = IngestError("malformed_line", f"{path.name}:{index + 1}: not a JSON object")
-            yield RawItem(path, 0, index, raw, f"{path.name}:{index + 1}")
+                raw = IngestError("malformed_line", f"{where}: not a JSON object")
+            yield RawItem(path, 0, index, raw, where)
 
 
 def _roco_licences(folder: Path) -> dict[str, tuple[str, str] | IngestError]:
@@ -129,17 +129,18 @@ def _roco_items(path: Path, rank: int, world_size: int) -> Iterator[RawItem]:
             if index % world_size != rank or not line.strip():
                 continue
             roco_id, tab, caption = line.rstrip("\n").partition("\t")
+            where = f"{path.name}:{index + 1}"
             if problem := not_utf8(line):
-                raw: Any = IngestError("malformed_line", f"{path.name}:{index + 1}: {problem}")
+                raw: Any = IngestError("malformed_line", f"{where}: {problem}")
             elif not tab or not roco_id.strip():
-                raw = IngestError("malformed_line", f"{path.name}:{index + 1}: expected ROCO_ID<TAB>caption")
+                raw = IngestError("malformed_line", f"{where}: expected ROCO_ID<TAB>caption")
             else:
                 entry = licences.get(roco_id.strip(), (None, None))
                 if isinstance(entry, IngestError):
                     raw = entry
                 else:
                     raw = {"id": roco_id.strip(), "caption": caption, "figure": entry[0], "licence": entry[1]}
-            yield RawItem(path, 0, index, raw, f"{path.name}:{index + 1}")
+            yield RawItem(path, 0, index, raw, where)
 
 
 def _json_document_items(path: Path, rank: int, world_size: int) -> Iterator[RawItem]:
@@ -190,11 +191,12 @@ def _csv_items(path: Path, source: SourceConfig, rank: int, world_size: int) -> 
     with path.open("r", newline="", **READ_TEXT) as handle:
         for index, row in enumerate(csv.DictReader(handle, delimiter=delimiter)):
             if index % world_size == rank:
+                where = f"{path.name}: row {index + 2}"
                 if None in row:  # more fields than the header names
-                    row = IngestError("malformed_line", f"{path.name}: row {index + 2} has extra fields")
+                    row = IngestError("malformed_line", f"{where} has extra fields")
                 elif problem := not_utf8(" ".join(value or "" for value in row.values())):
-                    row = IngestError("malformed_line", f"{path.name}: row {index + 2}: {problem}")
-                yield RawItem(path, 0, index, row, f"{path.name}: row {index + 2}")
+                    row = IngestError("malformed_line", f"{where}: {problem}")
+                yield RawItem(path, 0, index, row, where)
 
 
 # ---------------------------------------------------------------- parsers

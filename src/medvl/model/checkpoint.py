@@ -146,11 +146,15 @@ def _loading(path: Path, key: str | None) -> Iterator[None]:
 
 def load_saved_processor(path: str | Path, key: str | None = None) -> Any:
     """The processor of the saved model folder `path` (no weights read); `key` as `load_model`'s."""
+    return _processor(model_folder(path, key), key)
+
+
+def _processor(folder: Path, key: str | None) -> Any:
+    """`AutoProcessor` of `folder`, a model folder already read (`model_folder`)."""
     from transformers import AutoProcessor
 
-    path = model_folder(path, key)
-    with _loading(path, key):
-        return AutoProcessor.from_pretrained(path)
+    with _loading(folder, key):
+        return AutoProcessor.from_pretrained(folder)
 
 
 def load_model(path: str | Path, dtype: str | torch.dtype | None = "auto", device: str | None = None,
@@ -162,7 +166,7 @@ def load_model(path: str | Path, dtype: str | torch.dtype | None = "auto", devic
     path = model_folder(path, key)
     weights_dtype = resolve_dtype(dtype)  # a --dtype or --device mistake is named before anything loads
     target = usable_device(device) if device else None
-    processor = load_saved_processor(path, key)
+    processor = _processor(path, key)
     with _loading(path, key):
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=weights_dtype)
     if target is not None:

@@ -138,7 +138,7 @@ class ImageResolver:
         limit, seconds = self.policy.max_image_bytes, self.policy.fetch_timeout_s
         deadline = time.monotonic() + seconds  # httpx's timeout bounds each read, not their sum
         try:
-            with httpx.Client(transport=self._transport, timeout=self.policy.fetch_timeout_s,
+            with httpx.Client(transport=self._transport, timeout=seconds,
                               follow_redirects=False, trust_env=False) as client:
                 with client.stream("GET", pinned, headers=headers, extensions=extensions) as response:
                     if response.status_code != 200:

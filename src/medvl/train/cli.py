@@ -105,6 +105,7 @@ def check(
                   markup=False, highlight=False, soft_wrap=True)
     require_usable(report, sources)
 
+
 def _warn_overlap(console: Console, sources: list[LoadedSource], overlap: dict[str, Any], against: list[str]) -> None:
     """Print the overlap warning (or that there is none) for the counts the report holds."""
     from medvl.train.overlap import overlap_warnings, removal_commands

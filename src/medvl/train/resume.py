@@ -59,6 +59,7 @@ class RunState:
     summary: dict[str, Any] | None  # train_summary.json of the last final save
     samples: int | None = None  # the summary's samples per epoch, where they hold for this config (same basis)
     report: CheckReport | None = None  # the run's data check, read when the files alone tell it finished
+    processor_files: list[str] | None = None  # `processor_fingerprint`, taken before the processor is loaded
 
     def finished(self, optim: OptimConfig, processes: int, samples: int | None = None) -> bool:
         """Is there nothing to do: the final save was made from the resume checkpoint, and that
@@ -83,10 +84,10 @@ def read_run(config: TrainConfig, out: Path, processes: int) -> RunState:
 
 def _read(config: TrainConfig, out: Path, processes: int, checkpoint: Checkpoint | None) -> RunState:
     path, step = checkpoint if checkpoint else (None, None)
-    state = RunState(path, step, _json(out / SUMMARY_NAME))
+    state = RunState(path, step, _json(out / SUMMARY_NAME), processor_files=processor_fingerprint(config.model))
     if state.summary is not None:
         basis = epoch_basis(config, processes, [file_fingerprint(s) for s in config.data.sources],
-                            processor_fingerprint(config.model))
+                            state.processor_files)
         known = None not in basis["sources"] and basis["processor"] is not None
         if known and state.summary.get("epoch_basis") == basis:
             state.samples = state.summary.get("samples_per_epoch")

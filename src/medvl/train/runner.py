@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from medvl.train.dataset import Collator, TrainDataset
 from medvl.train.encode import ChatEncoder
 from medvl.train.metrics import FlopsModel, MetricsFile, peak_flops, plot_metrics, read_metrics
 from medvl.train.modeling import add_lora, apply_policy, component_params, load_start_model, merge_lora
-from medvl.train.resume import SUMMARY_NAME, RunState, epoch_basis, processor_fingerprint, read_run
+from medvl.train.resume import SUMMARY_NAME, RunState, epoch_basis, read_run
 from medvl.train.sources import load_source, mix_entries
 from medvl.train.trainer import MedvlTrainer, compute_dtype, is_sharded, training_arguments
 from medvl.train.validate import WARNINGS_NAME, CheckReport, check_sources, count_text, require_usable
@@ -76,9 +75,9 @@ def prepare_data(config: TrainConfig, processor: Any, out_dir: Path, progress: b
 def _refuse_empty_shares(sources: list[SourceConfig], usable: list[int], entries: list[tuple[int, int]]) -> None:
     """A ConfigError for a source whose ratio rounds its usable records to none (0.01 of 48): it was left
     out of the mix silently, or, alone, ended in 'no usable training records' after a check that found some."""
-    taken = Counter(source for source, _ in entries)
+    taken = {source for source, _ in entries}
     for index, (source, count) in enumerate(zip(sources, usable)):
-        if count and not taken[index]:
+        if count and index not in taken:
             raise ConfigError(f"data.sources[{index}] ({source.label()}): ratio {source.ratio:g} of its {count} usable "
                               f"records takes none of them; raise it to at least {1 / count:.3g} (one record)")
 
@@ -104,7 +103,6 @@ def _train(config: TrainConfig, args: TrainingArguments, callbacks: Sequence[Tra
     run = read_run(config, out, args.world_size)
     if run.report is not None and run.finished(config.optim, args.world_size):  # the files tell
         return _already_finished(config, run, run.report, run.summary.get("samples_per_epoch"))
-    processor_files = processor_fingerprint(config.model)  # before they are read: a later change is seen
     model, processor = load_start_model(config)
     with args.main_process_first(desc="data check"):
         report, sources, encoder, entries = prepare_data(config, processor, out, progress=args.process_index == 0)
@@ -158,7 +156,7 @@ def _train(config: TrainConfig, args: TrainingArguments, callbacks: Sequence[Tra
             "samples_per_epoch": result.samples_per_epoch, "data": report.to_json()["totals"],
             "trainable": params, "processes": args.world_size,
             "epoch_basis": epoch_basis(config, args.world_size, [s.fingerprint for s in sources],
-                                       processor_files),
+                                       run.processor_files),
         })
     return result
 
